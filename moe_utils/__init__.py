@@ -1,0 +1,44 @@
+"""moe_utils: fused Mixture-of-Experts kernels, a drop-in for Megatron-Core / NeMo Automodel's moe_utils.
+
+The gated activations (swiglu, geglu, quick_geglu, ...) are generated from sympy specs into
+``moe_utils.generated``; permute and unpermute are hand-written Triton kernels.
+
+Submodules load on first use (PEP 562), so ``regenerate-kernels`` can import the code generator
+even while ``generated/`` is being rewritten.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Hand-written public names -> the submodule that defines them.
+_HAND_WRITTEN = {
+    "MoEAuxLossAutoScaler": "moe_utils.aux_loss",
+    "permute": "moe_utils.permute",
+    "unpermute": "moe_utils.unpermute",
+    "quick_gelu": "moe_utils.quick_gelu",
+}
+
+
+def _generated() -> Any:
+    return importlib.import_module("moe_utils.generated")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__all__":
+        value: Any = sorted([*_HAND_WRITTEN, *_generated().__all__])
+    elif name in _HAND_WRITTEN:
+        value = getattr(importlib.import_module(_HAND_WRITTEN[name]), name)
+    elif not name.startswith("_") and name in _generated().__all__:
+        value = getattr(_generated(), name)
+    else:
+        raise AttributeError(f"module 'moe_utils' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__getattr__("__all__")))

@@ -1,0 +1,374 @@
+"""Hand-written glue shared by every generated activation module.
+
+The generated modules (``moe_utils.generated.<name>``) hold the math: Triton kernels, the eager
+twin, launchers and the public API. This module holds what is the same for all of them: backend
+choice, block-size heuristics, argument checks, flattening to rows, and the autograd plumbing
+(``torch.autograd.Function`` bodies and ``torch.library`` registrations).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._kernel_lib import to_fp8_saturated
+
+__all__ = [
+    "INTERPRET",
+    "NATIVE_FP8",
+    "ActivationImpl",
+    "BlockConfig",
+    "Rows",
+    "backward_config",
+    "compute_dtype",
+    "eager_inputs",
+    "forward_config",
+    "use_triton",
+]
+
+#: Triton runs kernels in its CPU interpreter (set before triton is imported).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: Hardware fp8 conversions are available (everywhere but the interpreter).
+NATIVE_FP8 = not INTERPRET
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Run the Triton kernels for this tensor (else the eager path generated from the same spec).
+
+    CUDA tensors take Triton; CPU tensors take it only under ``TRITON_INTERPRET=1``. float64 always
+    takes the eager path: the kernels compute in fp32, and float64 is for gradcheck, not speed.
+    """
+    if t.dtype == torch.float64:
+        return False
+    if t.device.type == "cuda":
+        return True
+    return INTERPRET and t.device.type == "cpu"
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 arithmetic for 16- and 32-bit storage, fp64 for fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# -- block sizes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Launch shape of one kernel."""
+
+    block_r: int  # rows per program
+    block_h: int  # columns of each half per program (or per loop step in the backward)
+    num_warps: int  # warps per program
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def forward_config(n_rows: int, h: int) -> BlockConfig:
+    """Elementwise forward: tiles of about 4K output elements, whole rows when they are narrow."""
+    block_h = min(_pow2(h), 1024)
+    block_r = max(1, min(64, 4096 // block_h))
+    block_r = min(block_r, _pow2(n_rows))
+    return BlockConfig(block_r=block_r, block_h=block_h, num_warps=8 if block_r * block_h >= 4096 else 4)
+
+
+def backward_config(n_rows: int, h: int) -> BlockConfig:
+    """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
+    registers, so the result is deterministic) and walks them in steps of block_h columns."""
+    block_h = min(_pow2(h), 1024)
+    block_r = max(1, min(64, 2048 // block_h))
+    block_r = min(block_r, _pow2(n_rows))
+    return BlockConfig(block_r=block_r, block_h=block_h, num_warps=8 if block_r * block_h >= 2048 else 4)
+
+
+# -- argument checks ---------------------------------------------------------------------------
+
+
+def _check_float(fn: str, arg: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"{fn}: {arg} has dtype {t.dtype}; expected one of float16, bfloat16, float32, float64")
+
+
+def _check_device(fn: str, arg: str, t: torch.Tensor, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{fn}: {arg} is on {t.device} but the input is on {ref.device}; move both to one device")
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Kernels need unit stride along the last dimension; rows may have any stride."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+@dataclass
+class Rows:
+    """An activation call flattened to rows, as the kernels see it."""
+
+    x: torch.Tensor  # [T, 2H], unit stride along the last dimension
+    bias: torch.Tensor | None  # [2H] (shared by all rows) or [T, 2H]
+    weight: torch.Tensor | None  # [T] contiguous
+    out_shape: tuple[int, ...]  # shape of the output, y.shape[:-1] + (H,)
+
+
+def prepare(fn: str, y: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor | None) -> Rows:
+    """Check the arguments of a gated activation and flatten them to rows."""
+    _check_float(fn, "input", y)
+    if y.dim() == 0:
+        raise ValueError(f"{fn}: input must have at least one dimension [..., 2H], got a scalar")
+    two_h = y.shape[-1]
+    if two_h % 2 != 0:
+        raise ValueError(
+            f"{fn}: the last dimension of input must be even (gate and up halves), got shape {tuple(y.shape)}"
+        )
+    lead = tuple(y.shape[:-1])
+    n_rows = math.prod(lead)
+    x = _last_dim_contiguous(y.reshape(n_rows, two_h))
+    w = None
+    if weights is not None:
+        _check_float(fn, "weights", weights)
+        _check_device(fn, "weights", weights, y)
+        accepted = {(n_rows, 1), (*lead, 1)}
+        if tuple(weights.shape) not in accepted:
+            raise ValueError(
+                f"{fn}: weights has shape {tuple(weights.shape)}; expected [T, 1] with T = "
+                f"{n_rows} rows of input {tuple(y.shape)}" + (f" (or {(*lead, 1)})" if len(lead) > 1 else "")
+            )
+        w = weights.reshape(n_rows).contiguous()
+    b = None
+    if bias is not None:
+        _check_float(fn, "bias", bias)
+        _check_device(fn, "bias", bias, y)
+        try:
+            torch.broadcast_shapes(bias.shape, y.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{fn}: bias of shape {tuple(bias.shape)} does not broadcast to input {tuple(y.shape)}"
+            ) from None
+        if bias.dim() > y.dim():
+            raise ValueError(f"{fn}: bias has more dimensions ({bias.dim()}) than input ({y.dim()})")
+        if bias.shape[-1] == two_h and bias.numel() == two_h:
+            b = bias.reshape(two_h).contiguous()  # one bias row shared by every row
+        else:
+            b = _last_dim_contiguous(bias.expand(y.shape).reshape(n_rows, two_h))
+    return Rows(x=x, bias=b, weight=w, out_shape=(*lead, two_h // 2))
+
+
+def lift_1d(y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """A 1-D [2H] input with [0, 1] weights means zero rows: view it as [0, 2H] (differentiably)."""
+    if y.dim() == 1 and weights is not None and weights.dim() == 2 and weights.shape[0] == 0:
+        return y.unsqueeze(0)[:0]
+    return y
+
+
+def check_clamp(fn: str, clamp_value: float | None) -> float | None:
+    """clamp_value is a non-negative float or None."""
+    if clamp_value is None:
+        return None
+    if isinstance(clamp_value, torch.Tensor):
+        clamp_value = float(clamp_value)  # host sync; pass a Python float to avoid it
+    if not isinstance(clamp_value, (int, float)) or math.isnan(clamp_value) or clamp_value < 0:
+        raise ValueError(f"{fn}: clamp_value must be a non-negative float or None, got {clamp_value!r}")
+    return float(clamp_value)
+
+
+def scalar(fn: str, name: str, value: Any) -> float:
+    """Activation parameters are Python floats (a tensor is read once, which syncs with the host)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{fn}: {name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return float(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a float, got {type(value).__name__}")
+    return float(value)
+
+
+# -- eager twin of the kernel skeleton ---------------------------------------------------------
+
+
+def eager_inputs(
+    x: torch.Tensor, bias: torch.Tensor | None, clamp_value: float | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """gate, up (clamped, plus bias) in the compute dtype, and the masks where the clamp passed."""
+    gate, up = x.to(dtype).chunk(2, dim=-1)
+    gate_pass = up_pass = None
+    if clamp_value is not None:
+        gate_pass = gate <= clamp_value
+        up_pass = (up >= -clamp_value) & (up <= clamp_value)
+        gate = torch.clamp(gate, max=clamp_value)
+        up = torch.clamp(up, min=-clamp_value, max=clamp_value)
+    if bias is not None:
+        bias_gate, bias_up = bias.to(dtype).chunk(2, dim=-1)
+        gate = gate + bias_gate
+        up = up + bias_up
+    return gate, up, gate_pass, up_pass
+
+
+# -- autograd plumbing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationImpl:
+    """The pieces of one generated activation that the generic plumbing needs."""
+
+    name: str  # spec name, e.g. "swiglu"
+    param_names: tuple[str, ...]  # scalar parameters, in signature order
+    launch_forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # eager launcher
+    launch_backward: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # eager launcher
+    forward_op: Any  # torch.ops.<ns>.<name>_fwd, used under torch.compile
+    backward_op: Any  # torch.ops.<ns>.<name>_bwd
+
+    def forward(self, x, bias, weight, fp8_store, clamp_value, params):
+        """out [T, H] and the fp8 copy of x (empty unless fp8_store)."""
+        if torch.compiler.is_compiling():
+            return self.forward_op(x, bias, weight, fp8_store, clamp_value, *params)
+        return self.launch_forward(x, bias, weight, fp8_store, clamp_value, *params)
+
+    def backward(self, grad_out, x_saved, bias, weight, clamp_value, x_dtype, params):
+        """d_x [T, 2H] in x_dtype and d_weight [T] in the weight's dtype (empty without weight)."""
+        if torch.compiler.is_compiling():
+            return self.backward_op(grad_out, x_saved, bias, weight, clamp_value, x_dtype, *params)
+        return self.launch_backward(grad_out, x_saved, bias, weight, clamp_value, x_dtype, *params)
+
+
+def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Gradient of a normalised bias ([2H] shared, or [T, 2H]) from d_x [T, 2H], summed in fp32."""
+    if bias.dim() == 1:
+        return d_x.sum(0, dtype=torch.float32 if d_x.dtype != torch.float64 else torch.float64).to(bias.dtype)
+    return d_x.to(bias.dtype)
+
+
+def _reduce_bias_grad(d_x: torch.Tensor, bias_norm: torch.Tensor, y_shape, bias_shape, dtype) -> torch.Tensor:
+    if bias_norm.dim() == 1:
+        return bias_grad(d_x, bias_norm).reshape(bias_shape)
+    acc = torch.float64 if d_x.dtype == torch.float64 else torch.float32
+    return d_x.reshape(y_shape).to(acc).sum_to_size(bias_shape).to(dtype)
+
+
+def function_forward(
+    ctx: Any,
+    impl: ActivationImpl,
+    fn: str,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    fp8_input_store: bool,
+    clamp_value: float | None,
+    params: Sequence[float],
+) -> torch.Tensor:
+    """Body of every generated autograd Function's forward."""
+    rows = prepare(fn, y, bias, weights)
+    clamp_value = check_clamp(fn, clamp_value)
+    params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
+    fp8_input_store = bool(fp8_input_store)
+    ctx.impl = impl
+    out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, params)
+    # Only what the backward reads: the fp8 copy instead of the input when asked for.
+    ctx.save_for_backward(x_fp8 if fp8_input_store else rows.x, rows.bias, rows.weight)
+    ctx.meta = (
+        fn,
+        tuple(y.shape),
+        y.dtype,
+        None if bias is None else (tuple(bias.shape), bias.dtype),
+        None if weights is None else tuple(weights.shape),
+        clamp_value,
+        params,
+    )
+    return out.view(rows.out_shape)
+
+
+def function_backward(ctx: Any, grad_out: torch.Tensor):
+    """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights)."""
+    impl = ctx.impl
+    x_saved, bias, weight = ctx.saved_tensors
+    _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, params = ctx.meta
+    n_rows = x_saved.shape[0]
+    g = _last_dim_contiguous(grad_out.reshape(n_rows, -1))
+    d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, y_dtype, params)
+    d_bias = None
+    if bias is not None and ctx.needs_input_grad[1]:
+        d_bias = _reduce_bias_grad(d_x, bias, y_shape, bias_meta[0], bias_meta[1])
+    return d_x.view(y_shape), d_bias, (d_w.view(w_shape) if weight is not None else None)
+
+
+def backward_helper(
+    impl: ActivationImpl,
+    fn: str,
+    g: torch.Tensor,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    params: Sequence[float],
+    clamp_value: float | None = None,
+):
+    """The *_back helpers: gradients without autograd. Returns (d_y, d_bias or None, d_weights or None)."""
+    y = lift_1d(y, weights)
+    rows = prepare(fn, y, bias, weights)
+    _check_float(fn, "g", g)
+    _check_device(fn, "g", g, y)
+    if tuple(g.shape) != rows.out_shape:
+        raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {rows.out_shape} (input {tuple(y.shape)})")
+    params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
+    n_rows = rows.x.shape[0]
+    g2 = _last_dim_contiguous(g.reshape(n_rows, -1))
+    d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, check_clamp(fn, clamp_value), y.dtype, params)
+    d_bias = None
+    if bias is not None:
+        d_bias = _reduce_bias_grad(d_x, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype)
+    d_w = d_w.view(weights.shape) if weights is not None else None
+    return d_x.view(y.shape), d_bias, d_w
+
+
+def fake_forward(x: torch.Tensor, fp8_store: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta function of every <name>_fwd op."""
+    n_rows, two_h = x.shape
+    out = x.new_empty((n_rows, two_h // 2))
+    x_fp8 = x.new_empty((n_rows, two_h) if fp8_store else (0,), dtype=torch.float8_e4m3fn)
+    return out, x_fp8
+
+
+def fake_backward(
+    x: torch.Tensor, weight: torch.Tensor | None, x_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta function of every <name>_bwd op."""
+    d_x = x.new_empty(x.shape, dtype=x_dtype)
+    d_w = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,), dtype=torch.float32)
+    return d_x, d_w
+
+
+def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> None:
+    """Make <name>_fwd differentiable through <name>_bwd, so the op alone works under autograd."""
+
+    def setup_context(ctx, inputs, output):
+        x, bias, weight, fp8_store, clamp_value, *params = inputs
+        ctx.save_for_backward(output[1] if fp8_store else x, bias, weight)
+        ctx.x_dtype = x.dtype
+        ctx.clamp_value = clamp_value
+        ctx.params = params
+
+    def backward(ctx, grad_out, _grad_x_fp8):
+        x_saved, bias, weight = ctx.saved_tensors
+        d_x, d_w = backward_op(grad_out, x_saved, bias, weight, ctx.clamp_value, ctx.x_dtype, *ctx.params)
+        d_bias = bias_grad(d_x, bias) if bias is not None else None
+        return (d_x, d_bias, d_w if weight is not None else None, None, None) + (None,) * n_params
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+def row_stride(bias: torch.Tensor | None) -> int:
+    """Elements between bias rows: 0 for one row shared by every row of the input."""
+    return bias.stride(0) if bias is not None and bias.dim() == 2 else 0
+
+
+def eager_fp8_copy(x: torch.Tensor) -> torch.Tensor:
+    """The saved copy of fp8_input_store on the eager path."""
+    return to_fp8_saturated(x)

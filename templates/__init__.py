@@ -1,0 +1,1 @@
+"""Jinja templates rendered by ``regenerate-kernels`` (package data of moe_utils)."""
