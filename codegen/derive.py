@@ -15,7 +15,7 @@ import sympy
 from .functions import GATE, UP
 from .spec import ActivationSpec, SpecError
 
-__all__ = ["GRAD_OUT", "WEIGHT", "DerivedActivation", "Program", "derive"]
+__all__ = ["GRAD_OUT", "WEIGHT", "DerivedActivation", "Program", "cse_program", "derive"]
 
 #: Row weight (routing probability) of the weighted forms; 1 for the unweighted ones.
 WEIGHT = sympy.Symbol("weight", real=True)
@@ -39,12 +39,16 @@ class DerivedActivation:
     act: sympy.Expr  # f(gate, up)
     d_gate: sympy.Expr  # df/dgate
     d_up: sympy.Expr  # df/dup
-    forward: Program  # outputs: out = weight * f
-    backward: Program  # outputs: d_gate, d_up, d_weight (per element; the kernel sums the row)
+    forward: tuple[tuple[str, sympy.Expr], ...]  # (name, value): out = weight * f
+    backward: tuple[tuple[str, sympy.Expr], ...]  # d_gate, d_up, d_weight (per element; summed per row)
 
 
-def _cse(named: list[tuple[str, sympy.Expr]]) -> Program:
-    """Common-subexpression elimination that gives the same temporaries on every machine."""
+def cse_program(named: tuple[tuple[str, sympy.Expr], ...]) -> Program:
+    """Common-subexpression elimination that gives the same temporaries on every machine.
+
+    The printers call it after their rewrites, so that rewritten forms share subexpressions and
+    simplify (0.5 * (1 + tanh(u)) becomes sigmoid(2u) before any temporary is cut out).
+    """
     # Numeric subexpressions (sqrt(2/pi), 1/2, ...) become floats first, so that constants fold
     # into one literal instead of becoming temporaries.
     temps, reduced = sympy.cse(
@@ -90,6 +94,6 @@ def derive(spec: ActivationSpec) -> DerivedActivation:
         act=act,
         d_gate=d_gate,
         d_up=d_up,
-        forward=_cse([("out", WEIGHT * act)]),
-        backward=_cse(backward),
+        forward=(("out", WEIGHT * act),),
+        backward=tuple(backward),
     )

@@ -18,7 +18,7 @@ from typing import ClassVar
 import sympy
 from sympy.printing.precedence import PRECEDENCE, precedence
 
-from .derive import Program
+from .derive import cse_program
 from .functions import sigmoid
 from .spec import SpecError
 
@@ -66,10 +66,12 @@ class _Printer:
         """Print one expression after the rewrites."""
         return self._print(apply_rewrites(sympy.sympify(expr), self.rewrites))
 
-    def program(self, program: Program) -> tuple[list[str], dict[str, str]]:
-        """Print a Program as assignment lines for its temps and expressions for its outputs."""
-        lines = [f"{sym} = {self.doprint(expr)}" for sym, expr in program.temps]
-        outputs = {name: self.doprint(expr) for name, expr in program.outputs}
+    def program(self, named: tuple[tuple[str, sympy.Expr], ...]) -> tuple[list[str], dict[str, str]]:
+        """Rewrite, then CSE, then print: assignment lines for the temps, expressions for the outputs."""
+        rewritten = tuple((name, apply_rewrites(sympy.sympify(expr), self.rewrites)) for name, expr in named)
+        program = cse_program(rewritten)
+        lines = [f"{sym} = {self._print(expr)}" for sym, expr in program.temps]
+        outputs = {name: self._print(expr) for name, expr in program.outputs}
         return lines, outputs
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -261,6 +263,7 @@ class TorchPrinter(_Printer):
 
     target = "torch"
     module = "torch"
+    rewrites = COMMON_REWRITES + TRITON_REWRITES
     functions: ClassVar[dict[str, str]] = {
         "sigmoid": "torch.sigmoid({0})",
         "exp": "torch.exp({0})",

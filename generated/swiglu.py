@@ -185,11 +185,16 @@ def _launch_forward(
     fp8_store: bool,
     clamp_value: Optional[float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [T, 2H] -> (out [T, H] in x.dtype, float8_e4m3fn copy of x [T, 2H] or empty)."""
+    """x [T, 2H] -> (out [T, H] in x.dtype, bits of the float8_e4m3fn copy of x [T, 2H] or empty).
+
+    The copy travels as uint8 (its bit pattern): float8 outputs trip up tools that sum outputs.
+    """
+    x = _rt.unit_column_stride(x)
+    bias = _rt.unit_column_stride(bias)
     n_rows, two_h = x.shape
     h = two_h // 2
-    out = torch.empty((n_rows, h), dtype=x.dtype, device=x.device)
-    x_fp8 = torch.empty((n_rows, two_h) if fp8_store else (0,), dtype=torch.float8_e4m3fn, device=x.device)
+    out = _rt.empty((n_rows, h), x.dtype, x.device)
+    x_fp8 = _rt.empty((n_rows, two_h) if fp8_store else (0,), torch.uint8, x.device)
     if n_rows == 0 or h == 0:
         return out, x_fp8
     if _rt.use_triton(x):
@@ -200,7 +205,7 @@ def _launch_forward(
             x if bias is None else bias,
             x if weight is None else weight,
             out,
-            x_fp8.view(torch.uint8) if fp8_store else out,
+            x_fp8 if fp8_store else out,
             n_rows,
             h,
             x.stride(0),
@@ -221,7 +226,7 @@ def _launch_forward(
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     out.copy_(_swiglu_fwd_eager(gate, up, w))
     if fp8_store:
-        x_fp8.copy_(_rt.eager_fp8_copy(x))
+        x_fp8.copy_(_rt.eager_fp8_copy(x).view(torch.uint8))
     return out, x_fp8
 
 
@@ -234,18 +239,21 @@ def _launch_backward(
     x_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_x [T, 2H] in x_dtype, d_weight [T] in weight.dtype or empty) from grad_out [T, H]."""
+    grad_out = _rt.unit_column_stride(grad_out)
+    x_saved = _rt.unit_column_stride(x_saved)
+    bias = _rt.unit_column_stride(bias)
     n_rows, two_h = x_saved.shape
     h = two_h // 2
-    d_x = torch.empty((n_rows, two_h), dtype=x_dtype, device=x_saved.device)
+    d_x = _rt.empty((n_rows, two_h), x_dtype, x_saved.device)
     w_dtype = weight.dtype if weight is not None else torch.float32
-    d_w = torch.empty((n_rows,) if weight is not None else (0,), dtype=w_dtype, device=x_saved.device)
+    d_w = _rt.empty((n_rows,) if weight is not None else (0,), w_dtype, x_saved.device)
     if n_rows == 0:
         return d_x, d_w
     if h == 0:
         return d_x, d_w.zero_()
+    fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
     if _rt.use_triton(d_x):
         cfg = _rt.backward_config(n_rows, h)
-        fp8 = x_saved.dtype == torch.float8_e4m3fn
         _swiglu_bwd[(triton.cdiv(n_rows, cfg.block_r),)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,
@@ -270,7 +278,8 @@ def _launch_backward(
         )
         return d_x, d_w
     dtype = _rt.compute_dtype(x_dtype)
-    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_saved, bias, clamp_value, dtype)
+    x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
+    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype)
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     d_gate, d_up, d_weight = _swiglu_bwd_eager(gate, up, grad_out.to(dtype), w)
     if clamp_value is not None:

@@ -8,9 +8,10 @@ choice, block-size heuristics, argument checks, flattening to rows, and the auto
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,49 @@ NATIVE_FP8 = not INTERPRET
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Test hooks (see tests/conftest.py): fill every output with garbage before a kernel writes it, and
+# force the eager path in-process.
+_POISON = False
+_FORCE_EAGER = False
+
+
+@contextlib.contextmanager
+def poisoned_outputs(enabled: bool = True) -> Iterator[None]:
+    """Allocate outputs filled with NaN (floats) or -7 (integers) so unwritten elements show."""
+    global _POISON
+    previous, _POISON = _POISON, enabled
+    try:
+        yield
+    finally:
+        _POISON = previous
+
+
+@contextlib.contextmanager
+def eager_backend() -> Iterator[None]:
+    """Run the generated eager path even where the Triton kernels would run."""
+    global _FORCE_EAGER
+    previous, _FORCE_EAGER = _FORCE_EAGER, True
+    try:
+        yield
+    finally:
+        _FORCE_EAGER = previous
+
+
+def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty, poisoned under poisoned_outputs()."""
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    if _POISON and out.numel():
+        if dtype.is_floating_point and dtype.itemsize > 1:
+            out.fill_(float("nan"))
+        else:
+            out.view(torch.uint8).fill_(0xF9)
+    return out
+
+
+def triton_device(t: torch.Tensor) -> bool:
+    """Triton kernels can run on this tensor's device (CUDA, or the CPU under the interpreter)."""
+    return t.device.type == "cuda" or (INTERPRET and t.device.type == "cpu")
+
 
 def use_triton(t: torch.Tensor) -> bool:
     """Run the Triton kernels for this tensor (else the eager path generated from the same spec).
@@ -45,7 +89,7 @@ def use_triton(t: torch.Tensor) -> bool:
     CUDA tensors take Triton; CPU tensors take it only under ``TRITON_INTERPRET=1``. float64 always
     takes the eager path: the kernels compute in fp32, and float64 is for gradcheck, not speed.
     """
-    if t.dtype == torch.float64:
+    if t.dtype == torch.float64 or _FORCE_EAGER:
         return False
     if t.device.type == "cuda":
         return True
@@ -108,6 +152,16 @@ def _check_device(fn: str, arg: str, t: torch.Tensor, ref: torch.Tensor) -> None
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     """Kernels need unit stride along the last dimension; rows may have any stride."""
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def unit_column_stride(t: torch.Tensor | None) -> torch.Tensor | None:
+    """What the launchers accept: unit stride along the last dimension (rows may be strided,
+    even zero-strided); anything else is copied once. A 1-D bias is made contiguous."""
+    if t is None:
+        return None
+    if t.dim() == 1:
+        return t if t.is_contiguous() else t.contiguous()
+    return _last_dim_contiguous(t)
 
 
 @dataclass
@@ -228,7 +282,7 @@ class ActivationImpl:
     backward_op: Any  # torch.ops.<ns>.<name>_bwd
 
     def forward(self, x, bias, weight, fp8_store, clamp_value, params):
-        """out [T, H] and the fp8 copy of x (empty unless fp8_store)."""
+        """out [T, H] and the bits (uint8) of the fp8 copy of x (empty unless fp8_store)."""
         if torch.compiler.is_compiling():
             return self.forward_op(x, bias, weight, fp8_store, clamp_value, *params)
         return self.launch_forward(x, bias, weight, fp8_store, clamp_value, *params)
@@ -273,7 +327,8 @@ def function_forward(
     ctx.impl = impl
     out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, params)
     # Only what the backward reads: the fp8 copy instead of the input when asked for.
-    ctx.save_for_backward(x_fp8 if fp8_input_store else rows.x, rows.bias, rows.weight)
+    saved_x = x_fp8.view(torch.float8_e4m3fn) if fp8_input_store else rows.x
+    ctx.save_for_backward(saved_x, rows.bias, rows.weight)
     ctx.meta = (
         fn,
         tuple(y.shape),
@@ -292,7 +347,7 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     x_saved, bias, weight = ctx.saved_tensors
     _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, params = ctx.meta
     n_rows = x_saved.shape[0]
-    g = _last_dim_contiguous(grad_out.reshape(n_rows, -1))
+    g = _last_dim_contiguous(grad_out.reshape(n_rows, x_saved.shape[1] // 2))
     d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, y_dtype, params)
     d_bias = None
     if bias is not None and ctx.needs_input_grad[1]:
@@ -319,7 +374,7 @@ def backward_helper(
         raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {rows.out_shape} (input {tuple(y.shape)})")
     params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
     n_rows = rows.x.shape[0]
-    g2 = _last_dim_contiguous(g.reshape(n_rows, -1))
+    g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
     d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, check_clamp(fn, clamp_value), y.dtype, params)
     d_bias = None
     if bias is not None:
@@ -332,7 +387,7 @@ def fake_forward(x: torch.Tensor, fp8_store: bool) -> tuple[torch.Tensor, torch.
     """Meta function of every <name>_fwd op."""
     n_rows, two_h = x.shape
     out = x.new_empty((n_rows, two_h // 2))
-    x_fp8 = x.new_empty((n_rows, two_h) if fp8_store else (0,), dtype=torch.float8_e4m3fn)
+    x_fp8 = x.new_empty((n_rows, two_h) if fp8_store else (0,), dtype=torch.uint8)
     return out, x_fp8
 
 
@@ -350,6 +405,7 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
 
     def setup_context(ctx, inputs, output):
         x, bias, weight, fp8_store, clamp_value, *params = inputs
+        ctx.mark_non_differentiable(output[1])  # the fp8 copy is storage, not a result
         ctx.save_for_backward(output[1] if fp8_store else x, bias, weight)
         ctx.x_dtype = x.dtype
         ctx.clamp_value = clamp_value

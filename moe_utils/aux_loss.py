@@ -1,0 +1,57 @@
+"""MoEAuxLossAutoScaler: attach an auxiliary loss to an activation so that it gets a gradient."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["MoEAuxLossAutoScaler"]
+
+# torch.compile cannot read data attributes of an autograd.Function while it traces one, so the
+# compiled backward reads this mirror of MoEAuxLossAutoScaler.main_loss_backward_scale, which
+# set_loss_scale (and every eager backward) keeps in step. Eager code reads the class attribute.
+_MIRROR: dict[str, torch.Tensor | None] = {"scale": None}
+
+
+class MoEAuxLossAutoScaler(torch.autograd.Function):
+    """Returns ``output`` unchanged; in the backward pass ``aux_loss`` receives
+    ``ones_like(aux_loss) * main_loss_backward_scale`` (1.0 until ``set_loss_scale`` is called).
+
+    ``main_loss_backward_scale`` is a class attribute (a tensor, possibly a 0-dim CPU tensor while
+    aux_loss is on the GPU). ``set_loss_scale`` copies into the existing tensor once there is one,
+    so a CUDA graph that captured the backward sees new values; the caller's tensor is never
+    modified. Under torch.compile, set the scale with set_loss_scale (not by assignment).
+    """
+
+    main_loss_backward_scale: torch.Tensor | None = None
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(aux_loss)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (aux_loss,) = ctx.saved_tensors
+        if torch.compiler.is_compiling():
+            scale = _MIRROR["scale"]
+        else:
+            scale = MoEAuxLossAutoScaler.main_loss_backward_scale
+            _MIRROR["scale"] = scale  # catches direct assignments to the class attribute
+        if scale is None:
+            scale = torch.ones((), dtype=torch.float32, device=aux_loss.device)
+        if scale.dim() > 0 and scale.device != aux_loss.device:
+            scale = scale.to(aux_loss.device)
+        scaled_aux_loss_grad = torch.ones_like(aux_loss) * scale
+        return grad_output, scaled_aux_loss_grad
+
+    @staticmethod
+    def set_loss_scale(scale: torch.Tensor | float) -> None:
+        """Set the gradient scale of the auxiliary loss (e.g. 1 / num_microbatches)."""
+        scale = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale))
+        current = MoEAuxLossAutoScaler.main_loss_backward_scale
+        if current is None or current.shape != scale.shape:
+            current = scale.detach().clone()
+            MoEAuxLossAutoScaler.main_loss_backward_scale = current
+        else:
+            current.copy_(scale)  # in place (across devices too): captured graphs see the new value
+        _MIRROR["scale"] = current

@@ -1,0 +1,360 @@
+"""permute: group tokens by expert, as Megatron-Core's ``moe_utils.permute``.
+
+``fused=False`` is the reference algorithm in plain PyTorch. ``fused=True`` builds a routing plan on
+the device (``moe_utils.routing``) and copies each source row once to each of its experts' rows with
+``_scatter_rows_kernel``. Its backward gathers the rows back (``moe_utils.unpermute``'s kernel):
+no atomics anywhere, so results are bit-identical from run to run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _runtime as _rt
+from .routing import Plan, build_plan, check_routing_map, plan_numel, plan_view
+
+__all__ = ["permute", "scatter_rows", "zero_padding_rows"]
+
+
+@triton.jit
+def _scatter_rows_kernel(
+    src_ptr,  # [T, hidden] source rows: tokens, or the gradient of unpermute's output
+    src_row_stride,  # elements between source rows
+    dst_ptr,  # [N, hidden] permuted rows, contiguous
+    probs_ptr,  # [T, E] routing probabilities (SCALE)
+    probs_stride_t,  # elements between tokens of probs
+    probs_stride_e,  # elements between experts of probs
+    token_ptr_ptr,  # [T + 1] int64 plan: token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
+    entry_row_ptr,  # [N] int64 plan: permuted row of each entry (-1: not placed)
+    entry_expert_ptr,  # [N] int64 plan: expert of each entry
+    n_rows,  # N; entries past it exist only for a routing map that broke its contract
+    hidden,  # row width
+    SCALE: tl.constexpr,  # multiply each copy by its probability, in fp32
+    BLOCK_H: tl.constexpr,  # columns per program
+):
+    # dst[entry_row[j]] = src[t] (* probs[t, entry_expert[j]]) for every entry j of token t.
+    # One program per (token, column block): the source block is read once, written k times.
+    token = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col_ok = cols < hidden
+    x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)
+    first = tl.load(token_ptr_ptr + token)
+    last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
+    for j in range(first, last):
+        row = tl.load(entry_row_ptr + j)
+        if SCALE:
+            expert = tl.load(entry_expert_ptr + j)
+            p = tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e).to(tl.float32)
+            value = (x.to(tl.float32) * p).to(dst_ptr.dtype.element_ty)
+        else:
+            value = x
+        tl.store(dst_ptr + row * hidden + cols, value, mask=col_ok & (row >= 0))
+
+
+@triton.jit
+def _zero_padding_rows_kernel(
+    dst_ptr,  # [N, hidden] permuted rows, contiguous
+    src_token_ptr,  # [N] int64 plan: source token of each row, -1 for padding
+    n_rows,  # N
+    hidden,  # row width
+    BLOCK_R: tl.constexpr,  # rows per program
+    BLOCK_H: tl.constexpr,  # columns per step
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    src = tl.load(src_token_ptr + rows, mask=rows < n_rows, other=0)
+    pad = (src < 0) & (rows < n_rows)
+    if tl.max(pad.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
+        for start in range(0, hidden, BLOCK_H):
+            cols = start + tl.arange(0, BLOCK_H)
+            zeros = tl.zeros([BLOCK_R, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
+            tl.store(
+                dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=pad[:, None] & (cols < hidden)[None, :]
+            )
+
+
+def _block_h(hidden: int) -> int:
+    return min(triton.next_power_of_2(max(hidden, 1)), 1024)
+
+
+def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.Tensor | None = None) -> None:
+    """dst[row of (t, e)] = src[t] (* probs[t, e]) for every routed (t, e); src [T, hidden]."""
+    n_tokens, hidden = src.shape
+    if n_tokens == 0 or hidden == 0 or dst.shape[0] == 0:
+        return
+    block_h = _block_h(hidden)
+    _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, block_h))](
+        src,
+        src.stride(0),
+        dst,
+        probs if probs is not None else src,
+        probs.stride(0) if probs is not None else 0,
+        probs.stride(1) if probs is not None else 0,
+        plan.token_ptr,
+        plan.entry_row,
+        plan.entry_expert,
+        dst.shape[0],
+        hidden,
+        SCALE=probs is not None,
+        BLOCK_H=block_h,
+        num_warps=4,
+    )
+
+
+def zero_padding_rows(dst: torch.Tensor, plan: Plan) -> None:
+    """Zero the rows of dst that no token maps to (only plans built with num_out_tokens have them)."""
+    n_rows, hidden = dst.shape
+    if not plan.padded or n_rows == 0 or hidden == 0:
+        return
+    block_r = 16
+    _zero_padding_rows_kernel[(triton.cdiv(n_rows, block_r),)](
+        dst, plan.src_token, n_rows, hidden, BLOCK_R=block_r, BLOCK_H=min(_block_h(hidden), 256)
+    )
+
+
+# -- the fused op ----------------------------------------------------------------------------------
+
+
+def _launch_permute(
+    tokens: torch.Tensor,
+    routing_map: torch.Tensor,
+    probs: torch.Tensor | None,
+    num_out_tokens: int,
+    drop_and_pad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(permuted tokens [N, hidden], permuted probs [N] (empty without probs), plan)."""
+    tokens = _rt.unit_column_stride(tokens)
+    n_tokens, hidden = tokens.shape
+    plan, perm_probs, n_rows = build_plan(
+        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
+    )
+    view = plan_view("permute", plan, n_tokens, n_rows)
+    out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
+    scatter_rows(tokens, out, view)
+    zero_padding_rows(out, view)
+    if perm_probs is None:
+        perm_probs = torch.empty((0,), dtype=torch.float32, device=tokens.device)
+    return out, perm_probs, plan
+
+
+def _launch_permute_backward(
+    grad_out: torch.Tensor,
+    grad_perm_probs: torch.Tensor | None,
+    plan: torch.Tensor,
+    n_tokens: int,
+    n_experts: int,
+    probs_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d_tokens [T, hidden], d_probs [T, E] or empty): a gather, and a scatter of the probs grad."""
+    from .unpermute import gather_rows  # the backward of permute is unpermute's kernel
+
+    grad_out = _rt.unit_column_stride(grad_out)
+    grad_perm_probs = None if grad_perm_probs is None else grad_perm_probs.contiguous()
+    n_rows, hidden = grad_out.shape
+    view = plan_view("permute backward", plan, n_tokens, n_rows)
+    d_tokens = _rt.empty((n_tokens, hidden), grad_out.dtype, grad_out.device)
+    d_probs = torch.empty((0,), dtype=torch.float32, device=grad_out.device)
+    if probs_dtype is not None and grad_perm_probs is not None:
+        d_probs = torch.zeros((n_tokens, n_experts), dtype=probs_dtype, device=grad_out.device)
+    gather_rows(grad_out, d_tokens, view, row_grad=grad_perm_probs if d_probs.numel() else None, d_probs=d_probs)
+    return d_tokens, d_probs
+
+
+@torch.library.custom_op("moe_utils::permute_fwd", mutates_args=())
+def _permute_op(
+    tokens: torch.Tensor,
+    routing_map: torch.Tensor,
+    probs: torch.Tensor | None,
+    num_out_tokens: int,
+    drop_and_pad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _launch_permute(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
+
+
+@_permute_op.register_fake
+def _(tokens, routing_map, probs, num_out_tokens, drop_and_pad):
+    n_tokens, hidden = tokens.shape
+    padded = num_out_tokens >= 0
+    n_rows = num_out_tokens if padded else torch.library.get_ctx().new_dynamic_size()
+    out = tokens.new_empty((n_rows, hidden))
+    perm_probs = probs.new_empty((n_rows,)) if probs is not None else tokens.new_empty((0,), dtype=torch.float32)
+    plan = tokens.new_empty((plan_numel(n_tokens, n_rows, padded),), dtype=torch.int64)
+    return out, perm_probs, plan
+
+
+@torch.library.custom_op("moe_utils::permute_bwd", mutates_args=())
+def _permute_backward_op(
+    grad_out: torch.Tensor,
+    grad_perm_probs: torch.Tensor | None,
+    plan: torch.Tensor,
+    n_tokens: int,
+    n_experts: int,
+    probs_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_permute_backward(grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)
+
+
+@_permute_backward_op.register_fake
+def _(grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype):
+    d_tokens = grad_out.new_empty((n_tokens, grad_out.shape[1]))
+    if probs_dtype is not None and grad_perm_probs is not None:
+        return d_tokens, grad_out.new_empty((n_tokens, n_experts), dtype=probs_dtype)
+    return d_tokens, grad_out.new_empty((0,), dtype=torch.float32)
+
+
+def _permute_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    tokens, routing_map, probs, _, _ = inputs
+    ctx.save_for_backward(output[2])
+    ctx.meta = (tokens.shape[0], routing_map.shape[1], None if probs is None else probs.dtype)
+
+
+def _permute_op_backward(ctx: Any, grad_out, grad_perm_probs, _grad_plan):
+    (plan,) = ctx.saved_tensors
+    n_tokens, n_experts, probs_dtype = ctx.meta
+    d_tokens, d_probs = _permute_backward_op(grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)
+    return d_tokens, None, (d_probs if probs_dtype is not None else None), None, None
+
+
+_permute_op.register_autograd(_permute_op_backward, setup_context=_permute_setup)
+
+
+class _FusedPermute(torch.autograd.Function):
+    """Eager fast path around the same launchers; under torch.compile it calls the ops instead."""
+
+    @staticmethod
+    def forward(ctx, tokens, routing_map, probs, num_out_tokens, drop_and_pad):
+        if torch.compiler.is_compiling():
+            out, perm_probs, plan = _permute_op(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
+        else:
+            out, perm_probs, plan = _launch_permute(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
+        ctx.mark_non_differentiable(plan)
+        ctx.save_for_backward(plan)
+        ctx.meta = (tokens.shape[0], routing_map.shape[1], None if probs is None else probs.dtype, out.shape)
+        ctx.tokens_dtype = tokens.dtype
+        return out, (perm_probs if probs is not None else None), plan
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_perm_probs, _grad_plan):
+        (plan,) = ctx.saved_tensors
+        n_tokens, n_experts, probs_dtype, out_shape = ctx.meta
+        if grad_out is None:  # only the permuted probs were used
+            grad_out = torch.zeros(out_shape, dtype=ctx.tokens_dtype, device=plan.device)
+        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+        args = (grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)
+        if torch.compiler.is_compiling():
+            d_tokens, d_probs = _permute_backward_op(*args)
+        else:
+            d_tokens, d_probs = _launch_permute_backward(*args)
+        return d_tokens, None, (d_probs if probs_dtype is not None and d_probs.numel() else None), None, None
+
+
+# -- reference path and the public function ----------------------------------------------------------
+
+
+def _permute_reference(tokens, routing_map, probs, num_out_tokens, drop_and_pad):
+    """Megatron-Core's algorithm, plain PyTorch (differentiable by autograd)."""
+    num_tokens, _ = tokens.shape
+    num_experts = routing_map.shape[1]
+    permuted_probs = None
+    if drop_and_pad and num_out_tokens is not None:
+        capacity = num_out_tokens // num_experts
+        routing_map = routing_map.to(dtype=torch.int8).T.contiguous()
+        # Stable descending argsort puts each expert's tokens first, in ascending token order.
+        sorted_indices = routing_map.argsort(dim=-1, descending=True, stable=True)[:, :capacity].contiguous()
+        sorted_indices = sorted_indices.view(-1)
+        if probs is not None:
+            probs_t_1d = probs.T.contiguous().view(-1)
+            indices_dim0 = torch.arange(num_experts, device=routing_map.device).unsqueeze(-1)
+            indices_dim1 = sorted_indices.view(num_experts, capacity)
+            indices_1d = (indices_dim0 * num_tokens + indices_dim1).view(-1)
+            permuted_probs = probs_t_1d.index_select(0, indices_1d)
+    else:
+        routing_map = routing_map.bool().T.contiguous()
+        token_indices = torch.arange(num_tokens, device=routing_map.device).unsqueeze(0).expand(num_experts, -1)
+        sorted_indices = token_indices.masked_select(routing_map)
+        if probs is not None:
+            permuted_probs = probs.T.contiguous().masked_select(routing_map)
+    permuted_input = tokens.index_select(0, sorted_indices)
+    return permuted_input, permuted_probs, sorted_indices
+
+
+def _check_tokens(fn: str, tokens: torch.Tensor) -> None:
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"{fn}: tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    if not tokens.is_floating_point():
+        raise TypeError(f"{fn}: tokens has dtype {tokens.dtype}; expected a floating-point dtype")
+    if tokens.dim() != 2:
+        raise ValueError(f"{fn}: tokens has shape {tuple(tokens.shape)}; expected [num_tokens, hidden]")
+
+
+def check_probs(fn: str, probs: torch.Tensor, n_tokens: int, n_experts: int, device: torch.device) -> None:
+    """probs is a float [T, E] tensor on the tokens' device."""
+    if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
+        raise TypeError(f"{fn}: probs must be a floating-point tensor, got {getattr(probs, 'dtype', type(probs))}")
+    if tuple(probs.shape) != (n_tokens, n_experts):
+        raise ValueError(
+            f"{fn}: probs has shape {tuple(probs.shape)}; expected [num_tokens, num_experts] = {[n_tokens, n_experts]}"
+        )
+    if probs.device != device:
+        raise ValueError(f"{fn}: probs is on {probs.device} but the tokens are on {device}")
+
+
+def permute(
+    tokens: torch.Tensor,
+    routing_map: torch.Tensor,
+    probs: torch.Tensor | None = None,
+    num_out_tokens: int | None = None,
+    fused: bool = False,
+    drop_and_pad: bool = False,
+):
+    """Group tokens by expert: expert 0's tokens first, ascending token order within an expert.
+
+    Args:
+        tokens: [num_tokens, hidden] float tensor.
+        routing_map: [num_tokens, num_experts] bool (or integer 0/1): token t goes to expert e.
+        probs: optional [num_tokens, num_experts] routing probabilities.
+        num_out_tokens: rows to allocate. With fused=True and a value given, no host
+            synchronisation happens; rows beyond the routed count are zero padding. A routing map
+            that routes more pairs than this is an error.
+        fused: run the Triton kernels (deterministic, no atomics).
+        drop_and_pad: every expert column of routing_map holds exactly capacity = num_out_tokens //
+            num_experts ones; rows are [num_experts, capacity]. No data-dependent shapes: the fused
+            path can be captured in a CUDA graph.
+
+    Returns:
+        (permuted_tokens [N, hidden], permuted_probs [N] or None, sorted_indices). With fused=False,
+        sorted_indices [N] holds the source token of each row; with fused=True it is a routing plan
+        (int64) to pass to ``unpermute(..., fused=True)``; its first N entries are the same source
+        tokens.
+    """
+    _check_tokens("permute", tokens)
+    n_tokens = tokens.shape[0]
+    n_experts = check_routing_map("permute", routing_map, n_tokens, tokens.device)
+    if probs is not None:
+        check_probs("permute", probs, n_tokens, n_experts, tokens.device)
+    if num_out_tokens is not None:
+        if isinstance(num_out_tokens, torch.Tensor):
+            num_out_tokens = int(num_out_tokens.item())  # host sync; pass an int to avoid it
+        if not isinstance(num_out_tokens, int) or num_out_tokens < 0:
+            raise ValueError(f"permute: num_out_tokens must be a non-negative int or None, got {num_out_tokens!r}")
+        if drop_and_pad and (n_experts == 0 or num_out_tokens % n_experts != 0):
+            raise ValueError(
+                f"permute: drop_and_pad=True needs num_out_tokens = capacity * num_experts; got "
+                f"num_out_tokens={num_out_tokens} with {n_experts} experts"
+            )
+    drop_and_pad = bool(drop_and_pad) and num_out_tokens is not None
+    if not fused:
+        if num_out_tokens is not None and not drop_and_pad:
+            routed = int(routing_map.count_nonzero())
+            if routed > num_out_tokens:
+                raise ValueError(
+                    f"permute: routing_map routes {routed} (token, expert) pairs but num_out_tokens = {num_out_tokens}"
+                )
+        return _permute_reference(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
+    tokens_c = tokens if tokens.stride(-1) == 1 else tokens.contiguous()
+    return _FusedPermute.apply(
+        tokens_c, routing_map, probs, -1 if num_out_tokens is None else num_out_tokens, drop_and_pad
+    )

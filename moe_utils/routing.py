@@ -1,0 +1,373 @@
+"""The routing plan of the fused permute/unpermute: a deterministic counting sort on the device.
+
+From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) three small kernels
+build, with no atomics and no host synchronisation:
+
+1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment.
+2. ``_scan_kernel``: one program; exclusive prefix sums turn the counts into the first permuted row
+   of every (segment, expert) and the first token-major entry of every segment.
+3. ``_map_kernel``: one program per segment; a cumulative sum over the segment's tokens gives every
+   routed (token, expert) its permuted row (expert-major, ascending token order within an expert,
+   exactly the order of the reference) and its place in the token-major list.
+
+The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place of
+``sorted_indices``::
+
+    src_token    [N]      source token of each permuted row (the reference's sorted_indices);
+                          -1 for padding rows
+    token_ptr    [T + 1]  token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
+    entry_row    [N]      permuted row of each entry (token-major, ascending expert); -1 if dropped
+    entry_expert [N]      expert of each entry
+    (marker)     [0 or 1] present when rows may be padding (num_out_tokens was given)
+
+N is the number of permuted rows. The layout is private to this package: pass the tensor to
+``unpermute(..., fused=True)`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _runtime as _rt
+
+__all__ = ["MAX_EXPERTS", "Plan", "build_plan", "check_routing_map", "plan_view"]
+
+#: Largest expert count of the fused path: the map kernel keeps a whole row of experts in one tile.
+MAX_EXPERTS = 1024
+#: At most this many segments, so that the single-program scan stays one tile tall.
+_MAX_SEGMENTS = 256
+
+
+@triton.jit
+def _count_kernel(
+    map_ptr,  # [T, E] routing map, bool or integer 0/1
+    map_stride_t,  # elements between tokens of the map
+    map_stride_e,  # elements between experts of the map
+    counts_ptr,  # [n_seg, E] int32 out: routed tokens per segment and expert
+    T,  # tokens
+    E,  # experts
+    seg_len,  # tokens per segment, a multiple of BLOCK_T
+    BLOCK_T: tl.constexpr,  # tokens per step
+    BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+):
+    seg = tl.program_id(0)
+    experts = tl.arange(0, BLOCK_E)
+    e_ok = experts < E
+    acc = tl.zeros([BLOCK_E], dtype=tl.int32)
+    first = seg.to(tl.int64) * seg_len
+    for off in range(0, seg_len, BLOCK_T):
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        ok = (tokens < T)[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        acc += tl.sum((m != 0).to(tl.int32), axis=0)
+    tl.store(counts_ptr + seg * E + experts, acc, mask=e_ok)
+
+
+@triton.jit
+def _scan_kernel(
+    counts_ptr,  # [n_seg, E] int32 routed tokens per segment and expert
+    seg_expert_off_ptr,  # [n_seg, E] int64 out: first permuted row of each (segment, expert)
+    seg_token_off_ptr,  # [n_seg] int64 out: first token-major entry of each segment
+    expert_count_ptr,  # [E] int64 out: routed tokens per expert
+    token_ptr_ptr,  # [T + 1] int64 out: only token_ptr[T] (total routed entries) is written here
+    n_seg,  # segments
+    E,  # experts
+    T,  # tokens
+    capacity,  # DROP_AND_PAD: rows per expert
+    DROP_AND_PAD: tl.constexpr,  # expert e owns rows [e * capacity, (e + 1) * capacity)
+    BLOCK_S: tl.constexpr,  # >= n_seg
+    BLOCK_E: tl.constexpr,  # experts per step
+):
+    segs = tl.arange(0, BLOCK_S)
+    s_ok = segs < n_seg
+    expert_base = tl.full((), 0, tl.int64)  # rows taken by the experts before this step
+    seg_total = tl.zeros([BLOCK_S], dtype=tl.int64)
+    for e0 in range(0, E, BLOCK_E):
+        experts = e0 + tl.arange(0, BLOCK_E)
+        e_ok = experts < E
+        ok = s_ok[:, None] & e_ok[None, :]
+        offs = segs[:, None] * E + experts[None, :]
+        c = tl.load(counts_ptr + offs, mask=ok, other=0).to(tl.int64)
+        before_seg = tl.cumsum(c, axis=0) - c  # rows of the same expert in earlier segments
+        per_expert = tl.sum(c, axis=0)
+        if DROP_AND_PAD:
+            first_row = experts.to(tl.int64) * capacity
+        else:
+            first_row = expert_base + tl.cumsum(per_expert, axis=0) - per_expert
+        expert_base += tl.sum(per_expert, axis=0)
+        tl.store(seg_expert_off_ptr + offs, first_row[None, :] + before_seg, mask=ok)
+        tl.store(expert_count_ptr + experts, per_expert, mask=e_ok)
+        seg_total += tl.sum(c, axis=1)
+    tl.store(seg_token_off_ptr + segs, tl.cumsum(seg_total, axis=0) - seg_total, mask=s_ok)
+    tl.store(token_ptr_ptr + T, expert_base)
+
+
+@triton.jit
+def _map_kernel(
+    map_ptr,  # [T, E] routing map, bool or integer 0/1
+    map_stride_t,  # elements between tokens of the map
+    map_stride_e,  # elements between experts of the map
+    probs_ptr,  # [T, E] routing probabilities (HAS_PROBS)
+    probs_stride_t,  # elements between tokens of probs
+    probs_stride_e,  # elements between experts of probs
+    seg_expert_off_ptr,  # [n_seg, E] int64 first permuted row of each (segment, expert)
+    seg_token_off_ptr,  # [n_seg] int64 first token-major entry of each segment
+    src_token_ptr,  # [N] int64 out: source token of each permuted row
+    perm_probs_ptr,  # [N] out: probability of each permuted row (HAS_PROBS)
+    token_ptr_ptr,  # [T + 1] int64 out: first entry of each token
+    entry_row_ptr,  # [N] int64 out: permuted row of each entry, -1 when the row would not fit
+    entry_expert_ptr,  # [N] int64 out: expert of each entry
+    T,  # tokens
+    E,  # experts
+    N,  # permuted rows allocated
+    seg_len,  # tokens per segment, a multiple of BLOCK_T
+    capacity,  # DROP_AND_PAD: rows per expert
+    HAS_PROBS: tl.constexpr,
+    DROP_AND_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,  # tokens per step
+    BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+):
+    seg = tl.program_id(0)
+    experts = tl.arange(0, BLOCK_E)
+    e_ok = experts < E
+    # Next free row of each expert and next free token-major entry, carried across steps.
+    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0)
+    next_entry = tl.load(seg_token_off_ptr + seg)
+    if DROP_AND_PAD:
+        row_end = (experts + 1).to(tl.int64) * capacity  # rows of expert e end here
+    else:
+        row_end = tl.full([BLOCK_E], 0, tl.int64) + N
+    first = seg.to(tl.int64) * seg_len
+    for off in range(0, seg_len, BLOCK_T):
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        t_ok = tokens < T
+        ok = t_ok[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        m = (m != 0).to(tl.int64)
+        # Rank of the token among this expert's tokens: exclusive cumsum down the token axis.
+        rows = next_row[None, :] + tl.cumsum(m, axis=0) - m
+        routed = (m != 0) & (rows < row_end[None, :])
+        tl.store(src_token_ptr + rows, tl.broadcast_to(tokens[:, None], (BLOCK_T, BLOCK_E)), mask=routed)
+        if HAS_PROBS:
+            p_offs = tokens[:, None] * probs_stride_t + experts[None, :] * probs_stride_e
+            p = tl.load(probs_ptr + p_offs, mask=routed, other=0.0)
+            tl.store(perm_probs_ptr + rows, p, mask=routed)
+        next_row += tl.sum(m, axis=0)
+        # Token-major list: each token's entries in ascending expert order.
+        per_token = tl.sum(m, axis=1)
+        token_first = next_entry + tl.cumsum(per_token, axis=0) - per_token
+        tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
+        entries = token_first[:, None] + tl.cumsum(m, axis=1) - m
+        listed = (m != 0) & (entries < N)
+        tl.store(entry_row_ptr + entries, tl.where(routed, rows, -1), mask=listed)
+        tl.store(entry_expert_ptr + entries, tl.broadcast_to(experts[None, :], (BLOCK_T, BLOCK_E)), mask=listed)
+        next_entry += tl.sum(per_token, axis=0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Views into a plan tensor (see the module docstring)."""
+
+    src_token: torch.Tensor  # [N]
+    token_ptr: torch.Tensor  # [T + 1]
+    entry_row: torch.Tensor  # [N]
+    entry_expert: torch.Tensor  # [N]
+    padded: bool  # some rows may be padding (no token maps to them)
+
+
+def plan_numel(n_tokens: int, n_rows: int, padded: bool) -> int:
+    """Length of the plan tensor."""
+    return 3 * n_rows + n_tokens + 1 + int(padded)
+
+
+def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
+    """Slice a plan made by permute(..., fused=True); anything else is a clear error."""
+    if not isinstance(plan, torch.Tensor) or plan.dtype != torch.int64 or plan.dim() != 1:
+        raise ValueError(
+            f"{fn}: with fused=True, sorted_indices must be the third output of permute(..., fused=True) "
+            f"(a 1-D int64 routing plan), got {type(plan).__name__} "
+            f"{getattr(plan, 'dtype', '')} {tuple(getattr(plan, 'shape', ()))}"
+        )
+    sizes = {plan_numel(n_tokens, n_rows, False): False, plan_numel(n_tokens, n_rows, True): True}
+    if plan.numel() not in sizes:
+        raise ValueError(
+            f"{fn}: sorted_indices has {plan.numel()} elements, which is not a routing plan for "
+            f"{n_tokens} tokens (restore_shape) and {n_rows} permuted rows (permuted_tokens); pass the "
+            "third output of permute(..., fused=True) from the same routing"
+        )
+    n, t = n_rows, n_tokens
+    return Plan(
+        src_token=plan[:n],
+        token_ptr=plan[n : n + t + 1],
+        entry_row=plan[n + t + 1 : 2 * n + t + 1],
+        entry_expert=plan[2 * n + t + 1 : 3 * n + t + 1],
+        padded=sizes[plan.numel()],
+    )
+
+
+def check_routing_map(fn: str, routing_map: torch.Tensor, n_tokens: int, device: torch.device) -> int:
+    """routing_map is [T, E], bool or integer, on the tokens' device. Returns E."""
+    if not isinstance(routing_map, torch.Tensor):
+        raise TypeError(f"{fn}: routing_map must be a torch.Tensor, got {type(routing_map).__name__}")
+    if routing_map.dtype.is_floating_point or routing_map.dtype.is_complex:
+        raise TypeError(f"{fn}: routing_map has dtype {routing_map.dtype}; expected bool or an integer dtype of 0/1")
+    if routing_map.dim() != 2 or routing_map.shape[0] != n_tokens:
+        raise ValueError(
+            f"{fn}: routing_map has shape {tuple(routing_map.shape)}; expected [num_tokens={n_tokens}, num_experts]"
+        )
+    if routing_map.device != device:
+        raise ValueError(f"{fn}: routing_map is on {routing_map.device} but the tokens are on {device}")
+    return routing_map.shape[1]
+
+
+def _map_pointer(routing_map: torch.Tensor) -> torch.Tensor:
+    return routing_map.view(torch.uint8) if routing_map.dtype == torch.bool else routing_map
+
+
+def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
+    block_e = triton.next_power_of_2(max(n_experts, 1))
+    block_t = max(1, min(256, 4096 // block_e))
+    n_steps = triton.cdiv(n_tokens, block_t)
+    steps_per_seg = triton.cdiv(n_steps, _MAX_SEGMENTS)
+    seg_len = steps_per_seg * block_t
+    n_seg = triton.cdiv(n_tokens, seg_len)
+    return seg_len, n_seg, block_t, block_e
+
+
+def _scan(routing_map, n_tokens, n_experts, seg_len, n_seg, block_t, block_e, drop_and_pad, capacity):
+    device = routing_map.device
+    m = _map_pointer(routing_map)
+    counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
+    _count_kernel[(n_seg,)](
+        m, m.stride(0), m.stride(1), counts, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e
+    )
+    seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
+    seg_token_off = torch.empty((n_seg,), dtype=torch.int64, device=device)
+    expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
+    token_ptr = torch.empty((n_tokens + 1,), dtype=torch.int64, device=device)
+    block_s = triton.next_power_of_2(n_seg)
+    _scan_kernel[(1,)](
+        counts,
+        seg_expert_off,
+        seg_token_off,
+        expert_count,
+        token_ptr,
+        n_seg,
+        n_experts,
+        n_tokens,
+        capacity,
+        DROP_AND_PAD=drop_and_pad,
+        BLOCK_S=block_s,
+        BLOCK_E=max(1, min(triton.next_power_of_2(n_experts), 4096 // block_s)),
+    )
+    return counts, seg_expert_off, seg_token_off, expert_count, token_ptr
+
+
+def build_plan(
+    fn: str,
+    routing_map: torch.Tensor,
+    probs: torch.Tensor | None,
+    num_out_tokens: int | None,
+    drop_and_pad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Build the plan on the device. Returns (plan, permuted probs [N] or None, N).
+
+    N is num_out_tokens when given (no host synchronisation), else the routed count (one sync,
+    as in the reference). More routed (token, expert) pairs than N rows, or with drop_and_pad more
+    than capacity tokens for one expert, is an error: raised at once on the CPU, as a device-side
+    assertion on the GPU; either way no kernel writes out of bounds.
+    """
+    n_tokens, n_experts = routing_map.shape
+    device = routing_map.device
+    if not _rt.triton_device(routing_map):
+        raise RuntimeError(
+            f"{fn}: fused=True runs Triton kernels and needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
+            f"got tensors on {device}. Use fused=False there."
+        )
+    if n_experts > MAX_EXPERTS:
+        raise ValueError(f"{fn}: fused=True supports at most {MAX_EXPERTS} experts, got {n_experts}; use fused=False")
+    if n_tokens == 0 or n_experts == 0:
+        return _empty_plan(n_tokens, probs, num_out_tokens, device)
+    seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
+    capacity = num_out_tokens // n_experts if drop_and_pad else 0
+    _, seg_expert_off, seg_token_off, expert_count, token_ptr = _scan(
+        routing_map, n_tokens, n_experts, seg_len, n_seg, block_t, block_e, drop_and_pad, capacity
+    )
+    total = token_ptr[n_tokens:]
+    if num_out_tokens is None:
+        n_rows = int(total.item())  # data-dependent size, as in the reference
+        padded = False
+    else:
+        n_rows = num_out_tokens
+        padded = True
+        _check_fits(fn, total, expert_count, n_rows, capacity, drop_and_pad)
+    plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
+    view = plan_view(fn, plan, n_tokens, n_rows)
+    if padded:
+        view.src_token.fill_(-1)  # rows no token lands in stay marked as padding
+        plan[-1] = 1
+    view.token_ptr[n_tokens:].copy_(total)
+    perm_probs = None
+    if probs is not None:
+        alloc = torch.zeros if padded else torch.empty  # padding rows get probability 0
+        perm_probs = alloc((n_rows,), dtype=probs.dtype, device=device)
+    m = _map_pointer(routing_map)
+    _map_kernel[(n_seg,)](
+        m,
+        m.stride(0),
+        m.stride(1),
+        probs if probs is not None else m,
+        probs.stride(0) if probs is not None else 0,
+        probs.stride(1) if probs is not None else 0,
+        seg_expert_off,
+        seg_token_off,
+        view.src_token,
+        perm_probs if perm_probs is not None else view.src_token,
+        view.token_ptr,
+        view.entry_row,
+        view.entry_expert,
+        n_tokens,
+        n_experts,
+        n_rows,
+        seg_len,
+        capacity,
+        HAS_PROBS=probs is not None,
+        DROP_AND_PAD=drop_and_pad,
+        BLOCK_T=block_t,
+        BLOCK_E=block_e,
+    )
+    return plan, perm_probs, n_rows
+
+
+def _empty_plan(
+    n_tokens: int, probs: torch.Tensor | None, num_out_tokens: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Nothing is routed: every row (if num_out_tokens asks for any) is padding. No kernel runs."""
+    n_rows = num_out_tokens or 0
+    padded = num_out_tokens is not None
+    plan = torch.zeros((plan_numel(n_tokens, n_rows, padded),), dtype=torch.int64, device=device)
+    plan[:n_rows] = -1
+    perm_probs = None if probs is None else torch.zeros((n_rows,), dtype=probs.dtype, device=device)
+    return plan, perm_probs, n_rows
+
+
+def _check_fits(fn, total, expert_count, n_rows, capacity, drop_and_pad) -> None:
+    if drop_and_pad:
+        fits = (expert_count <= capacity).all()
+        msg = (
+            f"{fn}: drop_and_pad=True needs at most capacity = num_out_tokens // num_experts = {capacity} "
+            "tokens per expert in routing_map (exactly capacity when the dispatcher pads)"
+        )
+    else:
+        fits = total[0] <= n_rows
+        msg = f"{fn}: routing_map routes more (token, expert) pairs than num_out_tokens = {n_rows}"
+    if total.device.type == "cpu":
+        if not bool(fits):
+            got = f"per-expert counts {expert_count.tolist()}" if drop_and_pad else f"{int(total[0])} routed"
+            raise ValueError(f"{msg}; got {got}")
+    else:
+        torch._assert_async(fits, msg)

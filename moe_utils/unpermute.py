@@ -1,0 +1,346 @@
+"""unpermute: bring permuted rows back to their tokens, as Megatron-Core's ``moe_utils.unpermute``.
+
+``fused=False`` is the reference algorithm (multiply by probs, zero-filled buffer, scatter_add with
+atomics). ``fused=True`` is a gather: each token reads its rows through the routing plan, multiplies
+them by their probabilities in fp32, sums in fp32 and writes once. No atomics, no zero fill, so
+the result is bit-identical from run to run. The backward scatters the gradient to the rows and, when
+probs need a gradient, takes the row dot products in the same pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _runtime as _rt
+from .permute import check_probs, scatter_rows, zero_padding_rows
+from .routing import Plan, check_routing_map, plan_view
+
+__all__ = ["gather_rows", "unpermute"]
+
+
+@triton.jit
+def _gather_rows_kernel(
+    src_ptr,  # [N, hidden] permuted rows (or the gradient of permute's output)
+    src_row_stride,  # elements between permuted rows
+    out_ptr,  # [T, hidden] out, contiguous
+    probs_ptr,  # [T, E] routing probabilities (SCALE)
+    probs_stride_t,  # elements between tokens of probs
+    probs_stride_e,  # elements between experts of probs
+    row_grad_ptr,  # [N] gradient of permute's permuted probs (PROBS_GRAD)
+    d_probs_ptr,  # [T, E] out, contiguous, zero-filled (PROBS_GRAD)
+    token_ptr_ptr,  # [T + 1] int64 plan: token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
+    entry_row_ptr,  # [N] int64 plan: permuted row of each entry (-1: not placed)
+    entry_expert_ptr,  # [N] int64 plan: expert of each entry
+    n_rows,  # N
+    hidden,  # row width
+    E,  # experts
+    SCALE: tl.constexpr,  # multiply each row by its probability
+    PROBS_GRAD: tl.constexpr,  # also scatter row_grad into d_probs (permute's backward)
+    BLOCK_H: tl.constexpr,  # columns per program
+):
+    # out[t] = sum_j src[entry_row[j]] (* probs[t, entry_expert[j]]), in fp32, written once.
+    token = tl.program_id(0).to(tl.int64)
+    col_block = tl.program_id(1)
+    cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    col_ok = cols < hidden
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    first = tl.load(token_ptr_ptr + token)
+    last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
+    for j in range(first, last):
+        row = tl.load(entry_row_ptr + j)
+        x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
+        if SCALE:
+            expert = tl.load(entry_expert_ptr + j)
+            x = x * tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e).to(tl.float32)
+        acc += x
+        if PROBS_GRAD:
+            if (col_block == 0) & (row >= 0):
+                expert = tl.load(entry_expert_ptr + j)
+                grad = tl.load(row_grad_ptr + row)
+                tl.store(d_probs_ptr + token * E + expert, grad.to(d_probs_ptr.dtype.element_ty))
+    tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _scatter_dot_kernel(
+    grad_ptr,  # [T, hidden] gradient of unpermute's output
+    grad_row_stride,  # elements between its rows
+    perm_ptr,  # [N, hidden] permuted tokens (unpermute's input)
+    perm_row_stride,  # elements between its rows
+    d_perm_ptr,  # [N, hidden] out, contiguous: gradient w.r.t. the permuted tokens
+    probs_ptr,  # [T, E] routing probabilities
+    probs_stride_t,  # elements between tokens of probs
+    probs_stride_e,  # elements between experts of probs
+    d_probs_ptr,  # [T, E] out, contiguous, zero-filled: gradient w.r.t. probs
+    token_ptr_ptr,  # [T + 1] int64 plan
+    entry_row_ptr,  # [N] int64 plan
+    entry_expert_ptr,  # [N] int64 plan
+    n_rows,  # N
+    hidden,  # row width
+    E,  # experts
+    BLOCK_H: tl.constexpr,  # columns per step
+):
+    # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
+    # (row, e) the entries of token t. One program per token walks whole rows, so the dot product
+    # stays in fp32 registers: deterministic, no atomics.
+    token = tl.program_id(0).to(tl.int64)
+    first = tl.load(token_ptr_ptr + token)
+    last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
+    for j in range(first, last):
+        row = tl.load(entry_row_ptr + j)
+        expert = tl.load(entry_expert_ptr + j)
+        p = tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e).to(tl.float32)
+        dot = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for start in range(0, hidden, BLOCK_H):
+            cols = start + tl.arange(0, BLOCK_H)
+            ok = (cols < hidden) & (row >= 0)
+            g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=ok, other=0.0).to(tl.float32)
+            x = tl.load(perm_ptr + row * perm_row_stride + cols, mask=ok, other=0.0).to(tl.float32)
+            tl.store(d_perm_ptr + row * hidden + cols, (g * p).to(d_perm_ptr.dtype.element_ty), mask=ok)
+            dot += g * x
+        if row >= 0:
+            tl.store(d_probs_ptr + token * E + expert, tl.sum(dot, axis=0).to(d_probs_ptr.dtype.element_ty))
+
+
+def _block_h(hidden: int) -> int:
+    return min(triton.next_power_of_2(max(hidden, 1)), 1024)
+
+
+def gather_rows(
+    src: torch.Tensor,
+    out: torch.Tensor,
+    plan: Plan,
+    probs: torch.Tensor | None = None,
+    row_grad: torch.Tensor | None = None,
+    d_probs: torch.Tensor | None = None,
+) -> None:
+    """out[t] = sum over t's rows of src[row] (* probs[t, e]); optionally d_probs[t, e] = row_grad[row]."""
+    n_tokens, hidden = out.shape
+    if n_tokens == 0:
+        return
+    block_h = _block_h(hidden)
+    probs_grad = row_grad is not None
+    _gather_rows_kernel[(n_tokens, triton.cdiv(max(hidden, 1), block_h))](
+        src,
+        src.stride(0),
+        out,
+        probs if probs is not None else src,
+        probs.stride(0) if probs is not None else 0,
+        probs.stride(1) if probs is not None else 0,
+        row_grad if probs_grad else src,
+        d_probs if probs_grad else src,
+        plan.token_ptr,
+        plan.entry_row,
+        plan.entry_expert,
+        src.shape[0],
+        hidden,
+        d_probs.shape[1] if probs_grad else 0,
+        SCALE=probs is not None,
+        PROBS_GRAD=probs_grad,
+        BLOCK_H=block_h,
+        num_warps=4,
+    )
+
+
+def _launch_unpermute(
+    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int
+) -> torch.Tensor:
+    permuted = _rt.unit_column_stride(permuted)
+    n_rows, hidden = permuted.shape
+    view = plan_view("unpermute", plan, n_tokens, n_rows)
+    out = _rt.empty((n_tokens, hidden), permuted.dtype, permuted.device)
+    if hidden > 0:
+        gather_rows(permuted, out, view, probs=probs)
+    return out
+
+
+def _launch_unpermute_backward(
+    grad: torch.Tensor, permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, need_d_probs: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad = _rt.unit_column_stride(grad)
+    permuted = _rt.unit_column_stride(permuted) if need_d_probs else permuted
+    n_tokens, hidden = grad.shape
+    n_rows = permuted.shape[0]
+    view = plan_view("unpermute backward", plan, n_tokens, n_rows)
+    d_perm = _rt.empty((n_rows, hidden), permuted.dtype, permuted.device)
+    d_probs = torch.empty((0,), dtype=torch.float32, device=grad.device)
+    if probs is not None and need_d_probs:
+        d_probs = torch.zeros(probs.shape, dtype=probs.dtype, device=grad.device)
+        if n_tokens > 0:
+            _scatter_dot_kernel[(n_tokens,)](
+                grad,
+                grad.stride(0),
+                permuted,
+                permuted.stride(0),
+                d_perm,
+                probs,
+                probs.stride(0),
+                probs.stride(1),
+                d_probs,
+                view.token_ptr,
+                view.entry_row,
+                view.entry_expert,
+                n_rows,
+                hidden,
+                probs.shape[1],
+                BLOCK_H=_block_h(hidden),
+                num_warps=4,
+            )
+    else:
+        scatter_rows(grad, d_perm, view, probs=probs)
+    zero_padding_rows(d_perm, view)
+    return d_perm, d_probs
+
+
+@torch.library.custom_op("moe_utils::unpermute_fwd", mutates_args=())
+def _unpermute_op(
+    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int
+) -> torch.Tensor:
+    return _launch_unpermute(permuted, plan, probs, n_tokens)
+
+
+@_unpermute_op.register_fake
+def _(permuted, plan, probs, n_tokens):
+    return permuted.new_empty((n_tokens, permuted.shape[1]))
+
+
+@torch.library.custom_op("moe_utils::unpermute_bwd", mutates_args=())
+def _unpermute_backward_op(
+    grad: torch.Tensor, permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, need_d_probs: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_unpermute_backward(grad, permuted, plan, probs, need_d_probs)
+
+
+@_unpermute_backward_op.register_fake
+def _(grad, permuted, plan, probs, need_d_probs):
+    d_perm = permuted.new_empty(permuted.shape)
+    if probs is not None and need_d_probs:
+        return d_perm, probs.new_empty(probs.shape)
+    return d_perm, grad.new_empty((0,), dtype=torch.float32)
+
+
+def _unpermute_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    permuted, plan, probs, _ = inputs
+    ctx.save_for_backward(permuted, plan, probs)
+
+
+def _unpermute_op_backward(ctx: Any, grad):
+    permuted, plan, probs = ctx.saved_tensors
+    need = probs is not None and ctx.needs_input_grad[2]
+    d_perm, d_probs = _unpermute_backward_op(grad.contiguous(), permuted, plan, probs, need)
+    return d_perm, None, (d_probs if need else None), None
+
+
+_unpermute_op.register_autograd(_unpermute_op_backward, setup_context=_unpermute_setup)
+
+
+class _FusedUnpermute(torch.autograd.Function):
+    """Eager fast path around the same launchers; under torch.compile it calls the ops instead."""
+
+    @staticmethod
+    def forward(ctx, permuted, plan, probs, n_tokens):
+        if torch.compiler.is_compiling():
+            out = _unpermute_op(permuted, plan, probs, n_tokens)
+        else:
+            out = _launch_unpermute(permuted, plan, probs, n_tokens)
+        # permuted is needed only for the probs gradient.
+        keep = permuted if probs is not None and probs.requires_grad else None
+        ctx.save_for_backward(keep, plan, probs)
+        ctx.perm_meta = (permuted.shape, permuted.dtype, permuted.device)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        kept, plan, probs = ctx.saved_tensors
+        need = probs is not None and ctx.needs_input_grad[2]
+        shape, dtype, device = ctx.perm_meta
+        # Without a probs gradient the rows' values are not read: a zero-stride stand-in carries the shape.
+        permuted = kept if kept is not None else torch.empty((1, 1), dtype=dtype, device=device).expand(shape)
+        grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+        args = (grad, permuted, plan, probs, need)
+        if torch.compiler.is_compiling():
+            d_perm, d_probs = _unpermute_backward_op(*args)
+        else:
+            d_perm, d_probs = _launch_unpermute_backward(*args)
+        return d_perm, None, (d_probs if need else None), None
+
+
+def _unpermute_reference(permuted_tokens, sorted_indices, restore_shape, probs, routing_map, drop_and_pad):
+    """Megatron-Core's algorithm, plain PyTorch (differentiable by autograd)."""
+    _, hidden = restore_shape
+    input_dtype = permuted_tokens.dtype
+    if probs is not None:
+        if drop_and_pad:
+            num_experts = routing_map.size(1)
+            num_permuted_tokens = sorted_indices.size(0)
+            capacity = num_permuted_tokens // num_experts
+            num_unpermuted_tokens = probs.size(0)
+            probs_t_1d = probs.T.contiguous().view(-1)
+            indices_dim0 = torch.arange(num_experts, device=routing_map.device).unsqueeze(-1)
+            indices_dim1 = sorted_indices.view(num_experts, capacity)
+            indices_1d = (indices_dim0 * num_unpermuted_tokens + indices_dim1).view(-1)
+            permuted_probs = probs_t_1d.index_select(0, indices_1d)
+        else:
+            permuted_probs = probs.T.contiguous().masked_select(routing_map.bool().T.contiguous())
+        # Promotes bf16 rows to the probs' dtype (usually fp32), as the reference does.
+        permuted_tokens = permuted_tokens * permuted_probs.unsqueeze(-1)
+    output_tokens = torch.zeros(restore_shape, dtype=permuted_tokens.dtype, device=permuted_tokens.device)
+    output_tokens.scatter_add_(0, sorted_indices.unsqueeze(1).expand(-1, hidden), permuted_tokens)
+    return output_tokens.to(dtype=input_dtype)
+
+
+def unpermute(
+    permuted_tokens: torch.Tensor,
+    sorted_indices: torch.Tensor,
+    restore_shape: torch.Size,
+    probs: torch.Tensor | None = None,
+    routing_map: torch.Tensor | None = None,
+    fused: bool = False,
+    drop_and_pad: bool = False,
+) -> torch.Tensor:
+    """Sum each token's permuted rows back into it, weighted by its routing probs when given.
+
+    Args:
+        permuted_tokens: [N, hidden] rows from ``permute`` (after the experts).
+        sorted_indices: third output of ``permute`` with the same ``fused`` setting.
+        restore_shape: [num_tokens, hidden] of the output (authoritative).
+        probs: optional [num_tokens, num_experts] routing probabilities.
+        routing_map: [num_tokens, num_experts]; required with probs when fused=False.
+        fused: gather kernel (deterministic, fp32 accumulation, no atomics).
+        drop_and_pad: the routing of ``permute(..., drop_and_pad=True)``.
+
+    Returns:
+        [num_tokens, hidden] in permuted_tokens.dtype; tokens routed nowhere get zeros.
+    """
+    fn = "unpermute"
+    if not isinstance(permuted_tokens, torch.Tensor) or not permuted_tokens.is_floating_point():
+        raise TypeError(f"{fn}: permuted_tokens must be a floating-point tensor")
+    if permuted_tokens.dim() != 2:
+        raise ValueError(f"{fn}: permuted_tokens has shape {tuple(permuted_tokens.shape)}; expected [N, hidden]")
+    restore_shape = tuple(int(s) for s in restore_shape)
+    if len(restore_shape) != 2:
+        raise ValueError(f"{fn}: restore_shape must be [num_tokens, hidden], got {restore_shape}")
+    n_tokens, hidden = restore_shape
+    if permuted_tokens.shape[1] != hidden:
+        raise ValueError(
+            f"{fn}: permuted_tokens has hidden size {permuted_tokens.shape[1]} but restore_shape is {restore_shape}"
+        )
+    if probs is not None:
+        check_probs(fn, probs, n_tokens, probs.shape[-1] if probs.dim() == 2 else -1, permuted_tokens.device)
+    if routing_map is not None:
+        n_experts = check_routing_map(fn, routing_map, n_tokens, permuted_tokens.device)
+        if probs is not None and probs.shape[1] != n_experts:
+            raise ValueError(f"{fn}: probs has {probs.shape[1]} experts but routing_map has {n_experts}")
+    if not fused:
+        if probs is not None and routing_map is None:
+            raise ValueError(f"{fn}: routing_map is required with probs (to select each row's prob)")
+        return _unpermute_reference(
+            permuted_tokens, sorted_indices, torch.Size(restore_shape), probs, routing_map, drop_and_pad
+        )
+    plan_view(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])  # checks the plan's layout
+    permuted = permuted_tokens if permuted_tokens.stride(-1) == 1 else permuted_tokens.contiguous()
+    return _FusedUnpermute.apply(permuted, sorted_indices, probs, n_tokens)

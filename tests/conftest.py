@@ -1,0 +1,84 @@
+"""Shared test setup.
+
+Without a GPU, Triton kernels run in Triton's interpreter: TRITON_INTERPRET=1 must be set before
+triton is imported, so it is set here, before any test module imports moe_utils. With a GPU the
+same tests run the compiled kernels on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+from moe_utils import _runtime as rt
+
+#: Where kernels run in this session.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ON_GPU = DEVICE.type == "cuda"
+#: The Triton path is testable here (GPU, or CPU under the interpreter).
+TRITON = ON_GPU or rt.INTERPRET
+
+#: Relative error bound ||out - ref|| / ||ref|| per storage dtype, against float64 references.
+REL_TOL = {torch.float64: 1e-12, torch.float32: 3e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+#: Elementwise (rtol, atol) per storage dtype; atol is relative to the reference's max magnitude.
+ELEM_TOL = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (4e-3, 2e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
+
+
+def assert_close_to_ref(
+    out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "", bound: torch.Tensor | None = None
+) -> None:
+    """out (any dtype) against a float64 reference, with a tolerance tied to the storage dtype.
+
+    For reductions (the weight gradient), ``bound`` is the sum of absolute terms: cancellation makes
+    the error relative to it, not to the result.
+    """
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    out64 = out.detach().to(torch.float64).cpu()
+    ref64 = ref.detach().to(torch.float64).cpu()
+    assert not torch.isnan(out64).any(), f"{what}: NaN in output (unwritten element or bad math)"
+    if ref64.numel() == 0:
+        return
+    if bound is not None:
+        err = (out64 - ref64).abs()
+        limit = ELEM_TOL[dtype][0] * bound.detach().to(torch.float64).cpu() + 1e-30
+        assert torch.all(err <= limit), f"{what}: error {err.max().item():.3g} beyond {ELEM_TOL[dtype][0]} x sum|terms|"
+        return
+    scale = ref64.abs().max().item() or 1.0
+    rel = (out64 - ref64).norm().item() / (ref64.norm().item() or 1.0)
+    assert rel <= REL_TOL[dtype], f"{what}: relative error {rel:.3g} > {REL_TOL[dtype]:.3g} ({dtype})"
+    rtol, atol = ELEM_TOL[dtype]
+    torch.testing.assert_close(out64, ref64, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs():
+    """Every output of our kernels starts as NaN / garbage, so an unwritten element fails a test."""
+    with rt.poisoned_outputs():
+        yield
+
+
+@pytest.fixture(params=["triton", "eager"])
+def backend(request):
+    """Run a test on the Triton path and on the generated eager path."""
+    if request.param == "triton":
+        if not TRITON:
+            pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+        yield "triton"
+    else:
+        with rt.eager_backend():
+            yield "eager"
+
+
+def make_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,77 @@
+"""Float64 references for the gated activations, built from the specs with sympy.lambdify (numpy).
+
+Independent of our printers and templates: only the spec's expression and sympy's derivatives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy
+import torch
+from moe_utils.codegen import GATE, UP, ActivationSpec, derive
+
+
+def _np_sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _np_erf(x):
+    return torch.erf(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
+_MODULES = [{"sigmoid": _np_sigmoid, "erf": _np_erf}, "numpy"]
+
+
+class SpecReference:
+    """f, df/dgate, df/dup of one spec as float64 numpy functions of (gate, up, *params)."""
+
+    def __init__(self, spec: ActivationSpec):
+        self.spec = spec
+        d = derive(spec)
+        args = (GATE, UP, *(p.symbol for p in spec.params))
+        self.f = sympy.lambdify(args, d.act, modules=_MODULES)
+        self.d_gate = sympy.lambdify(args, d.d_gate, modules=_MODULES)
+        self.d_up = sympy.lambdify(args, d.d_up, modules=_MODULES)
+
+    @staticmethod
+    def _call(fn, gate, up, params):
+        out = fn(gate, up, *params)
+        return np.broadcast_to(np.asarray(out, dtype=np.float64), gate.shape)
+
+    def forward_backward(self, y, bias=None, weights=None, g=None, params=(), clamp_value=None):
+        """Everything in float64 torch tensors (CPU). Returns out, d_y, d_bias, d_weights."""
+        y = y.detach().to(torch.float64).cpu()
+        x = y.numpy().reshape(-1, y.shape[-1])
+        gate_in, up_in = np.split(x, 2, axis=-1)
+        gate, up = gate_in.copy(), up_in.copy()
+        gate_pass = np.ones_like(gate, dtype=bool)
+        up_pass = np.ones_like(up, dtype=bool)
+        if clamp_value is not None:
+            gate_pass = gate_in <= clamp_value
+            up_pass = (up_in >= -clamp_value) & (up_in <= clamp_value)
+            gate = np.minimum(gate, clamp_value)
+            up = np.clip(up, -clamp_value, clamp_value)
+        if bias is not None:
+            b = np.broadcast_to(bias.detach().to(torch.float64).cpu().numpy(), y.shape).reshape(x.shape)
+            gate = gate + b[:, : gate.shape[1]]
+            up = up + b[:, gate.shape[1] :]
+        w = np.ones((x.shape[0], 1))
+        if weights is not None:
+            w = weights.detach().to(torch.float64).cpu().numpy().reshape(-1, 1)
+        f = self._call(self.f, gate, up, params)
+        out = torch.from_numpy((f * w).reshape(*y.shape[:-1], y.shape[-1] // 2).copy())
+        if g is None:
+            return out, None, None, None
+        g = g.detach().to(torch.float64).cpu().numpy().reshape(f.shape)
+        d_gate = g * w * self._call(self.d_gate, gate, up, params) * gate_pass
+        d_up = g * w * self._call(self.d_up, gate, up, params) * up_pass
+        d_y = torch.from_numpy(np.concatenate([d_gate, d_up], axis=-1).reshape(y.shape).copy())
+        d_w = torch.from_numpy((g * f).sum(-1, keepdims=True))
+        self.d_w_bound = torch.from_numpy(np.abs(g * f).sum(-1, keepdims=True))
+        if weights is not None:
+            d_w = d_w.reshape(weights.shape)
+            self.d_w_bound = self.d_w_bound.reshape(weights.shape)
+        d_bias = None
+        if bias is not None:
+            d_bias = d_y.sum_to_size(bias.shape)
+        return out, d_y, d_bias, d_w

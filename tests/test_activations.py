@@ -1,0 +1,381 @@
+"""Layer 2 and 3: generated kernels (Triton, eager) against float64 references, in every dtype."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+import torch
+from conftest import DEVICE, assert_close_to_ref, make_generator
+from moe_utils.codegen.specs import REGISTRY
+from reference import SpecReference
+
+import moe_utils
+
+SPECS = {s.name: s for s in REGISTRY}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _module(name):
+    return importlib.import_module(f"moe_utils.generated.{name}")
+
+
+def _params(spec, gen):
+    return tuple(p.default + 0.25 + 0.5 * torch.rand((), generator=gen).item() for p in spec.params)
+
+
+def _inputs(n_rows, h, dtype, gen, lead=None):
+    shape = (*(lead or (n_rows,)), 2 * h)
+    y = (torch.randn(shape, generator=gen) * 2).to(dtype).to(DEVICE)
+    w = torch.rand((n_rows, 1), generator=gen).add_(0.1).to(DEVICE)
+    g = torch.randn((*shape[:-1], h), generator=gen).to(dtype).to(DEVICE)
+    return y, w, g
+
+
+def _run(fn, args, grads_of, g):
+    out = fn(*args)
+    grads = torch.autograd.grad(out, grads_of, g)
+    return out, grads
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n_rows", [0, 1, 37])
+@pytest.mark.parametrize("h", [1, 96, 1000])
+def test_weighted_impl_matches_float64(backend, name, dtype, n_rows, h):
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(hash((name, str(dtype), n_rows, h)) % 2**31)
+    y, w, g = _inputs(n_rows, h, dtype, gen)
+    params = _params(spec, gen)
+    y.requires_grad_(True)
+    w.requires_grad_(True)
+    impl = getattr(mod, f"weighted_bias_{name}_impl")
+    kwargs = dict(zip([p.name for p in spec.params], params, strict=True))
+    if spec.impl_bias:
+        out = impl(y, None, w, False, **kwargs)
+    else:
+        out = impl(y, w, False, **kwargs)
+    assert out.dtype == dtype and out.shape == (n_rows, h)
+    d_y, d_w = torch.autograd.grad(out, (y, w), g)
+    ref = SpecReference(spec)
+    ref_out, ref_dy, _, ref_dw = ref.forward_backward(y, None, w, g, params)
+    assert_close_to_ref(out, ref_out, dtype, "out")
+    assert_close_to_ref(d_y, ref_dy, dtype, "d_y")
+    assert d_w.dtype == w.dtype
+    assert_close_to_ref(d_w, ref_dw, dtype, "d_weights", bound=ref.d_w_bound)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(37, 2 * 96), (3, 5, 2 * 24), (2 * 40,)], ids=["2d", "3d", "1d"])
+def test_bias_forms_match_float64(backend, name, dtype, shape):
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(7)
+    y = (torch.randn(shape, generator=gen) * 2).to(dtype).to(DEVICE).requires_grad_(True)
+    bias = torch.randn(shape[-1], generator=gen).to(dtype).to(DEVICE).requires_grad_(True)
+    lead = shape[:-1]
+    w = torch.rand((*lead, 1) if lead else (1, 1), generator=gen).add_(0.1).to(DEVICE).requires_grad_(True)
+    g = torch.randn((*lead, shape[-1] // 2), generator=gen).to(dtype).to(DEVICE)
+    params = _params(spec, gen)
+    out = getattr(mod, f"weighted_bias_{name}")(y, bias, w, *params)
+    d_y, d_b, d_w = torch.autograd.grad(out, (y, bias, w), g)
+    reference = SpecReference(spec)
+    ref = reference.forward_backward(y, bias, w, g, params)
+    for got, want, what in zip((out, d_y, d_b), ref, ("out", "d_y", "d_bias"), strict=False):
+        assert_close_to_ref(got, want, dtype, what)
+    assert_close_to_ref(d_w, ref[3], dtype, "d_weights", bound=reference.d_w_bound)
+    # The *_back helper gives the same gradients without autograd.
+    back = getattr(mod, f"weighted_bias_{name}_back")(g, y.detach(), bias.detach(), w.detach(), *params)
+    for got, want, what in zip(back[:2], ref[1:3], ("d_y", "d_bias"), strict=True):
+        assert_close_to_ref(got, want, dtype, f"back {what}")
+    assert_close_to_ref(back[2], ref[3], dtype, "back d_weights", bound=reference.d_w_bound)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_unweighted_and_back_helpers(backend, name, dtype):
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(11)
+    y, w, g = _inputs(19, 48, dtype, gen)
+    params = _params(spec, gen)
+    ref_out, ref_dy, _, _ = SpecReference(spec).forward_backward(y, None, None, g, params)
+    assert_close_to_ref(getattr(mod, name)(y, *params), ref_out, dtype, "plain")
+    assert_close_to_ref(getattr(mod, f"{name}_back")(g, y, *params), ref_dy, dtype, "plain back")
+    reference = SpecReference(spec)
+    ref = reference.forward_backward(y, None, w, g, params)
+    assert_close_to_ref(getattr(mod, f"weighted_{name}")(y, w, *params), ref[0], dtype, "weighted")
+    d_y, d_w = getattr(mod, f"weighted_{name}_back")(g, y, w, *params)
+    assert_close_to_ref(d_y, ref[1], dtype, "weighted back d_y")
+    assert_close_to_ref(d_w, ref[3], dtype, "weighted back d_w", bound=reference.d_w_bound)
+    assert d_w.shape == w.shape and d_w.dtype == w.dtype
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_seed_function_classes(backend, name):
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(3)
+    y, w, g = _inputs(9, 40, torch.bfloat16, gen)
+    bias = torch.randn(80, generator=gen).to(torch.bfloat16).to(DEVICE)
+    params = _params(spec, gen)
+    for cls_name, with_bias in (
+        (f"Weighted{spec.class_stem}Function", False),
+        (f"WeightedBias{spec.class_stem}Function", True),
+    ):
+        yy = y.clone().requires_grad_(True)
+        ww = w.clone().requires_grad_(True)
+        bb = bias.clone().requires_grad_(True)
+        cls = getattr(mod, cls_name)
+        args = (yy, bb, ww, False, *params) if with_bias else (yy, ww, False, *params)
+        out = cls.apply(*args)
+        grads = torch.autograd.grad(out, (yy, bb, ww) if with_bias else (yy, ww), g)
+        reference = SpecReference(spec)
+        ref = reference.forward_backward(y, bias if with_bias else None, w, g, params)
+        assert_close_to_ref(out, ref[0], torch.bfloat16, cls_name)
+        assert_close_to_ref(grads[0], ref[1], torch.bfloat16, f"{cls_name} d_input")
+        assert_close_to_ref(grads[-1], ref[3], torch.bfloat16, f"{cls_name} d_weights", bound=reference.d_w_bound)
+        if with_bias:
+            assert_close_to_ref(grads[1], ref[2], torch.bfloat16, f"{cls_name} d_bias")
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_impl_3d_and_1d_inputs(backend, name):
+    spec = SPECS[name]
+    impl = getattr(_module(name), f"weighted_bias_{name}_impl")
+    gen = make_generator(5)
+    y3 = torch.randn(4, 3, 64, generator=gen).to(DEVICE).requires_grad_(True)
+    w = torch.rand(12, 1, generator=gen).to(DEVICE).requires_grad_(True)
+    args = (y3, None, w) if spec.impl_bias else (y3, w)
+    out = impl(*args)
+    assert out.shape == (4, 3, 32)
+    ref = SpecReference(spec).forward_backward(y3.reshape(12, 64), None, w, None, tuple(p.default for p in spec.params))
+    assert_close_to_ref(out.reshape(12, 32), ref[0], torch.float32, "3-D")
+    out.sum().backward()
+    assert y3.grad.shape == y3.shape and w.grad.shape == w.shape
+    # 1-D input: [2H] with [1, 1] weights -> [H]; with [0, 1] weights -> [0, H] and zero gradients.
+    y1 = torch.randn(64, generator=gen).to(DEVICE).requires_grad_(True)
+    one = impl(*((y1, None, w[:1]) if spec.impl_bias else (y1, w[:1])))
+    assert one.shape == (32,)
+    w0 = torch.rand(0, 1).to(DEVICE).requires_grad_(True)
+    empty = impl(*((y1, None, w0) if spec.impl_bias else (y1, w0)))
+    assert empty.shape == (0, 32)
+    empty.sum().backward()
+    assert torch.equal(y1.grad, torch.zeros_like(y1)) and w0.grad.shape == (0, 1)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_gradcheck_float64_eager(name):
+    """Users gradcheck these Functions in float64: the eager path keeps float64 throughout."""
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(13)
+    y = torch.randn(5, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(12, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(5, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    params = _params(spec, gen)
+    fn = getattr(mod, f"weighted_bias_{name}")
+    assert torch.autograd.gradcheck(lambda a, b, c: fn(a, b, c, *params), (y, bias, w))
+    assert torch.autograd.gradcheck(lambda a: getattr(mod, name)(a, *params), (y,))
+
+
+def test_quick_geglu_alpha_and_offset_are_honoured(backend):
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    gen = make_generator(17)
+    y, w, g = _inputs(21, 64, torch.float32, gen)
+    y.requires_grad_(True)
+    ref = SpecReference(SPECS["quick_geglu"])
+    outs = {}
+    for alpha, offset in ((1.702, 0.0), (1.0, 0.0), (1.702, 1.0)):
+        out = weighted_bias_quick_geglu_impl(y, None, w, linear_offset=offset, alpha=alpha)
+        (d_y,) = torch.autograd.grad(out, (y,), g)
+        r = ref.forward_backward(y, None, w, g, (offset, alpha))
+        assert_close_to_ref(out, r[0], torch.float32, f"alpha={alpha} offset={offset}")
+        assert_close_to_ref(d_y, r[1], torch.float32, f"d_y alpha={alpha} offset={offset}")
+        outs[(alpha, offset)] = (out.detach(), d_y)
+    assert not torch.allclose(outs[(1.702, 0.0)][1], outs[(1.0, 0.0)][1])  # alpha reaches the backward
+    assert not torch.allclose(outs[(1.702, 0.0)][0], outs[(1.702, 1.0)][0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_quick_geglu_clamp_with_bias(backend, dtype):
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    gen = make_generator(19)
+    y, w, g = _inputs(33, 96, dtype, gen)
+    y = (y * 4).detach().requires_grad_(True)  # many values beyond the clamp
+    bias = torch.randn(192, generator=gen).to(dtype).to(DEVICE).requires_grad_(True)
+    clamp = 3.0
+    out = weighted_bias_quick_geglu_impl(y, bias, w, False, 0.5, clamp, 1.5)
+    d_y, d_b = torch.autograd.grad(out, (y, bias), g)
+    r = SpecReference(SPECS["quick_geglu"]).forward_backward(y, bias, w, g, (0.5, 1.5), clamp_value=clamp)
+    assert_close_to_ref(out, r[0], dtype, "clamped out")
+    assert_close_to_ref(d_y, r[1], dtype, "clamped d_y")
+    assert_close_to_ref(d_b, r[2], dtype, "clamped d_bias")
+    gate, up = y.detach().chunk(2, -1)
+    d_gate, d_up = d_y.chunk(2, -1)
+    assert (gate > clamp).any() and (up.abs() > clamp).any()
+    assert torch.all(d_gate[gate > clamp] == 0) and torch.all(d_up[up.abs() > clamp] == 0)
+    assert torch.any(d_gate[gate <= clamp] != 0)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fp8_input_store(backend, name, dtype):
+    spec = SPECS[name]
+    impl = getattr(_module(name), f"weighted_bias_{name}_impl")
+    gen = make_generator(23)
+    y, w, g = _inputs(29, 72, dtype, gen)
+    y[0, :4] = torch.tensor([1000.0, -1000.0, 500.0, -470.0], dtype=dtype)  # beyond fp8's range: saturate
+    outs = []
+    for fp8 in (False, True):
+        yy = y.clone().requires_grad_(True)
+        ww = w.clone().requires_grad_(True)
+        out = impl(yy, None, ww, fp8) if spec.impl_bias else impl(yy, ww, fp8)
+        saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+        if fp8:  # only the fp8 copy and the weights are kept
+            assert {t.dtype for t in saved} == {torch.float8_e4m3fn, w.dtype}
+            copy = next(t for t in saved if t.dtype == torch.float8_e4m3fn)
+            want = torch.clamp(y.float(), -448, 448).to(torch.float8_e4m3fn)
+            assert torch.equal(copy.view(torch.uint8).cpu(), want.view(torch.uint8).cpu())
+        outs.append((out, torch.autograd.grad(out, (yy, ww), g)))
+    (out0, _), (out1, (dy1, dw1)) = outs
+    assert torch.equal(out0, out1)  # the forward never sees the fp8 copy
+    assert torch.isfinite(dy1).all() and torch.isfinite(dw1).all()
+    # The backward is exactly the float64 backward of the fp8-rounded input.
+    y8 = torch.clamp(y.float(), -448, 448).to(torch.float8_e4m3fn).to(torch.float64)
+    reference = SpecReference(spec)
+    r8 = reference.forward_backward(y8, None, w, g, tuple(p.default for p in spec.params))
+    assert_close_to_ref(dy1, r8[1], dtype, "fp8 d_y")
+    assert_close_to_ref(dw1, r8[3], dtype, "fp8 d_weights", bound=reference.d_w_bound)
+
+
+def test_nan_and_inf_propagate(backend):
+    from moe_utils import weighted_swiglu
+
+    y = torch.randn(4, 16).to(DEVICE)
+    y[0, 0] = float("nan")
+    y[1, 8] = float("inf")
+    w = torch.ones(4, 1).to(DEVICE)
+    out = weighted_swiglu(y, w)
+    ref = torch.nn.functional.silu(y[:, :8]) * y[:, 8:]
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_clear_errors():
+    from moe_utils import swiglu, weighted_bias_quick_geglu_impl, weighted_bias_swiglu_impl, weighted_swiglu
+
+    y = torch.randn(6, 16).to(DEVICE)
+    w = torch.rand(6, 1).to(DEVICE)
+    with pytest.raises(ValueError, match=r"last dimension of input must be even.*\(6, 15\)"):
+        weighted_bias_swiglu_impl(torch.randn(6, 15).to(DEVICE), w)
+    with pytest.raises(ValueError, match=r"weights has shape \(5, 1\).*T = 6"):
+        weighted_bias_swiglu_impl(y, w[:5])
+    with pytest.raises(ValueError, match=r"weights has shape \(6,\)"):
+        weighted_swiglu(y, w.reshape(6))
+    with pytest.raises(TypeError, match=r"input has dtype torch.int32"):
+        swiglu(torch.ones(6, 16, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(TypeError, match=r"weights has dtype torch.int64"):
+        weighted_swiglu(y, torch.ones(6, 1, dtype=torch.int64, device=DEVICE))
+    other = torch.device("meta") if DEVICE.type == "cpu" else torch.device("cpu")
+    with pytest.raises(ValueError, match=r"weights is on"):
+        weighted_swiglu(y, w.to(other))
+    with pytest.raises(ValueError, match=r"clamp_value must be a non-negative float"):
+        weighted_bias_quick_geglu_impl(y, None, w, clamp_value=-1.0)
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not broadcast"):
+        weighted_bias_quick_geglu_impl(y, torch.randn(3).to(DEVICE), w)
+
+
+def test_inputs_are_not_modified():
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    y = torch.randn(8, 32).to(DEVICE) * 10
+    w = torch.rand(8, 1).to(DEVICE)
+    b = torch.randn(32).to(DEVICE)
+    copies = [t.clone() for t in (y, w, b)]
+    out = weighted_bias_quick_geglu_impl(y.requires_grad_(), b, w, True, 0.5, 2.0)
+    out.sum().backward()
+    for before, after in zip(copies, (y.detach(), w, b), strict=True):
+        assert torch.equal(before, after)
+
+
+# -- the seed API ------------------------------------------------------------------------------
+
+# name -> parameter names, from seed-api.txt (NeMo Automodel's moe_utils).
+SEED_FUNCTIONS = {
+    "geglu": ["y"],
+    "geglu_back": ["g", "y"],
+    "permute": ["tokens", "routing_map", "probs", "num_out_tokens", "fused", "drop_and_pad"],
+    "quick_geglu": ["y", "linear_offset"],
+    "quick_geglu_back": ["g", "y", "linear_offset"],
+    "quick_gelu": ["y", "alpha"],
+    "swiglu": ["y"],
+    "swiglu_back": ["g", "y"],
+    "unpermute": [
+        "permuted_tokens",
+        "sorted_indices",
+        "restore_shape",
+        "probs",
+        "routing_map",
+        "fused",
+        "drop_and_pad",
+    ],
+    "weighted_bias_geglu_impl": ["input", "weights", "fp8_input_store"],
+    "weighted_bias_quick_geglu": ["y", "bias", "weights", "linear_offset"],
+    "weighted_bias_quick_geglu_back": ["g", "y", "bias", "weights", "linear_offset"],
+    "weighted_bias_quick_geglu_impl": [
+        "input",
+        "bias",
+        "weights",
+        "fp8_input_store",
+        "linear_offset",
+        "clamp_value",
+        "alpha",
+    ],
+    "weighted_bias_swiglu_impl": ["input", "weights", "fp8_input_store"],
+    "weighted_geglu": ["y", "weights"],
+    "weighted_geglu_back": ["g", "y", "weights"],
+    "weighted_quick_geglu": ["y", "weights", "linear_offset"],
+    "weighted_quick_geglu_back": ["g", "y", "weights", "linear_offset"],
+    "weighted_swiglu": ["y", "weights"],
+    "weighted_swiglu_back": ["g", "y", "weights"],
+}
+SEED_CLASSES = {
+    "MoEAuxLossAutoScaler": None,
+    "WeightedBiasQuickGeGLUFunction": ["input", "bias", "weights", "fp8_input_store", "linear_offset"],
+    "WeightedGEGLUFunction": ["input", "weights", "fp8_input_store"],
+    "WeightedQuickGeGLUFunction": ["input", "weights", "fp8_input_store", "linear_offset"],
+    "WeightedSwiGLUFunction": ["input", "weights", "fp8_input_store"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_FUNCTIONS))
+def test_seed_function_signatures(name):
+    params = list(inspect.signature(getattr(moe_utils, name)).parameters)
+    want = SEED_FUNCTIONS[name]
+    assert params[: len(want)] == want, f"{name}{params} does not start with the seed's {want}"
+
+
+@pytest.mark.parametrize("name", sorted(SEED_CLASSES))
+def test_seed_classes(name):
+    cls = getattr(moe_utils, name)
+    assert issubclass(cls, torch.autograd.Function)
+    if SEED_CLASSES[name] is not None:
+        params = list(inspect.signature(cls.forward).parameters)[1:]
+        assert params[: len(SEED_CLASSES[name])] == SEED_CLASSES[name]
+    assert name in moe_utils.__all__
+
+
+def test_quick_gelu():
+    from moe_utils import quick_gelu
+
+    y = torch.randn(7, 5, dtype=torch.bfloat16)
+    ref = y.double() * torch.sigmoid(2.0 * y.double())
+    assert_close_to_ref(quick_gelu(y, alpha=2.0), ref, torch.bfloat16, "quick_gelu")

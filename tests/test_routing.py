@@ -1,0 +1,238 @@
+"""permute / unpermute: fused (Triton) against the reference path and float64 autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICE, make_generator
+
+from moe_utils import permute, unpermute
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def topk_map(n_tokens, n_experts, k, gen, dtype=torch.bool):
+    scores = torch.rand(n_tokens, n_experts, generator=gen)
+    idx = scores.topk(min(k, n_experts), dim=1).indices
+    m = torch.zeros(n_tokens, n_experts, dtype=torch.bool).scatter_(1, idx, True)
+    return m.to(dtype).to(DEVICE)
+
+
+def capacity_map(n_tokens, n_experts, capacity, gen):
+    """Exactly `capacity` tokens per expert (what a drop-and-pad dispatcher produces)."""
+    m = torch.zeros(n_tokens, n_experts, dtype=torch.bool)
+    for e in range(n_experts):
+        m[torch.randperm(n_tokens, generator=gen)[:capacity], e] = True
+    return m.to(DEVICE)
+
+
+CASES = [(t, e, k) for t in (1, 17, 256) for e in (1, 4, 8, 64) for k in (1, 2, 8) if k <= e]
+
+
+@pytest.mark.parametrize("n_tokens, n_experts, k", CASES)
+@pytest.mark.parametrize("hidden", [8, 96, 1000])
+def test_fused_permute_equals_reference_exactly(n_tokens, n_experts, k, hidden):
+    if n_tokens * hidden > 256 * 96 and hidden == 1000 and DEVICE.type == "cpu":
+        n_tokens = 64  # keep the interpreter quick at the widest rows
+    gen = make_generator(n_tokens * 1000 + n_experts * 10 + k)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, k, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    a, ap, ai = permute(x, m, p, fused=False)
+    b, bp, plan = permute(x, m, p, fused=True)
+    assert torch.equal(a, b) and torch.equal(ap, bp)
+    assert torch.equal(ai, plan[: ai.numel()])  # the plan starts with the reference's sorted_indices
+    # Without probs, and with num_out_tokens given (no host sync): same rows.
+    c, cp, _ = permute(x, m, None, num_out_tokens=a.shape[0], fused=True)
+    assert cp is None and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k", [1, 2, 8])
+def test_round_trips(dtype, k):
+    gen = make_generator(k)
+    n_tokens, n_experts, hidden = 33, 8, 40
+    x = torch.randn(n_tokens, hidden, generator=gen).to(dtype).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, k, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    perm, _, plan = permute(x, m, fused=True)
+    back = unpermute(perm, plan, x.shape, fused=True)
+    if dtype == torch.float32:
+        torch.testing.assert_close(back, x * k, rtol=1e-6, atol=0)
+    else:  # 16-bit rows summed in fp32 are exact: one rounding at the end
+        assert torch.equal(back, (x.float() * k).to(dtype))
+    back_p = unpermute(perm, plan, x.shape, probs=p, routing_map=m, fused=True)
+    want = x.double() * (p * m).sum(1, keepdim=True).double()
+    torch.testing.assert_close(back_p.double(), want, rtol=1e-2 if dtype != torch.float32 else 1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("with_probs", [False, True])
+def test_unpermute_matches_float64(dtype, with_probs):
+    gen = make_generator(42)
+    n_tokens, n_experts, k, hidden = 45, 16, 4, 72
+    x = torch.randn(n_tokens, hidden, generator=gen).to(dtype).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, k, gen)
+    m[3] = False  # a token routed nowhere gets a zero row
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE) if with_probs else None
+    perm_ref, _, idx = permute(x, m, fused=False)
+    rows = torch.randn(perm_ref.shape, generator=gen).to(dtype).to(DEVICE)
+    _, _, plan = permute(x, m, fused=True)
+    out = unpermute(rows, plan, x.shape, probs=p, routing_map=m, fused=True)
+    ref = unpermute(rows.double(), idx, x.shape, probs=None if p is None else p.double(), routing_map=m)
+    tol = {torch.float32: 1e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    assert out.dtype == dtype and torch.all(out[3] == 0)
+    # The reference path itself (fp32 accumulation in scatter_add) agrees too.
+    ref_path = unpermute(rows, idx, x.shape, probs=p, routing_map=m, fused=False)
+    torch.testing.assert_close(out.double(), ref_path.double(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gradients_against_float64_autograd(dtype):
+    gen = make_generator(7)
+    n_tokens, n_experts, k, hidden = 29, 8, 3, 48
+    x = torch.randn(n_tokens, hidden, generator=gen).to(dtype).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, k, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    g_rows_weight = torch.randn(n_tokens * k, generator=gen).to(DEVICE)
+    g_out = torch.randn(n_tokens, hidden, generator=gen).to(dtype).to(DEVICE)
+    mix = torch.randn(hidden, hidden, generator=gen).to(DEVICE) / hidden**0.5
+
+    grads = {}
+    for fused, cast in ((True, dtype), (False, torch.float64)):
+        xx = x.to(cast).clone().requires_grad_(True)
+        pp = p.to(torch.float64 if cast == torch.float64 else p.dtype).clone().requires_grad_(True)
+        pp2 = pp.detach().clone().requires_grad_(True)
+        expert = mix.to(torch.float64) if cast == torch.float64 else mix
+        perm, perm_probs, idx = permute(xx, m, pp, fused=fused)
+        rows = (perm.to(expert.dtype) @ expert).to(perm.dtype)  # an "expert" between the two
+        loss_probs = (perm_probs * g_rows_weight.to(perm_probs.dtype)).sum()
+        out = unpermute(rows, idx, xx.shape, probs=pp2, routing_map=m, fused=fused)
+        loss = (out * g_out.to(out.dtype)).sum() + loss_probs
+        grads[fused] = torch.autograd.grad(loss, (xx, pp, pp2))
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    names = ("d_tokens", "d_probs(permute)", "d_probs(unpermute)")
+    for got, want, what in zip(grads[True], grads[False], names, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=lambda s, w=what: f"{w}: {s}")
+
+
+def test_drop_and_pad_fixed_capacity():
+    gen = make_generator(3)
+    n_tokens, n_experts, capacity, hidden = 40, 8, 6, 24
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    m = capacity_map(n_tokens, n_experts, capacity, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    n_out = capacity * n_experts
+    a, ap, ai = permute(x, m, p, num_out_tokens=n_out, drop_and_pad=True)
+    b, bp, plan = permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True)
+    assert a.shape == (n_out, hidden) and torch.equal(a, b) and torch.equal(ap, bp)
+    ua = unpermute(a, ai, x.shape, p, m, drop_and_pad=True)
+    ub = unpermute(b, plan, x.shape, p, m, fused=True, drop_and_pad=True)
+    torch.testing.assert_close(ua, ub, rtol=1e-6, atol=1e-6)
+
+
+def test_padding_rows_and_empty_experts():
+    gen = make_generator(5)
+    n_tokens, n_experts, hidden = 12, 4, 16
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, 2, gen)
+    m[:, 1] = False  # an expert with no tokens
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    routed = int(m.sum())
+    a, ap, _ = permute(x, m, p, fused=False)
+    b, bp, plan = permute(x, m, p, num_out_tokens=routed + 5, fused=True)
+    assert b.shape == (routed + 5, hidden)
+    assert torch.equal(b[:routed], a) and torch.all(b[routed:] == 0)
+    assert torch.equal(bp[:routed], ap) and torch.all(bp[routed:] == 0)
+    b.requires_grad_(True)
+    back = unpermute(b, plan, x.shape, p, m, fused=True)
+    torch.testing.assert_close(back, x * (p * m).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
+    (d_rows,) = torch.autograd.grad(back.sum(), (b,))
+    assert torch.all(d_rows[routed:] == 0)  # padding rows get a zero gradient, not garbage
+
+
+def test_zero_tokens():
+    x = torch.randn(0, 16).to(DEVICE)
+    m = torch.zeros(0, 4, dtype=torch.bool, device=DEVICE)
+    p = torch.rand(0, 4).to(DEVICE)
+    for fused in (False, True):
+        out, probs, idx = permute(x, m, p, fused=fused)
+        assert out.shape == (0, 16) and probs.shape == (0,)
+        back = unpermute(out, idx, x.shape, p, m, fused=fused)
+        assert back.shape == (0, 16)
+
+
+def test_integer_routing_map_and_strided_inputs():
+    gen = make_generator(9)
+    x_wide = torch.randn(20, 64, generator=gen).to(DEVICE)
+    x = x_wide[:, ::2]  # non-contiguous columns
+    m = topk_map(20, 8, 2, gen, dtype=torch.int32)
+    p = torch.rand(8, 20, generator=gen).to(DEVICE).t()  # transposed probs
+    a, ap, _ = permute(x, m, p, fused=False)
+    b, bp, _ = permute(x, m, p, fused=True)
+    assert torch.equal(a, b) and torch.equal(ap, bp)
+
+
+def test_determinism_of_fused_unpermute_and_backward():
+    gen = make_generator(11)
+    n_tokens, n_experts, k, hidden = 64, 16, 8, 128
+    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, k, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    rows, _, plan = permute(x, m, fused=True)
+    g = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    results = []
+    for _ in range(3):
+        r = rows.clone().requires_grad_(True)
+        pp = p.clone().requires_grad_(True)
+        out = unpermute(r, plan, x.shape, pp, m, fused=True)
+        results.append((out, *torch.autograd.grad(out, (r, pp), g)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_bad_routing_input_raises_clear_errors():
+    x = torch.randn(6, 16).to(DEVICE)
+    m = torch.zeros(6, 4, dtype=torch.bool, device=DEVICE)
+    m[:, 0] = True
+    with pytest.raises(ValueError, match=r"routing_map has shape \(5, 4\)"):
+        permute(x, m[:5], fused=True)
+    with pytest.raises(TypeError, match=r"routing_map has dtype torch.float32"):
+        permute(x, m.float(), fused=True)
+    with pytest.raises(ValueError, match=r"probs has shape \(6, 3\)"):
+        permute(x, m, torch.rand(6, 3).to(DEVICE), fused=True)
+    perm, _, plan = permute(x, m, fused=True)
+    with pytest.raises(ValueError, match=r"hidden size 16 but restore_shape is \(6, 8\)"):
+        unpermute(perm, plan, (6, 8), fused=True)
+    with pytest.raises(ValueError, match="routing plan"):
+        unpermute(perm, torch.arange(6, device=DEVICE), x.shape, fused=True)
+    for fused in (False, True):
+        with pytest.raises(ValueError, match="num_out_tokens = 4"):
+            permute(x, m, num_out_tokens=4, fused=fused)
+    with pytest.raises(ValueError, match="capacity"):
+        permute(x, m, num_out_tokens=8, fused=True, drop_and_pad=True)
+    with pytest.raises(ValueError, match="capacity \\* num_experts"):
+        permute(x, m, num_out_tokens=7, fused=True, drop_and_pad=True)
+
+
+def test_max_top_k_equals_experts():
+    gen = make_generator(13)
+    x = torch.randn(9, 32, generator=gen).to(DEVICE)
+    m = torch.ones(9, 5, dtype=torch.bool, device=DEVICE)
+    a, _, _ = permute(x, m, fused=False)
+    b, _, plan = permute(x, m, fused=True)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(unpermute(b, plan, x.shape, fused=True), 5 * x)
+
+
+@pytest.mark.parametrize("n_experts", [128, 512])
+def test_many_experts(n_experts):
+    gen = make_generator(n_experts)
+    x = torch.randn(24, 16, generator=gen).to(DEVICE)
+    m = topk_map(24, n_experts, 8, gen)
+    p = torch.rand(24, n_experts, generator=gen).to(DEVICE)
+    a, ap, _ = permute(x, m, p, fused=False)
+    b, bp, _ = permute(x, m, p, fused=True)
+    assert torch.equal(a, b) and torch.equal(ap, bp)
