@@ -1,0 +1,301 @@
+"""Benchmark moe_utils against the reference (eager and torch.compile'd) and Liger-Kernel.
+
+    python benchmarks/bench.py                  # the full grid of issue 4
+    python benchmarks/bench.py --quick          # a few shapes per family
+    python benchmarks/bench.py --out DIR        # where results/<card>.json goes
+
+Times are medians of ``triton.testing.do_bench``; bandwidth comes from an explicit byte model (each
+input read once, each output written once) and is reported as a percentage of a device-to-device
+copy measured in the same run. Small inputs rotate through several copies so that L2 does not
+flatter them. ``benchmarks/report.py`` turns the JSON into the markdown table and the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import baselines
+
+import moe_utils
+from moe_utils import generated
+from moe_utils.permute import _launch_permute_backward
+from moe_utils.unpermute import _launch_unpermute_backward
+
+L2_ROTATE_BYTES = 256 << 20  # rotate inputs until one pass touches at least this much memory
+RESULTS: list[dict] = []
+
+
+def timed(fn: Callable[[int], object], rotate: int = 1) -> float:
+    """Median ms of fn(i) over rotating input sets i."""
+    state = {"i": 0}
+
+    def call():
+        state["i"] = (state["i"] + 1) % rotate
+        fn(state["i"])
+
+    return do_bench(call, warmup=25, rep=100, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a device-to-device copy (bytes read + written), 2 GiB bf16."""
+    src = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * (1 << 30) * 2 / ms / 1e6
+
+
+def record(family, op, impl, shape, ms, nbytes, copy_gbs, peak_mb=None, **extra):
+    gbs = nbytes / ms / 1e6
+    row = dict(family=family, op=op, impl=impl, shape=shape, us=ms * 1e3, gbs=gbs, pct_copy=100 * gbs / copy_gbs)
+    if peak_mb is not None:
+        row["peak_mb"] = peak_mb
+    row.update(extra)
+    RESULTS.append(row)
+    print(f"{family:12s} {op:10s} {impl:16s} {shape!s:28s} {ms * 1e3:10.1f} us {gbs:8.0f} GB/s {row['pct_copy']:6.1f}%")
+    sys.stdout.flush()
+
+
+def peak_memory_mb(fn: Callable[[], object]) -> float:
+    """Peak allocation above what was allocated before fn, in MiB (fn's result is released)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+# -- activations -----------------------------------------------------------------------------------
+
+OURS = {
+    "swiglu": (lambda x, w, fp8: generated.weighted_bias_swiglu_impl(x, w, fp8), (), None),
+    "geglu": (lambda x, w, fp8: generated.weighted_bias_geglu_impl(x, w, fp8), (), None),
+    "quick_geglu": (
+        lambda x, w, fp8: generated.weighted_bias_quick_geglu_impl(x, None, w, fp8, 0.5, 7.0),
+        (0.5, 1.702),
+        7.0,
+    ),
+}
+
+
+def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict, liger) -> None:
+    dtype, s = torch.bfloat16, 2
+    shape = (n_rows, h)
+    one = n_rows * 2 * h * s * 3  # bytes of one input set (x, g, dx) to size the rotation
+    rotate = max(1, min(8, L2_ROTATE_BYTES // one))
+    xs = [torch.randn(n_rows, 2 * h, device="cuda", dtype=dtype) for _ in range(rotate)]
+    ws = [torch.rand(n_rows, 1, device="cuda") for _ in range(rotate)]
+    gs = [torch.randn(n_rows, h, device="cuda", dtype=dtype) for _ in range(rotate)]
+    fwd_bytes = n_rows * (2 * h * s + 4 + h * s)
+    fp8_bytes = n_rows * 2 * h
+    bwd_bytes = n_rows * (h * s + 2 * h * s + 4 + 2 * h * s + 4)
+    bwd8_bytes = bwd_bytes - n_rows * 2 * h * s + fp8_bytes
+    ours_fwd, params, clamp = OURS[name]
+    impl = getattr(generated, name)._IMPL
+
+    def fwd_bwd(f, fp8):
+        def run(i):
+            x = xs[i].requires_grad_(True)
+            w = ws[i].requires_grad_(True)
+            out = f(x, w, fp8)
+            torch.autograd.grad(out, (x, w), gs[i])
+
+        return run
+
+    variants = [
+        (
+            "ours",
+            ours_fwd,
+            lambda i, fp8: impl.launch_backward(gs[i], x8s[i] if fp8 else xs[i], None, ws[i], clamp, dtype, *params),
+        )
+    ]
+    for label, (rf, rb) in refs.items():
+        variants.append((label, rf, lambda i, fp8, rb=rb: rb(gs[i], (x8s[i].to(dtype) if fp8 else xs[i]), ws[i])))
+    # The fp8 copies the forward stores, as float8_e4m3fn views of their bits.
+    x8s = [
+        impl.launch_forward(x, None, w, True, clamp, *params)[1].view(torch.float8_e4m3fn)
+        for x, w in zip(xs, ws, strict=True)
+    ]
+    for label, f, b in variants:
+        with torch.no_grad():
+            record(name, "fwd", label, shape, timed(lambda i: f(xs[i], ws[i], False), rotate), fwd_bytes, copy_gbs)
+            record(
+                name,
+                "fwd_fp8",
+                label,
+                shape,
+                timed(lambda i: f(xs[i], ws[i], True), rotate),
+                fwd_bytes + fp8_bytes,
+                copy_gbs,
+            )
+            record(name, "bwd", label, shape, timed(lambda i: b(i, False), rotate), bwd_bytes, copy_gbs)
+            record(name, "bwd_fp8", label, shape, timed(lambda i: b(i, True), rotate), bwd8_bytes, copy_gbs)
+        for fp8 in (False, True):
+            run = fwd_bwd(f, fp8)
+            peak = peak_memory_mb(lambda run=run: run(0))
+            nbytes = fwd_bytes + bwd_bytes + (fp8_bytes + bwd8_bytes - bwd_bytes if fp8 else 0)
+            record(name, "fwd_bwd_fp8" if fp8 else "fwd_bwd", label, shape, timed(run, rotate), nbytes, copy_gbs, peak)
+    if name in ("swiglu", "geglu"):
+        plain = getattr(generated, name)
+        un_bytes = n_rows * (2 * h * s + h * s) + n_rows * (h * s + 2 * h * s + 2 * h * s)
+
+        def ours_plain(i):
+            x = xs[i].requires_grad_(True)
+            torch.autograd.grad(plain(x), (x,), gs[i])
+
+        record(name, "plain_fb", "ours", shape, timed(ours_plain, rotate), un_bytes, copy_gbs)
+        if liger is not None:
+            lf = liger[name]
+            halves = [(x[:, :h].contiguous(), x[:, h:].contiguous()) for x in xs]
+
+            def liger_plain(i):
+                a, b = (t.requires_grad_(True) for t in halves[i])
+                torch.autograd.grad(lf.apply(a, b), (a, b), gs[i])
+
+            record(name, "plain_fb", "liger", shape, timed(liger_plain, rotate), un_bytes, copy_gbs)
+
+
+# -- routing ---------------------------------------------------------------------------------------
+
+
+def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: float) -> None:
+    dtype, s = torch.bfloat16, 2
+    shape = (n_tokens, n_experts, k, hidden)
+    n_rows = n_tokens * k
+    x = torch.randn(n_tokens, hidden, device="cuda", dtype=dtype)
+    scores = torch.rand(n_tokens, n_experts, device="cuda")
+    top = scores.topk(k, dim=1).indices
+    m = torch.zeros(n_tokens, n_experts, device="cuda", dtype=torch.bool).scatter_(1, top, True)
+    p = torch.softmax(scores, -1) * m
+    rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
+    _, _, idx = moe_utils.permute(x, m, p, fused=False)
+    g_rows = torch.randn_like(rows)
+    g_out = torch.randn_like(x)
+    g_probs = torch.randn_like(perm_probs)
+    perm_bytes = (n_tokens + n_rows) * hidden * s + n_rows * 4 + n_tokens * n_experts
+    unperm_bytes = (n_rows + n_tokens) * hidden * s + n_rows * 4
+    with torch.no_grad():
+        for label, fused, kw in (("ours", True, {"num_out_tokens": n_rows}), ("reference", False, {})):
+            ms = timed(lambda i: moe_utils.permute(x, m, p, fused=fused, **kw))
+            record("permute", "fwd", label, shape, ms, perm_bytes, copy_gbs)
+            ms = timed(lambda i: moe_utils.permute(x, m, None, fused=fused, **kw))
+            record("permute", "fwd_noprobs", label, shape, ms, perm_bytes - n_rows * 4, copy_gbs)
+        ms = timed(lambda i: _launch_permute_backward(g_rows, g_probs, plan, n_tokens, n_experts, p.dtype))
+        record("permute", "bwd", "ours", shape, ms, unperm_bytes + n_tokens * n_experts * 4, copy_gbs)
+        ref_perm = torch.compile(baselines_permute_backward)
+        ms = timed(lambda i: ref_perm(g_rows, idx, n_tokens))
+        record("permute", "bwd", "reference", shape, ms, unperm_bytes, copy_gbs)
+        for label, fused, ind in (("ours", True, plan), ("reference", False, idx)):
+            ms = timed(lambda i: moe_utils.unpermute(rows, ind, x.shape, p, m, fused=fused))
+            record("unpermute", "fwd", label, shape, ms, unperm_bytes, copy_gbs)
+            ms = timed(lambda i: moe_utils.unpermute(rows, ind, x.shape, None, m, fused=fused))
+            record("unpermute", "fwd_noprobs", label, shape, ms, unperm_bytes - n_rows * 4, copy_gbs)
+        ms = timed(lambda i: _launch_unpermute_backward(g_out, rows, plan, p, True))
+        record("unpermute", "bwd", "ours", shape, ms, (n_tokens + 2 * n_rows) * hidden * s + n_rows * 8, copy_gbs)
+        ms = timed(lambda i: _launch_unpermute_backward(g_out, rows, plan, p, False))
+        record("unpermute", "bwd_nodprobs", "ours", shape, ms, (n_tokens + n_rows) * hidden * s + n_rows * 4, copy_gbs)
+
+    def ref_unpermute_fb(i):
+        r = rows.detach().requires_grad_(True)
+        pp = p.detach().requires_grad_(True)
+        out = moe_utils.unpermute(r, idx, x.shape, pp, m, fused=False)
+        torch.autograd.grad(out, (r, pp), g_out)
+
+    def ours_unpermute_fb(i):
+        r = rows.detach().requires_grad_(True)
+        pp = p.detach().requires_grad_(True)
+        out = moe_utils.unpermute(r, plan, x.shape, pp, m, fused=True)
+        torch.autograd.grad(out, (r, pp), g_out)
+
+    fb_bytes = unperm_bytes + (n_tokens + 2 * n_rows) * hidden * s + n_rows * 8
+    for label, fn in (("ours", ours_unpermute_fb), ("reference", ref_unpermute_fb)):
+        peak = peak_memory_mb(lambda fn=fn: fn(0))
+        record("unpermute", "fwd_bwd", label, shape, timed(fn), fb_bytes, copy_gbs, peak)
+
+
+def baselines_permute_backward(grad_rows, sorted_indices, n_tokens):
+    """The reference's permute backward: index_select's backward, an index_add into zeros."""
+    out = torch.zeros((n_tokens, grad_rows.shape[1]), dtype=grad_rows.dtype, device=grad_rows.device)
+    return out.index_add_(0, sorted_indices, grad_rows)
+
+
+def load_liger():
+    try:
+        from liger_kernel.ops.geglu import LigerGELUMulFunction
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    except Exception as exc:
+        print(f"Liger-Kernel not available ({exc}); skipping its rows")
+        return None
+    return {"swiglu": LigerSiLUMulFunction, "geglu": LigerGELUMulFunction}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few shapes per family")
+    parser.add_argument("--only", choices=["activations", "routing"], default=None)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench.py needs a CUDA device")
+        return 2
+    card = torch.cuda.get_device_name()
+    copy_gbs = copy_bandwidth()
+    print(f"{card}: device-to-device copy {copy_gbs:.0f} GB/s")
+    started = time.time()
+    if args.quick:
+        act_shapes = [(16384, 768), (65536, 2048), (16384, 7168)]
+        route_shapes = [(16384, 64, 8, 2048), (8192, 128, 8, 7168)]
+    else:
+        act_shapes = [(t, h) for t in (4096, 16384, 65536, 262144) for h in (768, 1408, 2048, 2880, 7168)]
+        route_shapes = [(16384, 64, 8, 2048), (8192, 128, 8, 7168)] + [
+            (t, e, k, hd)
+            for t in (4096, 16384, 65536)
+            for e in (8, 64, 128, 256)
+            for k in (2, 8)
+            for hd in (2048, 4096, 7168)
+            if not (t == 65536 and k == 8 and hd == 7168)  # 7.5 GB of rows: beyond one run's budget
+        ]
+    if args.only != "routing":
+        liger = load_liger()
+        refs = {
+            "ref_compiled": baselines.activation_baselines(True),
+            "ref_eager": baselines.activation_baselines(False),
+        }
+        for n_rows, h in act_shapes:
+            for name in ("swiglu", "geglu", "quick_geglu"):
+                bench_activation(name, n_rows, h, copy_gbs, {k: v[name] for k, v in refs.items()}, liger)
+                torch.cuda.empty_cache()
+    if args.only != "activations":
+        for shape in route_shapes:
+            bench_routing(*shape, copy_gbs)
+            torch.cuda.empty_cache()
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = card.replace(" ", "_")
+    meta = dict(
+        card=card,
+        copy_gbs=copy_gbs,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        quick=args.quick,
+        seconds=time.time() - started,
+    )
+    path = args.out / f"{slug}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""GPU-only guarantees: CUDA graphs, tensors past 2**31 elements. They run on the H100 (device tool)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe_utils import permute, unpermute, weighted_bias_quick_geglu_impl, weighted_bias_swiglu_impl
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device; runs on the H100 via the device tool"
+    ),
+]
+
+
+def _graph(fn):
+    """Capture fn() in a CUDA graph after a warm-up on a side stream; return (graph, outputs)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = fn()
+    return graph, outs
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_activation_forward_backward_replays_in_a_cuda_graph(fp8):
+    x = torch.randn(512, 2 * 320, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(512, 1, device="cuda")
+    b = torch.randn(640, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(512, 320, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        xx = x.detach().requires_grad_(True)
+        ww = w.detach().requires_grad_(True)
+        out = weighted_bias_quick_geglu_impl(xx, b, ww, fp8, 0.5, 6.0, 1.702)
+        return (out, *torch.autograd.grad(out, (xx, ww), g))
+
+    graph, outs = _graph(step)
+    for _ in range(2):  # new inputs in the captured buffers, then replay
+        x.copy_(torch.randn_like(x) * 3)
+        w.copy_(torch.rand_like(w))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = step()
+        for got, ref in zip(outs, want, strict=True):
+            assert torch.equal(got, ref)
+
+
+def test_drop_and_pad_routing_replays_in_a_cuda_graph():
+    n_tokens, n_experts, capacity, hidden = 256, 8, 48, 128
+    x = torch.randn(n_tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    m = torch.zeros(n_tokens, n_experts, device="cuda", dtype=torch.bool)
+    p = torch.rand(n_tokens, n_experts, device="cuda")
+
+    def new_routing():
+        m.zero_()
+        for e in range(n_experts):
+            m[torch.randperm(n_tokens, device="cuda")[:capacity], e] = True
+
+    new_routing()
+
+    def step():
+        rows, probs, plan = permute(x, m, p, num_out_tokens=capacity * n_experts, fused=True, drop_and_pad=True)
+        out = unpermute(rows * 2, plan, x.shape, p, m, fused=True, drop_and_pad=True)
+        return rows, probs, out
+
+    graph, outs = _graph(step)
+    for _ in range(2):
+        new_routing()
+        x.copy_(torch.randn_like(x))
+        p.copy_(torch.rand_like(p))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = step()
+        for got, ref in zip(outs, want, strict=True):
+            assert torch.equal(got, ref)
+        ref_rows, ref_probs, _ = permute(x, m, p, num_out_tokens=capacity * n_experts, drop_and_pad=True)
+        assert torch.equal(outs[0], ref_rows) and torch.equal(outs[1], ref_probs)
+
+
+def _rows_close(got, ref64, tol):
+    torch.testing.assert_close(got.double(), ref64, rtol=tol, atol=tol)
+
+
+def test_weighted_activation_past_2_31_elements():
+    n_rows, h = (1 << 31) // 2048 + 64, 1024  # x has 2**31 + 131072 elements
+    x = torch.randn(n_rows, 2 * h, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(n_rows, 1, device="cuda")
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    out = weighted_bias_swiglu_impl(x, w)
+    g = torch.ones_like(out)
+    d_x, d_w = torch.autograd.grad(out, (x, w), g)
+    for start in (0, n_rows // 2, n_rows - 8):
+        sl = slice(start, start + 8)
+        xx = x[sl].detach().double().requires_grad_(True)
+        ww = w[sl].detach().double().requires_grad_(True)
+        gate, up = xx.chunk(2, -1)
+        ref = torch.nn.functional.silu(gate) * up * ww
+        rdx, rdw = torch.autograd.grad(ref, (xx, ww), g[sl].double())
+        _rows_close(out[sl], ref, 2e-2)
+        _rows_close(d_x[sl], rdx, 2e-2)
+        torch.testing.assert_close(d_w[sl].double(), rdw, rtol=1e-2, atol=0.5)
+
+
+def test_permute_unpermute_past_2_31_elements():
+    n_tokens, n_experts, k, hidden = 65536, 64, 8, 4160  # rows: 524288 x 4160 > 2**31 elements
+    x = torch.randn(n_tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    scores = torch.rand(n_tokens, n_experts, device="cuda")
+    top = scores.topk(k, dim=1).indices
+    m = torch.zeros(n_tokens, n_experts, device="cuda", dtype=torch.bool).scatter_(1, top, True)
+    p = torch.rand(n_tokens, n_experts, device="cuda") * m
+    rows, _, plan = permute(x, m, p, num_out_tokens=n_tokens * k, fused=True)
+    assert rows.numel() > 2**31
+    src = plan[: rows.shape[0]]
+    for start in (0, rows.shape[0] // 2, rows.shape[0] - 4):
+        sl = slice(start, start + 4)
+        assert torch.equal(rows[sl], x[src[sl]])
+    out = unpermute(rows, plan, x.shape, p, m, fused=True)
+    for start in (0, n_tokens // 2, n_tokens - 4):
+        sl = slice(start, start + 4)
+        ref = x[sl].double() * p[sl].sum(1, keepdim=True).double()
+        _rows_close(out[sl], ref, 3e-2)
