@@ -13,6 +13,7 @@ flatter them. ``benchmarks/report.py`` turns the JSON into the markdown table an
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import sys
@@ -29,8 +30,8 @@ import baselines
 
 import moe_utils
 from moe_utils import generated
-from moe_utils.permute import _launch_permute_backward
-from moe_utils.unpermute import _launch_unpermute_backward
+from moe_utils.permutation import _launch_permute_backward
+from moe_utils.unpermutation import _launch_unpermute_backward
 
 L2_ROTATE_BYTES = 256 << 20  # rotate inputs until one pass touches at least this much memory
 RESULTS: list[dict] = []
@@ -102,7 +103,7 @@ def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict
     bwd_bytes = n_rows * (h * s + 2 * h * s + 4 + 2 * h * s + 4)
     bwd8_bytes = bwd_bytes - n_rows * 2 * h * s + fp8_bytes
     ours_fwd, params, clamp = OURS[name]
-    impl = getattr(generated, name)._IMPL
+    impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
 
     def fwd_bwd(f, fp8):
         def run(i):

@@ -17,9 +17,9 @@ __version__ = "0.1.0"
 # Hand-written public names -> the submodule that defines them.
 _HAND_WRITTEN = {
     "MoEAuxLossAutoScaler": "moe_utils.aux_loss",
-    "permute": "moe_utils.permute",
-    "unpermute": "moe_utils.unpermute",
-    "quick_gelu": "moe_utils.quick_gelu",
+    "permute": "moe_utils.permutation",
+    "unpermute": "moe_utils.unpermutation",
+    "quick_gelu": "moe_utils.gelu",
 }
 
 

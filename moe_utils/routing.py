@@ -309,7 +309,7 @@ def build_plan(
     view = plan_view(fn, plan, n_tokens, n_rows)
     if padded:
         view.src_token.fill_(-1)  # rows no token lands in stay marked as padding
-        plan[-1] = 1
+        plan[-1:].fill_(1)  # no host scalar copy: capturable in a CUDA graph
     view.token_ptr[n_tokens:].copy_(total)
     perm_probs = None
     if probs is not None:

@@ -35,8 +35,8 @@ def test_opcheck_activation_ops(spec):
 
 
 def test_opcheck_routing_ops():
-    from moe_utils.permute import _permute_backward_op, _permute_op
-    from moe_utils.unpermute import _unpermute_backward_op, _unpermute_op
+    from moe_utils.permutation import _permute_backward_op, _permute_op
+    from moe_utils.unpermutation import _unpermute_backward_op, _unpermute_op
 
     gen = make_generator(2)
     x = torch.randn(10, 24, generator=gen).to(DEVICE).requires_grad_(True)

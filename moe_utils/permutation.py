@@ -149,7 +149,7 @@ def _launch_permute_backward(
     probs_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_tokens [T, hidden], d_probs [T, E] or empty): a gather, and a scatter of the probs grad."""
-    from .unpermute import gather_rows  # the backward of permute is unpermute's kernel
+    from .unpermutation import gather_rows  # the backward of permute is unpermute's kernel
 
     grad_out = _rt.unit_column_stride(grad_out)
     grad_perm_probs = None if grad_perm_probs is None else grad_perm_probs.contiguous()

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from .permute import check_probs, scatter_rows, zero_padding_rows
+from .permutation import check_probs, scatter_rows, zero_padding_rows
 from .routing import Plan, check_routing_map, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
