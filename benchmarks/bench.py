@@ -37,15 +37,41 @@ L2_ROTATE_BYTES = 256 << 20  # rotate inputs until one pass touches at least thi
 RESULTS: list[dict] = []
 
 
-def timed(fn: Callable[[int], object], rotate: int = 1) -> float:
-    """Median ms of fn(i) over rotating input sets i."""
+def timed(fn: Callable[[int], object], rotate: int = 1) -> tuple[float, float | None]:
+    """(ms on the GPU, ms eager) of fn(i) over rotating input sets i.
+
+    GPU time comes from replaying a CUDA graph of the calls, as METHOD.md advises for short ops:
+    it leaves out Python and launch overhead, which a training step hides behind its matmuls.
+    Eager time is triton.testing.do_bench of the plain calls, host overhead included. Ops that
+    synchronise with the host cannot be captured; their GPU time is the eager time (None beside it).
+    """
     state = {"i": 0}
 
     def call():
         state["i"] = (state["i"] + 1) % rotate
         fn(state["i"])
 
-    return do_bench(call, warmup=25, rep=100, return_mode="median")
+    eager = do_bench(call, warmup=25, rep=100, return_mode="median")
+    try:
+        inner = max(1, min(50, int(2.0 / max(eager * rotate, 1e-3))))  # about 2 ms per replay
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for i in range(rotate):
+                fn(i)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                for i in range(rotate):
+                    fn(i)
+        replay = do_bench(graph.replay, warmup=10, rep=100, return_mode="median")
+        del graph
+        return replay / (inner * rotate), eager
+    except Exception as exc:  # host-synchronising ops cannot be captured
+        torch.cuda.synchronize()
+        print(f"  (not capturable: {type(exc).__name__}; GPU time = eager time)")
+        return eager, None
 
 
 def copy_bandwidth() -> float:
@@ -56,9 +82,12 @@ def copy_bandwidth() -> float:
     return 2 * (1 << 30) * 2 / ms / 1e6
 
 
-def record(family, op, impl, shape, ms, nbytes, copy_gbs, peak_mb=None, **extra):
+def record(family, op, impl, shape, times, nbytes, copy_gbs, peak_mb=None, **extra):
+    ms, eager_ms = times
     gbs = nbytes / ms / 1e6
     row = dict(family=family, op=op, impl=impl, shape=shape, us=ms * 1e3, gbs=gbs, pct_copy=100 * gbs / copy_gbs)
+    row["us_eager"] = None if eager_ms is None else eager_ms * 1e3
+    row["graph"] = eager_ms is not None
     if peak_mb is not None:
         row["peak_mb"] = peak_mb
     row.update(extra)

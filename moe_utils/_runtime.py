@@ -9,6 +9,7 @@ choice, block-size heuristics, argument checks, flattening to rows, and the auto
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -117,18 +118,35 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
+def _column_block(h: int, cap: int) -> int:
+    """Widest power-of-two block (<= cap) that wastes at most 1/16 of the row in masked lanes.
+
+    H = 768 gets 256 (3 full blocks) rather than 1024 (a quarter masked off); H = 1408 gets 128.
+    """
+    block = min(_pow2(h), cap)
+    while block > 64 and (triton_cdiv(h, block) * block - h) * 16 > h:
+        block //= 2
+    return block
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int) -> BlockConfig:
-    """Elementwise forward: tiles of about 4K output elements, whole rows when they are narrow."""
-    block_h = min(_pow2(h), 1024)
+    """Elementwise forward: tiles of about 4K elements of each half, whole rows when they are narrow."""
+    block_h = _column_block(h, 1024)
     block_r = max(1, min(64, 4096 // block_h))
     block_r = min(block_r, _pow2(n_rows))
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=8 if block_r * block_h >= 4096 else 4)
 
 
+@functools.lru_cache(maxsize=1024)
 def backward_config(n_rows: int, h: int) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in steps of block_h columns."""
-    block_h = min(_pow2(h), 1024)
+    block_h = _column_block(h, 1024)
     block_r = max(1, min(64, 2048 // block_h))
     block_r = min(block_r, _pow2(n_rows))
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=8 if block_r * block_h >= 2048 else 4)

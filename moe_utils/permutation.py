@@ -34,25 +34,29 @@ def _scatter_rows_kernel(
     n_rows,  # N; entries past it exist only for a routing map that broke its contract
     hidden,  # row width
     SCALE: tl.constexpr,  # multiply each copy by its probability, in fp32
+    BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
 ):
     # dst[entry_row[j]] = src[t] (* probs[t, entry_expert[j]]) for every entry j of token t.
-    # One program per (token, column block): the source block is read once, written k times.
+    # One program per (token, column block): the source block is read once and written to
+    # BLOCK_K destination rows per step, so the k stores of a token are in flight together.
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)
     first = tl.load(token_ptr_ptr + token)
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
-    for j in range(first, last):
-        row = tl.load(entry_row_ptr + j)
+    for start in range(first, last, BLOCK_K):
+        entries = start + tl.arange(0, BLOCK_K)
+        rows = tl.load(entry_row_ptr + entries, mask=entries < last, other=-1)
+        ok = (rows >= 0)[:, None] & col_ok[None, :]
         if SCALE:
-            expert = tl.load(entry_expert_ptr + j)
-            p = tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e).to(tl.float32)
-            value = (x.to(tl.float32) * p).to(dst_ptr.dtype.element_ty)
+            experts = tl.load(entry_expert_ptr + entries, mask=rows >= 0, other=0)
+            p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=rows >= 0, other=0.0)
+            value = (x.to(tl.float32)[None, :] * p.to(tl.float32)[:, None]).to(dst_ptr.dtype.element_ty)
         else:
-            value = x
-        tl.store(dst_ptr + row * hidden + cols, value, mask=col_ok & (row >= 0))
+            value = tl.broadcast_to(x[None, :], (BLOCK_K, BLOCK_H))
+        tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], value, mask=ok)
 
 
 @triton.jit
@@ -76,8 +80,13 @@ def _zero_padding_rows_kernel(
             )
 
 
-def _block_h(hidden: int) -> int:
-    return min(triton.next_power_of_2(max(hidden, 1)), 1024)
+def _block_h(hidden: int, cap: int = 1024) -> int:
+    return min(triton.next_power_of_2(max(hidden, 1)), cap)
+
+
+def block_k(n_rows: int, n_tokens: int) -> int:
+    """Entries handled together: the average top-k rounded up to a power of two, at most 8."""
+    return min(8, triton.next_power_of_2(max(1, -(-n_rows // max(n_tokens, 1)))))
 
 
 def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.Tensor | None = None) -> None:
@@ -85,7 +94,8 @@ def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.
     n_tokens, hidden = src.shape
     if n_tokens == 0 or hidden == 0 or dst.shape[0] == 0:
         return
-    block_h = _block_h(hidden)
+    k = block_k(dst.shape[0], n_tokens)
+    block_h = _block_h(hidden, max(256, 4096 // k))
     _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, block_h))](
         src,
         src.stride(0),
@@ -99,8 +109,9 @@ def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.
         dst.shape[0],
         hidden,
         SCALE=probs is not None,
+        BLOCK_K=k,
         BLOCK_H=block_h,
-        num_warps=4,
+        num_warps=4 if k * block_h <= 4096 else 8,
     )
 
 

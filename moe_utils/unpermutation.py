@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from .permutation import check_probs, scatter_rows, zero_padding_rows
+from .permutation import _block_h, block_k, check_probs, scatter_rows, zero_padding_rows
 from .routing import Plan, check_routing_map, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
@@ -40,9 +40,11 @@ def _gather_rows_kernel(
     E,  # experts
     SCALE: tl.constexpr,  # multiply each row by its probability
     PROBS_GRAD: tl.constexpr,  # also scatter row_grad into d_probs (permute's backward)
+    BLOCK_K: tl.constexpr,  # entries (source rows) read per step
     BLOCK_H: tl.constexpr,  # columns per program
 ):
     # out[t] = sum_j src[entry_row[j]] (* probs[t, entry_expert[j]]), in fp32, written once.
+    # BLOCK_K rows are loaded together and summed in a fixed order: deterministic, no atomics.
     token = tl.program_id(0).to(tl.int64)
     col_block = tl.program_id(1)
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -50,18 +52,22 @@ def _gather_rows_kernel(
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
     first = tl.load(token_ptr_ptr + token)
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
-    for j in range(first, last):
-        row = tl.load(entry_row_ptr + j)
-        x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
+    for start in range(first, last, BLOCK_K):
+        entries = start + tl.arange(0, BLOCK_K)
+        rows = tl.load(entry_row_ptr + entries, mask=entries < last, other=-1)
+        placed = rows >= 0
+        ok = placed[:, None] & col_ok[None, :]
+        x = tl.load(src_ptr + rows[:, None] * src_row_stride + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        if SCALE or PROBS_GRAD:
+            experts = tl.load(entry_expert_ptr + entries, mask=placed, other=0)
         if SCALE:
-            expert = tl.load(entry_expert_ptr + j)
-            x = x * tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e).to(tl.float32)
-        acc += x
+            p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=placed, other=0.0)
+            x = x * p.to(tl.float32)[:, None]
+        acc += tl.sum(x, axis=0)
         if PROBS_GRAD:
-            if (col_block == 0) & (row >= 0):
-                expert = tl.load(entry_expert_ptr + j)
-                grad = tl.load(row_grad_ptr + row)
-                tl.store(d_probs_ptr + token * E + expert, grad.to(d_probs_ptr.dtype.element_ty))
+            if col_block == 0:
+                grad = tl.load(row_grad_ptr + rows, mask=placed, other=0.0)
+                tl.store(d_probs_ptr + token * E + experts, grad.to(d_probs_ptr.dtype.element_ty), mask=placed)
     tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
@@ -82,32 +88,33 @@ def _scatter_dot_kernel(
     n_rows,  # N
     hidden,  # row width
     E,  # experts
+    BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
-    # (row, e) the entries of token t. One program per token walks whole rows, so the dot product
-    # stays in fp32 registers: deterministic, no atomics.
+    # (row, e) the entries of token t. One program per token walks whole rows, so the dot products
+    # stay in fp32 registers: deterministic, no atomics.
     token = tl.program_id(0).to(tl.int64)
     first = tl.load(token_ptr_ptr + token)
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
-    for j in range(first, last):
-        row = tl.load(entry_row_ptr + j)
-        expert = tl.load(entry_expert_ptr + j)
-        p = tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e).to(tl.float32)
-        dot = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for start in range(0, hidden, BLOCK_H):
-            cols = start + tl.arange(0, BLOCK_H)
-            ok = (cols < hidden) & (row >= 0)
-            g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=ok, other=0.0).to(tl.float32)
-            x = tl.load(perm_ptr + row * perm_row_stride + cols, mask=ok, other=0.0).to(tl.float32)
-            tl.store(d_perm_ptr + row * hidden + cols, (g * p).to(d_perm_ptr.dtype.element_ty), mask=ok)
-            dot += g * x
-        if row >= 0:
-            tl.store(d_probs_ptr + token * E + expert, tl.sum(dot, axis=0).to(d_probs_ptr.dtype.element_ty))
-
-
-def _block_h(hidden: int) -> int:
-    return min(triton.next_power_of_2(max(hidden, 1)), 1024)
+    for start in range(first, last, BLOCK_K):
+        entries = start + tl.arange(0, BLOCK_K)
+        rows = tl.load(entry_row_ptr + entries, mask=entries < last, other=-1)
+        placed = rows >= 0
+        experts = tl.load(entry_expert_ptr + entries, mask=placed, other=0)
+        p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=placed, other=0.0)
+        p = p.to(tl.float32)
+        dot = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for col_start in range(0, hidden, BLOCK_H):
+            cols = col_start + tl.arange(0, BLOCK_H)
+            col_ok = cols < hidden
+            ok = placed[:, None] & col_ok[None, :]
+            g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+            x = tl.load(perm_ptr + rows[:, None] * perm_row_stride + cols[None, :], mask=ok, other=0.0)
+            d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
+            tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
+            dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
+        tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
 def gather_rows(
@@ -122,7 +129,8 @@ def gather_rows(
     n_tokens, hidden = out.shape
     if n_tokens == 0:
         return
-    block_h = _block_h(hidden)
+    k = block_k(src.shape[0], n_tokens)
+    block_h = _block_h(hidden, max(256, 4096 // k))
     probs_grad = row_grad is not None
     _gather_rows_kernel[(n_tokens, triton.cdiv(max(hidden, 1), block_h))](
         src,
@@ -141,8 +149,9 @@ def gather_rows(
         d_probs.shape[1] if probs_grad else 0,
         SCALE=probs is not None,
         PROBS_GRAD=probs_grad,
+        BLOCK_K=k,
         BLOCK_H=block_h,
-        num_warps=4,
+        num_warps=4 if k * block_h <= 4096 else 8,
     )
 
 
@@ -170,6 +179,7 @@ def _launch_unpermute_backward(
     d_probs = torch.empty((0,), dtype=torch.float32, device=grad.device)
     if probs is not None and need_d_probs:
         d_probs = torch.zeros(probs.shape, dtype=probs.dtype, device=grad.device)
+        k = block_k(n_rows, n_tokens)
         if n_tokens > 0:
             _scatter_dot_kernel[(n_tokens,)](
                 grad,
@@ -187,7 +197,8 @@ def _launch_unpermute_backward(
                 n_rows,
                 hidden,
                 probs.shape[1],
-                BLOCK_H=_block_h(hidden),
+                BLOCK_K=k,
+                BLOCK_H=_block_h(hidden, max(128, 2048 // k)),
                 num_warps=4,
             )
     else:
