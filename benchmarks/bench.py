@@ -37,7 +37,7 @@ L2_ROTATE_BYTES = 256 << 20  # rotate inputs until one pass touches at least thi
 RESULTS: list[dict] = []
 
 
-def timed(fn: Callable[[int], object], rotate: int = 1) -> tuple[float, float | None]:
+def timed(fn: Callable[[int], object], rotate: int = 1, capture: bool = True) -> tuple[float, float | None]:
     """(ms on the GPU, ms eager) of fn(i) over rotating input sets i.
 
     GPU time comes from replaying a CUDA graph of the calls, as METHOD.md advises for short ops:
@@ -52,6 +52,8 @@ def timed(fn: Callable[[int], object], rotate: int = 1) -> tuple[float, float | 
         fn(state["i"])
 
     eager = do_bench(call, warmup=25, rep=100, return_mode="median")
+    if not capture:
+        return eager, None
     try:
         inner = max(1, min(50, int(2.0 / max(eager * rotate, 1e-3))))  # about 2 ms per replay
         stream = torch.cuda.Stream()
@@ -92,7 +94,11 @@ def record(family, op, impl, shape, times, nbytes, copy_gbs, peak_mb=None, **ext
         row["peak_mb"] = peak_mb
     row.update(extra)
     RESULTS.append(row)
-    print(f"{family:12s} {op:10s} {impl:16s} {shape!s:28s} {ms * 1e3:10.1f} us {gbs:8.0f} GB/s {row['pct_copy']:6.1f}%")
+    eager_txt = f"{eager_ms * 1e3:9.1f} us eager" if eager_ms is not None else "  (host sync: eager only)"
+    print(
+        f"{family:11s} {op:12s} {impl:13s} {shape!s:22s} {ms * 1e3:9.1f} us {gbs:6.0f} GB/s "
+        f"{row['pct_copy']:5.1f}% {eager_txt}"
+    )
     sys.stdout.flush()
 
 
@@ -158,6 +164,13 @@ def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict
         for x, w in zip(xs, ws, strict=True)
     ]
     for label, f, b in variants:
+        if label == "ref_eager":  # the slowest baseline: forward and forward+backward are enough
+            with torch.no_grad():
+                record(name, "fwd", label, shape, timed(lambda i: f(xs[i], ws[i], False), rotate), fwd_bytes, copy_gbs)
+            run = fwd_bwd(f, False)
+            peak = peak_memory_mb(lambda run=run: run(0))
+            record(name, "fwd_bwd", label, shape, timed(run, rotate), fwd_bytes + bwd_bytes, copy_gbs, peak)
+            continue
         with torch.no_grad():
             record(name, "fwd", label, shape, timed(lambda i: f(xs[i], ws[i], False), rotate), fwd_bytes, copy_gbs)
             record(
@@ -193,13 +206,15 @@ def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict
                 a, b = (t.requires_grad_(True) for t in halves[i])
                 torch.autograd.grad(lf.apply(a, b), (a, b), gs[i])
 
-            record(name, "plain_fb", "liger", shape, timed(liger_plain, rotate), un_bytes, copy_gbs)
+            # Liger's kernels do not survive CUDA-graph capture here: compare eager with eager.
+            record(name, "plain_fb", "liger", shape, timed(liger_plain, rotate, capture=False), un_bytes, copy_gbs)
 
 
 # -- routing ---------------------------------------------------------------------------------------
 
 
-def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: float) -> None:
+def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: float, full: bool = True) -> None:
+    """Fused permute/unpermute against the reference path; full=False times only the main ops."""
     dtype, s = torch.bfloat16, 2
     shape = (n_tokens, n_experts, k, hidden)
     n_rows = n_tokens * k
@@ -217,22 +232,28 @@ def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: 
     unperm_bytes = (n_rows + n_tokens) * hidden * s + n_rows * 4
     with torch.no_grad():
         for label, fused, kw in (("ours", True, {"num_out_tokens": n_rows}), ("reference", False, {})):
-            ms = timed(lambda i: moe_utils.permute(x, m, p, fused=fused, **kw))
+            ms = timed(lambda i: moe_utils.permute(x, m, p, fused=fused, **kw), capture=fused)
             record("permute", "fwd", label, shape, ms, perm_bytes, copy_gbs)
-            ms = timed(lambda i: moe_utils.permute(x, m, None, fused=fused, **kw))
+            if not full:
+                continue
+            ms = timed(lambda i: moe_utils.permute(x, m, None, fused=fused, **kw), capture=fused)
             record("permute", "fwd_noprobs", label, shape, ms, perm_bytes - n_rows * 4, copy_gbs)
         ms = timed(lambda i: _launch_permute_backward(g_rows, g_probs, plan, n_tokens, n_experts, p.dtype))
         record("permute", "bwd", "ours", shape, ms, unperm_bytes + n_tokens * n_experts * 4, copy_gbs)
-        ref_perm = torch.compile(baselines_permute_backward)
+        ref_perm = torch.compile(baselines_permute_backward, dynamic=True)
         ms = timed(lambda i: ref_perm(g_rows, idx, n_tokens))
         record("permute", "bwd", "reference", shape, ms, unperm_bytes, copy_gbs)
         for label, fused, ind in (("ours", True, plan), ("reference", False, idx)):
-            ms = timed(lambda i: moe_utils.unpermute(rows, ind, x.shape, p, m, fused=fused))
+            ms = timed(lambda i: moe_utils.unpermute(rows, ind, x.shape, p, m, fused=fused), capture=fused)
             record("unpermute", "fwd", label, shape, ms, unperm_bytes, copy_gbs)
+            if not full:
+                continue
             ms = timed(lambda i: moe_utils.unpermute(rows, ind, x.shape, None, m, fused=fused))
             record("unpermute", "fwd_noprobs", label, shape, ms, unperm_bytes - n_rows * 4, copy_gbs)
         ms = timed(lambda i: _launch_unpermute_backward(g_out, rows, plan, p, True))
         record("unpermute", "bwd", "ours", shape, ms, (n_tokens + 2 * n_rows) * hidden * s + n_rows * 8, copy_gbs)
+        if not full:
+            return
         ms = timed(lambda i: _launch_unpermute_backward(g_out, rows, plan, p, False))
         record("unpermute", "bwd_nodprobs", "ours", shape, ms, (n_tokens + n_rows) * hidden * s + n_rows * 4, copy_gbs)
 
@@ -251,7 +272,7 @@ def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: 
     fb_bytes = unperm_bytes + (n_tokens + 2 * n_rows) * hidden * s + n_rows * 8
     for label, fn in (("ours", ours_unpermute_fb), ("reference", ref_unpermute_fb)):
         peak = peak_memory_mb(lambda fn=fn: fn(0))
-        record("unpermute", "fwd_bwd", label, shape, timed(fn), fb_bytes, copy_gbs, peak)
+        record("unpermute", "fwd_bwd", label, shape, timed(fn, capture=label == "ours"), fb_bytes, copy_gbs, peak)
 
 
 def baselines_permute_backward(grad_rows, sorted_indices, n_tokens):
@@ -274,6 +295,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes per family")
     parser.add_argument("--only", choices=["activations", "routing"], default=None)
+    parser.add_argument("--rows", type=int, nargs="*", default=None, help="activation row counts T to run")
+    parser.add_argument("--routing", choices=["anchors", "grid"], default="grid", help="routing shapes")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -308,7 +332,7 @@ def main() -> int:
                 torch.cuda.empty_cache()
     if args.only != "activations":
         for shape in route_shapes:
-            bench_routing(*shape, copy_gbs)
+            bench_routing(*shape, copy_gbs, full=shape in anchors)
             torch.cuda.empty_cache()
     args.out.mkdir(parents=True, exist_ok=True)
     slug = card.replace(" ", "_")
@@ -321,7 +345,7 @@ def main() -> int:
         quick=args.quick,
         seconds=time.time() - started,
     )
-    path = args.out / f"{slug}{'-quick' if args.quick else ''}.json"
+    path = args.out / f"{slug}{'-quick' if args.quick else ''}{args.tag}.json"
     path.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1))
     print(f"wrote {path}")
     return 0
