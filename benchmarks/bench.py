@@ -307,19 +307,23 @@ def main() -> int:
     copy_gbs = copy_bandwidth()
     print(f"{card}: device-to-device copy {copy_gbs:.0f} GB/s")
     started = time.time()
+    anchors = [(16384, 64, 8, 2048), (8192, 128, 8, 7168)]  # issue 3's two shapes
     if args.quick:
         act_shapes = [(16384, 768), (65536, 2048), (16384, 7168)]
-        route_shapes = [(16384, 64, 8, 2048), (8192, 128, 8, 7168)]
+        route_shapes = anchors
     else:
-        act_shapes = [(t, h) for t in (4096, 16384, 65536, 262144) for h in (768, 1408, 2048, 2880, 7168)]
-        route_shapes = [(16384, 64, 8, 2048), (8192, 128, 8, 7168)] + [
-            (t, e, k, hd)
-            for t in (4096, 16384, 65536)
-            for e in (8, 64, 128, 256)
-            for k in (2, 8)
-            for hd in (2048, 4096, 7168)
-            if not (t == 65536 and k == 8 and hd == 7168)  # 7.5 GB of rows: beyond one run's budget
-        ]
+        rows = args.rows or [4096, 16384, 65536, 262144]
+        act_shapes = [(t, h) for t in rows for h in (768, 1408, 2048, 2880, 7168)]
+        route_shapes = list(anchors)
+        if args.routing == "grid":
+            route_shapes += [
+                (t, e, k, hd)
+                for t in (4096, 16384, 65536)
+                for e in (8, 64, 256)
+                for k in (2, 8)
+                for hd in (2048, 7168)
+                if (t, e, k, hd) not in anchors and not (t == 65536 and k == 8 and hd == 7168)
+            ]
     if args.only != "routing":
         liger = load_liger()
         refs = {
