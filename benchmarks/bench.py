@@ -307,6 +307,24 @@ def main() -> int:
     copy_gbs = copy_bandwidth()
     print(f"{card}: device-to-device copy {copy_gbs:.0f} GB/s")
     started = time.time()
+
+    def save() -> Path:
+        """Write what has been measured so far (a run stopped by a time limit keeps its results)."""
+        args.out.mkdir(parents=True, exist_ok=True)
+        slug = card.replace(" ", "_")
+        meta = dict(
+            card=card,
+            copy_gbs=copy_gbs,
+            torch=torch.__version__,
+            triton=triton.__version__,
+            python=platform.python_version(),
+            quick=args.quick,
+            seconds=time.time() - started,
+        )
+        path = args.out / f"{slug}{'-quick' if args.quick else ''}{args.tag}.json"
+        path.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1))
+        return path
+
     anchors = [(16384, 64, 8, 2048), (8192, 128, 8, 7168)]  # issue 3's two shapes
     if args.quick:
         act_shapes = [(16384, 768), (65536, 2048), (16384, 7168)]
@@ -334,24 +352,13 @@ def main() -> int:
             for name in ("swiglu", "geglu", "quick_geglu"):
                 bench_activation(name, n_rows, h, copy_gbs, {k: v[name] for k, v in refs.items()}, liger)
                 torch.cuda.empty_cache()
+            save()
     if args.only != "activations":
         for shape in route_shapes:
             bench_routing(*shape, copy_gbs, full=shape in anchors)
             torch.cuda.empty_cache()
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = card.replace(" ", "_")
-    meta = dict(
-        card=card,
-        copy_gbs=copy_gbs,
-        torch=torch.__version__,
-        triton=triton.__version__,
-        python=platform.python_version(),
-        quick=args.quick,
-        seconds=time.time() - started,
-    )
-    path = args.out / f"{slug}{'-quick' if args.quick else ''}{args.tag}.json"
-    path.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1))
-    print(f"wrote {path}")
+            save()
+    print(f"wrote {save()}")
     return 0
 
 
