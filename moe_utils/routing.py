@@ -1,11 +1,12 @@
 """The routing plan of the fused permute/unpermute: a deterministic counting sort on the device.
 
-From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) three small kernels
-build, with no atomics and no host synchronisation:
+From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) small kernels
+build, with no atomics and no host synchronisation (four launches):
 
 1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment.
-2. ``_scan_kernel``: one program; exclusive prefix sums turn the counts into the first permuted row
-   of every (segment, expert) and the first token-major entry of every segment.
+2. ``_scan_experts_kernel`` (one program per block of experts) and ``_scan_totals_kernel`` (one
+   program): exclusive prefix sums turn the counts into the first permuted row of every
+   (segment, expert) and the first token-major entry of every segment.
 3. ``_map_kernel``: one program per segment; a cumulative sum over the segment's tokens gives every
    routed (token, expert) its permuted row (expert-major, ascending token order within an expert,
    exactly the order of the reference) and its place in the token-major list.
@@ -48,6 +49,7 @@ def _count_kernel(
     map_stride_t,  # elements between tokens of the map
     map_stride_e,  # elements between experts of the map
     counts_ptr,  # [n_seg, E] int32 out: routed tokens per segment and expert
+    seg_total_ptr,  # [n_seg] int64 out: routed (token, expert) pairs per segment
     T,  # tokens
     E,  # experts
     seg_len,  # tokens per segment, a multiple of BLOCK_T
@@ -65,14 +67,35 @@ def _count_kernel(
         m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
         acc += tl.sum((m != 0).to(tl.int32), axis=0)
     tl.store(counts_ptr + seg * E + experts, acc, mask=e_ok)
+    tl.store(seg_total_ptr + seg, tl.sum(acc.to(tl.int64), axis=0))
 
 
 @triton.jit
-def _scan_kernel(
+def _scan_experts_kernel(
     counts_ptr,  # [n_seg, E] int32 routed tokens per segment and expert
-    seg_expert_off_ptr,  # [n_seg, E] int64 out: first permuted row of each (segment, expert)
-    seg_token_off_ptr,  # [n_seg] int64 out: first token-major entry of each segment
+    seg_expert_off_ptr,  # [n_seg, E] int64 out: rows of the same expert in earlier segments
     expert_count_ptr,  # [E] int64 out: routed tokens per expert
+    n_seg,  # segments
+    E,  # experts
+    BLOCK_S: tl.constexpr,  # >= n_seg
+    BLOCK_E: tl.constexpr,  # experts per program
+):
+    # Experts are independent here: one program per block of experts, all segments in one tile.
+    segs = tl.arange(0, BLOCK_S)
+    experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    ok = (segs < n_seg)[:, None] & (experts < E)[None, :]
+    offs = segs[:, None] * E + experts[None, :]
+    c = tl.load(counts_ptr + offs, mask=ok, other=0).to(tl.int64)
+    tl.store(seg_expert_off_ptr + offs, tl.cumsum(c, axis=0) - c, mask=ok)
+    tl.store(expert_count_ptr + experts, tl.sum(c, axis=0), mask=experts < E)
+
+
+@triton.jit
+def _scan_totals_kernel(
+    expert_count_ptr,  # [E] int64 routed tokens per expert
+    seg_total_ptr,  # [n_seg] int64 routed pairs per segment
+    expert_first_ptr,  # [E] int64 out: first permuted row of each expert
+    seg_token_off_ptr,  # [n_seg] int64 out: first token-major entry of each segment
     token_ptr_ptr,  # [T + 1] int64 out: only token_ptr[T] (total routed entries) is written here
     n_seg,  # segments
     E,  # experts
@@ -80,30 +103,20 @@ def _scan_kernel(
     capacity,  # DROP_AND_PAD: rows per expert
     DROP_AND_PAD: tl.constexpr,  # expert e owns rows [e * capacity, (e + 1) * capacity)
     BLOCK_S: tl.constexpr,  # >= n_seg
-    BLOCK_E: tl.constexpr,  # experts per step
+    BLOCK_E: tl.constexpr,  # >= E
 ):
+    # One program, two exclusive prefix sums of at most MAX_EXPERTS and 256 elements.
+    experts = tl.arange(0, BLOCK_E)
+    count = tl.load(expert_count_ptr + experts, mask=experts < E, other=0)
+    if DROP_AND_PAD:
+        first_row = experts.to(tl.int64) * capacity
+    else:
+        first_row = tl.cumsum(count, axis=0) - count
+    tl.store(expert_first_ptr + experts, first_row, mask=experts < E)
     segs = tl.arange(0, BLOCK_S)
-    s_ok = segs < n_seg
-    expert_base = tl.full((), 0, tl.int64)  # rows taken by the experts before this step
-    seg_total = tl.zeros([BLOCK_S], dtype=tl.int64)
-    for e0 in range(0, E, BLOCK_E):
-        experts = e0 + tl.arange(0, BLOCK_E)
-        e_ok = experts < E
-        ok = s_ok[:, None] & e_ok[None, :]
-        offs = segs[:, None] * E + experts[None, :]
-        c = tl.load(counts_ptr + offs, mask=ok, other=0).to(tl.int64)
-        before_seg = tl.cumsum(c, axis=0) - c  # rows of the same expert in earlier segments
-        per_expert = tl.sum(c, axis=0)
-        if DROP_AND_PAD:
-            first_row = experts.to(tl.int64) * capacity
-        else:
-            first_row = expert_base + tl.cumsum(per_expert, axis=0) - per_expert
-        expert_base += tl.sum(per_expert, axis=0)
-        tl.store(seg_expert_off_ptr + offs, first_row[None, :] + before_seg, mask=ok)
-        tl.store(expert_count_ptr + experts, per_expert, mask=e_ok)
-        seg_total += tl.sum(c, axis=1)
-    tl.store(seg_token_off_ptr + segs, tl.cumsum(seg_total, axis=0) - seg_total, mask=s_ok)
-    tl.store(token_ptr_ptr + T, expert_base)
+    seg_total = tl.load(seg_total_ptr + segs, mask=segs < n_seg, other=0)
+    tl.store(seg_token_off_ptr + segs, tl.cumsum(seg_total, axis=0) - seg_total, mask=segs < n_seg)
+    tl.store(token_ptr_ptr + T, tl.sum(seg_total, axis=0))
 
 
 @triton.jit
@@ -114,7 +127,8 @@ def _map_kernel(
     probs_ptr,  # [T, E] routing probabilities (HAS_PROBS)
     probs_stride_t,  # elements between tokens of probs
     probs_stride_e,  # elements between experts of probs
-    seg_expert_off_ptr,  # [n_seg, E] int64 first permuted row of each (segment, expert)
+    seg_expert_off_ptr,  # [n_seg, E] int64 rows of each expert in earlier segments
+    expert_first_ptr,  # [E] int64 first permuted row of each expert
     seg_token_off_ptr,  # [n_seg] int64 first token-major entry of each segment
     src_token_ptr,  # [N] int64 out: source token of each permuted row
     perm_probs_ptr,  # [N] out: probability of each permuted row (HAS_PROBS)
@@ -136,6 +150,7 @@ def _map_kernel(
     e_ok = experts < E
     # Next free row of each expert and next free token-major entry, carried across steps.
     next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0)
+    next_row += tl.load(expert_first_ptr + experts, mask=e_ok, other=0)
     next_entry = tl.load(seg_token_off_ptr + seg)
     if DROP_AND_PAD:
         row_end = (experts + 1).to(tl.int64) * capacity  # rows of expert e end here
@@ -239,22 +254,29 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
 
 
 def _scan(routing_map, n_tokens, n_experts, seg_len, n_seg, block_t, block_e, drop_and_pad, capacity):
+    """Counts and prefix sums; returns (seg_expert_off, expert_first, seg_token_off, expert_count, token_ptr)."""
     device = routing_map.device
     m = _map_pointer(routing_map)
     counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
+    seg_total = torch.empty((n_seg,), dtype=torch.int64, device=device)
     _count_kernel[(n_seg,)](
-        m, m.stride(0), m.stride(1), counts, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e
+        m, m.stride(0), m.stride(1), counts, seg_total, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e
     )
     seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
-    seg_token_off = torch.empty((n_seg,), dtype=torch.int64, device=device)
     expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
-    token_ptr = torch.empty((n_tokens + 1,), dtype=torch.int64, device=device)
     block_s = triton.next_power_of_2(n_seg)
-    _scan_kernel[(1,)](
-        counts,
-        seg_expert_off,
-        seg_token_off,
+    experts_per_program = max(1, min(triton.next_power_of_2(n_experts), 4096 // block_s))
+    _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
+        counts, seg_expert_off, expert_count, n_seg, n_experts, BLOCK_S=block_s, BLOCK_E=experts_per_program
+    )
+    expert_first = torch.empty((n_experts,), dtype=torch.int64, device=device)
+    seg_token_off = torch.empty((n_seg,), dtype=torch.int64, device=device)
+    token_ptr = torch.empty((n_tokens + 1,), dtype=torch.int64, device=device)
+    _scan_totals_kernel[(1,)](
         expert_count,
+        seg_total,
+        expert_first,
+        seg_token_off,
         token_ptr,
         n_seg,
         n_experts,
@@ -262,9 +284,9 @@ def _scan(routing_map, n_tokens, n_experts, seg_len, n_seg, block_t, block_e, dr
         capacity,
         DROP_AND_PAD=drop_and_pad,
         BLOCK_S=block_s,
-        BLOCK_E=max(1, min(triton.next_power_of_2(n_experts), 4096 // block_s)),
+        BLOCK_E=block_e,
     )
-    return counts, seg_expert_off, seg_token_off, expert_count, token_ptr
+    return seg_expert_off, expert_first, seg_token_off, expert_count, token_ptr
 
 
 def build_plan(
@@ -294,7 +316,7 @@ def build_plan(
         return _empty_plan(n_tokens, probs, num_out_tokens, device)
     seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
-    _, seg_expert_off, seg_token_off, expert_count, token_ptr = _scan(
+    seg_expert_off, expert_first, seg_token_off, expert_count, token_ptr = _scan(
         routing_map, n_tokens, n_experts, seg_len, n_seg, block_t, block_e, drop_and_pad, capacity
     )
     total = token_ptr[n_tokens:]
@@ -324,6 +346,7 @@ def build_plan(
         probs.stride(0) if probs is not None else 0,
         probs.stride(1) if probs is not None else 0,
         seg_expert_off,
+        expert_first,
         seg_token_off,
         view.src_token,
         perm_probs if perm_probs is not None else view.src_token,
