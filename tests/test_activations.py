@@ -391,3 +391,31 @@ def test_submodule_imports_do_not_shadow_public_functions():
 
     for name in ("permute", "unpermute", "quick_gelu", "swiglu", "MoEAuxLossAutoScaler"):
         assert callable(getattr(moe_utils, name)) and not inspect.ismodule(getattr(moe_utils, name)), name
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_saved_tensor_budget(fp8, with_bias):
+    """The Functions keep only what the backward reads: input (or its fp8 copy), bias, weights."""
+    from moe_utils import WeightedBiasQuickGeGLUFunction, WeightedQuickGeGLUFunction
+
+    n_rows, h = 64, 96
+    y = torch.randn(n_rows, 2 * h, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    w = torch.rand(n_rows, 1, device=DEVICE, requires_grad=True)
+    b = torch.randn(2 * h, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if with_bias:
+            out = WeightedBiasQuickGeGLUFunction.apply(y, b, w, fp8)
+        else:
+            out = WeightedQuickGeGLUFunction.apply(y, w, fp8)
+    nbytes = sum(t.numel() * t.element_size() for t in saved)
+    x_bytes = n_rows * 2 * h * (1 if fp8 else 2)
+    budget = x_bytes + n_rows * 4 + (2 * h * 2 if with_bias else 0)
+    assert nbytes == budget, (nbytes, budget, [(t.dtype, tuple(t.shape)) for t in saved])
+    out.float().sum().backward()
