@@ -217,7 +217,8 @@ class _Printer:
         return text
 
     def _minmax(self, expr: sympy.Basic, name: str) -> str:
-        args = sorted(expr.args, key=sympy.default_sort_key)
+        # Canonical order, numeric bounds last (the torch printer turns them into torch.clamp).
+        args = sorted(expr.args, key=lambda a: (a.is_number, sympy.default_sort_key(a)))
         text = self._print(args[0])
         for arg in args[1:]:
             text = self._binary_minmax(name, text, arg)
@@ -281,11 +282,3 @@ class TorchPrinter(_Printer):
             bound = "max" if name == "minimum" else "min"
             return f"torch.clamp({left}, {bound}={self._print(right)})"
         return f"torch.{name}({left}, {self._print(right)})"
-
-    def _minmax(self, expr: sympy.Basic, name: str) -> str:
-        # Put a numeric bound last so that it becomes torch.clamp's scalar argument.
-        args = sorted(expr.args, key=lambda a: (a.is_number, sympy.default_sort_key(a)))
-        text = self._print(args[0])
-        for arg in args[1:]:
-            text = self._binary_minmax(name, text, arg)
-        return text

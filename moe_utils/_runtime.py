@@ -288,6 +288,12 @@ def eager_inputs(
 # -- autograd plumbing -------------------------------------------------------------------------
 
 
+def call(op: Any, launcher: Callable[..., Any], *args: Any) -> Any:
+    """Under torch.compile the torch.library op (opaque to dynamo, no graph break); in eager mode
+    the launcher it wraps, without the dispatcher's overhead."""
+    return op(*args) if torch.compiler.is_compiling() else launcher(*args)
+
+
 @dataclass(frozen=True)
 class ActivationImpl:
     """The pieces of one generated activation that the generic plumbing needs."""
@@ -301,15 +307,12 @@ class ActivationImpl:
 
     def forward(self, x, bias, weight, fp8_store, clamp_value, params):
         """out [T, H] and the bits (uint8) of the fp8 copy of x (empty unless fp8_store)."""
-        if torch.compiler.is_compiling():
-            return self.forward_op(x, bias, weight, fp8_store, clamp_value, *params)
-        return self.launch_forward(x, bias, weight, fp8_store, clamp_value, *params)
+        return call(self.forward_op, self.launch_forward, x, bias, weight, fp8_store, clamp_value, *params)
 
     def backward(self, grad_out, x_saved, bias, weight, clamp_value, x_dtype, params):
         """d_x [T, 2H] in x_dtype and d_weight [T] in the weight's dtype (empty without weight)."""
-        if torch.compiler.is_compiling():
-            return self.backward_op(grad_out, x_saved, bias, weight, clamp_value, x_dtype, *params)
-        return self.launch_backward(grad_out, x_saved, bias, weight, clamp_value, x_dtype, *params)
+        args = (grad_out, x_saved, bias, weight, clamp_value, x_dtype, *params)
+        return call(self.backward_op, self.launch_backward, *args)
 
 
 def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

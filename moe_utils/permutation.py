@@ -237,10 +237,8 @@ class _FusedPermute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tokens, routing_map, probs, num_out_tokens, drop_and_pad):
-        if torch.compiler.is_compiling():
-            out, perm_probs, plan = _permute_op(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
-        else:
-            out, perm_probs, plan = _launch_permute(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
+        args = (tokens, routing_map, probs, num_out_tokens, drop_and_pad)
+        out, perm_probs, plan = _rt.call(_permute_op, _launch_permute, *args)
         ctx.mark_non_differentiable(plan)
         ctx.save_for_backward(plan)
         ctx.meta = (tokens.shape[0], routing_map.shape[1], None if probs is None else probs.dtype, out.shape)
@@ -253,12 +251,8 @@ class _FusedPermute(torch.autograd.Function):
         n_tokens, n_experts, probs_dtype, out_shape = ctx.meta
         if grad_out is None:  # only the permuted probs were used
             grad_out = torch.zeros(out_shape, dtype=ctx.tokens_dtype, device=plan.device)
-        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
         args = (grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)
-        if torch.compiler.is_compiling():
-            d_tokens, d_probs = _permute_backward_op(*args)
-        else:
-            d_tokens, d_probs = _launch_permute_backward(*args)
+        d_tokens, d_probs = _rt.call(_permute_backward_op, _launch_permute_backward, *args)
         return d_tokens, None, (d_probs if probs_dtype is not None and d_probs.numel() else None), None, None
 
 
@@ -365,7 +359,6 @@ def permute(
                     f"permute: routing_map routes {routed} (token, expert) pairs but num_out_tokens = {num_out_tokens}"
                 )
         return _permute_reference(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
-    tokens_c = tokens if tokens.stride(-1) == 1 else tokens.contiguous()
     return _FusedPermute.apply(
-        tokens_c, routing_map, probs, -1 if num_out_tokens is None else num_out_tokens, drop_and_pad
+        tokens, routing_map, probs, -1 if num_out_tokens is None else num_out_tokens, drop_and_pad
     )

@@ -236,7 +236,7 @@ def _unpermute_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 def _unpermute_op_backward(ctx: Any, grad):
     permuted, plan, probs = ctx.saved_tensors
     need = probs is not None and ctx.needs_input_grad[2]
-    d_perm, d_probs = _unpermute_backward_op(grad.contiguous(), permuted, plan, probs, need)
+    d_perm, d_probs = _unpermute_backward_op(grad, permuted, plan, probs, need)
     return d_perm, None, (d_probs if need else None), None
 
 
@@ -248,10 +248,7 @@ class _FusedUnpermute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, permuted, plan, probs, n_tokens):
-        if torch.compiler.is_compiling():
-            out = _unpermute_op(permuted, plan, probs, n_tokens)
-        else:
-            out = _launch_unpermute(permuted, plan, probs, n_tokens)
+        out = _rt.call(_unpermute_op, _launch_unpermute, permuted, plan, probs, n_tokens)
         # permuted is needed only for the probs gradient.
         keep = permuted if probs is not None and probs.requires_grad else None
         ctx.save_for_backward(keep, plan, probs)
@@ -265,12 +262,8 @@ class _FusedUnpermute(torch.autograd.Function):
         shape, dtype, device = ctx.perm_meta
         # Without a probs gradient the rows' values are not read: a zero-stride stand-in carries the shape.
         permuted = kept if kept is not None else torch.empty((1, 1), dtype=dtype, device=device).expand(shape)
-        grad = grad if grad.stride(-1) == 1 else grad.contiguous()
         args = (grad, permuted, plan, probs, need)
-        if torch.compiler.is_compiling():
-            d_perm, d_probs = _unpermute_backward_op(*args)
-        else:
-            d_perm, d_probs = _launch_unpermute_backward(*args)
+        d_perm, d_probs = _rt.call(_unpermute_backward_op, _launch_unpermute_backward, *args)
         return d_perm, None, (d_probs if need else None), None
 
 
@@ -347,5 +340,4 @@ def unpermute(
             permuted_tokens, sorted_indices, torch.Size(restore_shape), probs, routing_map, drop_and_pad
         )
     plan_view(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])  # checks the plan's layout
-    permuted = permuted_tokens if permuted_tokens.stride(-1) == 1 else permuted_tokens.contiguous()
-    return _FusedUnpermute.apply(permuted, sorted_indices, probs, n_tokens)
+    return _FusedUnpermute.apply(permuted_tokens, sorted_indices, probs, n_tokens)
