@@ -1,0 +1,227 @@
+"""Launch-shape sweep: the data behind the block-size tables in ``moe_utils/_runtime.py`` and the
+routing kernels. Not part of the user-facing benchmark (``bench.py``); run it when tuning.
+
+    python benchmarks/sweep.py --out DIR [--only act|routing]
+
+Times every candidate launch shape of the activation forward (with and without the fp8 store),
+the backward (bf16 and fp8 saved input), the permute scatter and the unpermute backward's
+scatter-dot, plus each piece of the fused permute (plan, scatter, padding) and a write-only fill,
+all as CUDA-graph replays (``triton.testing.do_bench_cudagraph``, median). Writes ``sweep.json``
+after every group: {kind: [{shape, config, us, pct_copy}]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pathlib
+import time
+
+import torch
+import triton
+
+import moe_utils
+from moe_utils import _runtime as _rt
+from moe_utils.permutation import _scatter_rows_kernel, scatter_rows, zero_padding_rows
+from moe_utils.routing import build_plan, plan_view
+from moe_utils.unpermutation import _scatter_dot_kernel
+
+DTYPE = torch.bfloat16
+gen = importlib.import_module("moe_utils.generated.swiglu")  # the package re-exports the function swiglu
+#: SWEEP_DRY=1 (with TRITON_INTERPRET=1): tiny shapes on the CPU, each kernel run once, to check the script.
+DRY = os.environ.get("SWEEP_DRY") == "1"
+DEVICE = "cpu" if DRY else "cuda"
+
+
+def bench(fn) -> float:
+    fn()
+    if DRY:
+        return 1.0
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") * 1e3  # µs
+
+
+def copy_gbs() -> float:
+    n = 1 << (10 if DRY else 30)
+    a = torch.empty(n, dtype=DTYPE, device=DEVICE)
+    b = torch.empty_like(a)
+    us = bench(lambda: b.copy_(a))
+    return 2 * n * 2 / us / 1e3
+
+
+def act_configs(h: int):
+    for block_h in (64, 128, 256, 512, 1024, 2048, 4096):
+        if block_h > max(64, triton.next_power_of_2(h)):
+            continue
+        for tile, warps in ((2048, 4), (4096, 4), (4096, 8), (8192, 8), (16384, 16)):
+            block_r = tile // block_h
+            if 1 <= block_r <= 128:
+                yield block_r, block_h, warps
+
+
+def sweep_activations(results, copy, rows_list, widths):
+    for n_rows in rows_list:
+        for h in widths:
+            x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
+            w = torch.rand(n_rows, dtype=torch.float32, device=DEVICE)
+            out = torch.empty(n_rows, h, dtype=DTYPE, device=DEVICE)
+            fp8 = torch.empty(n_rows, 2 * h, dtype=torch.uint8, device=DEVICE)
+            g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
+            dx = torch.empty_like(x)
+            dw = torch.empty_like(w)
+            e = n_rows * h
+            for store_fp8 in (False, True):
+                nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if store_fp8 else 0)
+                for br, bh, nw in act_configs(h):
+                    grid = (triton.cdiv(n_rows, br), triton.cdiv(h, bh))
+
+                    def run(br=br, bh=bh, nw=nw, grid=grid, store_fp8=store_fp8):
+                        gen._swiglu_fwd[grid](
+                            x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
+                            HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8,
+                            NATIVE_FP8=_rt.NATIVE_FP8, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+                        )  # fmt: skip
+
+                    us = bench(run)
+                    kind = "fwd_fp8" if store_fp8 else "fwd"
+                    results.setdefault(kind, []).append(
+                        dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                    )
+            fp8.copy_(x.to(torch.float8_e4m3fn).view(torch.uint8))
+            for load_fp8 in (False, True):
+                src = fp8 if load_fp8 else x
+                nbytes = e * 2 * (1 if load_fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
+                for br, bh, nw in act_configs(h):
+                    if br * bh > 8192 or bh > 1024:
+                        continue
+
+                    def run(br=br, bh=bh, nw=nw, src=src, load_fp8=load_fp8):
+                        gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
+                            g, src, x, w, dx, dw, n_rows, h, g.stride(0), src.stride(0), 0, 0.0,
+                            HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, LOAD_FP8=load_fp8,
+                            NATIVE_FP8=_rt.NATIVE_FP8, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+                        )  # fmt: skip
+
+                    us = bench(run)
+                    kind = "bwd_fp8" if load_fp8 else "bwd"
+                    results.setdefault(kind, []).append(
+                        dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                    )
+            best = {
+                k: max((r for r in v if r["shape"] == [n_rows, h]), key=lambda r: r["pct"])
+                for k, v in results.items()
+                if k.startswith(("fwd", "bwd"))
+            }
+            print(n_rows, h, {k: (b["config"], round(b["pct"], 1)) for k, b in best.items()}, flush=True)
+            yield
+
+
+def routing_map(n_tokens, n_experts, k, gen_):
+    scores = torch.rand(n_tokens, n_experts, generator=gen_, device=DEVICE)
+    idx = scores.topk(k, dim=1).indices
+    return torch.zeros(n_tokens, n_experts, dtype=torch.bool, device=DEVICE).scatter_(1, idx, True)
+
+
+def sweep_routing(results, copy, shapes):
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for n_tokens, n_experts, k, hidden in shapes:
+        m = routing_map(n_tokens, n_experts, k, g)
+        p = torch.rand(n_tokens, n_experts, device=DEVICE)
+        x = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
+        n_rows = n_tokens * k
+        shape = [n_tokens, n_experts, k, hidden]
+        plan, _, _ = build_plan("sweep", m, p, n_rows, False)
+        view = plan_view("sweep", plan, n_tokens, n_rows)
+        out = torch.empty(n_rows, hidden, dtype=DTYPE, device=DEVICE)
+        move = (n_tokens + n_rows) * hidden * 2
+        pieces = {
+            "permute": (lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True), move),
+            "plan": (lambda: build_plan("sweep", m, p, n_rows, False), 0),
+            "scatter": (lambda: scatter_rows(x, out, view), move),
+            "zero_padding": (lambda: zero_padding_rows(out, view), 0),
+            "fill_out": (lambda: out.fill_(1.0), n_rows * hidden * 2),
+            "zeros_probs": (lambda: torch.zeros(n_rows, device=DEVICE), 0),
+        }
+        for name, (fn, nbytes) in pieces.items():
+            us = bench(fn)
+            pct = 100 * nbytes / us / 1e3 / copy if nbytes else None
+            results.setdefault("permute_pieces", []).append(dict(shape=shape, config=name, us=us, pct=pct))
+        for bk in (1, 2, 4, 8):
+            for bh in (128, 256, 512, 1024, 2048):
+                for nw in (2, 4, 8):
+                    if bh > triton.next_power_of_2(hidden) or bk * bh > 16384:
+                        continue
+
+                    def run(bk=bk, bh=bh, nw=nw):
+                        _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, bh))](
+                            x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry_row, view.entry_expert,
+                            n_rows, hidden, SCALE=False, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                        )  # fmt: skip
+
+                    us = bench(run)
+                    results.setdefault("scatter", []).append(
+                        dict(shape=shape, config=[bk, bh, nw], us=us, pct=100 * move / us / 1e3 / copy)
+                    )
+        grad = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
+        d_probs = torch.zeros(n_tokens, n_experts, device=DEVICE)
+        nbytes = (n_tokens + 2 * n_rows) * hidden * 2 + n_rows * 8
+        for bk in (1, 2, 4, 8):
+            for bh in (128, 256, 512, 1024):
+                for nw in (4, 8):
+                    if bh > triton.next_power_of_2(hidden) or bk * bh > 8192:
+                        continue
+
+                    def run(bk=bk, bh=bh, nw=nw):
+                        _scatter_dot_kernel[(n_tokens,)](
+                            grad, grad.stride(0), out, out.stride(0), out, p, p.stride(0), p.stride(1), d_probs,
+                            view.token_ptr, view.entry_row, view.entry_expert, n_rows, hidden, n_experts,
+                            BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                        )  # fmt: skip
+
+                    us = bench(run)
+                    results.setdefault("scatter_dot", []).append(
+                        dict(shape=shape, config=[bk, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                    )
+        for kind in ("permute_pieces", "scatter", "scatter_dot"):
+            rows = [r for r in results[kind] if r["shape"] == shape]
+            top = sorted(rows, key=lambda r: r["us"])[:3] if kind != "permute_pieces" else rows
+            print(shape, kind, [(r["config"], round(r["us"], 1), r["pct"] and round(r["pct"], 1)) for r in top])
+        yield
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--only", choices=("act", "routing"), default=None)
+    ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
+    args = ap.parse_args()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    copy = copy_gbs()
+    card = "dry" if DRY else torch.cuda.get_device_name()
+    results: dict = {"card": card, "copy_gbs": copy}
+    print(card, f"copy {copy:.0f} GB/s", flush=True)
+    groups = []
+    routing = [(16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 8, 4096)]
+    act = [([65536], [2880, 768, 1408, 2048, 7168]), ([16384], [768])]
+    if DRY:
+        routing, act = [(5, 4, 2, 96)], [([3], [48])]
+    if args.only in (None, "routing"):
+        groups.append(sweep_routing(results, copy, routing))
+    if args.only in (None, "act"):
+        groups += [sweep_activations(results, copy, rows, widths) for rows, widths in act]
+    for group in groups:
+        for _ in group:
+            (out / f"sweep-{card.replace(' ', '_')}.json").write_text(json.dumps(results, indent=1))
+            if time.time() - start > args.budget_s:
+                print("time budget spent; stopping")
+                return
+    print(f"done in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    assert _rt.NATIVE_FP8 or DRY
+    main()
