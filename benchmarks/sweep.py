@@ -166,6 +166,7 @@ def sweep_routing(results, copy, shapes):
                     )
         grad = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
         d_probs = torch.zeros(n_tokens, n_experts, device=DEVICE)
+        d_perm = torch.empty_like(out)
         nbytes = (n_tokens + 2 * n_rows) * hidden * 2 + n_rows * 8
         for bk in (1, 2, 4, 8):
             for bh in (128, 256, 512, 1024):
@@ -175,7 +176,7 @@ def sweep_routing(results, copy, shapes):
 
                     def run(bk=bk, bh=bh, nw=nw):
                         _scatter_dot_kernel[(n_tokens,)](
-                            grad, grad.stride(0), out, out.stride(0), out, p, p.stride(0), p.stride(1), d_probs,
+                            grad, grad.stride(0), out, out.stride(0), d_perm, p, p.stride(0), p.stride(1), d_probs,
                             view.token_ptr, view.entry_row, view.entry_expert, n_rows, hidden, n_experts,
                             BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
                         )  # fmt: skip

@@ -31,32 +31,48 @@ def _scatter_rows_kernel(
     token_ptr_ptr,  # [T + 1] int64 plan: token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
     entry_row_ptr,  # [N] int64 plan: permuted row of each entry (-1: not placed)
     entry_expert_ptr,  # [N] int64 plan: expert of each entry
+    src_token_ptr,  # [N] int64 plan: source token of each row, -1 for padding (PAD)
+    n_tokens,  # T: programs past it zero padding rows (PAD)
     n_rows,  # N; entries past it exist only for a routing map that broke its contract
     hidden,  # row width
     SCALE: tl.constexpr,  # multiply each copy by its probability, in fp32
+    PAD: tl.constexpr,  # the plan has padding rows: zero them in the same launch
+    PAD_ROWS: tl.constexpr,  # rows checked by each padding program, a multiple of BLOCK_K
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
 ):
     # dst[entry_row[j]] = src[t] (* probs[t, entry_expert[j]]) for every entry j of token t.
     # One program per (token, column block): the source block is read once and written to
     # BLOCK_K destination rows per step, so the k stores of a token are in flight together.
-    token = tl.program_id(0).to(tl.int64)
+    # With PAD, programs T, T + 1, ... each own PAD_ROWS rows and zero those no token maps to.
+    pid = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
-    x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)
-    first = tl.load(token_ptr_ptr + token)
-    last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
-    for start in range(first, last, BLOCK_K):
-        entries = start + tl.arange(0, BLOCK_K)
-        rows = tl.load(entry_row_ptr + entries, mask=entries < last, other=-1)
-        ok = (rows >= 0)[:, None] & col_ok[None, :]
-        if SCALE:
-            experts = tl.load(entry_expert_ptr + entries, mask=rows >= 0, other=0)
-            p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=rows >= 0, other=0.0)
-            value = (x.to(tl.float32)[None, :] * p.to(tl.float32)[:, None]).to(dst_ptr.dtype.element_ty)
-        else:
-            value = tl.broadcast_to(x[None, :], (BLOCK_K, BLOCK_H))
-        tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], value, mask=ok)
+    if PAD and pid >= n_tokens:
+        block = (pid - n_tokens) * PAD_ROWS + tl.arange(0, PAD_ROWS)
+        src = tl.load(src_token_ptr + block, mask=block < n_rows, other=0)
+        if tl.min(src, axis=0) < 0:  # most blocks hold no padding: skip them
+            zeros = tl.zeros([BLOCK_K, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
+            for start in range(0, PAD_ROWS, BLOCK_K):
+                rows = (pid - n_tokens) * PAD_ROWS + start + tl.arange(0, BLOCK_K)
+                pad = tl.load(src_token_ptr + rows, mask=rows < n_rows, other=0) < 0
+                tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=pad[:, None] & col_ok[None, :])
+    else:
+        token = pid
+        x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)
+        first = tl.load(token_ptr_ptr + token)
+        last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
+        for start in range(first, last, BLOCK_K):
+            entries = start + tl.arange(0, BLOCK_K)
+            rows = tl.load(entry_row_ptr + entries, mask=entries < last, other=-1)
+            ok = (rows >= 0)[:, None] & col_ok[None, :]
+            if SCALE:
+                experts = tl.load(entry_expert_ptr + entries, mask=rows >= 0, other=0)
+                p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=rows >= 0, other=0.0)
+                value = (x.to(tl.float32)[None, :] * p.to(tl.float32)[:, None]).to(dst_ptr.dtype.element_ty)
+            else:
+                value = tl.broadcast_to(x[None, :], (BLOCK_K, BLOCK_H))
+            tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], value, mask=ok)
 
 
 @triton.jit
@@ -80,6 +96,10 @@ def _zero_padding_rows_kernel(
             )
 
 
+#: Rows each padding program of the scatter checks (a multiple of every BLOCK_K).
+_PAD_ROWS = 16
+
+
 def _block_h(hidden: int, cap: int = 1024) -> int:
     return min(triton.next_power_of_2(max(hidden, 1)), cap)
 
@@ -90,13 +110,20 @@ def block_k(n_rows: int, n_tokens: int) -> int:
 
 
 def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.Tensor | None = None) -> None:
-    """dst[row of (t, e)] = src[t] (* probs[t, e]) for every routed (t, e); src [T, hidden]."""
+    """dst[row of (t, e)] = src[t] (* probs[t, e]) for every routed (t, e), and zero in padding rows;
+    src [T, hidden]."""
     n_tokens, hidden = src.shape
-    if n_tokens == 0 or hidden == 0 or dst.shape[0] == 0:
+    n_rows = dst.shape[0]
+    if hidden == 0 or n_rows == 0:
         return
-    k = block_k(dst.shape[0], n_tokens)
-    block_h = _block_h(hidden, max(256, 4096 // k))
-    _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, block_h))](
+    if n_tokens == 0:
+        zero_padding_rows(dst, plan)
+        return
+    k = block_k(n_rows, n_tokens)
+    # Measured on the H100 (benchmarks/sweep.py): 2048-column blocks are best at every k.
+    block_h = _block_h(hidden, 2048)
+    pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if plan.padded else 0
+    _scatter_rows_kernel[(n_tokens + pad_programs, triton.cdiv(hidden, block_h))](
         src,
         src.stride(0),
         dst,
@@ -106,12 +133,16 @@ def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.
         plan.token_ptr,
         plan.entry_row,
         plan.entry_expert,
-        dst.shape[0],
+        plan.src_token,
+        n_tokens,
+        n_rows,
         hidden,
         SCALE=probs is not None,
+        PAD=plan.padded,
+        PAD_ROWS=_PAD_ROWS,
         BLOCK_K=k,
         BLOCK_H=block_h,
-        num_warps=4 if k * block_h <= 4096 else 8,
+        num_warps=4,
     )
 
 
@@ -144,8 +175,7 @@ def _launch_permute(
     )
     view = plan_view("permute", plan, n_tokens, n_rows)
     out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
-    scatter_rows(tokens, out, view)
-    zero_padding_rows(out, view)
+    scatter_rows(tokens, out, view)  # padding rows too
     if perm_probs is None:
         perm_probs = torch.empty((0,), dtype=torch.float32, device=tokens.device)
     return out, perm_probs, plan

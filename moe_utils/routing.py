@@ -1,15 +1,19 @@
 """The routing plan of the fused permute/unpermute: a deterministic counting sort on the device.
 
-From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) small kernels
-build, with no atomics and no host synchronisation (four launches):
+From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) three small kernels
+build it, with no atomics and no host synchronisation:
 
-1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment.
-2. ``_scan_experts_kernel`` (one program per block of experts) and ``_scan_totals_kernel`` (one
-   program): exclusive prefix sums turn the counts into the first permuted row of every
-   (segment, expert) and the first token-major entry of every segment.
-3. ``_map_kernel``: one program per segment; a cumulative sum over the segment's tokens gives every
-   routed (token, expert) its permuted row (expert-major, ascending token order within an expert,
-   exactly the order of the reference) and its place in the token-major list.
+1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment. With
+   ``num_out_tokens`` given it also marks every permuted row as padding (-1) and zeroes the
+   permuted probabilities, so no separate fill runs.
+2. ``_scan_experts_kernel`` (one program per block of experts): an exclusive prefix sum over the
+   segments gives each (segment, expert) the rows of that expert in earlier segments, and the
+   total per expert.
+3. ``_map_kernel``: one program per segment. It recomputes the two short prefix sums it needs
+   (first row of each expert, first entry of its segment; at most MAX_EXPERTS and 256 elements),
+   then a cumulative sum over the segment's tokens gives every routed (token, expert) its permuted
+   row (expert-major, ascending token order within an expert, exactly the order of the reference)
+   and its place in the token-major list. Program 0 writes the totals and whether the routing fits.
 
 The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place of
 ``sorted_indices``::
@@ -39,8 +43,10 @@ __all__ = ["MAX_EXPERTS", "Plan", "build_plan", "check_routing_map", "plan_view"
 
 #: Largest expert count of the fused path: the map kernel keeps a whole row of experts in one tile.
 MAX_EXPERTS = 1024
-#: At most this many segments, so that the single-program scan stays one tile tall.
+#: At most this many segments, so that the scans stay one tile tall.
 _MAX_SEGMENTS = 256
+#: Rows of the padding marker filled per step by the count kernel.
+_FILL_BLOCK = 1024
 
 
 @triton.jit
@@ -53,10 +59,23 @@ def _count_kernel(
     T,  # tokens
     E,  # experts
     seg_len,  # tokens per segment, a multiple of BLOCK_T
+    src_token_ptr,  # [N] int64 out (FILL): -1, the padding marker, until the map kernel writes a row
+    perm_probs_ptr,  # [N] out (FILL and HAS_PROBS): 0, the probability of a padding row
+    N,  # permuted rows (FILL)
+    fill_len,  # rows each program fills, a multiple of BLOCK_F (FILL)
+    FILL: tl.constexpr,
+    HAS_PROBS: tl.constexpr,
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    BLOCK_F: tl.constexpr,  # rows filled per step (FILL)
 ):
     seg = tl.program_id(0)
+    if FILL:
+        for off in range(0, fill_len, BLOCK_F):
+            rows = seg.to(tl.int64) * fill_len + off + tl.arange(0, BLOCK_F)
+            tl.store(src_token_ptr + rows, tl.full([BLOCK_F], -1, tl.int64), mask=rows < N)
+            if HAS_PROBS:
+                tl.store(perm_probs_ptr + rows, tl.zeros([BLOCK_F], perm_probs_ptr.dtype.element_ty), mask=rows < N)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
     acc = tl.zeros([BLOCK_E], dtype=tl.int32)
@@ -91,35 +110,6 @@ def _scan_experts_kernel(
 
 
 @triton.jit
-def _scan_totals_kernel(
-    expert_count_ptr,  # [E] int64 routed tokens per expert
-    seg_total_ptr,  # [n_seg] int64 routed pairs per segment
-    expert_first_ptr,  # [E] int64 out: first permuted row of each expert
-    seg_token_off_ptr,  # [n_seg] int64 out: first token-major entry of each segment
-    token_ptr_ptr,  # [T + 1] int64 out: only token_ptr[T] (total routed entries) is written here
-    n_seg,  # segments
-    E,  # experts
-    T,  # tokens
-    capacity,  # DROP_AND_PAD: rows per expert
-    DROP_AND_PAD: tl.constexpr,  # expert e owns rows [e * capacity, (e + 1) * capacity)
-    BLOCK_S: tl.constexpr,  # >= n_seg
-    BLOCK_E: tl.constexpr,  # >= E
-):
-    # One program, two exclusive prefix sums of at most MAX_EXPERTS and 256 elements.
-    experts = tl.arange(0, BLOCK_E)
-    count = tl.load(expert_count_ptr + experts, mask=experts < E, other=0)
-    if DROP_AND_PAD:
-        first_row = experts.to(tl.int64) * capacity
-    else:
-        first_row = tl.cumsum(count, axis=0) - count
-    tl.store(expert_first_ptr + experts, first_row, mask=experts < E)
-    segs = tl.arange(0, BLOCK_S)
-    seg_total = tl.load(seg_total_ptr + segs, mask=segs < n_seg, other=0)
-    tl.store(seg_token_off_ptr + segs, tl.cumsum(seg_total, axis=0) - seg_total, mask=segs < n_seg)
-    tl.store(token_ptr_ptr + T, tl.sum(seg_total, axis=0))
-
-
-@triton.jit
 def _map_kernel(
     map_ptr,  # [T, E] routing map, bool or integer 0/1
     map_stride_t,  # elements between tokens of the map
@@ -128,34 +118,55 @@ def _map_kernel(
     probs_stride_t,  # elements between tokens of probs
     probs_stride_e,  # elements between experts of probs
     seg_expert_off_ptr,  # [n_seg, E] int64 rows of each expert in earlier segments
-    expert_first_ptr,  # [E] int64 first permuted row of each expert
-    seg_token_off_ptr,  # [n_seg] int64 first token-major entry of each segment
+    expert_count_ptr,  # [E] int64 routed tokens per expert
+    seg_total_ptr,  # [n_seg] int64 routed pairs per segment
+    fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 writes it)
+    marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
     src_token_ptr,  # [N] int64 out: source token of each permuted row
     perm_probs_ptr,  # [N] out: probability of each permuted row (HAS_PROBS)
-    token_ptr_ptr,  # [T + 1] int64 out: first entry of each token
+    token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
     entry_row_ptr,  # [N] int64 out: permuted row of each entry, -1 when the row would not fit
     entry_expert_ptr,  # [N] int64 out: expert of each entry
     T,  # tokens
     E,  # experts
     N,  # permuted rows allocated
+    n_seg,  # segments
     seg_len,  # tokens per segment, a multiple of BLOCK_T
     capacity,  # DROP_AND_PAD: rows per expert
     HAS_PROBS: tl.constexpr,
     DROP_AND_PAD: tl.constexpr,
+    PADDED: tl.constexpr,  # the plan carries the padding marker
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    BLOCK_S: tl.constexpr,  # >= n_seg
 ):
     seg = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
-    # Next free row of each expert and next free token-major entry, carried across steps.
-    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0)
-    next_row += tl.load(expert_first_ptr + experts, mask=e_ok, other=0)
-    next_entry = tl.load(seg_token_off_ptr + seg)
+    # The two short exclusive prefix sums, recomputed by every program (cheaper than a launch):
+    # the first row of each expert and this segment's first token-major entry.
+    count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
     if DROP_AND_PAD:
-        row_end = (experts + 1).to(tl.int64) * capacity  # rows of expert e end here
+        expert_first = experts.to(tl.int64) * capacity
+        row_end = expert_first + capacity  # rows of expert e end here
     else:
+        expert_first = tl.cumsum(count, axis=0) - count
         row_end = tl.full([BLOCK_E], 0, tl.int64) + N
+    segs = tl.arange(0, BLOCK_S)
+    seg_total = tl.load(seg_total_ptr + segs, mask=segs < n_seg, other=0)
+    if seg == 0:
+        total = tl.sum(seg_total, axis=0)
+        tl.store(token_ptr_ptr + T, total)
+        if DROP_AND_PAD:
+            fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
+        else:
+            fits = total <= N
+        tl.store(fits_ptr, fits.to(tl.int32))
+        if PADDED:
+            tl.store(marker_ptr, tl.full([], 1, tl.int64))
+    # Next free row of each expert and next free token-major entry, carried across steps.
+    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
+    next_entry = tl.sum(tl.where(segs < seg, seg_total, 0), axis=0)
     first = seg.to(tl.int64) * seg_len
     for off in range(0, seg_len, BLOCK_T):
         tokens = first + off + tl.arange(0, BLOCK_T)
@@ -253,42 +264,6 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     return seg_len, n_seg, block_t, block_e
 
 
-def _scan(routing_map, n_tokens, n_experts, seg_len, n_seg, block_t, block_e, drop_and_pad, capacity):
-    """Counts and prefix sums; returns (seg_expert_off, expert_first, seg_token_off, expert_count, token_ptr)."""
-    device = routing_map.device
-    m = _map_pointer(routing_map)
-    counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
-    seg_total = torch.empty((n_seg,), dtype=torch.int64, device=device)
-    _count_kernel[(n_seg,)](
-        m, m.stride(0), m.stride(1), counts, seg_total, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e
-    )
-    seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
-    expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
-    block_s = triton.next_power_of_2(n_seg)
-    experts_per_program = max(1, min(triton.next_power_of_2(n_experts), 4096 // block_s))
-    _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
-        counts, seg_expert_off, expert_count, n_seg, n_experts, BLOCK_S=block_s, BLOCK_E=experts_per_program
-    )
-    expert_first = torch.empty((n_experts,), dtype=torch.int64, device=device)
-    seg_token_off = torch.empty((n_seg,), dtype=torch.int64, device=device)
-    token_ptr = torch.empty((n_tokens + 1,), dtype=torch.int64, device=device)
-    _scan_totals_kernel[(1,)](
-        expert_count,
-        seg_total,
-        expert_first,
-        seg_token_off,
-        token_ptr,
-        n_seg,
-        n_experts,
-        n_tokens,
-        capacity,
-        DROP_AND_PAD=drop_and_pad,
-        BLOCK_S=block_s,
-        BLOCK_E=block_e,
-    )
-    return seg_expert_off, expert_first, seg_token_off, expert_count, token_ptr
-
-
 def build_plan(
     fn: str,
     routing_map: torch.Tensor,
@@ -298,10 +273,11 @@ def build_plan(
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Build the plan on the device. Returns (plan, permuted probs [N] or None, N).
 
-    N is num_out_tokens when given (no host synchronisation), else the routed count (one sync,
-    as in the reference). More routed (token, expert) pairs than N rows, or with drop_and_pad more
-    than capacity tokens for one expert, is an error: raised at once on the CPU, as a device-side
-    assertion on the GPU; either way no kernel writes out of bounds.
+    N is num_out_tokens when given (no host synchronisation; three launches, plus the device-side
+    check on the GPU), else the routed count (one sync, as in the reference). More routed
+    (token, expert) pairs than N rows, or with drop_and_pad more than capacity tokens for one
+    expert, is an error: raised on the CPU, a device-side assertion on the GPU; either way no kernel
+    writes out of bounds.
     """
     n_tokens, n_experts = routing_map.shape
     device = routing_map.device
@@ -315,29 +291,54 @@ def build_plan(
     if n_tokens == 0 or n_experts == 0:
         return _empty_plan(n_tokens, probs, num_out_tokens, device)
     seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
+    block_s = triton.next_power_of_2(n_seg)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
-    seg_expert_off, expert_first, seg_token_off, expert_count, token_ptr = _scan(
-        routing_map, n_tokens, n_experts, seg_len, n_seg, block_t, block_e, drop_and_pad, capacity
-    )
-    total = token_ptr[n_tokens:]
-    if num_out_tokens is None:
-        n_rows = int(total.item())  # data-dependent size, as in the reference
-        padded = False
-    else:
-        n_rows = num_out_tokens
-        padded = True
-        _check_fits(fn, total, expert_count, n_rows, capacity, drop_and_pad)
-    plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
-    view = plan_view(fn, plan, n_tokens, n_rows)
-    if padded:
-        view.src_token.fill_(-1)  # rows no token lands in stay marked as padding
-        plan[-1:].fill_(1)  # no host scalar copy: capturable in a CUDA graph
-    view.token_ptr[n_tokens:].copy_(total)
-    perm_probs = None
-    if probs is not None:
-        alloc = torch.zeros if padded else torch.empty  # padding rows get probability 0
-        perm_probs = alloc((n_rows,), dtype=probs.dtype, device=device)
+    padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
+    counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
+    seg_total = torch.empty((n_seg,), dtype=torch.int64, device=device)
+
+    def allocate(n_rows):
+        plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
+        perm_probs = None if probs is None else _rt.empty((n_rows,), probs.dtype, device)
+        return plan, perm_probs
+
+    if padded:  # the size is known: allocate now and let the count kernel mark the padding
+        n_rows = num_out_tokens
+        plan, perm_probs = allocate(n_rows)
+    else:
+        n_rows, plan, perm_probs = 0, seg_total, None
+    fill_len = _FILL_BLOCK * triton.cdiv(triton.cdiv(n_rows, n_seg), _FILL_BLOCK)
+    _count_kernel[(n_seg,)](
+        m,
+        m.stride(0),
+        m.stride(1),
+        counts,
+        seg_total,
+        n_tokens,
+        n_experts,
+        seg_len,
+        plan,
+        perm_probs if perm_probs is not None else plan,
+        n_rows,
+        fill_len,
+        FILL=padded,
+        HAS_PROBS=perm_probs is not None,
+        BLOCK_T=block_t,
+        BLOCK_E=block_e,
+        BLOCK_F=_FILL_BLOCK,
+    )
+    seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
+    expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
+    experts_per_program = max(1, min(triton.next_power_of_2(n_experts), 4096 // block_s))
+    _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
+        counts, seg_expert_off, expert_count, n_seg, n_experts, BLOCK_S=block_s, BLOCK_E=experts_per_program
+    )
+    if not padded:  # data-dependent size, as in the reference
+        n_rows = int(seg_total.sum().item())
+        plan, perm_probs = allocate(n_rows)
+    view = plan_view(fn, plan, n_tokens, n_rows)
+    fits = torch.empty((1,), dtype=torch.int32, device=device)
     _map_kernel[(n_seg,)](
         m,
         m.stride(0),
@@ -346,8 +347,10 @@ def build_plan(
         probs.stride(0) if probs is not None else 0,
         probs.stride(1) if probs is not None else 0,
         seg_expert_off,
-        expert_first,
-        seg_token_off,
+        expert_count,
+        seg_total,
+        fits,
+        plan[-1:],
         view.src_token,
         perm_probs if perm_probs is not None else view.src_token,
         view.token_ptr,
@@ -356,13 +359,18 @@ def build_plan(
         n_tokens,
         n_experts,
         n_rows,
+        n_seg,
         seg_len,
         capacity,
         HAS_PROBS=probs is not None,
         DROP_AND_PAD=drop_and_pad,
+        PADDED=padded,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
+        BLOCK_S=block_s,
     )
+    if padded:
+        _check_fits(fn, fits, view.token_ptr[n_tokens:], expert_count, n_rows, capacity, drop_and_pad)
     return plan, perm_probs, n_rows
 
 
@@ -378,19 +386,18 @@ def _empty_plan(
     return plan, perm_probs, n_rows
 
 
-def _check_fits(fn, total, expert_count, n_rows, capacity, drop_and_pad) -> None:
+def _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad) -> None:
+    """Raise (CPU) or assert on the device (GPU, no sync) that every routed pair got a row."""
     if drop_and_pad:
-        fits = (expert_count <= capacity).all()
         msg = (
             f"{fn}: drop_and_pad=True needs at most capacity = num_out_tokens // num_experts = {capacity} "
             "tokens per expert in routing_map (exactly capacity when the dispatcher pads)"
         )
     else:
-        fits = total[0] <= n_rows
         msg = f"{fn}: routing_map routes more (token, expert) pairs than num_out_tokens = {n_rows}"
     if total.device.type == "cpu":
-        if not bool(fits):
+        if not bool(fits[0]):
             got = f"per-expert counts {expert_count.tolist()}" if drop_and_pad else f"{int(total[0])} routed"
             raise ValueError(f"{msg}; got {got}")
     else:
-        torch._assert_async(fits, msg)
+        torch._assert_async(fits, msg)  # one element, nonzero when the routing fits
