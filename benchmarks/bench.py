@@ -153,14 +153,16 @@ def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict
         (
             "ours",
             ours_fwd,
-            lambda i, fp8: impl.launch_backward(gs[i], x8s[i] if fp8 else xs[i], None, ws[i], clamp, dtype, *params),
+            lambda i, fp8: impl.launch_backward(
+                gs[i], x8s[i] if fp8 else xs[i], None, ws[i], clamp, False, dtype, *params
+            ),
         )
     ]
     for label, (rf, rb) in refs.items():
         variants.append((label, rf, lambda i, fp8, rb=rb: rb(gs[i], (x8s[i].to(dtype) if fp8 else xs[i]), ws[i])))
     # The fp8 copies the forward stores, as float8_e4m3fn views of their bits.
     x8s = [
-        impl.launch_forward(x, None, w, True, clamp, *params)[1].view(torch.float8_e4m3fn)
+        impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
         for x, w in zip(xs, ws, strict=True)
     ]
     for label, f, b in variants:

@@ -81,7 +81,7 @@ def sweep_activations(results, copy, rows_list, widths):
                         gen._swiglu_fwd[grid](
                             x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
                             HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8,
-                            NATIVE_FP8=_rt.NATIVE_FP8, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+                            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
                         )  # fmt: skip
 
                     us = bench(run)
@@ -101,7 +101,7 @@ def sweep_activations(results, copy, rows_list, widths):
                         gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
                             g, src, x, w, dx, dw, n_rows, h, g.stride(0), src.stride(0), 0, 0.0,
                             HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, LOAD_FP8=load_fp8,
-                            NATIVE_FP8=_rt.NATIVE_FP8, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+                            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
                         )  # fmt: skip
 
                     us = bench(run)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sympy
 
-__all__ = ["sigmoid", "silu", "gelu_tanh", "gelu_erf", "relu", "GATE", "UP"]
+__all__ = ["sigmoid", "silu", "gelu_tanh", "gelu_erf", "relu", "clamp", "GATE", "UP"]
 
 #: The two shared input symbols of every gated activation: the first and second half of the row.
 GATE = sympy.Symbol("gate", real=True)
@@ -64,3 +64,14 @@ def gelu_erf(x: sympy.Expr) -> sympy.Expr:
 def relu(x: sympy.Expr) -> sympy.Expr:
     """max(x, 0), written so that its derivative is 0 at x = 0, as torch.relu's is."""
     return sympy.Piecewise((x, x > 0), (0, True))
+
+
+def clamp(x: sympy.Expr, lo: sympy.Expr | None = None, hi: sympy.Expr | None = None) -> sympy.Expr:
+    """min(max(x, lo), hi), written so that its derivative is 1 on the closed interval [lo, hi] and
+    0 outside, as torch.clamp's is; NaN passes through. Either bound may be a parameter's symbol."""
+    pieces: list[tuple[sympy.Expr, sympy.Basic]] = []
+    if hi is not None:
+        pieces.append((hi, x > hi))
+    if lo is not None:
+        pieces.append((lo, x < lo))
+    return sympy.Piecewise(*pieces, (x, True))

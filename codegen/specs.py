@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from .functions import GATE, UP, gelu_tanh, sigmoid, silu
+from .functions import GATE, UP, clamp, gelu_erf, gelu_tanh, relu, sigmoid, silu
 from .spec import ActivationSpec, Param, make_registry
 
-__all__ = ["GEGLU", "QUICK_GEGLU", "REGISTRY", "SWIGLU"]
+__all__ = [
+    "CLAMPED_SWIGLU",
+    "EXACT_GEGLU",
+    "GEGLU",
+    "QUICK_GEGLU",
+    "REGISTRY",
+    "REGLU",
+    "SQUARED_REGLU",
+    "SWIGLU",
+]
 
 SWIGLU = ActivationSpec(
     name="swiglu",
@@ -40,4 +49,42 @@ QUICK_GEGLU = ActivationSpec(
     impl_keywords=("linear_offset", "clamp_value", "alpha"),
 )
 
-REGISTRY: tuple[ActivationSpec, ...] = make_registry([SWIGLU, GEGLU, QUICK_GEGLU])
+# -- beyond the seed API: gated activations of current MoE models -----------------------------
+
+REGLU = ActivationSpec(
+    name="reglu",
+    expr=relu(GATE) * UP,
+    doc="ReGLU: relu(gate) * up; the gradient of relu is 0 at 0, as torch.relu's.",
+    class_stem="ReGLU",
+)
+
+EXACT_GEGLU = ActivationSpec(
+    name="exact_geglu",
+    expr=gelu_erf(GATE) * UP,
+    doc="GEGLU with the exact, erf-based GELU: gelu(gate) * up, gelu(x) = 0.5 x (1 + erf(x / sqrt(2))).",
+    class_stem="ExactGEGLU",
+)
+
+_LIMIT = Param("limit", 7.0, "gate is clamped to <= limit and up to [-limit, limit]")
+
+CLAMPED_SWIGLU = ActivationSpec(
+    name="clamped_swiglu",
+    expr=silu(clamp(GATE, hi=_LIMIT.symbol)) * clamp(UP, lo=-_LIMIT.symbol, hi=_LIMIT.symbol),
+    doc=(
+        "SwiGLU with clamped inputs: silu(min(gate, limit)) * clamp(up, -limit, limit); the gradient "
+        "is zero where a value was clamped (as torch.clamp's)."
+    ),
+    class_stem="ClampedSwiGLU",
+    params=(_LIMIT,),
+)
+
+SQUARED_REGLU = ActivationSpec(
+    name="squared_reglu",
+    expr=relu(GATE) ** 2 * UP,
+    doc="Squared-ReLU gating: relu(gate)^2 * up.",
+    class_stem="SquaredReGLU",
+)
+
+REGISTRY: tuple[ActivationSpec, ...] = make_registry(
+    [SWIGLU, GEGLU, QUICK_GEGLU, REGLU, EXACT_GEGLU, CLAMPED_SWIGLU, SQUARED_REGLU]
+)

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from moe_utils import _runtime as _rt
-from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs
+from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs, load_halves, store_halves
 
 __all__ = [
     "WeightedBiasGEGLUFunction",
@@ -77,11 +77,11 @@ def _geglu_bwd_eager(gate, up, grad_out, weight):
 
 @triton.jit
 def _geglu_fwd(
-    x_ptr,  # [n_rows, 2 * H] input; gate = x[:, :H], up = x[:, H:]
-    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias, added after the clamp (HAS_BIAS)
+    x_ptr,  # [n_rows, 2 * H] input; gate = x[:, :H], up = x[:, H:] (interleaved: x[:, 0::2], x[:, 1::2])
+    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias in the layout of x, added after the clamp (HAS_BIAS)
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
     out_ptr,  # [n_rows, H] output, contiguous
-    x_fp8_ptr,  # [n_rows, 2 * H] uint8 view of the float8_e4m3fn copy of x, contiguous (STORE_FP8)
+    x_fp8_ptr,  # [n_rows, 2 * H] uint8 view of the float8_e4m3fn copy of x, contiguous, x's layout (STORE_FP8)
     n_rows,  # rows T
     H,  # width of one half
     x_row_stride,  # elements between rows of x
@@ -92,24 +92,28 @@ def _geglu_fwd(
     CLAMP: tl.constexpr,
     STORE_FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
+    INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_H: tl.constexpr,  # columns of each half per program
 ):
     # out[r, c] = weight[r] * f(gate[r, c], up[r, c]); one program per BLOCK_R x BLOCK_H tile.
     # Row offsets are 64-bit: n_rows * 2H may exceed 2**31.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col0 = tl.program_id(1) * BLOCK_H
+    cols = col0 + tl.arange(0, BLOCK_H)
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (cols < H)[None, :]
-    x_offs = rows[:, None] * x_row_stride + cols[None, :]
-    gate_in = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
-    up_in = tl.load(x_ptr + x_offs + H, mask=mask, other=0.0).to(tl.float32)
+    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+    gate_in = gate_in.to(tl.float32)
+    up_in = up_in.to(tl.float32)
     if STORE_FP8:
-        fp8_offs = rows[:, None] * (2 * H) + cols[None, :]
-        tl.store(x_fp8_ptr + fp8_offs, fp8_encode(gate_in, NATIVE_FP8), mask=mask)
-        tl.store(x_fp8_ptr + fp8_offs + H, fp8_encode(up_in, NATIVE_FP8), mask=mask)
-    bias_offs = rows[:, None] * bias_row_stride + cols[None, :]
-    gate, up = gated_inputs(gate_in, up_in, bias_ptr, bias_offs, H, mask, clamp_value, HAS_BIAS, CLAMP)
+        gate_fp8 = fp8_encode(gate_in, NATIVE_FP8)
+        up_fp8 = fp8_encode(up_in, NATIVE_FP8)
+        store_halves(x_fp8_ptr, rows * (2 * H), col0, H, row_ok, gate_fp8, up_fp8, INTERLEAVED, BLOCK_R, BLOCK_H)
+    gate, up = gated_inputs(
+        gate_in, up_in, bias_ptr, rows * bias_row_stride, col0, H, row_ok, clamp_value,
+        HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
+    )  # fmt: skip
     if HAS_WEIGHT:
         weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     else:
@@ -122,9 +126,9 @@ def _geglu_fwd(
 def _geglu_bwd(
     grad_out_ptr,  # [n_rows, H] incoming gradient
     x_ptr,  # [n_rows, 2 * H] saved input, or the uint8 view of its fp8 copy (LOAD_FP8)
-    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias (HAS_BIAS)
+    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias in the layout of x (HAS_BIAS)
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
-    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous
+    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x
     d_weight_ptr,  # [n_rows] weight gradient (HAS_WEIGHT)
     n_rows,  # rows T
     H,  # width of one half
@@ -137,6 +141,7 @@ def _geglu_bwd(
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
+    INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_H: tl.constexpr,  # columns of each half per loop step
 ):
@@ -153,24 +158,28 @@ def _geglu_bwd(
     for start in range(0, H, BLOCK_H):
         cols = start + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
-        x_offs = rows[:, None] * x_row_stride + cols[None, :]
+        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
         if LOAD_FP8:
-            gate_in = fp8_decode(tl.load(x_ptr + x_offs, mask=mask, other=0), NATIVE_FP8)
-            up_in = fp8_decode(tl.load(x_ptr + x_offs + H, mask=mask, other=0), NATIVE_FP8)
+            gate_in = fp8_decode(gate_in, NATIVE_FP8)
+            up_in = fp8_decode(up_in, NATIVE_FP8)
         else:
-            gate_in = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
-            up_in = tl.load(x_ptr + x_offs + H, mask=mask, other=0.0).to(tl.float32)
+            gate_in = gate_in.to(tl.float32)
+            up_in = up_in.to(tl.float32)
         g_offs = rows[:, None] * grad_out_row_stride + cols[None, :]
         grad_out = tl.load(grad_out_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
-        bias_offs = rows[:, None] * bias_row_stride + cols[None, :]
-        gate, up = gated_inputs(gate_in, up_in, bias_ptr, bias_offs, H, mask, clamp_value, HAS_BIAS, CLAMP)
+        gate, up = gated_inputs(
+            gate_in, up_in, bias_ptr, rows * bias_row_stride, start, H, row_ok, clamp_value,
+            HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
+        )  # fmt: skip
         d_gate, d_up, d_weight = _geglu_bwd_math(gate, up, grad_out, weight)
         if CLAMP:
             d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
             d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
-        d_offs = rows[:, None] * (2 * H) + cols[None, :]
-        tl.store(d_x_ptr + d_offs, d_gate.to(d_x_ptr.dtype.element_ty), mask=mask)
-        tl.store(d_x_ptr + d_offs + H, d_up.to(d_x_ptr.dtype.element_ty), mask=mask)
+        d_type = d_x_ptr.dtype.element_ty
+        store_halves(
+            d_x_ptr, rows * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
+            INTERLEAVED, BLOCK_R, BLOCK_H,
+        )  # fmt: skip
         if HAS_WEIGHT:
             d_weight_acc += tl.sum(tl.where(mask, d_weight, 0.0), axis=1)
     if HAS_WEIGHT:
@@ -186,10 +195,12 @@ def _launch_forward(
     weight: Optional[torch.Tensor],
     fp8_store: bool,
     clamp_value: Optional[float],
+    interleaved: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, 2H] -> (out [T, H] in x.dtype, bits of the float8_e4m3fn copy of x [T, 2H] or empty).
 
     The copy travels as uint8 (its bit pattern): float8 outputs trip up tools that sum outputs.
+    It keeps the layout of x (split halves, or interleaved gate/up).
     """
     x = _rt.unit_column_stride(x)
     bias = _rt.unit_column_stride(bias)
@@ -218,13 +229,14 @@ def _launch_forward(
             CLAMP=clamp_value is not None,
             STORE_FP8=fp8_store,
             NATIVE_FP8=_rt.NATIVE_FP8,
+            INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
         )
         return out, x_fp8
     dtype = _rt.compute_dtype(x.dtype)
-    gate, up, _, _ = _rt.eager_inputs(x, bias, clamp_value, dtype)
+    gate, up, _, _ = _rt.eager_inputs(x, bias, clamp_value, dtype, interleaved)
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     out.copy_(_geglu_fwd_eager(gate, up, w))
     if fp8_store:
@@ -238,9 +250,10 @@ def _launch_backward(
     bias: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     clamp_value: Optional[float],
+    interleaved: bool,
     x_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d_x [T, 2H] in x_dtype, d_weight [T] in weight.dtype or empty) from grad_out [T, H]."""
+    """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H]."""
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
     bias = _rt.unit_column_stride(bias)
@@ -274,6 +287,7 @@ def _launch_backward(
             CLAMP=clamp_value is not None,
             LOAD_FP8=fp8,
             NATIVE_FP8=_rt.NATIVE_FP8,
+            INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
@@ -281,13 +295,13 @@ def _launch_backward(
         return d_x, d_w
     dtype = _rt.compute_dtype(x_dtype)
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
-    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype)
+    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype, interleaved)
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     d_gate, d_up, d_weight = _geglu_bwd_eager(gate, up, grad_out.to(dtype), w)
     if clamp_value is not None:
         d_gate = torch.where(gate_pass, d_gate, 0.0)
         d_up = torch.where(up_pass, d_up, 0.0)
-    d_x.copy_(torch.cat([d_gate, d_up], dim=-1))
+    d_x.copy_(_rt.join_halves(d_gate, d_up, interleaved))
     if weight is not None:
         d_w.copy_(d_weight.sum(dim=-1))
     return d_x, d_w
@@ -303,12 +317,13 @@ def _forward_op(
     weight: Optional[torch.Tensor],
     fp8_store: bool,
     clamp_value: Optional[float],
+    interleaved: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_forward(x, bias, weight, fp8_store, clamp_value)
+    return _launch_forward(x, bias, weight, fp8_store, clamp_value, interleaved)
 
 
 @_forward_op.register_fake
-def _(x, bias, weight, fp8_store, clamp_value):
+def _(x, bias, weight, fp8_store, clamp_value, interleaved):
     return _rt.fake_forward(x, fp8_store)
 
 
@@ -319,13 +334,14 @@ def _backward_op(
     bias: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     clamp_value: Optional[float],
+    interleaved: bool,
     x_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_backward(grad_out, x_saved, bias, weight, clamp_value, x_dtype)
+    return _launch_backward(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype)
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, x_dtype):
+def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype):
     return _rt.fake_backward(x_saved, weight, x_dtype)
 
 
@@ -348,93 +364,117 @@ class _GEGLUFunction(torch.autograd.Function):
     """All forms of geglu: y [..., 2H], optional bias and [T, 1] weights, optional clamp."""
 
     @staticmethod
-    def forward(ctx, fn, y, bias, weights, fp8_input_store, clamp_value):
+    def forward(ctx, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved):
         params = ()
-        return _rt.function_forward(ctx, _IMPL, fn, y, bias, weights, fp8_input_store, clamp_value, params)
+        args = (y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
+        return _rt.function_forward(ctx, _IMPL, fn, *args)
 
     @staticmethod
     def backward(ctx, grad_out):
         d_y, d_bias, d_weights = _rt.function_backward(ctx, grad_out)
-        return None, d_y, d_bias, d_weights, None, None
+        return None, d_y, d_bias, d_weights, None, None, None
 
 
 class WeightedGEGLUFunction(torch.autograd.Function):
-    """Token-wise weighted geglu: input [..., 2H], weights [T, 1] -> [..., H]."""
+    """Token-wise weighted geglu: input [..., 2H], weights [T, 1] -> [..., H].
+
+    The last argument, interleaved, reads gate and up from even and odd positions of the row.
+    """
 
     @staticmethod
-    def forward(ctx, input, weights, fp8_input_store=False):
+    def forward(ctx, input, weights, fp8_input_store=False, interleaved=False):
         params = ()
         fn = "WeightedGEGLUFunction"
-        return _rt.function_forward(ctx, _IMPL, fn, input, None, weights, fp8_input_store, None, params)
+        return _rt.function_forward(ctx, _IMPL, fn, input, None, weights, fp8_input_store, None, interleaved, params)
 
     @staticmethod
     def backward(ctx, grad_output):
         d_input, _, d_weights = _rt.function_backward(ctx, grad_output)
-        return d_input, d_weights, None
+        return d_input, d_weights, None, None
 
 
 class WeightedBiasGEGLUFunction(torch.autograd.Function):
-    """Token-wise weighted geglu of input + bias: input [..., 2H], bias [2H], weights [T, 1]."""
+    """Token-wise weighted geglu of input + bias: input [..., 2H], bias [2H], weights [T, 1].
+
+    The last argument, interleaved, reads gate and up (and their biases) from even and odd positions.
+    """
 
     @staticmethod
-    def forward(ctx, input, bias, weights, fp8_input_store=False):
+    def forward(ctx, input, bias, weights, fp8_input_store=False, interleaved=False):
         params = ()
         fn = "WeightedBiasGEGLUFunction"
-        return _rt.function_forward(ctx, _IMPL, fn, input, bias, weights, fp8_input_store, None, params)
+        return _rt.function_forward(ctx, _IMPL, fn, input, bias, weights, fp8_input_store, None, interleaved, params)
 
     @staticmethod
     def backward(ctx, grad_output):
         d_input, d_bias, d_weights = _rt.function_backward(ctx, grad_output)
-        return d_input, d_bias, d_weights, None
+        return d_input, d_bias, d_weights, None, None
 
 
 # -- functional API -----------------------------------------------------------------------------
+# Every form takes the keyword interleaved=False: True reads gate and up from even and odd positions
+# of the last dimension (gate = y[..., 0::2], up = y[..., 1::2]); gradients come back in that layout.
 
 
-def geglu(y: torch.Tensor) -> torch.Tensor:
+def geglu(y: torch.Tensor, *, interleaved: bool = False) -> torch.Tensor:
     """geglu(y) = f(gate, up) with gate, up = y.chunk(2, -1); y [..., 2H] -> [..., H]."""
-    return _GEGLUFunction.apply("geglu", y, None, None, False, None)
+    return _GEGLUFunction.apply("geglu", y, None, None, False, None, interleaved)
 
 
-def geglu_back(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def geglu_back(g: torch.Tensor, y: torch.Tensor, *, interleaved: bool = False) -> torch.Tensor:
     """Input gradient of geglu: d(sum(g * geglu(y)))/dy = [d_gate, d_up], shape of y."""
-    return _rt.backward_helper(_IMPL, "geglu_back", g, y, None, None, ())[0]
+    params = ()
+    return _rt.backward_helper(_IMPL, "geglu_back", g, y, None, None, params, interleaved=interleaved)[0]
 
 
-def weighted_geglu(y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_geglu(
+    y: torch.Tensor, weights: torch.Tensor, *, interleaved: bool = False
+) -> torch.Tensor:
     """geglu(y) * weights, row-wise; y [..., 2H], weights [T, 1] (or [..., 1]) -> [..., H]."""
     y = _rt.lift_1d(y, weights)
-    return _GEGLUFunction.apply("weighted_geglu", y, None, weights, False, None)
+    fn = "weighted_geglu"
+    return _GEGLUFunction.apply(fn, y, None, weights, False, None, interleaved)
 
 
 def weighted_geglu_back(
-    g: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
+    g: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, *, interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_y, d_weights) of weighted_geglu; d_weights = sum over the row of g * geglu(y)."""
-    d_y, _, d_weights = _rt.backward_helper(_IMPL, "weighted_geglu_back", g, y, None, weights, ())
+    fn = "weighted_geglu_back"
+    params = ()
+    d_y, _, d_weights = _rt.backward_helper(_IMPL, fn, g, y, None, weights, params, interleaved=interleaved)
     return d_y, d_weights
 
 
 def weighted_bias_geglu(
-    y: torch.Tensor, bias: torch.Tensor, weights: torch.Tensor
+    y: torch.Tensor, bias: torch.Tensor, weights: torch.Tensor, *, interleaved: bool = False
 ) -> torch.Tensor:
-    """geglu(y + bias) * weights; bias broadcasts to y (typically [2H])."""
+    """geglu(y + bias) * weights; bias broadcasts to y (typically [2H]) and shares its layout."""
     y = _rt.lift_1d(y, weights)
-    return _GEGLUFunction.apply("weighted_bias_geglu", y, bias, weights, False, None)
+    fn = "weighted_bias_geglu"
+    return _GEGLUFunction.apply(fn, y, bias, weights, False, None, interleaved)
 
 
 def weighted_bias_geglu_back(
-    g: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, weights: torch.Tensor
+    g: torch.Tensor,
+    y: torch.Tensor,
+    bias: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    interleaved: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d_y, d_bias, d_weights) of weighted_bias_geglu; d_bias is d_y summed to bias's shape."""
     fn = "weighted_bias_geglu_back"
-    return _rt.backward_helper(_IMPL, fn, g, y, bias, weights, ())
+    params = ()
+    return _rt.backward_helper(_IMPL, fn, g, y, bias, weights, params, interleaved=interleaved)
 
 
 def weighted_bias_geglu_impl(
     input: torch.Tensor,
     weights: torch.Tensor,
     fp8_input_store: bool = False,
+    *,
+    interleaved: bool = False,
 ) -> torch.Tensor:
     """Token-wise weighted geglu, the fused MoE entry point.
 
@@ -442,6 +482,7 @@ def weighted_bias_geglu_impl(
     input with [0, 1] weights is zero rows). Returns [T, H], [S, B, H] or [H] in input.dtype.
     With fp8_input_store, only a float8_e4m3fn copy of input (saturated at +-448) is kept for the
     backward pass; the forward output is unchanged.
+    With interleaved=True, gate and up are the even and odd positions of the last dimension.
     """
     input = _rt.lift_1d(input, weights)
     return _GEGLUFunction.apply(
@@ -451,4 +492,5 @@ def weighted_bias_geglu_impl(
         weights,
         fp8_input_store,
         None,
+        interleaved,
     )

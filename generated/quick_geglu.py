@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from moe_utils import _runtime as _rt
-from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs
+from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs, load_halves, store_halves
 
 __all__ = [
     "WeightedBiasQuickGeGLUFunction",
@@ -80,11 +80,11 @@ def _quick_geglu_bwd_eager(gate, up, grad_out, weight, linear_offset, alpha):
 
 @triton.jit
 def _quick_geglu_fwd(
-    x_ptr,  # [n_rows, 2 * H] input; gate = x[:, :H], up = x[:, H:]
-    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias, added after the clamp (HAS_BIAS)
+    x_ptr,  # [n_rows, 2 * H] input; gate = x[:, :H], up = x[:, H:] (interleaved: x[:, 0::2], x[:, 1::2])
+    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias in the layout of x, added after the clamp (HAS_BIAS)
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
     out_ptr,  # [n_rows, H] output, contiguous
-    x_fp8_ptr,  # [n_rows, 2 * H] uint8 view of the float8_e4m3fn copy of x, contiguous (STORE_FP8)
+    x_fp8_ptr,  # [n_rows, 2 * H] uint8 view of the float8_e4m3fn copy of x, contiguous, x's layout (STORE_FP8)
     n_rows,  # rows T
     H,  # width of one half
     x_row_stride,  # elements between rows of x
@@ -97,24 +97,28 @@ def _quick_geglu_fwd(
     CLAMP: tl.constexpr,
     STORE_FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
+    INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_H: tl.constexpr,  # columns of each half per program
 ):
     # out[r, c] = weight[r] * f(gate[r, c], up[r, c]); one program per BLOCK_R x BLOCK_H tile.
     # Row offsets are 64-bit: n_rows * 2H may exceed 2**31.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col0 = tl.program_id(1) * BLOCK_H
+    cols = col0 + tl.arange(0, BLOCK_H)
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (cols < H)[None, :]
-    x_offs = rows[:, None] * x_row_stride + cols[None, :]
-    gate_in = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
-    up_in = tl.load(x_ptr + x_offs + H, mask=mask, other=0.0).to(tl.float32)
+    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+    gate_in = gate_in.to(tl.float32)
+    up_in = up_in.to(tl.float32)
     if STORE_FP8:
-        fp8_offs = rows[:, None] * (2 * H) + cols[None, :]
-        tl.store(x_fp8_ptr + fp8_offs, fp8_encode(gate_in, NATIVE_FP8), mask=mask)
-        tl.store(x_fp8_ptr + fp8_offs + H, fp8_encode(up_in, NATIVE_FP8), mask=mask)
-    bias_offs = rows[:, None] * bias_row_stride + cols[None, :]
-    gate, up = gated_inputs(gate_in, up_in, bias_ptr, bias_offs, H, mask, clamp_value, HAS_BIAS, CLAMP)
+        gate_fp8 = fp8_encode(gate_in, NATIVE_FP8)
+        up_fp8 = fp8_encode(up_in, NATIVE_FP8)
+        store_halves(x_fp8_ptr, rows * (2 * H), col0, H, row_ok, gate_fp8, up_fp8, INTERLEAVED, BLOCK_R, BLOCK_H)
+    gate, up = gated_inputs(
+        gate_in, up_in, bias_ptr, rows * bias_row_stride, col0, H, row_ok, clamp_value,
+        HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
+    )  # fmt: skip
     if HAS_WEIGHT:
         weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     else:
@@ -127,9 +131,9 @@ def _quick_geglu_fwd(
 def _quick_geglu_bwd(
     grad_out_ptr,  # [n_rows, H] incoming gradient
     x_ptr,  # [n_rows, 2 * H] saved input, or the uint8 view of its fp8 copy (LOAD_FP8)
-    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias (HAS_BIAS)
+    bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias in the layout of x (HAS_BIAS)
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
-    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous
+    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x
     d_weight_ptr,  # [n_rows] weight gradient (HAS_WEIGHT)
     n_rows,  # rows T
     H,  # width of one half
@@ -144,6 +148,7 @@ def _quick_geglu_bwd(
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
+    INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_H: tl.constexpr,  # columns of each half per loop step
 ):
@@ -160,24 +165,28 @@ def _quick_geglu_bwd(
     for start in range(0, H, BLOCK_H):
         cols = start + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
-        x_offs = rows[:, None] * x_row_stride + cols[None, :]
+        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
         if LOAD_FP8:
-            gate_in = fp8_decode(tl.load(x_ptr + x_offs, mask=mask, other=0), NATIVE_FP8)
-            up_in = fp8_decode(tl.load(x_ptr + x_offs + H, mask=mask, other=0), NATIVE_FP8)
+            gate_in = fp8_decode(gate_in, NATIVE_FP8)
+            up_in = fp8_decode(up_in, NATIVE_FP8)
         else:
-            gate_in = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
-            up_in = tl.load(x_ptr + x_offs + H, mask=mask, other=0.0).to(tl.float32)
+            gate_in = gate_in.to(tl.float32)
+            up_in = up_in.to(tl.float32)
         g_offs = rows[:, None] * grad_out_row_stride + cols[None, :]
         grad_out = tl.load(grad_out_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
-        bias_offs = rows[:, None] * bias_row_stride + cols[None, :]
-        gate, up = gated_inputs(gate_in, up_in, bias_ptr, bias_offs, H, mask, clamp_value, HAS_BIAS, CLAMP)
+        gate, up = gated_inputs(
+            gate_in, up_in, bias_ptr, rows * bias_row_stride, start, H, row_ok, clamp_value,
+            HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
+        )  # fmt: skip
         d_gate, d_up, d_weight = _quick_geglu_bwd_math(gate, up, grad_out, weight, linear_offset, alpha)
         if CLAMP:
             d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
             d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
-        d_offs = rows[:, None] * (2 * H) + cols[None, :]
-        tl.store(d_x_ptr + d_offs, d_gate.to(d_x_ptr.dtype.element_ty), mask=mask)
-        tl.store(d_x_ptr + d_offs + H, d_up.to(d_x_ptr.dtype.element_ty), mask=mask)
+        d_type = d_x_ptr.dtype.element_ty
+        store_halves(
+            d_x_ptr, rows * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
+            INTERLEAVED, BLOCK_R, BLOCK_H,
+        )  # fmt: skip
         if HAS_WEIGHT:
             d_weight_acc += tl.sum(tl.where(mask, d_weight, 0.0), axis=1)
     if HAS_WEIGHT:
@@ -193,12 +202,14 @@ def _launch_forward(
     weight: Optional[torch.Tensor],
     fp8_store: bool,
     clamp_value: Optional[float],
+    interleaved: bool,
     linear_offset: float,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, 2H] -> (out [T, H] in x.dtype, bits of the float8_e4m3fn copy of x [T, 2H] or empty).
 
     The copy travels as uint8 (its bit pattern): float8 outputs trip up tools that sum outputs.
+    It keeps the layout of x (split halves, or interleaved gate/up).
     """
     x = _rt.unit_column_stride(x)
     bias = _rt.unit_column_stride(bias)
@@ -229,13 +240,14 @@ def _launch_forward(
             CLAMP=clamp_value is not None,
             STORE_FP8=fp8_store,
             NATIVE_FP8=_rt.NATIVE_FP8,
+            INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
         )
         return out, x_fp8
     dtype = _rt.compute_dtype(x.dtype)
-    gate, up, _, _ = _rt.eager_inputs(x, bias, clamp_value, dtype)
+    gate, up, _, _ = _rt.eager_inputs(x, bias, clamp_value, dtype, interleaved)
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     out.copy_(_quick_geglu_fwd_eager(gate, up, w, linear_offset, alpha))
     if fp8_store:
@@ -249,11 +261,12 @@ def _launch_backward(
     bias: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     clamp_value: Optional[float],
+    interleaved: bool,
     x_dtype: torch.dtype,
     linear_offset: float,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d_x [T, 2H] in x_dtype, d_weight [T] in weight.dtype or empty) from grad_out [T, H]."""
+    """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H]."""
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
     bias = _rt.unit_column_stride(bias)
@@ -289,6 +302,7 @@ def _launch_backward(
             CLAMP=clamp_value is not None,
             LOAD_FP8=fp8,
             NATIVE_FP8=_rt.NATIVE_FP8,
+            INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
@@ -296,13 +310,13 @@ def _launch_backward(
         return d_x, d_w
     dtype = _rt.compute_dtype(x_dtype)
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
-    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype)
+    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype, interleaved)
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     d_gate, d_up, d_weight = _quick_geglu_bwd_eager(gate, up, grad_out.to(dtype), w, linear_offset, alpha)
     if clamp_value is not None:
         d_gate = torch.where(gate_pass, d_gate, 0.0)
         d_up = torch.where(up_pass, d_up, 0.0)
-    d_x.copy_(torch.cat([d_gate, d_up], dim=-1))
+    d_x.copy_(_rt.join_halves(d_gate, d_up, interleaved))
     if weight is not None:
         d_w.copy_(d_weight.sum(dim=-1))
     return d_x, d_w
@@ -318,14 +332,15 @@ def _forward_op(
     weight: Optional[torch.Tensor],
     fp8_store: bool,
     clamp_value: Optional[float],
+    interleaved: bool,
     linear_offset: float,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_forward(x, bias, weight, fp8_store, clamp_value, linear_offset, alpha)
+    return _launch_forward(x, bias, weight, fp8_store, clamp_value, interleaved, linear_offset, alpha)
 
 
 @_forward_op.register_fake
-def _(x, bias, weight, fp8_store, clamp_value, linear_offset, alpha):
+def _(x, bias, weight, fp8_store, clamp_value, interleaved, linear_offset, alpha):
     return _rt.fake_forward(x, fp8_store)
 
 
@@ -336,15 +351,16 @@ def _backward_op(
     bias: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     clamp_value: Optional[float],
+    interleaved: bool,
     x_dtype: torch.dtype,
     linear_offset: float,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_backward(grad_out, x_saved, bias, weight, clamp_value, x_dtype, linear_offset, alpha)
+    return _launch_backward(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha)
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, x_dtype, linear_offset, alpha):
+def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha):
     return _rt.fake_backward(x_saved, weight, x_dtype)
 
 
@@ -367,87 +383,109 @@ class _QuickGeGLUFunction(torch.autograd.Function):
     """All forms of quick_geglu: y [..., 2H], optional bias and [T, 1] weights, optional clamp."""
 
     @staticmethod
-    def forward(ctx, fn, y, bias, weights, fp8_input_store, clamp_value, linear_offset, alpha):
+    def forward(ctx, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, linear_offset, alpha):
         params = (linear_offset, alpha,)
-        return _rt.function_forward(ctx, _IMPL, fn, y, bias, weights, fp8_input_store, clamp_value, params)
+        args = (y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
+        return _rt.function_forward(ctx, _IMPL, fn, *args)
 
     @staticmethod
     def backward(ctx, grad_out):
         d_y, d_bias, d_weights = _rt.function_backward(ctx, grad_out)
-        return None, d_y, d_bias, d_weights, None, None, None, None
+        return None, d_y, d_bias, d_weights, None, None, None, None, None
 
 
 class WeightedQuickGeGLUFunction(torch.autograd.Function):
-    """Token-wise weighted quick_geglu: input [..., 2H], weights [T, 1] -> [..., H]."""
+    """Token-wise weighted quick_geglu: input [..., 2H], weights [T, 1] -> [..., H].
+
+    The last argument, interleaved, reads gate and up from even and odd positions of the row.
+    """
 
     @staticmethod
-    def forward(ctx, input, weights, fp8_input_store=False, linear_offset=0.0, alpha=1.702):
+    def forward(ctx, input, weights, fp8_input_store=False, linear_offset=0.0, alpha=1.702, interleaved=False):
         params = (linear_offset, alpha,)
         fn = "WeightedQuickGeGLUFunction"
-        return _rt.function_forward(ctx, _IMPL, fn, input, None, weights, fp8_input_store, None, params)
+        return _rt.function_forward(ctx, _IMPL, fn, input, None, weights, fp8_input_store, None, interleaved, params)
 
     @staticmethod
     def backward(ctx, grad_output):
         d_input, _, d_weights = _rt.function_backward(ctx, grad_output)
-        return d_input, d_weights, None, None, None
+        return d_input, d_weights, None, None, None, None
 
 
 class WeightedBiasQuickGeGLUFunction(torch.autograd.Function):
-    """Token-wise weighted quick_geglu of input + bias: input [..., 2H], bias [2H], weights [T, 1]."""
+    """Token-wise weighted quick_geglu of input + bias: input [..., 2H], bias [2H], weights [T, 1].
+
+    The last argument, interleaved, reads gate and up (and their biases) from even and odd positions.
+    """
 
     @staticmethod
-    def forward(ctx, input, bias, weights, fp8_input_store=False, linear_offset=0.0, alpha=1.702):
+    def forward(ctx, input, bias, weights, fp8_input_store=False, linear_offset=0.0, alpha=1.702, interleaved=False):
         params = (linear_offset, alpha,)
         fn = "WeightedBiasQuickGeGLUFunction"
-        return _rt.function_forward(ctx, _IMPL, fn, input, bias, weights, fp8_input_store, None, params)
+        return _rt.function_forward(ctx, _IMPL, fn, input, bias, weights, fp8_input_store, None, interleaved, params)
 
     @staticmethod
     def backward(ctx, grad_output):
         d_input, d_bias, d_weights = _rt.function_backward(ctx, grad_output)
-        return d_input, d_bias, d_weights, None, None, None
+        return d_input, d_bias, d_weights, None, None, None, None
 
 
 # -- functional API -----------------------------------------------------------------------------
+# Every form takes the keyword interleaved=False: True reads gate and up from even and odd positions
+# of the last dimension (gate = y[..., 0::2], up = y[..., 1::2]); gradients come back in that layout.
 
 
-def quick_geglu(y: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702) -> torch.Tensor:
+def quick_geglu(y: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702, *, interleaved: bool = False) -> torch.Tensor:
     """quick_geglu(y) = f(gate, up) with gate, up = y.chunk(2, -1); y [..., 2H] -> [..., H]."""
-    return _QuickGeGLUFunction.apply("quick_geglu", y, None, None, False, None, linear_offset, alpha)
+    return _QuickGeGLUFunction.apply("quick_geglu", y, None, None, False, None, interleaved, linear_offset, alpha)
 
 
-def quick_geglu_back(g: torch.Tensor, y: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702) -> torch.Tensor:
+def quick_geglu_back(g: torch.Tensor, y: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702, *, interleaved: bool = False) -> torch.Tensor:
     """Input gradient of quick_geglu: d(sum(g * quick_geglu(y)))/dy = [d_gate, d_up], shape of y."""
-    return _rt.backward_helper(_IMPL, "quick_geglu_back", g, y, None, None, (linear_offset, alpha,))[0]
+    params = (linear_offset, alpha,)
+    return _rt.backward_helper(_IMPL, "quick_geglu_back", g, y, None, None, params, interleaved=interleaved)[0]
 
 
-def weighted_quick_geglu(y: torch.Tensor, weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702) -> torch.Tensor:
+def weighted_quick_geglu(
+    y: torch.Tensor, weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702, *, interleaved: bool = False
+) -> torch.Tensor:
     """quick_geglu(y) * weights, row-wise; y [..., 2H], weights [T, 1] (or [..., 1]) -> [..., H]."""
     y = _rt.lift_1d(y, weights)
-    return _QuickGeGLUFunction.apply("weighted_quick_geglu", y, None, weights, False, None, linear_offset, alpha)
+    fn = "weighted_quick_geglu"
+    return _QuickGeGLUFunction.apply(fn, y, None, weights, False, None, interleaved, linear_offset, alpha)
 
 
 def weighted_quick_geglu_back(
-    g: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702
+    g: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702, *, interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_y, d_weights) of weighted_quick_geglu; d_weights = sum over the row of g * quick_geglu(y)."""
-    d_y, _, d_weights = _rt.backward_helper(_IMPL, "weighted_quick_geglu_back", g, y, None, weights, (linear_offset, alpha,))
+    fn = "weighted_quick_geglu_back"
+    params = (linear_offset, alpha,)
+    d_y, _, d_weights = _rt.backward_helper(_IMPL, fn, g, y, None, weights, params, interleaved=interleaved)
     return d_y, d_weights
 
 
 def weighted_bias_quick_geglu(
-    y: torch.Tensor, bias: torch.Tensor, weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702
+    y: torch.Tensor, bias: torch.Tensor, weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702, *, interleaved: bool = False
 ) -> torch.Tensor:
-    """quick_geglu(y + bias) * weights; bias broadcasts to y (typically [2H])."""
+    """quick_geglu(y + bias) * weights; bias broadcasts to y (typically [2H]) and shares its layout."""
     y = _rt.lift_1d(y, weights)
-    return _QuickGeGLUFunction.apply("weighted_bias_quick_geglu", y, bias, weights, False, None, linear_offset, alpha)
+    fn = "weighted_bias_quick_geglu"
+    return _QuickGeGLUFunction.apply(fn, y, bias, weights, False, None, interleaved, linear_offset, alpha)
 
 
 def weighted_bias_quick_geglu_back(
-    g: torch.Tensor, y: torch.Tensor, bias: torch.Tensor, weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702
+    g: torch.Tensor,
+    y: torch.Tensor,
+    bias: torch.Tensor,
+    weights: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702,
+    *,
+    interleaved: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d_y, d_bias, d_weights) of weighted_bias_quick_geglu; d_bias is d_y summed to bias's shape."""
     fn = "weighted_bias_quick_geglu_back"
-    return _rt.backward_helper(_IMPL, fn, g, y, bias, weights, (linear_offset, alpha,))
+    params = (linear_offset, alpha,)
+    return _rt.backward_helper(_IMPL, fn, g, y, bias, weights, params, interleaved=interleaved)
 
 
 def weighted_bias_quick_geglu_impl(
@@ -458,6 +496,8 @@ def weighted_bias_quick_geglu_impl(
     linear_offset: float = 0.0,
     clamp_value: Optional[float] = None,
     alpha: float = 1.702,
+    *,
+    interleaved: bool = False,
 ) -> torch.Tensor:
     """Token-wise weighted quick_geglu of input + bias, the fused MoE entry point.
 
@@ -467,6 +507,7 @@ def weighted_bias_quick_geglu_impl(
     backward pass; the forward output is unchanged.
     With clamp_value, gate is clamped to <= clamp_value and up to [-clamp_value, clamp_value]
     before the bias is added; the gradient is zero where a value was clamped.
+    With interleaved=True, gate and up are the even and odd positions of the last dimension.
     """
     input = _rt.lift_1d(input, weights)
     return _QuickGeGLUFunction.apply(
@@ -475,5 +516,6 @@ def weighted_bias_quick_geglu_impl(
         bias,
         weights,
         fp8_input_store,
-        clamp_value, linear_offset, alpha,
+        clamp_value,
+        interleaved, linear_offset, alpha,
     )

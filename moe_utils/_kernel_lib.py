@@ -1,6 +1,8 @@
 """Triton helpers shared by every generated activation kernel.
 
-``gated_inputs`` applies the optional clamp and bias to the two halves of a row block.
+``load_halves`` / ``store_halves`` read and write the gate and up tiles of a row block in either
+layout: split (gate = row[:H], up = row[H:], the default) or interleaved (gate at even positions,
+up at odd ones). ``gated_inputs`` applies the optional clamp and bias to the two halves.
 
 float8_e4m3fn encode/decode, exact on the GPU and in Triton's interpreter:
 
@@ -17,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["FP8_MAX", "fp8_decode", "fp8_encode", "gated_inputs", "to_fp8_saturated"]
+__all__ = ["FP8_MAX", "fp8_decode", "fp8_encode", "gated_inputs", "load_halves", "store_halves", "to_fp8_saturated"]
 
 #: Largest finite float8_e4m3fn value; everything beyond saturates to it.
 FP8_MAX = 448.0
@@ -78,16 +80,77 @@ def fp8_decode(code, NATIVE: tl.constexpr):
 
 
 @triton.jit
+def load_halves(
+    ptr,  # base pointer of rows of width 2H
+    row_offs,  # [BLOCK_R] int64 offsets of the rows
+    col0,  # first column (of each half) of the tile
+    H,  # width of one half
+    row_ok,  # [BLOCK_R] valid rows
+    INTERLEAVED: tl.constexpr,  # gate at even positions, up at odd ones
+    BLOCK_R: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """(gate, up) tiles [BLOCK_R, BLOCK_H] at columns col0 .. col0 + BLOCK_H - 1; masked elements are 0.
+
+    Interleaved rows are read as one contiguous [BLOCK_R, 2 BLOCK_H] tile and split in registers,
+    so both layouts issue the same wide loads.
+    """
+    if INTERLEAVED:
+        pos = 2 * col0 + tl.arange(0, 2 * BLOCK_H)
+        mask = row_ok[:, None] & (pos < 2 * H)[None, :]
+        pair = tl.load(ptr + row_offs[:, None] + pos[None, :], mask=mask, other=0)
+        gate, up = tl.split(tl.reshape(pair, [BLOCK_R, BLOCK_H, 2]))
+    else:
+        cols = col0 + tl.arange(0, BLOCK_H)
+        mask = row_ok[:, None] & (cols < H)[None, :]
+        offs = row_offs[:, None] + cols[None, :]
+        gate = tl.load(ptr + offs, mask=mask, other=0)
+        up = tl.load(ptr + offs + H, mask=mask, other=0)
+    return gate, up
+
+
+@triton.jit
+def store_halves(
+    ptr,  # base pointer of rows of width 2H
+    row_offs,  # [BLOCK_R] int64 offsets of the rows
+    col0,  # first column (of each half) of the tile
+    H,  # width of one half
+    row_ok,  # [BLOCK_R] valid rows
+    gate,  # [BLOCK_R, BLOCK_H] values of the gate half, already in the element type of ptr
+    up,  # [BLOCK_R, BLOCK_H] values of the up half
+    INTERLEAVED: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """Write (gate, up) tiles in the layout load_halves reads."""
+    if INTERLEAVED:
+        pos = 2 * col0 + tl.arange(0, 2 * BLOCK_H)
+        mask = row_ok[:, None] & (pos < 2 * H)[None, :]
+        pair = tl.reshape(tl.join(gate, up), [BLOCK_R, 2 * BLOCK_H])
+        tl.store(ptr + row_offs[:, None] + pos[None, :], pair, mask=mask)
+    else:
+        cols = col0 + tl.arange(0, BLOCK_H)
+        mask = row_ok[:, None] & (cols < H)[None, :]
+        offs = row_offs[:, None] + cols[None, :]
+        tl.store(ptr + offs, gate, mask=mask)
+        tl.store(ptr + offs + H, up, mask=mask)
+
+
+@triton.jit
 def gated_inputs(
-    gate_in,  # [BLOCK_R, BLOCK_H] fp32 first half of the rows, as stored
-    up_in,  # [BLOCK_R, BLOCK_H] fp32 second half
-    bias_ptr,  # bias base pointer (HAS_BIAS)
-    bias_offs,  # [BLOCK_R, BLOCK_H] int64 offsets of the gate half's bias elements
-    H,  # width of one half: the up half's bias is H elements further
-    mask,  # [BLOCK_R, BLOCK_H] valid elements
+    gate_in,  # [BLOCK_R, BLOCK_H] fp32 gate tile, as stored
+    up_in,  # [BLOCK_R, BLOCK_H] fp32 up tile
+    bias_ptr,  # bias base pointer (HAS_BIAS), rows of width 2H in the layout of the input
+    bias_row_offs,  # [BLOCK_R] int64 offsets of the bias rows (0 for one shared row)
+    col0,  # first column of the tile
+    H,  # width of one half
+    row_ok,  # [BLOCK_R] valid rows
     clamp_value,  # CLAMP bound
     HAS_BIAS: tl.constexpr,
     CLAMP: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """gate = min(gate_in, c) + bias_gate, up = clamp(up_in, -c, c) + bias_up (clamp before bias).
 
@@ -99,6 +162,7 @@ def gated_inputs(
         gate = tl.where(gate > clamp_value, clamp_value, gate)
         up = tl.where(up > clamp_value, clamp_value, tl.where(up < -clamp_value, -clamp_value, up))
     if HAS_BIAS:
-        gate = gate + tl.load(bias_ptr + bias_offs, mask=mask, other=0.0).to(tl.float32)
-        up = up + tl.load(bias_ptr + bias_offs + H, mask=mask, other=0.0).to(tl.float32)
+        bias_gate, bias_up = load_halves(bias_ptr, bias_row_offs, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+        gate = gate + bias_gate.to(tl.float32)
+        up = up + bias_up.to(tl.float32)
     return gate, up

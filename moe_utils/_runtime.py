@@ -257,11 +257,33 @@ def scalar(fn: str, name: str, value: Any) -> float:
 # -- eager twin of the kernel skeleton ---------------------------------------------------------
 
 
+def split_halves(x: torch.Tensor, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gate, up) of rows [..., 2H]: the two halves, or the even and odd positions."""
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
+    gate, up = x.chunk(2, dim=-1)
+    return gate, up
+
+
+def join_halves(gate: torch.Tensor, up: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Inverse of split_halves."""
+    if interleaved:
+        return torch.stack([gate, up], dim=-1).flatten(-2)
+    return torch.cat([gate, up], dim=-1)
+
+
+def check_flag(fn: str, name: str, value: Any) -> bool:
+    """Boolean switches (fp8_input_store, interleaved) are Python bools."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def eager_inputs(
-    x: torch.Tensor, bias: torch.Tensor | None, clamp_value: float | None, dtype: torch.dtype
+    x: torch.Tensor, bias: torch.Tensor | None, clamp_value: float | None, dtype: torch.dtype, interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """gate, up (clamped, plus bias) in the compute dtype, and the masks where the clamp passed."""
-    gate, up = x.to(dtype).chunk(2, dim=-1)
+    gate, up = split_halves(x.to(dtype), interleaved)
     gate_pass = up_pass = None
     if clamp_value is not None:
         gate_pass = gate <= clamp_value
@@ -269,7 +291,7 @@ def eager_inputs(
         gate = torch.clamp(gate, max=clamp_value)
         up = torch.clamp(up, min=-clamp_value, max=clamp_value)
     if bias is not None:
-        bias_gate, bias_up = bias.to(dtype).chunk(2, dim=-1)
+        bias_gate, bias_up = split_halves(bias.to(dtype), interleaved)
         gate = gate + bias_gate
         up = up + bias_up
     return gate, up, gate_pass, up_pass
@@ -295,13 +317,14 @@ class ActivationImpl:
     forward_op: Any  # torch.ops.<ns>.<name>_fwd, used under torch.compile
     backward_op: Any  # torch.ops.<ns>.<name>_bwd
 
-    def forward(self, x, bias, weight, fp8_store, clamp_value, params):
+    def forward(self, x, bias, weight, fp8_store, clamp_value, interleaved, params):
         """out [T, H] and the bits (uint8) of the fp8 copy of x (empty unless fp8_store)."""
-        return call(self.forward_op, self.launch_forward, x, bias, weight, fp8_store, clamp_value, *params)
+        args = (x, bias, weight, fp8_store, clamp_value, interleaved, *params)
+        return call(self.forward_op, self.launch_forward, *args)
 
-    def backward(self, grad_out, x_saved, bias, weight, clamp_value, x_dtype, params):
+    def backward(self, grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, params):
         """d_x [T, 2H] in x_dtype and d_weight [T] in the weight's dtype (empty without weight)."""
-        args = (grad_out, x_saved, bias, weight, clamp_value, x_dtype, *params)
+        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params)
         return call(self.backward_op, self.launch_backward, *args)
 
 
@@ -328,6 +351,7 @@ def function_forward(
     weights: torch.Tensor | None,
     fp8_input_store: bool,
     clamp_value: float | None,
+    interleaved: bool,
     params: Sequence[float],
 ) -> torch.Tensor:
     """Body of every generated autograd Function's forward."""
@@ -335,8 +359,9 @@ def function_forward(
     clamp_value = check_clamp(fn, clamp_value)
     params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
     fp8_input_store = bool(fp8_input_store)
+    interleaved = check_flag(fn, "interleaved", interleaved)
     ctx.impl = impl
-    out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, params)
+    out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, interleaved, params)
     # Only what the backward reads: the fp8 copy instead of the input when asked for.
     saved_x = x_fp8.view(torch.float8_e4m3fn) if fp8_input_store else rows.x
     ctx.save_for_backward(saved_x, rows.bias, rows.weight)
@@ -347,6 +372,7 @@ def function_forward(
         None if bias is None else (tuple(bias.shape), bias.dtype),
         None if weights is None else tuple(weights.shape),
         clamp_value,
+        interleaved,
         params,
     )
     return out.view(rows.out_shape)
@@ -356,10 +382,10 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights)."""
     impl = ctx.impl
     x_saved, bias, weight = ctx.saved_tensors
-    _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, params = ctx.meta
+    _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
     n_rows = x_saved.shape[0]
     g = _last_dim_contiguous(grad_out.reshape(n_rows, x_saved.shape[1] // 2))
-    d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, y_dtype, params)
+    d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, interleaved, y_dtype, params)
     d_bias = None
     if bias is not None and ctx.needs_input_grad[1]:
         d_bias = _reduce_bias_grad(d_x, bias, y_shape, bias_meta[0], bias_meta[1])
@@ -375,8 +401,10 @@ def backward_helper(
     weights: torch.Tensor | None,
     params: Sequence[float],
     clamp_value: float | None = None,
+    interleaved: bool = False,
 ):
     """The *_back helpers: gradients without autograd. Returns (d_y, d_bias or None, d_weights or None)."""
+    interleaved = check_flag(fn, "interleaved", interleaved)
     y = lift_1d(y, weights)
     rows = prepare(fn, y, bias, weights)
     _check_float(fn, "g", g)
@@ -386,7 +414,8 @@ def backward_helper(
     params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
     n_rows = rows.x.shape[0]
     g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
-    d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, check_clamp(fn, clamp_value), y.dtype, params)
+    clamp_value = check_clamp(fn, clamp_value)
+    d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, clamp_value, interleaved, y.dtype, params)
     d_bias = None
     if bias is not None:
         d_bias = _reduce_bias_grad(d_x, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype)
@@ -415,18 +444,20 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
     """Make <name>_fwd differentiable through <name>_bwd, so the op alone works under autograd."""
 
     def setup_context(ctx, inputs, output):
-        x, bias, weight, fp8_store, clamp_value, *params = inputs
+        x, bias, weight, fp8_store, clamp_value, interleaved, *params = inputs
         ctx.mark_non_differentiable(output[1])  # the fp8 copy is storage, not a result
         ctx.save_for_backward(output[1] if fp8_store else x, bias, weight)
         ctx.x_dtype = x.dtype
         ctx.clamp_value = clamp_value
+        ctx.interleaved = interleaved
         ctx.params = params
 
     def backward(ctx, grad_out, _grad_x_fp8):
         x_saved, bias, weight = ctx.saved_tensors
-        d_x, d_w = backward_op(grad_out, x_saved, bias, weight, ctx.clamp_value, ctx.x_dtype, *ctx.params)
+        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params)
+        d_x, d_w = backward_op(grad_out, x_saved, bias, weight, *args)
         d_bias = bias_grad(d_x, bias) if bias is not None else None
-        return (d_x, d_bias, d_w if weight is not None else None, None, None) + (None,) * n_params
+        return (d_x, d_bias, d_w if weight is not None else None, None, None, None) + (None,) * n_params
 
     forward_op.register_autograd(backward, setup_context=setup_context)
 

@@ -32,17 +32,31 @@ class SpecReference:
         self.f = sympy.lambdify(args, d.act, modules=_MODULES)
         self.d_gate = sympy.lambdify(args, d.d_gate, modules=_MODULES)
         self.d_up = sympy.lambdify(args, d.d_up, modules=_MODULES)
+        # |f| before cancellation: the sum of the absolute values of the additive terms of f
+        # expanded (0.5 gate up + 0.5 gate up erf(..) for GELU: 1 + erf(z) cancels for z << 0 in
+        # any fp32 implementation, the reference's included). Bounds the error of d_weights.
+        terms = sympy.Add.make_args(sympy.expand(d.act))
+        self.f_magnitude = sympy.lambdify(args, sympy.Add(*(sympy.Abs(t) for t in terms)), modules=_MODULES)
 
     @staticmethod
     def _call(fn, gate, up, params):
         out = fn(gate, up, *params)
         return np.broadcast_to(np.asarray(out, dtype=np.float64), gate.shape)
 
-    def forward_backward(self, y, bias=None, weights=None, g=None, params=(), clamp_value=None):
-        """Everything in float64 torch tensors (CPU). Returns out, d_y, d_bias, d_weights."""
+    @staticmethod
+    def _halves(x, interleaved):
+        if interleaved:
+            return x[:, 0::2], x[:, 1::2]
+        return np.split(x, 2, axis=-1)
+
+    def forward_backward(self, y, bias=None, weights=None, g=None, params=(), clamp_value=None, interleaved=False):
+        """Everything in float64 torch tensors (CPU). Returns out, d_y, d_bias, d_weights.
+
+        interleaved: gate and up (and their biases) are the even and odd positions of the last dim.
+        """
         y = y.detach().to(torch.float64).cpu()
         x = y.numpy().reshape(-1, y.shape[-1])
-        gate_in, up_in = np.split(x, 2, axis=-1)
+        gate_in, up_in = self._halves(x, interleaved)
         gate, up = gate_in.copy(), up_in.copy()
         gate_pass = np.ones_like(gate, dtype=bool)
         up_pass = np.ones_like(up, dtype=bool)
@@ -53,8 +67,9 @@ class SpecReference:
             up = np.clip(up, -clamp_value, clamp_value)
         if bias is not None:
             b = np.broadcast_to(bias.detach().to(torch.float64).cpu().numpy(), y.shape).reshape(x.shape)
-            gate = gate + b[:, : gate.shape[1]]
-            up = up + b[:, gate.shape[1] :]
+            bias_gate, bias_up = self._halves(b, interleaved)
+            gate = gate + bias_gate
+            up = up + bias_up
         w = np.ones((x.shape[0], 1))
         if weights is not None:
             w = weights.detach().to(torch.float64).cpu().numpy().reshape(-1, 1)
@@ -65,9 +80,14 @@ class SpecReference:
         g = g.detach().to(torch.float64).cpu().numpy().reshape(f.shape)
         d_gate = g * w * self._call(self.d_gate, gate, up, params) * gate_pass
         d_up = g * w * self._call(self.d_up, gate, up, params) * up_pass
-        d_y = torch.from_numpy(np.concatenate([d_gate, d_up], axis=-1).reshape(y.shape).copy())
+        if interleaved:
+            d_x = np.stack([d_gate, d_up], axis=-1).reshape(x.shape)
+        else:
+            d_x = np.concatenate([d_gate, d_up], axis=-1)
+        d_y = torch.from_numpy(d_x.reshape(y.shape).copy())
         d_w = torch.from_numpy((g * f).sum(-1, keepdims=True))
-        self.d_w_bound = torch.from_numpy(np.abs(g * f).sum(-1, keepdims=True))
+        f_magnitude = self._call(self.f_magnitude, gate, up, params)
+        self.d_w_bound = torch.from_numpy((np.abs(g) * np.maximum(np.abs(f), f_magnitude)).sum(-1, keepdims=True))
         if weights is not None:
             d_w = d_w.reshape(weights.shape)
             self.d_w_bound = self.d_w_bound.reshape(weights.shape)

@@ -232,6 +232,7 @@ def test_fp8_input_store(backend, name, dtype):
     gen = make_generator(23)
     y, w, g = _inputs(29, 72, dtype, gen)
     y[0, :4] = torch.tensor([1000.0, -1000.0, 500.0, -470.0], dtype=dtype)  # beyond fp8's range: saturate
+    g[0] *= 1e-2  # keeps d_up = g * w * relu(448)^2 of squared_reglu inside float16's range
     outs = []
     for fp8 in (False, True):
         yy = y.clone().requires_grad_(True)
@@ -253,6 +254,65 @@ def test_fp8_input_store(backend, name, dtype):
     r8 = reference.forward_backward(y8, None, w, g, tuple(p.default for p in spec.params))
     assert_close_to_ref(dy1, r8[1], dtype, "fp8 d_y")
     assert_close_to_ref(dw1, r8[3], dtype, "fp8 d_weights", bound=reference.d_w_bound)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(23, 2 * 40), (3, 4, 2 * 7)], ids=["2d", "3d"])
+def test_interleaved_layout_matches_float64(backend, name, dtype, shape):
+    """gate at even positions, up at odd ones: every form, with bias, clamp and the fp8 store."""
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(zlib.crc32(f"interleaved{name}{dtype}{shape}".encode()))
+    lead = shape[:-1]
+    y = (torch.randn(shape, generator=gen) * 3).to(dtype).to(DEVICE).requires_grad_(True)
+    bias = torch.randn(shape[-1], generator=gen).to(dtype).to(DEVICE).requires_grad_(True)
+    w = torch.rand((*lead, 1), generator=gen).add_(0.1).to(DEVICE).requires_grad_(True)
+    g = torch.randn((*lead, shape[-1] // 2), generator=gen).to(dtype).to(DEVICE)
+    params = _params(spec, gen)
+    clamp = 2.5 if spec.clamp else None
+    reference = SpecReference(spec)
+    out = getattr(mod, f"_{spec.class_stem}Function").apply("t", y, bias, w, False, clamp, True, *params)
+    d_y, d_b, d_w = torch.autograd.grad(out, (y, bias, w), g)
+    ref = reference.forward_backward(y, bias, w, g, params, clamp_value=clamp, interleaved=True)
+    for got, want, what in zip((out, d_y, d_b), ref, ("out", "d_y", "d_bias"), strict=False):
+        assert_close_to_ref(got, want, dtype, f"interleaved {what}")
+    assert_close_to_ref(d_w, ref[3], dtype, "interleaved d_weights", bound=reference.d_w_bound)
+    # The split layout gives different numbers on the same tensor (the option is not ignored) ...
+    split = reference.forward_backward(y, bias, w, None, params, clamp_value=clamp)[0]
+    assert not torch.allclose(out.double().cpu(), split, rtol=0.1, atol=0.1)
+    # ... and the same numbers on the de-interleaved tensor.
+    y_split = torch.cat([y.detach()[..., 0::2], y.detach()[..., 1::2]], -1)
+    plain = getattr(mod, name)(y_split, *params)
+    assert_close_to_ref(getattr(mod, name)(y.detach(), *params, interleaved=True), plain.double().cpu(), dtype, "plain")
+    # The *_back helpers and the Function classes take the option too.
+    back = getattr(mod, f"weighted_bias_{name}_back")(
+        g, y.detach(), bias.detach(), w.detach(), *params, interleaved=True
+    )
+    ref_nc = reference.forward_backward(y, bias, w, g, params, interleaved=True)
+    assert_close_to_ref(back[0], ref_nc[1], dtype, "back d_y")
+    out_cls = getattr(mod, f"WeightedBias{spec.class_stem}Function").apply(y, bias, w, False, *params, True)
+    assert_close_to_ref(out_cls, ref_nc[0], dtype, "Function class")
+    # fp8 store keeps the interleaved layout; the backward is that of the fp8-rounded input.
+    yy = y.detach().clone().requires_grad_(True)
+    impl = getattr(mod, f"weighted_bias_{name}_impl")
+    args = (yy, None, w.detach(), True) if spec.impl_bias else (yy, w.detach(), True)
+    out8 = impl(*args, interleaved=True)
+    (d_y8,) = torch.autograd.grad(out8, (yy,), g)
+    y8 = torch.clamp(y.detach().float(), -448, 448).to(torch.float8_e4m3fn).to(torch.float64)
+    r8 = reference.forward_backward(y8, None, w, g, tuple(p.default for p in spec.params), interleaved=True)
+    assert_close_to_ref(d_y8, r8[1], dtype, "fp8 d_y")
+
+
+def test_interleaved_must_be_a_bool():
+    from moe_utils import weighted_swiglu, weighted_swiglu_back
+
+    y = torch.randn(6, 16).to(DEVICE)
+    w = torch.rand(6, 1).to(DEVICE)
+    with pytest.raises(TypeError, match=r"interleaved must be a bool, got str"):
+        weighted_swiglu(y, w, interleaved="yes")
+    with pytest.raises(TypeError, match=r"interleaved must be a bool, got int"):
+        weighted_swiglu_back(torch.randn(6, 8).to(DEVICE), y, w, interleaved=1)
 
 
 def test_nan_and_inf_propagate(backend):

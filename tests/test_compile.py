@@ -28,10 +28,12 @@ def test_opcheck_activation_ops(spec):
     params = [p.default for p in spec.params]
     clamp = 2.0 if spec.clamp else None
     for fp8 in (False, True):
-        torch.library.opcheck(fwd, (x, b, w, fp8, clamp, *params))
-        torch.library.opcheck(fwd, (x, None, None, fp8, None, *params))
+        torch.library.opcheck(fwd, (x, b, w, fp8, clamp, False, *params))
+        torch.library.opcheck(fwd, (x, None, None, fp8, None, True, *params))
     g = torch.randn(6, 16, generator=gen).to(DEVICE)
-    torch.library.opcheck(bwd, (g, x.detach(), b.detach(), w.detach(), clamp, torch.float32, *params))
+    for interleaved in (False, True):
+        args = (g, x.detach(), b.detach(), w.detach(), clamp, interleaved, torch.float32, *params)
+        torch.library.opcheck(bwd, args)
 
 
 def test_opcheck_routing_ops():

@@ -38,9 +38,10 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
     fp8=st.booleans(),
     clamp=st.one_of(st.none(), st.floats(0.5, 4.0)),
     param_shift=st.floats(-0.5, 0.5),
+    interleaved=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_activations_match_float64(spec, dtype, n_rows, h, with_bias, fp8, clamp, param_shift, seed):
+def test_activations_match_float64(spec, dtype, n_rows, h, with_bias, fp8, clamp, param_shift, interleaved, seed):
     gen = torch.Generator().manual_seed(seed)
     mod = importlib.import_module(f"moe_utils.generated.{spec.name}")
     y = (torch.randn(n_rows, 2 * h, generator=gen) * 3).to(dtype).to(DEVICE).requires_grad_(True)
@@ -50,16 +51,16 @@ def test_activations_match_float64(spec, dtype, n_rows, h, with_bias, fp8, clamp
     params = tuple(p.default + param_shift for p in spec.params)
     clamp = clamp if spec.clamp else None
     fn = getattr(mod, f"_{spec.class_stem}Function")
-    out = fn.apply("property", y, bias, w, fp8, clamp, *params)
+    out = fn.apply("property", y, bias, w, fp8, clamp, interleaved, *params)
     inputs = (y, w) + ((bias,) if with_bias else ())
     grads = torch.autograd.grad(out, inputs, g)
     y_ref = y
     if fp8:  # the backward sees the fp8 copy; the forward does not
         y_ref = torch.clamp(y.detach().float(), -448, 448).to(torch.float8_e4m3fn).to(torch.float64)
     reference = SpecReference(spec)
-    ref_fwd = reference.forward_backward(y, bias, w, None, params, clamp_value=clamp)[0]
+    ref_fwd = reference.forward_backward(y, bias, w, None, params, clamp_value=clamp, interleaved=interleaved)[0]
     assert_close_to_ref(out, ref_fwd, dtype, "out")
-    ref = reference.forward_backward(y_ref, bias, w, g, params, clamp_value=clamp)
+    ref = reference.forward_backward(y_ref, bias, w, g, params, clamp_value=clamp, interleaved=interleaved)
     assert_close_to_ref(grads[0], ref[1], dtype, "d_y")
     assert_close_to_ref(grads[1], ref[3], dtype, "d_weights", bound=reference.d_w_bound)
     if with_bias:
