@@ -15,7 +15,7 @@ and ``regenerate-kernels --spec my_module:MY_GLU --out my_pkg/generated --namesp
 """
 
 from .derive import GRAD_OUT, WEIGHT, DerivedActivation, Program, derive
-from .functions import GATE, UP, gelu_erf, gelu_tanh, relu, sigmoid, silu
+from .functions import GATE, UP, clamp, gelu_erf, gelu_tanh, relu, sigmoid, silu
 from .spec import ActivationSpec, Param, SpecError, make_registry
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Param",
     "Program",
     "SpecError",
+    "clamp",
     "derive",
     "gelu_erf",
     "gelu_tanh",

@@ -3,12 +3,15 @@
 regenerate-kernels                      # built-in specs -> moe_utils/generated
 regenerate-kernels --check              # exit 1 with a diff when generated/ is stale
 regenerate-kernels --spec my_mod:MY_SPEC --out my_pkg/generated --namespace my_pkg
+regenerate-kernels --spec path/to/acts.py:MY_SPEC --out my_pkg/generated --namespace my_pkg
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -21,14 +24,31 @@ from .spec import ActivationSpec, SpecError, make_registry
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "generated"
 
 
-def _load_spec(ref: str) -> list[ActivationSpec]:
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise SystemExit(f"regenerate-kernels: --spec wants module:NAME, got {ref!r}")
+def _import(module_name: str, ref: str):
+    """A module by dotted name (the current directory is searched first, as with ``python -m``) or
+    by file path (``path/to/acts.py``)."""
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise ImportError(f"no such file: {path}")
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules.setdefault(path.stem, module)
+            loader_spec.loader.exec_module(module)
+            return module
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        return importlib.import_module(module_name)
     except ImportError as exc:
         raise SystemExit(f"regenerate-kernels: cannot import {module_name!r} for --spec {ref}: {exc}") from exc
+
+
+def _load_spec(ref: str) -> list[ActivationSpec]:
+    module_name, _, attr = ref.rpartition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"regenerate-kernels: --spec wants module:NAME or path/to/file.py:NAME, got {ref!r}")
+    module = _import(module_name, ref)
     if not hasattr(module, attr):
         raise SystemExit(f"regenerate-kernels: module {module_name!r} has no attribute {attr!r}")
     value = getattr(module, attr)
