@@ -110,3 +110,46 @@ def activation_baselines(compile_fns: bool):
 
         out[name] = (forward, backward)
     return out
+
+
+# -- activations outside the seed API: the plain PyTorch composition, differentiated by autograd ----
+
+LIMIT = 7.0  # clamped_swiglu's default limit
+
+
+def _halves(y):
+    return torch.chunk(y, 2, -1)
+
+
+def reglu(y):
+    a, b = _halves(y)
+    return F.relu(a) * b
+
+
+def exact_geglu(y):
+    a, b = _halves(y)
+    return F.gelu(a) * b
+
+
+def clamped_swiglu(y):
+    a, b = _halves(y)
+    return F.silu(a.clamp(max=LIMIT)) * b.clamp(-LIMIT, LIMIT)
+
+
+def squared_reglu(y):
+    a, b = _halves(y)
+    return F.relu(a).square() * b
+
+
+def autograd_baselines(compile_fns: bool):
+    """name -> forward(y, w) for the activations the reference does not have: what a user writes
+    without this package (weighted in the storage dtype, autograd for the backward)."""
+    wrap = torch.compile if compile_fns else (lambda f: f)
+    out = {}
+    for act in (reglu, exact_geglu, clamped_swiglu, squared_reglu):
+
+        def weighted(y, w, act=act):
+            return (act(y) * w).to(y.dtype)
+
+        out[act.__name__] = wrap(weighted)
+    return out

@@ -212,6 +212,58 @@ def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict
             record(name, "plain_fb", "liger", shape, timed(liger_plain, rotate, capture=False), un_bytes, copy_gbs)
 
 
+def bench_extra_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict) -> None:
+    """An activation beyond the seed API (and the interleaved layout): ours in every form, the plain
+    PyTorch composition (eager and compiled, autograd backward) beside it."""
+    dtype, s = torch.bfloat16, 2
+    shape = (n_rows, h)
+    rotate = max(1, min(8, L2_ROTATE_BYTES // (n_rows * 2 * h * s * 3)))
+    xs = [torch.randn(n_rows, 2 * h, device="cuda", dtype=dtype) for _ in range(rotate)]
+    ws = [torch.rand(n_rows, 1, device="cuda") for _ in range(rotate)]
+    gs = [torch.randn(n_rows, h, device="cuda", dtype=dtype) for _ in range(rotate)]
+    fwd_bytes = n_rows * (2 * h * s + 4 + h * s)
+    bwd_bytes = n_rows * (h * s + 2 * h * s + 4 + 2 * h * s + 4)
+    fp8_bytes = n_rows * 2 * h
+    impl = getattr(generated, f"weighted_bias_{name}_impl")
+
+    def ours(interleaved):
+        def f(x, w, fp8):
+            return impl(x, None, w, fp8, interleaved=interleaved)
+
+        return f
+
+    def fwd_bwd(f, fp8=False):
+        def run(i):
+            x = xs[i].requires_grad_(True)
+            w = ws[i].requires_grad_(True)
+            torch.autograd.grad(f(x, w, fp8), (x, w), gs[i])
+
+        return run
+
+    label_ours = "ours" if name != "swiglu" else "ours_interleaved"
+    f_ours = ours(name == "swiglu")
+    with torch.no_grad():
+        record(
+            name, "fwd", label_ours, shape, timed(lambda i: f_ours(xs[i], ws[i], False), rotate), fwd_bytes, copy_gbs
+        )
+        ms = timed(lambda i: f_ours(xs[i], ws[i], True), rotate)
+        record(name, "fwd_fp8", label_ours, shape, ms, fwd_bytes + fp8_bytes, copy_gbs)
+    for fp8 in (False, True):
+        run = fwd_bwd(f_ours, fp8)
+        peak = peak_memory_mb(lambda run=run: run(0))
+        nbytes = fwd_bytes + bwd_bytes + (2 * fp8_bytes - n_rows * 2 * h * s if fp8 else 0)
+        record(name, "fwd_bwd_fp8" if fp8 else "fwd_bwd", label_ours, shape, timed(run, rotate), nbytes, copy_gbs, peak)
+    for label, ref in refs.items():
+        if ref is None:
+            continue
+        with torch.no_grad():
+            ms = timed(lambda i, ref=ref: ref(xs[i], ws[i]), rotate)
+            record(name, "fwd", label, shape, ms, fwd_bytes, copy_gbs)
+        run = fwd_bwd(lambda x, w, fp8, ref=ref: ref(x, w))
+        peak = peak_memory_mb(lambda run=run: run(0))
+        record(name, "fwd_bwd", label, shape, timed(run, rotate), fwd_bytes + bwd_bytes, copy_gbs, peak)
+
+
 # -- routing ---------------------------------------------------------------------------------------
 
 
@@ -328,6 +380,7 @@ def main() -> int:
         return path
 
     anchors = [(16384, 64, 8, 2048), (8192, 128, 8, 7168)]  # issue 3's two shapes
+    extra_shapes = [(16384, 768), (65536, 2048)]
     if args.quick:
         act_shapes = [(16384, 768), (65536, 2048), (16384, 7168)]
         route_shapes = anchors
@@ -353,6 +406,17 @@ def main() -> int:
         for n_rows, h in act_shapes:
             for name in ("swiglu", "geglu", "quick_geglu"):
                 bench_activation(name, n_rows, h, copy_gbs, {k: v[name] for k, v in refs.items()}, liger)
+                torch.cuda.empty_cache()
+            save()
+        # Activations beyond the seed API, and swiglu's interleaved layout (its reference: the split one).
+        extra_refs = {
+            "ref_compiled": baselines.autograd_baselines(True),
+            "ref_eager": baselines.autograd_baselines(False),
+        }
+        for n_rows, h in extra_shapes:
+            for name in ("reglu", "exact_geglu", "clamped_swiglu", "squared_reglu", "swiglu"):
+                refs_here = {k: v.get(name) for k, v in extra_refs.items()}
+                bench_extra_activation(name, n_rows, h, copy_gbs, refs_here)
                 torch.cuda.empty_cache()
             save()
     if args.only != "activations":

@@ -19,6 +19,8 @@ def _load(results: Path) -> dict[str, list[tuple[dict, list[dict]]]]:
     by_card: dict[str, list[tuple[dict, list[dict]]]] = defaultdict(list)
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
+        if "meta" not in data:  # sweep.py's launch-shape data, not a benchmark run
+            continue
         meta = dict(data["meta"], file=path.name)
         by_card[meta["card"]].append((meta, data["results"]))
     return by_card
@@ -63,6 +65,43 @@ def activation_table(rows: list[dict]) -> list[str]:
                     f"| {family} | {shape[0]} x {shape[1]} | {op} | {_fmt_us(ours)} | {_pct(ours)} | {_fmt_us(comp)} "
                     f"| {_pct(comp)} | {_speedup(ours, comp)} | {_fmt_us(eager)} | {_speedup(ours, eager)} | {peak} |"
                 )
+    return out
+
+
+EXTRA = ("reglu", "exact_geglu", "clamped_swiglu", "squared_reglu")
+
+
+def extra_table(rows: list[dict]) -> list[str]:
+    """Activations beyond the seed API, and swiglu with interleaved gate/up (against split swiglu)."""
+    idx = _index(rows)
+    out = [
+        "| activation | T x H | op | ours µs | ours % copy | baseline | baseline µs | % copy | speedup "
+        "| peak MiB ours / baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        interleaved = r["impl"] == "ours_interleaved"
+        if not (r["family"] in EXTRA and r["impl"] == "ours") and not interleaved:
+            continue
+        shape = tuple(r["shape"])
+        if interleaved:
+            pairs = [("swiglu split layout (ours)", idx.get((r["family"], r["op"], "ours", shape)))]
+        else:
+            pairs = [
+                ("PyTorch compiled", idx.get((r["family"], r["op"], "ref_compiled", shape))),
+                ("PyTorch eager", idx.get((r["family"], r["op"], "ref_eager", shape))),
+            ]
+        name = f"{r['family']} (interleaved)" if interleaved else r["family"]
+        for label, other in pairs:
+            if other is None and label != pairs[0][0]:
+                continue
+            peak = "—"
+            if r.get("peak_mb") is not None and other is not None and other.get("peak_mb") is not None:
+                peak = f"{r['peak_mb']:.0f} / {other['peak_mb']:.0f}"
+            out.append(
+                f"| {name} | {shape[0]} x {shape[1]} | {r['op']} | {r['us']:.1f} | {r['pct_copy']:.0f}% | {label} "
+                f"| {_fmt_us(other)} | {_pct(other)} | {_speedup(r, other)} | {peak} |"
+            )
     return out
 
 
@@ -234,6 +273,16 @@ def main() -> int:
                 "eager (host overhead included, noisy on this VM); ours also in GPU time.",
                 "",
                 *plain_table(rows),
+                "",
+            ]
+        if any(r["family"] in EXTRA or r["impl"] == "ours_interleaved" for r in rows):
+            text += [
+                "## Activations beyond the seed API, and the interleaved layout",
+                "",
+                "Baseline for the new activations: the plain PyTorch composition (weighted in the storage dtype, "
+                "autograd backward), eager and `torch.compile`d; the reference has no such functions.",
+                "",
+                *extra_table(rows),
                 "",
             ]
         if any(r["family"] in ("permute", "unpermute") for r in rows):

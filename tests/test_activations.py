@@ -315,6 +315,56 @@ def test_interleaved_must_be_a_bool():
         weighted_swiglu_back(torch.randn(6, 8).to(DEVICE), y, w, interleaved=1)
 
 
+_VIEWS = {
+    # name -> (make a view of a fresh tensor of shape [T, 2H]); each is not contiguous
+    "row_slice": lambda x: torch.cat([x, x[:, :8]], 1)[:, : x.shape[1]],  # row stride 2H + 8
+    "column_step": lambda x: torch.stack([x, x], -1).flatten(-2)[:, ::2],  # stride 2 along the row
+    "transposed": lambda x: x.t().contiguous().t(),  # column-major
+    "expanded_rows": lambda x: x[:1].expand(x.shape),  # row stride 0 (one row seen T times)
+}
+
+
+@pytest.mark.parametrize("view", sorted(_VIEWS))
+@pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
+def test_non_contiguous_inputs_give_the_contiguous_results(backend, view, name):
+    """Slices, strides, transposed and expanded views (of input, weights, bias and grad) either work
+    or raise; here they all work and give bit-identical results to contiguous copies."""
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(31)
+    x = (torch.randn(21, 2 * 40, generator=gen) * 2).to(torch.bfloat16).to(DEVICE)
+    y = _VIEWS[view](x)
+    assert not y.is_contiguous() and torch.equal(y, y.contiguous())
+    w = torch.rand(21, 2, generator=gen).to(DEVICE)[:, :1]  # column of a wider tensor
+    b = torch.randn(160, generator=gen).to(torch.bfloat16).to(DEVICE)[::2]  # stride 2
+    g = torch.randn(40, 21, generator=gen).to(torch.bfloat16).to(DEVICE).t()  # transposed
+    params = _params(spec, gen)
+    fn = getattr(mod, f"weighted_bias_{name}")
+    results = []
+    for args in ((y, b, w, g), tuple(t.contiguous() for t in (y, b, w, g))):
+        yy, bb, ww, gg = (t.detach().clone() if t.is_contiguous() else t.detach() for t in args)
+        yy, bb, ww = (t.requires_grad_(True) for t in (yy, bb, ww))
+        out = fn(yy, bb, ww, *params)
+        results.append((out, *torch.autograd.grad(out, (yy, bb, ww), gg)))
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+    ref = SpecReference(spec).forward_backward(y, b, w, g, params)
+    assert_close_to_ref(results[0][0], ref[0], torch.bfloat16, f"{view} out")
+    assert_close_to_ref(results[0][1], ref[1], torch.bfloat16, f"{view} d_y")
+
+
+def test_transposed_3d_input(backend):
+    """[B, S, 2H] viewed as [S, B, 2H] (transpose(0, 1)) with [S, B, 1] weights."""
+    gen = make_generator(37)
+    base = torch.randn(3, 5, 2 * 24, generator=gen).to(DEVICE)
+    y = base.transpose(0, 1)
+    w = torch.rand(3, 5, 1, generator=gen).to(DEVICE).transpose(0, 1)
+    out = moe_utils.weighted_swiglu(y, w)
+    assert out.shape == (5, 3, 24)
+    ref = SpecReference(SPECS["swiglu"]).forward_backward(y.reshape(15, 48), None, w.reshape(15, 1))[0]
+    assert_close_to_ref(out.reshape(15, 24), ref, torch.float32, "transposed 3-D")
+
+
 def test_nan_and_inf_propagate(backend):
     from moe_utils import weighted_swiglu
 

@@ -128,3 +128,28 @@ def test_permute_unpermute_past_2_31_elements():
         sl = slice(start, start + 4)
         ref = x[sl].double() * p[sl].sum(1, keepdim=True).double()
         _rows_close(out[sl], ref, 3e-2)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_peak_memory_of_forward_backward_is_within_budget(fp8):
+    """Forward + backward allocates only its outputs: out [T, H], the fp8 copy when asked for,
+    d_x [T, 2H] and d_w [T]. No fp32 temporaries of the input's size, no saved intermediates."""
+    n_rows, h = 8192, 2048
+    x = torch.randn(n_rows, 2 * h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.rand(n_rows, 1, device="cuda", requires_grad=True)
+    g = torch.randn(n_rows, h, device="cuda", dtype=torch.bfloat16)
+    weighted_bias_swiglu_impl(x, w, fp8)  # warm up (compile) outside the measurement
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = weighted_bias_swiglu_impl(x, w, fp8)
+    after_forward = torch.cuda.memory_allocated() - base
+    grads = torch.autograd.grad(out, (x, w), g)
+    torch.cuda.synchronize()
+    assert grads[0].shape == x.shape and grads[1].shape == w.shape
+    peak = torch.cuda.max_memory_allocated() - base
+    out_bytes, d_x_bytes, fp8_bytes = n_rows * h * 2, n_rows * 2 * h * 2, n_rows * 2 * h
+    slack = 1 << 20  # d_w, allocator rounding
+    # What the forward keeps alive: the output, plus the fp8 copy instead of nothing extra.
+    assert after_forward <= out_bytes + (fp8_bytes if fp8 else 0) + slack, after_forward
+    assert peak <= out_bytes + (fp8_bytes if fp8 else 0) + d_x_bytes + slack, peak
