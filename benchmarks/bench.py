@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import platform
 import sys
@@ -225,10 +226,12 @@ def bench_extra_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs
     bwd_bytes = n_rows * (h * s + 2 * h * s + 4 + 2 * h * s + 4)
     fp8_bytes = n_rows * 2 * h
     impl = getattr(generated, f"weighted_bias_{name}_impl")
+    takes_bias = "bias" in inspect.signature(impl).parameters  # the seed's swiglu/geglu impls take none
 
     def ours(interleaved):
         def f(x, w, fp8):
-            return impl(x, None, w, fp8, interleaved=interleaved)
+            args = (x, None, w, fp8) if takes_bias else (x, w, fp8)
+            return impl(*args, interleaved=interleaved)
 
         return f
 
@@ -348,7 +351,14 @@ def load_liger():
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes per family")
-    parser.add_argument("--only", choices=["activations", "routing"], default=None)
+    parser.add_argument(
+        "--sections",
+        nargs="*",
+        choices=["activations", "extra", "routing"],
+        default=["activations", "extra", "routing"],
+        help="what to run, in this order (extra: activations beyond the seed API and the interleaved layout)",
+    )
+    parser.add_argument("--budget-s", type=float, default=None, help="start no new shape after this many seconds")
     parser.add_argument("--rows", type=int, nargs="*", default=None, help="activation row counts T to run")
     parser.add_argument("--routing", choices=["anchors", "grid"], default="grid", help="routing shapes")
     parser.add_argument("--tag", default="", help="suffix of the results file")
@@ -397,33 +407,52 @@ def main() -> int:
                 for hd in (2048, 7168)
                 if (t, e, k, hd) not in anchors and not (t == 65536 and k == 8 and hd == 7168)
             ]
-    if args.only != "routing":
+
+    def out_of_time() -> bool:
+        if args.budget_s is not None and time.time() - started > args.budget_s:
+            print(f"time budget of {args.budget_s:.0f} s spent; stopping (results so far are saved)")
+            return True
+        return False
+
+    def activations():
         liger = load_liger()
         refs = {
             "ref_compiled": baselines.activation_baselines(True),
             "ref_eager": baselines.activation_baselines(False),
         }
         for n_rows, h in act_shapes:
+            if out_of_time():
+                return
             for name in ("swiglu", "geglu", "quick_geglu"):
                 bench_activation(name, n_rows, h, copy_gbs, {k: v[name] for k, v in refs.items()}, liger)
                 torch.cuda.empty_cache()
             save()
+
+    def extra():
         # Activations beyond the seed API, and swiglu's interleaved layout (its reference: the split one).
         extra_refs = {
             "ref_compiled": baselines.autograd_baselines(True),
             "ref_eager": baselines.autograd_baselines(False),
         }
         for n_rows, h in extra_shapes:
+            if out_of_time():
+                return
             for name in ("reglu", "exact_geglu", "clamped_swiglu", "squared_reglu", "swiglu"):
                 refs_here = {k: v.get(name) for k, v in extra_refs.items()}
                 bench_extra_activation(name, n_rows, h, copy_gbs, refs_here)
                 torch.cuda.empty_cache()
             save()
-    if args.only != "activations":
+
+    def routing():
         for shape in route_shapes:
+            if out_of_time():
+                return
             bench_routing(*shape, copy_gbs, full=shape in anchors)
             torch.cuda.empty_cache()
             save()
+
+    for section in args.sections:
+        {"activations": activations, "extra": extra, "routing": routing}[section]()
     print(f"wrote {save()}")
     return 0
 
