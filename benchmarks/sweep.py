@@ -192,10 +192,30 @@ def sweep_routing(results, copy, shapes):
         yield
 
 
+def profile_permute(shapes) -> None:
+    """Per-kernel GPU time of one fused permute (torch.profiler), to see where the plan's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for n_tokens, n_experts, k, hidden in shapes:
+        m = routing_map(n_tokens, n_experts, k, g)
+        p = torch.rand(n_tokens, n_experts, device=DEVICE)
+        x = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
+        for _ in range(3):
+            moe_utils.permute(x, m, p, num_out_tokens=n_tokens * k, fused=True)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                moe_utils.permute(x, m, p, num_out_tokens=n_tokens * k, fused=True)
+            torch.cuda.synchronize()
+        print((n_tokens, n_experts, k, hidden))
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--only", choices=("act", "routing"), default=None)
+    ap.add_argument("--only", choices=("act", "routing", "profile"), default=None)
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
@@ -207,6 +227,9 @@ def main() -> None:
     print(card, f"copy {copy:.0f} GB/s", flush=True)
     groups = []
     routing = [(16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 8, 4096)]
+    if args.only == "profile":
+        profile_permute(routing)
+        return
     act = [([65536], [2880, 768, 1408, 2048, 7168]), ([16384], [768])]
     if DRY:
         routing, act = [(5, 4, 2, 96)], [([3], [48])]

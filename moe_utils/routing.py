@@ -173,25 +173,25 @@ def _map_kernel(
         t_ok = tokens < T
         ok = t_ok[:, None] & e_ok[None, :]
         m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
-        m = (m != 0).to(tl.int64)
+        m = (m != 0).to(tl.int32)  # counts within one step fit in int32; the bases are int64
         # Rank of the token among this expert's tokens: exclusive cumsum down the token axis.
-        rows = next_row[None, :] + tl.cumsum(m, axis=0) - m
+        rows = next_row[None, :] + (tl.cumsum(m, axis=0) - m).to(tl.int64)
         routed = (m != 0) & (rows < row_end[None, :])
         tl.store(src_token_ptr + rows, tl.broadcast_to(tokens[:, None], (BLOCK_T, BLOCK_E)), mask=routed)
         if HAS_PROBS:
             p_offs = tokens[:, None] * probs_stride_t + experts[None, :] * probs_stride_e
             p = tl.load(probs_ptr + p_offs, mask=routed, other=0.0)
             tl.store(perm_probs_ptr + rows, p, mask=routed)
-        next_row += tl.sum(m, axis=0)
+        next_row += tl.sum(m, axis=0).to(tl.int64)
         # Token-major list: each token's entries in ascending expert order.
         per_token = tl.sum(m, axis=1)
-        token_first = next_entry + tl.cumsum(per_token, axis=0) - per_token
+        token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
         tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-        entries = token_first[:, None] + tl.cumsum(m, axis=1) - m
+        entries = token_first[:, None] + (tl.cumsum(m, axis=1) - m).to(tl.int64)
         listed = (m != 0) & (entries < N)
         tl.store(entry_row_ptr + entries, tl.where(routed, rows, -1), mask=listed)
         tl.store(entry_expert_ptr + entries, tl.broadcast_to(experts[None, :], (BLOCK_T, BLOCK_E)), mask=listed)
-        next_entry += tl.sum(per_token, axis=0)
+        next_entry += tl.sum(per_token, axis=0).to(tl.int64)
 
 
 @dataclass(frozen=True)
