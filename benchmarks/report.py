@@ -187,6 +187,14 @@ def target_lines(rows: list[dict]) -> list[str]:
                     f"- {fam} {op} at issue 3's shapes: "
                     + ", ".join(f"{r['pct_copy']:.1f}% ({', '.join(map(str, r['shape']))})" for r in anchor)
                 )
+            grid = [r for r in rows if r["family"] == fam and r["op"] == op and r["impl"] == "ours"]
+            if len(grid) > len(anchor):
+                worst = low(grid)
+                below = sum(r["pct_copy"] < 85 for r in grid)
+                lines.append(
+                    f"- {fam} {op} over all {len(grid)} routing shapes: lowest {worst['pct_copy']:.1f}% "
+                    f"({', '.join(map(str, worst['shape']))}); {below} below 85%"
+                )
     return lines
 
 
@@ -246,7 +254,8 @@ def main() -> int:
     args = parser.parse_args()
     for card, runs in sorted(_load(args.results).items()):
         slug = card.replace(" ", "_")
-        rows = [r for _, rs in runs for r in rs]
+        # One row per (family, op, impl, shape): a later file (sorted by name) replaces an earlier one.
+        rows = list(_index([r for _, rs in runs for r in rs]).values())
         text = [f"# {card}", ""]
         for meta, _ in runs:
             text.append(
