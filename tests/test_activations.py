@@ -404,6 +404,39 @@ def test_bad_input_raises_clear_errors():
         weighted_bias_quick_geglu_impl(y, torch.randn(3).to(DEVICE), w)
 
 
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_bad_input_raises_for_every_activation(name):
+    """The same checks, through every registered spec's entry points (no kernel runs)."""
+    spec = SPECS[name]
+    mod = _module(name)
+    y = torch.randn(6, 16).to(DEVICE)
+    w = torch.rand(6, 1).to(DEVICE)
+    b = torch.randn(16).to(DEVICE)
+    impl = getattr(mod, f"weighted_bias_{name}_impl")
+
+    def call_impl(x, weights, **kw):
+        return impl(x, None, weights, **kw) if spec.impl_bias else impl(x, weights, **kw)
+
+    with pytest.raises(ValueError, match=r"last dimension of input must be even"):
+        call_impl(torch.randn(6, 15).to(DEVICE), w)
+    with pytest.raises(ValueError, match=r"weights has shape \(5, 1\)"):
+        call_impl(y, w[:5])
+    with pytest.raises(TypeError, match=r"input has dtype torch.int32"):
+        getattr(mod, name)(torch.ones(6, 16, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not broadcast"):
+        getattr(mod, f"weighted_bias_{name}")(y, torch.randn(3).to(DEVICE), w)
+    with pytest.raises(ValueError, match=r"g has shape \(6, 7\)"):
+        getattr(mod, f"weighted_{name}_back")(torch.randn(6, 7).to(DEVICE), y, w)
+    with pytest.raises(TypeError, match=r"interleaved must be a bool"):
+        getattr(mod, f"weighted_bias_{name}")(y, b, w, interleaved=None)
+    for param in spec.params:
+        with pytest.raises(TypeError, match=rf"{param.name} must be a float, got str"):
+            call_impl(y, w, **{param.name: "1.0"})
+    if spec.clamp:
+        with pytest.raises(ValueError, match=r"clamp_value must be a non-negative float"):
+            call_impl(y, w, clamp_value=-1.0)
+
+
 def test_inputs_are_not_modified():
     from moe_utils import weighted_bias_quick_geglu_impl
 
