@@ -1,0 +1,180 @@
+"""Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
+
+    python benchmarks/experiments.py --out DIR      # SWEEP_DRY=1 TRITON_INTERPRET=1: CPU check
+
+Hand-written variants of the weighted SwiGLU forward/backward (the math of generated/swiglu.py,
+written out here only to time launch-level ideas; nothing in the package uses them):
+
+- ``evict``: streaming loads (``eviction_policy="evict_first"``), as Inductor emits;
+- ``const_h``: the half width H as a ``tl.constexpr`` (one compile per width), as Liger does;
+- ``flat``: the forward over a flattened 1-D grid of T*H outputs (no masked lanes), Inductor's shape.
+
+Each variant is checked against the shipped op (same bits) before it is timed. Writes
+``experiments-<card>.json`` and prints one line per (shape, variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pathlib
+
+import torch
+import triton
+import triton.language as tl
+
+from moe_utils import _runtime as _rt
+
+DRY = os.environ.get("SWEEP_DRY") == "1"
+DEVICE = "cpu" if DRY else "cuda"
+gen = importlib.import_module("moe_utils.generated.swiglu")
+
+
+@triton.jit
+def _silu_mul(gate, up):
+    return gate * tl.sigmoid(gate) * up
+
+
+@triton.jit
+def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, BLOCK_R: tl.constexpr,
+            BLOCK_H: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
+    offs = rows[:, None] * stride + cols[None, :]
+    gate = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    up = tl.load(x_ptr + offs + H, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    w = tl.load(w_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
+    out = _silu_mul(gate, up) * w
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_2d_const(x_ptr, w_ptr, out_ptr, n_rows, H: tl.constexpr, stride, POLICY: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
+    offs = rows[:, None] * stride + cols[None, :]
+    gate = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    up = tl.load(x_ptr + offs + H, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    w = tl.load(w_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
+    out = _silu_mul(gate, up) * w
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_flat(x_ptr, w_ptr, out_ptr, n_out, H, stride, POLICY: tl.constexpr, BLOCK: tl.constexpr):
+    # One program per BLOCK consecutive outputs of the [T, H] result: (row, col) by division.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n_out
+    rows = offs // H
+    cols = offs - rows * H
+    src = rows * stride + cols
+    gate = tl.load(x_ptr + src, mask=ok, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    up = tl.load(x_ptr + src + H, mask=ok, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    w = tl.load(w_ptr + rows, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, (_silu_mul(gate, up) * w).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _bwd(g_ptr, x_ptr, w_ptr, dx_ptr, dw_ptr, n_rows, H: tl.constexpr, stride, POLICY: tl.constexpr,
+         BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    w = tl.load(w_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for start in range(0, H, BLOCK_H):
+        cols = start + tl.arange(0, BLOCK_H)
+        mask = row_ok[:, None] & (cols < H)[None, :]
+        offs = rows[:, None] * stride + cols[None, :]
+        gate = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+        up = tl.load(x_ptr + offs + H, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+        g = tl.load(g_ptr + rows[:, None] * H + cols[None, :], mask=mask, other=0.0, eviction_policy=POLICY)
+        g = g.to(tl.float32)
+        s = tl.sigmoid(gate)
+        f = gate * s
+        d_gate = g * w * up * s * (1.0 + gate * (1.0 - s))
+        d_up = g * w * f
+        d_offs = rows[:, None] * (2 * H) + cols[None, :]
+        tl.store(dx_ptr + d_offs, d_gate.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + d_offs + H, d_up.to(dx_ptr.dtype.element_ty), mask=mask)
+        acc += tl.sum(tl.where(mask, g * f * up, 0.0), axis=1)
+    tl.store(dw_ptr + rows, acc, mask=row_ok)
+
+
+def bench(fn) -> float:
+    fn()
+    if DRY:
+        return 1.0
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    card = "dry" if DRY else torch.cuda.get_device_name()
+    results = []
+    fwd_shapes = [(4, 24), (3, 40)] if DRY else [(16384, 768), (65536, 2048), (65536, 7168)]
+    bwd_shapes = [(5, 24)] if DRY else [(65536, 2048), (65536, 7168)]
+    for n_rows, h in fwd_shapes:
+        x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
+        w = torch.rand(n_rows, device=DEVICE)
+        want, _ = gen._launch_forward(x, None, w, False, None, False)
+        cfg = _rt.forward_config(n_rows, h)
+        grid = (triton.cdiv(n_rows, cfg.block_r), triton.cdiv(h, cfg.block_h))
+        out = torch.empty_like(want)
+        variants = {"shipped": lambda: gen._launch_forward(x, None, w, False, None, False)}
+        for evict in (False, True):
+            variants[f"2d evict={evict}"] = lambda e=evict: _fwd_2d[grid](
+                x, w, out, n_rows, h, x.stride(0), POLICY="evict_first" if e else "",
+                BLOCK_R=cfg.block_r, BLOCK_H=cfg.block_h, num_warps=cfg.num_warps,
+            )  # fmt: skip
+            variants[f"const_h evict={evict}"] = lambda e=evict: _fwd_2d_const[grid](
+                x, w, out, n_rows, h, x.stride(0), POLICY="evict_first" if e else "",
+                BLOCK_R=cfg.block_r, BLOCK_H=cfg.block_h, num_warps=cfg.num_warps,
+            )  # fmt: skip
+            for block, warps in ((1024, 4), (2048, 8), (4096, 8)):
+                variants[f"flat {block}/{warps} evict={evict}"] = lambda e=evict, b=block, nw=warps: _fwd_flat[
+                    (triton.cdiv(n_rows * h, b),)
+                ](x, w, out, n_rows * h, h, x.stride(0), POLICY="evict_first" if e else "", BLOCK=b, num_warps=nw)
+        for name, fn in variants.items():
+            out.fill_(float("nan"))
+            fn()
+            if name != "shipped":  # the same math, maybe in another order of fp32 operations
+                torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+            us = bench(fn)
+            results.append(dict(kind="fwd", shape=[n_rows, h], variant=name, us=us))
+            print(f"fwd {n_rows}x{h} {name:28s} {us:8.1f} us", flush=True)
+    for n_rows, h in bwd_shapes:
+        x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
+        w = torch.rand(n_rows, device=DEVICE)
+        g = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16)
+        want_dx, want_dw = gen._launch_backward(g, x, None, w, None, False, x.dtype)
+        cfg = _rt.backward_config(n_rows, h)
+        dx, dw = torch.empty_like(want_dx), torch.empty_like(want_dw)
+        variants = {"shipped": lambda: gen._launch_backward(g, x, None, w, None, False, x.dtype)}
+        for evict in (False, True):
+            variants[f"const_h evict={evict}"] = lambda e=evict: _bwd[(triton.cdiv(n_rows, cfg.block_r),)](
+                g, x, w, dx, dw, n_rows, h, x.stride(0), POLICY="evict_first" if e else "",
+                BLOCK_R=cfg.block_r, BLOCK_H=cfg.block_h, num_warps=cfg.num_warps,
+            )  # fmt: skip
+        for name, fn in variants.items():
+            fn()
+            if name != "shipped":  # the same math in another order of operations: close, not equal
+                torch.testing.assert_close(dx.float(), want_dx.float(), rtol=2e-2, atol=2e-2)
+                torch.testing.assert_close(dw, want_dw, rtol=1e-3, atol=1e-3)
+            us = bench(fn)
+            results.append(dict(kind="bwd", shape=[n_rows, h], variant=name, us=us))
+            print(f"bwd {n_rows}x{h} {name:28s} {us:8.1f} us", flush=True)
+    out_dir = pathlib.Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"experiments-{card.replace(' ', '_')}.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
