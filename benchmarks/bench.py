@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines
+from moe_utils.codegen.specs import REGISTRY
 
 import moe_utils
 from moe_utils import generated
@@ -36,6 +37,7 @@ from moe_utils.unpermutation import _launch_unpermute_backward
 
 L2_ROTATE_BYTES = 256 << 20  # rotate inputs until one pass touches at least this much memory
 RESULTS: list[dict] = []
+SPECS = {spec.name: spec for spec in REGISTRY}
 
 
 def timed(fn: Callable[[int], object], rotate: int = 1, capture: bool = True) -> tuple[float, float | None]:
@@ -126,29 +128,58 @@ OURS = {
 }
 
 
+@dataclass
+class ActivationInputs:
+    """Rotating bf16 inputs of one activation shape [T, 2H] with fp32 weights, and the byte models
+    (each input read once, each output written once)."""
+
+    n_rows: int
+    h: int
+    rotate: int  # input sets, so that one pass touches at least L2_ROTATE_BYTES
+    xs: list[torch.Tensor]  # [T, 2H]
+    ws: list[torch.Tensor]  # [T, 1]
+    gs: list[torch.Tensor]  # [T, H] incoming gradients
+    fwd_bytes: int  # x, w read; out written
+    bwd_bytes: int  # g, x, w read; dx, dw written
+    fp8_bytes: int  # the fp8 copy of x
+
+    def fwd_bwd(self, f: Callable, fp8: bool = False) -> Callable[[int], None]:
+        """Forward f(x, w, fp8) and autograd backward on input set i."""
+
+        def run(i):
+            x = self.xs[i].requires_grad_(True)
+            w = self.ws[i].requires_grad_(True)
+            torch.autograd.grad(f(x, w, fp8), (x, w), self.gs[i])
+
+        return run
+
+
+def activation_inputs(n_rows: int, h: int) -> ActivationInputs:
+    dtype, s = torch.bfloat16, 2
+    rotate = max(1, min(8, L2_ROTATE_BYTES // (n_rows * 2 * h * s * 3)))  # x, g, dx per set
+    return ActivationInputs(
+        n_rows=n_rows,
+        h=h,
+        rotate=rotate,
+        xs=[torch.randn(n_rows, 2 * h, device="cuda", dtype=dtype) for _ in range(rotate)],
+        ws=[torch.rand(n_rows, 1, device="cuda") for _ in range(rotate)],
+        gs=[torch.randn(n_rows, h, device="cuda", dtype=dtype) for _ in range(rotate)],
+        fwd_bytes=n_rows * (2 * h * s + 4 + h * s),
+        bwd_bytes=n_rows * (h * s + 2 * h * s + 4 + 2 * h * s + 4),
+        fp8_bytes=n_rows * 2 * h,
+    )
+
+
 def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict, liger) -> None:
     dtype, s = torch.bfloat16, 2
     shape = (n_rows, h)
-    one = n_rows * 2 * h * s * 3  # bytes of one input set (x, g, dx) to size the rotation
-    rotate = max(1, min(8, L2_ROTATE_BYTES // one))
-    xs = [torch.randn(n_rows, 2 * h, device="cuda", dtype=dtype) for _ in range(rotate)]
-    ws = [torch.rand(n_rows, 1, device="cuda") for _ in range(rotate)]
-    gs = [torch.randn(n_rows, h, device="cuda", dtype=dtype) for _ in range(rotate)]
-    fwd_bytes = n_rows * (2 * h * s + 4 + h * s)
-    fp8_bytes = n_rows * 2 * h
-    bwd_bytes = n_rows * (h * s + 2 * h * s + 4 + 2 * h * s + 4)
+    inputs = activation_inputs(n_rows, h)
+    rotate, xs, ws, gs = inputs.rotate, inputs.xs, inputs.ws, inputs.gs
+    fwd_bytes, bwd_bytes, fp8_bytes = inputs.fwd_bytes, inputs.bwd_bytes, inputs.fp8_bytes
     bwd8_bytes = bwd_bytes - n_rows * 2 * h * s + fp8_bytes
     ours_fwd, params, clamp = OURS[name]
     impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
-
-    def fwd_bwd(f, fp8):
-        def run(i):
-            x = xs[i].requires_grad_(True)
-            w = ws[i].requires_grad_(True)
-            out = f(x, w, fp8)
-            torch.autograd.grad(out, (x, w), gs[i])
-
-        return run
+    fwd_bwd = inputs.fwd_bwd
 
     variants = [
         (
@@ -216,17 +247,13 @@ def bench_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict
 def bench_extra_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs: dict) -> None:
     """An activation beyond the seed API (and the interleaved layout): ours in every form, the plain
     PyTorch composition (eager and compiled, autograd backward) beside it."""
-    dtype, s = torch.bfloat16, 2
+    s = 2
     shape = (n_rows, h)
-    rotate = max(1, min(8, L2_ROTATE_BYTES // (n_rows * 2 * h * s * 3)))
-    xs = [torch.randn(n_rows, 2 * h, device="cuda", dtype=dtype) for _ in range(rotate)]
-    ws = [torch.rand(n_rows, 1, device="cuda") for _ in range(rotate)]
-    gs = [torch.randn(n_rows, h, device="cuda", dtype=dtype) for _ in range(rotate)]
-    fwd_bytes = n_rows * (2 * h * s + 4 + h * s)
-    bwd_bytes = n_rows * (h * s + 2 * h * s + 4 + 2 * h * s + 4)
-    fp8_bytes = n_rows * 2 * h
+    inputs = activation_inputs(n_rows, h)
+    rotate, xs, ws = inputs.rotate, inputs.xs, inputs.ws
+    fwd_bytes, bwd_bytes, fp8_bytes = inputs.fwd_bytes, inputs.bwd_bytes, inputs.fp8_bytes
     impl = getattr(generated, f"weighted_bias_{name}_impl")
-    takes_bias = "bias" in inspect.signature(impl).parameters  # the seed's swiglu/geglu impls take none
+    takes_bias = SPECS[name].impl_bias  # the seed's swiglu/geglu impls take no bias
 
     def ours(interleaved):
         def f(x, w, fp8):
@@ -235,13 +262,7 @@ def bench_extra_activation(name: str, n_rows: int, h: int, copy_gbs: float, refs
 
         return f
 
-    def fwd_bwd(f, fp8=False):
-        def run(i):
-            x = xs[i].requires_grad_(True)
-            w = ws[i].requires_grad_(True)
-            torch.autograd.grad(f(x, w, fp8), (x, w), gs[i])
-
-        return run
+    fwd_bwd = inputs.fwd_bwd
 
     label_ours = "ours" if name != "swiglu" else "ours_interleaved"
     f_ours = ours(name == "swiglu")

@@ -16,20 +16,18 @@ Each variant is checked against the shipped op (same bits) before it is timed. W
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import pathlib
+import sys
 
 import torch
 import triton
 import triton.language as tl
 
-from moe_utils import _runtime as _rt
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from sweep import DEVICE, DRY, bench, gen  # one timing method and one dry-run switch for both scripts
 
-DRY = os.environ.get("SWEEP_DRY") == "1"
-DEVICE = "cpu" if DRY else "cuda"
-gen = importlib.import_module("moe_utils.generated.swiglu")
+from moe_utils import _runtime as _rt
 
 
 @triton.jit
@@ -103,14 +101,6 @@ def _bwd(g_ptr, x_ptr, w_ptr, dx_ptr, dw_ptr, n_rows, H: tl.constexpr, stride, P
         tl.store(dx_ptr + d_offs + H, d_up.to(dx_ptr.dtype.element_ty), mask=mask)
         acc += tl.sum(tl.where(mask, g * f * up, 0.0), axis=1)
     tl.store(dw_ptr + rows, acc, mask=row_ok)
-
-
-def bench(fn) -> float:
-    fn()
-    if DRY:
-        return 1.0
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") * 1e3
 
 
 def main() -> None:
