@@ -423,9 +423,9 @@ def main() -> int:
             route_shapes += [
                 (t, e, k, hd)
                 for t in (4096, 16384, 65536)
-                for e in (8, 64, 256)
+                for e in (8, 64, 128, 256)
                 for k in (2, 8)
-                for hd in (2048, 7168)
+                for hd in (2048, 4096, 7168)
                 if (t, e, k, hd) not in anchors and not (t == 65536 and k == 8 and hd == 7168)
             ]
 

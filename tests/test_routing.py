@@ -262,3 +262,52 @@ def test_many_experts(n_experts):
     a, ap, _ = permute(x, m, p, fused=False)
     b, bp, _ = permute(x, m, p, fused=True)
     assert torch.equal(a, b) and torch.equal(ap, bp)
+
+
+def test_route_counts_over_many_blocks_and_scan_steps():
+    # Long enough for 64-token blocks, several blocks per count program and two scan steps.
+    from moe_utils.routing import block_tokens, count_routes
+
+    gen = make_generator(17)
+    n_tokens, n_experts = 70001, 3
+    m = topk_map(n_tokens, n_experts, 1, gen)
+    m[::7, 2] = True  # a second expert for some tokens
+    counts = count_routes(m, block_tokens(n_tokens, n_experts))
+    assert counts.block_t == 64 and counts.n_blk > 1024
+    per_block = torch.zeros(counts.n_blk * counts.block_t, n_experts, dtype=torch.int64)
+    per_block[:n_tokens] = m.cpu().long()
+    per_block = per_block.view(counts.n_blk, counts.block_t, n_experts).sum(1)
+    per_block = torch.cat([per_block, per_block.sum(1, keepdim=True)], 1)
+    expected = per_block.cumsum(0) - per_block
+    assert torch.equal(counts.table.cpu(), expected)
+    assert torch.equal(counts.totals.cpu(), per_block.sum(0))
+    x = torch.randn(n_tokens, 4, generator=gen).to(DEVICE)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    a, ap, ai = permute(x, m, p, fused=False)
+    b, bp, plan = permute(x, m, p, fused=True)  # (num_out_tokens adds a padding program per 16 rows)
+    assert torch.equal(a, b) and torch.equal(ap, bp) and torch.equal(ai, plan[: ai.numel()])
+
+
+def test_drop_and_pad_pads_short_experts():
+    # Fewer than capacity tokens for some experts: the rest of their rows are zero padding.
+    gen = make_generator(19)
+    n_tokens, n_experts, capacity, hidden = 30, 5, 7, 40
+    m = capacity_map(n_tokens, n_experts, capacity, gen)
+    short = {1: 3, 4: 0}  # expert -> tokens it keeps
+    for e, keep in short.items():
+        rows = m[:, e].nonzero().flatten()
+        m[rows[keep:], e] = False
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    n_out = capacity * n_experts
+    b, bp, plan = permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True)
+    for e in range(n_experts):
+        kept = short.get(e, capacity)
+        tokens = m[:, e].nonzero().flatten()
+        rows = slice(e * capacity, e * capacity + kept)
+        pad = slice(e * capacity + kept, (e + 1) * capacity)
+        assert torch.equal(plan[rows], tokens) and torch.equal(b[rows], x[tokens])
+        assert torch.equal(bp[rows], p[tokens, e])
+        assert torch.all(plan[pad] == -1) and torch.all(b[pad] == 0) and torch.all(bp[pad] == 0)
+    back = unpermute(b, plan, x.shape, p, m, fused=True, drop_and_pad=True)
+    torch.testing.assert_close(back, x * (p * m).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
