@@ -111,6 +111,7 @@ def _clamped_swiglu_fwd(
     STORE_FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
+    X_POLICY: tl.constexpr,  # eviction policy of the loads of x ("evict_first" streams small inputs)
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_H: tl.constexpr,  # columns of each half per program
 ):
@@ -121,7 +122,7 @@ def _clamped_swiglu_fwd(
     cols = col0 + tl.arange(0, BLOCK_H)
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (cols < H)[None, :]
-    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, X_POLICY, BLOCK_R, BLOCK_H)
     gate_in = gate_in.to(tl.float32)
     up_in = up_in.to(tl.float32)
     if STORE_FP8:
@@ -165,8 +166,9 @@ def _clamped_swiglu_bwd(
     BLOCK_H: tl.constexpr,  # columns of each half per loop step
 ):
     # d_x = [grad_out * weight * df/dgate, grad_out * weight * df/dup] and
-    # d_weight[r] = sum_c grad_out[r, c] * f[r, c]. Each program owns whole rows, so the row sum
-    # stays in fp32 registers: deterministic, no atomics.
+    # d_weight[r] = sum_c grad_out[r, c] * f[r, c]. With weights the grid has one column of
+    # programs: each owns whole rows, so the row sum stays in fp32 registers (deterministic, no
+    # atomics). Without weights the columns may be split over the grid's second axis as well.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     if HAS_WEIGHT:
@@ -174,10 +176,10 @@ def _clamped_swiglu_bwd(
     else:
         weight = 1.0
     d_weight_acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for start in range(0, H, BLOCK_H):
+    for start in range(tl.program_id(1) * BLOCK_H, H, tl.num_programs(1) * BLOCK_H):
         cols = start + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
-        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
         if LOAD_FP8:
             gate_in = fp8_decode(gate_in, NATIVE_FP8)
             up_in = fp8_decode(up_in, NATIVE_FP8)
@@ -251,6 +253,7 @@ def _launch_forward(
             STORE_FP8=fp8_store,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
+            X_POLICY="evict_first" if cfg.evict_first else "",
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
@@ -290,8 +293,9 @@ def _launch_backward(
         return d_x, d_w.zero_()
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
     if _rt.use_triton(d_x):
-        cfg = _rt.backward_config(n_rows, h)
-        _clamped_swiglu_bwd[(triton.cdiv(n_rows, cfg.block_r),)](
+        cfg = _rt.backward_config(n_rows, h, weight is not None)
+        column_programs = triton.cdiv(h, cfg.block_h) if cfg.split_columns else 1
+        _clamped_swiglu_bwd[(triton.cdiv(n_rows, cfg.block_r), column_programs)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,
             x_saved if bias is None else bias,

@@ -97,11 +97,12 @@ def test_bias_forms_match_float64(backend, name, dtype, shape):
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_unweighted_and_back_helpers(backend, name, dtype):
+@pytest.mark.parametrize("h", [48, 1100])  # 1100: two column steps (split over the grid without weights)
+def test_unweighted_and_back_helpers(backend, name, dtype, h):
     spec = SPECS[name]
     mod = _module(name)
     gen = make_generator(11)
-    y, w, g = _inputs(19, 48, dtype, gen)
+    y, w, g = _inputs(19, h, dtype, gen)
     params = _params(spec, gen)
     ref_out, ref_dy, _, _ = SpecReference(spec).forward_backward(y, None, None, g, params)
     assert_close_to_ref(getattr(mod, name)(y, *params), ref_out, dtype, "plain")
