@@ -121,8 +121,8 @@ def sweep_activations(results, copy, rows_list, widths):
 
 
 def sweep_unweighted_backward(results, copy, shapes):
-    """Backward without weights: whole rows per program (a loop over column steps) against the
-    column steps spread over the grid's second axis."""
+    """Backward without weights (Liger's case): every step width and tile. Session 3, run 1 also
+    spread the column steps over the grid's second axis: no difference, so that is gone."""
     for n_rows, h in shapes:
         x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
         g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
@@ -133,23 +133,21 @@ def sweep_unweighted_backward(results, copy, shapes):
                 br = tile // bh
                 if bh > max(128, triton.next_power_of_2(h)) or bh < min(256, h) or not 1 <= br <= 64:
                     continue
-                for split in (False, True):
-                    grid = (triton.cdiv(n_rows, br), triton.cdiv(h, bh) if split else 1)
 
-                    def run(br=br, bh=bh, nw=nw, grid=grid):
-                        gen._swiglu_bwd[grid](
-                            g, x, x, x, dx, dx, n_rows, h, g.stride(0), x.stride(0), 0, 0.0,
-                            HAS_BIAS=False, HAS_WEIGHT=False, CLAMP=False, LOAD_FP8=False,
-                            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
-                        )  # fmt: skip
+                def run(br=br, bh=bh, nw=nw):
+                    gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
+                        g, x, x, x, dx, dx, n_rows, h, g.stride(0), x.stride(0), 0, 0.0,
+                        HAS_BIAS=False, HAS_WEIGHT=False, CLAMP=False, LOAD_FP8=False,
+                        NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+                    )  # fmt: skip
 
-                    us = bench(run)
-                    results.setdefault("bwd_unweighted", []).append(
-                        dict(shape=[n_rows, h], config=[br, bh, nw, split], us=us, pct=100 * nbytes / us / 1e3 / copy)
-                    )
-        shipped = _rt.backward_config(n_rows, h, False)
+                us = bench(run)
+                results.setdefault("bwd_unweighted", []).append(
+                    dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                )
+        shipped = _rt.backward_config(n_rows, h)
         rows = [r for r in results["bwd_unweighted"] if r["shape"] == [n_rows, h]]
-        mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps, True]]
+        mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps]]
         top = sorted(rows, key=lambda r: r["us"])[:4]
         print(n_rows, h, "bwd unweighted (shipped, then best)", [(r["config"], round(r["us"], 1)) for r in mine + top])
         yield

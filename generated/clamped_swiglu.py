@@ -166,9 +166,8 @@ def _clamped_swiglu_bwd(
     BLOCK_H: tl.constexpr,  # columns of each half per loop step
 ):
     # d_x = [grad_out * weight * df/dgate, grad_out * weight * df/dup] and
-    # d_weight[r] = sum_c grad_out[r, c] * f[r, c]. With weights the grid has one column of
-    # programs: each owns whole rows, so the row sum stays in fp32 registers (deterministic, no
-    # atomics). Without weights the columns may be split over the grid's second axis as well.
+    # d_weight[r] = sum_c grad_out[r, c] * f[r, c]. Each program owns whole rows, so the row sum
+    # stays in fp32 registers: deterministic, no atomics.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     if HAS_WEIGHT:
@@ -176,7 +175,7 @@ def _clamped_swiglu_bwd(
     else:
         weight = 1.0
     d_weight_acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for start in range(tl.program_id(1) * BLOCK_H, H, tl.num_programs(1) * BLOCK_H):
+    for start in range(0, H, BLOCK_H):
         cols = start + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
         gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
@@ -293,9 +292,8 @@ def _launch_backward(
         return d_x, d_w.zero_()
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
     if _rt.use_triton(d_x):
-        cfg = _rt.backward_config(n_rows, h, weight is not None)
-        column_programs = triton.cdiv(h, cfg.block_h) if cfg.split_columns else 1
-        _clamped_swiglu_bwd[(triton.cdiv(n_rows, cfg.block_r), column_programs)](
+        cfg = _rt.backward_config(n_rows, h)
+        _clamped_swiglu_bwd[(triton.cdiv(n_rows, cfg.block_r),)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,
             x_saved if bias is None else bias,

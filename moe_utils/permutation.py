@@ -99,8 +99,8 @@ def _permute_rows_kernel(
             zeros = tl.zeros([PAD_ROWS, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
             for start in range(split * BLOCK_H, hidden, n_split * BLOCK_H):
                 cols = start + tl.arange(0, BLOCK_H)
-                ok = pad[:, None] & (cols < hidden)[None, :]
-                tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=ok)
+                pad_ok = pad[:, None] & (cols < hidden)[None, :]
+                tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=pad_ok)
     else:
         blk = pid.to(tl.int64)
         if DROP_AND_PAD:
@@ -122,8 +122,8 @@ def _permute_rows_kernel(
         entry_base = tl.load(table_ptr + blk * (E + 1) + E)
         tokens = blk * BLOCK_T + tl.arange(0, BLOCK_T)
         t_ok = tokens < T
-        ok = t_ok[:, None] & e_ok[None, :]
-        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        m_ok = t_ok[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=m_ok, other=0)
         m = (m != 0).to(tl.int32)  # counts within a block fit in int32; the bases are int64
         # Rank of the token among this expert's tokens: exclusive cumsum down the token axis.
         rows = base[None, :] + (tl.cumsum(m, axis=0) - m).to(tl.int64)
@@ -155,8 +155,8 @@ def _permute_rows_kernel(
             for j in range(0, n_slots):
                 entry = token_first + j
                 dst_row = tl.load(entry_row_ptr + entry, mask=t_ok & (entry < last), other=-1)
-                ok = (dst_row >= 0)[:, None] & col_ok[None, :]
-                tl.store(dst_ptr + dst_row[:, None] * hidden + cols[None, :], x, mask=ok)
+                row_ok = (dst_row >= 0)[:, None] & col_ok[None, :]
+                tl.store(dst_ptr + dst_row[:, None] * hidden + cols[None, :], x, mask=row_ok)
 
 
 @triton.jit

@@ -97,7 +97,7 @@ def test_bias_forms_match_float64(backend, name, dtype, shape):
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("h", [48, 1100])  # 1100: two column steps (split over the grid without weights)
+@pytest.mark.parametrize("h", [48, 4100])  # 4100: two column blocks forward, two steps backward
 def test_unweighted_and_back_helpers(backend, name, dtype, h):
     spec = SPECS[name]
     mod = _module(name)
