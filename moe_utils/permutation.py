@@ -82,25 +82,25 @@ def _permute_rows_kernel(
     if PADDED and pid >= n_blk:
         # Padding rows are the rows no routed pair reaches: past the total, or with drop_and_pad
         # the tail of each expert's capacity. Most programs find none and stop here.
-        rows = (pid - n_blk).to(tl.int64) * PAD_ROWS + tl.arange(0, PAD_ROWS)
-        in_range = rows < N
+        pad_rows = (pid - n_blk).to(tl.int64) * PAD_ROWS + tl.arange(0, PAD_ROWS)
+        in_range = pad_rows < N
         if DROP_AND_PAD:
-            expert = rows // capacity
-            filled = tl.load(totals_ptr + expert, mask=in_range, other=0)
-            pad = in_range & (rows - expert * capacity >= filled)
+            pad_expert = pad_rows // capacity
+            filled = tl.load(totals_ptr + pad_expert, mask=in_range, other=0)
+            pad = in_range & (pad_rows - pad_expert * capacity >= filled)
         else:
-            pad = in_range & (rows >= total)
+            pad = in_range & (pad_rows >= total)
         if tl.max(pad.to(tl.int32), axis=0) > 0:
             if split == 0:
-                tl.store(src_token_ptr + rows, tl.full([PAD_ROWS], -1, tl.int64), mask=pad)
+                tl.store(src_token_ptr + pad_rows, tl.full([PAD_ROWS], -1, tl.int64), mask=pad)
                 if HAS_PROBS:
                     zero_p = tl.zeros([PAD_ROWS], dtype=perm_probs_ptr.dtype.element_ty)
-                    tl.store(perm_probs_ptr + rows, zero_p, mask=pad)
+                    tl.store(perm_probs_ptr + pad_rows, zero_p, mask=pad)
             zeros = tl.zeros([PAD_ROWS, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
-            for start in range(split * BLOCK_H, hidden, n_split * BLOCK_H):
-                cols = start + tl.arange(0, BLOCK_H)
-                pad_ok = pad[:, None] & (cols < hidden)[None, :]
-                tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=pad_ok)
+            for pad_start in range(split * BLOCK_H, hidden, n_split * BLOCK_H):
+                pad_cols = pad_start + tl.arange(0, BLOCK_H)
+                pad_ok = pad[:, None] & (pad_cols < hidden)[None, :]
+                tl.store(dst_ptr + pad_rows[:, None] * hidden + pad_cols[None, :], zeros, mask=pad_ok)
     else:
         blk = pid.to(tl.int64)
         if DROP_AND_PAD:
