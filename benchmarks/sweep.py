@@ -1,13 +1,13 @@
 """Launch-shape sweep: the data behind the block-size tables in ``moe_utils/_runtime.py`` and the
 routing kernels. Not part of the user-facing benchmark (``bench.py``); run it when tuning.
 
-    python benchmarks/sweep.py --out DIR [--only act|routing|unpermute|unweighted|profile]
+    python benchmarks/sweep.py --out DIR [--only act|routing|unweighted|profile]
 
 Times every candidate launch shape of the activation forward (with and without the fp8 store),
-the backward (bf16 and fp8 saved input), the fused permute (with its pieces: count + scan, a
-write-only fill, a plain copy), the unpermute backward's scatter and scatter-dot, all as CUDA-graph
-replays (``triton.testing.do_bench_cudagraph``, median). Writes ``sweep.json``
-after every group: {kind: [{shape, config, us, pct_copy}]}.
+the backward (bf16 and fp8 saved input; without weights, every step width), the permute scatter
+and the unpermute backward's scatter-dot, plus each piece of the fused permute (plan, scatter,
+padding) and a write-only fill, all as CUDA-graph replays (``triton.testing.do_bench_cudagraph``,
+median). Writes ``sweep.json`` after every group: {kind: [{shape, config, us, pct_copy}]}.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import json
 import os
 import pathlib
 import time
-from dataclasses import astuple
 
 import torch
 import triton
 
 import moe_utils
 from moe_utils import _runtime as _rt
-from moe_utils.permutation import PermuteConfig, _launch_permute, _scatter_rows_kernel, permute_config
-from moe_utils.routing import count_routes, plan_view
+from moe_utils.permutation import _scatter_rows_kernel, scatter_rows, zero_padding_rows
+from moe_utils.routing import build_plan, plan_view
 from moe_utils.unpermutation import _scatter_dot_kernel
 
 DTYPE = torch.bfloat16
@@ -96,7 +95,7 @@ def sweep_activations(results, copy, rows_list, widths):
                 src = fp8 if load_fp8 else x
                 nbytes = e * 2 * (1 if load_fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
                 for br, bh, nw in act_configs(h):
-                    if br * bh > 8192 or bh > 1024:
+                    if br * bh > 8192:
                         continue
 
                     def run(br=br, bh=bh, nw=nw, src=src, load_fp8=load_fp8):
@@ -159,27 +158,7 @@ def routing_map(n_tokens, n_experts, k, gen_):
     return torch.zeros(n_tokens, n_experts, dtype=torch.bool, device=DEVICE).scatter_(1, idx, True)
 
 
-def permute_configs(n_tokens, n_experts, hidden):
-    """Launch shapes of the fused permute kernel: the shipped one first."""
-    shipped = permute_config(n_tokens, n_experts, hidden)
-    yield shipped
-    for block_t in (16, 32, 64):
-        if block_t * triton.next_power_of_2(n_experts) > 16384:
-            continue
-        for block_h in (128, 256, 512, 1024):
-            if block_t * block_h not in (4096, 8192) or block_h > max(128, triton.next_power_of_2(hidden)):
-                continue
-            n_blk = triton.cdiv(n_tokens, block_t)
-            n_chunks = triton.cdiv(hidden, block_h)
-            for n_split in sorted({1, max(1, min(n_chunks, triton.cdiv(1024, n_blk)))}):
-                for nw in (4, 8):
-                    cfg = PermuteConfig(block_t=block_t, block_h=block_h, n_split=n_split, num_warps=nw)
-                    if cfg != shipped:
-                        yield cfg
-
-
 def sweep_routing(results, copy, shapes):
-    """The fused permute at every launch shape, and its pieces."""
     g = torch.Generator(device=DEVICE).manual_seed(0)
     for n_tokens, n_experts, k, hidden in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
@@ -187,51 +166,22 @@ def sweep_routing(results, copy, shapes):
         x = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
         n_rows = n_tokens * k
         shape = [n_tokens, n_experts, k, hidden]
+        plan, _, _ = build_plan("sweep", m, p, n_rows, False)
+        view = plan_view("sweep", plan, n_tokens, n_rows)
         out = torch.empty(n_rows, hidden, dtype=DTYPE, device=DEVICE)
         move = (n_tokens + n_rows) * hidden * 2
-        block_t = permute_config(n_tokens, n_experts, hidden).block_t
         pieces = {
-            "count_scan": (lambda: count_routes(m, block_t), 0),
+            "permute": (lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True), move),
+            "plan": (lambda: build_plan("sweep", m, p, n_rows, False), 0),
+            "scatter": (lambda: scatter_rows(x, out, view), move),
+            "zero_padding": (lambda: zero_padding_rows(out, view), 0),
             "fill_out": (lambda: out.fill_(1.0), n_rows * hidden * 2),
-            "copy_rows": (lambda: out[:n_tokens].copy_(x), 2 * n_tokens * hidden * 2),
+            "zeros_probs": (lambda: torch.zeros(n_rows, device=DEVICE), 0),
         }
         for name, (fn, nbytes) in pieces.items():
             us = bench(fn)
             pct = 100 * nbytes / us / 1e3 / copy if nbytes else None
             results.setdefault("permute_pieces", []).append(dict(shape=shape, config=name, us=us, pct=pct))
-        want = moe_utils.permute(x, m, p, fused=False)
-        for cfg in permute_configs(n_tokens, n_experts, hidden):
-
-            def run(cfg=cfg):
-                return _launch_permute(x, m, p, n_rows, False, cfg)
-
-            got = run()
-            ok = torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-            assert ok and torch.equal(got[2][:n_rows], want[2]), f"permute {shape} {cfg}: wrong result"
-            us = bench(run)
-            results.setdefault("permute", []).append(
-                dict(shape=shape, config=list(astuple(cfg)), us=us, pct=100 * move / us / 1e3 / copy)
-            )
-        rows = [r for r in results["permute"] if r["shape"] == shape]
-        top = [rows[0], *sorted(rows, key=lambda r: r["us"])[:4]]
-        pieces_here = [(r["config"], round(r["us"], 1)) for r in results["permute_pieces"] if r["shape"] == shape]
-        print(shape, "pieces", pieces_here)
-        print(shape, "permute (shipped, then best)", [(r["config"], round(r["us"], 1), round(r["pct"])) for r in top])
-        yield
-
-
-def sweep_unpermute_backward(results, copy, shapes):
-    """Scatter (unpermute backward without probs) and scatter-dot (with the probs gradient)."""
-    g = torch.Generator(device=DEVICE).manual_seed(0)
-    for n_tokens, n_experts, k, hidden in shapes:
-        m = routing_map(n_tokens, n_experts, k, g)
-        p = torch.rand(n_tokens, n_experts, device=DEVICE)
-        x = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
-        n_rows = n_tokens * k
-        shape = [n_tokens, n_experts, k, hidden]
-        out, _, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
-        view = plan_view("sweep", plan, n_tokens, n_rows)
-        move = (n_tokens + n_rows) * hidden * 2
         for bk in (1, 2, 4, 8):
             for bh in (128, 256, 512, 1024, 2048):
                 for nw in (2, 4, 8):
@@ -239,9 +189,9 @@ def sweep_unpermute_backward(results, copy, shapes):
                         continue
 
                     def run(bk=bk, bh=bh, nw=nw):
-                        _scatter_rows_kernel[(n_tokens + triton.cdiv(n_rows, 16), triton.cdiv(hidden, bh))](
+                        _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, bh))](
                             x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry_row, view.entry_expert,
-                            view.src_token, n_tokens, n_rows, hidden, SCALE=False, PAD=True, PAD_ROWS=16,
+                            view.src_token, n_tokens, n_rows, hidden, SCALE=False, PAD=False, PAD_ROWS=16,
                             BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
                         )  # fmt: skip
 
@@ -270,10 +220,10 @@ def sweep_unpermute_backward(results, copy, shapes):
                     results.setdefault("scatter_dot", []).append(
                         dict(shape=shape, config=[bk, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
                     )
-        for kind in ("scatter", "scatter_dot"):
+        for kind in ("permute_pieces", "scatter", "scatter_dot"):
             rows = [r for r in results[kind] if r["shape"] == shape]
-            top = sorted(rows, key=lambda r: r["us"])[:3]
-            print(shape, kind, [(r["config"], round(r["us"], 1), round(r["pct"], 1)) for r in top])
+            top = sorted(rows, key=lambda r: r["us"])[:3] if kind != "permute_pieces" else rows
+            print(shape, kind, [(r["config"], round(r["us"], 1), r["pct"] and round(r["pct"], 1)) for r in top])
         yield
 
 
@@ -300,7 +250,7 @@ def profile_permute(shapes) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--only", choices=("act", "routing", "unpermute", "unweighted", "profile"), default=None)
+    ap.add_argument("--only", choices=("act", "routing", "unweighted", "profile"), default=None)
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
@@ -311,8 +261,7 @@ def main() -> None:
     results: dict = {"card": card, "copy_gbs": copy}
     print(card, f"copy {copy:.0f} GB/s", flush=True)
     groups = []
-    routing = [(16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 2, 2048), (65536, 256, 2, 2048)]
-    routing += [(16384, 8, 8, 2048)]
+    routing = [(16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 8, 4096)]
     if args.only == "profile":
         profile_permute(routing)
         return
@@ -321,8 +270,6 @@ def main() -> None:
         routing, act = [(5, 4, 2, 96)], [([3], [48])]
     if args.only in (None, "routing"):
         groups.append(sweep_routing(results, copy, routing))
-    if args.only in (None, "unpermute"):
-        groups.append(sweep_unpermute_backward(results, copy, routing[:3]))
     if args.only in (None, "unweighted"):
         unweighted = [(3, 48)] if DRY else [(65536, 7168), (65536, 2880), (65536, 2048), (16384, 768)]
         groups.append(sweep_unweighted_backward(results, copy, unweighted))

@@ -1,15 +1,13 @@
 """permute: group tokens by expert, as Megatron-Core's ``moe_utils.permute``.
 
-``fused=False`` is the reference algorithm in plain PyTorch. ``fused=True`` counts the routes
-(``moe_utils.routing``), then ``_permute_rows_kernel`` ranks each block of tokens, writes the
-routing plan and copies each source row once to each of its experts' rows in the same program. Its
-backward gathers the rows back (``moe_utils.unpermute``'s kernel); ``_scatter_rows_kernel`` is the
-backward of unpermute. No atomics anywhere, so results are bit-identical from run to run.
+``fused=False`` is the reference algorithm in plain PyTorch. ``fused=True`` builds a routing plan on
+the device (``moe_utils.routing``) and copies each source row once to each of its experts' rows with
+``_scatter_rows_kernel``. Its backward gathers the rows back (``moe_utils.unpermute``'s kernel):
+no atomics anywhere, so results are bit-identical from run to run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,151 +15,14 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from .routing import (
-    MAX_EXPERTS,
-    Plan,
-    block_tokens,
-    check_fits,
-    check_routing_map,
-    count_routes,
-    empty_plan,
-    map_pointer,
-    plan_numel,
-    plan_view,
-)
+from .routing import Plan, build_plan, check_routing_map, plan_numel, plan_view
 
 __all__ = ["permute", "scatter_rows", "zero_padding_rows"]
 
 
 @triton.jit
-def _permute_rows_kernel(
-    src_ptr,  # [T, hidden] tokens
-    src_row_stride,  # elements between token rows
-    dst_ptr,  # [N, hidden] out, contiguous: permuted rows
-    map_ptr,  # [T, E] routing map, bool or integer 0/1
-    map_stride_t,  # elements between tokens of the map
-    map_stride_e,  # elements between experts of the map
-    probs_ptr,  # [T, E] routing probabilities (HAS_PROBS)
-    probs_stride_t,  # elements between tokens of probs
-    probs_stride_e,  # elements between experts of probs
-    table_ptr,  # [n_blk, E + 1] int64: rows of each expert in earlier blocks; column E: first entry
-    totals_ptr,  # [E + 1] int64: tokens per expert; routed pairs at E
-    fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program (0, 0) writes it)
-    marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
-    src_token_ptr,  # [N] int64 plan out: source token of each row, -1 for padding
-    perm_probs_ptr,  # [N] out (HAS_PROBS): probability of each row, 0 for padding
-    token_ptr_ptr,  # [T + 1] int64 plan out: first entry of each token, and the total at T
-    entry_row_ptr,  # [N] int64 plan out: permuted row of each entry, -1 when it would not fit
-    entry_expert_ptr,  # [N] int64 plan out: expert of each entry
-    T,  # tokens
-    E,  # experts
-    N,  # permuted rows
-    hidden,  # row width
-    capacity,  # DROP_AND_PAD: rows per expert
-    n_blk,  # blocks of BLOCK_T tokens; programs past them zero padding rows (PADDED)
-    HAS_PROBS: tl.constexpr,
-    DROP_AND_PAD: tl.constexpr,
-    PADDED: tl.constexpr,  # rows may be padding (num_out_tokens was given)
-    BLOCK_T: tl.constexpr,  # tokens per block
-    BLOCK_E: tl.constexpr,  # experts per tile (>= E)
-    BLOCK_H: tl.constexpr,  # columns per step
-    PAD_ROWS: tl.constexpr,  # rows per padding program
-):
-    # Program (b, s): block b of tokens, column blocks s, s + n_split, ... of their rows.
-    # Row of (t, e) = first row of expert e + rows of e in earlier blocks (the scanned table) +
-    # tokens of e before t in this block (a cumulative sum down the block's map tile). Every split
-    # of a block computes the same ranks; split 0 writes the plan, every split writes entry_row
-    # (the same values) and reads it back after a barrier to copy its tokens' columns.
-    pid = tl.program_id(0)
-    split = tl.program_id(1)
-    n_split = tl.num_programs(1)
-    experts = tl.arange(0, BLOCK_E)
-    e_ok = experts < E
-    count = tl.load(totals_ptr + experts, mask=e_ok, other=0)
-    total = tl.load(totals_ptr + E)
-    if PADDED and pid >= n_blk:
-        # Padding rows are the rows no routed pair reaches: past the total, or with drop_and_pad
-        # the tail of each expert's capacity. Most programs find none and stop here.
-        pad_rows = (pid - n_blk).to(tl.int64) * PAD_ROWS + tl.arange(0, PAD_ROWS)
-        in_range = pad_rows < N
-        if DROP_AND_PAD:
-            pad_expert = pad_rows // capacity
-            filled = tl.load(totals_ptr + pad_expert, mask=in_range, other=0)
-            pad = in_range & (pad_rows - pad_expert * capacity >= filled)
-        else:
-            pad = in_range & (pad_rows >= total)
-        if tl.max(pad.to(tl.int32), axis=0) > 0:
-            if split == 0:
-                tl.store(src_token_ptr + pad_rows, tl.full([PAD_ROWS], -1, tl.int64), mask=pad)
-                if HAS_PROBS:
-                    zero_p = tl.zeros([PAD_ROWS], dtype=perm_probs_ptr.dtype.element_ty)
-                    tl.store(perm_probs_ptr + pad_rows, zero_p, mask=pad)
-            zeros = tl.zeros([PAD_ROWS, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
-            for pad_start in range(split * BLOCK_H, hidden, n_split * BLOCK_H):
-                pad_cols = pad_start + tl.arange(0, BLOCK_H)
-                pad_ok = pad[:, None] & (pad_cols < hidden)[None, :]
-                tl.store(dst_ptr + pad_rows[:, None] * hidden + pad_cols[None, :], zeros, mask=pad_ok)
-    else:
-        blk = pid.to(tl.int64)
-        if DROP_AND_PAD:
-            expert_first = experts.to(tl.int64) * capacity
-            row_end = expert_first + capacity  # rows of expert e end here
-        else:
-            expert_first = tl.cumsum(count, axis=0) - count
-            row_end = tl.full([BLOCK_E], 0, tl.int64) + N
-        if (pid == 0) & (split == 0):
-            tl.store(token_ptr_ptr + T, total)
-            if DROP_AND_PAD:
-                fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
-            else:
-                fits = total <= N
-            tl.store(fits_ptr, fits.to(tl.int32))
-            if PADDED:
-                tl.store(marker_ptr, tl.full([], 1, tl.int64))
-        base = tl.load(table_ptr + blk * (E + 1) + experts, mask=e_ok, other=0) + expert_first
-        entry_base = tl.load(table_ptr + blk * (E + 1) + E)
-        tokens = blk * BLOCK_T + tl.arange(0, BLOCK_T)
-        t_ok = tokens < T
-        m_ok = t_ok[:, None] & e_ok[None, :]
-        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=m_ok, other=0)
-        m = (m != 0).to(tl.int32)  # counts within a block fit in int32; the bases are int64
-        # Rank of the token among this expert's tokens: exclusive cumsum down the token axis.
-        rows = base[None, :] + (tl.cumsum(m, axis=0) - m).to(tl.int64)
-        routed = (m != 0) & (rows < row_end[None, :])
-        # Token-major list: each token's entries in ascending expert order.
-        per_token = tl.sum(m, axis=1)
-        token_first = entry_base + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
-        entries = token_first[:, None] + (tl.cumsum(m, axis=1) - m).to(tl.int64)
-        listed = (m != 0) & (entries < N)
-        tl.store(entry_row_ptr + entries, tl.where(routed, rows, -1), mask=listed)
-        if split == 0:
-            tl.store(src_token_ptr + rows, tl.broadcast_to(tokens[:, None], (BLOCK_T, BLOCK_E)), mask=routed)
-            if HAS_PROBS:
-                p_offs = tokens[:, None] * probs_stride_t + experts[None, :] * probs_stride_e
-                p = tl.load(probs_ptr + p_offs, mask=routed, other=0.0)
-                tl.store(perm_probs_ptr + rows, p, mask=routed)
-            tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-            tl.store(entry_expert_ptr + entries, tl.broadcast_to(experts[None, :], (BLOCK_T, BLOCK_E)), mask=listed)
-        # The copy reads this block's entry rows back: the barrier makes the stores above visible
-        # to every thread of the program (they come back from L1/L2, not DRAM).
-        tl.debug_barrier()
-        n_slots = tl.max(per_token, axis=0)
-        last = tl.minimum(token_first + per_token, N)
-        for start in range(split * BLOCK_H, hidden, n_split * BLOCK_H):
-            cols = start + tl.arange(0, BLOCK_H)
-            col_ok = cols < hidden
-            x_offs = tokens[:, None] * src_row_stride + cols[None, :]
-            x = tl.load(src_ptr + x_offs, mask=t_ok[:, None] & col_ok[None, :])
-            for j in range(0, n_slots):
-                entry = token_first + j
-                dst_row = tl.load(entry_row_ptr + entry, mask=t_ok & (entry < last), other=-1)
-                row_ok = (dst_row >= 0)[:, None] & col_ok[None, :]
-                tl.store(dst_ptr + dst_row[:, None] * hidden + cols[None, :], x, mask=row_ok)
-
-
-@triton.jit
 def _scatter_rows_kernel(
-    src_ptr,  # [T, hidden] source rows: the gradient of unpermute's output
+    src_ptr,  # [T, hidden] source rows: tokens, or the gradient of unpermute's output
     src_row_stride,  # elements between source rows
     dst_ptr,  # [N, hidden] permuted rows, contiguous
     probs_ptr,  # [T, E] routing probabilities (SCALE)
@@ -299,109 +160,24 @@ def zero_padding_rows(dst: torch.Tensor, plan: Plan) -> None:
 # -- the fused op ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PermuteConfig:
-    """Launch shape of _permute_rows_kernel."""
-
-    block_t: int  # tokens per block (a power of two)
-    block_h: int  # columns per step
-    n_split: int  # programs per block of tokens, each a share of the column blocks
-    num_warps: int
-
-
-def permute_config(n_tokens: int, n_experts: int, hidden: int) -> PermuteConfig:
-    """A copy tile of about 8192 elements, and enough programs (about 1024) to fill the GPU.
-
-    Measured on the H100: benchmarks/sweep.py, "permute".
-    """
-    block_t = block_tokens(n_tokens, n_experts)
-    block_h = max(16, min(_block_h(hidden, 2048), 8192 // block_t))
-    n_blk = triton.cdiv(n_tokens, block_t)
-    n_split = max(1, min(triton.cdiv(hidden, block_h), triton.cdiv(1024, max(n_blk, 1))))
-    return PermuteConfig(block_t=block_t, block_h=block_h, n_split=n_split, num_warps=4)
-
-
 def _launch_permute(
     tokens: torch.Tensor,
     routing_map: torch.Tensor,
     probs: torch.Tensor | None,
     num_out_tokens: int,
     drop_and_pad: bool,
-    config: PermuteConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(permuted tokens [N, hidden], permuted probs [N] (empty without probs), plan).
-
-    With num_out_tokens >= 0: three launches (count, scan, copy) and, on the GPU, a device-side
-    check that the routing fits; no host synchronisation. Else N is the routed count (one sync,
-    as in the reference).
-    """
+    """(permuted tokens [N, hidden], permuted probs [N] (empty without probs), plan)."""
     tokens = _rt.unit_column_stride(tokens)
     n_tokens, hidden = tokens.shape
-    n_experts = routing_map.shape[1]
-    device = tokens.device
-    if not _rt.triton_device(tokens):
-        raise RuntimeError(
-            f"permute: fused=True runs Triton kernels and needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
-            f"got tensors on {device}. Use fused=False there."
-        )
-    if n_experts > MAX_EXPERTS:
-        raise ValueError(
-            f"permute: fused=True supports at most {MAX_EXPERTS} experts, got {n_experts}; use fused=False"
-        )
-    padded = num_out_tokens >= 0
-    if n_tokens == 0 or n_experts == 0:  # nothing routed: every row is padding
-        plan, perm_probs, n_rows = empty_plan(n_tokens, probs, num_out_tokens if padded else None, device)
-        out = torch.zeros((n_rows, hidden), dtype=tokens.dtype, device=device)
-    else:
-        cfg = config or permute_config(n_tokens, n_experts, hidden)
-        counts = count_routes(routing_map, cfg.block_t)
-        n_rows = num_out_tokens if padded else int(counts.totals[n_experts].item())
-        capacity = n_rows // n_experts if drop_and_pad else 0
-        plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
-        perm_probs = None if probs is None else _rt.empty((n_rows,), probs.dtype, device)
-        out = _rt.empty((n_rows, hidden), tokens.dtype, device)
-        view = plan_view("permute", plan, n_tokens, n_rows)
-        fits = torch.empty((1,), dtype=torch.int32, device=device)
-        m = map_pointer(routing_map)
-        pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if padded else 0
-        _permute_rows_kernel[(counts.n_blk + pad_programs, cfg.n_split)](
-            tokens,
-            tokens.stride(0),
-            out,
-            m,
-            m.stride(0),
-            m.stride(1),
-            probs if probs is not None else m,
-            probs.stride(0) if probs is not None else 0,
-            probs.stride(1) if probs is not None else 0,
-            counts.table,
-            counts.totals,
-            fits,
-            plan[-1:],
-            view.src_token,
-            perm_probs if perm_probs is not None else view.src_token,
-            view.token_ptr,
-            view.entry_row,
-            view.entry_expert,
-            n_tokens,
-            n_experts,
-            n_rows,
-            hidden,
-            capacity,
-            counts.n_blk,
-            HAS_PROBS=probs is not None,
-            DROP_AND_PAD=drop_and_pad,
-            PADDED=padded,
-            BLOCK_T=counts.block_t,
-            BLOCK_E=triton.next_power_of_2(n_experts),
-            BLOCK_H=cfg.block_h,
-            PAD_ROWS=_PAD_ROWS,
-            num_warps=cfg.num_warps,
-        )
-        if padded:
-            check_fits("permute", fits, counts.totals, n_rows, capacity, drop_and_pad)
+    plan, perm_probs, n_rows = build_plan(
+        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
+    )
+    view = plan_view("permute", plan, n_tokens, n_rows)
+    out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
+    scatter_rows(tokens, out, view)  # padding rows too
     if perm_probs is None:
-        perm_probs = torch.empty((0,), dtype=torch.float32, device=device)
+        perm_probs = torch.empty((0,), dtype=torch.float32, device=tokens.device)
     return out, perm_probs, plan
 
 

@@ -1,20 +1,19 @@
-"""The routing plan of the fused permute: a deterministic counting sort on the device, fused with
-the copy of the token rows.
+"""The routing plan of the fused permute/unpermute: a deterministic counting sort on the device.
 
-From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) two small kernels and
-the copy kernel build it, with no atomics and no host synchronisation. Tokens are cut into blocks
-of ``block_t`` tokens (the copy kernel's programs):
+From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) three small kernels
+build it, with no atomics and no host synchronisation:
 
-1. ``_count_kernel``: tokens of each block per expert, and (column E) routed pairs per block, into
-   a ``[n_blk, E + 1]`` int64 table.
-2. ``_scan_kernel`` (one program per few columns, parallel over experts): an exclusive prefix sum
-   down each column, in place: the table then holds, per block, the rows of each expert in earlier
-   blocks and (column E) the block's first token-major entry; ``totals[e]`` is expert e's count
-   and ``totals[E]`` the number of routed pairs.
-3. ``_permute_rows_kernel`` (``moe_utils.permutation``): one program per (block, column range)
-   recomputes the block's ranks from the table (first row of each expert from a prefix sum of the
-   totals, plus a cumulative sum over the block's tokens), writes its part of the plan and copies
-   its tokens to their rows. Extra programs zero the padding rows, found from the totals.
+1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment. With
+   ``num_out_tokens`` given it also marks every permuted row as padding (-1) and zeroes the
+   permuted probabilities, so no separate fill runs.
+2. ``_scan_experts_kernel`` (one program per block of experts): an exclusive prefix sum over the
+   segments gives each (segment, expert) the rows of that expert in earlier segments, and the
+   total per expert.
+3. ``_map_kernel``: one program per segment. It recomputes the two short prefix sums it needs
+   (first row of each expert, first entry of its segment; at most MAX_EXPERTS and 256 elements),
+   then a cumulative sum over the segment's tokens gives every routed (token, expert) its permuted
+   row (expert-major, ascending token order within an expert, exactly the order of the reference)
+   and its place in the token-major list. Program 0 writes the totals and whether the routing fits.
 
 The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place of
 ``sorted_indices``::
@@ -38,14 +37,17 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_EXPERTS", "Plan", "RouteCounts", "check_routing_map", "count_routes", "plan_view"]
+from . import _runtime as _rt
 
-#: Largest expert count of the fused path: the kernels keep a whole row of experts in one tile.
+__all__ = ["MAX_EXPERTS", "Plan", "build_plan", "check_routing_map", "plan_view"]
+
+#: Largest expert count of the fused path: the map kernel keeps a whole row of experts in one tile.
 MAX_EXPERTS = 1024
-#: Elements of the count kernel's tile of the routing map.
-_COUNT_TILE = 8192
-#: Elements of the scan kernel's tile of the count table.
-_SCAN_TILE = 4096
+#: At most this many segments, so that the scans stay one tile tall. More segments mean shorter
+#: serial walks in the map kernel for large T x E (256 left 16 steps per program at 65536 x 256).
+_MAX_SEGMENTS = 1024
+#: Rows of the padding marker filled per step by the count kernel.
+_FILL_BLOCK = 1024
 
 
 @triton.jit
@@ -53,50 +55,144 @@ def _count_kernel(
     map_ptr,  # [T, E] routing map, bool or integer 0/1
     map_stride_t,  # elements between tokens of the map
     map_stride_e,  # elements between experts of the map
-    table_ptr,  # [n_blk, E + 1] int64 out: routed tokens per (block, expert); column E: per block
+    counts_ptr,  # [n_seg, E] int32 out: routed tokens per segment and expert
+    seg_total_ptr,  # [n_seg] int64 out: routed (token, expert) pairs per segment
     T,  # tokens
     E,  # experts
-    n_blk,  # blocks of BLOCK_T tokens
-    BLOCK_B: tl.constexpr,  # blocks per program
-    BLOCK_T: tl.constexpr,  # tokens per block
+    seg_len,  # tokens per segment, a multiple of BLOCK_T
+    src_token_ptr,  # [N] int64 out (FILL): -1, the padding marker, until the map kernel writes a row
+    perm_probs_ptr,  # [N] out (FILL and HAS_PROBS): 0, the probability of a padding row
+    N,  # permuted rows (FILL)
+    fill_len,  # rows each program fills, a multiple of BLOCK_F (FILL)
+    FILL: tl.constexpr,
+    HAS_PROBS: tl.constexpr,
+    BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    BLOCK_F: tl.constexpr,  # rows filled per step (FILL)
 ):
-    # One [BLOCK_B * BLOCK_T, BLOCK_E] tile of the map, summed over the tokens of each block.
-    blocks = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    tokens = blocks[:, None] * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]  # [BLOCK_B, BLOCK_T]
+    seg = tl.program_id(0)
+    if FILL:
+        for off in range(0, fill_len, BLOCK_F):
+            rows = seg.to(tl.int64) * fill_len + off + tl.arange(0, BLOCK_F)
+            tl.store(src_token_ptr + rows, tl.full([BLOCK_F], -1, tl.int64), mask=rows < N)
+            if HAS_PROBS:
+                tl.store(perm_probs_ptr + rows, tl.zeros([BLOCK_F], perm_probs_ptr.dtype.element_ty), mask=rows < N)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
-    offs = tokens[:, :, None] * map_stride_t + experts[None, None, :] * map_stride_e
-    m = tl.load(map_ptr + offs, mask=(tokens < T)[:, :, None] & e_ok[None, None, :], other=0)
-    counts = tl.sum((m != 0).to(tl.int64), axis=1)  # [BLOCK_B, BLOCK_E]
-    b_ok = blocks < n_blk
-    row = table_ptr + blocks * (E + 1)
-    tl.store(row[:, None] + experts[None, :], counts, mask=b_ok[:, None] & e_ok[None, :])
-    tl.store(row + E, tl.sum(counts, axis=1), mask=b_ok)
+    acc = tl.zeros([BLOCK_E], dtype=tl.int32)
+    first = seg.to(tl.int64) * seg_len
+    for off in range(0, seg_len, BLOCK_T):
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        ok = (tokens < T)[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        acc += tl.sum((m != 0).to(tl.int32), axis=0)
+    tl.store(counts_ptr + seg * E + experts, acc, mask=e_ok)
+    tl.store(seg_total_ptr + seg, tl.sum(acc.to(tl.int64), axis=0))
 
 
 @triton.jit
-def _scan_kernel(
-    table_ptr,  # [n_blk, E + 1] int64, in place: counts in, exclusive prefix sums down each column out
-    totals_ptr,  # [E + 1] int64 out: column sums (expert counts; routed pairs at E)
-    n_blk,  # rows of the table
-    n_cols,  # E + 1
-    BLOCK_S: tl.constexpr,  # rows per step
-    BLOCK_C: tl.constexpr,  # columns per program
+def _scan_experts_kernel(
+    counts_ptr,  # [n_seg, E] int32 routed tokens per segment and expert
+    seg_expert_off_ptr,  # [n_seg, E] int64 out: rows of the same expert in earlier segments
+    expert_count_ptr,  # [E] int64 out: routed tokens per expert
+    n_seg,  # segments
+    E,  # experts
+    BLOCK_S: tl.constexpr,  # >= n_seg
+    BLOCK_E: tl.constexpr,  # experts per program
 ):
-    # Columns are independent: one program per BLOCK_C columns walks the rows in steps, carrying
-    # the running sum. Each step reads a tile before writing it back, so in place is safe.
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cols < n_cols
-    carry = tl.zeros([BLOCK_C], dtype=tl.int64)
-    for start in range(0, n_blk, BLOCK_S):
-        rows = start + tl.arange(0, BLOCK_S).to(tl.int64)
-        offs = rows[:, None] * n_cols + cols[None, :]
-        ok = (rows < n_blk)[:, None] & c_ok[None, :]
-        c = tl.load(table_ptr + offs, mask=ok, other=0)
-        tl.store(table_ptr + offs, carry[None, :] + tl.cumsum(c, axis=0) - c, mask=ok)
-        carry += tl.sum(c, axis=0)
-    tl.store(totals_ptr + cols, carry, mask=c_ok)
+    # Experts are independent here: one program per block of experts, all segments in one tile.
+    segs = tl.arange(0, BLOCK_S)
+    experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    ok = (segs < n_seg)[:, None] & (experts < E)[None, :]
+    offs = segs[:, None] * E + experts[None, :]
+    c = tl.load(counts_ptr + offs, mask=ok, other=0).to(tl.int64)
+    tl.store(seg_expert_off_ptr + offs, tl.cumsum(c, axis=0) - c, mask=ok)
+    tl.store(expert_count_ptr + experts, tl.sum(c, axis=0), mask=experts < E)
+
+
+@triton.jit
+def _map_kernel(
+    map_ptr,  # [T, E] routing map, bool or integer 0/1
+    map_stride_t,  # elements between tokens of the map
+    map_stride_e,  # elements between experts of the map
+    probs_ptr,  # [T, E] routing probabilities (HAS_PROBS)
+    probs_stride_t,  # elements between tokens of probs
+    probs_stride_e,  # elements between experts of probs
+    seg_expert_off_ptr,  # [n_seg, E] int64 rows of each expert in earlier segments
+    expert_count_ptr,  # [E] int64 routed tokens per expert
+    seg_total_ptr,  # [n_seg] int64 routed pairs per segment
+    fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 writes it)
+    marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
+    src_token_ptr,  # [N] int64 out: source token of each permuted row
+    perm_probs_ptr,  # [N] out: probability of each permuted row (HAS_PROBS)
+    token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
+    entry_row_ptr,  # [N] int64 out: permuted row of each entry, -1 when the row would not fit
+    entry_expert_ptr,  # [N] int64 out: expert of each entry
+    T,  # tokens
+    E,  # experts
+    N,  # permuted rows allocated
+    n_seg,  # segments
+    seg_len,  # tokens per segment, a multiple of BLOCK_T
+    capacity,  # DROP_AND_PAD: rows per expert
+    HAS_PROBS: tl.constexpr,
+    DROP_AND_PAD: tl.constexpr,
+    PADDED: tl.constexpr,  # the plan carries the padding marker
+    BLOCK_T: tl.constexpr,  # tokens per step
+    BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    BLOCK_S: tl.constexpr,  # >= n_seg
+):
+    seg = tl.program_id(0)
+    experts = tl.arange(0, BLOCK_E)
+    e_ok = experts < E
+    # The two short exclusive prefix sums, recomputed by every program (cheaper than a launch):
+    # the first row of each expert and this segment's first token-major entry.
+    count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
+    if DROP_AND_PAD:
+        expert_first = experts.to(tl.int64) * capacity
+        row_end = expert_first + capacity  # rows of expert e end here
+    else:
+        expert_first = tl.cumsum(count, axis=0) - count
+        row_end = tl.full([BLOCK_E], 0, tl.int64) + N
+    segs = tl.arange(0, BLOCK_S)
+    seg_total = tl.load(seg_total_ptr + segs, mask=segs < n_seg, other=0)
+    if seg == 0:
+        total = tl.sum(seg_total, axis=0)
+        tl.store(token_ptr_ptr + T, total)
+        if DROP_AND_PAD:
+            fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
+        else:
+            fits = total <= N
+        tl.store(fits_ptr, fits.to(tl.int32))
+        if PADDED:
+            tl.store(marker_ptr, tl.full([], 1, tl.int64))
+    # Next free row of each expert and next free token-major entry, carried across steps.
+    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
+    next_entry = tl.sum(tl.where(segs < seg, seg_total, 0), axis=0)
+    first = seg.to(tl.int64) * seg_len
+    for off in range(0, seg_len, BLOCK_T):
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        t_ok = tokens < T
+        ok = t_ok[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        m = (m != 0).to(tl.int32)  # counts within one step fit in int32; the bases are int64
+        # Rank of the token among this expert's tokens: exclusive cumsum down the token axis.
+        rows = next_row[None, :] + (tl.cumsum(m, axis=0) - m).to(tl.int64)
+        routed = (m != 0) & (rows < row_end[None, :])
+        tl.store(src_token_ptr + rows, tl.broadcast_to(tokens[:, None], (BLOCK_T, BLOCK_E)), mask=routed)
+        if HAS_PROBS:
+            p_offs = tokens[:, None] * probs_stride_t + experts[None, :] * probs_stride_e
+            p = tl.load(probs_ptr + p_offs, mask=routed, other=0.0)
+            tl.store(perm_probs_ptr + rows, p, mask=routed)
+        next_row += tl.sum(m, axis=0).to(tl.int64)
+        # Token-major list: each token's entries in ascending expert order.
+        per_token = tl.sum(m, axis=1)
+        token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
+        tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
+        entries = token_first[:, None] + (tl.cumsum(m, axis=1) - m).to(tl.int64)
+        listed = (m != 0) & (entries < N)
+        tl.store(entry_row_ptr + entries, tl.where(routed, rows, -1), mask=listed)
+        tl.store(entry_expert_ptr + entries, tl.broadcast_to(experts[None, :], (BLOCK_T, BLOCK_E)), mask=listed)
+        next_entry += tl.sum(per_token, axis=0).to(tl.int64)
 
 
 @dataclass(frozen=True)
@@ -155,65 +251,131 @@ def check_routing_map(fn: str, routing_map: torch.Tensor, n_tokens: int, device:
     return routing_map.shape[1]
 
 
-def map_pointer(routing_map: torch.Tensor) -> torch.Tensor:
-    """The map as the kernels read it (bool is read as uint8)."""
+def _map_pointer(routing_map: torch.Tensor) -> torch.Tensor:
     return routing_map.view(torch.uint8) if routing_map.dtype == torch.bool else routing_map
 
 
-def block_tokens(n_tokens: int, n_experts: int) -> int:
-    """Tokens per block (per program of the copy kernel).
-
-    At least 16, more for long inputs so that the scan stays about 1024 rows (one step); at most a
-    16384-element [block, experts] tile. Measured on the H100: benchmarks/sweep.py, "permute".
-    """
+def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     block_e = triton.next_power_of_2(max(n_experts, 1))
-    by_length = triton.next_power_of_2(max(1, -(-n_tokens // 1024)))
-    return max(1, min(max(16, by_length), 64, 16384 // block_e))
+    block_t = max(1, min(256, 4096 // block_e))
+    n_steps = triton.cdiv(n_tokens, block_t)
+    steps_per_seg = triton.cdiv(n_steps, _MAX_SEGMENTS)
+    seg_len = steps_per_seg * block_t
+    n_seg = triton.cdiv(n_tokens, seg_len)
+    return seg_len, n_seg, block_t, block_e
 
 
-@dataclass(frozen=True)
-class RouteCounts:
-    """Output of count_routes: what the copy kernel reads."""
+def build_plan(
+    fn: str,
+    routing_map: torch.Tensor,
+    probs: torch.Tensor | None,
+    num_out_tokens: int | None,
+    drop_and_pad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Build the plan on the device. Returns (plan, permuted probs [N] or None, N).
 
-    table: torch.Tensor  # [n_blk, E + 1] int64: rows of each expert in earlier blocks; column E: first entry
-    totals: torch.Tensor  # [E + 1] int64: tokens per expert; routed pairs at E
-    block_t: int  # tokens per block
-    n_blk: int  # blocks
-
-
-def count_routes(routing_map: torch.Tensor, block_t: int) -> RouteCounts:
-    """Run the count and scan kernels (no host synchronisation) over blocks of block_t tokens (a
-    power of two). routing_map [T, E], T, E >= 1."""
+    N is num_out_tokens when given (no host synchronisation; three launches, plus the device-side
+    check on the GPU), else the routed count (one sync, as in the reference). More routed
+    (token, expert) pairs than N rows, or with drop_and_pad more than capacity tokens for one
+    expert, is an error: raised on the CPU, a device-side assertion on the GPU; either way no kernel
+    writes out of bounds.
+    """
     n_tokens, n_experts = routing_map.shape
     device = routing_map.device
-    block_e = triton.next_power_of_2(n_experts)
-    n_blk = triton.cdiv(n_tokens, block_t)
-    m = map_pointer(routing_map)
-    table = torch.empty((n_blk, n_experts + 1), dtype=torch.int64, device=device)
-    totals = torch.empty((n_experts + 1,), dtype=torch.int64, device=device)
-    blocks_per_program = max(1, min(triton.next_power_of_2(n_blk), _COUNT_TILE // (block_t * block_e)))
-    _count_kernel[(triton.cdiv(n_blk, blocks_per_program),)](
+    if not _rt.triton_device(routing_map):
+        raise RuntimeError(
+            f"{fn}: fused=True runs Triton kernels and needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
+            f"got tensors on {device}. Use fused=False there."
+        )
+    if n_experts > MAX_EXPERTS:
+        raise ValueError(f"{fn}: fused=True supports at most {MAX_EXPERTS} experts, got {n_experts}; use fused=False")
+    if n_tokens == 0 or n_experts == 0:
+        return _empty_plan(n_tokens, probs, num_out_tokens, device)
+    seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
+    block_s = triton.next_power_of_2(n_seg)
+    capacity = num_out_tokens // n_experts if drop_and_pad else 0
+    padded = num_out_tokens is not None
+    m = _map_pointer(routing_map)
+    counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
+    seg_total = torch.empty((n_seg,), dtype=torch.int64, device=device)
+
+    def allocate(n_rows):
+        plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
+        perm_probs = None if probs is None else _rt.empty((n_rows,), probs.dtype, device)
+        return plan, perm_probs
+
+    if padded:  # the size is known: allocate now and let the count kernel mark the padding
+        n_rows = num_out_tokens
+        plan, perm_probs = allocate(n_rows)
+    else:
+        n_rows, plan, perm_probs = 0, seg_total, None
+    fill_len = _FILL_BLOCK * triton.cdiv(triton.cdiv(n_rows, n_seg), _FILL_BLOCK)
+    _count_kernel[(n_seg,)](
         m,
         m.stride(0),
         m.stride(1),
-        table,
+        counts,
+        seg_total,
         n_tokens,
         n_experts,
-        n_blk,
-        BLOCK_B=blocks_per_program,
+        seg_len,
+        plan,
+        perm_probs if perm_probs is not None else plan,
+        n_rows,
+        fill_len,
+        FILL=padded,
+        HAS_PROBS=perm_probs is not None,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
-        num_warps=8 if blocks_per_program * block_t * block_e >= 8192 else 4,
+        BLOCK_F=_FILL_BLOCK,
     )
-    block_s = min(triton.next_power_of_2(n_blk), 1024)
-    block_c = max(1, min(triton.next_power_of_2(n_experts + 1), _SCAN_TILE // block_s))
-    _scan_kernel[(triton.cdiv(n_experts + 1, block_c),)](
-        table, totals, n_blk, n_experts + 1, BLOCK_S=block_s, BLOCK_C=block_c
+    seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
+    expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
+    experts_per_program = max(1, min(triton.next_power_of_2(n_experts), 4096 // block_s))
+    _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
+        counts, seg_expert_off, expert_count, n_seg, n_experts, BLOCK_S=block_s, BLOCK_E=experts_per_program
     )
-    return RouteCounts(table=table, totals=totals, block_t=block_t, n_blk=n_blk)
+    if not padded:  # data-dependent size, as in the reference
+        n_rows = int(seg_total.sum().item())
+        plan, perm_probs = allocate(n_rows)
+    view = plan_view(fn, plan, n_tokens, n_rows)
+    fits = torch.empty((1,), dtype=torch.int32, device=device)
+    _map_kernel[(n_seg,)](
+        m,
+        m.stride(0),
+        m.stride(1),
+        probs if probs is not None else m,
+        probs.stride(0) if probs is not None else 0,
+        probs.stride(1) if probs is not None else 0,
+        seg_expert_off,
+        expert_count,
+        seg_total,
+        fits,
+        plan[-1:],
+        view.src_token,
+        perm_probs if perm_probs is not None else view.src_token,
+        view.token_ptr,
+        view.entry_row,
+        view.entry_expert,
+        n_tokens,
+        n_experts,
+        n_rows,
+        n_seg,
+        seg_len,
+        capacity,
+        HAS_PROBS=probs is not None,
+        DROP_AND_PAD=drop_and_pad,
+        PADDED=padded,
+        BLOCK_T=block_t,
+        BLOCK_E=block_e,
+        BLOCK_S=block_s,
+    )
+    if padded:
+        _check_fits(fn, fits, view.token_ptr[n_tokens:], expert_count, n_rows, capacity, drop_and_pad)
+    return plan, perm_probs, n_rows
 
 
-def empty_plan(
+def _empty_plan(
     n_tokens: int, probs: torch.Tensor | None, num_out_tokens: int | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Nothing is routed: every row (if num_out_tokens asks for any) is padding. No kernel runs."""
@@ -225,7 +387,7 @@ def empty_plan(
     return plan, perm_probs, n_rows
 
 
-def check_fits(fn, fits, totals, n_rows, capacity, drop_and_pad) -> None:
+def _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad) -> None:
     """Raise (CPU) or assert on the device (GPU, no sync) that every routed pair got a row."""
     if drop_and_pad:
         msg = (
@@ -234,9 +396,9 @@ def check_fits(fn, fits, totals, n_rows, capacity, drop_and_pad) -> None:
         )
     else:
         msg = f"{fn}: routing_map routes more (token, expert) pairs than num_out_tokens = {n_rows}"
-    if totals.device.type == "cpu":
+    if total.device.type == "cpu":
         if not bool(fits[0]):
-            got = f"per-expert counts {totals[:-1].tolist()}" if drop_and_pad else f"{int(totals[-1])} routed"
+            got = f"per-expert counts {expert_count.tolist()}" if drop_and_pad else f"{int(total[0])} routed"
             raise ValueError(f"{msg}; got {got}")
     else:
         torch._assert_async(fits, msg)  # one element, nonzero when the routing fits
