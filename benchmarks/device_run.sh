@@ -16,7 +16,7 @@ status=0
 run_tests() {
   local groups=(
     "tests/test_activations.py"
-    "tests/test_properties.py tests/test_user_spec.py tests/test_symbolic.py tests/test_generated_up_to_date.py"
+    "tests/test_properties.py tests/test_user_spec.py tests/test_symbolic.py tests/test_generated_up_to_date.py tests/test_sm90_compile.py"
     "tests/test_routing.py tests/test_compile.py tests/test_aux_loss.py tests/test_gpu.py"
   )
   local pids=() i=0
