@@ -145,7 +145,7 @@ def main() -> None:
         w = torch.rand(n_rows, device=DEVICE)
         g = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16)
         want_dx, want_dw = gen._launch_backward(g, x, None, w, None, False, x.dtype)
-        cfg = _rt.backward_config(n_rows, h)
+        cfg = _rt.backward_config(n_rows, h, True)
         dx, dw = torch.empty_like(want_dx), torch.empty_like(want_dw)
         variants = {"shipped": lambda: gen._launch_backward(g, x, None, w, None, False, x.dtype)}
         for evict in (False, True):

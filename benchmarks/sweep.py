@@ -144,7 +144,7 @@ def sweep_unweighted_backward(results, copy, shapes):
                 results.setdefault("bwd_unweighted", []).append(
                     dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
                 )
-        shipped = _rt.backward_config(n_rows, h)
+        shipped = _rt.backward_config(n_rows, h, False)
         rows = [r for r in results["bwd_unweighted"] if r["shape"] == [n_rows, h]]
         mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps]]
         top = sorted(rows, key=lambda r: r["us"])[:4]
