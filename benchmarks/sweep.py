@@ -61,6 +61,21 @@ def act_configs(h: int):
                 yield block_r, block_h, warps
 
 
+def backward_launch(g, src, w, dx, dw, config, load_fp8):
+    """A closure launching swiglu's backward kernel with config = (BLOCK_R, BLOCK_H, warps); w None:
+    no weights (and no weight gradient)."""
+    (n_rows, h), (br, bh, nw) = g.shape, config
+
+    def run():
+        gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
+            g, src, dx, dx if w is None else w, dx, dx if dw is None else dw, n_rows, h, g.stride(0),
+            src.stride(0), 0, 0.0, HAS_BIAS=False, HAS_WEIGHT=w is not None, CLAMP=False, LOAD_FP8=load_fp8,
+            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+        )  # fmt: skip
+
+    return run
+
+
 def sweep_activations(results, copy, rows_list, widths):
     for n_rows in rows_list:
         for h in widths:
@@ -98,14 +113,7 @@ def sweep_activations(results, copy, rows_list, widths):
                     if br * bh > 8192:
                         continue
 
-                    def run(br=br, bh=bh, nw=nw, src=src, load_fp8=load_fp8):
-                        gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
-                            g, src, x, w, dx, dw, n_rows, h, g.stride(0), src.stride(0), 0, 0.0,
-                            HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, LOAD_FP8=load_fp8,
-                            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
-                        )  # fmt: skip
-
-                    us = bench(run)
+                    us = bench(backward_launch(g, src, w, dx, dw, (br, bh, nw), load_fp8))
                     kind = "bwd_fp8" if load_fp8 else "bwd"
                     results.setdefault(kind, []).append(
                         dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
@@ -133,14 +141,7 @@ def sweep_unweighted_backward(results, copy, shapes):
                 if bh > max(128, triton.next_power_of_2(h)) or bh < min(256, h) or not 1 <= br <= 64:
                     continue
 
-                def run(br=br, bh=bh, nw=nw):
-                    gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
-                        g, x, x, x, dx, dx, n_rows, h, g.stride(0), x.stride(0), 0, 0.0,
-                        HAS_BIAS=False, HAS_WEIGHT=False, CLAMP=False, LOAD_FP8=False,
-                        NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
-                    )  # fmt: skip
-
-                us = bench(run)
+                us = bench(backward_launch(g, x, None, dx, None, (br, bh, nw), False))
                 results.setdefault("bwd_unweighted", []).append(
                     dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
                 )
