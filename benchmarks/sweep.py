@@ -266,7 +266,7 @@ def main() -> None:
     if args.only == "profile":
         profile_permute(routing)
         return
-    act = [([65536], [2880, 768, 1408, 2048, 7168]), ([16384], [768])]
+    act = [([65536], [2880, 768, 1408, 2048, 7168]), ([16384, 4096], [768])]
     if DRY:
         routing, act = [(5, 4, 2, 96)], [([3], [48])]
     if args.only in (None, "routing"):
