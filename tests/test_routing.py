@@ -265,8 +265,8 @@ def test_many_experts(n_experts):
 
 
 def test_many_segments_and_steps():
-    # 1024 experts: 4-token steps, so 4500 tokens take more than 512 segments of two steps each;
-    # and padding rows.
+    # 1024 experts: one-token steps, so 4500 tokens take 900 segments of five steps each; and
+    # padding rows.
     gen = make_generator(17)
     n_tokens, n_experts = 4500, 1024
     m = topk_map(n_tokens, n_experts, 1, gen)
@@ -303,3 +303,28 @@ def test_drop_and_pad_pads_short_experts():
         assert torch.all(plan[pad] == -1) and torch.all(b[pad] == 0) and torch.all(bp[pad] == 0)
     back = unpermute(b, plan, x.shape, p, m, fused=True, drop_and_pad=True)
     torch.testing.assert_close(back, x * (p * m).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_experts", [6, 40, 300])
+def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
+    # Tile sizes, segment counts and scan tiles only split the same counting sort differently:
+    # the plan and the permuted probs must be identical, bit for bit.
+    from moe_utils import routing
+
+    gen = make_generator(37)
+    n_tokens = 300
+    m = topk_map(n_tokens, n_experts, 3, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
+    results = []
+    for tile, segments, scan_tile in ((1024, 1024, 1024), (64, 4, 16), (4096, 1024, 4096), (256, 4096, 1024)):
+        monkeypatch.setattr(routing, "_PLAN_TILE", tile)
+        monkeypatch.setattr(routing, "_MAX_SEGMENTS", segments)
+        monkeypatch.setattr(routing, "_SCAN_TILE", scan_tile)
+        results.append(permute(x, m, p, num_out_tokens=3 * n_tokens + 5, fused=True))
+        results.append(permute(x, m, p, fused=True))
+    for padded in (0, 1):
+        first = results[padded]
+        for other in results[padded::2]:
+            for a, b in zip(first, other, strict=True):
+                assert torch.equal(a, b)
