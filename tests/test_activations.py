@@ -563,3 +563,33 @@ def test_saved_tensor_budget(fp8, with_bias):
     budget = x_bytes + n_rows * 4 + (2 * h * 2 if with_bias else 0)
     assert nbytes == budget, (nbytes, budget, [(t.dtype, tuple(t.shape)) for t in saved])
     out.float().sum().backward()
+
+
+@pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
+@pytest.mark.parametrize("h", [300, 600])
+def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h):
+    # Small problems take 256-column blocks, large ones whole rows; the interpreter's shapes are all
+    # small, so force the whole-row shape too (with bias, weights, clamp and the fp8 copy) and
+    # compare bits: the forward is elementwise, so the launch shape must not change a single one.
+    from conftest import TRITON
+
+    from moe_utils import _runtime as rt
+
+    if not TRITON:
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+    launch = _module(name)._launch_forward
+    gen = make_generator(31)
+    x = torch.randn(21, 2 * h, generator=gen).to(torch.bfloat16).to(DEVICE)
+    bias = torch.randn(2 * h, generator=gen).to(torch.bfloat16).to(DEVICE)
+    w = torch.rand(21, generator=gen).to(DEVICE)
+    results = []
+    for small_below in (1 << 62, 0):
+        monkeypatch.setattr(rt, "_SMALL_BELOW", small_below)
+        rt.forward_config.cache_clear()
+        cfg = rt.forward_config(21, h)
+        params = _params(SPECS[name], make_generator(3))
+        results.append((cfg.block_h, launch(x, bias, w, True, 3.0, False, *params)))
+    rt.forward_config.cache_clear()
+    (narrow, (out_a, fp8_a)), (wide, (out_b, fp8_b)) = results
+    assert narrow < wide  # two different launch shapes ran
+    assert torch.equal(out_a, out_b) and torch.equal(fp8_a, fp8_b)
