@@ -75,27 +75,6 @@ def _scatter_rows_kernel(
             tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], value, mask=ok)
 
 
-@triton.jit
-def _zero_padding_rows_kernel(
-    dst_ptr,  # [N, hidden] permuted rows, contiguous
-    src_token_ptr,  # [N] int64 plan: source token of each row, -1 for padding
-    n_rows,  # N
-    hidden,  # row width
-    BLOCK_R: tl.constexpr,  # rows per program
-    BLOCK_H: tl.constexpr,  # columns per step
-):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    src = tl.load(src_token_ptr + rows, mask=rows < n_rows, other=0)
-    pad = (src < 0) & (rows < n_rows)
-    if tl.max(pad.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
-        for start in range(0, hidden, BLOCK_H):
-            cols = start + tl.arange(0, BLOCK_H)
-            zeros = tl.zeros([BLOCK_R, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
-            tl.store(
-                dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=pad[:, None] & (cols < hidden)[None, :]
-            )
-
-
 #: Rows each padding program of the scatter checks (a multiple of every BLOCK_K).
 _PAD_ROWS = 16
 
@@ -112,17 +91,23 @@ def block_k(n_rows: int, n_tokens: int) -> int:
 def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.Tensor | None = None) -> None:
     """dst[row of (t, e)] = src[t] (* probs[t, e]) for every routed (t, e), and zero in padding rows;
     src [T, hidden]."""
-    n_tokens, hidden = src.shape
-    n_rows = dst.shape[0]
-    if hidden == 0 or n_rows == 0:
-        return
-    if n_tokens == 0:
-        zero_padding_rows(dst, plan)
+    _launch_scatter(src, src.shape[0], dst, plan, probs)
+
+
+def zero_padding_rows(dst: torch.Tensor, plan: Plan) -> None:
+    """Zero the rows of dst that no token maps to (only plans built with num_out_tokens have them):
+    the scatter's padding programs alone."""
+    _launch_scatter(dst, 0, dst, plan, None)
+
+
+def _launch_scatter(src: torch.Tensor, n_tokens: int, dst: torch.Tensor, plan: Plan, probs: torch.Tensor | None):
+    n_rows, hidden = dst.shape
+    pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if plan.padded else 0
+    if hidden == 0 or n_rows == 0 or n_tokens + pad_programs == 0:
         return
     k = block_k(n_rows, n_tokens)
     # Measured on the H100 (benchmarks/sweep.py): 2048-column blocks are best at every k.
     block_h = _block_h(hidden, 2048)
-    pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if plan.padded else 0
     _scatter_rows_kernel[(n_tokens + pad_programs, triton.cdiv(hidden, block_h))](
         src,
         src.stride(0),
@@ -143,17 +128,6 @@ def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.
         BLOCK_K=k,
         BLOCK_H=block_h,
         num_warps=4,
-    )
-
-
-def zero_padding_rows(dst: torch.Tensor, plan: Plan) -> None:
-    """Zero the rows of dst that no token maps to (only plans built with num_out_tokens have them)."""
-    n_rows, hidden = dst.shape
-    if not plan.padded or n_rows == 0 or hidden == 0:
-        return
-    block_r = 16
-    _zero_padding_rows_kernel[(triton.cdiv(n_rows, block_r),)](
-        dst, plan.src_token, n_rows, hidden, BLOCK_R=block_r, BLOCK_H=min(_block_h(hidden), 256)
     )
 
 

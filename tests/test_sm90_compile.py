@@ -34,6 +34,8 @@ POINTERS = {
 #: Pointers into the int64 routing plan and its scratch tables.
 INT64_POINTERS = {
     "seg_total_ptr",
+    "seg_entry_off_ptr",
+    "total_ptr",
     "seg_expert_off_ptr",
     "expert_count_ptr",
     "marker_ptr",
@@ -93,10 +95,9 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     blocks = dict(BLOCK_T=16, BLOCK_E=256)
     compile_sm90(routing._count_kernel, dict(FILL=on, HAS_PROBS=on, BLOCK_F=1024, **blocks))
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=4))
-    compile_sm90(routing._map_kernel, dict(HAS_PROBS=on, DROP_AND_PAD=on, PADDED=on, BLOCK_S=1024, **blocks))
+    compile_sm90(routing._map_kernel, dict(HAS_PROBS=on, DROP_AND_PAD=on, PADDED=on, **blocks))
     scatter = dict(SCALE=on, PAD=on, PAD_ROWS=16, BLOCK_K=8, BLOCK_H=2048)
     compile_sm90(permutation._scatter_rows_kernel, scatter)
-    compile_sm90(permutation._zero_padding_rows_kernel, dict(BLOCK_R=16, BLOCK_H=256))
     compile_sm90(unpermutation._gather_rows_kernel, dict(SCALE=on, PROBS_GRAD=on, BLOCK_H=1024))
     compile_sm90(unpermutation._scatter_dot_kernel, dict(BLOCK_K=8, BLOCK_H=128))
 
