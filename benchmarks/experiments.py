@@ -103,14 +103,93 @@ def _bwd(g_ptr, x_ptr, w_ptr, dx_ptr, dw_ptr, n_rows, H: tl.constexpr, stride, P
     tl.store(dw_ptr + rows, acc, mask=row_ok)
 
 
+@triton.jit
+def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_row_ptr, n_tokens, n_rows, hidden,
+                   LOAD_POLICY: tl.constexpr, STORE_POLICY: tl.constexpr, BLOCK_T: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    # permute's scatter with BLOCK_T tokens per program: all plan loads first, then the stores.
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = tokens < n_tokens
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col_ok = cols < hidden
+    first = tl.load(token_ptr_ptr + tokens, mask=t_ok, other=0)
+    last = tl.minimum(tl.load(token_ptr_ptr + tokens + 1, mask=t_ok, other=0), n_rows)
+    x_mask = t_ok[:, None] & col_ok[None, :]
+    x = tl.load(src_ptr + tokens[:, None] * src_row_stride + cols[None, :], mask=x_mask, eviction_policy=LOAD_POLICY)
+    ks = tl.arange(0, BLOCK_K)
+    entries = first[:, None] + ks[None, :]
+    rows = tl.load(entry_row_ptr + entries, mask=entries < last[:, None], other=-1)
+    for j in tl.static_range(BLOCK_K):
+        row = tl.sum(tl.where(ks[None, :] == j, rows, 0), axis=1)
+        ok = (row >= 0)[:, None] & col_ok[None, :]
+        tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=ok, eviction_policy=STORE_POLICY)
+    for e in range(BLOCK_K, tl.max(last - first, axis=0)):  # tokens with more than BLOCK_K entries
+        entry = first + e
+        row = tl.load(entry_row_ptr + entry, mask=entry < last, other=-1)
+        ok = (row >= 0)[:, None] & col_ok[None, :]
+        tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=ok, eviction_policy=STORE_POLICY)
+
+
+def scatter_experiments(results, shapes) -> None:
+    """permute's scatter: the shipped launcher against multi-token programs and cache policies."""
+    from sweep import routing_map
+
+    from moe_utils.permutation import scatter_rows
+    from moe_utils.routing import build_plan, plan_view
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for n_tokens, n_experts, k, hidden in shapes:
+        m = routing_map(n_tokens, n_experts, k, g)
+        x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16)
+        n_rows = n_tokens * k
+        plan, _, _ = build_plan("exp", m, None, n_rows, False)
+        view = plan_view("exp", plan, n_tokens, n_rows)
+        want = torch.empty(n_rows, hidden, device=DEVICE, dtype=x.dtype)
+        scatter_rows(x, want, view)
+        out = torch.empty_like(want)
+        variants = {"shipped": lambda: scatter_rows(x, out, view)}
+        policies = [("", ""), ("evict_first", ""), ("", "evict_first"), ("evict_first", "evict_first")]
+        for bt, bh, nw in ((1, 2048, 4), (2, 1024, 4), (2, 2048, 8), (4, 512, 4), (4, 1024, 8), (8, 512, 8)):
+            for lp, sp in policies if (bt, bh) == (2, 1024) else policies[:1]:
+                grid = (triton.cdiv(n_tokens, bt), triton.cdiv(hidden, bh))
+                name = f"multi {bt}x{bh}/{nw} {lp or '-'} {sp or '-'}"
+                bk = 1 << (min(k, 8).bit_length() - 1)  # below k for k = 3: the overflow loop runs too
+
+                def run(grid=grid, bt=bt, bh=bh, nw=nw, lp=lp, sp=sp, bk=bk):
+                    _scatter_multi[grid](
+                        x, x.stride(0), out, view.token_ptr, view.entry_row, n_tokens, n_rows, hidden,
+                        LOAD_POLICY=lp, STORE_POLICY=sp, BLOCK_T=bt, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                    )  # fmt: skip
+
+                variants[name] = run
+        moved = (n_tokens + n_rows) * hidden * 2
+        for name, fn in variants.items():
+            out.fill_(float("nan"))
+            fn()
+            assert torch.equal(out, want), f"scatter variant {name} differs"
+            us = bench(fn)
+            shape = [n_tokens, n_experts, k, hidden]
+            results.append(dict(kind="scatter", shape=shape, variant=name, us=us))
+            print(f"scatter {shape} {name:34s} {us:8.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--only", nargs="*", choices=("act", "scatter"), default=("act", "scatter"))
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
     results = []
-    fwd_shapes = [(4, 24), (3, 40)] if DRY else [(16384, 768), (65536, 2048), (65536, 7168)]
-    bwd_shapes = [(5, 24)] if DRY else [(65536, 2048), (65536, 7168)]
+    if "scatter" in args.only:
+        shapes = [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
+            (16384, 64, 8, 2048), (8192, 128, 8, 7168), (65536, 8, 2, 2048), (65536, 256, 2, 2048), (4096, 64, 2, 2048)
+        ]  # fmt: skip
+        scatter_experiments(results, shapes)
+    if "act" not in args.only:
+        fwd_shapes = bwd_shapes = []
+    else:
+        fwd_shapes = [(4, 24), (3, 40)] if DRY else [(16384, 768), (65536, 2048), (65536, 7168)]
+        bwd_shapes = [(5, 24)] if DRY else [(65536, 2048), (65536, 7168)]
     for n_rows, h in fwd_shapes:
         x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
         w = torch.rand(n_rows, device=DEVICE)

@@ -1,7 +1,7 @@
 """Launch-shape sweep: the data behind the block-size tables in ``moe_utils/_runtime.py`` and the
 routing kernels. Not part of the user-facing benchmark (``bench.py``); run it when tuning.
 
-    python benchmarks/sweep.py --out DIR [--only act|routing|unweighted|profile]
+    python benchmarks/sweep.py --out DIR [--only {act,routing,unweighted,profile,plan,small} ...]
 
 Times every candidate launch shape of the activation forward (with and without the fp8 store),
 the backward (bf16 and fp8 saved input; without weights, every step width), the permute scatter
@@ -228,6 +228,87 @@ def sweep_routing(results, copy, shapes):
         yield
 
 
+#: (entries per step of the count/map tile, map kernel warps, most segments, scan tile); the first
+#: is the shipped launch shape.
+PLAN_CONFIGS = (
+    [(1024, 4, 1024, 1024), (4096, 4, 1024, 4096)]
+    + [
+        (tile, warps, segs, 1024)
+        for tile, warps in ((256, 1), (256, 2), (512, 1), (512, 2), (1024, 2), (2048, 4))
+        for segs in (1024, 4096)
+    ]
+    + [(1024, 4, 4096, 1024), (256, 4, 1024, 1024)]
+)
+
+
+def sweep_plan(results, shapes):
+    """The routing plan alone (count, scan, map, device check) under every PLAN_CONFIGS entry."""
+    from moe_utils import routing
+
+    shipped = (routing._PLAN_TILE, routing._MAP_ENTRIES_PER_THREAD, routing._MAX_SEGMENTS, routing._SCAN_TILE)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for n_tokens, n_experts, k in shapes:
+        m = routing_map(n_tokens, n_experts, k, g)
+        p = torch.rand(n_tokens, n_experts, device=DEVICE)
+        ref = build_plan("sweep", m, p, n_tokens * k, False)
+        for config in PLAN_CONFIGS:
+            tile, warps, segs, scan = config  # warps of a full tile: entries per thread = tile / (32 * warps)
+            per_thread = tile // (32 * warps)
+            routing._PLAN_TILE, routing._MAP_ENTRIES_PER_THREAD, routing._MAX_SEGMENTS, routing._SCAN_TILE = (
+                tile,
+                per_thread,
+                segs,
+                scan,
+            )
+            try:
+                plan, probs, _ = build_plan("sweep", m, p, n_tokens * k, False)
+                assert torch.equal(plan, ref[0]) and torch.equal(probs, ref[1]), f"plan differs under {config}"
+                us = bench(lambda: build_plan("sweep", m, p, n_tokens * k, False))
+            finally:
+                routing._PLAN_TILE, routing._MAP_ENTRIES_PER_THREAD, routing._MAX_SEGMENTS, routing._SCAN_TILE = shipped
+            results.setdefault("plan", []).append(dict(shape=[n_tokens, n_experts, k], config=list(config), us=us))
+        rows = [r for r in results["plan"] if r["shape"] == [n_tokens, n_experts, k]]
+        top = sorted(rows, key=lambda r: r["us"])[:4]
+        best = [(r["config"], round(r["us"], 1)) for r in rows[:1] + top]
+        print((n_tokens, n_experts, k), "plan (shipped, then best)", best)
+        yield
+
+
+def sweep_small_forward(results, copy, shapes):
+    """Launch-bound forwards (4096 x 768 is the one shape behind the compiled reference): every
+    launch shape down to 2 warps, with and without streaming loads of x."""
+    for n_rows, h in shapes:
+        x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
+        w = torch.rand(n_rows, dtype=torch.float32, device=DEVICE)
+        out = torch.empty(n_rows, h, dtype=DTYPE, device=DEVICE)
+        nbytes = n_rows * h * 6 + n_rows * 4
+        configs = [(br, bh, nw) for br, bh, nw in act_configs(h)]
+        configs += [(max(1, tile // bh), bh, 2) for tile in (512, 1024, 2048) for bh in (256, 512, 1024) if bh <= tile]
+        for br, bh, nw in configs:
+            for policy in ("", "evict_first"):
+                grid = (triton.cdiv(n_rows, br), triton.cdiv(h, bh))
+
+                def run(br=br, bh=bh, nw=nw, grid=grid, policy=policy):
+                    gen._swiglu_fwd[grid](
+                        x, x, w, out, out, n_rows, h, x.stride(0), 0, 0.0,
+                        HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=False,
+                        NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh,
+                        num_warps=nw,
+                    )  # fmt: skip
+
+                us = bench(run)
+                results.setdefault("fwd_small", []).append(
+                    dict(shape=[n_rows, h], config=[br, bh, nw, policy], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                )
+        shipped = _rt.forward_config(n_rows, h)
+        rows = [r for r in results["fwd_small"] if r["shape"] == [n_rows, h]]
+        policy = "evict_first" if shipped.evict_first else ""
+        mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps, policy]]
+        top = sorted(rows, key=lambda r: r["us"])[:5]
+        print(n_rows, h, "fwd (shipped, then best)", [(r["config"], round(r["us"], 2)) for r in mine + top])
+        yield
+
+
 def profile_permute(shapes) -> None:
     """Per-kernel GPU time of one fused permute (torch.profiler), to see where the plan's time goes."""
     from torch.profiler import ProfilerActivity, profile
@@ -251,7 +332,7 @@ def profile_permute(shapes) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--only", choices=("act", "routing", "unweighted", "profile"), default=None)
+    ap.add_argument("--only", nargs="*", choices=("act", "routing", "unweighted", "profile", "plan", "small"))
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
@@ -263,18 +344,26 @@ def main() -> None:
     print(card, f"copy {copy:.0f} GB/s", flush=True)
     groups = []
     routing = [(16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 8, 4096)]
-    if args.only == "profile":
-        profile_permute(routing)
-        return
+    only = set(args.only or ("act", "routing", "unweighted"))
+    if "profile" in only:
+        profile_permute([*routing, (65536, 256, 2, 2048)])
+    plan_shapes = [(4096, 8, 2), (4096, 256, 2), (16384, 64, 8), (8192, 128, 8), (65536, 8, 8), (65536, 64, 2)]
+    plan_shapes += [(65536, 256, 2), (16384, 1024, 8)]
+    small = [(4096, 768), (16384, 768)]
     act = [([65536], [2880, 768, 1408, 2048, 7168]), ([16384, 4096], [768])]
     if DRY:
         routing, act = [(5, 4, 2, 96)], [([3], [48])]
-    if args.only in (None, "routing"):
+        plan_shapes, small = [(5, 4, 2), (7, 300, 2)], [(3, 48)]
+    if "plan" in only:
+        groups.append(sweep_plan(results, plan_shapes))
+    if "small" in only:
+        groups.append(sweep_small_forward(results, copy, small))
+    if "routing" in only:
         groups.append(sweep_routing(results, copy, routing))
-    if args.only in (None, "unweighted"):
+    if "unweighted" in only:
         unweighted = [(3, 48)] if DRY else [(65536, 7168), (65536, 2880), (65536, 2048), (16384, 768)]
         groups.append(sweep_unweighted_backward(results, copy, unweighted))
-    if args.only in (None, "act"):
+    if "act" in only:
         groups += [sweep_activations(results, copy, rows, widths) for rows, widths in act]
     for group in groups:
         for _ in group:
