@@ -7,7 +7,10 @@ Times every candidate launch shape of the activation forward (with and without t
 the backward (bf16 and fp8 saved input; without weights, every step width), the permute scatter
 and the unpermute backward's scatter-dot, plus each piece of the fused permute (plan, scatter,
 padding) and a write-only fill, all as CUDA-graph replays (``triton.testing.do_bench_cudagraph``,
-median). Writes ``sweep.json`` after every group: {kind: [{shape, config, us, pct_copy}]}.
+median). ``plan``: the routing plan under every launch shape of its three kernels (each checked
+bit-equal to the shipped one); ``small``: launch-bound forwards down to 2 warps, with and without
+streaming loads; ``profile``: per-kernel times of one fused permute. The default runs act, routing
+and unweighted. Writes ``sweep-<card>.json`` after every group: {kind: [{shape, config, us, pct}]}.
 """
 
 from __future__ import annotations
