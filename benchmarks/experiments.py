@@ -1,13 +1,19 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
-    python benchmarks/experiments.py --out DIR      # SWEEP_DRY=1 TRITON_INTERPRET=1: CPU check
+    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan} ...]
+    SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
-Hand-written variants of the weighted SwiGLU forward/backward (the math of generated/swiglu.py,
-written out here only to time launch-level ideas; nothing in the package uses them):
+``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
+generated/swiglu.py, written out here only to time launch-level ideas; nothing in the package
+uses them):
 
 - ``evict``: streaming loads (``eviction_policy="evict_first"``), as Inductor emits;
 - ``const_h``: the half width H as a ``tl.constexpr`` (one compile per width), as Liger does;
 - ``flat``: the forward over a flattened 1-D grid of T*H outputs (no masked lanes), Inductor's shape.
+
+``--only scatter``: permute's scatter with several tokens per program and cache policies.
+``--only plan``: the routing plan with ``_map_packed`` (the map read as words of four bytes) in
+place of the shipped map kernel, with and without its expert-major stores.
 
 Each variant is checked against the shipped op (same bits) before it is timed. Writes
 ``experiments-<card>.json`` and prints one line per (shape, variant).
@@ -173,10 +179,166 @@ def scatter_experiments(results, shapes) -> None:
             print(f"scatter {shape} {name:34s} {us:8.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
 
 
+@triton.jit
+def _packed_lane(
+    J: tl.constexpr, w, excl_in_word, rank_packed, colsum, words, next_row, row_end, tokens, token_first,
+    place_base, room_t, src_token_ptr, perm_probs_ptr, probs_ptr, probs_stride_t, probs_stride_e,
+    entry_row_ptr, entry_expert_ptr, HAS_PROBS: tl.constexpr, ROW_STORES: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    # Byte lane J of every word: experts 4 * word + J.
+    m = (w >> (8 * J)) & 1
+    rank = (rank_packed >> (8 * J)) & 0xFF
+    place = place_base + ((excl_in_word >> (8 * J)) & 0xFF)
+    experts = words * 4 + J
+    room = tl.minimum(row_end - next_row, BLOCK_T).to(tl.int32)
+    routed = (m != 0) & (rank < room[None, :])
+    if ROW_STORES:
+        tl.store((src_token_ptr + next_row)[None, :] + rank, tl.broadcast_to(tokens[:, None], rank.shape), mask=routed)
+        if HAS_PROBS:
+            p = tl.load(probs_ptr + tokens[:, None] * probs_stride_t + experts[None, :] * probs_stride_e, mask=routed)
+            tl.store((perm_probs_ptr + next_row)[None, :] + rank, p, mask=routed)
+    listed = (m != 0) & (place < room_t[:, None])
+    rows = tl.where(routed, next_row[None, :] + rank, -1)
+    tl.store((entry_row_ptr + token_first)[:, None] + place, rows, mask=listed)
+    expert_ids = tl.broadcast_to(experts[None, :].to(tl.int64), rank.shape)
+    tl.store((entry_expert_ptr + token_first)[:, None] + place, expert_ids, mask=listed)
+    return next_row + ((colsum >> (8 * J)) & 0xFF).to(tl.int64)
+
+
+@triton.jit
+def _packed_first(J: tl.constexpr, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base, capacity, N,
+                  DROP_AND_PAD: tl.constexpr):  # fmt: skip
+    """(first free row in this segment, end of the rows) of experts 4 * word + J; base: rows of
+    the experts before 4 * word."""
+    experts = words * 4 + J
+    if DROP_AND_PAD:
+        first = experts.to(tl.int64) * capacity
+        end = first + capacity
+    else:
+        first = base
+        end = tl.full(base.shape, 0, tl.int64) + N
+    off = tl.load(seg_expert_off_ptr + seg * E + experts, mask=w_ok, other=0)
+    return off + first, end
+
+
+@triton.jit
+def _map_packed(
+    map_ptr, map_stride_t, map_stride_e, probs_ptr, probs_stride_t, probs_stride_e, seg_expert_off_ptr,
+    expert_count_ptr, seg_entry_off_ptr, total_ptr, fits_ptr, marker_ptr, src_token_ptr, perm_probs_ptr,
+    token_ptr_ptr, entry_row_ptr, entry_expert_ptr, T, E, N, seg_len, capacity, HAS_PROBS: tl.constexpr,
+    DROP_AND_PAD: tl.constexpr, PADDED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+    ROW_STORES: tl.constexpr = True,
+):  # fmt: skip
+    # moe_utils.routing._map_kernel over a bool map read as int32 words of four 0/1 bytes (E % 4 == 0,
+    # experts contiguous, BLOCK_T <= 128 so that no byte carries): w * 0x01010101 holds the in-word
+    # prefix sums, and sums and cumsums of words down the tokens add four experts' counts at once.
+    # ROW_STORES=False leaves out the expert-major stores (src_token, permuted probs): only to time
+    # what a plan would gain if the scatter wrote them.
+    seg = tl.program_id(0)
+    words = tl.arange(0, BLOCK_E // 4)
+    n_words = E // 4
+    w_ok = words < n_words
+    c0 = tl.load(expert_count_ptr + words * 4, mask=w_ok, other=0)
+    c1 = tl.load(expert_count_ptr + words * 4 + 1, mask=w_ok, other=0)
+    c2 = tl.load(expert_count_ptr + words * 4 + 2, mask=w_ok, other=0)
+    c3 = tl.load(expert_count_ptr + words * 4 + 3, mask=w_ok, other=0)
+    per_word = c0 + c1 + c2 + c3
+    base = tl.cumsum(per_word, axis=0) - per_word
+    if seg == 0:
+        total = tl.load(total_ptr)
+        tl.store(token_ptr_ptr + T, total)
+        if DROP_AND_PAD:
+            over = tl.maximum(tl.maximum(c0, c1), tl.maximum(c2, c3)) > capacity
+            fits = tl.max(over.to(tl.int32), axis=0) == 0
+        else:
+            fits = total <= N
+        tl.store(fits_ptr, fits.to(tl.int32))
+        if PADDED:
+            tl.store(marker_ptr, tl.full([], 1, tl.int64))
+    row0, end0 = _packed_first(
+        0, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base, capacity, N, DROP_AND_PAD
+    )
+    row1, end1 = _packed_first(
+        1, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base + c0, capacity, N, DROP_AND_PAD
+    )
+    row2, end2 = _packed_first(
+        2, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base + c0 + c1, capacity, N, DROP_AND_PAD
+    )
+    row3, end3 = _packed_first(
+        3, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base + c0 + c1 + c2, capacity, N, DROP_AND_PAD
+    )
+    next_entry = tl.load(seg_entry_off_ptr + seg)
+    map_words = map_ptr.to(tl.pointer_type(tl.int32))
+    word_stride = map_stride_t // 4
+    first = seg.to(tl.int64) * seg_len
+    for off in range(0, seg_len, BLOCK_T):
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        t_ok = tokens < T
+        w = tl.load(
+            map_words + tokens[:, None] * word_stride + words[None, :], mask=t_ok[:, None] & w_ok[None, :], other=0
+        )
+        excl_in_word = w * 0x01010101 - w
+        per_word_t = ((excl_in_word + w) >> 24) & 0xFF
+        place_base = tl.cumsum(per_word_t, axis=1) - per_word_t
+        per_token = tl.sum(per_word_t, axis=1)
+        token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
+        tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
+        room_t = tl.minimum(N - token_first, 4 * BLOCK_E).to(tl.int32)
+        rank_packed = tl.cumsum(w, axis=0) - w
+        colsum = tl.sum(w, axis=0)
+        args = (tokens, token_first, place_base, room_t, src_token_ptr, perm_probs_ptr, probs_ptr, probs_stride_t,
+                probs_stride_e, entry_row_ptr, entry_expert_ptr, HAS_PROBS, ROW_STORES, BLOCK_T)  # fmt: skip
+        row0 = _packed_lane(0, w, excl_in_word, rank_packed, colsum, words, row0, end0, *args)
+        row1 = _packed_lane(1, w, excl_in_word, rank_packed, colsum, words, row1, end1, *args)
+        row2 = _packed_lane(2, w, excl_in_word, rank_packed, colsum, words, row2, end2, *args)
+        row3 = _packed_lane(3, w, excl_in_word, rank_packed, colsum, words, row3, end3, *args)
+        next_entry += tl.sum(per_token, axis=0).to(tl.int64)
+
+
+class _NoRowStores:
+    """Stands in for routing._map_kernel: _map_packed with ROW_STORES=False."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: _map_packed[grid](*args, ROW_STORES=False, **kwargs)
+
+
+def plan_experiments(results, shapes) -> None:
+    """The routing plan with the shipped map kernel against _map_packed (same plan, checked) and
+    _map_packed without the expert-major stores (token-major part checked)."""
+    from sweep import routing_map
+
+    from moe_utils import routing
+    from moe_utils.routing import build_plan, plan_view
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    shipped = routing._map_kernel
+    for n_tokens, n_experts, k in shapes:
+        m = routing_map(n_tokens, n_experts, k, g)
+        p = torch.rand(n_tokens, n_experts, device=DEVICE)
+        n_rows = n_tokens * k
+        want, want_probs, _ = build_plan("exp", m, p, n_rows, False)
+        ref = plan_view("exp", want, n_tokens, n_rows)
+        variants = {"shipped": shipped, "packed": _map_packed, "packed, entries only": _NoRowStores()}
+        for name, kernel in variants.items():
+            routing._map_kernel = kernel
+            try:
+                plan, probs, _ = build_plan("exp", m, p, n_rows, False)
+                got = plan_view("exp", plan, n_tokens, n_rows)
+                assert torch.equal(got.token_ptr, ref.token_ptr) and torch.equal(got.entry_row, ref.entry_row)
+                assert torch.equal(got.entry_expert, ref.entry_expert), name
+                if not isinstance(kernel, _NoRowStores):
+                    assert torch.equal(plan, want) and torch.equal(probs, want_probs), name
+                us = bench(lambda: build_plan("exp", m, p, n_rows, False))
+            finally:
+                routing._map_kernel = shipped
+            results.append(dict(kind="plan", shape=[n_tokens, n_experts, k], variant=name, us=us))
+            print(f"plan {n_tokens}x{n_experts} k={k} {name:22s} {us:8.1f} us", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--only", nargs="*", choices=("act", "scatter"), default=("act", "scatter"))
+    ap.add_argument("--only", nargs="*", choices=("act", "scatter", "plan"), default=("act", "scatter", "plan"))
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
     results = []
@@ -185,6 +347,11 @@ def main() -> None:
             (16384, 64, 8, 2048), (8192, 128, 8, 7168), (65536, 8, 2, 2048), (65536, 256, 2, 2048), (4096, 64, 2, 2048)
         ]  # fmt: skip
         scatter_experiments(results, shapes)
+    if "plan" in args.only:
+        shapes = [(9, 8, 2), (300, 64, 3), (70, 256, 2)] if DRY else [
+            (16384, 64, 8), (65536, 8, 8), (65536, 64, 2), (65536, 256, 2), (65536, 256, 8), (16384, 1024, 8)
+        ]  # fmt: skip
+        plan_experiments(results, shapes)
     if "act" not in args.only:
         fwd_shapes = bwd_shapes = []
     else:
