@@ -232,15 +232,16 @@ def sweep_routing(results, copy, shapes):
 
 
 #: (entries per step of the count/map tile, map kernel warps, most segments, scan tile); the first
-#: is the shipped launch shape.
-PLAN_CONFIGS = (
-    [(1024, 4, 1024, 1024), (4096, 4, 1024, 4096)]
-    + [
-        (tile, warps, segs, 1024)
-        for tile, warps in ((256, 1), (256, 2), (512, 1), (512, 2), (1024, 2), (2048, 4))
-        for segs in (1024, 4096)
-    ]
-    + [(1024, 4, 4096, 1024), (256, 4, 1024, 1024)]
+#: is the shipped launch shape (routing._PLAN_TILE, 8 entries per thread), the second session 3's.
+PLAN_CONFIGS = list(
+    dict.fromkeys(
+        [(256, 1, 1024, 1024), (4096, 4, 1024, 4096), (1024, 4, 1024, 1024), (1024, 4, 4096, 1024)]
+        + [
+            (tile, warps, segs, 1024)
+            for tile, warps in ((256, 1), (256, 2), (256, 4), (512, 1), (512, 2), (1024, 2), (2048, 4))
+            for segs in (1024, 4096)
+        ]
+    )
 )
 
 
@@ -249,6 +250,8 @@ def sweep_plan(results, shapes):
     from moe_utils import routing
 
     shipped = (routing._PLAN_TILE, routing._MAP_ENTRIES_PER_THREAD, routing._MAX_SEGMENTS, routing._SCAN_TILE)
+    first = PLAN_CONFIGS[0]
+    assert shipped == (first[0], first[0] // (32 * first[1]), *first[2:]), "PLAN_CONFIGS[0] is not the shipped shape"
     g = torch.Generator(device=DEVICE).manual_seed(0)
     for n_tokens, n_experts, k in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
