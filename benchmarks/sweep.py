@@ -170,14 +170,14 @@ def sweep_routing(results, copy, shapes):
         x = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
         n_rows = n_tokens * k
         shape = [n_tokens, n_experts, k, hidden]
-        plan, _, _ = build_plan("sweep", m, p, n_rows, False)
+        plan, rest, _ = build_plan("sweep", m, p, n_rows, False)
         view = plan_view("sweep", plan, n_tokens, n_rows)
         out = torch.empty(n_rows, hidden, dtype=DTYPE, device=DEVICE)
         move = (n_tokens + n_rows) * hidden * 2
         pieces = {
             "permute": (lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True), move),
             "plan": (lambda: build_plan("sweep", m, p, n_rows, False), 0),
-            "scatter": (lambda: scatter_rows(x, out, view), move),
+            "scatter": (lambda: scatter_rows(x, out, view, rest=rest), move),
             "zero_padding": (lambda: zero_padding_rows(out, view), 0),
             "fill_out": (lambda: out.fill_(1.0), n_rows * hidden * 2),
             "zeros_probs": (lambda: torch.zeros(n_rows, device=DEVICE), 0),
@@ -195,8 +195,9 @@ def sweep_routing(results, copy, shapes):
                     def run(bk=bk, bh=bh, nw=nw):
                         _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, bh))](
                             x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry_row, view.entry_expert,
-                            view.src_token, n_tokens, n_rows, hidden, SCALE=False, PAD=False, PAD_ROWS=16,
-                            BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                            view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
+                            hidden, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
+                            DROP_AND_PAD=False, PAD_ROWS=16, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
                         )  # fmt: skip
 
                     us = bench(run)
@@ -267,8 +268,9 @@ def sweep_plan(results, shapes):
                 scan,
             )
             try:
-                plan, probs, _ = build_plan("sweep", m, p, n_tokens * k, False)
-                assert torch.equal(plan, ref[0]) and torch.equal(probs, ref[1]), f"plan differs under {config}"
+                plan, rest, _ = build_plan("sweep", m, p, n_tokens * k, False)
+                assert torch.equal(plan, ref[0]), f"plan differs under {config}"
+                assert torch.equal(rest.expert_count, ref[1].expert_count), f"counts differ under {config}"
                 us = bench(lambda: build_plan("sweep", m, p, n_tokens * k, False))
             finally:
                 routing._PLAN_TILE, routing._MAP_ENTRIES_PER_THREAD, routing._MAX_SEGMENTS, routing._SCAN_TILE = shipped

@@ -15,9 +15,38 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from .routing import Plan, build_plan, check_routing_map, plan_numel, plan_view
+from .routing import Plan, PlanRest, build_plan, check_routing_map, plan_numel, plan_view
 
 __all__ = ["permute", "scatter_rows", "zero_padding_rows"]
+
+
+@triton.jit
+def _padding(
+    rows,  # [BLOCK] int64 permuted rows
+    src_token_ptr,  # [N] int64 plan (not FROM_COUNTS): -1 marks a padding row
+    expert_count_ptr,  # [E] int64 (FROM_COUNTS): routed tokens per expert
+    total_ptr,  # [1] int64 (FROM_COUNTS): routed pairs in all
+    n_rows,  # N
+    n_experts,  # E (FROM_COUNTS and DROP_AND_PAD)
+    capacity,  # rows per expert (FROM_COUNTS and DROP_AND_PAD)
+    FROM_COUNTS: tl.constexpr,
+    DROP_AND_PAD: tl.constexpr,
+):
+    """Which of rows (< N) no token maps to."""
+    in_range = rows < n_rows
+    if FROM_COUNTS:
+        if DROP_AND_PAD:
+            # Expert e owns rows e * capacity .. (e + 1) * capacity - 1 and fills the first
+            # count[e] of them; rows past E * capacity belong to nobody.
+            expert = rows // tl.maximum(capacity, 1)
+            owned = in_range & (expert < n_experts)
+            count = tl.load(expert_count_ptr + expert, mask=owned, other=0)
+            pad = in_range & ((~owned) | (rows - expert * capacity >= tl.minimum(count, capacity)))
+        else:
+            pad = in_range & (rows >= tl.load(total_ptr))  # rows are filled from 0 up
+    else:
+        pad = tl.load(src_token_ptr + rows, mask=in_range, other=0) < 0
+    return pad
 
 
 @triton.jit
@@ -25,18 +54,26 @@ def _scatter_rows_kernel(
     src_ptr,  # [T, hidden] source rows: tokens, or the gradient of unpermute's output
     src_row_stride,  # elements between source rows
     dst_ptr,  # [N, hidden] permuted rows, contiguous
-    probs_ptr,  # [T, E] routing probabilities (SCALE)
+    probs_ptr,  # [T, E] routing probabilities (SCALE, or WRITE_PLAN with HAS_PROBS)
     probs_stride_t,  # elements between tokens of probs
     probs_stride_e,  # elements between experts of probs
     token_ptr_ptr,  # [T + 1] int64 plan: token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
     entry_row_ptr,  # [N] int64 plan: permuted row of each entry (-1: not placed)
     entry_expert_ptr,  # [N] int64 plan: expert of each entry
-    src_token_ptr,  # [N] int64 plan: source token of each row, -1 for padding (PAD)
+    src_token_ptr,  # [N] int64 plan: source token of each row, -1 for padding; written with WRITE_PLAN
+    perm_probs_ptr,  # [N] out (WRITE_PLAN and HAS_PROBS): probability of each permuted row
+    expert_count_ptr,  # [E] int64 (WRITE_PLAN): routed tokens per expert
+    total_ptr,  # [1] int64 (WRITE_PLAN): routed pairs in all
     n_tokens,  # T: programs past it zero padding rows (PAD)
     n_rows,  # N; entries past it exist only for a routing map that broke its contract
     hidden,  # row width
+    n_experts,  # E (WRITE_PLAN and DROP_AND_PAD)
+    capacity,  # rows per expert (WRITE_PLAN and DROP_AND_PAD)
     SCALE: tl.constexpr,  # multiply each copy by its probability, in fp32
     PAD: tl.constexpr,  # the plan has padding rows: zero them in the same launch
+    WRITE_PLAN: tl.constexpr,  # permute: also write src_token (and the permuted probs) of each row
+    HAS_PROBS: tl.constexpr,  # WRITE_PLAN: permute probabilities too
+    DROP_AND_PAD: tl.constexpr,  # WRITE_PLAN: rows are laid out capacity per expert
     PAD_ROWS: tl.constexpr,  # rows checked by each padding program, a multiple of BLOCK_K
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
@@ -44,18 +81,19 @@ def _scatter_rows_kernel(
     # dst[entry_row[j]] = src[t] (* probs[t, entry_expert[j]]) for every entry j of token t.
     # One program per (token, column block): the source block is read once and written to
     # BLOCK_K destination rows per step, so the k stores of a token are in flight together.
-    # With PAD, programs T, T + 1, ... each own PAD_ROWS rows and zero those no token maps to.
+    # With PAD, programs T, T + 1, ... each own PAD_ROWS rows and zero those no token maps to:
+    # with WRITE_PLAN src_token is being written by this launch, so they go by the counts.
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     if PAD and pid >= n_tokens:
         block = (pid - n_tokens) * PAD_ROWS + tl.arange(0, PAD_ROWS)
-        src = tl.load(src_token_ptr + block, mask=block < n_rows, other=0)
-        if tl.min(src, axis=0) < 0:  # most blocks hold no padding: skip them
+        args = (src_token_ptr, expert_count_ptr, total_ptr, n_rows, n_experts, capacity, WRITE_PLAN, DROP_AND_PAD)
+        if tl.max(_padding(block, *args).to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
             zeros = tl.zeros([BLOCK_K, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
             for start in range(0, PAD_ROWS, BLOCK_K):
                 rows = (pid - n_tokens) * PAD_ROWS + start + tl.arange(0, BLOCK_K)
-                pad = tl.load(src_token_ptr + rows, mask=rows < n_rows, other=0) < 0
+                pad = _padding(rows, *args)
                 tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=pad[:, None] & col_ok[None, :])
     else:
         token = pid
@@ -73,6 +111,13 @@ def _scatter_rows_kernel(
             else:
                 value = tl.broadcast_to(x[None, :], (BLOCK_K, BLOCK_H))
             tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], value, mask=ok)
+            if WRITE_PLAN:
+                if tl.program_id(1) == 0:  # the expert-major half of the plan, once per entry
+                    tl.store(src_token_ptr + rows, tl.zeros([BLOCK_K], tl.int64) + token, mask=rows >= 0)
+                    if HAS_PROBS:
+                        expert = tl.load(entry_expert_ptr + entries, mask=rows >= 0, other=0)
+                        row_p = tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e, mask=rows >= 0)
+                        tl.store(perm_probs_ptr + rows, row_p, mask=rows >= 0)
 
 
 #: Rows each padding program of the scatter checks (a multiple of every BLOCK_K).
@@ -88,27 +133,45 @@ def block_k(n_rows: int, n_tokens: int) -> int:
     return min(8, triton.next_power_of_2(max(1, -(-n_rows // max(n_tokens, 1)))))
 
 
-def scatter_rows(src: torch.Tensor, dst: torch.Tensor, plan: Plan, probs: torch.Tensor | None = None) -> None:
+def scatter_rows(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    plan: Plan,
+    probs: torch.Tensor | None = None,
+    rest: PlanRest | None = None,
+) -> None:
     """dst[row of (t, e)] = src[t] (* probs[t, e]) for every routed (t, e), and zero in padding rows;
-    src [T, hidden]."""
-    _launch_scatter(src, src.shape[0], dst, plan, probs)
+    src [T, hidden]. With rest (from build_plan, for permute) it also completes the plan: src_token
+    and rest.perm_probs of every routed row."""
+    _launch_scatter(src, src.shape[0], dst, plan, probs, rest)
 
 
 def zero_padding_rows(dst: torch.Tensor, plan: Plan) -> None:
     """Zero the rows of dst that no token maps to (only plans built with num_out_tokens have them):
     the scatter's padding programs alone."""
-    _launch_scatter(dst, 0, dst, plan, None)
+    _launch_scatter(dst, 0, dst, plan, None, None)
 
 
-def _launch_scatter(src: torch.Tensor, n_tokens: int, dst: torch.Tensor, plan: Plan, probs: torch.Tensor | None):
+def _launch_scatter(
+    src: torch.Tensor,
+    n_tokens: int,
+    dst: torch.Tensor,
+    plan: Plan,
+    probs: torch.Tensor | None,
+    rest: PlanRest | None,
+) -> None:
     n_rows, hidden = dst.shape
     pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if plan.padded else 0
-    if hidden == 0 or n_rows == 0 or n_tokens + pad_programs == 0:
+    # Without rows there is nothing to write; without columns only the plan (rest) is.
+    if n_rows == 0 or n_tokens + pad_programs == 0 or (hidden == 0 and rest is None):
         return
     k = block_k(n_rows, n_tokens)
     # Measured on the H100 (benchmarks/sweep.py): 2048-column blocks are best at every k.
     block_h = _block_h(hidden, 2048)
-    _scatter_rows_kernel[(n_tokens + pad_programs, triton.cdiv(hidden, block_h))](
+    plan_probs = rest is not None and rest.probs is not None and rest.perm_probs is not None
+    if plan_probs:
+        probs = rest.probs
+    _scatter_rows_kernel[(n_tokens + pad_programs, triton.cdiv(max(hidden, 1), block_h))](
         src,
         src.stride(0),
         dst,
@@ -119,11 +182,19 @@ def _launch_scatter(src: torch.Tensor, n_tokens: int, dst: torch.Tensor, plan: P
         plan.entry_row,
         plan.entry_expert,
         plan.src_token,
+        rest.perm_probs if plan_probs else plan.src_token,
+        rest.expert_count if rest is not None else plan.src_token,
+        rest.total if rest is not None else plan.src_token,
         n_tokens,
         n_rows,
         hidden,
-        SCALE=probs is not None,
+        rest.expert_count.shape[0] if rest is not None else 0,
+        rest.capacity if rest is not None else 0,
+        SCALE=probs is not None and rest is None,
         PAD=plan.padded,
+        WRITE_PLAN=rest is not None,
+        HAS_PROBS=plan_probs,
+        DROP_AND_PAD=rest is not None and rest.drop_and_pad,
         PAD_ROWS=_PAD_ROWS,
         BLOCK_K=k,
         BLOCK_H=block_h,
@@ -144,12 +215,13 @@ def _launch_permute(
     """(permuted tokens [N, hidden], permuted probs [N] (empty without probs), plan)."""
     tokens = _rt.unit_column_stride(tokens)
     n_tokens, hidden = tokens.shape
-    plan, perm_probs, n_rows = build_plan(
+    plan, rest, n_rows = build_plan(
         "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
     )
     view = plan_view("permute", plan, n_tokens, n_rows)
     out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
-    scatter_rows(tokens, out, view)  # padding rows too
+    scatter_rows(tokens, out, view, rest=rest)  # padding rows, src_token and the permuted probs too
+    perm_probs = rest.perm_probs
     if perm_probs is None:
         perm_probs = torch.empty((0,), dtype=torch.float32, device=tokens.device)
     return out, perm_probs, plan

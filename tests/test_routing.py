@@ -328,3 +328,20 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
         for other in results[padded::2]:
             for a, b in zip(first, other, strict=True):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("num_out", [None, 43])
+def test_zero_width_tokens_still_get_a_complete_plan(num_out):
+    # permute's scatter writes src_token and the permuted probs of every row: with hidden = 0 it
+    # copies no columns, but it must still run.
+    gen = make_generator(41)
+    n_tokens, n_experts = 20, 6
+    m = topk_map(n_tokens, n_experts, 2, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    x = torch.randn(n_tokens, 0, generator=gen).to(DEVICE)
+    _, ap, ai = permute(x, m, p, fused=False)
+    b, bp, plan = permute(x, m, p, num_out_tokens=num_out, fused=True)
+    n = ai.numel()
+    assert b.shape == (num_out or n, 0)
+    assert torch.equal(plan[:n], ai) and torch.equal(bp[:n], ap)
+    assert torch.all(plan[n : bp.numel()] == -1) and torch.all(bp[n:] == 0)
