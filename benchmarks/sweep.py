@@ -196,8 +196,8 @@ def sweep_routing(results, copy, shapes):
                         _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, bh))](
                             x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry_row, view.entry_expert,
                             view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
-                            hidden, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
-                            DROP_AND_PAD=False, PAD_ROWS=16, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                            hidden, 0, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
+                            DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=128, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
                         )  # fmt: skip
 
                     us = bench(run)
@@ -233,17 +233,17 @@ def sweep_routing(results, copy, shapes):
 
 
 #: (entries per step of the count/map tile, map kernel warps, most segments, scan tile); the first
-#: is the shipped launch shape (routing._PLAN_TILE, 8 entries per thread), the second session 3's.
-PLAN_CONFIGS = list(
-    dict.fromkeys(
-        [(256, 1, 1024, 1024), (4096, 4, 1024, 4096), (1024, 4, 1024, 1024), (1024, 4, 4096, 1024)]
-        + [
-            (tile, warps, segs, 1024)
-            for tile, warps in ((256, 1), (256, 2), (256, 4), (512, 1), (512, 2), (1024, 2), (2048, 4))
-            for segs in (1024, 4096)
-        ]
-    )
-)
+#: is the shipped launch shape (routing._PLAN_TILE, 8 entries per thread). Session 4 swept tiles
+#: and warps (results/sweep-*.json, "plan"); this list looks at the segment count, which sets the
+#: size of the scan against the serial steps of each map program.
+PLAN_CONFIGS = [
+    (256, 1, 1024, 1024),
+    *((256, 1, segs, 1024) for segs in (128, 256, 512, 2048)),
+    (256, 1, 256, 4096),
+    (512, 1, 256, 1024),
+    (512, 2, 512, 1024),
+    (1024, 4, 1024, 1024),
+]
 
 
 def sweep_plan(results, shapes):
