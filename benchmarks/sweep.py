@@ -197,7 +197,7 @@ def sweep_routing(results, copy, shapes):
                             x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry_row, view.entry_expert,
                             view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
                             hidden, 0, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
-                            DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=128, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                            DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
                         )  # fmt: skip
 
                     us = bench(run)

@@ -96,7 +96,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(routing._count_kernel, dict(FILL=on, HAS_PROBS=on, BLOCK_F=1024, **blocks))
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=4))
     compile_sm90(routing._map_kernel, dict(DROP_AND_PAD=on, PADDED=on, **blocks))
-    scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=128, BLOCK_K=8, BLOCK_H=2048)
+    scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, **off))  # unpermute's backward
     plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on)
