@@ -247,7 +247,9 @@ PLAN_CONFIGS = [
 
 
 def sweep_plan(results, shapes):
-    """The routing plan alone (count, scan, map, device check) under every PLAN_CONFIGS entry."""
+    """The routing plan under every PLAN_CONFIGS entry: build_plan alone (count, scan, map, device
+    check: "us") and the whole plan, a permute of zero-width rows (the scatter's programs that write
+    src_token and the permuted probs, and its padding programs, too: "us_whole")."""
     from moe_utils import routing
 
     shipped = (routing._PLAN_TILE, routing._MAP_ENTRIES_PER_THREAD, routing._MAX_SEGMENTS, routing._SCAN_TILE)
@@ -257,7 +259,9 @@ def sweep_plan(results, shapes):
     for n_tokens, n_experts, k in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
         p = torch.rand(n_tokens, n_experts, device=DEVICE)
-        ref = build_plan("sweep", m, p, n_tokens * k, False)
+        n_rows = n_tokens * k
+        x = torch.empty(n_tokens, 0, dtype=DTYPE, device=DEVICE)
+        ref = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
         for config in PLAN_CONFIGS:
             tile, warps, segs, scan = config  # warps of a full tile: entries per thread = tile / (32 * warps)
             per_thread = tile // (32 * warps)
@@ -268,17 +272,18 @@ def sweep_plan(results, shapes):
                 scan,
             )
             try:
-                plan, rest, _ = build_plan("sweep", m, p, n_tokens * k, False)
-                assert torch.equal(plan, ref[0]), f"plan differs under {config}"
-                assert torch.equal(rest.expert_count, ref[1].expert_count), f"counts differ under {config}"
-                us = bench(lambda: build_plan("sweep", m, p, n_tokens * k, False))
+                _, probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
+                assert torch.equal(plan, ref[2]) and torch.equal(probs, ref[1]), f"plan differs under {config}"
+                us = bench(lambda: build_plan("sweep", m, p, n_rows, False))
+                us_whole = bench(lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True))
             finally:
                 routing._PLAN_TILE, routing._MAP_ENTRIES_PER_THREAD, routing._MAX_SEGMENTS, routing._SCAN_TILE = shipped
-            results.setdefault("plan", []).append(dict(shape=[n_tokens, n_experts, k], config=list(config), us=us))
+            row = dict(shape=[n_tokens, n_experts, k], config=list(config), us=us, us_whole=us_whole)
+            results.setdefault("plan", []).append(row)
         rows = [r for r in results["plan"] if r["shape"] == [n_tokens, n_experts, k]]
-        top = sorted(rows, key=lambda r: r["us"])[:4]
-        best = [(r["config"], round(r["us"], 1)) for r in rows[:1] + top]
-        print((n_tokens, n_experts, k), "plan (shipped, then best)", best)
+        top = sorted(rows, key=lambda r: r["us_whole"])[:4]
+        best = [(r["config"], round(r["us"], 1), round(r["us_whole"], 1)) for r in rows[:1] + top]
+        print((n_tokens, n_experts, k), "plan, whole plan (shipped, then best)", best)
         yield
 
 

@@ -2,8 +2,9 @@
 
 ``fused=False`` is the reference algorithm in plain PyTorch. ``fused=True`` builds a routing plan on
 the device (``moe_utils.routing``) and copies each source row once to each of its experts' rows with
-``_scatter_rows_kernel``. Its backward gathers the rows back (``moe_utils.unpermute``'s kernel):
-no atomics anywhere, so results are bit-identical from run to run.
+``_scatter_rows_kernel``, which in the same launch completes the plan (each permuted row's source
+token and probability) and zeroes the padding rows. Its backward gathers the rows back
+(``moe_utils.unpermute``'s kernel): no atomics anywhere, so results are bit-identical from run to run.
 """
 
 from __future__ import annotations
