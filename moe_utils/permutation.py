@@ -213,17 +213,18 @@ def _launch_scatter(
     k = block_k(n_rows, n_tokens)
     # Measured on the H100 (benchmarks/sweep.py): 2048-column blocks are best at every k.
     block_h = _block_h(hidden, 2048)
+    # probs is read to scale the copies (unpermute's backward) or, with rest, to permute them.
     plan_probs = rest is not None and rest.probs is not None and rest.perm_probs is not None
-    if plan_probs:
-        probs = rest.probs
+    scale = probs is not None and rest is None
+    table = rest.probs if plan_probs else probs if scale else None
     n_plan = triton.cdiv(n_tokens, _PLAN_TOKENS) if rest is not None else 0
     _scatter_rows_kernel[(n_plan + n_tokens + pad_programs, triton.cdiv(max(hidden, 1), block_h))](
         src,
         src.stride(0),
         dst,
-        probs if probs is not None else src,
-        probs.stride(0) if probs is not None else 0,
-        probs.stride(1) if probs is not None else 0,
+        table if table is not None else src,
+        table.stride(0) if table is not None else 0,
+        table.stride(1) if table is not None else 0,
         plan.token_ptr,
         plan.entry_row,
         plan.entry_expert,
@@ -237,7 +238,7 @@ def _launch_scatter(
         n_plan,
         rest.expert_count.shape[0] if rest is not None else 0,
         rest.capacity if rest is not None else 0,
-        SCALE=probs is not None and rest is None,
+        SCALE=scale,
         PAD=plan.padded,
         WRITE_PLAN=rest is not None,
         HAS_PROBS=plan_probs,

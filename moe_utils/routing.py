@@ -31,8 +31,9 @@ The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place 
     (marker)     [0 or 1] present when rows may be padding (num_out_tokens was given)
 
 N is the number of permuted rows. The layout is private to this package: pass the tensor to
-``unpermute(..., fused=True)`` and nowhere else. ``build_plan`` returns it with ``src_token``
-holding only the padding marker; ``permutation.scatter_rows(..., rest=...)`` completes it.
+``unpermute(..., fused=True)`` and nowhere else. ``build_plan`` returns it with ``src_token`` not
+yet written (only -1 everywhere when num_out_tokens is given); ``permutation.scatter_rows(...,
+rest=...)`` completes it.
 """
 
 from __future__ import annotations
@@ -304,7 +305,7 @@ def build_plan(
     probs: torch.Tensor | None,
     num_out_tokens: int | None,
     drop_and_pad: bool,
-) -> tuple[torch.Tensor, PlanRest | None, int]:
+) -> tuple[torch.Tensor, PlanRest, int]:
     """Build the plan on the device. Returns (plan, rest, N): pass rest to permutation.scatter_rows,
     which completes the plan (src_token) and the permuted probabilities (rest.perm_probs).
 
