@@ -234,15 +234,13 @@ def sweep_routing(results, copy, shapes):
 
 #: (entries per step of the count/map tile, map kernel warps, most segments, scan tile); the first
 #: is the shipped launch shape (routing._PLAN_TILE, 8 entries per thread). Session 4 swept tiles
-#: and warps (results/sweep-*.json, "plan"); this list looks at the segment count, which sets the
-#: size of the scan against the serial steps of each map program.
+#: and warps, session 5 the segment count (results/sweep-*.json, "plan" and "plan_s5_segments");
+#: this list looks at the scan tile (experts per scan program) and the segment count with it.
 PLAN_CONFIGS = [
-    (256, 1, 1024, 1024),
-    *((256, 1, segs, 1024) for segs in (128, 256, 512, 2048)),
-    (256, 1, 256, 4096),
-    (512, 1, 256, 1024),
-    (512, 2, 512, 1024),
-    (1024, 4, 1024, 1024),
+    (256, 1, 1024, 4096),
+    *((256, 1, 1024, scan) for scan in (1024, 2048, 8192)),
+    *((256, 1, segs, 4096) for segs in (256, 512, 2048)),
+    (512, 2, 512, 4096),
 ]
 
 
@@ -359,7 +357,7 @@ def main() -> None:
     routing = [(16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 8, 4096)]
     only = set(args.only or ("act", "routing", "unweighted"))
     if "profile" in only:
-        profile_permute([*routing, (65536, 256, 2, 2048)])
+        profile_permute([*routing, (65536, 256, 2, 2048), (16384, 256, 2, 2048), (4096, 8, 2, 2048)])
     plan_shapes = [(4096, 8, 2), (4096, 256, 2), (16384, 64, 8), (8192, 128, 8), (65536, 8, 8), (65536, 64, 2)]
     plan_shapes += [(65536, 256, 2), (16384, 1024, 8)]
     small = [(4096, 768), (16384, 768)]

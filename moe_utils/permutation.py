@@ -119,7 +119,8 @@ def _scatter_rows_kernel(
     # One program per (token, column block): the source block is read once and written to
     # BLOCK_K destination rows per step, so the k stores of a token are in flight together.
     # With PAD, programs T, T + 1, ... each own PAD_ROWS rows and zero those no token maps to:
-    # with WRITE_PLAN src_token is being written by this launch, so they go by the counts.
+    # with WRITE_PLAN src_token is being written by this launch, so they go by the counts, and
+    # they write the plan's side of those rows too (src_token -1, probability 0).
     # With WRITE_PLAN, n_plan programs come first and write the plan's expert-major half; in the
     # copy programs those dependent loads (entry, expert, probs) would hold each copy's slot for
     # two more memory latencies (the H100 ran the scatter 2-4% slower that way).
@@ -136,7 +137,13 @@ def _scatter_rows_kernel(
     elif PAD and pid >= n_tokens:
         block = (pid - n_tokens) * PAD_ROWS + tl.arange(0, PAD_ROWS)
         args = (src_token_ptr, expert_count_ptr, total_ptr, n_rows, n_experts, capacity, WRITE_PLAN, DROP_AND_PAD)
-        if tl.max(_padding(block, *args).to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
+        pad_block = _padding(block, *args)
+        if tl.max(pad_block.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
+            if WRITE_PLAN and tl.program_id(1) == 0:  # the plan's padding marker, and probability 0
+                tl.store(src_token_ptr + block, tl.full([PAD_ROWS], -1, tl.int64), mask=pad_block)
+                if HAS_PROBS:
+                    no_prob = tl.zeros([PAD_ROWS], perm_probs_ptr.dtype.element_ty)
+                    tl.store(perm_probs_ptr + block, no_prob, mask=pad_block)
             zeros = tl.zeros([BLOCK_K, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
             for start in range(0, PAD_ROWS, BLOCK_K):
                 rows = (pid - n_tokens) * PAD_ROWS + start + tl.arange(0, BLOCK_K)

@@ -3,9 +3,7 @@
 From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) three small kernels
 build it, with no atomics and no host synchronisation:
 
-1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment. With
-   ``num_out_tokens`` given it also marks every permuted row as padding (-1) and zeroes the
-   permuted probabilities, so no separate fill runs.
+1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment.
 2. ``_scan_experts_kernel`` (one program per block of experts): an exclusive prefix sum over the
    segments gives each (segment, expert) the rows of that expert in earlier segments, and the
    total per expert; program 0 also gives each segment its first token-major entry, and the total.
@@ -13,7 +11,7 @@ build it, with no atomics and no host synchronisation:
    sum over at most MAX_EXPERTS counts), then a cumulative sum over the segment's tokens gives
    every routed (token, expert) its permuted row (expert-major, ascending token order within an
    expert, exactly the order of the reference) and its place in the token-major list. Program 0
-   writes the total and whether the routing fits.
+   writes the total and whether the routing fits (on the GPU it also asserts it there).
 
 The map kernel writes only the token-major half of the plan. The expert-major half (``src_token``
 and the permuted probabilities) is written by permute's scatter, which visits every entry anyway:
@@ -32,8 +30,8 @@ The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place 
 
 N is the number of permuted rows. The layout is private to this package: pass the tensor to
 ``unpermute(..., fused=True)`` and nowhere else. ``build_plan`` returns it with ``src_token`` not
-yet written (only -1 everywhere when num_out_tokens is given); ``permutation.scatter_rows(...,
-rest=...)`` completes it.
+yet written; ``permutation.scatter_rows(..., rest=...)`` completes it: the routed rows' source
+tokens, and -1 in the padding rows (with the permuted probabilities: theirs, and 0).
 """
 
 from __future__ import annotations
@@ -54,8 +52,6 @@ MAX_EXPERTS = 1024
 #: serial walks in the map kernel for large T x E (256 left 16 steps per program at 65536 x 256);
 #: on the H100 that changed nothing measurable (510 vs 512 µs there): the walk is not the bottleneck.
 _MAX_SEGMENTS = 1024
-#: Rows of the padding marker filled per step by the count kernel.
-_FILL_BLOCK = 1024
 #: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
 #: at least one token wide: up to 1024 entries), and the map kernel's warps: 8 entries per thread.
 #: The map kernel's two cumulative sums (down the tokens, across the experts) move its tiles
@@ -65,8 +61,11 @@ _FILL_BLOCK = 1024
 #: tiles with 4 warps, 130 µs at 256 entries with one warp; never slower at the 8 shapes swept.
 _PLAN_TILE = 256
 _MAP_ENTRIES_PER_THREAD = 8
-#: Elements per program of the expert scan ([segments, experts] tile).
-_SCAN_TILE = 1024
+#: Elements per program of the expert scan ([segments, experts] tile), and per thread. On the
+#: H100 (sweep.py --only plan, session 6): 4096 was the fastest at 7 of 8 shapes, 1-3 µs ahead of
+#: 1024 and 8192 (8192 at 1024 segments takes 250 registers).
+_SCAN_TILE = 4096
+_SCAN_ENTRIES_PER_THREAD = 32
 
 
 @triton.jit
@@ -79,23 +78,10 @@ def _count_kernel(
     T,  # tokens
     E,  # experts
     seg_len,  # tokens per segment, a multiple of BLOCK_T
-    src_token_ptr,  # [N] int64 out (FILL): -1, the padding marker, until the map kernel writes a row
-    perm_probs_ptr,  # [N] out (FILL and HAS_PROBS): 0, the probability of a padding row
-    N,  # permuted rows (FILL)
-    fill_len,  # rows each program fills, a multiple of BLOCK_F (FILL)
-    FILL: tl.constexpr,
-    HAS_PROBS: tl.constexpr,
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
-    BLOCK_F: tl.constexpr,  # rows filled per step (FILL)
 ):
     seg = tl.program_id(0)
-    if FILL:
-        for off in range(0, fill_len, BLOCK_F):
-            rows = seg.to(tl.int64) * fill_len + off + tl.arange(0, BLOCK_F)
-            tl.store(src_token_ptr + rows, tl.full([BLOCK_F], -1, tl.int64), mask=rows < N)
-            if HAS_PROBS:
-                tl.store(perm_probs_ptr + rows, tl.zeros([BLOCK_F], perm_probs_ptr.dtype.element_ty), mask=rows < N)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
     # Counted elementwise, summed over tokens once at the end: a reduction per step costs more
@@ -126,13 +112,16 @@ def _scan_experts_kernel(
     BLOCK_E: tl.constexpr,  # experts per program
 ):
     # Experts are independent here: one program per block of experts, all segments in one tile.
+    # The tile's rows are BLOCK_E consecutive counts: one expert per program made every load and
+    # store its own 32-byte sector (9.4 µs at 1024 segments x 256 experts on the H100).
+    # Sums of one expert's counts are at most T tokens: int32, widened only to be stored.
     segs = tl.arange(0, BLOCK_S)
     experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     ok = (segs < n_seg)[:, None] & (experts < E)[None, :]
     offs = segs[:, None] * E + experts[None, :]
-    c = tl.load(counts_ptr + offs, mask=ok, other=0).to(tl.int64)
-    tl.store(seg_expert_off_ptr + offs, tl.cumsum(c, axis=0) - c, mask=ok)
-    tl.store(expert_count_ptr + experts, tl.sum(c, axis=0), mask=experts < E)
+    c = tl.load(counts_ptr + offs, mask=ok, other=0)
+    tl.store(seg_expert_off_ptr + offs, (tl.cumsum(c, axis=0) - c).to(tl.int64), mask=ok)
+    tl.store(expert_count_ptr + experts, tl.sum(c, axis=0).to(tl.int64), mask=experts < E)
     if tl.program_id(0) == 0:  # the token-major prefix over segments, once
         seg_total = tl.load(seg_total_ptr + segs, mask=segs < n_seg, other=0)
         tl.store(seg_entry_off_ptr + segs, tl.cumsum(seg_total, axis=0) - seg_total, mask=segs < n_seg)
@@ -160,6 +149,7 @@ def _map_kernel(
     capacity,  # DROP_AND_PAD: rows per expert
     DROP_AND_PAD: tl.constexpr,
     PADDED: tl.constexpr,  # the plan carries the padding marker
+    CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
 ):
@@ -183,6 +173,14 @@ def _map_kernel(
         else:
             fits = total <= N
         tl.store(fits_ptr, fits.to(tl.int32))
+        # On the GPU, the check without a host sync: here it costs nothing, where a launch of
+        # torch._assert_async cost 2.2 µs on the H100. The message is a literal; the host says more
+        # on the CPU, where it reads fits.
+        if CHECK:
+            if DROP_AND_PAD:
+                tl.device_assert(fits, "permute: drop_and_pad=True allows at most capacity tokens per expert")
+            else:
+                tl.device_assert(fits, "permute: routing_map routes more (token, expert) pairs than num_out_tokens")
         if PADDED:
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
     # Next free row of each expert and next free token-major entry, carried across steps.
@@ -309,8 +307,8 @@ def build_plan(
     """Build the plan on the device. Returns (plan, rest, N): pass rest to permutation.scatter_rows,
     which completes the plan (src_token) and the permuted probabilities (rest.perm_probs).
 
-    N is num_out_tokens when given (no host synchronisation; three launches, plus the device-side
-    check on the GPU), else the routed count (one sync, as in the reference). More routed
+    N is num_out_tokens when given (no host synchronisation; three launches), else the routed
+    count (one sync, as in the reference). More routed
     (token, expert) pairs than N rows, or with drop_and_pad more than capacity tokens for one
     expert, is an error: raised on the CPU, a device-side assertion on the GPU; either way no kernel
     writes out of bounds.
@@ -339,36 +337,20 @@ def build_plan(
         perm_probs = None if probs is None else _rt.empty((n_rows,), probs.dtype, device)
         return plan, perm_probs
 
-    if padded:  # the size is known: allocate now and let the count kernel mark the padding
+    if padded:  # the size is known: allocate now
         n_rows = num_out_tokens
         plan, perm_probs = allocate(n_rows)
     else:
         n_rows, plan, perm_probs = 0, seg_total, None
-    fill_len = _FILL_BLOCK * triton.cdiv(triton.cdiv(n_rows, n_seg), _FILL_BLOCK)
     _count_kernel[(n_seg,)](
-        m,
-        m.stride(0),
-        m.stride(1),
-        counts,
-        seg_total,
-        n_tokens,
-        n_experts,
-        seg_len,
-        plan,
-        perm_probs if perm_probs is not None else plan,
-        n_rows,
-        fill_len,
-        FILL=padded,
-        HAS_PROBS=perm_probs is not None,
-        BLOCK_T=block_t,
-        BLOCK_E=block_e,
-        BLOCK_F=_FILL_BLOCK,
+        m, m.stride(0), m.stride(1), counts, seg_total, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e
     )
     seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
     # expert_count [E], seg_entry_off [n_seg] and the total number of routed pairs
     scratch = torch.empty((n_experts + n_seg + 1,), dtype=torch.int64, device=device)
     expert_count, seg_entry_off, total = scratch[:n_experts], scratch[n_experts:-1], scratch[-1:]
     experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
+    scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
     _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
         counts,
         seg_total,
@@ -380,12 +362,16 @@ def build_plan(
         n_experts,
         BLOCK_S=block_s,
         BLOCK_E=experts_per_program,
+        num_warps=scan_warps,
     )
     if not padded:  # data-dependent size, as in the reference
         n_rows = int(total.item())
         plan, perm_probs = allocate(n_rows)
     view = plan_view(fn, plan, n_tokens, n_rows)
     fits = torch.empty((1,), dtype=torch.int32, device=device)
+    # On the GPU the map kernel asserts the fit itself (compiled with debug=True for its
+    # device_assert, without Triton's int32 overflow checks that debug would also add).
+    check = padded and device.type == "cuda"
     _map_kernel[(n_seg,)](
         m,
         m.stride(0),
@@ -406,11 +392,13 @@ def build_plan(
         capacity,
         DROP_AND_PAD=drop_and_pad,
         PADDED=padded,
+        CHECK=check,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
         num_warps=min(4, max(1, block_t * block_e // (32 * _MAP_ENTRIES_PER_THREAD))),
+        **({"debug": True, "sanitize_overflow": False} if check else {}),
     )
-    if padded:
+    if padded and not check:
         _check_fits(fn, fits, view.token_ptr[n_tokens:], expert_count, n_rows, capacity, drop_and_pad)
     return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad), n_rows
 
@@ -430,17 +418,16 @@ def _empty_plan(
 
 
 def _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad) -> None:
-    """Raise (CPU) or assert on the device (GPU, no sync) that every routed pair got a row."""
+    """Raise if a routed pair got no row (on the CPU; the map kernel asserts it on the GPU)."""
+    if bool(fits[0]):
+        return
     if drop_and_pad:
         msg = (
             f"{fn}: drop_and_pad=True needs at most capacity = num_out_tokens // num_experts = {capacity} "
             "tokens per expert in routing_map (exactly capacity when the dispatcher pads)"
         )
+        got = f"per-expert counts {expert_count.tolist()}"
     else:
         msg = f"{fn}: routing_map routes more (token, expert) pairs than num_out_tokens = {n_rows}"
-    if total.device.type == "cpu":
-        if not bool(fits[0]):
-            got = f"per-expert counts {expert_count.tolist()}" if drop_and_pad else f"{int(total[0])} routed"
-            raise ValueError(f"{msg}; got {got}")
-    else:
-        torch._assert_async(fits, msg)  # one element, nonzero when the routing fits
+        got = f"{int(total[0])} routed"
+    raise ValueError(f"{msg}; got {got}")

@@ -46,8 +46,11 @@ INT64_POINTERS = {
 }
 
 
-def compile_sm90(kernel, constexprs: dict, floats: tuple[str, ...] = (), types: dict | None = None) -> None:
-    """Compile kernel for sm_90; arguments not in constexprs or types are typed by name."""
+def compile_sm90(
+    kernel, constexprs: dict, floats: tuple[str, ...] = (), types: dict | None = None, options: dict | None = None
+) -> None:
+    """Compile kernel for sm_90; arguments not in constexprs or types are typed by name; options are
+    compiler options as a launch passes them (debug, ...)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -67,7 +70,7 @@ def compile_sm90(kernel, constexprs: dict, floats: tuple[str, ...] = (), types: 
     missing = set(constexprs) - set(names)
     assert not missing, f"{fn.__name__} has no arguments {missing}"
     src = ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def compile_activation(name: str) -> None:
@@ -93,9 +96,11 @@ def compile_routing() -> None:
 
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     blocks = dict(BLOCK_T=16, BLOCK_E=256)
-    compile_sm90(routing._count_kernel, dict(FILL=on, HAS_PROBS=on, BLOCK_F=1024, **blocks))
-    compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=4))
-    compile_sm90(routing._map_kernel, dict(DROP_AND_PAD=on, PADDED=on, **blocks))
+    compile_sm90(routing._count_kernel, blocks)
+    compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8))
+    # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
+    check = dict(debug=True, sanitize_overflow=False) if on else None
+    compile_sm90(routing._map_kernel, dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, **blocks), options=check)
     scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, **off))  # unpermute's backward
