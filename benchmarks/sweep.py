@@ -232,20 +232,15 @@ def sweep_routing(results, copy, shapes):
         yield
 
 
-#: (entries per tile of the count/map kernels, map kernel warps, most segments, scan tile); the
-#: first is the shipped launch shape (routing._PLAN_TILE, _MAP_ENTRIES_PER_THREAD,
-#: _MAX_SEGMENTS, _SCAN_TILE). Sessions 4-6 swept tiles of consecutive tokens, segment counts and
-#: scan tiles (results/sweep-*.json, "plan", "plan_s5_segments", "plan_s6_scan_tiles"); this list
-#: looks at tiles of independent sub-segments: rows per tile and warps, and the segment count.
+#: (entries per step of the count/map tile, map kernel warps, most segments, scan tile); the first
+#: is the shipped launch shape (routing._PLAN_TILE, 8 entries per thread). Session 4 swept tiles
+#: and warps, session 5 the segment count (results/sweep-*.json, "plan" and "plan_s5_segments");
+#: this list looks at the scan tile (experts per scan program) and the segment count with it.
 PLAN_CONFIGS = [
-    (1024, 1, 1024, 4096),
     (256, 1, 1024, 4096),
-    (512, 1, 1024, 4096),
-    (1024, 2, 1024, 4096),
-    (2048, 2, 1024, 4096),
-    (2048, 4, 1024, 4096),
-    (1024, 1, 512, 4096),
-    (1024, 1, 2048, 4096),
+    *((256, 1, 1024, scan) for scan in (1024, 2048, 8192)),
+    *((256, 1, segs, 4096) for segs in (256, 512, 2048)),
+    (512, 2, 512, 4096),
 ]
 
 

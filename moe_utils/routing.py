@@ -3,20 +3,15 @@
 From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) three small kernels
 build it, with no atomics and no host synchronisation:
 
-A segment is ROWS runs of consecutive tokens (sub-segments), one after the other; the count and
-map kernels take one token of each sub-segment per step, a [ROWS, E] tile.
-
 1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment.
 2. ``_scan_experts_kernel`` (one program per block of experts): an exclusive prefix sum over the
    segments gives each (segment, expert) the rows of that expert in earlier segments, and the
    total per expert; program 0 also gives each segment its first token-major entry, and the total.
 3. ``_map_kernel``: one program per segment. It recomputes the first row of each expert (a prefix
-   sum over at most MAX_EXPERTS counts) and counts its sub-segments again to find where each
-   starts; then each tile row carries its sub-segment's next row per expert and next token-major
-   entry through its tokens, giving every routed (token, expert) its permuted row (expert-major,
-   ascending token order within an expert, exactly the order of the reference) and its place in
-   the token-major list. Program 0 writes the total and whether the routing fits (on the GPU it
-   also asserts it there).
+   sum over at most MAX_EXPERTS counts), then a cumulative sum over the segment's tokens gives
+   every routed (token, expert) its permuted row (expert-major, ascending token order within an
+   expert, exactly the order of the reference) and its place in the token-major list. Program 0
+   writes the total and whether the routing fits (on the GPU it also asserts it there).
 
 The map kernel writes only the token-major half of the plan. The expert-major half (``src_token``
 and the permuted probabilities) is written by permute's scatter, which visits every entry anyway:
@@ -57,32 +52,20 @@ MAX_EXPERTS = 1024
 #: serial walks in the map kernel for large T x E (256 left 16 steps per program at 65536 x 256);
 #: on the H100 that changed nothing measurable (510 vs 512 µs there): the walk is not the bottleneck.
 _MAX_SEGMENTS = 1024
-#: Routing-map entries per tile of the count and map kernels: [ROWS, E] with one token of each of
-#: ROWS sub-segments per step (at least one row: up to 1024 entries), and the map kernel's warps.
-#: History on the H100 (sweep.py --only plan): tiles of consecutive tokens ranked by a cumsum down
-#: the tile moved it through shared memory with 4 warps (65536 x 256: 291 µs at 1024 entries, 130
-#: at 256 with one warp); rows of independent sub-segments need no cumsum down the tile.
-_PLAN_TILE = 1024
-_MAP_ENTRIES_PER_THREAD = 32
+#: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
+#: at least one token wide: up to 1024 entries), and the map kernel's warps: 8 entries per thread.
+#: The map kernel's two cumulative sums (down the tokens, across the experts) move its tiles
+#: through shared memory (about 800 instructions per step at [4, 256] with 4 warps, 228 of them
+#: shared-memory loads, stores and barriers); one warp per program on small tiles has no barrier.
+#: Measured on the H100 (sweep.py --only plan): 65536 tokens x 256 experts 291 µs at 1024-entry
+#: tiles with 4 warps, 130 µs at 256 entries with one warp; never slower at the 8 shapes swept.
+_PLAN_TILE = 256
+_MAP_ENTRIES_PER_THREAD = 8
 #: Elements per program of the expert scan ([segments, experts] tile), and per thread. On the
 #: H100 (sweep.py --only plan, session 6): 4096 was the fastest at 7 of 8 shapes, 1-3 µs ahead of
 #: 1024 and 8192 (8192 at 1024 segments takes 250 registers).
 _SCAN_TILE = 4096
 _SCAN_ENTRIES_PER_THREAD = 32
-
-
-@triton.jit
-def _sub_segments(seg, sub_len, ROWS: tl.constexpr):
-    """First token of each sub-segment of segment seg ([ROWS] int64)."""
-    return seg.to(tl.int64) * (ROWS * sub_len) + tl.arange(0, ROWS).to(tl.int64) * sub_len
-
-
-@triton.jit
-def _map_rows(map_ptr, map_stride_t, map_stride_e, tokens, experts, T, E):
-    """The routing map's rows of tokens ([ROWS] int64) as a 0/1 int32 tile, 0 past T and E."""
-    ok = (tokens < T)[:, None] & (experts < E)[None, :]
-    m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
-    return (m != 0).to(tl.int32)
 
 
 @triton.jit
@@ -94,20 +77,22 @@ def _count_kernel(
     seg_total_ptr,  # [n_seg] int64 out: routed (token, expert) pairs per segment
     T,  # tokens
     E,  # experts
-    sub_len,  # tokens per sub-segment (a segment is ROWS sub-segments, one after the other)
-    ROWS: tl.constexpr,  # sub-segments per segment: the tile's rows, one token of each per step
+    seg_len,  # tokens per segment, a multiple of BLOCK_T
+    BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
 ):
     seg = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
-    # The same walk as the map kernel's (_sub_segments): it reads the map rows the map kernel will.
-    sub_first = _sub_segments(seg, sub_len, ROWS)
-    # Counted elementwise, summed over the rows once at the end: a reduction per step costs more
+    # Counted elementwise, summed over tokens once at the end: a reduction per step costs more
     # than the load it follows (shuffles and a barrier per step).
-    acc = tl.zeros([ROWS, BLOCK_E], dtype=tl.int32)
-    for off in range(0, sub_len):
-        acc += _map_rows(map_ptr, map_stride_t, map_stride_e, sub_first + off, experts, T, E)
+    acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
+    first = seg.to(tl.int64) * seg_len
+    for off in range(0, seg_len, BLOCK_T):
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        ok = (tokens < T)[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        acc += (m != 0).to(tl.int32)
     count = tl.sum(acc, axis=0)
     tl.store(counts_ptr + seg * E + experts, count, mask=e_ok)
     tl.store(seg_total_ptr + seg, tl.sum(count.to(tl.int64), axis=0))
@@ -160,12 +145,12 @@ def _map_kernel(
     T,  # tokens
     E,  # experts
     N,  # permuted rows allocated
-    sub_len,  # tokens per sub-segment (a segment is ROWS sub-segments, one after the other)
+    seg_len,  # tokens per segment, a multiple of BLOCK_T
     capacity,  # DROP_AND_PAD: rows per expert
     DROP_AND_PAD: tl.constexpr,
     PADDED: tl.constexpr,  # the plan carries the padding marker
     CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
-    ROWS: tl.constexpr,  # sub-segments per segment: the tile's rows, one token of each per step
+    BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
 ):
     seg = tl.program_id(0)
@@ -198,35 +183,34 @@ def _map_kernel(
                 tl.device_assert(fits, "permute: routing_map routes more (token, expert) pairs than num_out_tokens")
         if PADDED:
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
-    # Each row of the tile walks its own sub-segment: the rows' carried sums (next row of each
-    # expert, next token-major entry) are independent chains, so one warp works on ROWS tokens at
-    # once. With one token per step and program (rows of consecutive tokens, ranked by a cumsum
-    # down the tile, the layout before), each step was a chain of about 475 dependent
-    # instructions and the H100 ran 65536 x 256 at 62 µs with 8 warps per SM.
-    sub_first = _sub_segments(seg, sub_len, ROWS)
-    # Where each sub-segment starts: its tokens per expert, counted again (the count kernel read
-    # these map rows just before: L2 hits), then prefix sums over the rows.
-    sub_count = tl.zeros([ROWS, BLOCK_E], dtype=tl.int32)
-    for off in range(0, sub_len):
-        sub_count += _map_rows(map_ptr, map_stride_t, map_stride_e, sub_first + off, experts, T, E)
-    seg_first = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
-    next_row = seg_first[None, :] + (tl.cumsum(sub_count, axis=0) - sub_count).to(tl.int64)
-    per_sub = tl.sum(sub_count, axis=1)
-    next_entry = tl.load(seg_entry_off_ptr + seg) + (tl.cumsum(per_sub, axis=0) - per_sub).to(tl.int64)
-    experts_2d = tl.broadcast_to(experts[None, :].to(tl.int64), (ROWS, BLOCK_E))
-    for off in range(0, sub_len):
-        tokens = sub_first + off
-        m = _map_rows(map_ptr, map_stride_t, map_stride_e, tokens, experts, T, E)
-        tl.store(token_ptr_ptr + tokens, next_entry, mask=tokens < T)
-        # Token-major list: each token's entries in ascending expert order (an int32 offset from
-        # the token's first entry, so the stores cost an address add, not int64 arithmetic).
+    # Next free row of each expert and next free token-major entry, carried across steps.
+    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
+    next_entry = tl.load(seg_entry_off_ptr + seg)
+    first = seg.to(tl.int64) * seg_len
+    for off in range(0, seg_len, BLOCK_T):
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        t_ok = tokens < T
+        ok = t_ok[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        m = (m != 0).to(tl.int32)
+        # Every tile below is an int32 offset from an int64 base (per expert or per token): counts
+        # within one step fit in int32, and the stores cost an address add, not int64 arithmetic.
+        # Rank of the token among this expert's tokens: exclusive cumsum down the token axis.
+        rank = tl.cumsum(m, axis=0) - m
+        room = tl.minimum(row_end - next_row, BLOCK_T).to(tl.int32)  # rows left to this expert
+        routed = (m != 0) & (rank < room[None, :])
+        # Token-major list: each token's entries in ascending expert order.
+        per_token = tl.sum(m, axis=1)
+        token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
+        tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
         place = tl.cumsum(m, axis=1) - m
-        listed = (m != 0) & (place < tl.minimum(N - next_entry, BLOCK_E).to(tl.int32)[:, None])
-        routed = (m != 0) & (next_row < row_end[None, :])  # the expert has a row left
-        tl.store((entry_row_ptr + next_entry)[:, None] + place, tl.where(routed, next_row, -1), mask=listed)
-        tl.store((entry_expert_ptr + next_entry)[:, None] + place, experts_2d, mask=listed)
-        next_row += m.to(tl.int64)
-        next_entry += tl.sum(m, axis=1).to(tl.int64)
+        listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None])
+        rows = tl.where(routed, next_row[None, :] + rank, -1)
+        tl.store((entry_row_ptr + token_first)[:, None] + place, rows, mask=listed)
+        experts_2d = tl.broadcast_to(experts[None, :].to(tl.int64), (BLOCK_T, BLOCK_E))
+        tl.store((entry_expert_ptr + token_first)[:, None] + place, experts_2d, mask=listed)
+        next_row += tl.sum(m, axis=0).to(tl.int64)
+        next_entry += tl.sum(per_token, axis=0).to(tl.int64)
 
 
 @dataclass(frozen=True)
@@ -304,13 +288,13 @@ def _map_pointer(routing_map: torch.Tensor) -> torch.Tensor:
 
 
 def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
-    """(tokens per sub-segment, segments, sub-segments per segment, experts per tile). Tiles of
-    _PLAN_TILE entries: as many sub-segments (rows) as fit, then longer sub-segments once there
-    would be more than _MAX_SEGMENTS segments."""
     block_e = triton.next_power_of_2(max(n_experts, 1))
-    rows = max(1, _PLAN_TILE // block_e)
-    sub_len = triton.cdiv(n_tokens, rows * _MAX_SEGMENTS)
-    return sub_len, triton.cdiv(n_tokens, rows * sub_len), rows, block_e
+    block_t = max(1, min(256, _PLAN_TILE // block_e))
+    n_steps = triton.cdiv(n_tokens, block_t)
+    steps_per_seg = triton.cdiv(n_steps, _MAX_SEGMENTS)
+    seg_len = steps_per_seg * block_t
+    n_seg = triton.cdiv(n_tokens, seg_len)
+    return seg_len, n_seg, block_t, block_e
 
 
 def build_plan(
@@ -340,7 +324,7 @@ def build_plan(
         raise ValueError(f"{fn}: fused=True supports at most {MAX_EXPERTS} experts, got {n_experts}; use fused=False")
     if n_tokens == 0 or n_experts == 0:
         return _empty_plan(n_tokens, n_experts, probs, num_out_tokens, device)
-    sub_len, n_seg, rows, block_e = _segments(n_tokens, n_experts)
+    seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
     block_s = triton.next_power_of_2(n_seg)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
     padded = num_out_tokens is not None
@@ -359,7 +343,7 @@ def build_plan(
     else:
         n_rows, plan, perm_probs = 0, seg_total, None
     _count_kernel[(n_seg,)](
-        m, m.stride(0), m.stride(1), counts, seg_total, n_tokens, n_experts, sub_len, ROWS=rows, BLOCK_E=block_e
+        m, m.stride(0), m.stride(1), counts, seg_total, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e
     )
     seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
     # expert_count [E], seg_entry_off [n_seg] and the total number of routed pairs
@@ -404,14 +388,14 @@ def build_plan(
         n_tokens,
         n_experts,
         n_rows,
-        sub_len,
+        seg_len,
         capacity,
         DROP_AND_PAD=drop_and_pad,
         PADDED=padded,
         CHECK=check,
-        ROWS=rows,
+        BLOCK_T=block_t,
         BLOCK_E=block_e,
-        num_warps=min(4, max(1, rows * block_e // (32 * _MAP_ENTRIES_PER_THREAD))),
+        num_warps=min(4, max(1, block_t * block_e // (32 * _MAP_ENTRIES_PER_THREAD))),
         **({"debug": True, "sanitize_overflow": False} if check else {}),
     )
     if padded and not check:

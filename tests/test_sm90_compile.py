@@ -95,7 +95,7 @@ def compile_routing() -> None:
 
 
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
-    blocks = dict(ROWS=4, BLOCK_E=256)
+    blocks = dict(BLOCK_T=16, BLOCK_E=256)
     compile_sm90(routing._count_kernel, blocks)
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
