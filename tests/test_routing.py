@@ -147,6 +147,7 @@ def test_padding_rows_and_empty_experts():
     assert b.shape == (routed + 5, hidden)
     assert torch.equal(b[:routed], a) and torch.all(b[routed:] == 0)
     assert torch.equal(bp[:routed], ap) and torch.all(bp[routed:] == 0)
+    assert torch.all(plan[routed : routed + 5] == -1)  # src_token marks the padding rows
     b.requires_grad_(True)
     back = unpermute(b, plan, x.shape, p, m, fused=True)
     torch.testing.assert_close(back, x * (p * m).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
