@@ -13,7 +13,9 @@ uses them):
 
 ``--only scatter``: permute's scatter with several tokens per program and cache policies.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) with
-``_map_packed`` (the map read as words of four bytes) in place of the shipped map kernel.
+``_map_one_store`` (one packed int64 store per entry, not two) in place of the shipped map kernel,
+each at 1024 and 2048 segments. (``_map_packed``, the map read as words of four bytes, was
+measured in sessions 5-6 and dropped: results/history.)
 
 Each variant is checked against the shipped op (same bits) before it is timed. Writes
 ``experiments-<card>.json`` and prints one line per (shape, variant).
@@ -179,68 +181,36 @@ def scatter_experiments(results, shapes) -> None:
             print(f"scatter {shape} {name:34s} {us:8.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
 
 
-@triton.jit
-def _packed_lane(
-    J: tl.constexpr, w, excl_in_word, rank_packed, colsum, words, next_row, row_end, token_first, place_base,
-    room_t, entry_row_ptr, entry_expert_ptr, BLOCK_T: tl.constexpr,
-):  # fmt: skip
-    # Byte lane J of every word: experts 4 * word + J.
-    m = (w >> (8 * J)) & 1
-    rank = (rank_packed >> (8 * J)) & 0xFF
-    place = place_base + ((excl_in_word >> (8 * J)) & 0xFF)
-    experts = words * 4 + J
-    room = tl.minimum(row_end - next_row, BLOCK_T).to(tl.int32)
-    routed = (m != 0) & (rank < room[None, :])
-    listed = (m != 0) & (place < room_t[:, None])
-    rows = tl.where(routed, next_row[None, :] + rank, -1)
-    tl.store((entry_row_ptr + token_first)[:, None] + place, rows, mask=listed)
-    expert_ids = tl.broadcast_to(experts[None, :].to(tl.int64), rank.shape)
-    tl.store((entry_expert_ptr + token_first)[:, None] + place, expert_ids, mask=listed)
-    return next_row + ((colsum >> (8 * J)) & 0xFF).to(tl.int64)
+#: Bits of the expert in _map_one_store's entries: (row << 10) | expert (E <= MAX_EXPERTS = 1024).
+_EXPERT_BITS = 10
 
 
 @triton.jit
-def _packed_first(J: tl.constexpr, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base, capacity, N,
-                  DROP_AND_PAD: tl.constexpr):  # fmt: skip
-    """(first free row in this segment, end of the rows) of experts 4 * word + J; base: rows of
-    the experts before 4 * word."""
-    experts = words * 4 + J
-    if DROP_AND_PAD:
-        first = experts.to(tl.int64) * capacity
-        end = first + capacity
-    else:
-        first = base
-        end = tl.full(base.shape, 0, tl.int64) + N
-    off = tl.load(seg_expert_off_ptr + seg * E + experts, mask=w_ok, other=0)
-    return off + first, end
-
-
-@triton.jit
-def _map_packed(
+def _map_one_store(
     map_ptr, map_stride_t, map_stride_e, seg_expert_off_ptr, expert_count_ptr, seg_entry_off_ptr, total_ptr,
     fits_ptr, marker_ptr, token_ptr_ptr, entry_row_ptr, entry_expert_ptr, T, E, N, seg_len, capacity,
     DROP_AND_PAD: tl.constexpr, PADDED: tl.constexpr, CHECK: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
 ):  # fmt: skip
-    # moe_utils.routing._map_kernel over a bool map read as int32 words of four 0/1 bytes (E % 4 == 0,
-    # experts contiguous, BLOCK_T <= 128 so that no byte carries): w * 0x01010101 holds the in-word
-    # prefix sums, and sums and cumsums of words down the tokens add four experts' counts at once.
+    # moe_utils.routing._map_kernel with one int64 store per entry instead of two: entry_row gets
+    # (row << 10) | expert (row -1 for a dropped pair stays -1 after an arithmetic shift) and
+    # entry_expert is not written. Nsight Compute (session 6) found the shipped kernel bound by
+    # L1/TEX at 75% with 2048 segments: its two masked, scattered int64 stores per entry.
     seg = tl.program_id(0)
-    words = tl.arange(0, BLOCK_E // 4)
-    n_words = E // 4
-    w_ok = words < n_words
-    c0 = tl.load(expert_count_ptr + words * 4, mask=w_ok, other=0)
-    c1 = tl.load(expert_count_ptr + words * 4 + 1, mask=w_ok, other=0)
-    c2 = tl.load(expert_count_ptr + words * 4 + 2, mask=w_ok, other=0)
-    c3 = tl.load(expert_count_ptr + words * 4 + 3, mask=w_ok, other=0)
-    per_word = c0 + c1 + c2 + c3
-    base = tl.cumsum(per_word, axis=0) - per_word
+    experts = tl.arange(0, BLOCK_E)
+    e_ok = experts < E
+    count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
+    if DROP_AND_PAD:
+        expert_first = experts.to(tl.int64) * capacity
+        row_end = expert_first + capacity
+    else:
+        expert_first = tl.cumsum(count, axis=0) - count
+        row_end = tl.full([BLOCK_E], 0, tl.int64) + N
     if seg == 0:
         total = tl.load(total_ptr)
         tl.store(token_ptr_ptr + T, total)
         if DROP_AND_PAD:
-            over = tl.maximum(tl.maximum(c0, c1), tl.maximum(c2, c3)) > capacity
-            fits = tl.max(over.to(tl.int32), axis=0) == 0
+            fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
         else:
             fits = total <= N
         tl.store(fits_ptr, fits.to(tl.int32))
@@ -248,70 +218,64 @@ def _map_packed(
             tl.device_assert(fits, "permute: the routing does not fit")
         if PADDED:
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
-    row0, end0 = _packed_first(
-        0, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base, capacity, N, DROP_AND_PAD
-    )
-    row1, end1 = _packed_first(
-        1, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base + c0, capacity, N, DROP_AND_PAD
-    )
-    row2, end2 = _packed_first(
-        2, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base + c0 + c1, capacity, N, DROP_AND_PAD
-    )
-    row3, end3 = _packed_first(
-        3, words, w_ok, expert_count_ptr, seg_expert_off_ptr, seg, E, base + c0 + c1 + c2, capacity, N, DROP_AND_PAD
-    )
+    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
     next_entry = tl.load(seg_entry_off_ptr + seg)
-    map_words = map_ptr.to(tl.pointer_type(tl.int32))
-    word_stride = map_stride_t // 4
     first = seg.to(tl.int64) * seg_len
     for off in range(0, seg_len, BLOCK_T):
         tokens = first + off + tl.arange(0, BLOCK_T)
         t_ok = tokens < T
-        w = tl.load(
-            map_words + tokens[:, None] * word_stride + words[None, :], mask=t_ok[:, None] & w_ok[None, :], other=0
-        )
-        excl_in_word = w * 0x01010101 - w
-        per_word_t = ((excl_in_word + w) >> 24) & 0xFF
-        place_base = tl.cumsum(per_word_t, axis=1) - per_word_t
-        per_token = tl.sum(per_word_t, axis=1)
+        ok = t_ok[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        m = (m != 0).to(tl.int32)
+        rank = tl.cumsum(m, axis=0) - m
+        room = tl.minimum(row_end - next_row, BLOCK_T).to(tl.int32)
+        routed = (m != 0) & (rank < room[None, :])
+        per_token = tl.sum(m, axis=1)
         token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
         tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-        room_t = tl.minimum(N - token_first, 4 * BLOCK_E).to(tl.int32)
-        rank_packed = tl.cumsum(w, axis=0) - w
-        colsum = tl.sum(w, axis=0)
-        args = (token_first, place_base, room_t, entry_row_ptr, entry_expert_ptr, BLOCK_T)
-        row0 = _packed_lane(0, w, excl_in_word, rank_packed, colsum, words, row0, end0, *args)
-        row1 = _packed_lane(1, w, excl_in_word, rank_packed, colsum, words, row1, end1, *args)
-        row2 = _packed_lane(2, w, excl_in_word, rank_packed, colsum, words, row2, end2, *args)
-        row3 = _packed_lane(3, w, excl_in_word, rank_packed, colsum, words, row3, end3, *args)
+        place = tl.cumsum(m, axis=1) - m
+        listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None])
+        rows = tl.where(routed, next_row[None, :] + rank, -1)
+        packed = (rows << 10) | experts[None, :].to(tl.int64)
+        tl.store((entry_row_ptr + token_first)[:, None] + place, packed, mask=listed)
+        next_row += tl.sum(m, axis=0).to(tl.int64)
         next_entry += tl.sum(per_token, axis=0).to(tl.int64)
 
 
 def plan_experiments(results, shapes) -> None:
-    """The routing plan with the shipped map kernel against _map_packed (same plan, checked)."""
+    """The routing plan with the shipped map kernel against _map_one_store (entries unpacked and
+    checked equal to the shipped plan), each at 1024 and 2048 segments."""
     from sweep import routing_map
 
     from moe_utils import routing
-    from moe_utils.routing import build_plan
+    from moe_utils.routing import build_plan, plan_view
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    shipped = routing._map_kernel
+    shipped, shipped_segments = routing._map_kernel, routing._MAX_SEGMENTS
     for n_tokens, n_experts, k in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
         p = torch.rand(n_tokens, n_experts, device=DEVICE)
         n_rows = n_tokens * k
-        want, _, _ = build_plan("exp", m, p, n_rows, False)
-        for name, kernel in {"shipped": shipped, "packed": _map_packed}.items():
-            routing._map_kernel = kernel
-            try:
-                plan, _, _ = build_plan("exp", m, p, n_rows, False)
-                # src_token (the first n_rows) is the scatter's to write
-                assert torch.equal(plan[n_rows:], want[n_rows:]), name
-                us = bench(lambda: build_plan("exp", m, p, n_rows, False))
-            finally:
-                routing._map_kernel = shipped
-            results.append(dict(kind="plan", shape=[n_tokens, n_experts, k], variant=name, us=us))
-            print(f"plan {n_tokens}x{n_experts} k={k} {name:22s} {us:8.1f} us", flush=True)
+        want = plan_view("exp", build_plan("exp", m, p, n_rows, False)[0], n_tokens, n_rows)
+        for name, kernel in {"shipped": shipped, "one_store": _map_one_store}.items():
+            for segments in (1024, 2048):
+                routing._map_kernel, routing._MAX_SEGMENTS = kernel, segments
+                try:
+                    got = plan_view("exp", build_plan("exp", m, p, n_rows, False)[0], n_tokens, n_rows)
+                    entries = got.entry_row[: int(got.token_ptr[-1])]
+                    if kernel is _map_one_store:
+                        rows, experts = entries >> _EXPERT_BITS, entries & ((1 << _EXPERT_BITS) - 1)
+                    else:
+                        rows, experts = entries, got.entry_expert[: entries.numel()]
+                    assert torch.equal(got.token_ptr, want.token_ptr), name
+                    assert torch.equal(rows, want.entry_row[: rows.numel()]), name
+                    assert torch.equal(experts, want.entry_expert[: rows.numel()]), name
+                    us = bench(lambda: build_plan("exp", m, p, n_rows, False))
+                finally:
+                    routing._map_kernel, routing._MAX_SEGMENTS = shipped, shipped_segments
+                variant = f"{name}, {segments} segments"
+                results.append(dict(kind="plan", shape=[n_tokens, n_experts, k], variant=variant, us=us))
+                print(f"plan {n_tokens}x{n_experts} k={k} {variant:28s} {us:8.1f} us", flush=True)
 
 
 def main() -> None:
