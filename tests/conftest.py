@@ -8,6 +8,12 @@ same tests run the compiled kernels on CUDA tensors.
 from __future__ import annotations
 
 import os
+import tempfile
+
+# torch.compile tests compile into an Inductor cache of their own. Inductor's on-disk cache keys a
+# graph by its code, not by the fake kernels of our custom ops: a cache left by another checkout
+# (another routing-plan length) replayed a graph compiled against the old output sizes.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe_utils-tests-inductor-")
 
 import torch
 
