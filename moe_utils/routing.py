@@ -48,9 +48,10 @@ __all__ = ["MAX_EXPERTS", "Plan", "PlanRest", "build_plan", "check_routing_map",
 
 #: Largest expert count of the fused path: the map kernel keeps a whole row of experts in one tile.
 MAX_EXPERTS = 1024
-#: At most this many segments, so that the scans stay one tile tall. More segments mean shorter
-#: serial walks in the map kernel for large T x E (256 left 16 steps per program at 65536 x 256);
-#: on the H100 that changed nothing measurable (510 vs 512 µs there): the walk is not the bottleneck.
+#: At most this many segments, so that the scans stay one tile tall. More segments mean more map
+#: programs: at 65536 x 256 the map kernel is latency-bound at 1024 one-warp programs (Nsight
+#: Compute, session 6) and 2048 made it 16 µs faster, but the one-tile scan 5 µs slower
+#: (benchmarks/NOTES.md, next steps).
 _MAX_SEGMENTS = 1024
 #: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
 #: at least one token wide: up to 1024 entries), and the map kernel's warps: 8 entries per thread.
@@ -308,10 +309,9 @@ def build_plan(
     which completes the plan (src_token) and the permuted probabilities (rest.perm_probs).
 
     N is num_out_tokens when given (no host synchronisation; three launches), else the routed
-    count (one sync, as in the reference). More routed
-    (token, expert) pairs than N rows, or with drop_and_pad more than capacity tokens for one
-    expert, is an error: raised on the CPU, a device-side assertion on the GPU; either way no kernel
-    writes out of bounds.
+    count (one sync, as in the reference). More routed (token, expert) pairs than N rows, or with
+    drop_and_pad more than capacity tokens for one expert, is an error: raised on the CPU, a
+    device-side assertion in the map kernel on the GPU; either way no kernel writes out of bounds.
     """
     n_tokens, n_experts = routing_map.shape
     device = routing_map.device

@@ -318,7 +318,7 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = ((256, 1024, 8192), (1024, 1024, 1024), (64, 4, 16), (4096, 1024, 4096), (256, 4096, 1024))
+    configs = ((256, 1024, 4096), (1024, 1024, 1024), (64, 4, 16), (4096, 1024, 8192), (256, 4096, 1024))
     for tile, segments, scan_tile in configs:
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
         monkeypatch.setattr(routing, "_MAX_SEGMENTS", segments)
