@@ -12,12 +12,11 @@ uses them):
 - ``flat``: the forward over a flattened 1-D grid of T*H outputs (no masked lanes), Inductor's shape.
 
 ``--only scatter``: permute's scatter with several tokens per program and cache policies.
-``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) with
-``_map_one_store`` (one packed int64 store per entry, not two) and ``_map_compact`` (each
-token's entries gathered by sums over the experts, then one store per entry of a token) in place
-of the shipped map kernel, each at 1024 and 2048 segments; and the count kernel in wider steps
-and fewer warps. (``_map_packed``, the map read as words of four bytes, was measured in sessions
-5-6 and dropped: results/history.)
+``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
+shipped and forced to 1024 and to 2048 segments. (Session 7 measured here, against the plan
+layout of two stores per entry: one store per entry, taken; ``_map_compact``, each token's
+entries gathered by sums over the experts, slower; the count kernel in wider steps, no gain:
+results/history/experiments-plan-s7-call1-*.json, commit ab7f8bc for their code.)
 
 Each variant is checked against the shipped op (same bits) before it is timed. Writes
 ``experiments-<card>.json`` and prints one line per (shape, variant).
@@ -38,6 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from sweep import DEVICE, DRY, bench, gen  # one timing method and one dry-run switch for both scripts
 
 from moe_utils import _runtime as _rt
+from moe_utils.routing import entry_row
 
 
 @triton.jit
@@ -114,7 +114,7 @@ def _bwd(g_ptr, x_ptr, w_ptr, dx_ptr, dw_ptr, n_rows, H: tl.constexpr, stride, P
 
 
 @triton.jit
-def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_row_ptr, n_tokens, n_rows, hidden,
+def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n_tokens, n_rows, hidden,
                    LOAD_POLICY: tl.constexpr, STORE_POLICY: tl.constexpr, BLOCK_T: tl.constexpr,
                    BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
     # permute's scatter with BLOCK_T tokens per program: all plan loads first, then the stores.
@@ -128,14 +128,14 @@ def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_row_pt
     x = tl.load(src_ptr + tokens[:, None] * src_row_stride + cols[None, :], mask=x_mask, eviction_policy=LOAD_POLICY)
     ks = tl.arange(0, BLOCK_K)
     entries = first[:, None] + ks[None, :]
-    rows = tl.load(entry_row_ptr + entries, mask=entries < last[:, None], other=-1)
+    rows = entry_row(tl.load(entry_ptr + entries, mask=entries < last[:, None], other=-1))
     for j in tl.static_range(BLOCK_K):
         row = tl.sum(tl.where(ks[None, :] == j, rows, 0), axis=1)
         ok = (row >= 0)[:, None] & col_ok[None, :]
         tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=ok, eviction_policy=STORE_POLICY)
     for e in range(BLOCK_K, tl.max(last - first, axis=0)):  # tokens with more than BLOCK_K entries
         entry = first + e
-        row = tl.load(entry_row_ptr + entry, mask=entry < last, other=-1)
+        row = entry_row(tl.load(entry_ptr + entry, mask=entry < last, other=-1))
         ok = (row >= 0)[:, None] & col_ok[None, :]
         tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=ok, eviction_policy=STORE_POLICY)
 
@@ -167,7 +167,7 @@ def scatter_experiments(results, shapes) -> None:
 
                 def run(grid=grid, bt=bt, bh=bh, nw=nw, lp=lp, sp=sp, bk=bk):
                     _scatter_multi[grid](
-                        x, x.stride(0), out, view.token_ptr, view.entry_row, n_tokens, n_rows, hidden,
+                        x, x.stride(0), out, view.token_ptr, view.entry, n_tokens, n_rows, hidden,
                         LOAD_POLICY=lp, STORE_POLICY=sp, BLOCK_T=bt, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
                     )  # fmt: skip
 
@@ -183,187 +183,33 @@ def scatter_experiments(results, shapes) -> None:
             print(f"scatter {shape} {name:34s} {us:8.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
 
 
-#: Bits of the expert in _map_one_store's entries: (row << 10) | expert (E <= MAX_EXPERTS = 1024).
-_EXPERT_BITS = 10
-
-
-@triton.jit
-def _map_one_store(
-    map_ptr, map_stride_t, map_stride_e, seg_expert_off_ptr, expert_count_ptr, seg_entry_off_ptr, total_ptr,
-    fits_ptr, marker_ptr, token_ptr_ptr, entry_row_ptr, entry_expert_ptr, T, E, N, seg_len, capacity,
-    DROP_AND_PAD: tl.constexpr, PADDED: tl.constexpr, CHECK: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-):  # fmt: skip
-    # moe_utils.routing._map_kernel with one int64 store per entry instead of two: entry_row gets
-    # (row << 10) | expert (row -1 for a dropped pair stays -1 after an arithmetic shift) and
-    # entry_expert is not written. Nsight Compute (session 6) found the shipped kernel bound by
-    # L1/TEX at 75% with 2048 segments: its two masked, scattered int64 stores per entry.
-    seg = tl.program_id(0)
-    experts = tl.arange(0, BLOCK_E)
-    e_ok = experts < E
-    count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
-    if DROP_AND_PAD:
-        expert_first = experts.to(tl.int64) * capacity
-        row_end = expert_first + capacity
-    else:
-        expert_first = tl.cumsum(count, axis=0) - count
-        row_end = tl.full([BLOCK_E], 0, tl.int64) + N
-    if seg == 0:
-        total = tl.load(total_ptr)
-        tl.store(token_ptr_ptr + T, total)
-        if DROP_AND_PAD:
-            fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
-        else:
-            fits = total <= N
-        tl.store(fits_ptr, fits.to(tl.int32))
-        if CHECK:
-            tl.device_assert(fits, "permute: the routing does not fit")
-        if PADDED:
-            tl.store(marker_ptr, tl.full([], 1, tl.int64))
-    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
-    next_entry = tl.load(seg_entry_off_ptr + seg)
-    first = seg.to(tl.int64) * seg_len
-    for off in range(0, seg_len, BLOCK_T):
-        tokens = first + off + tl.arange(0, BLOCK_T)
-        t_ok = tokens < T
-        ok = t_ok[:, None] & e_ok[None, :]
-        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
-        m = (m != 0).to(tl.int32)
-        rank = tl.cumsum(m, axis=0) - m
-        room = tl.minimum(row_end - next_row, BLOCK_T).to(tl.int32)
-        routed = (m != 0) & (rank < room[None, :])
-        per_token = tl.sum(m, axis=1)
-        token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
-        tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-        place = tl.cumsum(m, axis=1) - m
-        listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None])
-        rows = tl.where(routed, next_row[None, :] + rank, -1)
-        packed = (rows << 10) | experts[None, :].to(tl.int64)
-        tl.store((entry_row_ptr + token_first)[:, None] + place, packed, mask=listed)
-        next_row += tl.sum(m, axis=0).to(tl.int64)
-        next_entry += tl.sum(per_token, axis=0).to(tl.int64)
-
-
-@triton.jit
-def _map_compact(
-    map_ptr, map_stride_t, map_stride_e, seg_expert_off_ptr, expert_count_ptr, seg_entry_off_ptr, total_ptr,
-    fits_ptr, marker_ptr, token_ptr_ptr, entry_row_ptr, entry_expert_ptr, T, E, N, seg_len, capacity,
-    DROP_AND_PAD: tl.constexpr, PADDED: tl.constexpr, CHECK: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-):  # fmt: skip
-    # _map_one_store with each token's entries gathered before they are stored: per step, one
-    # [BLOCK_T] store per entry of a token instead of a masked store per thread and expert held.
-    seg = tl.program_id(0)
-    experts = tl.arange(0, BLOCK_E)
-    e_ok = experts < E
-    count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
-    if DROP_AND_PAD:
-        expert_first = experts.to(tl.int64) * capacity
-        row_end = expert_first + capacity
-    else:
-        expert_first = tl.cumsum(count, axis=0) - count
-        row_end = tl.full([BLOCK_E], 0, tl.int64) + N
-    if seg == 0:
-        total = tl.load(total_ptr)
-        tl.store(token_ptr_ptr + T, total)
-        if DROP_AND_PAD:
-            fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
-        else:
-            fits = total <= N
-        tl.store(fits_ptr, fits.to(tl.int32))
-        if CHECK:
-            tl.device_assert(fits, "permute: the routing does not fit")
-        if PADDED:
-            tl.store(marker_ptr, tl.full([], 1, tl.int64))
-    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
-    next_entry = tl.load(seg_entry_off_ptr + seg)
-    first = seg.to(tl.int64) * seg_len
-    for off in range(0, seg_len, BLOCK_T):
-        tokens = first + off + tl.arange(0, BLOCK_T)
-        t_ok = tokens < T
-        ok = t_ok[:, None] & e_ok[None, :]
-        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
-        m = (m != 0).to(tl.int32)
-        rank = tl.cumsum(m, axis=0) - m
-        room = tl.minimum(row_end - next_row, BLOCK_T).to(tl.int32)
-        routed = (m != 0) & (rank < room[None, :])
-        per_token = tl.sum(m, axis=1)
-        token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
-        tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-        place = tl.cumsum(m, axis=1) - m
-        rows = tl.where(routed, next_row[None, :] + rank, -1)
-        packed = (rows << 10) | experts[None, :].to(tl.int64)
-        # The j-th entry of every token of the step, gathered by a sum over the experts, stored
-        # as one [BLOCK_T] vector: as many stores as the step's most entries of one token (k),
-        # not one per thread and expert held.
-        entry_ptr = entry_row_ptr + token_first
-        for j in range(0, tl.max(per_token, axis=0)):
-            v = tl.sum(tl.where((place == j) & (m != 0), packed, 0), axis=1)
-            tl.store(entry_ptr + j, v, mask=t_ok & (j < per_token) & (token_first + j < N))
-        next_row += tl.sum(m, axis=0).to(tl.int64)
-        next_entry += tl.sum(per_token, axis=0).to(tl.int64)
-
-
-class _WideCount:
-    """Stands in for routing._count_kernel: the shipped kernel launched with `steps` of its tiles
-    per step (fewer, larger loads in flight per program; `steps` must divide the segment) and
-    `warps` warps (the shipped launch takes Triton's default, 4)."""
-
-    def __init__(self, kernel, steps: int, warps: int):
-        self.kernel, self.steps, self.warps = kernel, steps, warps
-
-    def __getitem__(self, grid):
-        def launch(*args, BLOCK_T, BLOCK_E):
-            seg_len = args[7]
-            steps = self.steps
-            while (seg_len // BLOCK_T) % steps:
-                steps //= 2
-            self.kernel[grid](*args, BLOCK_T=BLOCK_T * steps, BLOCK_E=BLOCK_E, num_warps=self.warps)
-
-        return launch
-
-
 def plan_experiments(results, shapes) -> None:
-    """build_plan with the shipped map kernel, _map_one_store and _map_compact, each at 1024 and
-    2048 segments, then the shipped plan with the count kernel in wider steps. Entries are
-    unpacked and checked equal to the shipped plan before each variant is timed."""
+    """build_plan as shipped (routing's segment rule) and forced to at most 1024 and 2048
+    segments; the same plan each time, checked."""
     from sweep import routing_map
 
     from moe_utils import routing
-    from moe_utils.routing import build_plan, plan_view
+    from moe_utils.routing import build_plan
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    shipped = routing._map_kernel, routing._count_kernel, routing._MAX_SEGMENTS
-    variants = [
-        (f"{name}, {segments} segments", kernel, routing._count_kernel, segments)
-        for name, kernel in {"shipped": shipped[0], "one_store": _map_one_store, "compact": _map_compact}.items()
-        for segments in (1024, 2048)
-    ]
-    for steps, warps in ((1, 1), (4, 1), (4, 4), (8, 4)):
-        count = _WideCount(routing._count_kernel, steps, warps)
-        variants.append((f"count {steps} tiles/step, {warps} warps", shipped[0], count, 1024))
+    shipped = routing._MAX_SEGMENTS, routing._LONG_SEGMENT
+    variants = {"shipped": shipped, "1024 segments": (1024, 1 << 62), "2048 segments": (2048, 1 << 62)}
     for n_tokens, n_experts, k in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
         p = torch.rand(n_tokens, n_experts, device=DEVICE)
         n_rows = n_tokens * k
-        want = plan_view("exp", build_plan("exp", m, p, n_rows, False)[0], n_tokens, n_rows)
-        for variant, kernel, count, segments in variants:
-            routing._map_kernel, routing._count_kernel, routing._MAX_SEGMENTS = kernel, count, segments
+        want, _, _ = build_plan("exp", m, p, n_rows, False)
+        for variant, segments in variants.items():
+            routing._MAX_SEGMENTS, routing._LONG_SEGMENT = segments
             try:
-                got = plan_view("exp", build_plan("exp", m, p, n_rows, False)[0], n_tokens, n_rows)
-                entries = got.entry_row[: int(got.token_ptr[-1])]
-                if kernel is shipped[0]:
-                    rows, experts = entries, got.entry_expert[: entries.numel()]
-                else:
-                    rows, experts = entries >> _EXPERT_BITS, entries & ((1 << _EXPERT_BITS) - 1)
-                assert torch.equal(got.token_ptr, want.token_ptr), variant
-                assert torch.equal(rows, want.entry_row[: rows.numel()]), variant
-                assert torch.equal(experts, want.entry_expert[: rows.numel()]), variant
+                plan, _, _ = build_plan("exp", m, p, n_rows, False)
+                # src_token (the first n_rows) is the scatter's to write
+                assert torch.equal(plan[n_rows:], want[n_rows:]), variant
                 us = bench(lambda: build_plan("exp", m, p, n_rows, False))
             finally:
-                routing._map_kernel, routing._count_kernel, routing._MAX_SEGMENTS = shipped
+                routing._MAX_SEGMENTS, routing._LONG_SEGMENT = shipped
             results.append(dict(kind="plan", shape=[n_tokens, n_experts, k], variant=variant, us=us))
-            print(f"plan {n_tokens}x{n_experts} k={k} {variant:32s} {us:8.1f} us", flush=True)
+            print(f"plan {n_tokens}x{n_experts} k={k} {variant:28s} {us:8.1f} us", flush=True)
 
 
 def main() -> None:

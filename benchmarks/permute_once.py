@@ -5,7 +5,8 @@ counters of its kernels on the device tool's H100):
         --section SpeedOfLight --section WarpStateStats python benchmarks/permute_once.py 65536 256 2 2048
 
 Arguments: tokens, experts, top-k, hidden (the routing map of bench.py: k distinct experts per
-token), and optionally the most plan segments (routing._MAX_SEGMENTS) to try.
+token), and optionally a segment count to force (at most that many plan segments, whatever
+the shape; by default routing's rule picks).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from moe_utils import routing
 def main() -> None:
     n_tokens, n_experts, k, hidden = (int(a) for a in sys.argv[1:5])
     if len(sys.argv) > 5:
-        routing._MAX_SEGMENTS = int(sys.argv[5])
+        routing._MAX_SEGMENTS, routing._LONG_SEGMENT = int(sys.argv[5]), 1 << 62
     g = torch.Generator(device="cuda").manual_seed(0)
     m = routing_map(n_tokens, n_experts, k, g)
     p = torch.rand(n_tokens, n_experts, device="cuda")

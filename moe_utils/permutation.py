@@ -16,7 +16,17 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from .routing import Plan, PlanRest, build_plan, check_routing_map, plan_numel, plan_view
+from .routing import (
+    PLAN_LAYOUT,
+    Plan,
+    PlanRest,
+    build_plan,
+    check_routing_map,
+    entry_expert,
+    entry_row,
+    plan_numel,
+    plan_view,
+)
 
 __all__ = ["permute", "scatter_rows", "zero_padding_rows"]
 
@@ -57,8 +67,7 @@ def _plan_rows(
     probs_stride_t,  # elements between tokens of probs
     probs_stride_e,  # elements between experts of probs
     token_ptr_ptr,  # [T + 1] int64 plan
-    entry_row_ptr,  # [N] int64 plan
-    entry_expert_ptr,  # [N] int64 plan
+    entry_ptr,  # [N] int64 plan: (row << EXPERT_BITS) | expert of each entry
     src_token_ptr,  # [N] int64 plan out: source token of each routed row
     perm_probs_ptr,  # [N] out (HAS_PROBS): probability of each routed row
     n_tokens,  # T
@@ -75,11 +84,12 @@ def _plan_rows(
     for step in range(0, tl.max(count, axis=0), BLOCK_K):
         j = step + tl.arange(0, BLOCK_K)
         entries = first[:, None] + j[None, :]
-        rows = tl.load(entry_row_ptr + entries, mask=j[None, :] < count[:, None], other=-1)
+        entry = tl.load(entry_ptr + entries, mask=j[None, :] < count[:, None], other=-1)
+        rows = entry_row(entry)
         placed = rows >= 0
         tl.store(src_token_ptr + rows, tl.broadcast_to(tokens[:, None], (BLOCK_T, BLOCK_K)), mask=placed)
         if HAS_PROBS:
-            expert = tl.load(entry_expert_ptr + entries, mask=placed, other=0)
+            expert = entry_expert(entry)
             p = tl.load(probs_ptr + tokens[:, None] * probs_stride_t + expert * probs_stride_e, mask=placed)
             tl.store(perm_probs_ptr + rows, p, mask=placed)
 
@@ -93,8 +103,7 @@ def _scatter_rows_kernel(
     probs_stride_t,  # elements between tokens of probs
     probs_stride_e,  # elements between experts of probs
     token_ptr_ptr,  # [T + 1] int64 plan: token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
-    entry_row_ptr,  # [N] int64 plan: permuted row of each entry (-1: not placed)
-    entry_expert_ptr,  # [N] int64 plan: expert of each entry
+    entry_ptr,  # [N] int64 plan: (row << EXPERT_BITS) | expert of each entry (row -1: not placed)
     src_token_ptr,  # [N] int64 plan: source token of each row, -1 for padding; written with WRITE_PLAN
     perm_probs_ptr,  # [N] out (WRITE_PLAN and HAS_PROBS): probability of each permuted row
     expert_count_ptr,  # [E] int64 (WRITE_PLAN): routed tokens per expert
@@ -115,7 +124,7 @@ def _scatter_rows_kernel(
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
 ):
-    # dst[entry_row[j]] = src[t] (* probs[t, entry_expert[j]]) for every entry j of token t.
+    # dst[row of entry j] = src[t] (* probs[t, expert of entry j]) for every entry j of token t.
     # One program per (token, column block): the source block is read once and written to
     # BLOCK_K destination rows per step, so the k stores of a token are in flight together.
     # With PAD, programs T, T + 1, ... each own PAD_ROWS rows and zero those no token maps to:
@@ -129,7 +138,7 @@ def _scatter_rows_kernel(
     col_ok = cols < hidden
     if WRITE_PLAN and pid < 0:
         if tl.program_id(1) == 0:
-            plan_args = (token_ptr_ptr, entry_row_ptr, entry_expert_ptr, src_token_ptr, perm_probs_ptr)
+            plan_args = (token_ptr_ptr, entry_ptr, src_token_ptr, perm_probs_ptr)
             _plan_rows(
                 (pid + n_plan) * PLAN_TOKENS, probs_ptr, probs_stride_t, probs_stride_e, *plan_args, n_tokens,
                 n_rows, HAS_PROBS, PLAN_TOKENS, BLOCK_K,
@@ -156,10 +165,11 @@ def _scatter_rows_kernel(
         last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
         for start in range(first, last, BLOCK_K):
             entries = start + tl.arange(0, BLOCK_K)
-            rows = tl.load(entry_row_ptr + entries, mask=entries < last, other=-1)
+            entry = tl.load(entry_ptr + entries, mask=entries < last, other=-1)
+            rows = entry_row(entry)
             ok = (rows >= 0)[:, None] & col_ok[None, :]
             if SCALE:
-                experts = tl.load(entry_expert_ptr + entries, mask=rows >= 0, other=0)
+                experts = entry_expert(entry)
                 p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=rows >= 0, other=0.0)
                 value = (x.to(tl.float32)[None, :] * p.to(tl.float32)[:, None]).to(dst_ptr.dtype.element_ty)
             else:
@@ -233,8 +243,7 @@ def _launch_scatter(
         table.stride(0) if table is not None else 0,
         table.stride(1) if table is not None else 0,
         plan.token_ptr,
-        plan.entry_row,
-        plan.entry_expert,
+        plan.entry,
         plan.src_token,
         rest.perm_probs if plan_probs else plan.src_token,
         rest.expert_count if rest is not None else plan.src_token,
@@ -306,7 +315,7 @@ def _launch_permute_backward(
     return d_tokens, d_probs
 
 
-@torch.library.custom_op("moe_utils::permute_fwd", mutates_args=())
+@torch.library.custom_op(f"moe_utils::permute_fwd_plan{PLAN_LAYOUT}", mutates_args=())
 def _permute_op(
     tokens: torch.Tensor,
     routing_map: torch.Tensor,
@@ -328,7 +337,7 @@ def _(tokens, routing_map, probs, num_out_tokens, drop_and_pad):
     return out, perm_probs, plan
 
 
-@torch.library.custom_op("moe_utils::permute_bwd", mutates_args=())
+@torch.library.custom_op(f"moe_utils::permute_bwd_plan{PLAN_LAYOUT}", mutates_args=())
 def _permute_backward_op(
     grad_out: torch.Tensor,
     grad_perm_probs: torch.Tensor | None,

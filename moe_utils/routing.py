@@ -24,8 +24,8 @@ The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place 
     src_token    [N]      source token of each permuted row (the reference's sorted_indices);
                           -1 for padding rows
     token_ptr    [T + 1]  token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
-    entry_row    [N]      permuted row of each entry (token-major, ascending expert); -1 if dropped
-    entry_expert [N]      expert of each entry
+    entry        [N]      each entry (token-major, ascending expert): (row << 10) | expert, with
+                          row its permuted row, -1 if dropped (entry < 0 then)
     (marker)     [0 or 1] present when rows may be padding (num_out_tokens was given)
 
 N is the number of permuted rows. The layout is private to this package: pass the tensor to
@@ -44,15 +44,37 @@ import triton.language as tl
 
 from . import _runtime as _rt
 
-__all__ = ["MAX_EXPERTS", "Plan", "PlanRest", "build_plan", "check_routing_map", "plan_view"]
+__all__ = [
+    "EXPERT_BITS",
+    "MAX_EXPERTS",
+    "PLAN_LAYOUT",
+    "Plan",
+    "PlanRest",
+    "build_plan",
+    "check_routing_map",
+    "plan_view",
+]
 
-#: Largest expert count of the fused path: the map kernel keeps a whole row of experts in one tile.
-MAX_EXPERTS = 1024
-#: At most this many segments, so that the scans stay one tile tall. More segments mean more map
-#: programs: at 65536 x 256 the map kernel is latency-bound at 1024 one-warp programs (Nsight
-#: Compute, session 6) and 2048 made it 16 µs faster, but the one-tile scan 5 µs slower
-#: (benchmarks/NOTES.md, next steps).
+#: Largest expert count of the fused path: the map kernel keeps a whole row of experts in one tile,
+#: and an entry of the plan holds its expert in the low EXPERT_BITS bits.
+EXPERT_BITS = 10
+MAX_EXPERTS = 1 << EXPERT_BITS
+_EXPERT_BITS = tl.constexpr(EXPERT_BITS)  # the same, for the kernels
+_EXPERT_MASK = tl.constexpr(MAX_EXPERTS - 1)
+#: The plan layout's number, part of the name of every custom op that takes or returns a plan
+#: (``moe_utils::permute_fwd_plan2``, ...). Inductor's on-disk cache keys a compiled graph by its
+#: code, which names the ops, not by their fake kernels: a graph compiled against another layout
+#: (another plan length) would be replayed. Bump it with every change of the layout.
+PLAN_LAYOUT = 2
+#: Segments of tokens (programs of the count and map kernels): at most _MAX_SEGMENTS, so that the
+#: scan stays one tile tall; twice as many where the map kernel runs one warp per program and the
+#: segments, twice as many, would still be _LONG_SEGMENT steps long. There the map kernel is latency-bound
+#: (1.9 active warps per scheduler at 65536 x 256 with 1024 segments, Nsight Compute, session 6),
+#: and more programs win more than the scan loses: build_plan at 65536 x 256 x 2 66.3 -> 62.1 µs,
+#: 65536 x 64 x 2 32.2 -> 29.2 (session 7, H100). Not below: 16384 x 64 (4 steps a segment),
+#: 65536 x 8 (2) and 16384 x 1024 (4 warps a program) were 2-40% slower with 2048 segments.
 _MAX_SEGMENTS = 1024
+_LONG_SEGMENT = 8
 #: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
 #: at least one token wide: up to 1024 entries), and the map kernel's warps: 8 entries per thread.
 #: The map kernel's two cumulative sums (down the tokens, across the experts) move its tiles
@@ -67,6 +89,18 @@ _MAP_ENTRIES_PER_THREAD = 8
 #: 1024 and 8192 (8192 at 1024 segments takes 250 registers).
 _SCAN_TILE = 4096
 _SCAN_ENTRIES_PER_THREAD = 32
+
+
+@triton.jit
+def entry_row(entry):
+    """Permuted row of plan entries (-1 where not placed)."""
+    return entry >> _EXPERT_BITS
+
+
+@triton.jit
+def entry_expert(entry):
+    """Expert of plan entries."""
+    return entry & _EXPERT_MASK
 
 
 @triton.jit
@@ -141,8 +175,7 @@ def _map_kernel(
     fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 writes it)
     marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
     token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
-    entry_row_ptr,  # [N] int64 out: permuted row of each entry, -1 when the row would not fit
-    entry_expert_ptr,  # [N] int64 out: expert of each entry
+    entry_ptr,  # [N] int64 out: (row << EXPERT_BITS) | expert of each entry; row -1 when it would not fit
     T,  # tokens
     E,  # experts
     N,  # permuted rows allocated
@@ -206,10 +239,11 @@ def _map_kernel(
         tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
         place = tl.cumsum(m, axis=1) - m
         listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None])
+        # One store per entry: its row and expert packed. Two (row, then expert) made the stores
+        # the map kernel's limit: L1/TEX 75% busy at 2048 segments (Nsight Compute, session 6).
         rows = tl.where(routed, next_row[None, :] + rank, -1)
-        tl.store((entry_row_ptr + token_first)[:, None] + place, rows, mask=listed)
-        experts_2d = tl.broadcast_to(experts[None, :].to(tl.int64), (BLOCK_T, BLOCK_E))
-        tl.store((entry_expert_ptr + token_first)[:, None] + place, experts_2d, mask=listed)
+        entry = (rows << _EXPERT_BITS) | experts[None, :].to(tl.int64)
+        tl.store((entry_ptr + token_first)[:, None] + place, entry, mask=listed)
         next_row += tl.sum(m, axis=0).to(tl.int64)
         next_entry += tl.sum(per_token, axis=0).to(tl.int64)
 
@@ -220,8 +254,7 @@ class Plan:
 
     src_token: torch.Tensor  # [N]
     token_ptr: torch.Tensor  # [T + 1]
-    entry_row: torch.Tensor  # [N]
-    entry_expert: torch.Tensor  # [N]
+    entry: torch.Tensor  # [N] (row << EXPERT_BITS) | expert; row -1 (entry < 0) when not placed
     padded: bool  # some rows may be padding (no token maps to them)
 
 
@@ -241,7 +274,7 @@ class PlanRest:
 
 def plan_numel(n_tokens: int, n_rows: int, padded: bool) -> int:
     """Length of the plan tensor."""
-    return 3 * n_rows + n_tokens + 1 + int(padded)
+    return 2 * n_rows + n_tokens + 1 + int(padded)
 
 
 def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
@@ -263,8 +296,7 @@ def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
     return Plan(
         src_token=plan[:n],
         token_ptr=plan[n : n + t + 1],
-        entry_row=plan[n + t + 1 : 2 * n + t + 1],
-        entry_expert=plan[2 * n + t + 1 : 3 * n + t + 1],
+        entry=plan[n + t + 1 : 2 * n + t + 1],
         padded=sizes[plan.numel()],
     )
 
@@ -288,11 +320,19 @@ def _map_pointer(routing_map: torch.Tensor) -> torch.Tensor:
     return routing_map.view(torch.uint8) if routing_map.dtype == torch.bool else routing_map
 
 
+def _map_warps(block_t: int, block_e: int) -> int:
+    """Warps of the count and map kernels: _MAP_ENTRIES_PER_THREAD entries per thread, at most 4."""
+    return min(4, max(1, block_t * block_e // (32 * _MAP_ENTRIES_PER_THREAD)))
+
+
 def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     block_e = triton.next_power_of_2(max(n_experts, 1))
     block_t = max(1, min(256, _PLAN_TILE // block_e))
     n_steps = triton.cdiv(n_tokens, block_t)
-    steps_per_seg = triton.cdiv(n_steps, _MAX_SEGMENTS)
+    most = _MAX_SEGMENTS
+    if _map_warps(block_t, block_e) == 1 and n_steps >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT:
+        most = 2 * _MAX_SEGMENTS
+    steps_per_seg = triton.cdiv(n_steps, most)
     seg_len = steps_per_seg * block_t
     n_seg = triton.cdiv(n_tokens, seg_len)
     return seg_len, n_seg, block_t, block_e
@@ -325,6 +365,9 @@ def build_plan(
     if n_tokens == 0 or n_experts == 0:
         return _empty_plan(n_tokens, n_experts, probs, num_out_tokens, device)
     seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
+    # The count kernel too: with Triton's default of 4 warps it was 4 µs slower at 65536 x 256
+    # (one step is one token there: 2 entries per thread), and no faster in wider steps (H100).
+    warps = _map_warps(block_t, block_e)
     block_s = triton.next_power_of_2(n_seg)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
     padded = num_out_tokens is not None
@@ -343,7 +386,17 @@ def build_plan(
     else:
         n_rows, plan, perm_probs = 0, seg_total, None
     _count_kernel[(n_seg,)](
-        m, m.stride(0), m.stride(1), counts, seg_total, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e
+        m,
+        m.stride(0),
+        m.stride(1),
+        counts,
+        seg_total,
+        n_tokens,
+        n_experts,
+        seg_len,
+        BLOCK_T=block_t,
+        BLOCK_E=block_e,
+        num_warps=warps,
     )
     seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
     # expert_count [E], seg_entry_off [n_seg] and the total number of routed pairs
@@ -383,8 +436,7 @@ def build_plan(
         fits,
         plan[-1:],
         view.token_ptr,
-        view.entry_row,
-        view.entry_expert,
+        view.entry,
         n_tokens,
         n_experts,
         n_rows,
@@ -395,7 +447,7 @@ def build_plan(
         CHECK=check,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
-        num_warps=min(4, max(1, block_t * block_e // (32 * _MAP_ENTRIES_PER_THREAD))),
+        num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
     )
     if padded and not check:

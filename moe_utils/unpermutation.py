@@ -17,7 +17,7 @@ import triton.language as tl
 
 from . import _runtime as _rt
 from .permutation import _block_h, block_k, check_probs, scatter_rows, zero_padding_rows
-from .routing import Plan, check_routing_map, plan_view
+from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
 
@@ -33,8 +33,7 @@ def _gather_rows_kernel(
     row_grad_ptr,  # [N] gradient of permute's permuted probs (PROBS_GRAD)
     d_probs_ptr,  # [T, E] out, contiguous, zero-filled (PROBS_GRAD)
     token_ptr_ptr,  # [T + 1] int64 plan: token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
-    entry_row_ptr,  # [N] int64 plan: permuted row of each entry (-1: not placed)
-    entry_expert_ptr,  # [N] int64 plan: expert of each entry
+    entry_ptr,  # [N] int64 plan: (row << EXPERT_BITS) | expert of each entry (row -1: not placed)
     n_rows,  # N
     hidden,  # row width
     E,  # experts
@@ -42,7 +41,7 @@ def _gather_rows_kernel(
     PROBS_GRAD: tl.constexpr,  # also scatter row_grad into d_probs (permute's backward)
     BLOCK_H: tl.constexpr,  # columns per program
 ):
-    # out[t] = sum_j src[entry_row[j]] (* probs[t, entry_expert[j]]), in fp32, written once, in
+    # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
     # entry order: deterministic, no atomics. One row per step: a [BLOCK_K, BLOCK_H] tile summed
     # over its first axis went through shared memory and ran at half the copy rate on the H100.
     token = tl.program_id(0).to(tl.int64)
@@ -53,17 +52,16 @@ def _gather_rows_kernel(
     first = tl.load(token_ptr_ptr + token)
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
     for j in range(first, last):
-        row = tl.load(entry_row_ptr + j)
+        entry = tl.load(entry_ptr + j)
+        row = entry_row(entry)
         x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
         if SCALE:
-            expert = tl.load(entry_expert_ptr + j)
-            x = x * tl.load(probs_ptr + token * probs_stride_t + expert * probs_stride_e).to(tl.float32)
+            x = x * tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e).to(tl.float32)
         acc += x
         if PROBS_GRAD:
             if (col_block == 0) & (row >= 0):
-                expert = tl.load(entry_expert_ptr + j)
                 grad = tl.load(row_grad_ptr + row)
-                tl.store(d_probs_ptr + token * E + expert, grad.to(d_probs_ptr.dtype.element_ty))
+                tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
     tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
@@ -79,8 +77,7 @@ def _scatter_dot_kernel(
     probs_stride_e,  # elements between experts of probs
     d_probs_ptr,  # [T, E] out, contiguous, zero-filled: gradient w.r.t. probs
     token_ptr_ptr,  # [T + 1] int64 plan
-    entry_row_ptr,  # [N] int64 plan
-    entry_expert_ptr,  # [N] int64 plan
+    entry_ptr,  # [N] int64 plan: (row << EXPERT_BITS) | expert of each entry
     n_rows,  # N
     hidden,  # row width
     E,  # experts
@@ -95,9 +92,10 @@ def _scatter_dot_kernel(
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
     for start in range(first, last, BLOCK_K):
         entries = start + tl.arange(0, BLOCK_K)
-        rows = tl.load(entry_row_ptr + entries, mask=entries < last, other=-1)
+        entry = tl.load(entry_ptr + entries, mask=entries < last, other=-1)
+        rows = entry_row(entry)
         placed = rows >= 0
-        experts = tl.load(entry_expert_ptr + entries, mask=placed, other=0)
+        experts = entry_expert(entry)
         p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=placed, other=0.0)
         p = p.to(tl.float32)
         dot = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -137,8 +135,7 @@ def gather_rows(
         row_grad if probs_grad else src,
         d_probs if probs_grad else src,
         plan.token_ptr,
-        plan.entry_row,
-        plan.entry_expert,
+        plan.entry,
         src.shape[0],
         hidden,
         d_probs.shape[1] if probs_grad else 0,
@@ -189,8 +186,7 @@ def _launch_unpermute_backward(
                 probs.stride(1),
                 d_probs,
                 view.token_ptr,
-                view.entry_row,
-                view.entry_expert,
+                view.entry,
                 n_rows,
                 hidden,
                 probs.shape[1],
@@ -204,7 +200,7 @@ def _launch_unpermute_backward(
     return d_perm, d_probs
 
 
-@torch.library.custom_op("moe_utils::unpermute_fwd", mutates_args=())
+@torch.library.custom_op(f"moe_utils::unpermute_fwd_plan{PLAN_LAYOUT}", mutates_args=())
 def _unpermute_op(
     permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int
 ) -> torch.Tensor:
@@ -216,7 +212,7 @@ def _(permuted, plan, probs, n_tokens):
     return permuted.new_empty((n_tokens, permuted.shape[1]))
 
 
-@torch.library.custom_op("moe_utils::unpermute_bwd", mutates_args=())
+@torch.library.custom_op(f"moe_utils::unpermute_bwd_plan{PLAN_LAYOUT}", mutates_args=())
 def _unpermute_backward_op(
     grad: torch.Tensor, permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, need_d_probs: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -318,10 +318,18 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = ((256, 1024, 4096), (1024, 1024, 1024), (64, 4, 16), (4096, 1024, 8192), (256, 4096, 1024))
-    for tile, segments, scan_tile in configs:
+    configs = (
+        (256, 1024, 8, 4096),
+        (1024, 1024, 8, 1024),
+        (64, 4, 16, 16),
+        (64, 4, 1, 16),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192),
+        (256, 4096, 8, 1024),
+    )
+    for tile, segments, long_segment, scan_tile in configs:
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
         monkeypatch.setattr(routing, "_MAX_SEGMENTS", segments)
+        monkeypatch.setattr(routing, "_LONG_SEGMENT", long_segment)
         monkeypatch.setattr(routing, "_SCAN_TILE", scan_tile)
         results.append(permute(x, m, p, num_out_tokens=3 * n_tokens + 5, fused=True))
         results.append(permute(x, m, p, fused=True))
@@ -330,6 +338,21 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
         for other in results[padded::2]:
             for a, b in zip(first, other, strict=True):
                 assert torch.equal(a, b)
+
+
+def test_segment_rule():
+    # Twice the segments only where the map kernel runs one warp per program and the segments
+    # stay at least _LONG_SEGMENT steps long (the shapes measured on the H100, session 7).
+    from moe_utils.routing import _segments
+
+    assert _segments(65536, 256)[1] == 2048  # one-token steps: 32 steps a segment
+    assert _segments(65536, 64)[1] == 2048  # 4-token steps: 8 steps a segment
+    assert _segments(16384, 64)[1] == 1024  # 4 steps a segment with 1024
+    assert _segments(65536, 8)[1] == 1024  # 32-token steps: 2 steps a segment
+    assert _segments(16384, 1024)[1] == 1024  # 4 warps a program
+    for n_tokens, n_experts in ((65536, 256), (16384, 64), (5, 3), (100003, 7)):
+        seg_len, n_seg, block_t, _ = _segments(n_tokens, n_experts)
+        assert seg_len % block_t == 0 and (n_seg - 1) * seg_len < n_tokens <= n_seg * seg_len
 
 
 @pytest.mark.parametrize("num_out", [None, 43])

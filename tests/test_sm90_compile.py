@@ -41,8 +41,7 @@ INT64_POINTERS = {
     "marker_ptr",
     "src_token_ptr",
     "token_ptr_ptr",
-    "entry_row_ptr",
-    "entry_expert_ptr",
+    "entry_ptr",
 }
 
 
