@@ -310,7 +310,7 @@ def _launch_permute_backward(
     d_tokens = _rt.empty((n_tokens, hidden), grad_out.dtype, grad_out.device)
     d_probs = torch.empty((0,), dtype=torch.float32, device=grad_out.device)
     if probs_dtype is not None and grad_perm_probs is not None:
-        d_probs = torch.zeros((n_tokens, n_experts), dtype=probs_dtype, device=grad_out.device)
+        d_probs = _rt.empty((n_tokens, n_experts), probs_dtype, grad_out.device)  # gather_rows zeroes each row
     gather_rows(grad_out, d_tokens, view, row_grad=grad_perm_probs if d_probs.numel() else None, d_probs=d_probs)
     return d_tokens, d_probs
 
