@@ -134,7 +134,10 @@ def test_drop_and_pad_fixed_capacity():
     torch.testing.assert_close(ua, ub, rtol=1e-6, atol=1e-6)
 
 
-def test_padding_rows_and_empty_experts():
+@pytest.mark.parametrize("probs_grad", [False, True])
+def test_padding_rows_and_empty_experts(probs_grad):
+    # With probs_grad, unpermute's backward runs the scatter-dot kernel, whose extra programs zero
+    # the padding rows; without, the scatter with its padding programs.
     gen = make_generator(5)
     n_tokens, n_experts, hidden = 12, 4, 16
     x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
@@ -149,10 +152,17 @@ def test_padding_rows_and_empty_experts():
     assert torch.equal(bp[:routed], ap) and torch.all(bp[routed:] == 0)
     assert torch.all(plan[routed : routed + 5] == -1)  # src_token marks the padding rows
     b.requires_grad_(True)
+    p.requires_grad_(probs_grad)
     back = unpermute(b, plan, x.shape, p, m, fused=True)
     torch.testing.assert_close(back, x * (p * m).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
-    (d_rows,) = torch.autograd.grad(back.sum(), (b,))
+    g = torch.randn(back.shape, generator=gen).to(DEVICE)
+    grads = torch.autograd.grad(back, (b, p) if probs_grad else (b,), g)
+    d_rows = grads[0]
     assert torch.all(d_rows[routed:] == 0)  # padding rows get a zero gradient, not garbage
+    want_rows = (g[None, :, :] * p.detach().T[:, :, None])[m.T]  # expert-major, as the rows
+    torch.testing.assert_close(d_rows[:routed], want_rows, rtol=1e-5, atol=1e-5)
+    if probs_grad:  # d_probs[t, e] = <g[t], x[t]> where routed, 0 elsewhere
+        torch.testing.assert_close(grads[1], (g * x).sum(1, keepdim=True) * m, rtol=1e-5, atol=1e-5)
 
 
 def test_zero_tokens():
