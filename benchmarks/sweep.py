@@ -233,7 +233,8 @@ def sweep_routing(results, copy, shapes):
 
 
 #: (entries per step of the count/map tile, map kernel warps, most segments, scan tile); the first
-#: is the shipped launch shape (routing._PLAN_TILE, 8 entries per thread). Session 4 swept tiles
+#: is the shipped launch shape (routing._PLAN_TILE, 8 entries per thread). "Most segments" sets
+#: routing._MAX_SEGMENTS, which routing's rule still doubles for long one-warp walks (session 7). Session 4 swept tiles
 #: and warps, session 5 the segment count (results/sweep-*.json, "plan" and "plan_s5_segments");
 #: this list looks at the scan tile (experts per scan program) and the segment count with it.
 PLAN_CONFIGS = [
