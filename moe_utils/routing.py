@@ -66,13 +66,14 @@ _EXPERT_MASK = tl.constexpr(MAX_EXPERTS - 1)
 #: code, which names the ops, not by their fake kernels: a graph compiled against another layout
 #: (another plan length) would be replayed. Bump it with every change of the layout.
 PLAN_LAYOUT = 2
-#: Segments of tokens (programs of the count and map kernels): at most _MAX_SEGMENTS, so that the
-#: scan stays one tile tall; twice as many where the map kernel runs one warp per program and the
-#: segments, twice as many, would still be _LONG_SEGMENT steps long. There the map kernel is latency-bound
-#: (1.9 active warps per scheduler at 65536 x 256 with 1024 segments, Nsight Compute, session 6),
-#: and more programs win more than the scan loses: build_plan at 65536 x 256 x 2 66.3 -> 62.1 µs,
-#: 65536 x 64 x 2 32.2 -> 29.2 (session 7, H100). Not below: 16384 x 64 (4 steps a segment),
-#: 65536 x 8 (2) and 16384 x 1024 (4 warps a program) were 2-40% slower with 2048 segments.
+#: Segments of tokens (programs of the count and map kernels). At most _MAX_SEGMENTS, so that the
+#: scan stays one tile tall, except where the map kernel runs one warp per program and twice as
+#: many segments would still be _LONG_SEGMENT steps long: there 2 * _MAX_SEGMENTS. Such walks are
+#: latency-bound (1.9 active warps per scheduler at 65536 x 256 with 1024 segments, Nsight
+#: Compute, session 6), and more programs gain more than the taller scan loses: build_plan at
+#: 65536 x 256 x 2 66.3 -> 62.1 µs, 65536 x 64 x 2 32.2 -> 29.2 (H100, session 7). Shorter or wider
+#: walks lost 2-40% with 2048: 16384 x 64 (4 steps a segment), 65536 x 8 (2 steps) and
+#: 16384 x 1024 (4 warps a program).
 _MAX_SEGMENTS = 1024
 _LONG_SEGMENT = 8
 #: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
