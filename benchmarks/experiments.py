@@ -13,6 +13,7 @@ uses them):
 
 ``--only scatter``: permute's scatter with several tokens per program and cache policies.
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
+``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and forced to 1024 and to 2048 segments. (Session 7 measured here, against the plan
 layout of two stores per entry: one store per entry, taken; ``_map_compact``, each token's
@@ -247,10 +248,45 @@ def inplace_experiments(results, shapes) -> None:
             print(f"bwd unweighted {n_rows}x{h} {name:24s} {us:8.1f} us", flush=True)
 
 
+def liger_experiments(results, shapes) -> None:
+    """The unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each timed alone (bench.py
+    times only Liger's forward+backward, where it leads by 1.7-1.8% at H = 7168). Eager medians of
+    triton.testing.do_bench for all four (Liger's launches do not survive graph capture here), and
+    GB/s from the same byte model: forward reads 2H and writes H per row, backward reads 3H and
+    writes 2H. Liger takes gate and up as two contiguous [T, H] tensors (bench.py's layout for it),
+    ours one [T, 2H]; its backward overwrites them, which only changes their values here."""
+    try:
+        from liger_kernel.ops.swiglu import swiglu_backward, swiglu_forward
+    except ImportError as exc:
+        print(f"Liger-Kernel not available ({exc}); skipping")
+        return
+    for n_rows, h in shapes:
+        x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
+        g = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16)
+        a, b = x[:, :h].contiguous(), x[:, h:].contiguous()
+        variants = {
+            ("fwd", "ours"): lambda: gen._launch_forward(x, None, None, False, None, False),
+            ("fwd", "liger"): lambda: swiglu_forward(a, b),
+            ("bwd", "ours"): lambda: gen._launch_backward(g, x, None, None, None, False, x.dtype),
+            ("bwd", "liger"): lambda: swiglu_backward(a, b, g),
+        }
+        if DRY:  # Liger's kernels do not run in Triton's interpreter (a float scalar's .to())
+            variants = {key: fn for key, fn in variants.items() if key[1] == "ours"}
+        else:
+            ours, _ = gen._launch_forward(x, None, None, False, None, False)
+            torch.testing.assert_close(ours.float(), swiglu_forward(a, b)[2].float(), rtol=2e-2, atol=2e-2)
+        for (op, impl), fn in variants.items():
+            fn()
+            us = 1.0 if DRY else triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+            moved = n_rows * h * 2 * (3 if op == "fwd" else 5)
+            results.append(dict(kind=f"liger_{op}", shape=[n_rows, h], variant=impl, us=us, gbs=moved / us / 1e3))
+            print(f"{op} unweighted {n_rows}x{h} {impl:6s} {us:9.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    kinds = ("act", "scatter", "plan", "inplace")
+    kinds = ("act", "scatter", "plan", "inplace", "liger")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -265,6 +301,8 @@ def main() -> None:
             (16384, 64, 8), (65536, 8, 8), (65536, 64, 2), (65536, 256, 2), (65536, 256, 8), (16384, 1024, 8)
         ]  # fmt: skip
         plan_experiments(results, shapes)
+    if "liger" in args.only:
+        liger_experiments(results, [(4, 24)] if DRY else [(65536, 7168), (65536, 2048), (16384, 7168)])
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
     if "act" not in args.only:
