@@ -25,7 +25,8 @@ The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place 
                           -1 for padding rows
     token_ptr    [T + 1]  token t owns entries token_ptr[t] .. token_ptr[t + 1] - 1
     entry        [N]      each entry (token-major, ascending expert): (row << 10) | expert, with
-                          row its permuted row, -1 if dropped (entry < 0 then)
+                          row its permuted row, -1 if dropped (entry < 0 then); rows fit in the
+                          53 bits left (N < 2^53, far past any tensor that fits in memory)
     (marker)     [0 or 1] present when rows may be padding (num_out_tokens was given)
 
 N is the number of permuted rows. The layout is private to this package: pass the tensor to
