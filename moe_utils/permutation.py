@@ -61,6 +61,39 @@ def _padding(
 
 
 @triton.jit
+def _zero_padding(
+    dst_ptr,  # [N, hidden] permuted rows, contiguous
+    first_row,  # first of the PAD_ROWS rows this program checks
+    col_first,  # first column to zero
+    col_steps,  # column blocks of BLOCK_H to zero from there (up to the row width)
+    hidden,  # row width
+    src_token_ptr,  # the rest: _padding's arguments
+    expert_count_ptr,
+    total_ptr,
+    n_rows,
+    n_experts,
+    capacity,
+    FROM_COUNTS: tl.constexpr,
+    DROP_AND_PAD: tl.constexpr,
+    PAD_ROWS: tl.constexpr,  # a multiple of BLOCK_K
+    BLOCK_K: tl.constexpr,  # rows per step
+    BLOCK_H: tl.constexpr,  # columns per step
+):
+    """Zero the padding rows among first_row .. first_row + PAD_ROWS - 1 of dst in col_steps
+    blocks of BLOCK_H columns from col_first: the scatter's padding programs (its one column block)
+    and the scatter-dot's (whole rows)."""
+    zeros = tl.zeros([BLOCK_K, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
+    for start in range(0, PAD_ROWS, BLOCK_K):
+        rows = first_row + start + tl.arange(0, BLOCK_K)
+        pad = _padding(rows, src_token_ptr, expert_count_ptr, total_ptr, n_rows, n_experts, capacity, FROM_COUNTS,
+                       DROP_AND_PAD)  # fmt: skip
+        for step in range(col_steps):
+            cols = col_first + step * BLOCK_H + tl.arange(0, BLOCK_H)
+            ok = pad[:, None] & (cols < hidden)[None, :]
+            tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=ok)
+
+
+@triton.jit
 def _plan_rows(
     first_token,  # first token of this program
     probs_ptr,  # [T, E] routing probabilities (HAS_PROBS)
@@ -144,7 +177,8 @@ def _scatter_rows_kernel(
                 n_rows, HAS_PROBS, PLAN_TOKENS, BLOCK_K,
             )  # fmt: skip
     elif PAD and pid >= n_tokens:
-        block = (pid - n_tokens) * PAD_ROWS + tl.arange(0, PAD_ROWS)
+        first_row = (pid - n_tokens) * PAD_ROWS
+        block = first_row + tl.arange(0, PAD_ROWS)
         args = (src_token_ptr, expert_count_ptr, total_ptr, n_rows, n_experts, capacity, WRITE_PLAN, DROP_AND_PAD)
         pad_block = _padding(block, *args)
         if tl.max(pad_block.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
@@ -153,11 +187,7 @@ def _scatter_rows_kernel(
                 if HAS_PROBS:
                     no_prob = tl.zeros([PAD_ROWS], perm_probs_ptr.dtype.element_ty)
                     tl.store(perm_probs_ptr + block, no_prob, mask=pad_block)
-            zeros = tl.zeros([BLOCK_K, BLOCK_H], dtype=dst_ptr.dtype.element_ty)
-            for start in range(0, PAD_ROWS, BLOCK_K):
-                rows = (pid - n_tokens) * PAD_ROWS + start + tl.arange(0, BLOCK_K)
-                pad = _padding(rows, *args)
-                tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=pad[:, None] & col_ok[None, :])
+            _zero_padding(dst_ptr, first_row, tl.program_id(1) * BLOCK_H, 1, hidden, *args, PAD_ROWS, BLOCK_K, BLOCK_H)
     else:
         token = pid
         x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)

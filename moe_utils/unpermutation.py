@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from .permutation import _PAD_ROWS, _block_h, _padding, block_k, check_probs, scatter_rows
+from .permutation import _PAD_ROWS, _block_h, _padding, _zero_padding, block_k, check_probs, scatter_rows
 from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
@@ -114,16 +114,14 @@ def _scatter_dot_kernel(
     if PAD and token >= n_tokens:
         first_row = (token - n_tokens) * PAD_ROWS
         block = first_row + tl.arange(0, PAD_ROWS)
-        pad_block = _padding(block, src_token_ptr, src_token_ptr, src_token_ptr, n_rows, 0, 0, False, False)
+        # Padding rows are marked in src_token (-1): the counts' arguments (0) are not read. (Spelled
+        # out: a tuple of these literals does not compile for the GPU, the interpreter takes it.)
+        pad_block = _padding(block, src_token_ptr, 0, 0, n_rows, 0, 0, False, False)
         if tl.max(pad_block.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
-            zeros = tl.zeros([BLOCK_K, BLOCK_H], dtype=d_perm_ptr.dtype.element_ty)
-            for start in range(0, PAD_ROWS, BLOCK_K):
-                rows = first_row + start + tl.arange(0, BLOCK_K)
-                pad = _padding(rows, src_token_ptr, src_token_ptr, src_token_ptr, n_rows, 0, 0, False, False)
-                for col_start in range(0, hidden, BLOCK_H):
-                    cols = col_start + tl.arange(0, BLOCK_H)
-                    ok = pad[:, None] & (cols < hidden)[None, :]
-                    tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=ok)
+            _zero_padding(
+                d_perm_ptr, first_row, 0, tl.cdiv(hidden, BLOCK_H), hidden, src_token_ptr, 0, 0, n_rows, 0, 0, False,
+                False, PAD_ROWS, BLOCK_K, BLOCK_H,
+            )  # fmt: skip
     else:
         first = tl.load(token_ptr_ptr + token)
         last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
