@@ -1,6 +1,6 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
-    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan} ...]
+    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger} ...]
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -15,12 +15,13 @@ uses them):
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
-shipped and forced to 1024 and to 2048 segments, and with ``_scan_split`` (the scan's
-token-major prefix in a program of its own, in parallel with the expert blocks) under the rule
-and at 2048 and 4096 segments. (Session 7 measured here, against the plan layout of two stores
-per entry: one store per entry, taken; ``_map_compact``, each token's entries gathered by sums
-over the experts, slower; the count kernel in wider steps, no gain:
-results/history/experiments-plan-s7-call1-*.json, commit ab7f8bc for their code.)
+shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
+the package first on PYTHONPATH to time a change of the plan kernels against it. (Session 7
+measured here, against the plan layout of two stores per entry: one store per entry, taken;
+``_map_compact``, each token's entries gathered by sums over the experts, slower; the count kernel
+in wider steps, no gain: results/history/experiments-plan-s7-call1-*.json, commit ab7f8bc for
+their code. ``_scan_split``, the scan's token-major prefix in a program of its own, was never run:
+session 8 removed that prefix from the scan instead, commit 4913e41 for its code.)
 
 Each variant is checked against the shipped op (same bits) before it is timed. Writes
 ``experiments-<card>.json`` and prints one line per (shape, variant).
@@ -187,72 +188,36 @@ def scatter_experiments(results, shapes) -> None:
             print(f"scatter {shape} {name:34s} {us:8.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
 
 
-@triton.jit
-def _scan_split(
-    counts_ptr, seg_total_ptr, seg_expert_off_ptr, expert_count_ptr, seg_entry_off_ptr, total_ptr, n_seg, E,
-    BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
-):  # fmt: skip
-    # moe_utils.routing._scan_experts_kernel with the token-major prefix over segments in a program
-    # of its own (the last), not after program 0's block of experts: the launch waits on its
-    # slowest program, and program 0 ran two dependent scans one after the other.
-    pid = tl.program_id(0)
-    segs = tl.arange(0, BLOCK_S)
-    if pid == tl.num_programs(0) - 1:
-        seg_total = tl.load(seg_total_ptr + segs, mask=segs < n_seg, other=0)
-        tl.store(seg_entry_off_ptr + segs, tl.cumsum(seg_total, axis=0) - seg_total, mask=segs < n_seg)
-        tl.store(total_ptr, tl.sum(seg_total, axis=0))
-    else:
-        experts = pid * BLOCK_E + tl.arange(0, BLOCK_E)
-        ok = (segs < n_seg)[:, None] & (experts < E)[None, :]
-        offs = segs[:, None] * E + experts[None, :]
-        c = tl.load(counts_ptr + offs, mask=ok, other=0)
-        tl.store(seg_expert_off_ptr + offs, (tl.cumsum(c, axis=0) - c).to(tl.int64), mask=ok)
-        tl.store(expert_count_ptr + experts, tl.sum(c, axis=0).to(tl.int64), mask=experts < E)
-
-
-class _SplitScan:
-    """Stands in for routing._scan_experts_kernel: _scan_split with one more program."""
-
-    def __getitem__(self, grid):
-        return _scan_split[(grid[0] + 1,)]
-
-
 def plan_experiments(results, shapes) -> None:
-    """build_plan as shipped (routing's segment rule) and forced to at most 1024 and 2048
-    segments, then with _scan_split (the token-major prefix in a program of its own) under the
-    rule and forced to 2048 and 4096 segments; the same plan each time, checked."""
+    """build_plan as shipped (routing's segment rule) and with the segment count capped at 256 ...
+    4096 (at most that many segments, never doubled); the same plan each time, checked. Run it
+    against two versions of the package (PYTHONPATH) to time a change of the plan kernels."""
     from sweep import routing_map
 
     from moe_utils import routing
     from moe_utils.routing import build_plan
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    shipped = routing._MAX_SEGMENTS, routing._LONG_SEGMENT, routing._scan_experts_kernel
-    scan, split = shipped[2], _SplitScan()
-    variants = {
-        "shipped": shipped,
-        "1024 segments": (1024, 1 << 62, scan),
-        "2048 segments": (2048, 1 << 62, scan),
-        "split scan": (shipped[0], shipped[1], split),
-        "split scan, 2048 segments": (2048, 1 << 62, split),
-        "split scan, 4096 segments": (4096, 1 << 62, split),
-    }
+    shipped = routing._MAX_SEGMENTS, routing._LONG_SEGMENT
+    variants = {"shipped": shipped, **{f"{n} segments": (n, 1 << 62) for n in (256, 512, 1024, 2048, 4096)}}
     for n_tokens, n_experts, k in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
         p = torch.rand(n_tokens, n_experts, device=DEVICE)
         n_rows = n_tokens * k
         want, _, _ = build_plan("exp", m, p, n_rows, False)
         for variant, setting in variants.items():
-            routing._MAX_SEGMENTS, routing._LONG_SEGMENT, routing._scan_experts_kernel = setting
+            routing._MAX_SEGMENTS, routing._LONG_SEGMENT = setting
             try:
+                segments = routing._segments(n_tokens, n_experts)[1]
                 plan, _, _ = build_plan("exp", m, p, n_rows, False)
                 # src_token (the first n_rows) is the scatter's to write
                 assert torch.equal(plan[n_rows:], want[n_rows:]), variant
                 us = bench(lambda: build_plan("exp", m, p, n_rows, False))
             finally:
-                routing._MAX_SEGMENTS, routing._LONG_SEGMENT, routing._scan_experts_kernel = shipped
-            results.append(dict(kind="plan", shape=[n_tokens, n_experts, k], variant=variant, us=us))
-            print(f"plan {n_tokens}x{n_experts} k={k} {variant:28s} {us:8.1f} us", flush=True)
+                routing._MAX_SEGMENTS, routing._LONG_SEGMENT = shipped
+            row = dict(kind="plan", shape=[n_tokens, n_experts, k], variant=variant, segments=segments, us=us)
+            results.append(row)
+            print(f"plan {n_tokens}x{n_experts} k={k} {variant:14s} ({segments:4d}) {us:8.1f} us", flush=True)
 
 
 def inplace_experiments(results, shapes) -> None:
@@ -327,6 +292,7 @@ def liger_experiments(results, shapes) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     args = ap.parse_args()
@@ -339,7 +305,8 @@ def main() -> None:
         scatter_experiments(results, shapes)
     if "plan" in args.only:
         shapes = [(9, 8, 2), (300, 64, 3), (70, 256, 2)] if DRY else [
-            (16384, 64, 8), (65536, 8, 8), (65536, 64, 2), (65536, 256, 2), (65536, 256, 8), (16384, 1024, 8)
+            (4096, 8, 2), (4096, 256, 2), (4096, 64, 8), (16384, 64, 8), (16384, 256, 2), (65536, 8, 8),
+            (65536, 64, 2), (65536, 256, 2), (65536, 256, 8), (16384, 1024, 8),
         ]  # fmt: skip
         plan_experiments(results, shapes)
     if "liger" in args.only:
@@ -403,7 +370,7 @@ def main() -> None:
             print(f"bwd {n_rows}x{h} {name:28s} {us:8.1f} us", flush=True)
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"experiments-{card.replace(' ', '_')}.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"experiments-{card.replace(' ', '_')}{args.tag}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

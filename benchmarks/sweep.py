@@ -288,11 +288,14 @@ def sweep_plan(results, shapes):
 
 def sweep_small_forward(results, copy, shapes):
     """Launch-bound forwards (4096 x 768 is the one shape behind the compiled reference): every
-    launch shape down to 2 warps, with and without streaming loads of x."""
+    launch shape down to 2 warps, with and without streaming loads of x. Inputs and outputs rotate
+    through sets of at least 256 MB in all, as in bench.py, so that L2 does not hold them; the time
+    is per set."""
     for n_rows, h in shapes:
-        x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
-        w = torch.rand(n_rows, dtype=torch.float32, device=DEVICE)
-        out = torch.empty(n_rows, h, dtype=DTYPE, device=DEVICE)
+        sets = 1 if DRY else max(1, min(64, (256 << 20) // (n_rows * h * 6)))
+        xs = [torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE) for _ in range(sets)]
+        ws = [torch.rand(n_rows, dtype=torch.float32, device=DEVICE) for _ in range(sets)]
+        outs = [torch.empty(n_rows, h, dtype=DTYPE, device=DEVICE) for _ in range(sets)]
         nbytes = n_rows * h * 6 + n_rows * 4
         configs = [(br, bh, nw) for br, bh, nw in act_configs(h)]
         configs += [(max(1, tile // bh), bh, 2) for tile in (512, 1024, 2048) for bh in (256, 512, 1024) if bh <= tile]
@@ -301,19 +304,35 @@ def sweep_small_forward(results, copy, shapes):
                 grid = (triton.cdiv(n_rows, br), triton.cdiv(h, bh))
 
                 def run(br=br, bh=bh, nw=nw, grid=grid, policy=policy):
-                    gen._swiglu_fwd[grid](
-                        x, x, w, out, out, n_rows, h, x.stride(0), 0, 0.0,
-                        HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=False,
-                        NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh,
-                        num_warps=nw,
-                    )  # fmt: skip
+                    for x, w, out in zip(xs, ws, outs, strict=True):
+                        gen._swiglu_fwd[grid](
+                            x, x, w, out, out, n_rows, h, x.stride(0), 0, 0.0,
+                            HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=False,
+                            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh,
+                            num_warps=nw,
+                        )  # fmt: skip
 
-                us = bench(run)
+                us = bench(run) / sets
                 results.setdefault("fwd_small", []).append(
                     dict(shape=[n_rows, h], config=[br, bh, nw, policy], us=us, pct=100 * nbytes / us / 1e3 / copy)
                 )
+        if not DRY:  # the reference as it ships (torch.compile), on the same rotating sets
+            from baselines import activation_baselines
+
+            ref = activation_baselines(True)["swiglu"][0]
+            ws2 = [w[:, None] for w in ws]
+
+            def run_ref():
+                for x, w in zip(xs, ws2, strict=True):
+                    ref(x, w, False)
+
+            us = bench(run_ref) / sets
+            results["fwd_small"].append(
+                dict(shape=[n_rows, h], config="ref_compiled", us=us, pct=100 * nbytes / us / 1e3 / copy)
+            )
+            print(n_rows, h, f"fwd ref_compiled {us:.2f} us", flush=True)
         shipped = _rt.forward_config(n_rows, h)
-        rows = [r for r in results["fwd_small"] if r["shape"] == [n_rows, h]]
+        rows = [r for r in results["fwd_small"] if r["shape"] == [n_rows, h] and r["config"] != "ref_compiled"]
         policy = "evict_first" if shipped.evict_first else ""
         mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps, policy]]
         top = sorted(rows, key=lambda r: r["us"])[:5]

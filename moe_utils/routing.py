@@ -6,12 +6,14 @@ build it, with no atomics and no host synchronisation:
 1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment.
 2. ``_scan_experts_kernel`` (one program per block of experts): an exclusive prefix sum over the
    segments gives each (segment, expert) the rows of that expert in earlier segments, and the
-   total per expert; program 0 also gives each segment its first token-major entry, and the total.
+   total per expert.
 3. ``_map_kernel``: one program per segment. It recomputes the first row of each expert (a prefix
-   sum over at most MAX_EXPERTS counts), then a cumulative sum over the segment's tokens gives
-   every routed (token, expert) its permuted row (expert-major, ascending token order within an
-   expert, exactly the order of the reference) and its place in the token-major list. Program 0
-   writes the total and whether the routing fits (on the GPU it also asserts it there).
+   sum over at most MAX_EXPERTS counts) and its segment's first token-major entry (the sum of its
+   row of the scan: every routed pair of an earlier segment is an earlier entry), then a
+   cumulative sum over the segment's tokens gives every routed (token, expert) its permuted row
+   (expert-major, ascending token order within an expert, exactly the order of the reference) and
+   its place in the token-major list. Program 0 writes the total and whether the routing fits (on
+   the GPU it also asserts it there).
 
 The map kernel writes only the token-major half of the plan. The expert-major half (``src_token``
 and the permuted probabilities) is written by permute's scatter, which visits every entry anyway:
@@ -111,7 +113,6 @@ def _count_kernel(
     map_stride_t,  # elements between tokens of the map
     map_stride_e,  # elements between experts of the map
     counts_ptr,  # [n_seg, E] int32 out: routed tokens per segment and expert
-    seg_total_ptr,  # [n_seg] int64 out: routed (token, expert) pairs per segment
     T,  # tokens
     E,  # experts
     seg_len,  # tokens per segment, a multiple of BLOCK_T
@@ -130,19 +131,14 @@ def _count_kernel(
         ok = (tokens < T)[:, None] & e_ok[None, :]
         m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
         acc += (m != 0).to(tl.int32)
-    count = tl.sum(acc, axis=0)
-    tl.store(counts_ptr + seg * E + experts, count, mask=e_ok)
-    tl.store(seg_total_ptr + seg, tl.sum(count.to(tl.int64), axis=0))
+    tl.store(counts_ptr + seg * E + experts, tl.sum(acc, axis=0), mask=e_ok)
 
 
 @triton.jit
 def _scan_experts_kernel(
     counts_ptr,  # [n_seg, E] int32 routed tokens per segment and expert
-    seg_total_ptr,  # [n_seg] int64 routed pairs per segment
     seg_expert_off_ptr,  # [n_seg, E] int64 out: rows of the same expert in earlier segments
     expert_count_ptr,  # [E] int64 out: routed tokens per expert
-    seg_entry_off_ptr,  # [n_seg] int64 out (program 0): first token-major entry of each segment
-    total_ptr,  # [1] int64 out (program 0): routed pairs in all
     n_seg,  # segments
     E,  # experts
     BLOCK_S: tl.constexpr,  # >= n_seg
@@ -159,10 +155,9 @@ def _scan_experts_kernel(
     c = tl.load(counts_ptr + offs, mask=ok, other=0)
     tl.store(seg_expert_off_ptr + offs, (tl.cumsum(c, axis=0) - c).to(tl.int64), mask=ok)
     tl.store(expert_count_ptr + experts, tl.sum(c, axis=0).to(tl.int64), mask=experts < E)
-    if tl.program_id(0) == 0:  # the token-major prefix over segments, once
-        seg_total = tl.load(seg_total_ptr + segs, mask=segs < n_seg, other=0)
-        tl.store(seg_entry_off_ptr + segs, tl.cumsum(seg_total, axis=0) - seg_total, mask=segs < n_seg)
-        tl.store(total_ptr, tl.sum(seg_total, axis=0))
+    # No token-major prefix over segments here: the map kernel sums its row of these offsets. As a
+    # second scan in program 0 it made that program the launch's slowest (the scan took 10 µs at
+    # 2048 segments x 256 experts on the H100, session 7).
 
 
 @triton.jit
@@ -172,8 +167,7 @@ def _map_kernel(
     map_stride_e,  # elements between experts of the map
     seg_expert_off_ptr,  # [n_seg, E] int64 rows of each expert in earlier segments
     expert_count_ptr,  # [E] int64 routed tokens per expert
-    seg_entry_off_ptr,  # [n_seg] int64 first token-major entry of each segment
-    total_ptr,  # [1] int64 routed pairs in all
+    total_ptr,  # [1] int64 out (program 0): routed pairs in all
     fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 writes it)
     marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
     token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
@@ -202,7 +196,8 @@ def _map_kernel(
         expert_first = tl.cumsum(count, axis=0) - count
         row_end = tl.full([BLOCK_E], 0, tl.int64) + N
     if seg == 0:
-        total = tl.load(total_ptr)
+        total = tl.sum(count, axis=0)
+        tl.store(total_ptr, total)
         tl.store(token_ptr_ptr + T, total)
         if DROP_AND_PAD:
             fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
@@ -219,9 +214,11 @@ def _map_kernel(
                 tl.device_assert(fits, "permute: routing_map routes more (token, expert) pairs than num_out_tokens")
         if PADDED:
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
-    # Next free row of each expert and next free token-major entry, carried across steps.
-    next_row = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0) + expert_first
-    next_entry = tl.load(seg_entry_off_ptr + seg)
+    # Next free row of each expert and next free token-major entry, carried across steps. The
+    # segment's first entry: routed pairs of earlier segments, over all experts.
+    earlier = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0)
+    next_row = earlier + expert_first
+    next_entry = tl.sum(earlier, axis=0)
     first = seg.to(tl.int64) * seg_len
     for off in range(0, seg_len, BLOCK_T):
         tokens = first + off + tl.arange(0, BLOCK_T)
@@ -375,24 +372,12 @@ def build_plan(
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
     counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
-    seg_total = torch.empty((n_seg,), dtype=torch.int64, device=device)
 
-    def allocate(n_rows):
-        plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
-        perm_probs = None if probs is None else _rt.empty((n_rows,), probs.dtype, device)
-        return plan, perm_probs
-
-    if padded:  # the size is known: allocate now
-        n_rows = num_out_tokens
-        plan, perm_probs = allocate(n_rows)
-    else:
-        n_rows, plan, perm_probs = 0, seg_total, None
     _count_kernel[(n_seg,)](
         m,
         m.stride(0),
         m.stride(1),
         counts,
-        seg_total,
         n_tokens,
         n_experts,
         seg_len,
@@ -401,27 +386,27 @@ def build_plan(
         num_warps=warps,
     )
     seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
-    # expert_count [E], seg_entry_off [n_seg] and the total number of routed pairs
-    scratch = torch.empty((n_experts + n_seg + 1,), dtype=torch.int64, device=device)
-    expert_count, seg_entry_off, total = scratch[:n_experts], scratch[n_experts:-1], scratch[-1:]
+    # expert_count [E] (the scan's), and the total number of routed pairs (the map kernel's)
+    scratch = torch.empty((n_experts + 1,), dtype=torch.int64, device=device)
+    expert_count, total = scratch[:n_experts], scratch[n_experts:]
     experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
     scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
     _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
         counts,
-        seg_total,
         seg_expert_off,
         expert_count,
-        seg_entry_off,
-        total,
         n_seg,
         n_experts,
         BLOCK_S=block_s,
         BLOCK_E=experts_per_program,
         num_warps=scan_warps,
     )
-    if not padded:  # data-dependent size, as in the reference
-        n_rows = int(total.item())
-        plan, perm_probs = allocate(n_rows)
+    if padded:  # the size is known
+        n_rows = num_out_tokens
+    else:  # data-dependent, as in the reference: one host sync
+        n_rows = int(expert_count.sum().item())
+    plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
+    perm_probs = None if probs is None else _rt.empty((n_rows,), probs.dtype, device)
     view = plan_view(fn, plan, n_tokens, n_rows)
     fits = torch.empty((1,), dtype=torch.int32, device=device)
     # On the GPU the map kernel asserts the fit itself (compiled with debug=True for its
@@ -433,7 +418,6 @@ def build_plan(
         m.stride(1),
         seg_expert_off,
         expert_count,
-        seg_entry_off,
         total,
         fits,
         plan[-1:],

@@ -33,8 +33,6 @@ POINTERS = {
 }
 #: Pointers into the int64 routing plan and its scratch tables.
 INT64_POINTERS = {
-    "seg_total_ptr",
-    "seg_entry_off_ptr",
     "total_ptr",
     "seg_expert_off_ptr",
     "expert_count_ptr",
