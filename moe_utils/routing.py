@@ -12,8 +12,9 @@ build it, with no atomics and no host synchronisation:
    row of the scan: every routed pair of an earlier segment is an earlier entry), then a
    cumulative sum over the segment's tokens gives every routed (token, expert) its permuted row
    (expert-major, ascending token order within an expert, exactly the order of the reference) and
-   its place in the token-major list. Program 0 writes the total and whether the routing fits (on
-   the GPU it also asserts it there).
+   its place in the token-major list. The last program's walk ends at the total: it writes it,
+   and whether the routing fits (on the GPU it also asserts it there; with drop_and_pad program 0
+   checks the counts instead).
 
 The map kernel writes only the token-major half of the plan. The expert-major half (``src_token``
 and the permuted probabilities) is written by permute's scatter, which visits every entry anyway:
@@ -71,14 +72,17 @@ _EXPERT_MASK = tl.constexpr(MAX_EXPERTS - 1)
 PLAN_LAYOUT = 2
 #: Segments of tokens (programs of the count and map kernels). At most _MAX_SEGMENTS, so that the
 #: scan stays one tile tall, except where the map kernel runs one warp per program and twice as
-#: many segments would still be _LONG_SEGMENT steps long: there 2 * _MAX_SEGMENTS. Such walks are
-#: latency-bound (1.9 active warps per scheduler at 65536 x 256 with 1024 segments, Nsight
-#: Compute, session 6), and more programs gain more than the taller scan loses: build_plan at
-#: 65536 x 256 x 2 66.3 -> 62.1 µs, 65536 x 64 x 2 32.2 -> 29.2 (H100, session 7). Shorter or wider
-#: walks lost 2-40% with 2048: 16384 x 64 (4 steps a segment), 65536 x 8 (2 steps) and
-#: 16384 x 1024 (4 warps a program).
+#: many segments would still be _LONG_SEGMENT steps and _LONG_SEGMENT_TOKENS tokens long: there
+#: 2 * _MAX_SEGMENTS. Such walks are latency-bound (1.9 active warps per scheduler at 65536 x 256
+#: with 1024 segments, Nsight Compute, session 6), and more programs gain more than the taller scan
+#: loses: build_plan at 65536 x 256 x 2 66.3 -> 62.1 µs, 65536 x 64 x 2 32.2 -> 29.2 (H100,
+#: session 7). Shorter or wider walks lost 2-40% with 2048: 16384 x 64 (4 steps a segment),
+#: 65536 x 8 (2 steps), 16384 x 1024 (4 warps a program), and 16384 x 256 (8 one-token steps:
+#: 24.3 -> 25.9 µs, session 8). Tokens per segment is the ratio of the map's work to the scan's
+#: (T x E entries against n_seg x E counts).
 _MAX_SEGMENTS = 1024
 _LONG_SEGMENT = 8
+_LONG_SEGMENT_TOKENS = 32
 #: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
 #: at least one token wide: up to 1024 entries), and the map kernel's warps: 8 entries per thread.
 #: The map kernel's two cumulative sums (down the tokens, across the experts) move its tiles
@@ -167,8 +171,8 @@ def _map_kernel(
     map_stride_e,  # elements between experts of the map
     seg_expert_off_ptr,  # [n_seg, E] int64 rows of each expert in earlier segments
     expert_count_ptr,  # [E] int64 routed tokens per expert
-    total_ptr,  # [1] int64 out (program 0): routed pairs in all
-    fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 writes it)
+    total_ptr,  # [1] int64 out (the last program): routed pairs in all
+    fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 or the last)
     marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
     token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
     entry_ptr,  # [N] int64 out: (row << EXPERT_BITS) | expert of each entry; row -1 when it would not fit
@@ -195,23 +199,16 @@ def _map_kernel(
     else:
         expert_first = tl.cumsum(count, axis=0) - count
         row_end = tl.full([BLOCK_E], 0, tl.int64) + N
+    # The fit check without a host sync: a device assertion costs nothing here, where a launch of
+    # torch._assert_async cost 2.2 µs on the H100. The messages are literals; the host says more on
+    # the CPU, where it reads fits. With drop_and_pad program 0 checks the counts now; otherwise
+    # the last program checks the total once its walk has reached it (below).
     if seg == 0:
-        total = tl.sum(count, axis=0)
-        tl.store(total_ptr, total)
-        tl.store(token_ptr_ptr + T, total)
         if DROP_AND_PAD:
             fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
-        else:
-            fits = total <= N
-        tl.store(fits_ptr, fits.to(tl.int32))
-        # On the GPU, the check without a host sync: here it costs nothing, where a launch of
-        # torch._assert_async cost 2.2 µs on the H100. The message is a literal; the host says more
-        # on the CPU, where it reads fits.
-        if CHECK:
-            if DROP_AND_PAD:
+            tl.store(fits_ptr, fits.to(tl.int32))
+            if CHECK:
                 tl.device_assert(fits, "permute: drop_and_pad=True allows at most capacity tokens per expert")
-            else:
-                tl.device_assert(fits, "permute: routing_map routes more (token, expert) pairs than num_out_tokens")
         if PADDED:
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
     # Next free row of each expert and next free token-major entry, carried across steps. The
@@ -245,6 +242,17 @@ def _map_kernel(
         tl.store((entry_ptr + token_first)[:, None] + place, entry, mask=listed)
         next_row += tl.sum(m, axis=0).to(tl.int64)
         next_entry += tl.sum(per_token, axis=0).to(tl.int64)
+    # The last segment's walk ends at the total number of routed pairs. (Summed over the expert
+    # counts in program 0 instead, it took the kernel from 64 to 110 registers per thread when
+    # compiled with debug=True for the assertion, and the map kernel 5 µs longer at 65536 x 256.)
+    if seg == tl.num_programs(0) - 1:
+        tl.store(total_ptr, next_entry)
+        tl.store(token_ptr_ptr + T, next_entry)
+        if not DROP_AND_PAD:
+            fits = next_entry <= N
+            tl.store(fits_ptr, fits.to(tl.int32))
+            if CHECK:
+                tl.device_assert(fits, "permute: routing_map routes more (token, expert) pairs than num_out_tokens")
 
 
 @dataclass(frozen=True)
@@ -329,7 +337,8 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     block_t = max(1, min(256, _PLAN_TILE // block_e))
     n_steps = triton.cdiv(n_tokens, block_t)
     most = _MAX_SEGMENTS
-    if _map_warps(block_t, block_e) == 1 and n_steps >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT:
+    long_walks = n_steps >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT and n_tokens >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT_TOKENS
+    if _map_warps(block_t, block_e) == 1 and long_walks:
         most = 2 * _MAX_SEGMENTS
     steps_per_seg = triton.cdiv(n_steps, most)
     seg_len = steps_per_seg * block_t

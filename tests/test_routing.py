@@ -340,6 +340,7 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
         monkeypatch.setattr(routing, "_MAX_SEGMENTS", segments)
         monkeypatch.setattr(routing, "_LONG_SEGMENT", long_segment)
+        monkeypatch.setattr(routing, "_LONG_SEGMENT_TOKENS", 1)
         monkeypatch.setattr(routing, "_SCAN_TILE", scan_tile)
         results.append(permute(x, m, p, num_out_tokens=3 * n_tokens + 5, fused=True))
         results.append(permute(x, m, p, fused=True))
@@ -352,11 +353,13 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
 
 def test_segment_rule():
     # Twice the segments only where the map kernel runs one warp per program and the segments
-    # stay at least _LONG_SEGMENT steps long (the shapes measured on the H100, session 7).
+    # stay at least _LONG_SEGMENT steps and _LONG_SEGMENT_TOKENS tokens long (the shapes measured
+    # on the H100, sessions 7 and 8).
     from moe_utils.routing import _segments
 
     assert _segments(65536, 256)[1] == 2048  # one-token steps: 32 steps a segment
     assert _segments(65536, 64)[1] == 2048  # 4-token steps: 8 steps a segment
+    assert _segments(16384, 256)[1] == 1024  # 8 steps but 8 tokens a segment with 2048
     assert _segments(16384, 64)[1] == 1024  # 4 steps a segment with 1024
     assert _segments(65536, 8)[1] == 1024  # 32-token steps: 2 steps a segment
     assert _segments(16384, 1024)[1] == 1024  # 4 warps a program
