@@ -1,6 +1,6 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
-    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger} ...]
+    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger,order} ...]
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -14,6 +14,7 @@ uses them):
 ``--only scatter``: permute's scatter with several tokens per program and cache policies.
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
+``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
 the package first on PYTHONPATH to time a change of the plan kernels against it. (Session 7
@@ -73,6 +74,24 @@ def _fwd_2d_const(x_ptr, w_ptr, out_ptr, n_rows, H: tl.constexpr, stride, POLICY
     offs = rows[:, None] * stride + cols[None, :]
     gate = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
     up = tl.load(x_ptr + offs + H, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    w = tl.load(w_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
+    out = _silu_mul(gate, up) * w
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_ordered(x_ptr, w_ptr, out_ptr, n_rows, H, stride, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    # _fwd_2d on a 1-D grid, row blocks outer and column blocks inner: consecutive programs take
+    # consecutive tiles of memory. The 2-D grid runs program_id(0) (rows) fastest, so a wide row's
+    # first column block is read for every row before any row's second block.
+    n_col = tl.cdiv(H, BLOCK_H)
+    pid = tl.program_id(0)
+    rows = (pid // n_col).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (pid % n_col) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
+    offs = rows[:, None] * stride + cols[None, :]
+    gate = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + offs + H, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
     out = _silu_mul(gate, up) * w
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -197,6 +216,7 @@ def plan_experiments(results, shapes) -> None:
     from moe_utils import routing
     from moe_utils.routing import build_plan
 
+    print("routing from", routing.__file__, flush=True)
     g = torch.Generator(device=DEVICE).manual_seed(0)
     shipped = routing._MAX_SEGMENTS, routing._LONG_SEGMENT
     variants = {"shipped": shipped, **{f"{n} segments": (n, 1 << 62) for n in (256, 512, 1024, 2048, 4096)}}
@@ -218,6 +238,60 @@ def plan_experiments(results, shapes) -> None:
             row = dict(kind="plan", shape=[n_tokens, n_experts, k], variant=variant, segments=segments, us=us)
             results.append(row)
             print(f"plan {n_tokens}x{n_experts} k={k} {variant:14s} ({segments:4d}) {us:8.1f} us", flush=True)
+
+
+def order_experiments(results, shapes) -> None:
+    """The weighted SwiGLU forward: shipped, then its kernel's tile on a 1-D grid in memory order
+    (row blocks outer, column blocks inner; _fwd_ordered) and on the shipped 2-D grid (rows
+    fastest; _fwd_2d), a few other tiles in memory order, and the flat 1-D forward. Input sets
+    rotate through 256 MB or more, as in bench.py; times are per set. Session 2 measured the flat
+    forward 2.7% faster than the shipped one at 65536 x 7168 (916 vs 941 µs): is it the order?"""
+    for n_rows, h in shapes:
+        sets = 1 if DRY else max(1, min(64, (256 << 20) // (n_rows * h * 6)))
+        xs = [torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16) for _ in range(sets)]
+        ws = [torch.rand(n_rows, device=DEVICE) for _ in range(sets)]
+        outs = [torch.empty(n_rows, h, device=DEVICE, dtype=torch.bfloat16) for _ in range(sets)]
+        want = [gen._launch_forward(x, None, w, False, None, False)[0] for x, w in zip(xs, ws, strict=True)]
+        cfg = _rt.forward_config(n_rows, h)
+        tiles = [(cfg.block_r, cfg.block_h, cfg.num_warps), (1, 4096, 8), (2, 2048, 8), (4, 1024, 8), (1, 2048, 4)]
+        tiles = [t for i, t in enumerate(tiles) if t[1] <= max(64, triton.next_power_of_2(h)) and t not in tiles[:i]]
+
+        def each(launch):
+            def run():
+                for x, w, out in zip(xs, ws, outs, strict=True):
+                    launch(x, w, out)
+
+            return run
+
+        variants = {"shipped": each(lambda x, w, out: gen._launch_forward(x, None, w, False, None, False))}
+        br, bh, nw = tiles[0]
+        variants[f"2d grid {br}x{bh}/{nw}"] = each(
+            lambda x, w, out: _fwd_2d[(triton.cdiv(n_rows, br), triton.cdiv(h, bh))](
+                x, w, out, n_rows, h, x.stride(0), POLICY="", BLOCK_R=br, BLOCK_H=bh, num_warps=nw
+            )
+        )
+        for br, bh, nw in tiles:
+            variants[f"ordered {br}x{bh}/{nw}"] = each(
+                lambda x, w, out, br=br, bh=bh, nw=nw: _fwd_ordered[(triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)](
+                    x, w, out, n_rows, h, x.stride(0), BLOCK_R=br, BLOCK_H=bh, num_warps=nw
+                )
+            )
+        for block, warps in ((2048, 8), (4096, 8)):
+            variants[f"flat {block}/{warps}"] = each(
+                lambda x, w, out, b=block, nw=warps: _fwd_flat[(triton.cdiv(n_rows * h, b),)](
+                    x, w, out, n_rows * h, h, x.stride(0), POLICY="", BLOCK=b, num_warps=nw
+                )
+            )
+        for name, fn in variants.items():
+            for out in outs:
+                out.fill_(float("nan"))
+            fn()
+            if name != "shipped":  # the same math, maybe in another order of fp32 operations
+                for out, ref in zip(outs, want, strict=True):
+                    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+            us = bench(fn) / sets
+            results.append(dict(kind="fwd_order", shape=[n_rows, h], variant=name, us=us, sets=sets))
+            print(f"fwd {n_rows}x{h} {name:24s} {us:8.2f} us", flush=True)
 
 
 def inplace_experiments(results, shapes) -> None:
@@ -293,7 +367,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -309,6 +383,11 @@ def main() -> None:
             (65536, 64, 2), (65536, 256, 2), (65536, 256, 8), (16384, 1024, 8),
         ]  # fmt: skip
         plan_experiments(results, shapes)
+    if "order" in args.only:
+        shapes = [(5, 24), (3, 80)] if DRY else [
+            (65536, 7168), (65536, 2880), (65536, 2048), (65536, 1408), (16384, 7168), (16384, 768), (4096, 768)
+        ]  # fmt: skip
+        order_experiments(results, shapes)
     if "liger" in args.only:
         liger_experiments(results, [(4, 24)] if DRY else [(65536, 7168), (65536, 2048), (16384, 7168)])
     if "inplace" in args.only:

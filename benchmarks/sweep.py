@@ -1,7 +1,7 @@
 """Launch-shape sweep: the data behind the block-size tables in ``moe_utils/_runtime.py`` and the
 routing kernels. Not part of the user-facing benchmark (``bench.py``); run it when tuning.
 
-    python benchmarks/sweep.py --out DIR [--only {act,routing,unweighted,profile,plan,small} ...]
+    python benchmarks/sweep.py --out DIR [--only {act,routing,unweighted,profile,plan,small,wide} ...]
 
 Times every candidate launch shape of the activation forward (with and without the fp8 store),
 the backward (bf16 and fp8 saved input; without weights, every step width), the permute scatter
@@ -9,8 +9,9 @@ and the unpermute backward's scatter-dot, plus each piece of the fused permute (
 padding) and a write-only fill, all as CUDA-graph replays (``triton.testing.do_bench_cudagraph``,
 median). ``plan``: the routing plan under every launch shape of its three kernels (each checked
 bit-equal to the shipped one); ``small``: launch-bound forwards down to 2 warps, with and without
-streaming loads; ``profile``: per-kernel times of one fused permute. The default runs act, routing
-and unweighted. Writes ``sweep-<card>.json`` after every group: {kind: [{shape, config, us, pct}]}.
+streaming loads; ``wide``: the forward's column block at wide rows, with and without the fp8
+store; ``profile``: per-kernel times of one fused permute. The default runs act, routing and
+unweighted. Writes ``sweep-<card>.json`` after every group: {kind: [{shape, config, us, pct}]}.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def sweep_activations(results, copy, rows_list, widths):
             for store_fp8 in (False, True):
                 nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if store_fp8 else 0)
                 for br, bh, nw in act_configs(h):
-                    grid = (triton.cdiv(n_rows, br), triton.cdiv(h, bh))
+                    grid = (triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)  # tiles in memory order
 
                     def run(br=br, bh=bh, nw=nw, grid=grid, store_fp8=store_fp8):
                         gen._swiglu_fwd[grid](
@@ -130,6 +131,39 @@ def sweep_activations(results, copy, rows_list, widths):
             yield
 
 
+def sweep_wide_forward(results, copy, shapes):
+    """The forward at wide rows, with and without the fp8 store: column blocks of 1024, 2048 and
+    4096 (tiles of 4096 elements, 8 warps, and the 4-warp whole-row tile), on the grid in memory
+    order. Picks the column block of forward_config at large shapes."""
+    for n_rows, h in shapes:
+        x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
+        w = torch.rand(n_rows, dtype=torch.float32, device=DEVICE)
+        out = torch.empty(n_rows, h, dtype=DTYPE, device=DEVICE)
+        fp8 = torch.empty(n_rows, 2 * h, dtype=torch.uint8, device=DEVICE)
+        e = n_rows * h
+        configs = [(4096 // bh, bh, 8) for bh in (1024, 2048, 4096)] + [(1, 4096, 4), (2, 2048, 4)]
+        for store_fp8 in (False, True):
+            nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if store_fp8 else 0)
+            for br, bh, nw in configs:
+                grid = (triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)
+
+                def run(br=br, bh=bh, nw=nw, grid=grid, store_fp8=store_fp8):
+                    gen._swiglu_fwd[grid](
+                        x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
+                        HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8,
+                        NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh,
+                        num_warps=nw,
+                    )  # fmt: skip
+
+                us = bench(run)
+                kind = "fwd_wide_fp8" if store_fp8 else "fwd_wide"
+                results.setdefault(kind, []).append(
+                    dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                )
+                print(n_rows, h, kind, [br, bh, nw], f"{us:.1f} us", flush=True)
+        yield
+
+
 def sweep_unweighted_backward(results, copy, shapes):
     """Backward without weights (Liger's case): every step width and tile. Session 3, run 1 also
     spread the column steps over the grid's second axis: no difference, so that is gone."""
@@ -138,8 +172,8 @@ def sweep_unweighted_backward(results, copy, shapes):
         g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
         dx = torch.empty_like(x)
         nbytes = n_rows * h * 2 * 5
-        for bh in (128, 256, 512, 1024, 2048, 4096):
-            for tile, nw in ((2048, 4), (4096, 4), (4096, 8), (8192, 8)):
+        for bh in (128, 256, 512, 1024, 2048, 4096, 8192):
+            for tile, nw in ((2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16)):
                 br = tile // bh
                 if bh > max(128, triton.next_power_of_2(h)) or bh < min(256, h) or not 1 <= br <= 64:
                     continue
@@ -301,7 +335,7 @@ def sweep_small_forward(results, copy, shapes):
         configs += [(max(1, tile // bh), bh, 2) for tile in (512, 1024, 2048) for bh in (256, 512, 1024) if bh <= tile]
         for br, bh, nw in configs:
             for policy in ("", "evict_first"):
-                grid = (triton.cdiv(n_rows, br), triton.cdiv(h, bh))
+                grid = (triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)  # tiles in memory order
 
                 def run(br=br, bh=bh, nw=nw, grid=grid, policy=policy):
                     for x, w, out in zip(xs, ws, outs, strict=True):
@@ -363,7 +397,7 @@ def profile_permute(shapes) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--only", nargs="*", choices=("act", "routing", "unweighted", "profile", "plan", "small"))
+    ap.add_argument("--only", nargs="*", choices=("act", "routing", "unweighted", "profile", "plan", "small", "wide"))
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
@@ -387,6 +421,9 @@ def main() -> None:
         plan_shapes, small = [(5, 4, 2), (7, 300, 2)], [(3, 48)]
     if "plan" in only:
         groups.append(sweep_plan(results, plan_shapes))
+    if "wide" in only:
+        wide = [(3, 48)] if DRY else [(65536, 7168), (65536, 2880), (65536, 2048), (65536, 1408)]
+        groups.append(sweep_wide_forward(results, copy, wide))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:

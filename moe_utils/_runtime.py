@@ -122,24 +122,35 @@ def _pow2(n: int) -> int:
 # Launch shapes come from benchmarks/sweep.py on an H100 (bf16, T = 65536 and 16384, H in 768,
 # 1408, 2048, 2880, 7168; results in benchmarks/results/sweep-*.json). Wide column blocks win even
 # where part of the block is masked off: H = 2880 in one 4096-wide block ran 12% faster forward
-# (24% with the fp8 store) than in 128-wide blocks that waste almost nothing.
+# (24% with the fp8 store) than in 128-wide blocks that waste almost nothing (session 2, on a 2-D
+# grid; since session 8 the forward's grid runs in memory order, where 1024 columns do best).
 
 
 @functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int) -> BlockConfig:
-    """Elementwise forward: whole rows up to 4096 columns per half, tiles of at least 4096 elements;
-    launch-bound problems take 256-column blocks of 16 rows."""
+    """Elementwise forward: blocks of up to 1024 columns per half, tiles of at least 4096 elements,
+    on a grid in memory order (the generated _launch_forward); launch-bound problems take
+    256-column blocks of 16 rows."""
     if n_rows * h < _SMALL_BELOW:
         # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs, and
         # streaming loads cost 5% there (5.02 µs).
         block_h = min(_pow2(h), 256)
         return BlockConfig(min(4096 // block_h, _pow2(n_rows)), block_h, 8)
-    block_h = min(_pow2(h), 4096)
+    block_h = _forward_block_h(h)
     block_r = min(max(1, 4096 // block_h), _pow2(n_rows))
     num_warps = 8 if block_r * block_h >= 4096 else 4
     # Streaming loads paid off below 2**24 outputs (16384 x 768: 26.3 -> 24.1 µs) and cost 3% at
     # 65536 rows (benchmarks/experiments.py, H100).
     return BlockConfig(block_r, block_h, num_warps, evict_first=n_rows * h < _STREAM_BELOW)
+
+
+def _forward_block_h(h: int) -> int:
+    """Column block of the forward at large shapes: 1024 columns (the whole row below that). H100,
+    tiles on the grid in memory order (sweep.py --only wide, session 8; 65536 rows, 4096-element
+    tiles, 8 warps): H = 7168 923 µs in 1024-column blocks against 926 in 2048 or 4096 (no padding
+    against 8192 padded); 2880 374 vs 374-375; 2048 265 vs 266; 1408 182 vs 183. With the fp8
+    store within 1% of the best at each width."""
+    return min(_pow2(h), 1024)
 
 
 #: Forward inputs with fewer outputs than this are loaded with eviction_policy="evict_first".
@@ -151,17 +162,21 @@ _SMALL_BELOW = 1 << 22
 @functools.lru_cache(maxsize=1024)
 def backward_config(n_rows: int, h: int, weighted: bool) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
-    registers, so the result is deterministic) and walks them in column steps, with 4 warps.
+    registers, so the result is deterministic) and walks them in column steps.
 
-    With weights: steps of up to 1024 columns in tiles of about 2048 elements. Without: steps of up
-    to 4096 columns in tiles of about 4096 elements. H100, session 3: the wide steps made the
-    unweighted backward 2.4% (H = 2048) to 5% (2880) faster, but the weighted one up to 30% slower
-    (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU and the fp8 copy worst).
+    With weights: steps of up to 1024 columns in tiles of about 2048 elements, 4 warps. Without:
+    steps of up to 8192 columns in tiles of about 8192 elements, 16 warps. H100: the wide steps
+    made the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3),
+    but the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU and the fp8
+    copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16
+    warps took H = 7168 from 1580 to 1544 µs (Liger-Kernel: 1554), 2880 629 -> 624, 2048 448 -> 442.
     """
-    step, tile = (1024, 2048) if weighted else (4096, 4096)
+    step, tile = (1024, 2048) if weighted else (8192, 8192)
     block_h = min(_pow2(h), step)
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
-    return BlockConfig(block_r=block_r, block_h=block_h, num_warps=4)
+    # 16 warps for a whole unweighted tile, fewer for the tiles of a few short rows
+    warps = 4 if weighted else min(16, max(4, block_r * block_h // 512))
+    return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 
 # -- argument checks ---------------------------------------------------------------------------
