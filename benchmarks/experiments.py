@@ -11,7 +11,8 @@ uses them):
 - ``const_h``: the half width H as a ``tl.constexpr`` (one compile per width), as Liger does;
 - ``flat``: the forward over a flattened 1-D grid of T*H outputs (no masked lanes), Inductor's shape.
 
-``--only scatter``: permute's scatter with several tokens per program and cache policies.
+``--only scatter``: permute's scatter with several tokens per program, cache policies, and on a
+1-D grid in memory order (``ordered``) against the shipped 2-D grid.
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
@@ -139,12 +140,19 @@ def _bwd(g_ptr, x_ptr, w_ptr, dx_ptr, dw_ptr, n_rows, H: tl.constexpr, stride, P
 
 @triton.jit
 def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n_tokens, n_rows, hidden,
-                   LOAD_POLICY: tl.constexpr, STORE_POLICY: tl.constexpr, BLOCK_T: tl.constexpr,
-                   BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+                   LOAD_POLICY: tl.constexpr, STORE_POLICY: tl.constexpr, ORDERED: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
     # permute's scatter with BLOCK_T tokens per program: all plan loads first, then the stores.
-    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    # ORDERED: a 1-D grid in memory order (token blocks outer, column blocks inner), as the
+    # generated forward runs since session 8; else the shipped 2-D grid, tokens on the fast axis.
+    if ORDERED:
+        n_col = tl.cdiv(hidden, BLOCK_H)
+        token_block, col_block = tl.program_id(0) // n_col, tl.program_id(0) % n_col
+    else:
+        token_block, col_block = tl.program_id(0), tl.program_id(1)
+    tokens = token_block.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = tokens < n_tokens
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     first = tl.load(token_ptr_ptr + tokens, mask=t_ok, other=0)
     last = tl.minimum(tl.load(token_ptr_ptr + tokens + 1, mask=t_ok, other=0), n_rows)
@@ -183,16 +191,20 @@ def scatter_experiments(results, shapes) -> None:
         out = torch.empty_like(want)
         variants = {"shipped": lambda: scatter_rows(x, out, view)}
         policies = [("", ""), ("evict_first", ""), ("", "evict_first"), ("evict_first", "evict_first")]
-        for bt, bh, nw in ((1, 2048, 4), (2, 1024, 4), (2, 2048, 8), (4, 512, 4), (4, 1024, 8), (8, 512, 8)):
+        configs = [(1, 2048, 4, False), (1, 2048, 4, True), (2, 1024, 4, False), (2, 2048, 8, False)]
+        configs += [(4, 512, 4, False), (4, 1024, 8, False), (8, 512, 8, False), (2, 2048, 8, True)]
+        for bt, bh, nw, ordered in configs:
             for lp, sp in policies if (bt, bh) == (2, 1024) else policies[:1]:
-                grid = (triton.cdiv(n_tokens, bt), triton.cdiv(hidden, bh))
-                name = f"multi {bt}x{bh}/{nw} {lp or '-'} {sp or '-'}"
+                n_tiles = (triton.cdiv(n_tokens, bt), triton.cdiv(hidden, bh))
+                grid = (n_tiles[0] * n_tiles[1],) if ordered else n_tiles
+                name = f"multi {bt}x{bh}/{nw}{' ordered' if ordered else ''} {lp or '-'} {sp or '-'}"
                 bk = 1 << (min(k, 8).bit_length() - 1)  # below k for k = 3: the overflow loop runs too
 
-                def run(grid=grid, bt=bt, bh=bh, nw=nw, lp=lp, sp=sp, bk=bk):
+                def run(grid=grid, bt=bt, bh=bh, nw=nw, lp=lp, sp=sp, bk=bk, ordered=ordered):
                     _scatter_multi[grid](
                         x, x.stride(0), out, view.token_ptr, view.entry, n_tokens, n_rows, hidden,
-                        LOAD_POLICY=lp, STORE_POLICY=sp, BLOCK_T=bt, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                        LOAD_POLICY=lp, STORE_POLICY=sp, ORDERED=ordered, BLOCK_T=bt, BLOCK_K=bk, BLOCK_H=bh,
+                        num_warps=nw,
                     )  # fmt: skip
 
                 variants[name] = run
@@ -374,7 +386,8 @@ def main() -> None:
     results = []
     if "scatter" in args.only:
         shapes = [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
-            (16384, 64, 8, 2048), (8192, 128, 8, 7168), (65536, 8, 2, 2048), (65536, 256, 2, 2048), (4096, 64, 2, 2048)
+            (16384, 64, 8, 2048), (8192, 128, 8, 7168), (65536, 8, 2, 2048), (65536, 256, 2, 2048), (4096, 64, 2, 2048),
+            (16384, 64, 2, 7168), (65536, 64, 2, 4096),
         ]  # fmt: skip
         scatter_experiments(results, shapes)
     if "plan" in args.only:
