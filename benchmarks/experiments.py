@@ -53,10 +53,18 @@ def _silu_mul(gate, up):
 
 
 @triton.jit
-def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, BLOCK_R: tl.constexpr,
-            BLOCK_H: tl.constexpr):  # fmt: skip
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, ORDERED: tl.constexpr,
+            BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    # ORDERED: a 1-D grid, row blocks outer and column blocks inner, so consecutive programs take
+    # consecutive tiles of memory; else a 2-D grid, rows on the fast axis (program_id(0)), where a
+    # wide row's first column block is read for every row before any row's second block.
+    if ORDERED:
+        n_col = tl.cdiv(H, BLOCK_H)
+        row_block, col_block = tl.program_id(0) // n_col, tl.program_id(0) % n_col
+    else:
+        row_block, col_block = tl.program_id(0), tl.program_id(1)
+    rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
     offs = rows[:, None] * stride + cols[None, :]
     gate = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
@@ -75,24 +83,6 @@ def _fwd_2d_const(x_ptr, w_ptr, out_ptr, n_rows, H: tl.constexpr, stride, POLICY
     offs = rows[:, None] * stride + cols[None, :]
     gate = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
     up = tl.load(x_ptr + offs + H, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
-    w = tl.load(w_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
-    out = _silu_mul(gate, up) * w
-    tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _fwd_ordered(x_ptr, w_ptr, out_ptr, n_rows, H, stride, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
-    # _fwd_2d on a 1-D grid, row blocks outer and column blocks inner: consecutive programs take
-    # consecutive tiles of memory. The 2-D grid runs program_id(0) (rows) fastest, so a wide row's
-    # first column block is read for every row before any row's second block.
-    n_col = tl.cdiv(H, BLOCK_H)
-    pid = tl.program_id(0)
-    rows = (pid // n_col).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = (pid % n_col) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
-    offs = rows[:, None] * stride + cols[None, :]
-    gate = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + offs + H, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
     out = _silu_mul(gate, up) * w
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -254,8 +244,8 @@ def plan_experiments(results, shapes) -> None:
 
 def order_experiments(results, shapes) -> None:
     """The weighted SwiGLU forward: shipped, then its kernel's tile on a 1-D grid in memory order
-    (row blocks outer, column blocks inner; _fwd_ordered) and on the shipped 2-D grid (rows
-    fastest; _fwd_2d), a few other tiles in memory order, and the flat 1-D forward. Input sets
+    (row blocks outer, column blocks inner) and on the shipped 2-D grid (rows fastest), both
+    _fwd_2d, a few other tiles in memory order, and the flat 1-D forward. Input sets
     rotate through 256 MB or more, as in bench.py; times are per set. Session 2 measured the flat
     forward 2.7% faster than the shipped one at 65536 x 7168 (916 vs 941 µs): is it the order?"""
     for n_rows, h in shapes:
@@ -279,13 +269,13 @@ def order_experiments(results, shapes) -> None:
         br, bh, nw = tiles[0]
         variants[f"2d grid {br}x{bh}/{nw}"] = each(
             lambda x, w, out: _fwd_2d[(triton.cdiv(n_rows, br), triton.cdiv(h, bh))](
-                x, w, out, n_rows, h, x.stride(0), POLICY="", BLOCK_R=br, BLOCK_H=bh, num_warps=nw
+                x, w, out, n_rows, h, x.stride(0), POLICY="", ORDERED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw
             )
         )
         for br, bh, nw in tiles:
             variants[f"ordered {br}x{bh}/{nw}"] = each(
-                lambda x, w, out, br=br, bh=bh, nw=nw: _fwd_ordered[(triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)](
-                    x, w, out, n_rows, h, x.stride(0), BLOCK_R=br, BLOCK_H=bh, num_warps=nw
+                lambda x, w, out, br=br, bh=bh, nw=nw: _fwd_2d[(triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)](
+                    x, w, out, n_rows, h, x.stride(0), POLICY="", ORDERED=True, BLOCK_R=br, BLOCK_H=bh, num_warps=nw
                 )
             )
         for block, warps in ((2048, 8), (4096, 8)):
@@ -420,7 +410,7 @@ def main() -> None:
         variants = {"shipped": lambda: gen._launch_forward(x, None, w, False, None, False)}
         for evict in (False, True):
             variants[f"2d evict={evict}"] = lambda e=evict: _fwd_2d[grid](
-                x, w, out, n_rows, h, x.stride(0), POLICY="evict_first" if e else "",
+                x, w, out, n_rows, h, x.stride(0), POLICY="evict_first" if e else "", ORDERED=False,
                 BLOCK_R=cfg.block_r, BLOCK_H=cfg.block_h, num_warps=cfg.num_warps,
             )  # fmt: skip
             variants[f"const_h evict={evict}"] = lambda e=evict: _fwd_2d_const[grid](

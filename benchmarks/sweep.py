@@ -65,6 +65,23 @@ def act_configs(h: int):
                 yield block_r, block_h, warps
 
 
+def forward_launch(x, w, out, fp8, config, store_fp8, policy=""):
+    """A closure launching swiglu's weighted forward kernel with config = (BLOCK_R, BLOCK_H, warps)
+    on its grid in memory order (the generated _launch_forward's); fp8 receives the fp8 copy of x
+    when store_fp8."""
+    (n_rows, h), (br, bh, nw) = out.shape, config
+    grid = (triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)
+
+    def run():
+        gen._swiglu_fwd[grid](
+            x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
+            HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8, NATIVE_FP8=_rt.NATIVE_FP8,
+            INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+        )  # fmt: skip
+
+    return run
+
+
 def backward_launch(g, src, w, dx, dw, config, load_fp8):
     """A closure launching swiglu's backward kernel with config = (BLOCK_R, BLOCK_H, warps); w None:
     no weights (and no weight gradient)."""
@@ -94,17 +111,7 @@ def sweep_activations(results, copy, rows_list, widths):
             for store_fp8 in (False, True):
                 nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if store_fp8 else 0)
                 for br, bh, nw in act_configs(h):
-                    grid = (triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)  # tiles in memory order
-
-                    def run(br=br, bh=bh, nw=nw, grid=grid, store_fp8=store_fp8):
-                        gen._swiglu_fwd[grid](
-                            x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
-                            HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8,
-                            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh,
-                            num_warps=nw,
-                        )  # fmt: skip
-
-                    us = bench(run)
+                    us = bench(forward_launch(x, w, out, fp8, (br, bh, nw), store_fp8))
                     kind = "fwd_fp8" if store_fp8 else "fwd"
                     results.setdefault(kind, []).append(
                         dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
@@ -145,17 +152,7 @@ def sweep_wide_forward(results, copy, shapes):
         for store_fp8 in (False, True):
             nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if store_fp8 else 0)
             for br, bh, nw in configs:
-                grid = (triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)
-
-                def run(br=br, bh=bh, nw=nw, grid=grid, store_fp8=store_fp8):
-                    gen._swiglu_fwd[grid](
-                        x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
-                        HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8,
-                        NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh,
-                        num_warps=nw,
-                    )  # fmt: skip
-
-                us = bench(run)
+                us = bench(forward_launch(x, w, out, fp8, (br, bh, nw), store_fp8))
                 kind = "fwd_wide_fp8" if store_fp8 else "fwd_wide"
                 results.setdefault(kind, []).append(
                     dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
@@ -330,21 +327,17 @@ def sweep_small_forward(results, copy, shapes):
         xs = [torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE) for _ in range(sets)]
         ws = [torch.rand(n_rows, dtype=torch.float32, device=DEVICE) for _ in range(sets)]
         outs = [torch.empty(n_rows, h, dtype=DTYPE, device=DEVICE) for _ in range(sets)]
+        inputs = list(zip(xs, ws, outs, strict=True))
         nbytes = n_rows * h * 6 + n_rows * 4
         configs = [(br, bh, nw) for br, bh, nw in act_configs(h)]
         configs += [(max(1, tile // bh), bh, 2) for tile in (512, 1024, 2048) for bh in (256, 512, 1024) if bh <= tile]
         for br, bh, nw in configs:
             for policy in ("", "evict_first"):
-                grid = (triton.cdiv(n_rows, br) * triton.cdiv(h, bh),)  # tiles in memory order
+                launches = [forward_launch(x, w, out, out, (br, bh, nw), False, policy) for x, w, out in inputs]
 
-                def run(br=br, bh=bh, nw=nw, grid=grid, policy=policy):
-                    for x, w, out in zip(xs, ws, outs, strict=True):
-                        gen._swiglu_fwd[grid](
-                            x, x, w, out, out, n_rows, h, x.stride(0), 0, 0.0,
-                            HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=False,
-                            NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh,
-                            num_warps=nw,
-                        )  # fmt: skip
+                def run(launches=launches):
+                    for launch in launches:
+                        launch()
 
                 us = bench(run) / sets
                 results.setdefault("fwd_small", []).append(

@@ -136,21 +136,16 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
         # streaming loads cost 5% there (5.02 µs).
         block_h = min(_pow2(h), 256)
         return BlockConfig(min(4096 // block_h, _pow2(n_rows)), block_h, 8)
-    block_h = _forward_block_h(h)
+    # 1024 columns (the whole row below that). H100, tiles on the grid in memory order (sweep.py
+    # --only wide, session 8; 65536 rows, 4096-element tiles, 8 warps): H = 7168 923 µs against 926
+    # in 2048- or 4096-column blocks; 2880 374 vs 374-375; 2048 265 vs 266; 1408 182 vs 183; with
+    # the fp8 store within 1% of the best at each width.
+    block_h = min(_pow2(h), 1024)
     block_r = min(max(1, 4096 // block_h), _pow2(n_rows))
     num_warps = 8 if block_r * block_h >= 4096 else 4
     # Streaming loads paid off below 2**24 outputs (16384 x 768: 26.3 -> 24.1 µs) and cost 3% at
     # 65536 rows (benchmarks/experiments.py, H100).
     return BlockConfig(block_r, block_h, num_warps, evict_first=n_rows * h < _STREAM_BELOW)
-
-
-def _forward_block_h(h: int) -> int:
-    """Column block of the forward at large shapes: 1024 columns (the whole row below that). H100,
-    tiles on the grid in memory order (sweep.py --only wide, session 8; 65536 rows, 4096-element
-    tiles, 8 warps): H = 7168 923 µs in 1024-column blocks against 926 in 2048 or 4096 (no padding
-    against 8192 padded); 2880 374 vs 374-375; 2048 265 vs 266; 1408 182 vs 183. With the fp8
-    store within 1% of the best at each width."""
-    return min(_pow2(h), 1024)
 
 
 #: Forward inputs with fewer outputs than this are loaded with eviction_policy="evict_first".
