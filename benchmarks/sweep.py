@@ -1,7 +1,7 @@
 """Launch-shape sweep: the data behind the block-size tables in ``moe_utils/_runtime.py`` and the
 routing kernels. Not part of the user-facing benchmark (``bench.py``); run it when tuning.
 
-    python benchmarks/sweep.py --out DIR [--only {act,routing,unweighted,profile,plan,small,wide} ...]
+    python benchmarks/sweep.py --out DIR [--only {act,routing,unweighted,profile,plan,small,wide,blocks} ...]
 
 Times every candidate launch shape of the activation forward (with and without the fp8 store),
 the backward (bf16 and fp8 saved input; without weights, every step width), the permute scatter
@@ -10,7 +10,8 @@ padding) and a write-only fill, all as CUDA-graph replays (``triton.testing.do_b
 median). ``plan``: the routing plan under every launch shape of its three kernels (each checked
 bit-equal to the shipped one); ``small``: launch-bound forwards down to 2 warps, with and without
 streaming loads; ``wide``: the forward's column block at wide rows, with and without the fp8
-store; ``profile``: per-kernel times of one fused permute. The default runs act, routing and
+store; ``blocks``: per activation, the forward's column block and the weighted backward's column
+step from 128 columns up; ``profile``: per-kernel times of one fused permute. The default runs act, routing and
 unweighted. Writes ``sweep-<card>.json`` after every group: {kind: [{shape, config, us, pct}]}.
 """
 
@@ -159,6 +160,54 @@ def sweep_wide_forward(results, copy, shapes):
                 )
                 print(n_rows, h, kind, [br, bh, nw], f"{us:.1f} us", flush=True)
         yield
+
+
+def sweep_blocks(results, copy, shapes):
+    """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
+    block of the weighted forward (fp8 store or not; 4096-element tiles, 8 warps) and the column
+    step of the weighted backward (bf16 or fp8 saved input; 2048-element tiles, 4 warps), from 128
+    columns up. Narrow blocks waste no masked lanes at H = 768, 1408, 2880, which matters where the
+    arithmetic (Quick-GEGLU, the fp8 decode) is not hidden behind memory. Goes through the generated
+    launchers with the config functions of ``_runtime`` replaced."""
+    saved = _rt.forward_config, _rt.backward_config
+    try:
+        for name in ("swiglu", "geglu", "quick_geglu"):
+            impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
+            params, clamp = ((0.5, 1.702), 7.0) if name == "quick_geglu" else ((), None)
+            for n_rows, h in shapes:
+                x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
+                w = torch.rand(n_rows, 1, dtype=torch.float32, device=DEVICE)
+                g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
+                x8 = impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
+                e = n_rows * h
+                for bh in (128, 256, 512, 1024, 2048):
+                    if bh > max(128, triton.next_power_of_2(h)):
+                        continue
+                    fcfg = _rt.BlockConfig(max(1, 4096 // bh), bh, 8)
+                    _rt.forward_config = lambda n, hh, c=fcfg: c
+                    for fp8 in (False, True):
+                        nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
+                        us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))
+                        kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
+                        row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, 8], us=us)
+                        results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
+                        print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
+                    if bh > 1024:
+                        continue
+                    bcfg = _rt.BlockConfig(max(1, 2048 // bh), bh, 4)
+                    _rt.backward_config = lambda n, hh, weighted, c=bcfg: c
+                    for fp8 in (False, True):
+                        src = x8 if fp8 else x
+                        nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
+                        us = bench(lambda src=src: impl.launch_backward(g, src, None, w, clamp, False, DTYPE, *params))
+                        kind = f"blocks_bwd{'_fp8' if fp8 else ''}_{name}"
+                        row = dict(shape=[n_rows, h], config=[bcfg.block_r, bh, 4], us=us)
+                        results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
+                        print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
+                _rt.forward_config, _rt.backward_config = saved
+                yield
+    finally:
+        _rt.forward_config, _rt.backward_config = saved
 
 
 def sweep_unweighted_backward(results, copy, shapes):
@@ -390,7 +439,9 @@ def profile_permute(shapes) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--only", nargs="*", choices=("act", "routing", "unweighted", "profile", "plan", "small", "wide"))
+    ap.add_argument(
+        "--only", nargs="*", choices=("act", "routing", "unweighted", "profile", "plan", "small", "wide", "blocks")
+    )
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
@@ -417,6 +468,9 @@ def main() -> None:
     if "wide" in only:
         wide = [(3, 48)] if DRY else [(65536, 7168), (65536, 2880), (65536, 2048), (65536, 1408)]
         groups.append(sweep_wide_forward(results, copy, wide))
+    if "blocks" in only:
+        blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
+        groups.append(sweep_blocks(results, copy, blocks))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:
