@@ -1,6 +1,6 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
-    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger,order} ...]
+    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger,order,ops} ...]
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -15,6 +15,8 @@ uses them):
 1-D grid in memory order (``ordered``) against the shipped 2-D grid.
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
+``--only ops``: the shipped permute/unpermute and weighted activations alone; run it with an older
+copy of the package first on PYTHONPATH too, to time a change of the package on one machine.
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
@@ -32,6 +34,7 @@ Each variant is checked against the shipped op (same bits) before it is timed. W
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import pathlib
 import sys
@@ -365,11 +368,64 @@ def liger_experiments(results, shapes) -> None:
             print(f"{op} unweighted {n_rows}x{h} {impl:6s} {us:9.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
 
 
+def ops_experiments(results, route_shapes, act_shapes) -> None:
+    """The shipped ops as bench.py calls them (ours only, no baselines): permute forward (with probs)
+    and backward, unpermute forward (with probs) and backward (with the probs gradient), and the
+    weighted activations forward and backward with and without the fp8 copy. Run once with an older
+    copy of the package first on PYTHONPATH and once without to time a change on one machine; the
+    first line says which package was loaded."""
+    import moe_utils
+    from moe_utils.permutation import _launch_permute_backward
+    from moe_utils.unpermutation import _launch_unpermute_backward
+
+    print("package:", moe_utils.__file__, flush=True)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+
+    def record(kind, shape, us):
+        results.append(dict(kind=kind, shape=list(shape), variant=moe_utils.__file__, us=us))
+        print(f"{kind:24s} {list(shape)!s:28s} {us:9.1f} us", flush=True)
+
+    with torch.no_grad():
+        for shape in route_shapes:
+            n_tokens, n_experts, k, hidden = shape
+            x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+            scores = torch.rand(n_tokens, n_experts, device=DEVICE, generator=g)
+            m = torch.zeros(n_tokens, n_experts, device=DEVICE, dtype=torch.bool)
+            m.scatter_(1, scores.topk(k, dim=1).indices, True)
+            p = torch.softmax(scores, -1) * m
+            n_rows = n_tokens * k
+            rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
+            g_rows, g_probs, g_out = torch.randn_like(rows), torch.randn_like(perm_probs), torch.randn_like(x)
+            variants = {
+                "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True),
+                "permute_bwd": lambda: _launch_permute_backward(g_rows, g_probs, plan, n_tokens, n_experts, p.dtype),
+                "unpermute_fwd": lambda: moe_utils.unpermute(rows, plan, x.shape, p, m, fused=True),
+                "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True),
+            }
+            for kind, fn in variants.items():
+                record(kind, shape, bench(fn))
+        for name, n_rows, h in act_shapes:
+            impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
+            params, clamp = ((0.5, 1.702), 7.0) if name == "quick_geglu" else ((), None)
+            x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16, generator=g)
+            w = torch.rand(n_rows, 1, device=DEVICE, generator=g)
+            grad = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16, generator=g)
+            x8 = impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
+            for fp8 in (False, True):
+                record(f"{name}_fwd{'_fp8' if fp8 else ''}", (n_rows, h), bench(
+                    lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params)
+                ))  # fmt: skip
+                src = x8 if fp8 else x
+                record(f"{name}_bwd{'_fp8' if fp8 else ''}", (n_rows, h), bench(
+                    lambda src=src: impl.launch_backward(grad, src, None, w, clamp, False, x.dtype, *params)
+                ))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -393,6 +449,16 @@ def main() -> None:
         order_experiments(results, shapes)
     if "liger" in args.only:
         liger_experiments(results, [(4, 24)] if DRY else [(65536, 7168), (65536, 2048), (16384, 7168)])
+    if "ops" in args.only:
+        route = [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
+            (16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 2, 2048), (4096, 8, 2, 2048), (65536, 256, 2, 2048),
+            (65536, 64, 2, 4096), (16384, 64, 2, 7168), (65536, 8, 8, 4096), (16384, 128, 8, 4096),
+        ]  # fmt: skip
+        act = [("swiglu", 4, 24), ("quick_geglu", 3, 40)] if DRY else [
+            (name, t, h) for name in ("swiglu", "quick_geglu") for t, h in ((65536, 1408), (65536, 768), (65536, 2880),
+            (65536, 7168), (16384, 768), (4096, 768), (262144, 1408))
+        ]  # fmt: skip
+        ops_experiments(results, route, act)
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
     if "act" not in args.only:

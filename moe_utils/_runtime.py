@@ -119,28 +119,34 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-# Launch shapes come from benchmarks/sweep.py on an H100 (bf16, T = 65536 and 16384, H in 768,
-# 1408, 2048, 2880, 7168; results in benchmarks/results/sweep-*.json). Wide column blocks win even
-# where part of the block is masked off: H = 2880 in one 4096-wide block ran 12% faster forward
-# (24% with the fp8 store) than in 128-wide blocks that waste almost nothing (session 2, on a 2-D
-# grid; since session 8 the forward's grid runs in memory order, where 1024 columns do best).
+# Launch shapes come from benchmarks/sweep.py on an H100 and an H200 (bf16, T = 65536 and 16384, H
+# in 768, 1408, 2048, 2880, 7168; results in benchmarks/results/sweep-*.json).
+
+
+def least_padding_block(h: int, narrowest: int, widest: int) -> int:
+    """The column block in narrowest .. widest (powers of two) that pads h the least, the widest of
+    those on a tie: masked lanes still issue their arithmetic. 1408 -> 128 (11 blocks, none masked),
+    768 -> 256, 2880 -> 128 (2944 columns), 7168 -> 1024."""
+    widest = min(widest, _pow2(h))
+    blocks = [1 << b for b in range(min(narrowest, widest).bit_length() - 1, widest.bit_length())]
+    return min(blocks, key=lambda b: (-(-h // b) * b, -b))
 
 
 @functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int) -> BlockConfig:
-    """Elementwise forward: blocks of up to 1024 columns per half, tiles of at least 4096 elements,
-    on a grid in memory order (the generated _launch_forward); launch-bound problems take
-    256-column blocks of 16 rows."""
+    """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
+    least, in tiles of 4096 elements with 8 warps, on a grid in memory order (the generated
+    _launch_forward); launch-bound problems take 256-column blocks of 16 rows."""
     if n_rows * h < _SMALL_BELOW:
         # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs, and
         # streaming loads cost 5% there (5.02 µs).
         block_h = min(_pow2(h), 256)
         return BlockConfig(min(4096 // block_h, _pow2(n_rows)), block_h, 8)
-    # 1024 columns (the whole row below that). H100, tiles on the grid in memory order (sweep.py
-    # --only wide, session 8; 65536 rows, 4096-element tiles, 8 warps): H = 7168 923 µs against 926
-    # in 2048- or 4096-column blocks; 2880 374 vs 374-375; 2048 265 vs 266; 1408 182 vs 183; with
-    # the fp8 store within 1% of the best at each width.
-    block_h = min(_pow2(h), 1024)
+    # H200, 65536 rows (sweep.py --only blocks, session 9), against the 1024-column blocks of session 8
+    # (which the H100 ran best or within 1% at H = 1408-7168 in sweep.py --only wide): H = 1408 in 128
+    # columns 128 vs 143 µs (SwiGLU), 135 vs 167 (Quick-GEGLU), fp8 store 178 vs 202 / 198 vs 238;
+    # 768 in 256 columns 71 vs 78; 2880 in 128 columns within 1% of the best block at each activation.
+    block_h = least_padding_block(h, 128, 1024)
     block_r = min(max(1, 4096 // block_h), _pow2(n_rows))
     num_warps = 8 if block_r * block_h >= 4096 else 4
     # Streaming loads paid off below 2**24 outputs (16384 x 768: 26.3 -> 24.1 µs) and cost 3% at
@@ -159,15 +165,21 @@ def backward_config(n_rows: int, h: int, weighted: bool) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in column steps.
 
-    With weights: steps of up to 1024 columns in tiles of about 2048 elements, 4 warps. Without:
-    steps of up to 8192 columns in tiles of about 8192 elements, 16 warps. H100: the wide steps
-    made the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3),
-    but the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU and the fp8
-    copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16
+    With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 2048 elements,
+    4 warps. Without: steps of up to 8192 columns in tiles of about 8192 elements, 16 warps. H100:
+    the wide steps made the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns
+    (session 3), but the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU
+    and the fp8 copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16
     warps took H = 7168 from 1580 to 1544 µs (Liger-Kernel: 1554), 2880 629 -> 624, 2048 448 -> 442.
     """
-    step, tile = (1024, 2048) if weighted else (8192, 8192)
-    block_h = min(_pow2(h), step)
+    if weighted:
+        # H200, 65536 rows (sweep.py --only blocks, session 9): the step that pads a row the least,
+        # from 256 columns up (128-column steps of 16 rows ran H = 2880 16% slower), the widest on a
+        # tie. H = 1408 in 512-column steps against 1024: fp8 saved input 188 vs 211 µs (SwiGLU), 242
+        # vs 299 (Quick-GEGLU), bf16 +3% (SwiGLU); 768 in 256 columns 123 vs 130, fp8 107 vs 117.
+        block_h, tile = least_padding_block(h, 256, 1024), 2048
+    else:
+        block_h, tile = min(_pow2(h), 8192), 8192
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
     # 16 warps for a whole unweighted tile, fewer for the tiles of a few short rows
     warps = 4 if weighted else min(16, max(4, block_r * block_h // 512))

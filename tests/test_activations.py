@@ -565,12 +565,29 @@ def test_saved_tensor_budget(fp8, with_bias):
     out.float().sum().backward()
 
 
+@pytest.mark.parametrize("h", [1, 3, 48, 100, 300, 768, 1408, 2048, 2880, 5000, 7168])
+def test_least_padding_block(h):
+    # The chosen power of two pads h the least among narrowest .. widest (capped at h's power of
+    # two), and no wider block pads it as little.
+    from moe_utils._runtime import least_padding_block
+
+    for narrowest, widest in ((128, 1024), (256, 1024)):
+        block = least_padding_block(h, narrowest, widest)
+        cap = min(widest, 1 << max(0, (h - 1).bit_length()))
+        candidates = [b for b in (1 << i for i in range(14)) if min(narrowest, cap) <= b <= cap]
+        padded = {b: -(-h // b) * b for b in candidates}
+        assert block in candidates, (h, block, candidates)
+        assert padded[block] == min(padded.values())
+        assert all(padded[b] > padded[block] for b in candidates if b > block)
+
+
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
 @pytest.mark.parametrize("h", [300, 600])
 def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h):
-    # Small problems take 256-column blocks, large ones whole rows; the interpreter's shapes are all
-    # small, so force the whole-row shape too (with bias, weights, clamp and the fp8 copy) and
-    # compare bits: the forward is elementwise, so the launch shape must not change a single one.
+    # Small problems take 256-column blocks, large ones the block that pads a row the least (128
+    # columns at these widths); the interpreter's shapes are all small, so force the large shape too
+    # (with bias, weights, clamp and the fp8 copy) and compare bits: the forward is elementwise, so
+    # the launch shape must not change a single one.
     from conftest import TRITON
 
     from moe_utils import _runtime as rt
@@ -588,8 +605,8 @@ def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h):
         rt.forward_config.cache_clear()
         cfg = rt.forward_config(21, h)
         params = _params(SPECS[name], make_generator(3))
-        results.append((cfg.block_h, launch(x, bias, w, True, 3.0, False, *params)))
+        results.append(((cfg.block_r, cfg.block_h), launch(x, bias, w, True, 3.0, False, *params)))
     rt.forward_config.cache_clear()
-    (narrow, (out_a, fp8_a)), (wide, (out_b, fp8_b)) = results
-    assert narrow < wide  # two different launch shapes ran
+    (small, (out_a, fp8_a)), (large, (out_b, fp8_b)) = results
+    assert small != large  # two different launch shapes ran
     assert torch.equal(out_a, out_b) and torch.equal(fp8_a, fp8_b)
