@@ -273,7 +273,7 @@ def sweep_routing(results, copy, shapes):
                         continue
 
                     def run(bk=bk, bh=bh, nw=nw):
-                        _scatter_rows_kernel[(n_tokens, triton.cdiv(hidden, bh))](
+                        _scatter_rows_kernel[(n_tokens * triton.cdiv(hidden, bh),)](
                             x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry,
                             view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
                             hidden, 0, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
@@ -297,8 +297,9 @@ def sweep_routing(results, copy, shapes):
                     def run(bk=bk, bh=bh, nw=nw):
                         _scatter_dot_kernel[(n_tokens,)](
                             grad, grad.stride(0), out, out.stride(0), d_perm, p, p.stride(0), p.stride(1), d_probs,
-                            view.token_ptr, view.entry, n_rows, hidden, n_experts,
-                            BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                            view.token_ptr, view.entry, view.src_token, n_tokens, n_rows, hidden, n_experts,
+                            PAD=False, PAD_ROWS=16, BLOCK_K=bk, BLOCK_H=bh,
+                            BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw,
                         )  # fmt: skip
 
                     us = bench(run)

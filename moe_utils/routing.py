@@ -171,7 +171,6 @@ def _map_kernel(
     map_stride_e,  # elements between experts of the map
     seg_expert_off_ptr,  # [n_seg, E] int64 rows of each expert in earlier segments
     expert_count_ptr,  # [E] int64 routed tokens per expert
-    total_ptr,  # [1] int64 out (the last program): routed pairs in all
     fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 or the last)
     marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
     token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
@@ -246,7 +245,6 @@ def _map_kernel(
     # counts in program 0 instead, it took the kernel from 64 to 110 registers per thread when
     # compiled with debug=True for the assertion, and the map kernel 5 µs longer at 65536 x 256.)
     if seg == tl.num_programs(0) - 1:
-        tl.store(total_ptr, next_entry)
         tl.store(token_ptr_ptr + T, next_entry)
         if not DROP_AND_PAD:
             fits = next_entry <= N
@@ -395,9 +393,7 @@ def build_plan(
         num_warps=warps,
     )
     seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
-    # expert_count [E] (the scan's), and the total number of routed pairs (the map kernel's)
-    scratch = torch.empty((n_experts + 1,), dtype=torch.int64, device=device)
-    expert_count, total = scratch[:n_experts], scratch[n_experts:]
+    expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
     experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
     scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
     _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
@@ -427,7 +423,6 @@ def build_plan(
         m.stride(1),
         seg_expert_off,
         expert_count,
-        total,
         fits,
         plan[-1:],
         view.token_ptr,
@@ -447,6 +442,7 @@ def build_plan(
     )
     if padded and not check:
         _check_fits(fn, fits, view.token_ptr[n_tokens:], expert_count, n_rows, capacity, drop_and_pad)
+    total = view.token_ptr[n_tokens:]  # the map kernel's last program writes it
     return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad), n_rows
 
 

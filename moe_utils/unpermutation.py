@@ -58,8 +58,10 @@ def _gather_rows_kernel(
     # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
     # entry order: deterministic, no atomics. One row per step: a [BLOCK_K, BLOCK_H] tile summed
     # over its first axis went through shared memory and ran at half the copy rate on the H100.
-    token = tl.program_id(0).to(tl.int64)
-    col_block = tl.program_id(1)
+    # A 1-D grid in memory order: tokens outer, column blocks inner (as permute's scatter).
+    n_col_blocks = tl.maximum(tl.cdiv(hidden, BLOCK_H), 1)
+    token = (tl.program_id(0) // n_col_blocks).to(tl.int64)
+    col_block = tl.program_id(0) % n_col_blocks
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -162,7 +164,7 @@ def gather_rows(
         return
     block_h = _block_h(hidden)
     probs_grad = row_grad is not None
-    _gather_rows_kernel[(n_tokens, triton.cdiv(max(hidden, 1), block_h))](
+    _gather_rows_kernel[(n_tokens * triton.cdiv(max(hidden, 1), block_h),)](
         src,
         src.stride(0),
         out,
