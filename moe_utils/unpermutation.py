@@ -52,16 +52,20 @@ def _gather_rows_kernel(
     E,  # experts
     SCALE: tl.constexpr,  # multiply each row by its probability
     PROBS_GRAD: tl.constexpr,  # also scatter row_grad into d_probs (permute's backward)
+    ORDERED: tl.constexpr,  # the grid in memory order (1-D), else 2-D with tokens on the fast axis
     BLOCK_H: tl.constexpr,  # columns per program
     BLOCK_E: tl.constexpr,  # >= E (PROBS_GRAD)
 ):
     # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
     # entry order: deterministic, no atomics. One row per step: a [BLOCK_K, BLOCK_H] tile summed
     # over its first axis went through shared memory and ran at half the copy rate on the H100.
-    # A 1-D grid in memory order: tokens outer, column blocks inner (as permute's scatter).
-    n_col_blocks = tl.maximum(tl.cdiv(hidden, BLOCK_H), 1)
-    token = (tl.program_id(0) // n_col_blocks).to(tl.int64)
-    col_block = tl.program_id(0) % n_col_blocks
+    if ORDERED:  # a 1-D grid in memory order: tokens outer, column blocks inner
+        n_col_blocks = tl.maximum(tl.cdiv(hidden, BLOCK_H), 1)
+        token = (tl.program_id(0) // n_col_blocks).to(tl.int64)
+        col_block = tl.program_id(0) % n_col_blocks
+    else:  # a 2-D grid, tokens on the fast axis
+        token = tl.program_id(0).to(tl.int64)
+        col_block = tl.program_id(1)
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -149,6 +153,10 @@ def _scatter_dot_kernel(
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
+#: Gathers with at least this many output elements run on a grid in memory order.
+_ORDERED_GATHER_FROM = 1 << 24
+
+
 def gather_rows(
     src: torch.Tensor,
     out: torch.Tensor,
@@ -164,7 +172,12 @@ def gather_rows(
         return
     block_h = _block_h(hidden)
     probs_grad = row_grad is not None
-    _gather_rows_kernel[(n_tokens * triton.cdiv(max(hidden, 1), block_h),)](
+    n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
+    # H200 (experiments.py --only ops, session 9): the grid in memory order made unpermute's forward
+    # 0.8-3.5% faster at 8192-65536 tokens, but 11% slower at 4096 x 2048 (14.0 -> 15.6 µs; permute's
+    # backward 15.4 -> 16.8), where the operands fit in L2.
+    ordered = n_tokens * hidden >= _ORDERED_GATHER_FROM
+    _gather_rows_kernel[(n_tokens * n_col_blocks,) if ordered else (n_tokens, n_col_blocks)](
         src,
         src.stride(0),
         out,
@@ -180,6 +193,7 @@ def gather_rows(
         d_probs.shape[1] if probs_grad else 0,
         SCALE=probs is not None,
         PROBS_GRAD=probs_grad,
+        ORDERED=ordered,
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         num_warps=4,

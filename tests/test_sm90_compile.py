@@ -103,7 +103,9 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, **off))  # unpermute's backward
     plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on)
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **plan))  # permute
-    compile_sm90(unpermutation._gather_rows_kernel, dict(SCALE=on, PROBS_GRAD=on, BLOCK_H=1024, BLOCK_E=256))
+    compile_sm90(
+        unpermutation._gather_rows_kernel, dict(SCALE=on, PROBS_GRAD=on, ORDERED=on, BLOCK_H=1024, BLOCK_E=256)
+    )
     compile_sm90(unpermutation._scatter_dot_kernel, dict(PAD=on, PAD_ROWS=16, BLOCK_K=8, BLOCK_H=128, BLOCK_E=1024))
 
 
