@@ -52,8 +52,11 @@ def copy_gbs() -> float:
     n = 1 << (10 if DRY else 30)
     a = torch.empty(n, dtype=DTYPE, device=DEVICE)
     b = torch.empty_like(a)
-    bench(lambda: b.copy_(a))  # the first timing runs while the clocks ramp up (2.77 TB/s on an H200, then 4.27)
-    us = bench(lambda: b.copy_(a))
+    if DRY:
+        return 1.0
+    # Eagerly, as bench.py does: captured in a CUDA graph the copy becomes a memcpy node run by the
+    # copy engine, 2.72-2.77 TB/s on an H200 against 4.27 for the copy kernel (session 9).
+    us = triton.testing.do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median") * 1e3
     return 2 * n * 2 / us / 1e3
 
 
