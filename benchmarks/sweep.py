@@ -54,8 +54,8 @@ def copy_gbs() -> float:
     b = torch.empty_like(a)
     if DRY:
         return 1.0
-    # Eagerly, as bench.py does: captured in a CUDA graph the copy becomes a memcpy node run by the
-    # copy engine, 2.72-2.77 TB/s on an H200 against 4.27 for the copy kernel (session 9).
+    # Eagerly, as bench.py does: timed as a CUDA-graph replay it read 2.72-2.77 TB/s on an H200
+    # against 4.27 eagerly (session 9); a captured copy_ is likely a memcpy node (the copy engine).
     us = triton.testing.do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median") * 1e3
     return 2 * n * 2 / us / 1e3
 
