@@ -10,7 +10,7 @@ from moe_utils import permute, unpermute, weighted_bias_quick_geglu_impl, weight
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device; runs on the H100 via the device tool"
+        not torch.cuda.is_available(), reason="needs a CUDA device; benchmarks/device_run.sh tests runs it there"
     ),
 ]
 
