@@ -1,0 +1,106 @@
+"""Instruction counts of a generated activation kernel's main loop, compiled for sm_90 on the CPU.
+
+    python benchmarks/sass_loop.py swiglu,geglu,quick_geglu [--forward]
+
+No GPU needed: Triton compiles for a CUDA sm_90 target and the cuobjdump that its wheel carries
+disassembles the cubin. For each activation, weighted, with and without the fp8 copy (Quick-GEGLU
+with its clamp, as bench.py runs it), it prints the registers, the instructions of the longest
+backward-branching span (the column-step loop of the backward; the forward has no loop and is
+counted whole), the instructions per (gate, up) pair and thread, and the commonest opcodes.
+Session 9: on the H200 the Quick-GEGLU backward issues about as many instructions as its bytes
+take to move, so this count, not the memory, sets its speed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # the interpreter replaces kernels by Python functions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import test_sm90_compile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+FLOATS = {"clamp_value", "linear_offset", "alpha", "limit"}
+LINE = re.compile(r"\s+/\*([0-9a-f]{4})\*/")
+
+
+def sass(kernel, constexprs: dict, warps: int, types: dict) -> tuple[list[str], int]:
+    names = kernel.arg_names
+    sig = {}
+    for n in names:
+        if n in constexprs:
+            sig[n] = "constexpr"
+        elif n in types:
+            sig[n] = types[n]
+        elif n.endswith("_ptr"):
+            sig[n] = test_sm90_compile.POINTERS.get(n, "*bf16")
+        else:
+            sig[n] = "fp32" if n in FLOATS else "i32"
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(a),): v for a, v in constexprs.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    cubin = Path("/tmp/moe_utils_sass_loop.cubin")
+    cubin.write_bytes(compiled.asm["cubin"])
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    text = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    usage = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    return [line for line in text.splitlines() if LINE.match(line)], regs
+
+
+def loop_body(lines: list[str]) -> list[str]:
+    """The longest span that ends in a branch back to its start; all lines if there is none."""
+    addr = [int(LINE.match(line).group(1), 16) for line in lines]
+    best = None
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA 0x([0-9a-f]+)\s*;", line)
+        if m and int(m.group(1), 16) < addr[i]:
+            start = addr.index(int(m.group(1), 16)) if int(m.group(1), 16) in addr else 0
+            if best is None or i - start > best[1] - best[0]:
+                best = (start, i)
+    return lines if best is None else lines[best[0] : best[1] + 1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("names", help="comma-separated activation names")
+    ap.add_argument("--forward", action="store_true", help="the forward kernel instead of the backward")
+    args = ap.parse_args()
+    for name in args.names.split(","):
+        mod = importlib.import_module(f"moe_utils.generated.{name}")
+        kernel = getattr(mod, f"_{name}_{'fwd' if args.forward else 'bwd'}")
+        for fp8 in (False, True):
+            for br, bh in ((4, 512), (2, 1024)) if not args.forward else ((32, 128), (4, 1024)):
+                common = dict(HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=name == "quick_geglu", NATIVE_FP8=True)
+                if args.forward:
+                    cx = dict(common, STORE_FP8=fp8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh)
+                    warps, types = 8, {}
+                else:
+                    cx = dict(common, LOAD_FP8=fp8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh)
+                    warps, types = 4, ({"x_ptr": "*u8"} if fp8 else {})
+                lines, regs = sass(kernel, cx, warps, types)
+                body = lines if args.forward else loop_body(lines)
+                ops: dict[str, int] = {}
+                for line in body:
+                    m = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
+                    ops[m.group(1) if m else "?"] = ops.get(m.group(1) if m else "?", 0) + 1
+                pairs = br * bh / (32 * warps)
+                top = ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:12])
+                kind = "fwd" if args.forward else "bwd"
+                print(
+                    f"{name} {kind} fp8={fp8} [{br}, {bh}] x {warps} warps: {regs} registers, {len(body)} "
+                    f"instructions, {len(body) / pairs:.1f} per pair and thread; {top}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
