@@ -175,7 +175,7 @@ def gather_rows(
     n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
     # H200 (experiments.py --only ops, session 9): the grid in memory order made unpermute's forward
     # 0.8-3.5% faster at 8192-65536 tokens, but 11% slower at 4096 x 2048 (14.0 -> 15.6 µs; permute's
-    # backward 15.4 -> 16.8), where the operands fit in L2.
+    # backward 15.4 -> 16.8), a size whose operands fit in L2 (which may be why; not measured).
     ordered = n_tokens * hidden >= _ORDERED_GATHER_FROM
     _gather_rows_kernel[(n_tokens * n_col_blocks,) if ordered else (n_tokens, n_col_blocks)](
         src,
