@@ -169,10 +169,13 @@ def sweep_wide_forward(results, copy, shapes):
 def sweep_blocks(results, copy, shapes):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
     block of the weighted forward (fp8 store or not; 4096-element tiles, 8 warps) and the column
-    step of the weighted backward (bf16 or fp8 saved input; 2048-element tiles, 4 warps), from 128
-    columns up. Narrow blocks waste no masked lanes at H = 768, 1408, 2880, which matters where the
-    arithmetic (Quick-GEGLU, the fp8 decode) is not hidden behind memory. Goes through the generated
-    launchers with the config functions of ``_runtime`` replaced."""
+    step of the weighted backward (bf16 or fp8 saved input), from 128 columns up, in tiles of 1024
+    elements with 4 warps and 2048 with 4 or 8 (the shipped tile: 2048 with 4). Narrow blocks waste
+    no masked lanes at H = 768, 1408, 2880, which matters where the arithmetic (Quick-GEGLU, the fp8
+    decode) is not hidden behind memory; smaller tiles per thread hold fewer registers (Quick-GEGLU's
+    backward: 164 at 2048 elements with 4 warps, 52-56 at 1024; benchmarks/sass_loop.py). Goes
+    through the generated launchers with the config functions of ``_runtime`` replaced."""
+    bwd_tiles = ((1024, 4), (2048, 4), (2048, 8))
     saved = _rt.forward_config, _rt.backward_config
     try:
         for name in ("swiglu", "geglu", "quick_geglu"):
@@ -196,18 +199,19 @@ def sweep_blocks(results, copy, shapes):
                         row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, 8], us=us)
                         results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
                         print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
-                    if bh > 1024:
-                        continue
-                    bcfg = _rt.BlockConfig(max(1, 2048 // bh), bh, 4)
-                    _rt.backward_config = lambda n, hh, weighted, c=bcfg: c
-                    for fp8 in (False, True):
-                        src = x8 if fp8 else x
-                        nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
-                        us = bench(lambda src=src: impl.launch_backward(g, src, None, w, clamp, False, DTYPE, *params))
-                        kind = f"blocks_bwd{'_fp8' if fp8 else ''}_{name}"
-                        row = dict(shape=[n_rows, h], config=[bcfg.block_r, bh, 4], us=us)
-                        results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
-                        print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
+                    for tile, nw in bwd_tiles if bh <= 1024 else ():
+                        bcfg = _rt.BlockConfig(max(1, tile // bh), bh, nw)
+                        _rt.backward_config = lambda n, hh, weighted, c=bcfg: c
+                        for fp8 in (False, True):
+                            src = x8 if fp8 else x
+                            nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
+                            us = bench(
+                                lambda src=src: impl.launch_backward(g, src, None, w, clamp, False, DTYPE, *params)
+                            )
+                            kind = f"blocks_bwd{'_fp8' if fp8 else ''}_{name}"
+                            row = dict(shape=[n_rows, h], config=[bcfg.block_r, bh, nw], us=us)
+                            results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
+                            print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
                 _rt.forward_config, _rt.backward_config = saved
                 yield
     finally:
