@@ -56,16 +56,22 @@ def _silu_mul(gate, up):
 
 
 @triton.jit
+def _tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
+    """(row or token block, column block) of this program: on a 1-D grid in memory order (row
+    blocks outer, column blocks inner) with ORDERED, else on a 2-D grid with rows on the fast axis."""
+    if ORDERED:
+        n_col = tl.cdiv(width, BLOCK_H)
+        return tl.program_id(0) // n_col, tl.program_id(0) % n_col
+    return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
 def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, ORDERED: tl.constexpr,
             BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
     # ORDERED: a 1-D grid, row blocks outer and column blocks inner, so consecutive programs take
     # consecutive tiles of memory; else a 2-D grid, rows on the fast axis (program_id(0)), where a
     # wide row's first column block is read for every row before any row's second block.
-    if ORDERED:
-        n_col = tl.cdiv(H, BLOCK_H)
-        row_block, col_block = tl.program_id(0) // n_col, tl.program_id(0) % n_col
-    else:
-        row_block, col_block = tl.program_id(0), tl.program_id(1)
+    row_block, col_block = _tile(H, BLOCK_H, ORDERED)
     rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
@@ -138,11 +144,7 @@ def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n
     # permute's scatter with BLOCK_T tokens per program: all plan loads first, then the stores.
     # ORDERED: a 1-D grid in memory order (token blocks outer, column blocks inner), as the
     # generated forward runs since session 8; else the shipped 2-D grid, tokens on the fast axis.
-    if ORDERED:
-        n_col = tl.cdiv(hidden, BLOCK_H)
-        token_block, col_block = tl.program_id(0) // n_col, tl.program_id(0) % n_col
-    else:
-        token_block, col_block = tl.program_id(0), tl.program_id(1)
+    token_block, col_block = _tile(hidden, BLOCK_H, ORDERED)
     tokens = token_block.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = tokens < n_tokens
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -374,6 +376,8 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
     weighted activations forward and backward with and without the fp8 copy. Run once with an older
     copy of the package first on PYTHONPATH and once without to time a change on one machine; the
     first line says which package was loaded."""
+    from bench import OURS
+
     import moe_utils
     from moe_utils.permutation import _launch_permute_backward
     from moe_utils.unpermutation import _launch_unpermute_backward
@@ -406,7 +410,7 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
                 record(kind, shape, bench(fn))
         for name, n_rows, h in act_shapes:
             impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
-            params, clamp = ((0.5, 1.702), 7.0) if name == "quick_geglu" else ((), None)
+            _, params, clamp = OURS[name]  # bench.py's parameters (Quick-GEGLU: offset and clamp)
             x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16, generator=g)
             w = torch.rand(n_rows, 1, device=DEVICE, generator=g)
             grad = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16, generator=g)

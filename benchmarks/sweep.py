@@ -175,12 +175,14 @@ def sweep_blocks(results, copy, shapes):
     decode) is not hidden behind memory; smaller tiles per thread hold fewer registers (Quick-GEGLU's
     backward: 164 at 2048 elements with 4 warps, 52-56 at 1024; benchmarks/sass_loop.py). Goes
     through the generated launchers with the config functions of ``_runtime`` replaced."""
+    from bench import OURS
+
     bwd_tiles = ((1024, 4), (2048, 4), (2048, 8))
     saved = _rt.forward_config, _rt.backward_config
     try:
         for name in ("swiglu", "geglu", "quick_geglu"):
             impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
-            params, clamp = ((0.5, 1.702), 7.0) if name == "quick_geglu" else ((), None)
+            _, params, clamp = OURS[name]  # bench.py's parameters (Quick-GEGLU: offset and clamp)
             for n_rows, h in shapes:
                 x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
                 w = torch.rand(n_rows, 1, dtype=torch.float32, device=DEVICE)

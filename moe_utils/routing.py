@@ -440,9 +440,9 @@ def build_plan(
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
     )
-    if padded and not check:
-        _check_fits(fn, fits, view.token_ptr[n_tokens:], expert_count, n_rows, capacity, drop_and_pad)
     total = view.token_ptr[n_tokens:]  # the map kernel's last program writes it
+    if padded and not check:
+        _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad)
     return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad), n_rows
 
 
