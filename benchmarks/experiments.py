@@ -1,6 +1,6 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
-    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger,order,ops} ...]
+    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger,order,ops,gather} ...]
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -17,6 +17,7 @@ uses them):
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
 ``--only ops``: the shipped permute/unpermute and weighted activations alone; run it with an older
 copy of the package first on PYTHONPATH too, to time a change of the package on one machine.
+``--only gather``: the gather (unpermute forward, permute backward) on both grids at each shape.
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
@@ -370,6 +371,52 @@ def liger_experiments(results, shapes) -> None:
             print(f"{op} unweighted {n_rows}x{h} {impl:6s} {us:9.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
 
 
+def _routing_ops(shape, g) -> dict:
+    """The four fused routing ops at ``shape`` = (tokens, experts, k, hidden), bf16 rows, top-k of
+    random scores, as bench.py calls them: name -> a function that runs one."""
+    import moe_utils
+    from moe_utils.permutation import _launch_permute_backward
+    from moe_utils.unpermutation import _launch_unpermute_backward
+
+    n_tokens, n_experts, k, hidden = shape
+    x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+    scores = torch.rand(n_tokens, n_experts, device=DEVICE, generator=g)
+    m = torch.zeros(n_tokens, n_experts, device=DEVICE, dtype=torch.bool)
+    m.scatter_(1, scores.topk(k, dim=1).indices, True)
+    p = torch.softmax(scores, -1) * m
+    n_rows = n_tokens * k
+    rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
+    g_rows, g_probs, g_out = torch.randn_like(rows), torch.randn_like(perm_probs), torch.randn_like(x)
+    return {
+        "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True),
+        "permute_bwd": lambda: _launch_permute_backward(g_rows, g_probs, plan, n_tokens, n_experts, p.dtype),
+        "unpermute_fwd": lambda: moe_utils.unpermute(rows, plan, x.shape, p, m, fused=True),
+        "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True),
+    }
+
+
+def gather_experiments(results, shapes) -> None:
+    """The gather (unpermute forward, permute backward) on its 2-D grid and on the 1-D grid in
+    memory order at each shape, whatever the shipped threshold (``_ORDERED_GATHER_FROM``, on
+    output elements) would pick there: where should the threshold be?"""
+    from moe_utils import unpermutation
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    saved = unpermutation._ORDERED_GATHER_FROM
+    try:
+        with torch.no_grad():
+            for shape in shapes:
+                ops = _routing_ops(shape, g)
+                for order, threshold in (("2d", 1 << 62), ("ordered", 0)):
+                    unpermutation._ORDERED_GATHER_FROM = threshold
+                    for kind in ("unpermute_fwd", "permute_bwd"):
+                        us = bench(ops[kind])
+                        results.append(dict(kind=f"gather_{kind}", shape=list(shape), variant=order, us=us))
+                        print(f"{kind:14s} {list(shape)!s:24s} {order:8s} {us:8.1f} us", flush=True)
+    finally:
+        unpermutation._ORDERED_GATHER_FROM = saved
+
+
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): permute forward (with probs)
     and backward, unpermute forward (with probs) and backward (with the probs gradient), and the
@@ -379,8 +426,6 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
     from bench import OURS
 
     import moe_utils
-    from moe_utils.permutation import _launch_permute_backward
-    from moe_utils.unpermutation import _launch_unpermute_backward
 
     print("package:", moe_utils.__file__, flush=True)
     g = torch.Generator(device=DEVICE).manual_seed(0)
@@ -391,22 +436,7 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
 
     with torch.no_grad():
         for shape in route_shapes:
-            n_tokens, n_experts, k, hidden = shape
-            x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
-            scores = torch.rand(n_tokens, n_experts, device=DEVICE, generator=g)
-            m = torch.zeros(n_tokens, n_experts, device=DEVICE, dtype=torch.bool)
-            m.scatter_(1, scores.topk(k, dim=1).indices, True)
-            p = torch.softmax(scores, -1) * m
-            n_rows = n_tokens * k
-            rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
-            g_rows, g_probs, g_out = torch.randn_like(rows), torch.randn_like(perm_probs), torch.randn_like(x)
-            variants = {
-                "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True),
-                "permute_bwd": lambda: _launch_permute_backward(g_rows, g_probs, plan, n_tokens, n_experts, p.dtype),
-                "unpermute_fwd": lambda: moe_utils.unpermute(rows, plan, x.shape, p, m, fused=True),
-                "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True),
-            }
-            for kind, fn in variants.items():
+            for kind, fn in _routing_ops(shape, g).items():
                 record(kind, shape, bench(fn))
         for name, n_rows, h in act_shapes:
             impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
@@ -429,7 +459,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -463,6 +493,11 @@ def main() -> None:
             (65536, 7168), (16384, 768), (4096, 768), (262144, 1408))
         ]  # fmt: skip
         ops_experiments(results, route, act)
+    if "gather" in args.only:
+        gather_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
+            (4096, 64, 2, 4096), (4096, 256, 2, 4096), (4096, 8, 2, 7168), (4096, 256, 2, 2048), (8192, 64, 2, 2048),
+            (16384, 64, 2, 2048), (16384, 256, 2, 2048), (8192, 64, 2, 4096), (16384, 64, 2, 4096), (65536, 8, 2, 2048),
+        ])  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
     if "act" not in args.only:

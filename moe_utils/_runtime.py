@@ -166,7 +166,7 @@ def backward_config(n_rows: int, h: int, weighted: bool) -> BlockConfig:
     registers, so the result is deterministic) and walks them in column steps.
 
     With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 2048 elements,
-    4 warps. Without: steps of up to 8192 columns in tiles of about 8192 elements, 16 warps. H100:
+    4 warps. Without: whole rows of up to 8192 columns per step, 4 to 16 warps. H100:
     the wide steps made the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns
     (session 3), but the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU
     and the fp8 copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16
@@ -179,10 +179,13 @@ def backward_config(n_rows: int, h: int, weighted: bool) -> BlockConfig:
         # vs 299 (Quick-GEGLU), bf16 +3% (SwiGLU); 768 in 256 columns 123 vs 130, fp8 107 vs 117.
         block_h, tile = least_padding_block(h, 256, 1024), 2048
     else:
-        block_h, tile = min(_pow2(h), 8192), 8192
+        # H200, 65536 rows (sweep.py --only unweighted, session 9): one whole row per step (two below
+        # 1024 columns), 4 warps up to 2048 columns, one per 512 columns beyond. Against the 8192-
+        # element tiles with 16 warps: H = 768 118 vs 131 µs, 1408 214 vs 245, 2880 439 vs 496, 2048
+        # 315 vs 316; 7168 unchanged ([1, 8192, 16], the H100's best in session 8: 1544 µs).
+        block_h, tile = min(_pow2(h), 8192), 2048
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
-    # 16 warps for a whole unweighted tile, fewer for the tiles of a few short rows
-    warps = 4 if weighted else min(16, max(4, block_r * block_h // 512))
+    warps = 4 if weighted else min(16, max(4, block_h // 512))
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 
