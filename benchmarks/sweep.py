@@ -8,8 +8,8 @@ the backward (bf16 and fp8 saved input; without weights, every step width), the 
 and the unpermute backward's scatter-dot, plus each piece of the fused permute (plan, scatter,
 padding) and a write-only fill, all as CUDA-graph replays (``triton.testing.do_bench_cudagraph``,
 median). ``plan``: the routing plan under every launch shape of its three kernels (each checked
-bit-equal to the shipped one); ``small``: launch-bound forwards down to 2 warps, with and without
-streaming loads; ``wide``: the forward's column block at wide rows, with and without the fp8
+bit-equal to the shipped one); ``small``: launch-bound forwards down to 2 warps (rotating inputs);
+``wide``: the forward's column block at wide rows, with and without the fp8
 store; ``blocks``: per activation, the forward's column block and the weighted backward's column
 step from 128 columns up; ``profile``: per-kernel times of one fused permute. The default runs act, routing and
 unweighted. Writes ``sweep-<card>.json`` after every group: {kind: [{shape, config, us, pct}]}.
@@ -70,7 +70,7 @@ def act_configs(h: int):
                 yield block_r, block_h, warps
 
 
-def forward_launch(x, w, out, fp8, config, store_fp8, policy=""):
+def forward_launch(x, w, out, fp8, config, store_fp8):
     """A closure launching swiglu's weighted forward kernel with config = (BLOCK_R, BLOCK_H, warps)
     on its grid in memory order (the generated _launch_forward's); fp8 receives the fp8 copy of x
     when store_fp8."""
@@ -81,7 +81,7 @@ def forward_launch(x, w, out, fp8, config, store_fp8, policy=""):
         gen._swiglu_fwd[grid](
             x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
             HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8, NATIVE_FP8=_rt.NATIVE_FP8,
-            INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+            INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
         )  # fmt: skip
 
     return run
@@ -166,7 +166,7 @@ def sweep_wide_forward(results, copy, shapes):
         yield
 
 
-def sweep_blocks(results, copy, shapes):
+def sweep_blocks(results, copy, shapes, parts=("fwd", "bwd")):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
     block of the weighted forward (fp8 store or not; 4096-element tiles, 8 warps) and the column
     step of the weighted backward (bf16 or fp8 saved input), from 128 columns up, in tiles of 1024
@@ -174,7 +174,8 @@ def sweep_blocks(results, copy, shapes):
     no masked lanes at H = 768, 1408, 2880, which matters where the arithmetic (Quick-GEGLU, the fp8
     decode) is not hidden behind memory; smaller tiles per thread hold fewer registers (Quick-GEGLU's
     backward: 164 at 2048 elements with 4 warps, 52-56 at 1024; benchmarks/sass_loop.py). Goes
-    through the generated launchers with the config functions of ``_runtime`` replaced."""
+    through the generated launchers with the config functions of ``_runtime`` replaced. ``parts``:
+    "fwd", "bwd" or both."""
     from bench import OURS
 
     bwd_tiles = ((1024, 4), (2048, 4), (2048, 8))
@@ -194,16 +195,16 @@ def sweep_blocks(results, copy, shapes):
                         continue
                     fcfg = _rt.BlockConfig(max(1, 4096 // bh), bh, 8)
                     _rt.forward_config = lambda n, hh, c=fcfg: c
-                    for fp8 in (False, True):
+                    for fp8 in (False, True) if "fwd" in parts else ():
                         nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
                         us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))
                         kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
                         row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, 8], us=us)
                         results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
                         print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
-                    for tile, nw in bwd_tiles if bh <= 1024 else ():
+                    for tile, nw in bwd_tiles if bh <= 1024 and "bwd" in parts else ():
                         bcfg = _rt.BlockConfig(max(1, tile // bh), bh, nw)
-                        _rt.backward_config = lambda n, hh, weighted, c=bcfg: c
+                        _rt.backward_config = lambda n, hh, weighted, heavy, c=bcfg: c
                         for fp8 in (False, True):
                             src = x8 if fp8 else x
                             nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
@@ -379,9 +380,9 @@ def sweep_plan(results, shapes):
 
 def sweep_small_forward(results, copy, shapes):
     """Launch-bound forwards (4096 x 768 is the one shape behind the compiled reference): every
-    launch shape down to 2 warps, with and without streaming loads of x. Inputs and outputs rotate
-    through sets of at least 256 MB in all, as in bench.py, so that L2 does not hold them; the time
-    is per set."""
+    launch shape down to 2 warps. Inputs and outputs rotate through sets of at least 256 MB in all,
+    as in bench.py, so that L2 does not hold them; the time is per set. (Streaming loads of x, timed
+    here until session 10, lost at every launch shape on both cards: _runtime.forward_config.)"""
     for n_rows, h in shapes:
         sets = 1 if DRY else max(1, min(64, (256 << 20) // (n_rows * h * 6)))
         xs = [torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE) for _ in range(sets)]
@@ -392,17 +393,16 @@ def sweep_small_forward(results, copy, shapes):
         configs = [(br, bh, nw) for br, bh, nw in act_configs(h)]
         configs += [(max(1, tile // bh), bh, 2) for tile in (512, 1024, 2048) for bh in (256, 512, 1024) if bh <= tile]
         for br, bh, nw in configs:
-            for policy in ("", "evict_first"):
-                launches = [forward_launch(x, w, out, out, (br, bh, nw), False, policy) for x, w, out in inputs]
+            launches = [forward_launch(x, w, out, out, (br, bh, nw), False) for x, w, out in inputs]
 
-                def run(launches=launches):
-                    for launch in launches:
-                        launch()
+            def run(launches=launches):
+                for launch in launches:
+                    launch()
 
-                us = bench(run) / sets
-                results.setdefault("fwd_small", []).append(
-                    dict(shape=[n_rows, h], config=[br, bh, nw, policy], us=us, pct=100 * nbytes / us / 1e3 / copy)
-                )
+            us = bench(run) / sets
+            results.setdefault("fwd_small", []).append(
+                dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
+            )
         if not DRY:  # the reference as it ships (torch.compile), on the same rotating sets
             from baselines import activation_baselines
 
@@ -420,8 +420,7 @@ def sweep_small_forward(results, copy, shapes):
             print(n_rows, h, f"fwd ref_compiled {us:.2f} us", flush=True)
         shipped = _rt.forward_config(n_rows, h)
         rows = [r for r in results["fwd_small"] if r["shape"] == [n_rows, h] and r["config"] != "ref_compiled"]
-        policy = "evict_first" if shipped.evict_first else ""
-        mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps, policy]]
+        mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps]]
         top = sorted(rows, key=lambda r: r["us"])[:5]
         print(n_rows, h, "fwd (shipped, then best)", [(r["config"], round(r["us"], 2)) for r in mine + top])
         yield
@@ -455,6 +454,7 @@ def main() -> None:
     )
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     ap.add_argument("--shapes", nargs="*", default=None, help="TxH shapes for wide, blocks and unweighted")
+    ap.add_argument("--parts", nargs="*", default=("fwd", "bwd"), choices=("fwd", "bwd"), help="of --only blocks")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -483,7 +483,7 @@ def main() -> None:
         groups.append(sweep_wide_forward(results, copy, shapes or wide))
     if "blocks" in only:
         blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
-        groups.append(sweep_blocks(results, copy, shapes or blocks))
+        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:

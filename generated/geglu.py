@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from moe_utils import _runtime as _rt
-from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs, load_halves, store_halves
+from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs, grid_tile, load_halves, store_halves
 
 __all__ = [
     "WeightedBiasGEGLUFunction",
@@ -93,23 +93,19 @@ def _geglu_fwd(
     STORE_FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
-    X_POLICY: tl.constexpr,  # eviction policy of the loads of x ("evict_first" streams small inputs)
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_H: tl.constexpr,  # columns of each half per program
 ):
     # out[r, c] = weight[r] * f(gate[r, c], up[r, c]); one program per BLOCK_R x BLOCK_H tile, on
-    # a 1-D grid in memory order: row blocks outer, column blocks inner. (A 2-D grid runs its first
-    # axis fastest, so with rows there every row's first column block came before any second one:
-    # 2.9% slower at 65536 x 7168 on the H100, benchmarks/experiments.py --only order.)
-    # Row offsets are 64-bit: n_rows * 2H may exceed 2**31.
-    n_col_blocks = tl.cdiv(H, BLOCK_H)
-    tile = tl.program_id(0)
-    rows = (tile // n_col_blocks).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    col0 = (tile % n_col_blocks) * BLOCK_H
+    # a 1-D grid in memory order (the 2-D grid was 2.9% slower at 65536 x 7168 on the H100,
+    # benchmarks/experiments.py --only order). Row offsets are 64-bit: n_rows * 2H may exceed 2**31.
+    row_block, col_block = grid_tile(H, BLOCK_H, True)
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
+    col0 = col_block * BLOCK_H
     cols = col0 + tl.arange(0, BLOCK_H)
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (cols < H)[None, :]
-    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, X_POLICY, BLOCK_R, BLOCK_H)
+    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
     gate_in = gate_in.to(tl.float32)
     up_in = up_in.to(tl.float32)
     if STORE_FP8:
@@ -164,7 +160,7 @@ def _geglu_bwd(
     for start in range(0, H, BLOCK_H):
         cols = start + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
-        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
+        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
         if LOAD_FP8:
             gate_in = fp8_decode(gate_in, NATIVE_FP8)
             up_in = fp8_decode(up_in, NATIVE_FP8)
@@ -236,7 +232,6 @@ def _launch_forward(
             STORE_FP8=fp8_store,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
-            X_POLICY="evict_first" if cfg.evict_first else "",
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
@@ -275,7 +270,7 @@ def _launch_backward(
         return d_x, d_w.zero_()
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
     if _rt.use_triton(d_x):
-        cfg = _rt.backward_config(n_rows, h, weight is not None)
+        cfg = _rt.backward_config(n_rows, h, weight is not None, fp8 or clamp_value is not None)
         _geglu_bwd[(triton.cdiv(n_rows, cfg.block_r),)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,

@@ -1,4 +1,6 @@
-"""Triton helpers shared by every generated activation kernel.
+"""Triton helpers shared by every generated activation kernel (and, ``grid_tile``, by the routing kernels).
+
+``grid_tile`` decodes a program's (row block, column block) from a grid in memory order.
 
 ``load_halves`` / ``store_halves`` read and write the gate and up tiles of a row block in either
 layout: split (gate = row[:H], up = row[H:], the default) or interleaved (gate at even positions,
@@ -19,7 +21,16 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["FP8_MAX", "fp8_decode", "fp8_encode", "gated_inputs", "load_halves", "store_halves", "to_fp8_saturated"]
+__all__ = [
+    "FP8_MAX",
+    "fp8_decode",
+    "fp8_encode",
+    "gated_inputs",
+    "grid_tile",
+    "load_halves",
+    "store_halves",
+    "to_fp8_saturated",
+]
 
 #: Largest finite float8_e4m3fn value; everything beyond saturates to it.
 FP8_MAX = 448.0
@@ -80,6 +91,22 @@ def fp8_decode(code, NATIVE: tl.constexpr):
 
 
 @triton.jit
+def grid_tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
+    """(row block as int64, column block) of this program.
+
+    ORDERED: a 1-D grid in memory order, row blocks outer and column blocks inner, so that a row's
+    column blocks run on consecutive programs (a 2-D grid runs its first axis fastest: every row's
+    first column block would come before any second one). A zero-width row counts as one column
+    block, so a launch of n_row_blocks * max(1, cdiv(width, BLOCK_H)) programs decodes. Else a 2-D
+    grid, row blocks on axis 0 (the fast one), column blocks on axis 1.
+    """
+    if ORDERED:
+        n_col_blocks = tl.maximum(tl.cdiv(width, BLOCK_H), 1)
+        return (tl.program_id(0) // n_col_blocks).to(tl.int64), tl.program_id(0) % n_col_blocks
+    return tl.program_id(0).to(tl.int64), tl.program_id(1)
+
+
+@triton.jit
 def load_halves(
     ptr,  # base pointer of rows of width 2H
     row_offs,  # [BLOCK_R] int64 offsets of the rows
@@ -87,7 +114,6 @@ def load_halves(
     H,  # width of one half
     row_ok,  # [BLOCK_R] valid rows
     INTERLEAVED: tl.constexpr,  # gate at even positions, up at odd ones
-    POLICY: tl.constexpr,  # eviction policy of the loads: "" (default) or "evict_first" (streaming)
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -99,14 +125,14 @@ def load_halves(
     if INTERLEAVED:
         pos = 2 * col0 + tl.arange(0, 2 * BLOCK_H)
         mask = row_ok[:, None] & (pos < 2 * H)[None, :]
-        pair = tl.load(ptr + row_offs[:, None] + pos[None, :], mask=mask, other=0, eviction_policy=POLICY)
+        pair = tl.load(ptr + row_offs[:, None] + pos[None, :], mask=mask, other=0)
         gate, up = tl.split(tl.reshape(pair, [BLOCK_R, BLOCK_H, 2]))
     else:
         cols = col0 + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
         offs = row_offs[:, None] + cols[None, :]
-        gate = tl.load(ptr + offs, mask=mask, other=0, eviction_policy=POLICY)
-        up = tl.load(ptr + offs + H, mask=mask, other=0, eviction_policy=POLICY)
+        gate = tl.load(ptr + offs, mask=mask, other=0)
+        up = tl.load(ptr + offs + H, mask=mask, other=0)
     return gate, up
 
 
@@ -163,7 +189,7 @@ def gated_inputs(
         gate = tl.where(gate > clamp_value, clamp_value, gate)
         up = tl.where(up > clamp_value, clamp_value, tl.where(up < -clamp_value, -clamp_value, up))
     if HAS_BIAS:
-        bias_gate, bias_up = load_halves(bias_ptr, bias_row_offs, col0, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
+        bias_gate, bias_up = load_halves(bias_ptr, bias_row_offs, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
         gate = gate + bias_gate.to(tl.float32)
         up = up + bias_up.to(tl.float32)
     return gate, up

@@ -112,7 +112,6 @@ class BlockConfig:
     block_r: int  # rows per program
     block_h: int  # columns of each half per program (or per loop step in the backward)
     num_warps: int  # warps per program
-    evict_first: bool = False  # forward: stream the input past L2 (eviction_policy="evict_first")
 
 
 def _pow2(n: int) -> int:
@@ -123,23 +122,27 @@ def _pow2(n: int) -> int:
 # in 768, 1408, 2048, 2880, 7168; results in benchmarks/results/sweep-*.json).
 
 
-def least_padding_block(h: int, narrowest: int, widest: int) -> int:
+def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool = True) -> int:
     """The column block in narrowest .. widest (powers of two) that pads h the least, the widest of
-    those on a tie: masked lanes still issue their arithmetic. 1408 -> 128 (11 blocks, none masked),
-    768 -> 256, 2880 -> 128 (2944 columns), 7168 -> 1024."""
+    those on a tie (or the narrowest): masked lanes still issue their arithmetic. 1408 -> 128 (11
+    blocks, none masked), 768 -> 256, 2880 -> 128 (2944 columns), 7168 -> 1024."""
     widest = min(widest, _pow2(h))
     blocks = [1 << b for b in range(min(narrowest, widest).bit_length() - 1, widest.bit_length())]
-    return min(blocks, key=lambda b: (-(-h // b) * b, -b))
+    return min(blocks, key=lambda b: (-(-h // b) * b, -b if widest_on_tie else b))
 
 
 @functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int) -> BlockConfig:
     """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
     least, in tiles of 4096 elements with 8 warps, on a grid in memory order (the generated
-    _launch_forward); launch-bound problems take 256-column blocks of 16 rows."""
+    _launch_forward); launch-bound problems take 256-column blocks of 16 rows.
+
+    No streaming loads (eviction_policy="evict_first"): with the inputs rotated past L2 as in
+    bench.py (sweep.py --only small), they cost 4.6% at 16384 x 768 on the H200 (20.92 vs 20.01 µs,
+    session 10) and 2.8% on the H100 (29.32 vs 28.51, session 8); they had looked 8% faster on the
+    H100 with one input replayed from L2 (experiments.py, session 2), which bench.py never does."""
     if n_rows * h < _SMALL_BELOW:
-        # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs, and
-        # streaming loads cost 5% there (5.02 µs).
+        # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs.
         block_h = min(_pow2(h), 256)
         return BlockConfig(min(4096 // block_h, _pow2(n_rows)), block_h, 8)
     # H200, 65536 rows (sweep.py --only blocks, session 9), against the 1024-column blocks of session 8
@@ -149,35 +152,43 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     block_h = least_padding_block(h, 128, 1024)
     block_r = min(max(1, 4096 // block_h), _pow2(n_rows))
     num_warps = 8 if block_r * block_h >= 4096 else 4
-    # Streaming loads paid off below 2**24 outputs (16384 x 768: 26.3 -> 24.1 µs) and cost 3% at
-    # 65536 rows (benchmarks/experiments.py, H100).
-    return BlockConfig(block_r, block_h, num_warps, evict_first=n_rows * h < _STREAM_BELOW)
+    return BlockConfig(block_r, block_h, num_warps)
 
 
-#: Forward inputs with fewer outputs than this are loaded with eviction_policy="evict_first".
-_STREAM_BELOW = 1 << 24
 #: Forwards with fewer outputs than this are launch-bound: narrower blocks, more programs.
 _SMALL_BELOW = 1 << 22
 
 
 @functools.lru_cache(maxsize=1024)
-def backward_config(n_rows: int, h: int, weighted: bool) -> BlockConfig:
+def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in column steps.
 
-    With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 2048 elements,
-    4 warps. Without: whole rows of up to 8192 columns per step, 4 to 16 warps. H100:
-    the wide steps made the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns
-    (session 3), but the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU
-    and the fp8 copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16
+    With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 1024 elements,
+    4 warps. Below 4096 columns, ``heavy`` (the clamp or the fp8 decode: arithmetic the H200 does
+    not hide behind memory) takes the narrowest of the steps that pad the least; the others, and
+    every row from 4096 columns, the widest. Without
+    weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
+    the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
+    the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU and the fp8
+    copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16
     warps took H = 7168 from 1580 to 1544 µs (Liger-Kernel: 1554), 2880 629 -> 624, 2048 448 -> 442.
     """
     if weighted:
-        # H200, 65536 rows (sweep.py --only blocks, session 9): the step that pads a row the least,
-        # from 256 columns up (128-column steps of 16 rows ran H = 2880 16% slower), the widest on a
-        # tie. H = 1408 in 512-column steps against 1024: fp8 saved input 188 vs 211 µs (SwiGLU), 242
-        # vs 299 (Quick-GEGLU), bf16 +3% (SwiGLU); 768 in 256 columns 123 vs 130, fp8 107 vs 117.
-        block_h, tile = least_padding_block(h, 256, 1024), 2048
+        # H200, 65536 rows (sweep.py --only blocks, session 10), against session 9's 2048-element
+        # tiles: Quick-GEGLU with clamp (heavy) at H = 1408 in [4, 256] 224 vs 296 µs, fp8 copy
+        # 209 vs 242; 2880 479 vs 515, fp8 431 vs 513; SwiGLU (not heavy) 1408 in [2, 512] 217 vs
+        # 238, 2880 in [1, 1024] 449 vs 453; 768 in [4, 256] 4-18% faster at every activation. The
+        # 2048-element tiles held 164 registers per thread in Quick-GEGLU (12 warps per SM), the
+        # 1024-element ones 52-56 (benchmarks/sass_loop.py). On a tie ([4, 256] against [2, 512]
+        # or [1, 1024]), with the clamp or the fp8 copy, the narrow step was faster in 10 of 12
+        # (activation, width) pairs at H = 1408-2880 (GEGLU fp8 1408 196 vs 212, 2048 268 vs 282;
+        # Quick-GEGLU 2880 479 vs 499, fp8 2048 278 vs 297; slower: SwiGLU fp8 2048 269 vs 262, 2880
+        # 400 vs 382), but slower in 3 of 4 at 7168 (SwiGLU fp8 944 vs 910, GEGLU fp8 990 vs 958);
+        # without either, the wide step was 1-6% faster everywhere (SwiGLU 2880 449 vs 474, 7168
+        # 1109 vs 1150; GEGLU 2048 316 vs 331).
+        narrow = heavy and h < 4096
+        block_h, tile = least_padding_block(h, 256, 1024, widest_on_tie=not narrow), 1024
     else:
         # H200, 65536 rows (sweep.py --only unweighted, session 9): one whole row per step (two below
         # 1024 columns), 4 warps up to 2048 columns, one per 512 columns beyond. Against the 8192-

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
+from ._kernel_lib import grid_tile
 from .routing import (
     PLAN_LAYOUT,
     Plan,
@@ -169,9 +170,8 @@ def _scatter_rows_kernel(
     # A 1-D grid in memory order: program blocks outer, column blocks inner, so a wide row's column
     # blocks are copied by consecutive programs (H200: 0.9-1.2% faster at hidden 4096 and 7168 than
     # a 2-D grid with tokens on the fast axis; experiments.py --only scatter, session 9).
-    n_col_blocks = tl.maximum(tl.cdiv(hidden, BLOCK_H), 1)
-    col_block = tl.program_id(0) % n_col_blocks
-    pid = (tl.program_id(0) // n_col_blocks).to(tl.int64) - n_plan
+    program_block, col_block = grid_tile(hidden, BLOCK_H, True)
+    pid = program_block - n_plan
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     if WRITE_PLAN and pid < 0:

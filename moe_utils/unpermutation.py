@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
+from ._kernel_lib import grid_tile
 from .permutation import _PAD_ROWS, _block_h, _padding, _zero_padding, block_k, check_probs, scatter_rows
 from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
@@ -59,13 +60,7 @@ def _gather_rows_kernel(
     # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
     # entry order: deterministic, no atomics. One row per step: a [BLOCK_K, BLOCK_H] tile summed
     # over its first axis went through shared memory and ran at half the copy rate on the H100.
-    if ORDERED:  # a 1-D grid in memory order: tokens outer, column blocks inner
-        n_col_blocks = tl.maximum(tl.cdiv(hidden, BLOCK_H), 1)
-        token = (tl.program_id(0) // n_col_blocks).to(tl.int64)
-        col_block = tl.program_id(0) % n_col_blocks
-    else:  # a 2-D grid, tokens on the fast axis
-        token = tl.program_id(0).to(tl.int64)
-        col_block = tl.program_id(1)
+    token, col_block = grid_tile(hidden, BLOCK_H, ORDERED)
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -153,8 +148,8 @@ def _scatter_dot_kernel(
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
-#: Gathers with at least this many output elements run on a grid in memory order.
-_ORDERED_GATHER_FROM = 1 << 24
+#: Gathers of at least this many tokens run on a grid in memory order.
+_ORDERED_GATHER_FROM = 8192
 
 
 def gather_rows(
@@ -173,10 +168,11 @@ def gather_rows(
     block_h = _block_h(hidden)
     probs_grad = row_grad is not None
     n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
-    # H200 (experiments.py --only ops, session 9): the grid in memory order made unpermute's forward
-    # 0.8-3.5% faster at 8192-65536 tokens, but 11% slower at 4096 x 2048 (14.0 -> 15.6 µs; permute's
-    # backward 15.4 -> 16.8), a size whose operands fit in L2 (which may be why; not measured).
-    ordered = n_tokens * hidden >= _ORDERED_GATHER_FROM
+    # H200 (experiments.py --only gather, session 10; unpermute fwd, permute bwd alike): the grid in
+    # memory order is 0.2-2.0% faster from 16384 tokens and level at 8192, but 6-12% slower at 4096
+    # tokens whatever the width (4096 x 2048 13.8 -> 15.5 µs, 4096 x 4096 27.5 -> 29.7, 4096 x 7168
+    # 45.9 -> 49.0). Why 4096 tokens differ is not measured.
+    ordered = n_tokens >= _ORDERED_GATHER_FROM
     _gather_rows_kernel[(n_tokens * n_col_blocks,) if ordered else (n_tokens, n_col_blocks)](
         src,
         src.stride(0),

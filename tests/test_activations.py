@@ -568,17 +568,20 @@ def test_saved_tensor_budget(fp8, with_bias):
 @pytest.mark.parametrize("h", [1, 3, 48, 100, 300, 768, 1408, 2048, 2880, 5000, 7168])
 def test_least_padding_block(h):
     # The chosen power of two pads h the least among narrowest .. widest (capped at h's power of
-    # two), and no wider block pads it as little.
+    # two), and no wider (or, with widest_on_tie=False, no narrower) block pads it as little.
     from moe_utils._runtime import least_padding_block
 
     for narrowest, widest in ((128, 1024), (256, 1024)):
-        block = least_padding_block(h, narrowest, widest)
         cap = min(widest, 1 << max(0, (h - 1).bit_length()))
         candidates = [b for b in (1 << i for i in range(14)) if min(narrowest, cap) <= b <= cap]
         padded = {b: -(-h // b) * b for b in candidates}
-        assert block in candidates, (h, block, candidates)
-        assert padded[block] == min(padded.values())
-        assert all(padded[b] > padded[block] for b in candidates if b > block)
+        wide = least_padding_block(h, narrowest, widest)
+        narrow = least_padding_block(h, narrowest, widest, widest_on_tie=False)
+        for block in (wide, narrow):
+            assert block in candidates, (h, block, candidates)
+            assert padded[block] == min(padded.values())
+        assert all(padded[b] > padded[wide] for b in candidates if b > wide)
+        assert all(padded[b] > padded[narrow] for b in candidates if b < narrow)
 
 
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
