@@ -381,6 +381,7 @@ def main() -> int:
     )
     parser.add_argument("--budget-s", type=float, default=None, help="start no new shape after this many seconds")
     parser.add_argument("--rows", type=int, nargs="*", default=None, help="activation row counts T to run")
+    parser.add_argument("--shapes", nargs="*", default=None, help="activation shapes TxH to run (instead of --rows)")
     parser.add_argument("--routing", choices=["anchors", "grid"], default="grid", help="routing shapes")
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -418,6 +419,8 @@ def main() -> int:
     else:
         rows = args.rows or [4096, 16384, 65536, 262144]
         act_shapes = [(t, h) for t in rows for h in (768, 1408, 2048, 2880, 7168)]
+        if args.shapes:
+            act_shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
         route_shapes = list(anchors)
         if args.routing == "grid":
             route_shapes += [

@@ -8,8 +8,8 @@ the backward (bf16 and fp8 saved input; without weights, every step width), the 
 and the unpermute backward's scatter-dot, plus each piece of the fused permute (plan, scatter,
 padding) and a write-only fill, all as CUDA-graph replays (``triton.testing.do_bench_cudagraph``,
 median). ``plan``: the routing plan under every launch shape of its three kernels (each checked
-bit-equal to the shipped one); ``small``: launch-bound forwards down to 2 warps (rotating inputs);
-``wide``: the forward's column block at wide rows, with and without the fp8
+bit-equal to the shipped one); ``small``: launch-bound forwards down to 2 warps, with and without
+streaming loads (rotating inputs); ``wide``: the forward's column block at wide rows, with and without the fp8
 store; ``blocks``: per activation, the forward's column block and the weighted backward's column
 step from 128 columns up; ``profile``: per-kernel times of one fused permute. The default runs act, routing and
 unweighted. Writes ``sweep-<card>.json`` after every group: {kind: [{shape, config, us, pct}]}.
@@ -70,7 +70,7 @@ def act_configs(h: int):
                 yield block_r, block_h, warps
 
 
-def forward_launch(x, w, out, fp8, config, store_fp8):
+def forward_launch(x, w, out, fp8, config, store_fp8, policy=""):
     """A closure launching swiglu's weighted forward kernel with config = (BLOCK_R, BLOCK_H, warps)
     on its grid in memory order (the generated _launch_forward's); fp8 receives the fp8 copy of x
     when store_fp8."""
@@ -81,7 +81,7 @@ def forward_launch(x, w, out, fp8, config, store_fp8):
         gen._swiglu_fwd[grid](
             x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
             HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8, NATIVE_FP8=_rt.NATIVE_FP8,
-            INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+            INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
         )  # fmt: skip
 
     return run
@@ -241,7 +241,8 @@ def sweep_unweighted_backward(results, copy, shapes):
                 )
         shipped = _rt.backward_config(n_rows, h, False)
         rows = [r for r in results["bwd_unweighted"] if r["shape"] == [n_rows, h]]
-        mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps]]
+        policy = "evict_first" if shipped.evict_first else ""
+        mine = [r for r in rows if r["config"] == [shipped.block_r, shipped.block_h, shipped.num_warps, policy]]
         top = sorted(rows, key=lambda r: r["us"])[:4]
         print(n_rows, h, "bwd unweighted (shipped, then best)", [(r["config"], round(r["us"], 1)) for r in mine + top])
         yield
@@ -380,9 +381,10 @@ def sweep_plan(results, shapes):
 
 def sweep_small_forward(results, copy, shapes):
     """Launch-bound forwards (4096 x 768 is the one shape behind the compiled reference): every
-    launch shape down to 2 warps. Inputs and outputs rotate through sets of at least 256 MB in all,
-    as in bench.py, so that L2 does not hold them; the time is per set. (Streaming loads of x, timed
-    here until session 10, lost at every launch shape on both cards: _runtime.forward_config.)"""
+    launch shape down to 2 warps, with and without streaming loads of x. Inputs and outputs rotate
+    through sets of at least 256 MB in all, so that L2 does not hold them (bench.py rotates at
+    most 8 sets of x, g and d_x, so at 16384 x 768 one set: x is partly in L2 there); the time is
+    per set."""
     for n_rows, h in shapes:
         sets = 1 if DRY else max(1, min(64, (256 << 20) // (n_rows * h * 6)))
         xs = [torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE) for _ in range(sets)]
@@ -393,16 +395,17 @@ def sweep_small_forward(results, copy, shapes):
         configs = [(br, bh, nw) for br, bh, nw in act_configs(h)]
         configs += [(max(1, tile // bh), bh, 2) for tile in (512, 1024, 2048) for bh in (256, 512, 1024) if bh <= tile]
         for br, bh, nw in configs:
-            launches = [forward_launch(x, w, out, out, (br, bh, nw), False) for x, w, out in inputs]
+            for policy in ("", "evict_first"):
+                launches = [forward_launch(x, w, out, out, (br, bh, nw), False, policy) for x, w, out in inputs]
 
-            def run(launches=launches):
-                for launch in launches:
-                    launch()
+                def run(launches=launches):
+                    for launch in launches:
+                        launch()
 
-            us = bench(run) / sets
-            results.setdefault("fwd_small", []).append(
-                dict(shape=[n_rows, h], config=[br, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
-            )
+                us = bench(run) / sets
+                results.setdefault("fwd_small", []).append(
+                    dict(shape=[n_rows, h], config=[br, bh, nw, policy], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                )
         if not DRY:  # the reference as it ships (torch.compile), on the same rotating sets
             from baselines import activation_baselines
 

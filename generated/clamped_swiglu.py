@@ -111,6 +111,7 @@ def _clamped_swiglu_fwd(
     STORE_FP8: tl.constexpr,
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
+    X_POLICY: tl.constexpr,  # eviction policy of the loads of x ("evict_first" streams small inputs)
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_H: tl.constexpr,  # columns of each half per program
 ):
@@ -123,7 +124,7 @@ def _clamped_swiglu_fwd(
     cols = col0 + tl.arange(0, BLOCK_H)
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (cols < H)[None, :]
-    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, X_POLICY, BLOCK_R, BLOCK_H)
     gate_in = gate_in.to(tl.float32)
     up_in = up_in.to(tl.float32)
     if STORE_FP8:
@@ -179,7 +180,7 @@ def _clamped_swiglu_bwd(
     for start in range(0, H, BLOCK_H):
         cols = start + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
-        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
         if LOAD_FP8:
             gate_in = fp8_decode(gate_in, NATIVE_FP8)
             up_in = fp8_decode(up_in, NATIVE_FP8)
@@ -253,6 +254,7 @@ def _launch_forward(
             STORE_FP8=fp8_store,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
+            X_POLICY="evict_first" if cfg.evict_first else "",
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,

@@ -114,6 +114,7 @@ def load_halves(
     H,  # width of one half
     row_ok,  # [BLOCK_R] valid rows
     INTERLEAVED: tl.constexpr,  # gate at even positions, up at odd ones
+    POLICY: tl.constexpr,  # eviction policy of the loads: "" (default) or "evict_first" (streaming)
     BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -125,14 +126,14 @@ def load_halves(
     if INTERLEAVED:
         pos = 2 * col0 + tl.arange(0, 2 * BLOCK_H)
         mask = row_ok[:, None] & (pos < 2 * H)[None, :]
-        pair = tl.load(ptr + row_offs[:, None] + pos[None, :], mask=mask, other=0)
+        pair = tl.load(ptr + row_offs[:, None] + pos[None, :], mask=mask, other=0, eviction_policy=POLICY)
         gate, up = tl.split(tl.reshape(pair, [BLOCK_R, BLOCK_H, 2]))
     else:
         cols = col0 + tl.arange(0, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
         offs = row_offs[:, None] + cols[None, :]
-        gate = tl.load(ptr + offs, mask=mask, other=0)
-        up = tl.load(ptr + offs + H, mask=mask, other=0)
+        gate = tl.load(ptr + offs, mask=mask, other=0, eviction_policy=POLICY)
+        up = tl.load(ptr + offs + H, mask=mask, other=0, eviction_policy=POLICY)
     return gate, up
 
 
@@ -189,7 +190,7 @@ def gated_inputs(
         gate = tl.where(gate > clamp_value, clamp_value, gate)
         up = tl.where(up > clamp_value, clamp_value, tl.where(up < -clamp_value, -clamp_value, up))
     if HAS_BIAS:
-        bias_gate, bias_up = load_halves(bias_ptr, bias_row_offs, col0, H, row_ok, INTERLEAVED, BLOCK_R, BLOCK_H)
+        bias_gate, bias_up = load_halves(bias_ptr, bias_row_offs, col0, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
         gate = gate + bias_gate.to(tl.float32)
         up = up + bias_up.to(tl.float32)
     return gate, up

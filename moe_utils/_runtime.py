@@ -112,6 +112,7 @@ class BlockConfig:
     block_r: int  # rows per program
     block_h: int  # columns of each half per program (or per loop step in the backward)
     num_warps: int  # warps per program
+    evict_first: bool = False  # forward: stream the input past L2 (eviction_policy="evict_first")
 
 
 def _pow2(n: int) -> int:
@@ -137,10 +138,13 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     least, in tiles of 4096 elements with 8 warps, on a grid in memory order (the generated
     _launch_forward); launch-bound problems take 256-column blocks of 16 rows.
 
-    No streaming loads (eviction_policy="evict_first"): with the inputs rotated past L2 as in
-    bench.py (sweep.py --only small), they cost 4.6% at 16384 x 768 on the H200 (20.92 vs 20.01 µs,
-    session 10) and 2.8% on the H100 (29.32 vs 28.51, session 8); they had looked 8% faster on the
-    H100 with one input replayed from L2 (experiments.py, session 2), which bench.py never does."""
+    Below 2**24 outputs x is loaded with eviction_policy="evict_first" (streaming). That pays off
+    where x is partly in L2 when the forward starts, as it is in bench.py (one input set per
+    shape at these sizes) and in a training step, where the expert GEMM has just written it:
+    H200 bench.py (session 10), without the streaming loads 7-15% slower at 4096 x 768-2880 and
+    16384 x 768 (SwiGLU 16384 x 768 18.5 -> 21.2 µs); H100 experiments.py 26.3 -> 24.1 µs with
+    them, but 3% slower at 65536 rows. With x rotated out of L2 (sweep.py --only small) they cost
+    2.8-4.6% (H200 16384 x 768 20.92 vs 20.01 µs; H100 29.32 vs 28.51)."""
     if n_rows * h < _SMALL_BELOW:
         # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs.
         block_h = min(_pow2(h), 256)
@@ -152,9 +156,11 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     block_h = least_padding_block(h, 128, 1024)
     block_r = min(max(1, 4096 // block_h), _pow2(n_rows))
     num_warps = 8 if block_r * block_h >= 4096 else 4
-    return BlockConfig(block_r, block_h, num_warps)
+    return BlockConfig(block_r, block_h, num_warps, evict_first=n_rows * h < _STREAM_BELOW)
 
 
+#: Forward inputs with fewer outputs than this are loaded with eviction_policy="evict_first".
+_STREAM_BELOW = 1 << 24
 #: Forwards with fewer outputs than this are launch-bound: narrower blocks, more programs.
 _SMALL_BELOW = 1 << 22
 

@@ -77,7 +77,7 @@ def compile_activation(name: str) -> None:
     floats = ("clamp_value", *(p.name for p in spec.params))
     for on in (False, True):
         flags = dict(HAS_BIAS=on, HAS_WEIGHT=on, CLAMP=on, NATIVE_FP8=True, INTERLEAVED=on, BLOCK_R=2, BLOCK_H=2048)
-        fwd = dict(flags, STORE_FP8=on)
+        fwd = dict(flags, STORE_FP8=on, X_POLICY="evict_first" if on else "")
         compile_sm90(getattr(mod, f"_{name}_fwd"), fwd, floats)
         saved = {"x_ptr": "*u8" if on else "*bf16"}  # the backward reads the fp8 copy's bits
         compile_sm90(getattr(mod, f"_{name}_bwd"), dict(flags, LOAD_FP8=on), floats, saved)
