@@ -260,7 +260,7 @@ def main() -> int:
         for meta, _ in runs:
             text.append(
                 f"- `{meta['file']}`: device-to-device copy {meta['copy_gbs']:.0f} GB/s, torch {meta['torch']}, "
-                f"triton {meta['triton']}, {meta['seconds']:.0f} s"
+                f"triton {meta['triton']}, {meta['seconds']:.0f} s" + (f". {meta['note']}" if "note" in meta else "")
             )
         text += [
             "",
