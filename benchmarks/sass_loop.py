@@ -8,7 +8,7 @@ with its clamp, as bench.py runs it), it prints the registers, the instructions 
 backward-branching span (the column-step loop of the backward; the forward has no loop and is
 counted whole), the instructions per (gate, up) pair and thread, and the commonest opcodes.
 Pointers and the widths and row strides are declared multiples of 16, as the JIT declares them at
-a launch with aligned tensors and H a multiple of 8: loads and stores are then vectorised. (Until
+a launch with aligned tensors and H a multiple of 16: loads and stores are then vectorised. (Until
 session 10 they were not declared, and the counts were those of scalar code: Quick-GEGLU's
 backward in 2048-element tiles 164 registers and 65 instructions per pair, where the launch has
 109 and 49.)
