@@ -89,7 +89,7 @@ def main() -> None:
         mod = importlib.import_module(f"moe_utils.generated.{name}")
         kernel = getattr(mod, f"_{name}_{'fwd' if args.forward else 'bwd'}")
         for fp8 in (False, True):
-            for br, bh in ((4, 512), (2, 1024)) if not args.forward else ((32, 128), (4, 1024)):
+            for br, bh in ((4, 512), (4, 256), (1, 1024)) if not args.forward else ((32, 128), (4, 1024)):
                 common = dict(HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=name == "quick_geglu", NATIVE_FP8=True)
                 if args.forward:
                     cx = dict(common, STORE_FP8=fp8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh)

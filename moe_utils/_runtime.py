@@ -185,8 +185,8 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) ->
         # tiles: Quick-GEGLU with clamp (heavy) at H = 1408 in [4, 256] 224 vs 296 µs, fp8 copy
         # 209 vs 242; 2880 479 vs 515, fp8 431 vs 513; SwiGLU (not heavy) 1408 in [2, 512] 217 vs
         # 238, 2880 in [1, 1024] 449 vs 453; 768 in [4, 256] 4-18% faster at every activation. The
-        # 2048-element tiles held 164 registers per thread in Quick-GEGLU (12 warps per SM), the
-        # 1024-element ones 52-56 (benchmarks/sass_loop.py). On a tie ([4, 256] against [2, 512]
+        # 2048-element tiles held 96-109 registers per thread in Quick-GEGLU (16 warps per SM), the
+        # 1024-element ones 48-54 (benchmarks/sass_loop.py). On a tie ([4, 256] against [2, 512]
         # or [1, 1024]), with the clamp or the fp8 copy, the narrow step was faster in 10 of 12
         # (activation, width) pairs at H = 1408-2880 (GEGLU fp8 1408 196 vs 212, 2048 268 vs 282;
         # Quick-GEGLU 2880 479 vs 499, fp8 2048 278 vs 297; slower: SwiGLU fp8 2048 269 vs 262, 2880
