@@ -398,7 +398,10 @@ def _routing_ops(shape, g) -> dict:
 def gather_experiments(results, shapes) -> None:
     """The gather (unpermute forward, permute backward) on its 2-D grid and on the 1-D grid in
     memory order at each shape, whatever the shipped threshold (``_ORDERED_GATHER_FROM``, on
-    output elements) would pick there: where should the threshold be?"""
+    tokens) would pick there: where should the threshold be? Session 10 ran the k = 2 shapes
+    (the 2-D grid 6-12% faster at 4096 tokens, the ordered one from 16384); the routing grid then
+    showed the ordered grid ahead at 4096 tokens with k = 8, hence the k = 4 and 8 shapes: is the
+    rule one on source rows (tokens * k)?"""
     from moe_utils import unpermutation
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
@@ -497,6 +500,8 @@ def main() -> None:
         gather_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
             (4096, 64, 2, 4096), (4096, 256, 2, 4096), (4096, 8, 2, 7168), (4096, 256, 2, 2048), (8192, 64, 2, 2048),
             (16384, 64, 2, 2048), (16384, 256, 2, 2048), (8192, 64, 2, 4096), (16384, 64, 2, 4096), (65536, 8, 2, 2048),
+            (4096, 64, 8, 4096), (4096, 128, 8, 7168), (4096, 256, 8, 2048), (2048, 64, 8, 4096), (2048, 64, 4, 4096),
+            (4096, 64, 4, 4096), (8192, 64, 8, 2048),
         ])  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
