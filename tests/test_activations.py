@@ -225,6 +225,33 @@ def test_quick_geglu_clamp_with_bias(backend, dtype):
     assert torch.any(d_gate[gate <= clamp] != 0)
 
 
+def test_clamp_lets_nan_through_and_saturates_inf(backend):
+    # torch.clamp passes NaN through and its gradient is 0 where the clamp bound a value (inf
+    # included) and where the input was NaN; the kernels' clamp must agree value for value.
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    gen = make_generator(20)
+    y = (torch.randn(6, 48, generator=gen) * 4).to(DEVICE)
+    y[0, 0] = y[1, 24 + 3] = float("nan")  # a gate and an up
+    y[2, 1], y[3, 24 + 2], y[4, 24 + 5] = float("inf"), float("-inf"), float("inf")
+    w = torch.rand(6, 1, generator=gen).to(DEVICE)
+    g = torch.randn(6, 24, generator=gen).to(DEVICE)
+    clamp, offset, alpha = 3.0, 0.5, 1.5
+    yy, ww = y.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    out = weighted_bias_quick_geglu_impl(yy, None, ww, False, offset, clamp, alpha)
+    d_y, d_w = torch.autograd.grad(out, (yy, ww), g)
+    ry, rw = y.double().requires_grad_(True), w.double().requires_grad_(True)
+    gate, up = ry.clamp(max=clamp)[:, :24], ry.clamp(-clamp, clamp)[:, 24:]
+    ref = gate * torch.sigmoid(alpha * gate) * (up + offset) * rw
+    rd_y, rd_w = torch.autograd.grad(ref, (ry, rw), g.double())
+    for name, ours, theirs in (("out", out, ref), ("d_y", d_y, rd_y), ("d_w", d_w, rd_w)):
+        assert torch.equal(ours.isnan(), theirs.isnan()), name
+        assert not ours.isinf().any(), name
+        ok = ~theirs.isnan()
+        torch.testing.assert_close(ours[ok].double(), theirs[ok], rtol=1e-5, atol=1e-5, msg=name)
+    assert out.isnan().any() and (d_y[2:5] == 0).any()  # the NaN reached the output; inf was clamped
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_fp8_input_store(backend, name, dtype):
