@@ -173,8 +173,9 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) ->
     With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 1024 elements,
     4 warps. Below 4096 columns, ``heavy`` (the clamp or the fp8 decode: arithmetic the H200 does
     not hide behind memory) takes the narrowest of the steps that pad the least; the others, and
-    every row from 4096 columns, the widest. Without
-    weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
+    every row from 4096 columns, the widest.
+
+    Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
     the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU and the fp8
     copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16

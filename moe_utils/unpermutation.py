@@ -171,7 +171,8 @@ def gather_rows(
     # H200 (experiments.py --only gather, session 10; unpermute fwd, permute bwd alike): the grid in
     # memory order is 0.2-2.0% faster from 16384 tokens and level at 8192, but 6-12% slower at 4096
     # tokens whatever the width (4096 x 2048 13.8 -> 15.5 µs, 4096 x 4096 27.5 -> 29.7, 4096 x 7168
-    # 45.9 -> 49.0). Why 4096 tokens differ is not measured.
+    # 45.9 -> 49.0), all with top-2. The routing grid then had top-8 gathers at 4096 tokens 0.6-3.5%
+    # slower on the 2-D grid (benchmarks/NOTES.md, Next 1): the rule may be one on source rows.
     ordered = n_tokens >= _ORDERED_GATHER_FROM
     _gather_rows_kernel[(n_tokens * n_col_blocks,) if ordered else (n_tokens, n_col_blocks)](
         src,
