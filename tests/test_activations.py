@@ -611,6 +611,29 @@ def test_least_padding_block(h):
         assert all(padded[b] > padded[narrow] for b in candidates if b < narrow)
 
 
+@pytest.mark.parametrize("h", [1, 5, 96, 300, 768, 1408, 2048, 2880, 5000, 7168, 20000])
+@pytest.mark.parametrize("n_rows", [1, 3, 4096])
+def test_backward_config_shapes(h, n_rows):
+    # Launch shapes are powers of two, never wider than the rows' power of two (rows: n_rows;
+    # columns: below 256 only where h is), and the clamp / fp8 choice only moves a tie: the
+    # number of padded columns is the same either way.
+    from moe_utils._runtime import backward_config
+
+    pow2 = lambda n: 1 << max(0, (n - 1).bit_length())  # noqa: E731
+    for weighted in (False, True):
+        configs = [backward_config(n_rows, h, weighted, heavy) for heavy in (False, True)]
+        for cfg in configs:
+            for v in (cfg.block_r, cfg.block_h, cfg.num_warps):
+                assert v == pow2(v), cfg
+            assert cfg.block_r <= pow2(n_rows) and cfg.block_h <= max(pow2(h), 1)
+            assert cfg.block_h >= min(256, pow2(h)) and 4 <= cfg.num_warps <= 16
+            assert cfg.block_r * cfg.block_h <= (1024 if weighted else 8192)
+        padded = {-(-h // cfg.block_h) * cfg.block_h for cfg in configs}
+        assert len(padded) == 1, configs
+        if not weighted:
+            assert configs[0] == configs[1]
+
+
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
 @pytest.mark.parametrize("h", [300, 600])
 def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h):
