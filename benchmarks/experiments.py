@@ -16,7 +16,8 @@ uses them):
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
 ``--only ops``: the shipped permute/unpermute and weighted activations alone; run it with an older
-copy of the package first on PYTHONPATH too, to time a change of the package on one machine.
+copy of the package first on PYTHONPATH too, to time a change of the package on one machine
+(a copy from session 10 on: the kernels here decode their grid with its ``grid_tile``).
 ``--only gather``: the gather (unpermute forward, permute backward) on both grids at each shape.
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
@@ -48,6 +49,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from sweep import DEVICE, DRY, bench, gen  # one timing method and one dry-run switch for both scripts
 
 from moe_utils import _runtime as _rt
+from moe_utils._kernel_lib import grid_tile
 from moe_utils.routing import entry_row
 
 
@@ -57,23 +59,13 @@ def _silu_mul(gate, up):
 
 
 @triton.jit
-def _tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
-    """(row or token block, column block) of this program: on a 1-D grid in memory order (row
-    blocks outer, column blocks inner) with ORDERED, else on a 2-D grid with rows on the fast axis."""
-    if ORDERED:
-        n_col = tl.cdiv(width, BLOCK_H)
-        return tl.program_id(0) // n_col, tl.program_id(0) % n_col
-    return tl.program_id(0), tl.program_id(1)
-
-
-@triton.jit
 def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, ORDERED: tl.constexpr,
             BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
     # ORDERED: a 1-D grid, row blocks outer and column blocks inner, so consecutive programs take
     # consecutive tiles of memory; else a 2-D grid, rows on the fast axis (program_id(0)), where a
     # wide row's first column block is read for every row before any row's second block.
-    row_block, col_block = _tile(H, BLOCK_H, ORDERED)
-    rows = row_block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_block, col_block = grid_tile(H, BLOCK_H, ORDERED)
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
     offs = rows[:, None] * stride + cols[None, :]
@@ -145,8 +137,8 @@ def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n
     # permute's scatter with BLOCK_T tokens per program: all plan loads first, then the stores.
     # ORDERED: a 1-D grid in memory order (token blocks outer, column blocks inner), as the
     # generated forward runs since session 8; else the shipped 2-D grid, tokens on the fast axis.
-    token_block, col_block = _tile(hidden, BLOCK_H, ORDERED)
-    tokens = token_block.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    token_block, col_block = grid_tile(hidden, BLOCK_H, ORDERED)
+    tokens = token_block * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = tokens < n_tokens
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
@@ -374,16 +366,16 @@ def liger_experiments(results, shapes) -> None:
 def _routing_ops(shape, g) -> dict:
     """The four fused routing ops at ``shape`` = (tokens, experts, k, hidden), bf16 rows, top-k of
     random scores, as bench.py calls them: name -> a function that runs one."""
+    from sweep import routing_map
+
     import moe_utils
     from moe_utils.permutation import _launch_permute_backward
     from moe_utils.unpermutation import _launch_unpermute_backward
 
     n_tokens, n_experts, k, hidden = shape
     x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
-    scores = torch.rand(n_tokens, n_experts, device=DEVICE, generator=g)
-    m = torch.zeros(n_tokens, n_experts, device=DEVICE, dtype=torch.bool)
-    m.scatter_(1, scores.topk(k, dim=1).indices, True)
-    p = torch.softmax(scores, -1) * m
+    m = routing_map(n_tokens, n_experts, k, g)
+    p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
     n_rows = n_tokens * k
     rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
     g_rows, g_probs, g_out = torch.randn_like(rows), torch.randn_like(perm_probs), torch.randn_like(x)

@@ -29,7 +29,7 @@ import triton
 
 import moe_utils
 from moe_utils import _runtime as _rt
-from moe_utils.permutation import _scatter_rows_kernel, scatter_rows, zero_padding_rows
+from moe_utils.permutation import _launch_scatter, _scatter_rows_kernel, scatter_rows
 from moe_utils.routing import build_plan, plan_view
 from moe_utils.unpermutation import _scatter_dot_kernel
 
@@ -270,7 +270,7 @@ def sweep_routing(results, copy, shapes):
             "permute": (lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True), move),
             "plan": (lambda: build_plan("sweep", m, p, n_rows, False), 0),
             "scatter": (lambda: scatter_rows(x, out, view, rest=rest), move),
-            "zero_padding": (lambda: zero_padding_rows(out, view), 0),
+            "zero_padding": (lambda: _launch_scatter(out, 0, out, view, None, None), 0),  # its padding programs
             "fill_out": (lambda: out.fill_(1.0), n_rows * hidden * 2),
             "zeros_probs": (lambda: torch.zeros(n_rows, device=DEVICE), 0),
         }

@@ -29,7 +29,7 @@ from .routing import (
     plan_view,
 )
 
-__all__ = ["permute", "scatter_rows", "zero_padding_rows"]
+__all__ = ["permute", "scatter_rows"]
 
 
 @triton.jit
@@ -241,12 +241,6 @@ def scatter_rows(
     src [T, hidden]. With rest (from build_plan, for permute) it also completes the plan: src_token
     and rest.perm_probs of every routed row."""
     _launch_scatter(src, src.shape[0], dst, plan, probs, rest)
-
-
-def zero_padding_rows(dst: torch.Tensor, plan: Plan) -> None:
-    """Zero the rows of dst that no token maps to (only plans built with num_out_tokens have them):
-    the scatter's padding programs alone."""
-    _launch_scatter(dst, 0, dst, plan, None, None)
 
 
 def _launch_scatter(
