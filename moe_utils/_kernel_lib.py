@@ -187,8 +187,10 @@ def gated_inputs(
     gate = gate_in
     up = up_in
     if CLAMP:
-        gate = tl.where(gate > clamp_value, clamp_value, gate)
-        up = tl.where(up > clamp_value, clamp_value, tl.where(up < -clamp_value, -clamp_value, up))
+        # min.NaN / max.NaN: one FMNMX each, and NaN passes through
+        gate = tl.minimum(gate, clamp_value, propagate_nan=tl.PropagateNan.ALL)
+        up = tl.maximum(up, -clamp_value, propagate_nan=tl.PropagateNan.ALL)
+        up = tl.minimum(up, clamp_value, propagate_nan=tl.PropagateNan.ALL)
     if HAS_BIAS:
         bias_gate, bias_up = load_halves(bias_ptr, bias_row_offs, col0, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
         gate = gate + bias_gate.to(tl.float32)
