@@ -456,6 +456,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
+    ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
+    ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
+    ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
     results = []
@@ -483,11 +486,13 @@ def main() -> None:
             (16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 2, 2048), (4096, 8, 2, 2048), (65536, 256, 2, 2048),
             (65536, 64, 2, 4096), (16384, 64, 2, 7168), (65536, 8, 8, 4096), (16384, 128, 8, 4096),
         ]  # fmt: skip
-        act = [("swiglu", 4, 24), ("quick_geglu", 3, 40)] if DRY else [
-            (name, t, h) for name in ("swiglu", "quick_geglu") for t, h in ((65536, 1408), (65536, 768), (65536, 2880),
-            (65536, 7168), (16384, 768), (4096, 768), (262144, 1408))
-        ]  # fmt: skip
-        ops_experiments(results, route, act)
+        sizes = ((65536, 1408), (65536, 768), (65536, 2880), (65536, 7168), (16384, 768), (4096, 768), (262144, 1408))
+        if args.act_shapes:
+            sizes = tuple(tuple(int(v) for v in shape.split("x")) for shape in args.act_shapes)
+        if DRY:
+            sizes = ((4, 24), (3, 40))
+        act = [(name, t, h) for name in args.act_names for t, h in sizes]
+        ops_experiments(results, [] if args.no_routing else route, act)
     if "gather" in args.only:
         gather_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
             (4096, 64, 2, 4096), (4096, 256, 2, 4096), (4096, 8, 2, 7168), (4096, 256, 2, 2048), (8192, 64, 2, 2048),
