@@ -18,7 +18,7 @@ from typing import ClassVar
 import sympy
 from sympy.printing.precedence import PRECEDENCE, precedence
 
-from .derive import cse_program
+from .derive import Program, cse_program
 from .functions import sigmoid
 from .spec import SpecError
 
@@ -68,11 +68,20 @@ class _Printer:
 
     def program(self, named: tuple[tuple[str, sympy.Expr], ...]) -> tuple[list[str], dict[str, str]]:
         """Rewrite, then CSE, then print: assignment lines for the temps, expressions for the outputs."""
-        rewritten = tuple((name, apply_rewrites(sympy.sympify(expr), self.rewrites)) for name, expr in named)
-        program = cse_program(rewritten)
+        program = self._cse(named)
         lines = [f"{sym} = {self._print(expr)}" for sym, expr in program.temps]
         outputs = {name: self._print(expr) for name, expr in program.outputs}
         return lines, outputs
+
+    def op_count(self, named: tuple[tuple[str, sympy.Expr], ...]) -> int:
+        """Operations of the printed program (sympy.count_ops over its temps and outputs): a
+        machine-independent measure of the arithmetic per element, for launch heuristics."""
+        program = self._cse(named)
+        return sum(int(sympy.count_ops(expr)) for _, expr in (*program.temps, *program.outputs))
+
+    def _cse(self, named: tuple[tuple[str, sympy.Expr], ...]) -> Program:
+        rewritten = tuple((name, apply_rewrites(sympy.sympify(expr), self.rewrites)) for name, expr in named)
+        return cse_program(rewritten)
 
     # -- dispatch ---------------------------------------------------------------------------
     def _fail(self, expr: sympy.Basic, why: str) -> SpecError:

@@ -90,6 +90,7 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
     defaults = {p.name: repr(float(p.default)) for p in spec.params}
     triton_fwd_lines, triton_fwd = TritonPrinter(f"{spec.name} forward").program(derived.forward)
     triton_bwd_lines, triton_bwd = TritonPrinter(f"{spec.name} backward").program(derived.backward)
+    backward_ops = TritonPrinter(f"{spec.name} backward").op_count(derived.backward)
     torch_fwd_lines, torch_fwd = TorchPrinter(f"{spec.name} forward").program(derived.forward)
     torch_bwd_lines, torch_bwd = TorchPrinter(f"{spec.name} backward").program(derived.backward)
     impl_keywords = []
@@ -120,6 +121,7 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
         "triton_fwd": triton_fwd,
         "triton_bwd_lines": triton_bwd_lines,
         "triton_bwd": triton_bwd,
+        "backward_ops": backward_ops,
         "torch_fwd_lines": torch_fwd_lines,
         "torch_fwd": torch_fwd,
         "torch_bwd_lines": torch_bwd_lines,

@@ -198,6 +198,10 @@ def _quick_geglu_bwd(
 
 # -- launchers ----------------------------------------------------------------------------------
 
+#: Operations of the backward math above (sympy.count_ops of the derived program), for the
+#: launch heuristic of _rt.backward_config.
+_BACKWARD_OPS = 14
+
 
 def _launch_forward(
     x: torch.Tensor,
@@ -285,7 +289,7 @@ def _launch_backward(
         return d_x, d_w.zero_()
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
     if _rt.use_triton(d_x):
-        cfg = _rt.backward_config(n_rows, h, weight is not None, fp8 or clamp_value is not None)
+        cfg = _rt.backward_config(n_rows, h, weight is not None, _rt.heavy_backward(clamp_value, fp8, _BACKWARD_OPS))
         _quick_geglu_bwd[(triton.cdiv(n_rows, cfg.block_r),)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,

@@ -30,6 +30,7 @@ __all__ = [
     "compute_dtype",
     "eager_inputs",
     "forward_config",
+    "heavy_backward",
     "use_triton",
 ]
 
@@ -135,8 +136,9 @@ def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool
 @functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int) -> BlockConfig:
     """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
-    least, in tiles of 4096 elements with 8 warps, on a grid in memory order (the generated
-    _launch_forward); launch-bound problems take 256-column blocks of 16 rows.
+    least (below 1024 columns the narrowest of those, from 1024 the widest), in tiles of 4096
+    elements with 8 warps, on a grid in memory order (the generated _launch_forward); launch-bound
+    problems take 256-column blocks of 16 rows.
 
     Below 2**24 outputs x is loaded with eviction_policy="evict_first" (streaming). That pays off
     where x is partly in L2 when the forward starts, as it is in bench.py (one input set per
@@ -153,7 +155,9 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     # (which the H100 ran best or within 1% at H = 1408-7168 in sweep.py --only wide): H = 1408 in 128
     # columns 128 vs 143 µs (SwiGLU), 135 vs 167 (Quick-GEGLU), fp8 store 178 vs 202 / 198 vs 238;
     # 768 in 256 columns 71 vs 78; 2880 in 128 columns within 1% of the best block at each activation.
-    block_h = least_padding_block(h, 128, 1024)
+    # H = 768 (session 10, same sweep): 128 columns 71.4 / 71.7 µs (SwiGLU / GEGLU) against 72.4 /
+    # 76.1 in 256, Quick-GEGLU level: below 1024 columns the narrowest block on a tie.
+    block_h = least_padding_block(h, 128, 1024, widest_on_tie=h >= 1024)
     block_r = min(max(1, 4096 // block_h), _pow2(n_rows))
     num_warps = 8 if block_r * block_h >= 4096 else 4
     return BlockConfig(block_r, block_h, num_warps, evict_first=n_rows * h < _STREAM_BELOW)
@@ -165,15 +169,26 @@ _STREAM_BELOW = 1 << 24
 _SMALL_BELOW = 1 << 22
 
 
+#: Backward math of more operations than this (the generated ``_BACKWARD_OPS``: SwiGLU 12,
+#: Quick-GEGLU 14, exact GEGLU 21, clamped SwiGLU 24, GEGLU 30) counts as heavy with the fp8 copy.
+_LIGHT_BACKWARD_OPS = 16
+
+
+def heavy_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> bool:
+    """Whether a weighted backward has arithmetic the H200 does not hide behind memory: the clamp,
+    or the fp8 decode on top of math heavier than SwiGLU's (backward_config's tie rule)."""
+    return clamp_value is not None or (fp8 and backward_ops > _LIGHT_BACKWARD_OPS)
+
+
 @functools.lru_cache(maxsize=1024)
 def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in column steps.
 
     With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 1024 elements,
-    4 warps. Below 4096 columns, ``heavy`` (the clamp or the fp8 decode: arithmetic the H200 does
-    not hide behind memory) takes the narrowest of the steps that pad the least; the others, and
-    every row from 4096 columns, the widest.
+    4 warps. Below 4096 columns, ``heavy`` (``heavy_backward``: the clamp, or the fp8 decode with
+    math heavier than SwiGLU's) takes the narrowest of the steps that pad the least; the others,
+    and every row from 4096 columns, the widest.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -193,7 +208,8 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) ->
         # Quick-GEGLU 2880 479 vs 499, fp8 2048 278 vs 297; slower: SwiGLU fp8 2048 269 vs 262, 2880
         # 400 vs 382), but slower in 3 of 4 at 7168 (SwiGLU fp8 944 vs 910, GEGLU fp8 990 vs 958);
         # without either, the wide step was 1-6% faster everywhere (SwiGLU 2880 449 vs 474, 7168
-        # 1109 vs 1150; GEGLU 2048 316 vs 331).
+        # 1109 vs 1150; GEGLU 2048 316 vs 331). The two SwiGLU losses are why the fp8 copy alone
+        # makes only math heavier than SwiGLU's heavy (heavy_backward; session 11).
         narrow = heavy and h < 4096
         block_h, tile = least_padding_block(h, 256, 1024, widest_on_tie=not narrow), 1024
     else:
