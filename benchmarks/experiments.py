@@ -390,10 +390,11 @@ def _routing_ops(shape, g) -> dict:
 def gather_experiments(results, shapes) -> None:
     """The gather (unpermute forward, permute backward) on its 2-D grid and on the 1-D grid in
     memory order at each shape, whatever the shipped threshold (``_ORDERED_GATHER_FROM``, on
-    tokens) would pick there: where should the threshold be? Session 10 ran the k = 2 shapes
+    source rows) would pick there: where should the threshold be? Session 10 ran the k = 2 shapes
     (the 2-D grid 6-12% faster at 4096 tokens, the ordered one from 16384); the routing grid then
     showed the ordered grid ahead at 4096 tokens with k = 8, hence the k = 4 and 8 shapes: is the
-    rule one on source rows (tokens * k)?"""
+    rule one on source rows (tokens * k)? Session 11: yes, the 2-D grid below 16384 source rows,
+    level at 16384, the grid in memory order from 32768 at any token count."""
     from moe_utils import unpermutation
 
     g = torch.Generator(device=DEVICE).manual_seed(0)

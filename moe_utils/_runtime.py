@@ -136,9 +136,9 @@ def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool
 @functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int) -> BlockConfig:
     """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
-    least (below 1024 columns the narrowest of those, from 1024 the widest), in tiles of 4096
-    elements with 8 warps, on a grid in memory order (the generated _launch_forward); launch-bound
-    problems take 256-column blocks of 16 rows.
+    least (the widest of those on a tie), in tiles of 4096 elements with 8 warps, on a grid in
+    memory order (the generated _launch_forward); launch-bound problems take 256-column blocks of
+    16 rows.
 
     Below 2**24 outputs x is loaded with eviction_policy="evict_first" (streaming). That pays off
     where x is partly in L2 when the forward starts, as it is in bench.py (one input set per
@@ -155,9 +155,10 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     # (which the H100 ran best or within 1% at H = 1408-7168 in sweep.py --only wide): H = 1408 in 128
     # columns 128 vs 143 µs (SwiGLU), 135 vs 167 (Quick-GEGLU), fp8 store 178 vs 202 / 198 vs 238;
     # 768 in 256 columns 71 vs 78; 2880 in 128 columns within 1% of the best block at each activation.
-    # H = 768 (session 10, same sweep): 128 columns 71.4 / 71.7 µs (SwiGLU / GEGLU) against 72.4 /
-    # 76.1 in 256, Quick-GEGLU level: below 1024 columns the narrowest block on a tie.
-    block_h = least_padding_block(h, 128, 1024, widest_on_tie=h >= 1024)
+    # H = 768: the sweep (session 10) had 128 columns 71.4 / 71.7 µs (SwiGLU / GEGLU) against 72.4 /
+    # 76.1 in 256, but experiments.py --only ops (session 11) timed both at 71.0 / 71.7 µs, and
+    # the fp8 store 1.5-1.7% slower in 128 columns: 768 stays at 256 (the widest on a tie).
+    block_h = least_padding_block(h, 128, 1024)
     block_r = min(max(1, 4096 // block_h), _pow2(n_rows))
     num_warps = 8 if block_r * block_h >= 4096 else 4
     return BlockConfig(block_r, block_h, num_warps, evict_first=n_rows * h < _STREAM_BELOW)

@@ -148,8 +148,8 @@ def _scatter_dot_kernel(
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
-#: Gathers of at least this many tokens run on a grid in memory order.
-_ORDERED_GATHER_FROM = 8192
+#: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
+_ORDERED_GATHER_FROM = 16384
 
 
 def gather_rows(
@@ -168,12 +168,14 @@ def gather_rows(
     block_h = _block_h(hidden)
     probs_grad = row_grad is not None
     n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
-    # H200 (experiments.py --only gather, session 10; unpermute fwd, permute bwd alike): the grid in
-    # memory order is 0.2-2.0% faster from 16384 tokens and level at 8192, but 6-12% slower at 4096
-    # tokens whatever the width (4096 x 2048 13.8 -> 15.5 µs, 4096 x 4096 27.5 -> 29.7, 4096 x 7168
-    # 45.9 -> 49.0), all with top-2. The routing grid then had top-8 gathers at 4096 tokens 0.6-3.5%
-    # slower on the 2-D grid (benchmarks/NOTES.md, Next 1): the rule may be one on source rows.
-    ordered = n_tokens >= _ORDERED_GATHER_FROM
+    # H200 (experiments.py --only gather; unpermute fwd and permute bwd alike), by source rows N:
+    # below 16384 the 2-D grid is faster, 4-12% (session 11: (4096, 256, 2, 2048) 13.9 vs 15.5 µs,
+    # (4096, 8, 2, 7168) 45.9 vs 48.9, (2048, 64, 4, 4096) 23.1 vs 24.1); at 16384 level or the 2-D
+    # grid up to 1.7% ahead ((2048, 64, 8, 4096) 39.3 vs 40.0); from 32768 the grid in memory order
+    # 0.5-3% ahead whatever the tokens ((4096, 128, 8, 7168) 128.3 vs 132.3, (16384, 64, 2, 4096)
+    # 109.6 vs 112.3, (65536, 8, 2, 2048) 212.8 vs 216.4). Session 10's rule on tokens (>= 8192) put
+    # top-8 gathers at 4096 tokens on the 2-D grid, 0.6-3.5% slower in that routing grid.
+    ordered = src.shape[0] > _ORDERED_GATHER_FROM
     _gather_rows_kernel[(n_tokens * n_col_blocks,) if ordered else (n_tokens, n_col_blocks)](
         src,
         src.stride(0),

@@ -649,18 +649,6 @@ def test_heavy_backward_rule():
         assert heavy_backward(None, True, n) == expected, (name, n)
 
 
-@pytest.mark.parametrize("h", [384, 768, 1408, 2048, 7168])
-def test_forward_block_on_a_tie(h):
-    # Large forwards: below 1024 columns the narrowest block that pads the least (768 -> 128), from
-    # 1024 the widest (2048 -> 1024); rows times columns stays at 4096 elements.
-    from moe_utils._runtime import forward_config, least_padding_block
-
-    cfg = forward_config(1 << 16, h)
-    assert cfg.block_h == least_padding_block(h, 128, 1024, widest_on_tie=h >= 1024)
-    assert cfg.block_h == {384: 128, 768: 128, 1408: 128, 2048: 1024, 7168: 1024}[h]
-    assert cfg.block_r * cfg.block_h == 4096
-
-
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
 @pytest.mark.parametrize("h", [300, 600])
 def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h):
