@@ -166,7 +166,7 @@ def sweep_wide_forward(results, copy, shapes):
         yield
 
 
-def sweep_blocks(results, copy, shapes, parts=("fwd", "bwd")):
+def sweep_blocks(results, copy, shapes, parts=("fwd", "bwd"), bwd_tiles=((1024, 4), (2048, 4), (2048, 8))):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
     block of the weighted forward (fp8 store or not; 4096-element tiles, 8 warps) and the column
     step of the weighted backward (bf16 or fp8 saved input), from 128 columns up, in tiles of 1024
@@ -175,10 +175,9 @@ def sweep_blocks(results, copy, shapes, parts=("fwd", "bwd")):
     decode) is not hidden behind memory; smaller tiles per thread hold fewer registers (Quick-GEGLU's
     backward: 164 at 2048 elements with 4 warps, 52-56 at 1024; benchmarks/sass_loop.py). Goes
     through the generated launchers with the config functions of ``_runtime`` replaced. ``parts``:
-    "fwd", "bwd" or both."""
+    "fwd", "bwd" or both; ``bwd_tiles``: (elements, warps) of the backward's tiles."""
     from bench import OURS
 
-    bwd_tiles = ((1024, 4), (2048, 4), (2048, 8))
     saved = _rt.forward_config, _rt.backward_config
     try:
         for name in ("swiglu", "geglu", "quick_geglu"):
@@ -458,6 +457,7 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     ap.add_argument("--shapes", nargs="*", default=None, help="TxH shapes for wide, blocks and unweighted")
     ap.add_argument("--parts", nargs="*", default=("fwd", "bwd"), choices=("fwd", "bwd"), help="of --only blocks")
+    ap.add_argument("--bwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS backward tiles of --only blocks")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -486,7 +486,8 @@ def main() -> None:
         groups.append(sweep_wide_forward(results, copy, shapes or wide))
     if "blocks" in only:
         blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
-        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts))
+        tiles = [tuple(int(n) for n in t.split("x")) for t in args.bwd_tiles] if args.bwd_tiles else None
+        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, *([tiles] if tiles else [])))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:
