@@ -188,8 +188,8 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) ->
 
     With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 1024 elements,
     4 warps. Below 4096 columns, ``heavy`` (``heavy_backward``: the clamp, or the fp8 decode with
-    math heavier than SwiGLU's) takes the narrowest of the steps that pad the least; the others,
-    and every row from 4096 columns, the widest.
+    math heavier than SwiGLU's) takes the narrowest of the steps that pad the least (above 2048
+    columns only from 32768 rows); the others, and every row from 4096 columns, the widest.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -211,7 +211,13 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) ->
         # without either, the wide step was 1-6% faster everywhere (SwiGLU 2880 449 vs 474, 7168
         # 1109 vs 1150; GEGLU 2048 316 vs 331). The two SwiGLU losses are why the fp8 copy alone
         # makes only math heavier than SwiGLU's heavy (heavy_backward; session 11).
-        narrow = heavy and h < 4096
+        # Session 11 (sweep.py --only blocks --parts bwd, 16384 rows): there the narrow step loses
+        # where a row takes more than 8 of them: at 2880, [1, 1024] against [4, 256] Quick-GEGLU
+        # 119.6 vs 126.7 µs, GEGLU fp8 104.2 vs 109.6, Quick-GEGLU fp8 109.2 vs 110.0 (at 32768
+        # rows level or the narrow step ahead, 218.9 vs 226.4 with fp8); at 2048 and 1408 it still
+        # wins or ties (Quick-GEGLU fp8 2048 72.5 vs 76.0, 1408 54.3 vs 58.5 in [2, 512]). Fewer
+        # programs (4096 of 4 rows) each walking 12 steps leave the last wave's tail long.
+        narrow = heavy and h < 4096 and (h <= 2048 or n_rows >= 32768)
         block_h, tile = least_padding_block(h, 256, 1024, widest_on_tie=not narrow), 1024
     else:
         # H200, 65536 rows (sweep.py --only unweighted, session 9): one whole row per step (two below
