@@ -409,7 +409,7 @@ def _routing_ops(shape, g) -> dict:
 
 def gather_experiments(results, shapes) -> None:
     """The gather (unpermute forward, permute backward) on its 2-D grid and on the 1-D grid in
-    memory order at each shape, whatever the shipped threshold (``_ORDERED_GATHER_FROM``, on
+    memory order at each shape, whatever the shipped threshold (``_ORDERED_GATHER_ABOVE``, on
     source rows) would pick there: where should the threshold be? Session 10 ran the k = 2 shapes
     (the 2-D grid 6-12% faster at 4096 tokens, the ordered one from 16384); the routing grid then
     showed the ordered grid ahead at 4096 tokens with k = 8, hence the k = 4 and 8 shapes: is the
@@ -418,19 +418,19 @@ def gather_experiments(results, shapes) -> None:
     from moe_utils import unpermutation
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    saved = unpermutation._ORDERED_GATHER_FROM
+    saved = unpermutation._ORDERED_GATHER_ABOVE
     try:
         with torch.no_grad():
             for shape in shapes:
                 ops = _routing_ops(shape, g)
                 for order, threshold in (("2d", 1 << 62), ("ordered", 0)):
-                    unpermutation._ORDERED_GATHER_FROM = threshold
+                    unpermutation._ORDERED_GATHER_ABOVE = threshold
                     for kind in ("unpermute_fwd", "permute_bwd"):
                         us = bench(ops[kind])
                         results.append(dict(kind=f"gather_{kind}", shape=list(shape), variant=order, us=us))
                         print(f"{kind:14s} {list(shape)!s:24s} {order:8s} {us:8.1f} us", flush=True)
     finally:
-        unpermutation._ORDERED_GATHER_FROM = saved
+        unpermutation._ORDERED_GATHER_ABOVE = saved
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:

@@ -149,7 +149,7 @@ def _scatter_dot_kernel(
 
 
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
-_ORDERED_GATHER_FROM = 16384
+_ORDERED_GATHER_ABOVE = 16384
 
 
 def gather_rows(
@@ -175,7 +175,7 @@ def gather_rows(
     # 0.5-3% ahead whatever the tokens ((4096, 128, 8, 7168) 128.3 vs 132.3, (16384, 64, 2, 4096)
     # 109.6 vs 112.3, (65536, 8, 2, 2048) 212.8 vs 216.4). Session 10's rule on tokens (>= 8192) put
     # top-8 gathers at 4096 tokens on the 2-D grid, 0.6-3.5% slower in that routing grid.
-    ordered = src.shape[0] > _ORDERED_GATHER_FROM
+    ordered = src.shape[0] > _ORDERED_GATHER_ABOVE
     _gather_rows_kernel[(n_tokens * n_col_blocks,) if ordered else (n_tokens, n_col_blocks)](
         src,
         src.stride(0),

@@ -202,8 +202,8 @@ def test_gather_grid_order_gives_the_same_bits(monkeypatch, hidden):
     g_rows = torch.randn(n_tokens * k, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
     g_probs = torch.randn(n_tokens * k, generator=gen).to(DEVICE)
     results = []
-    for ordered_from in (1 << 62, 0):
-        monkeypatch.setattr(unpermutation, "_ORDERED_GATHER_FROM", ordered_from)
+    for ordered_above in (1 << 62, 0):
+        monkeypatch.setattr(unpermutation, "_ORDERED_GATHER_ABOVE", ordered_above)
         xx, pp = x.clone().requires_grad_(True), p.clone().requires_grad_(True)
         rows, perm_probs, plan = permute(xx, m, pp, num_out_tokens=n_tokens * k + 5, fused=True)
         d_x, d_p = torch.autograd.grad(
