@@ -146,7 +146,9 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     H200 bench.py (session 10), without the streaming loads 7-15% slower at 4096 x 768-2880 and
     16384 x 768 (SwiGLU 16384 x 768 18.5 -> 21.2 µs); H100 experiments.py 26.3 -> 24.1 µs with
     them, but 3% slower at 65536 rows. With x rotated out of L2 (sweep.py --only small) they cost
-    2.8-4.6% (H200 16384 x 768 20.92 vs 20.01 µs; H100 29.32 vs 28.51)."""
+    2.8-4.6% (H200 16384 x 768 20.92 vs 20.01 µs; H100 29.32 vs 28.51). The launch-bound path
+    (below 2**22 outputs, e.g. 4096 x 768) does not stream: there both ran at 5.9 µs in bench.py's
+    conditions (session 11)."""
     if n_rows * h < _SMALL_BELOW:
         # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs.
         block_h = min(_pow2(h), 256)
