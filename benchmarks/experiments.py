@@ -96,7 +96,7 @@ def _fwd_2d_const(x_ptr, w_ptr, out_ptr, n_rows, H: tl.constexpr, stride, POLICY
 
 
 @triton.jit
-def _fwd_flat(x_ptr, w_ptr, out_ptr, n_out, H, stride, POLICY: tl.constexpr, BLOCK: tl.constexpr):
+def _fwd_flat_tile(x_ptr, w_ptr, out_ptr, n_out, H, stride, POLICY: tl.constexpr, BLOCK: tl.constexpr):
     # One program per BLOCK consecutive outputs of the [T, H] result: (row, col) by division.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n_out
@@ -110,18 +110,15 @@ def _fwd_flat(x_ptr, w_ptr, out_ptr, n_out, H, stride, POLICY: tl.constexpr, BLO
 
 
 @triton.jit
+def _fwd_flat(x_ptr, w_ptr, out_ptr, n_out, H, stride, POLICY: tl.constexpr, BLOCK: tl.constexpr):
+    _fwd_flat_tile(x_ptr, w_ptr, out_ptr, n_out, H, stride, POLICY, BLOCK)
+
+
+@triton.jit
 def _fwd_flat_const(x_ptr, w_ptr, out_ptr, n_out, H: tl.constexpr, stride, POLICY: tl.constexpr, BLOCK: tl.constexpr):
     # _fwd_flat with the width a constexpr (one compile per width), as Inductor compiles a static
     # width: the division by H becomes a multiply and shift, and rows of H % 8 == 0 keep loads wide.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n_out
-    rows = offs // H
-    cols = offs - rows * H
-    src = rows * stride + cols
-    gate = tl.load(x_ptr + src, mask=ok, other=0.0, eviction_policy=POLICY).to(tl.float32)
-    up = tl.load(x_ptr + src + H, mask=ok, other=0.0, eviction_policy=POLICY).to(tl.float32)
-    w = tl.load(w_ptr + rows, mask=ok, other=0.0)
-    tl.store(out_ptr + offs, (_silu_mul(gate, up) * w).to(out_ptr.dtype.element_ty), mask=ok)
+    _fwd_flat_tile(x_ptr, w_ptr, out_ptr, n_out, H, stride, POLICY, BLOCK)
 
 
 @triton.jit
