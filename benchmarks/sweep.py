@@ -166,16 +166,26 @@ def sweep_wide_forward(results, copy, shapes):
         yield
 
 
-def sweep_blocks(results, copy, shapes, parts=("fwd", "bwd"), bwd_tiles=((1024, 4), (2048, 4), (2048, 8))):
+def sweep_blocks(
+    results,
+    copy,
+    shapes,
+    parts=("fwd", "bwd"),
+    bwd_tiles=((1024, 4), (2048, 4), (2048, 8)),
+    fwd_tiles=((4096, 8),),
+    shipped_block=False,
+):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
-    block of the weighted forward (fp8 store or not; 4096-element tiles, 8 warps) and the column
+    block of the weighted forward (fp8 store or not; tiles of ``fwd_tiles`` (elements, warps),
+    streaming loads where forward_config streams) and the column
     step of the weighted backward (bf16 or fp8 saved input), from 128 columns up, in tiles of 1024
     elements with 4 warps and 2048 with 4 or 8 (the shipped tile: 2048 with 4). Narrow blocks waste
     no masked lanes at H = 768, 1408, 2880, which matters where the arithmetic (Quick-GEGLU, the fp8
     decode) is not hidden behind memory; smaller tiles per thread hold fewer registers (Quick-GEGLU's
     backward: 164 at 2048 elements with 4 warps, 52-56 at 1024; benchmarks/sass_loop.py). Goes
     through the generated launchers with the config functions of ``_runtime`` replaced. ``parts``:
-    "fwd", "bwd" or both; ``bwd_tiles``: (elements, warps) of the backward's tiles."""
+    "fwd", "bwd" or both; ``bwd_tiles``: (elements, warps) of the backward's tiles;
+    ``shipped_block``: only the column block forward_config picks (to time tiles alone)."""
     from bench import OURS
 
     saved = _rt.forward_config, _rt.backward_config
@@ -189,18 +199,22 @@ def sweep_blocks(results, copy, shapes, parts=("fwd", "bwd"), bwd_tiles=((1024, 
                 g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
                 x8 = impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
                 e = n_rows * h
-                for bh in (128, 256, 512, 1024, 2048):
+                shipped = saved[0](n_rows, h)
+                for bh in (shipped.block_h,) if shipped_block else (128, 256, 512, 1024, 2048):
                     if bh > max(128, triton.next_power_of_2(h)):
                         continue
-                    fcfg = _rt.BlockConfig(max(1, 4096 // bh), bh, 8)
-                    _rt.forward_config = lambda n, hh, c=fcfg: c
-                    for fp8 in (False, True) if "fwd" in parts else ():
-                        nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
-                        us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))
-                        kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
-                        row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, 8], us=us)
-                        results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
-                        print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
+                    for f_tile, f_warps in fwd_tiles if "fwd" in parts else ():
+                        fcfg = _rt.BlockConfig(max(1, f_tile // bh), bh, f_warps, shipped.evict_first)
+                        _rt.forward_config = lambda n, hh, c=fcfg: c
+                        for fp8 in (False, True):
+                            nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
+                            us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))
+                            kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
+                            row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, f_warps], us=us)
+                            results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
+                            same = (fcfg.block_r, bh, f_warps) == (shipped.block_r, shipped.block_h, shipped.num_warps)
+                            mark = " (shipped)" if same else ""
+                            print(kind, n_rows, h, row["config"], f"{us:.1f} us{mark}", flush=True)
                     for tile, nw in bwd_tiles if bh <= 1024 and "bwd" in parts else ():
                         bcfg = _rt.BlockConfig(max(1, tile // bh), bh, nw)
                         _rt.backward_config = lambda n, hh, weighted, heavy, c=bcfg: c
@@ -458,6 +472,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=None, help="TxH shapes for wide, blocks and unweighted")
     ap.add_argument("--parts", nargs="*", default=("fwd", "bwd"), choices=("fwd", "bwd"), help="of --only blocks")
     ap.add_argument("--bwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS backward tiles of --only blocks")
+    ap.add_argument("--fwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS forward tiles of --only blocks")
+    ap.add_argument("--shipped-block", action="store_true", help="--only blocks: forward_config's column block only")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -486,8 +502,13 @@ def main() -> None:
         groups.append(sweep_wide_forward(results, copy, shapes or wide))
     if "blocks" in only:
         blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
-        tiles = [tuple(int(n) for n in t.split("x")) for t in args.bwd_tiles] if args.bwd_tiles else None
-        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, *([tiles] if tiles else [])))
+
+        def tiles(arg):
+            return {} if not arg else [tuple(int(n) for n in t.split("x")) for t in arg]
+
+        more = {k: v for k, v in (("bwd_tiles", tiles(args.bwd_tiles)), ("fwd_tiles", tiles(args.fwd_tiles))) if v}
+        only_shipped = args.shipped_block
+        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, shipped_block=only_shipped, **more))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:
