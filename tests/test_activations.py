@@ -634,6 +634,33 @@ def test_backward_config_shapes(h, n_rows):
             assert configs[0] == configs[1]
 
 
+@pytest.mark.parametrize("h", [1, 5, 96, 768, 1408, 2048, 2880, 7168, 20000])
+@pytest.mark.parametrize("n_rows", [1, 3, 4096, 16384, 65536])
+def test_forward_config_shapes(h, n_rows):
+    # Launch shapes are powers of two within the rows' and the width's powers of two, tiles of at
+    # most 4096 elements. Launch-bound forwards (below 2**22 outputs) run 8 warps on blocks of at
+    # most 256 columns; the others 8 warps on 4096-element tiles and 4 below, streamed ones (2**22
+    # to 2**24 outputs) in tiles of 1024 elements, the rest of 4096, where the rows allow.
+    from moe_utils import _runtime as rt
+
+    pow2 = lambda n: 1 << max(0, (n - 1).bit_length())  # noqa: E731
+    cfg = rt.forward_config(n_rows, h)
+    for v in (cfg.block_r, cfg.block_h, cfg.num_warps):
+        assert v == pow2(v), cfg
+    tile = cfg.block_r * cfg.block_h
+    assert cfg.block_r <= pow2(n_rows) and cfg.block_h <= pow2(h) and tile <= 4096
+    outputs = n_rows * h
+    if outputs < rt._SMALL_BELOW:
+        assert cfg.num_warps == 8 and cfg.block_h <= 256 and not cfg.evict_first, cfg
+        return
+    assert cfg.num_warps == (8 if tile >= 4096 else 4)
+    assert cfg.evict_first == (outputs < rt._STREAM_BELOW)
+    if cfg.evict_first:
+        assert tile <= 1024 and (tile == 1024 or cfg.block_r == pow2(n_rows)), cfg
+    elif outputs >= rt._STREAM_BELOW:
+        assert tile == 4096 or cfg.block_r == pow2(n_rows), cfg
+
+
 def test_heavy_backward_rule():
     # The weighted backward's tie rule: the clamp is always heavy; the fp8 copy only on top of
     # math heavier than SwiGLU's (GEGLU's tanh, exact GEGLU's erf, clamped SwiGLU's clamps), as
