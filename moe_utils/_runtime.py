@@ -136,9 +136,9 @@ def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool
 @functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int) -> BlockConfig:
     """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
-    least (the widest of those on a tie), in tiles of 4096 elements with 8 warps (1024 with 4
-    warps below 2**24 outputs), on a grid in memory order (the generated _launch_forward);
-    launch-bound problems take 256-column blocks of 16 rows.
+    least (the widest of those on a tie), in tiles of 1024 elements with 4 warps, on a grid in
+    memory order (the generated _launch_forward); launch-bound problems take 256-column blocks of
+    16 rows with 8 warps.
 
     Below 2**24 outputs x is loaded with eviction_policy="evict_first" (streaming). That pays off
     where x is partly in L2 when the forward starts, as it is in bench.py (one input set per
@@ -160,16 +160,17 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     # H = 768: the sweep (session 10) had 128 columns 71.4 / 71.7 µs (SwiGLU / GEGLU) against 72.4 /
     # 76.1 in 256, but experiments.py --only ops (session 11) timed both at 71.0 / 71.7 µs, and
     # the fp8 store 1.5-1.7% slower in 128 columns: 768 stays at 256 (the widest on a tie).
-    # Streamed forwards (2**22 to 2**24 outputs) run tiles of 1024 elements with 4 warps: twice the
-    # programs of 4096-element tiles at 4096-16384 rows. H200 sweep.py --only blocks --fwd-tiles
-    # (session 12), against [4096 elements, 8 warps]: best or within 1% at all 36 (activation, fp8,
-    # shape) pairs at 4096 x 1408 / 2048 / 2880, 8192 x 768 / 1408 and 16384 x 768, typically 2-5%
-    # faster (SwiGLU 16384 x 768 18.8 -> 17.9 µs, Quick-GEGLU fp8 store 4096 x 2048 19.2 -> 17.4).
+    # Tiles of 1024 elements with 4 warps. H200 sweep.py --only blocks --fwd-tiles (session 12),
+    # against session 11's 4096 elements with 8 warps: with 128- and 256-column blocks (768, 1408,
+    # 2880) faster at 56 of 58 (activation, fp8, shape) pairs from 4096 to 65536 rows, by up to 9%
+    # (the other two within 0.9%)
+    # (SwiGLU 16384 x 2880 68.5 -> 66.6 µs, level with Inductor's 66.4; 65536 x 2880 263.6 ->
+    # 259.1; 16384 x 768 18.8 -> 17.9; Quick-GEGLU fp8 store 65536 x 2880 390 -> 370); with
+    # 1024-column blocks (2048, 7168) within 1% either way, GEGLU fp8 store 7168 1.6-3.5% faster.
     stream = n_rows * h < _STREAM_BELOW
-    tile = 1024 if stream else 4096
     block_h = least_padding_block(h, 128, 1024)
-    block_r = min(max(1, tile // block_h), _pow2(n_rows))
-    num_warps = 8 if block_r * block_h >= 4096 else 4
+    block_r = min(max(1, 1024 // block_h), _pow2(n_rows))
+    num_warps = 4
     return BlockConfig(block_r, block_h, num_warps, evict_first=stream)
 
 
