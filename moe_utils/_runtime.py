@@ -153,20 +153,21 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
         # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs.
         block_h = min(_pow2(h), 256)
         return BlockConfig(min(4096 // block_h, _pow2(n_rows)), block_h, 8)
-    # H200, 65536 rows (sweep.py --only blocks, session 9), against the 1024-column blocks of session 8
-    # (which the H100 ran best or within 1% at H = 1408-7168 in sweep.py --only wide): H = 1408 in 128
-    # columns 128 vs 143 µs (SwiGLU), 135 vs 167 (Quick-GEGLU), fp8 store 178 vs 202 / 198 vs 238;
-    # 768 in 256 columns 71 vs 78; 2880 in 128 columns within 1% of the best block at each activation.
-    # H = 768: the sweep (session 10) had 128 columns 71.4 / 71.7 µs (SwiGLU / GEGLU) against 72.4 /
-    # 76.1 in 256, but experiments.py --only ops (session 11) timed both at 71.0 / 71.7 µs, and
-    # the fp8 store 1.5-1.7% slower in 128 columns: 768 stays at 256 (the widest on a tie).
+    # Column blocks. H200, 65536 rows, 4096-element tiles then (sweep.py --only blocks, session 9),
+    # against the 1024-column blocks of session 8 (which the H100 ran best or within 1% at H =
+    # 1408-7168 in sweep.py --only wide): H = 1408 in 128 columns 128 vs 143 µs (SwiGLU), 135 vs
+    # 167 (Quick-GEGLU), fp8 store 178 vs 202 / 198 vs 238; 768 in 256 columns 71 vs 78; 2880 in
+    # 128 columns within 1% of the best block at each activation. H = 768: the sweep (session 10)
+    # had 128 columns 71.4 / 71.7 µs (SwiGLU / GEGLU) against 72.4 / 76.1 in 256, but
+    # experiments.py --only ops (session 11) timed both at 71.0 / 71.7 µs, and the fp8 store
+    # 1.5-1.7% slower in 128 columns: 768 stays at 256 (the widest on a tie).
     # Tiles of 1024 elements with 4 warps. H200 sweep.py --only blocks --fwd-tiles (session 12),
     # against session 11's 4096 elements with 8 warps: with 128- and 256-column blocks (768, 1408,
-    # 2880) faster at 56 of 58 (activation, fp8, shape) pairs from 4096 to 65536 rows, by up to 9%
-    # (the other two within 0.9%)
-    # (SwiGLU 16384 x 2880 68.5 -> 66.6 µs, level with Inductor's 66.4; 65536 x 2880 263.6 ->
-    # 259.1; 16384 x 768 18.8 -> 17.9; Quick-GEGLU fp8 store 65536 x 2880 390 -> 370); with
-    # 1024-column blocks (2048, 7168) within 1% either way, GEGLU fp8 store 7168 1.6-3.5% faster.
+    # 2880) faster at 56 of 58 (activation, fp8, shape) pairs from 4096 to 65536 rows, by up to 9%,
+    # the other two within 0.9% (SwiGLU 16384 x 2880 68.5 -> 66.6 µs, level with Inductor's 66.4;
+    # 65536 x 2880 263.6 -> 259.1; 16384 x 768 18.8 -> 17.9; Quick-GEGLU fp8 store 65536 x 2880
+    # 390 -> 370); with 1024-column blocks (2048, 7168) within 1% either way, the GEGLU fp8 store
+    # at 7168 1.6-3.5% faster.
     stream = n_rows * h < _STREAM_BELOW
     block_h = least_padding_block(h, 128, 1024)
     block_r = min(max(1, 1024 // block_h), _pow2(n_rows))
