@@ -1,6 +1,7 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
-    python benchmarks/experiments.py --out DIR [--only {act,scatter,plan,inplace,liger,order,ops,gather} ...]
+    python benchmarks/experiments.py --out DIR [--only KIND ...]
+        KIND: act, scatter, plan, inplace, liger, order, ops, gather, gather_unrolled
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -23,6 +24,9 @@ uses them):
 copy of the package first on PYTHONPATH too, to time a change of the package on one machine
 (a copy from session 10 on: the kernels here decode their grid with its ``grid_tile``).
 ``--only gather``: the gather (unpermute forward, permute backward) on both grids at each shape.
+``--only gather_unrolled``: the gather as shipped and with each token's first BLOCK_K entries
+unrolled, so that all its rows are in flight at once (the shipped loop has one row in flight per
+program), at the top-2 shapes where the gathers run below 85% of copy and a few top-8 ones.
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
@@ -55,7 +59,8 @@ from sweep import DEVICE, DRY, bench, gen  # one timing method and one dry-run s
 
 from moe_utils import _runtime as _rt
 from moe_utils._kernel_lib import grid_tile
-from moe_utils.routing import entry_row
+from moe_utils.routing import entry_expert, entry_row
+from moe_utils.unpermutation import _zero_d_probs_row
 
 
 @triton.jit
@@ -175,6 +180,49 @@ def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n
         row = entry_row(tl.load(entry_ptr + entry, mask=entry < last, other=-1))
         ok = (row >= 0)[:, None] & col_ok[None, :]
         tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=ok, eviction_policy=STORE_POLICY)
+
+
+@triton.jit
+def _gather_unrolled(src_ptr, src_row_stride, out_ptr, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr,
+                     d_probs_ptr, token_ptr_ptr, entry_ptr, n_rows, hidden, E, SCALE: tl.constexpr,
+                     PROBS_GRAD: tl.constexpr, ORDERED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr,
+                     BLOCK_K: tl.constexpr):  # fmt: skip
+    # The shipped _gather_rows_kernel with its first BLOCK_K entries unrolled: their plan loads
+    # depend only on the token's first entry, and the row loads only on those, so all BLOCK_K rows
+    # can be in flight at once (the shipped loop walks entry -> row -> entry -> row, one row in
+    # flight per program). The sum runs in the same order: the bits are the shipped kernel's.
+    token, col_block = grid_tile(hidden, BLOCK_H, ORDERED)
+    cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    col_ok = cols < hidden
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    first = tl.load(token_ptr_ptr + token)
+    last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
+    if PROBS_GRAD:
+        _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
+    for i in tl.static_range(BLOCK_K):
+        entry = tl.load(entry_ptr + first + i, mask=first + i < last, other=-1)
+        row = entry_row(entry)
+        x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
+        if SCALE:
+            p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=row >= 0)
+            x = x * p.to(tl.float32)
+        acc += x
+        if PROBS_GRAD:
+            if (col_block == 0) & (row >= 0):
+                grad = tl.load(row_grad_ptr + row)
+                tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+    for j in range(first + BLOCK_K, last):  # tokens with more than BLOCK_K entries
+        entry = tl.load(entry_ptr + j)
+        row = entry_row(entry)
+        x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
+        if SCALE:
+            x = x * tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e).to(tl.float32)
+        acc += x
+        if PROBS_GRAD:
+            if (col_block == 0) & (row >= 0):
+                grad = tl.load(row_grad_ptr + row)
+                tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+    tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
 def scatter_experiments(results, shapes) -> None:
@@ -430,6 +478,72 @@ def gather_experiments(results, shapes) -> None:
         unpermutation._ORDERED_GATHER_ABOVE = saved
 
 
+class _UnrolledGather:
+    """Stands in for ``unpermutation._gather_rows_kernel``: gather_rows' own launch (grid, arguments,
+    warps), with the kernel of ``_gather_unrolled`` and BLOCK_K entries unrolled."""
+
+    def __init__(self, block_k: int):
+        self.block_k = block_k
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: _gather_unrolled[grid](*args, BLOCK_K=self.block_k, **kwargs)
+
+
+def gather_unrolled_experiments(results, shapes) -> None:
+    """The gather (unpermute forward, permute backward) as shipped and with its first BLOCK_K
+    entries unrolled (``_gather_unrolled``: every row of a top-k token in flight at once), through
+    ``gather_rows``: same grid, same launch; outputs poisoned, results checked bit-equal. At top-2
+    the gathers run at 82-87% of copy on the H200 (session 11's routing grid), at top-8 at 88-101%."""
+    from sweep import routing_map
+
+    import moe_utils
+    from moe_utils import unpermutation
+    from moe_utils.permutation import block_k
+    from moe_utils.routing import plan_view
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    shipped = unpermutation._gather_rows_kernel
+    try:
+        with torch.no_grad():
+            for n_tokens, n_experts, k, hidden in shapes:
+                shape = [n_tokens, n_experts, k, hidden]
+                x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+                m = routing_map(n_tokens, n_experts, k, g)
+                p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
+                n_rows = n_tokens * k
+                rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
+                view = plan_view("exp", plan, n_tokens, n_rows)
+                g_probs = torch.randn_like(perm_probs)
+                out = torch.empty_like(x)
+                d_probs = torch.empty(n_tokens, n_experts, device=DEVICE)
+                runs = {
+                    "unpermute_fwd": (lambda: unpermutation.gather_rows(rows, out, view, probs=p), (out,)),
+                    "permute_bwd": (
+                        lambda: unpermutation.gather_rows(rows, out, view, row_grad=g_probs, d_probs=d_probs),
+                        (out, d_probs),
+                    ),
+                }
+                blocks = sorted({block_k(n_rows, n_tokens), min(8, 2 * block_k(n_rows, n_tokens))})
+                variants = [("shipped", shipped)] + [(f"unrolled {bk}", _UnrolledGather(bk)) for bk in blocks]
+                for kind, (run, outputs) in runs.items():
+                    want = None
+                    for name, kernel in variants:
+                        unpermutation._gather_rows_kernel = kernel
+                        for t in outputs:
+                            t.fill_(float("nan"))
+                        run()
+                        got = [t.clone() for t in outputs]
+                        if want is None:
+                            want = got
+                        for a, b in zip(want, got, strict=True):
+                            assert torch.equal(a, b), f"gather variant {name} differs at {shape}"
+                        us = bench(run)
+                        results.append(dict(kind=f"gather_{kind}", shape=shape, variant=name, us=us))
+                        print(f"{kind:14s} {shape!s:24s} {name:12s} {us:8.1f} us", flush=True)
+    finally:
+        unpermutation._gather_rows_kernel = shipped
+
+
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): permute forward (with probs)
     and backward, unpermute forward (with probs) and backward (with the probs gradient), and the
@@ -472,7 +586,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "gather_unrolled")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -517,6 +631,13 @@ def main() -> None:
             (16384, 64, 2, 2048), (16384, 256, 2, 2048), (8192, 64, 2, 4096), (16384, 64, 2, 4096), (65536, 8, 2, 2048),
             (4096, 64, 8, 4096), (4096, 128, 8, 7168), (4096, 256, 8, 2048), (2048, 64, 8, 4096), (2048, 64, 4, 4096),
             (4096, 64, 4, 4096), (8192, 64, 8, 2048),
+        ])  # fmt: skip
+    if "gather_unrolled" in args.only:
+        gather_unrolled_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40), (7, 12, 9, 40)] if DRY else [
+            (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 8, 2, 2048), (16384, 64, 2, 2048),
+            (16384, 256, 2, 2048), (16384, 8, 2, 2048), (4096, 256, 2, 4096), (16384, 64, 2, 4096),
+            (65536, 64, 2, 2048), (65536, 8, 2, 2048), (4096, 256, 8, 2048), (16384, 64, 8, 2048),
+            (8192, 128, 8, 7168),
         ])  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
