@@ -60,6 +60,7 @@ import baselines
 from sweep import DEVICE, DRY, bench, gen  # one timing method and one dry-run switch for both scripts
 
 from moe_utils import _runtime as _rt
+from moe_utils import permutation, routing, unpermutation
 from moe_utils._kernel_lib import grid_tile
 from moe_utils.routing import entry_expert, entry_row
 from moe_utils.unpermutation import _zero_d_probs_row
@@ -185,6 +186,24 @@ def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n
 
 
 @triton.jit
+def _gather_entry(acc, entry, token, cols, col_ok, first_block, src_ptr, src_row_stride, probs_ptr,
+                  probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E, SCALE: tl.constexpr,
+                  PROBS_GRAD: tl.constexpr):  # fmt: skip
+    # One entry of _gather_rows_kernel's loop: acc + its row (scaled), and its probability's gradient.
+    row = entry_row(entry)
+    placed = row >= 0
+    x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & placed, other=0.0).to(tl.float32)
+    if SCALE:
+        p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=placed, other=0.0)
+        x = x * p.to(tl.float32)
+    if PROBS_GRAD:
+        if first_block & placed:
+            grad = tl.load(row_grad_ptr + row)
+            tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+    return acc + x
+
+
+@triton.jit
 def _gather_unrolled(src_ptr, src_row_stride, out_ptr, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr,
                      d_probs_ptr, token_ptr_ptr, entry_ptr, n_rows, hidden, E, SCALE: tl.constexpr,
                      PROBS_GRAD: tl.constexpr, ORDERED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -201,29 +220,12 @@ def _gather_unrolled(src_ptr, src_row_stride, out_ptr, probs_ptr, probs_stride_t
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
     if PROBS_GRAD:
         _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
+    args = (src_ptr, src_row_stride, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E)
     for i in tl.static_range(BLOCK_K):
         entry = tl.load(entry_ptr + first + i, mask=first + i < last, other=-1)
-        row = entry_row(entry)
-        x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
-        if SCALE:
-            p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=row >= 0)
-            x = x * p.to(tl.float32)
-        acc += x
-        if PROBS_GRAD:
-            if (col_block == 0) & (row >= 0):
-                grad = tl.load(row_grad_ptr + row)
-                tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+        acc = _gather_entry(acc, entry, token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
     for j in range(first + BLOCK_K, last):  # tokens with more than BLOCK_K entries
-        entry = tl.load(entry_ptr + j)
-        row = entry_row(entry)
-        x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
-        if SCALE:
-            x = x * tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e).to(tl.float32)
-        acc += x
-        if PROBS_GRAD:
-            if (col_block == 0) & (row >= 0):
-                grad = tl.load(row_grad_ptr + row)
-                tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+        acc = _gather_entry(acc, tl.load(entry_ptr + j), token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
     tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
@@ -462,7 +464,6 @@ def gather_experiments(results, shapes) -> None:
     showed the ordered grid ahead at 4096 tokens with k = 8, hence the k = 4 and 8 shapes: is the
     rule one on source rows (tokens * k)? Session 11: yes, the 2-D grid below 16384 source rows,
     level at 16384, the grid in memory order from 32768 at any token count."""
-    from moe_utils import unpermutation
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
     saved = unpermutation._ORDERED_GATHER_ABOVE
@@ -499,7 +500,6 @@ def gather_unrolled_experiments(results, shapes) -> None:
     from sweep import routing_map
 
     import moe_utils
-    from moe_utils import unpermutation
     from moe_utils.permutation import block_k
     from moe_utils.routing import plan_view
 
@@ -549,9 +549,9 @@ def gather_unrolled_experiments(results, shapes) -> None:
 #: The kernels of the fused routing ops, by module: what ``--only pdl`` launches with programmatic
 #: dependent launch.
 _ROUTING_KERNELS = {
-    "routing": ("_count_kernel", "_scan_experts_kernel", "_map_kernel"),
-    "permutation": ("_scatter_rows_kernel",),
-    "unpermutation": ("_gather_rows_kernel", "_scatter_dot_kernel"),
+    routing: ("_count_kernel", "_scan_experts_kernel", "_map_kernel"),
+    permutation: ("_scatter_rows_kernel",),
+    unpermutation: ("_gather_rows_kernel", "_scatter_dot_kernel"),
 }
 
 
@@ -565,16 +565,15 @@ def _pdl_kernels(trigger: bool):
     import inspect
     import tempfile
 
-    from moe_utils import permutation, routing, unpermutation
-
-    modules = {"routing": routing, "permutation": permutation, "unpermutation": unpermutation}
     name = f"_pdl_kernels_{'trigger' if trigger else 'wait'}"
-    lines = ["import triton", "import triton.language as tl", ""]
+    imports = ["import triton", "import triton.language as tl"]
     if not DRY:
-        lines.insert(2, "from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait")
+        imports.append("from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait")
+    lines = []
     for module, kernels in _ROUTING_KERNELS.items():
         for kernel in kernels:
-            params = inspect.signature(getattr(modules[module], kernel).fn).parameters.values()
+            imports.append(f"from {module.__name__} import {kernel} as _shipped_{kernel}")
+            params = inspect.signature(getattr(module, kernel).fn).parameters.values()
             signature = [
                 p.name
                 + (": tl.constexpr" if "constexpr" in str(p.annotation) else "")
@@ -585,7 +584,7 @@ def _pdl_kernels(trigger: bool):
             if not DRY:
                 lines += ["    gdc_wait()"] + (["    gdc_launch_dependents()"] if trigger else [])
             lines.append(f"    _shipped_{kernel}({', '.join(p.name for p in params)})")
-            lines.insert(2, f"from moe_utils.{module} import {kernel} as _shipped_{kernel}")
+    lines = imports + lines
     folder = pathlib.Path(tempfile.mkdtemp(prefix="moe_utils_pdl_"))
     (folder / f"{name}.py").write_text("\n".join(lines) + "\n")
     sys.path.insert(0, str(folder))
@@ -611,16 +610,13 @@ def pdl_experiments(results, shapes) -> None:
     launches in a row (count, scan, map, scatter), at 4096 tokens 21-27 µs against a 12-15 µs copy
     on the H200. Two forms: each kernel lets the next launch at its start ("pdl trigger"), or only
     as its programs exit ("pdl wait"). Outputs poisoned, checked bit-equal to the shipped ops."""
-    from moe_utils import permutation, routing, unpermutation
-
-    modules = {"routing": routing, "permutation": permutation, "unpermutation": unpermutation}
-    shipped = {(m, k): getattr(modules[m], k) for m, kernels in _ROUTING_KERNELS.items() for k in kernels}
+    shipped = {(m, k): getattr(m, k) for m, kernels in _ROUTING_KERNELS.items() for k in kernels}
     forms = {"pdl trigger": _pdl_kernels(True), "pdl wait": _pdl_kernels(False)}
 
     def use(form) -> None:
         for (module, kernel), original in shipped.items():
             launch = original if form is None else _PDLLaunch(getattr(form, kernel))
-            setattr(modules[module], kernel, launch)
+            setattr(module, kernel, launch)
 
     def flat(out) -> list:
         return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]

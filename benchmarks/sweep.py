@@ -171,9 +171,9 @@ def sweep_blocks(
     copy,
     shapes,
     parts=("fwd", "bwd"),
+    shipped_block=False,
     bwd_tiles=((1024, 4), (2048, 4), (2048, 8)),
     fwd_tiles=((4096, 8),),
-    shipped_block=False,
 ):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
     block of the weighted forward (fp8 store or not; tiles of ``fwd_tiles`` (elements, warps),
@@ -185,7 +185,8 @@ def sweep_blocks(
     backward: 164 at 2048 elements with 4 warps, 52-56 at 1024; benchmarks/sass_loop.py). Goes
     through the generated launchers with the config functions of ``_runtime`` replaced. ``parts``:
     "fwd", "bwd" or both; ``bwd_tiles``: (elements, warps) of the backward's tiles;
-    ``shipped_block``: only the column block forward_config picks (to time tiles alone)."""
+    ``shipped_block``: only the column block forward_config picks, for both parts (to time tiles
+    alone)."""
     from bench import OURS
 
     saved = _rt.forward_config, _rt.backward_config
@@ -502,13 +503,9 @@ def main() -> None:
         groups.append(sweep_wide_forward(results, copy, shapes or wide))
     if "blocks" in only:
         blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
-
-        def tiles(arg):
-            return {} if not arg else [tuple(int(n) for n in t.split("x")) for t in arg]
-
-        more = {k: v for k, v in (("bwd_tiles", tiles(args.bwd_tiles)), ("fwd_tiles", tiles(args.fwd_tiles))) if v}
-        only_shipped = args.shipped_block
-        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, shipped_block=only_shipped, **more))
+        tiles = {k: [tuple(int(n) for n in t.split("x")) for t in v] for k, v in
+                 (("bwd_tiles", args.bwd_tiles), ("fwd_tiles", args.fwd_tiles)) if v}  # fmt: skip
+        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, args.shipped_block, **tiles))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:

@@ -168,11 +168,9 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     # 65536 x 2880 263.6 -> 259.1; 16384 x 768 18.8 -> 17.9; Quick-GEGLU fp8 store 65536 x 2880
     # 390 -> 370); with 1024-column blocks (2048, 7168) within 1% either way, the GEGLU fp8 store
     # at 7168 1.6-3.5% faster.
-    stream = n_rows * h < _STREAM_BELOW
     block_h = least_padding_block(h, 128, 1024)
     block_r = min(max(1, 1024 // block_h), _pow2(n_rows))
-    num_warps = 4
-    return BlockConfig(block_r, block_h, num_warps, evict_first=stream)
+    return BlockConfig(block_r, block_h, 4, evict_first=n_rows * h < _STREAM_BELOW)
 
 
 #: Forward inputs with fewer outputs than this are loaded with eviction_policy="evict_first".
