@@ -1,6 +1,7 @@
 """Triton helpers shared by every generated activation kernel (and, ``grid_tile``, by the routing kernels).
 
 ``grid_tile`` decodes a program's (row block, column block) from a grid in memory order.
+``pdl_start`` opens a kernel launched with programmatic dependent launch (the routing kernels).
 
 ``load_halves`` / ``store_halves`` read and write the gate and up tiles of a row block in either
 layout: split (gate = row[:H], up = row[H:], the default) or interleaved (gate at even positions,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 __all__ = [
     "FP8_MAX",
@@ -28,6 +30,7 @@ __all__ = [
     "gated_inputs",
     "grid_tile",
     "load_halves",
+    "pdl_start",
     "store_halves",
     "to_fp8_saturated",
 ]
@@ -104,6 +107,20 @@ def grid_tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
         n_col_blocks = tl.maximum(tl.cdiv(width, BLOCK_H), 1)
         return (tl.program_id(0) // n_col_blocks).to(tl.int64), tl.program_id(0) % n_col_blocks
     return tl.program_id(0).to(tl.int64), tl.program_id(1)
+
+
+@triton.jit
+def pdl_start(PDL: tl.constexpr):
+    """First statement of a kernel launched by ``_runtime.pdl_args``. Programmatic dependent
+    launch (Hopper and later) lets this grid launch and start while the grid before it in the
+    stream finishes, which hides a launch gap between back-to-back kernels. PDL: 0 off (no
+    instruction: the interpreter and GPUs before sm_90); 1 wait for the grid before this one
+    (griddepcontrol.wait: all its writes are visible after it) before anything else is read; 2
+    also let the grid after this one launch now (it waits in its own pdl_start)."""
+    if PDL >= 1:
+        gdc_wait()
+    if PDL == 2:
+        gdc_launch_dependents()
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from ._kernel_lib import grid_tile
+from ._kernel_lib import grid_tile, pdl_start
 from .routing import (
     PLAN_LAYOUT,
     Plan,
@@ -157,6 +157,7 @@ def _scatter_rows_kernel(
     PLAN_TOKENS: tl.constexpr,  # WRITE_PLAN: tokens per plan program
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
+    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # dst[row of entry j] = src[t] (* probs[t, expert of entry j]) for every entry j of token t.
     # One program per (token, column block): the source block is read once and written to
@@ -170,6 +171,7 @@ def _scatter_rows_kernel(
     # A 1-D grid in memory order: program blocks outer, column blocks inner, so a wide row's column
     # blocks are copied by consecutive programs (H200: 0.9-1.2% faster at hidden 4096 and 7168 than
     # a 2-D grid with tokens on the fast axis; experiments.py --only scatter, session 9).
+    pdl_start(PDL)
     program_block, col_block = grid_tile(hidden, BLOCK_H, True)
     pid = program_block - n_plan
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -293,6 +295,7 @@ def _launch_scatter(
         BLOCK_K=k,
         BLOCK_H=block_h,
         num_warps=4,
+        **_rt.pdl_args(dst.device, "scatter"),
     )
 
 

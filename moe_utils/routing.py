@@ -47,6 +47,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
+from ._kernel_lib import pdl_start
 
 __all__ = [
     "EXPERT_BITS",
@@ -122,7 +123,9 @@ def _count_kernel(
     seg_len,  # tokens per segment, a multiple of BLOCK_T
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
+    pdl_start(PDL)
     seg = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
@@ -147,11 +150,13 @@ def _scan_experts_kernel(
     E,  # experts
     BLOCK_S: tl.constexpr,  # >= n_seg
     BLOCK_E: tl.constexpr,  # experts per program
+    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # Experts are independent here: one program per block of experts, all segments in one tile.
     # The tile's rows are BLOCK_E consecutive counts: one expert per program made every load and
     # store its own 32-byte sector (9.4 µs at 1024 segments x 256 experts on the H100).
     # Sums of one expert's counts are at most T tokens: int32, widened only to be stored.
+    pdl_start(PDL)
     segs = tl.arange(0, BLOCK_S)
     experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     ok = (segs < n_seg)[:, None] & (experts < E)[None, :]
@@ -185,7 +190,9 @@ def _map_kernel(
     CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
+    pdl_start(PDL)
     seg = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
@@ -391,6 +398,7 @@ def build_plan(
         BLOCK_T=block_t,
         BLOCK_E=block_e,
         num_warps=warps,
+        **_rt.pdl_args(device, "count"),
     )
     seg_expert_off = torch.empty((n_seg, n_experts), dtype=torch.int64, device=device)
     expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
@@ -405,6 +413,7 @@ def build_plan(
         BLOCK_S=block_s,
         BLOCK_E=experts_per_program,
         num_warps=scan_warps,
+        **_rt.pdl_args(device, "scan"),
     )
     if padded:  # the size is known
         n_rows = num_out_tokens
@@ -439,6 +448,7 @@ def build_plan(
         BLOCK_E=block_e,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
+        **_rt.pdl_args(device, "map"),
     )
     total = view.token_ptr[n_tokens:]  # the map kernel's last program writes it
     if padded and not check:

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from ._kernel_lib import grid_tile
+from ._kernel_lib import grid_tile, pdl_start
 from .permutation import _PAD_ROWS, _block_h, _padding, _zero_padding, block_k, check_probs, scatter_rows
 from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
@@ -34,6 +34,40 @@ def _zero_d_probs_row(d_probs_ptr, token, E, write, BLOCK_E: tl.constexpr):
         zeros = tl.zeros([BLOCK_E], dtype=d_probs_ptr.dtype.element_ty)
         tl.store(d_probs_ptr + token * E + experts, zeros, mask=experts < E)
     tl.debug_barrier()
+
+
+@triton.jit
+def _gather_entry(
+    acc,  # [BLOCK_H] fp32 sum so far
+    entry,  # the entry's plan word: (row << EXPERT_BITS) | expert; row < 0: not placed, adds 0
+    token,
+    cols,
+    col_ok,
+    first_block,  # this program holds the first column block: it writes the probs' gradient
+    src_ptr,
+    src_row_stride,
+    probs_ptr,
+    probs_stride_t,
+    probs_stride_e,
+    row_grad_ptr,
+    d_probs_ptr,
+    E,
+    SCALE: tl.constexpr,
+    PROBS_GRAD: tl.constexpr,
+):
+    """One entry of _gather_rows_kernel: acc + its row (times its probability), and with PROBS_GRAD
+    the entry's probability gradient (row_grad of its row) into d_probs."""
+    row = entry_row(entry)
+    placed = row >= 0
+    x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & placed, other=0.0).to(tl.float32)
+    if SCALE:
+        p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=placed, other=0.0)
+        x = x * p.to(tl.float32)
+    if PROBS_GRAD:
+        if first_block & placed:
+            grad = tl.load(row_grad_ptr + row)
+            tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+    return acc + x
 
 
 @triton.jit
@@ -56,10 +90,13 @@ def _gather_rows_kernel(
     ORDERED: tl.constexpr,  # the grid in memory order (1-D), else 2-D with tokens on the fast axis
     BLOCK_H: tl.constexpr,  # columns per program
     BLOCK_E: tl.constexpr,  # >= E (PROBS_GRAD)
+    BLOCK_K: tl.constexpr,  # entries of each token unrolled (the average top-k, rounded up)
+    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
     # entry order: deterministic, no atomics. One row per step: a [BLOCK_K, BLOCK_H] tile summed
     # over its first axis went through shared memory and ran at half the copy rate on the H100.
+    pdl_start(PDL)
     token, col_block = grid_tile(hidden, BLOCK_H, ORDERED)
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
@@ -68,17 +105,17 @@ def _gather_rows_kernel(
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
     if PROBS_GRAD:
         _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
-    for j in range(first, last):
-        entry = tl.load(entry_ptr + j)
-        row = entry_row(entry)
-        x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & (row >= 0), other=0.0).to(tl.float32)
-        if SCALE:
-            x = x * tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e).to(tl.float32)
-        acc += x
-        if PROBS_GRAD:
-            if (col_block == 0) & (row >= 0):
-                grad = tl.load(row_grad_ptr + row)
-                tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+    args = (src_ptr, src_row_stride, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E)
+    # The first BLOCK_K entries unrolled: their loads depend only on `first`, so all their rows are
+    # in flight at once; a loop walks entry -> row -> next entry with one row in flight per
+    # program. H200 (experiments.py --only gather_unrolled, session 13): unpermute forward at
+    # top-2 7-8% faster (65536 x 64 x 2 x 2048 218.5 -> 200.9 µs), permute backward 2-4%; at
+    # top-8 level (-2.3% to +0.8%). Entries past `last` load as -1: not placed, they add 0.
+    for i in tl.static_range(BLOCK_K):
+        entry = tl.load(entry_ptr + first + i, mask=first + i < last, other=-1)
+        acc = _gather_entry(acc, entry, token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
+    for j in range(first + BLOCK_K, last):  # tokens with more than BLOCK_K entries
+        acc = _gather_entry(acc, tl.load(entry_ptr + j), token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
     tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
@@ -105,12 +142,14 @@ def _scatter_dot_kernel(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
+    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
     # (row, e) the entries of token t. One program per token walks whole rows, so the dot products
     # stay in fp32 registers: deterministic, no atomics. The padding rows' zeros come from programs
     # of this launch, not from a launch of their own: one launch fewer where launches weigh (at
     # T = 4096 this backward ran at 74-81% of the copy rate on the H100, session 7).
+    pdl_start(PDL)
     token = tl.program_id(0).to(tl.int64)
     if PAD and token >= n_tokens:
         first_row = (token - n_tokens) * PAD_ROWS
@@ -195,7 +234,9 @@ def gather_rows(
         ORDERED=ordered,
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
+        BLOCK_K=block_k(src.shape[0], n_tokens),
         num_warps=4,
+        **_rt.pdl_args(src.device, "gather"),
     )
 
 
@@ -224,9 +265,14 @@ def _launch_unpermute_backward(
     if probs is not None and need_d_probs:
         d_probs = _rt.empty(probs.shape, probs.dtype, grad.device)  # the kernel zeroes each row
         k = block_k(n_rows, n_tokens)
-        # Measured on the H100 (benchmarks/sweep.py): a tile of about 1024 elements (2048 for k <= 2);
-        # at k = 8 the 8 x 128 tile with 8 warps ran 4x faster than 8 x 256 with 4.
-        block_h = min(_block_h(hidden), max(128, (2048 if k <= 2 else 1024) // k))
+        # Column steps of up to 1024 with 4 warps at top-2, and at every k up to 2048 columns. H200
+        # (sweep.py --only routing --route-parts scatter_dot, session 13), top-8 at 2048 columns:
+        # 8 x 1024 with 4 warps 6-8% faster than the 8 x 128 tile with 8 warps (16384 x 256 x 8:
+        # 298.0 against 323.2 µs; 4096 x 256 x 8: 77.6 against 84.1; 65536 x 256 x 8: 1185.7
+        # against 1273.5). Past 2048 columns at k > 2, the H100's rule of commit d235329 (not measured
+        # on the H200 since): tiles of about 1024 elements, 8 x 128 with 8 warps at k = 8.
+        wide_steps = k <= 2 or hidden <= 2048
+        block_h = _block_h(hidden) if wide_steps else max(128, 1024 // k)
         pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
         if n_tokens + pad_programs > 0:
             _scatter_dot_kernel[(n_tokens + pad_programs,)](
@@ -251,7 +297,8 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
-                num_warps=8 if k >= 8 else 4,
+                num_warps=8 if k >= 8 and not wide_steps else 4,
+                **_rt.pdl_args(grad.device, "scatter_dot"),
             )
     else:
         scatter_rows(grad, d_perm, view, probs=probs)  # padding rows too

@@ -85,6 +85,53 @@ def test_drop_and_pad_routing_replays_in_a_cuda_graph():
         assert torch.equal(outs[0], ref_rows) and torch.equal(outs[1], ref_probs)
 
 
+@pytest.mark.parametrize("k", [2, 8])
+@pytest.mark.parametrize("trigger", [False, True], ids=["wait", "trigger"])
+def test_programmatic_dependent_launch_gives_the_same_bits_and_replays(monkeypatch, k, trigger):
+    # The routing kernels launch with programmatic dependent launch on sm_90 and later: each may
+    # start while the kernel before it finishes, and waits for its writes before reading. Forward
+    # and backward of permute and unpermute, eagerly and replayed in a CUDA graph, against the
+    # same steps with it off (same bits); as shipped (each kernel lets the next launch as its
+    # programs exit) and with every kernel letting the next launch at its start.
+    from moe_utils import _runtime as _rt
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        assert _rt.pdl_args(torch.device("cuda"), "scatter") == {"PDL": 0}
+        return
+    monkeypatch.setattr(_rt, "PDL", True)
+    monkeypatch.setattr(_rt, "PDL_TRIGGER", dict.fromkeys(_rt.PDL_TRIGGER, trigger))
+    for kernel in _rt.PDL_TRIGGER:
+        assert _rt.pdl_args(torch.device("cuda"), kernel) == {"PDL": 2 if trigger else 1, "launch_pdl": True}
+    n_tokens, n_experts, hidden = 300, 16, 192
+    gen = torch.Generator(device="cuda").manual_seed(k)
+    scores = torch.rand(n_tokens, n_experts, device="cuda", generator=gen)
+    m = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True)
+    x = torch.randn(n_tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+    p = torch.rand(n_tokens, n_experts, device="cuda", generator=gen)
+    g_rows = torch.randn(n_tokens * k, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+    g_out = torch.randn(n_tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+    def step():
+        xx, pp, pp2 = (t.detach().requires_grad_(True) for t in (x, p, p))
+        rows, perm_probs, plan = permute(xx, m, pp, num_out_tokens=n_tokens * k, fused=True)
+        expert_rows = (rows.detach() * 2).requires_grad_(True)
+        out = unpermute(expert_rows, plan, x.shape, pp2, m, fused=True)
+        grads = torch.autograd.grad((rows, perm_probs), (xx, pp), (g_rows, perm_probs.detach()))
+        grads += torch.autograd.grad(out, (expert_rows, pp2), g_out)
+        return (rows, perm_probs, out, *grads)
+
+    with monkeypatch.context() as off:
+        off.setattr(_rt, "PDL", False)
+        want = step()
+    got = step()
+    graph, outs = _graph(step)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b, c in zip(want, got, outs, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert all(t.abs().sum() > 0 for t in want)
+
+
 def _rows_close(got, ref64, tol):
     torch.testing.assert_close(got.double(), ref64, rtol=tol, atol=tol)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import DEVICE, make_generator
@@ -88,6 +90,39 @@ def test_unpermute_matches_float64(dtype, with_probs):
     ref_path = unpermute(rows, idx, x.shape, probs=p, routing_map=m, fused=False)
     path_tol = tol if with_probs or dtype == torch.float32 else 4 * tol
     torch.testing.assert_close(out.double(), ref_path.double(), rtol=path_tol, atol=path_tol)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.7])
+def test_uneven_top_k_gathers_every_entry(density):
+    # The gather (unpermute's forward, permute's backward) unrolls each token's first block_k
+    # entries (the average top-k rounded up to a power of two) and loops over the rest: tokens
+    # routed nowhere, to fewer experts than block_k, and to many more, against float64.
+    gen = make_generator(int(density * 100))
+    n_tokens, n_experts, hidden = 41, 12, 40
+    m = torch.rand(n_tokens, n_experts, generator=gen) < density
+    m[0], m[1], m[2] = True, False, torch.arange(n_experts) == 5  # every expert, none, one
+    m = m.to(DEVICE)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    n_rows = int(m.sum())
+    rows = torch.randn(n_rows, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    g_rows = torch.randn(n_rows, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    g_probs = torch.randn(n_rows, generator=gen).to(DEVICE)
+    _, _, idx = permute(x, m, fused=False)
+    _, _, plan = permute(x, m, fused=True)
+    out = unpermute(rows, plan, x.shape, probs=p, routing_map=m, fused=True)
+    want = unpermute(rows.double(), idx, x.shape, probs=p.double(), routing_map=m)
+    torch.testing.assert_close(out.double(), want, rtol=8e-3, atol=8e-3)
+    assert torch.all(out[1] == 0) and out[0].abs().sum() > 0
+    grads = {}
+    for fused, cast in ((True, torch.bfloat16), (False, torch.float64)):
+        xx = x.to(cast).requires_grad_(True)
+        pp = p.to(torch.float32 if fused else cast).requires_grad_(True)
+        perm, perm_probs, _ = permute(xx, m, pp, fused=fused)
+        grads[fused] = torch.autograd.grad((perm, perm_probs), (xx, pp), (g_rows.to(cast), g_probs.to(pp.dtype)))
+    for got, want in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=8e-3, atol=8e-3)
+    assert torch.all(grads[True][0][1] == 0) and torch.all(grads[True][1][~m] == 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -412,3 +447,22 @@ def test_zero_width_tokens_still_get_a_complete_plan(num_out):
     assert b.shape == (num_out or n, 0)
     assert torch.equal(plan[:n], ai) and torch.equal(bp[:n], ap)
     assert torch.all(plan[n : bp.numel()] == -1) and torch.all(bp[n:] == 0)
+
+
+def test_programmatic_dependent_launch_is_off_where_it_cannot_run(monkeypatch):
+    # pdl_args turns it on only for CUDA tensors on sm_90 and later outside the interpreter
+    # (tests/test_gpu.py checks it there); MOE_UTILS_PDL=0 turns it off.
+    import subprocess
+    import sys
+
+    from moe_utils import _runtime as _rt
+
+    for kernel in _rt.PDL_TRIGGER:
+        assert _rt.pdl_args(torch.device("cpu"), kernel) == {"PDL": 0}
+    monkeypatch.setattr(_rt, "PDL", False)
+    assert _rt.pdl_args(torch.device("cuda", 0), "scatter") == {"PDL": 0}
+    code = "import moe_utils._runtime as r; print(r.PDL)"
+    for value, want in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "MOE_UTILS_PDL": value}
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert run.stdout.strip() == want

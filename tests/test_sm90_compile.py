@@ -92,21 +92,24 @@ def compile_routing() -> None:
 
 
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
-    blocks = dict(BLOCK_T=16, BLOCK_E=256)
+    pdl = dict(PDL=2 if on else 0)  # programmatic dependent launch: wait and trigger, or neither
+    blocks = dict(BLOCK_T=16, BLOCK_E=256, **pdl)
     compile_sm90(routing._count_kernel, blocks)
-    compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8))
+    compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
     compile_sm90(routing._map_kernel, dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, **blocks), options=check)
-    scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048)
+    scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, **off))  # unpermute's backward
     plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on)
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **plan))  # permute
     compile_sm90(
-        unpermutation._gather_rows_kernel, dict(SCALE=on, PROBS_GRAD=on, ORDERED=on, BLOCK_H=1024, BLOCK_E=256)
+        unpermutation._gather_rows_kernel,
+        dict(SCALE=on, PROBS_GRAD=on, ORDERED=on, BLOCK_H=1024, BLOCK_E=256, BLOCK_K=2, **pdl),
     )
-    compile_sm90(unpermutation._scatter_dot_kernel, dict(PAD=on, PAD_ROWS=16, BLOCK_K=8, BLOCK_H=128, BLOCK_E=1024))
+    dot = dict(PAD=on, PAD_ROWS=16, BLOCK_K=8, BLOCK_H=128, BLOCK_E=1024, **pdl)
+    compile_sm90(unpermutation._scatter_dot_kernel, dot)
 
 
 def _run_child(what: str) -> None:
