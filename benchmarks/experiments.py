@@ -1,7 +1,7 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
-        KIND: act, scatter, plan, inplace, liger, order, ops, gather, gather_unrolled, pdl
+        KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -24,11 +24,13 @@ uses them):
 copy of the package first on PYTHONPATH too, to time a change of the package on one machine
 (a copy from session 10 on: the kernels here decode their grid with its ``grid_tile``).
 ``--only gather``: the gather (unpermute forward, permute backward) on both grids at each shape.
-``--only gather_unrolled``: the gather as shipped and with each token's first BLOCK_K entries
-unrolled, so that all its rows are in flight at once (the shipped loop has one row in flight per
-program), at the top-2 shapes where the gathers run below 85% of copy and a few top-8 ones.
-``--only pdl``: the four fused routing ops with every kernel launched with programmatic dependent
-launch (Hopper; Triton's ``launch_pdl`` and ``gdc_wait``), against the shipped launches.
+(Session 12's ``--only gather_unrolled``, each token's first BLOCK_K entries unrolled, was shipped in
+session 13: commit 84c3603 for its code, results/history for its times.)
+``--only pdl``: the four fused routing ops with programmatic dependent launch off, and on with no
+kernel, the plan's kernels or every kernel letting the next launch at its start (the package's
+switches ``_runtime.PDL`` and ``PDL_TRIGGER``). Session 12's form of this experiment (wrappers
+generated around the kernels; commit 84c3603) measured every kernel waiting, and every kernel
+triggering.
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
@@ -60,10 +62,9 @@ import baselines
 from sweep import DEVICE, DRY, bench, gen  # one timing method and one dry-run switch for both scripts
 
 from moe_utils import _runtime as _rt
-from moe_utils import permutation, routing, unpermutation
+from moe_utils import routing, unpermutation
 from moe_utils._kernel_lib import grid_tile
-from moe_utils.routing import entry_expert, entry_row
-from moe_utils.unpermutation import _zero_d_probs_row
+from moe_utils.routing import entry_row
 
 
 @triton.jit
@@ -72,8 +73,8 @@ def _silu_mul(gate, up):
 
 
 @triton.jit
-def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, ORDERED: tl.constexpr,
-            BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+def _fwd_2d_tile(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, ORDERED: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
     # ORDERED: a 1-D grid, row blocks outer and column blocks inner, so consecutive programs take
     # consecutive tiles of memory; else a 2-D grid, rows on the fast axis (program_id(0)), where a
     # wide row's first column block is read for every row before any row's second block.
@@ -90,17 +91,17 @@ def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, ORDE
 
 
 @triton.jit
+def _fwd_2d(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY: tl.constexpr, ORDERED: tl.constexpr,
+            BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    _fwd_2d_tile(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY, ORDERED, BLOCK_R, BLOCK_H)
+
+
+@triton.jit
 def _fwd_2d_const(x_ptr, w_ptr, out_ptr, n_rows, H: tl.constexpr, stride, POLICY: tl.constexpr,
-                  BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (rows < n_rows)[:, None] & (cols < H)[None, :]
-    offs = rows[:, None] * stride + cols[None, :]
-    gate = tl.load(x_ptr + offs, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
-    up = tl.load(x_ptr + offs + H, mask=mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
-    w = tl.load(w_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
-    out = _silu_mul(gate, up) * w
-    tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+                  ORDERED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    # _fwd_2d with the width a constexpr (one compile per width): in the ordered grid the division
+    # by the number of column blocks becomes a multiply and shift, and the masks fold.
+    _fwd_2d_tile(x_ptr, w_ptr, out_ptr, n_rows, H, stride, POLICY, ORDERED, BLOCK_R, BLOCK_H)
 
 
 @triton.jit
@@ -185,50 +186,6 @@ def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n
         tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=ok, eviction_policy=STORE_POLICY)
 
 
-@triton.jit
-def _gather_entry(acc, entry, token, cols, col_ok, first_block, src_ptr, src_row_stride, probs_ptr,
-                  probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E, SCALE: tl.constexpr,
-                  PROBS_GRAD: tl.constexpr):  # fmt: skip
-    # One entry of _gather_rows_kernel's loop: acc + its row (scaled), and its probability's gradient.
-    row = entry_row(entry)
-    placed = row >= 0
-    x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & placed, other=0.0).to(tl.float32)
-    if SCALE:
-        p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=placed, other=0.0)
-        x = x * p.to(tl.float32)
-    if PROBS_GRAD:
-        if first_block & placed:
-            grad = tl.load(row_grad_ptr + row)
-            tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
-    return acc + x
-
-
-@triton.jit
-def _gather_unrolled(src_ptr, src_row_stride, out_ptr, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr,
-                     d_probs_ptr, token_ptr_ptr, entry_ptr, n_rows, hidden, E, SCALE: tl.constexpr,
-                     PROBS_GRAD: tl.constexpr, ORDERED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr,
-                     BLOCK_K: tl.constexpr):  # fmt: skip
-    # The shipped _gather_rows_kernel with its first BLOCK_K entries unrolled: their plan loads
-    # depend only on the token's first entry, and the row loads only on those, so all BLOCK_K rows
-    # can be in flight at once (the shipped loop walks entry -> row -> entry -> row, one row in
-    # flight per program). The sum runs in the same order: the bits are the shipped kernel's.
-    token, col_block = grid_tile(hidden, BLOCK_H, ORDERED)
-    cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
-    col_ok = cols < hidden
-    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-    first = tl.load(token_ptr_ptr + token)
-    last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
-    if PROBS_GRAD:
-        _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
-    args = (src_ptr, src_row_stride, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E)
-    for i in tl.static_range(BLOCK_K):
-        entry = tl.load(entry_ptr + first + i, mask=first + i < last, other=-1)
-        acc = _gather_entry(acc, entry, token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
-    for j in range(first + BLOCK_K, last):  # tokens with more than BLOCK_K entries
-        acc = _gather_entry(acc, tl.load(entry_ptr + j), token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
-    tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
-
-
 def scatter_experiments(results, shapes) -> None:
     """permute's scatter: the shipped launcher against multi-token programs and cache policies."""
     from sweep import routing_map
@@ -282,7 +239,6 @@ def plan_experiments(results, shapes) -> None:
     against two versions of the package (PYTHONPATH) to time a change of the plan kernels."""
     from sweep import routing_map
 
-    from moe_utils import routing
     from moe_utils.routing import build_plan
 
     print("routing from", routing.__file__, flush=True)
@@ -481,142 +437,30 @@ def gather_experiments(results, shapes) -> None:
         unpermutation._ORDERED_GATHER_ABOVE = saved
 
 
-class _UnrolledGather:
-    """Stands in for ``unpermutation._gather_rows_kernel``: gather_rows' own launch (grid, arguments,
-    warps), with the kernel of ``_gather_unrolled`` and BLOCK_K entries unrolled."""
-
-    def __init__(self, block_k: int):
-        self.block_k = block_k
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: _gather_unrolled[grid](*args, BLOCK_K=self.block_k, **kwargs)
-
-
-def gather_unrolled_experiments(results, shapes) -> None:
-    """The gather (unpermute forward, permute backward) as shipped and with its first BLOCK_K
-    entries unrolled (``_gather_unrolled``: every row of a top-k token in flight at once), through
-    ``gather_rows``: same grid, same launch; outputs poisoned, results checked bit-equal. At top-2
-    the gathers run at 82-87% of copy on the H200 (session 11's routing grid), at top-8 at 88-101%."""
-    from sweep import routing_map
-
-    import moe_utils
-    from moe_utils.permutation import block_k
-    from moe_utils.routing import plan_view
-
-    g = torch.Generator(device=DEVICE).manual_seed(0)
-    shipped = unpermutation._gather_rows_kernel
-    try:
-        with torch.no_grad():
-            for n_tokens, n_experts, k, hidden in shapes:
-                shape = [n_tokens, n_experts, k, hidden]
-                x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
-                m = routing_map(n_tokens, n_experts, k, g)
-                p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
-                n_rows = n_tokens * k
-                rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
-                view = plan_view("exp", plan, n_tokens, n_rows)
-                g_probs = torch.randn_like(perm_probs)
-                out = torch.empty_like(x)
-                d_probs = torch.empty(n_tokens, n_experts, device=DEVICE)
-                runs = {
-                    "unpermute_fwd": (lambda: unpermutation.gather_rows(rows, out, view, probs=p), (out,)),
-                    "permute_bwd": (
-                        lambda: unpermutation.gather_rows(rows, out, view, row_grad=g_probs, d_probs=d_probs),
-                        (out, d_probs),
-                    ),
-                }
-                blocks = sorted({block_k(n_rows, n_tokens), min(8, 2 * block_k(n_rows, n_tokens))})
-                variants = [("shipped", shipped)] + [(f"unrolled {bk}", _UnrolledGather(bk)) for bk in blocks]
-                for kind, (run, outputs) in runs.items():
-                    want = None
-                    for name, kernel in variants:
-                        unpermutation._gather_rows_kernel = kernel
-                        for t in outputs:
-                            t.fill_(float("nan"))
-                        run()
-                        got = [t.clone() for t in outputs]
-                        if want is None:
-                            want = got
-                        for a, b in zip(want, got, strict=True):
-                            assert torch.equal(a, b), f"gather variant {name} differs at {shape}"
-                        us = bench(run)
-                        results.append(dict(kind=f"gather_{kind}", shape=shape, variant=name, us=us))
-                        print(f"{kind:14s} {shape!s:24s} {name:12s} {us:8.1f} us", flush=True)
-    finally:
-        unpermutation._gather_rows_kernel = shipped
-
-
-#: The kernels of the fused routing ops, by module: what ``--only pdl`` launches with programmatic
-#: dependent launch.
-_ROUTING_KERNELS = {
-    routing: ("_count_kernel", "_scan_experts_kernel", "_map_kernel"),
-    permutation: ("_scatter_rows_kernel",),
-    unpermutation: ("_gather_rows_kernel", "_scatter_dot_kernel"),
+#: Forms of programmatic dependent launch: None off, else the kernels that let the next grid launch at their
+#: start (the others: as their programs exit).
+_PDL_FORMS = {
+    "pdl off": None,
+    "pdl wait": (),
+    "pdl plan trigger": ("count", "scan", "map"),
+    "pdl trigger": ("count", "scan", "map", "scatter", "gather", "scatter_dot"),
 }
 
 
-def _pdl_kernels(trigger: bool):
-    """For each kernel of ``_ROUTING_KERNELS``: a kernel with its parameters that first waits for
-    the grid before it (``griddepcontrol.wait``: that grid's writes are visible after it), with
-    ``trigger`` lets the next grid launch at once (``launch_dependents``; else when its programs
-    exit), then runs the shipped kernel's body, inlined. Triton reads a kernel's source from its
-    file, so the wrappers are written to one (under the system's temporary directory) and
-    imported. Under the interpreter (DRY) the two GDC calls are left out."""
-    import inspect
-    import tempfile
-
-    name = f"_pdl_kernels_{'trigger' if trigger else 'wait'}"
-    imports = ["import triton", "import triton.language as tl"]
-    if not DRY:
-        imports.append("from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait")
-    lines = []
-    for module, kernels in _ROUTING_KERNELS.items():
-        for kernel in kernels:
-            imports.append(f"from {module.__name__} import {kernel} as _shipped_{kernel}")
-            params = inspect.signature(getattr(module, kernel).fn).parameters.values()
-            signature = [
-                p.name
-                + (": tl.constexpr" if "constexpr" in str(p.annotation) else "")
-                + ("" if p.default is inspect.Parameter.empty else f" = {p.default!r}")
-                for p in params
-            ]
-            lines += ["", "", "@triton.jit", f"def {kernel}({', '.join(signature)}):"]
-            if not DRY:
-                lines += ["    gdc_wait()"] + (["    gdc_launch_dependents()"] if trigger else [])
-            lines.append(f"    _shipped_{kernel}({', '.join(p.name for p in params)})")
-    lines = imports + lines
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="moe_utils_pdl_"))
-    (folder / f"{name}.py").write_text("\n".join(lines) + "\n")
-    sys.path.insert(0, str(folder))
-    return importlib.import_module(name)
-
-
-class _PDLLaunch:
-    """Stands in for a shipped kernel at its launch site: the same grid and arguments, the PDL
-    wrapper's kernel, launched with programmatic dependent launch (launch_pdl=True)."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-
-    def __getitem__(self, grid):
-        extra = {} if DRY else {"launch_pdl": True}
-        return lambda *args, **kwargs: self.kernel[grid](*args, **extra, **kwargs)
-
-
 def pdl_experiments(results, shapes) -> None:
-    """The four fused routing ops (bench.py's calls) as shipped and with every kernel launched with
-    programmatic dependent launch (Hopper: a kernel's launch and start overlap the end of the one
-    before it; it waits for that one's writes before it reads anything): permute's forward is four
-    launches in a row (count, scan, map, scatter), at 4096 tokens 21-27 µs against a 12-15 µs copy
-    on the H200. Two forms: each kernel lets the next launch at its start ("pdl trigger"), or only
-    as its programs exit ("pdl wait"). Outputs poisoned, checked bit-equal to the shipped ops."""
-    shipped = {(m, k): getattr(m, k) for m, kernels in _ROUTING_KERNELS.items() for k in kernels}
-    forms = {"pdl trigger": _pdl_kernels(True), "pdl wait": _pdl_kernels(False)}
+    """The four fused routing ops (bench.py's calls) under each form of ``_PDL_FORMS``, through the
+    package's own switches (``_runtime.PDL``, ``_runtime.PDL_TRIGGER``). Programmatic dependent
+    launch (Hopper) lets a kernel launch and start while the one before it finishes; each kernel
+    waits for that one's writes before it reads anything. permute's forward is four launches in a
+    row (count, scan, map, scatter), at 4096 tokens 20-26 µs against a 12-15 µs copy on the H200.
+    Outputs poisoned, checked bit-equal across forms. Under the interpreter every form runs
+    without PDL (pdl_args), which checks only the script."""
+    saved = _rt.PDL, dict(_rt.PDL_TRIGGER)
 
     def use(form) -> None:
-        for (module, kernel), original in shipped.items():
-            launch = original if form is None else _PDLLaunch(getattr(form, kernel))
-            setattr(module, kernel, launch)
+        _rt.PDL = form is not None
+        for kernel in _rt.PDL_TRIGGER:
+            _rt.PDL_TRIGGER[kernel] = form is not None and kernel in form
 
     def flat(out) -> list:
         return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
@@ -625,26 +469,21 @@ def pdl_experiments(results, shapes) -> None:
     try:
         with torch.no_grad():
             for shape in shapes:
-                ops = _routing_ops(shape, g)
-                for kind, fn in ops.items():
+                for kind, fn in _routing_ops(shape, g).items():
                     want = None
-                    for name, form in (("shipped", None), *forms.items()):
+                    for name, form in _PDL_FORMS.items():
                         use(form)
                         with _rt.poisoned_outputs():
                             got = [t.clone() for t in flat(fn())]
-                        if want is None:
-                            want = got
+                        want = want or got
                         for a, b in zip(want, got, strict=True):
                             assert torch.equal(a, b), f"{kind} with {name} differs at {shape}"
-                        try:  # a CUDA graph may refuse the launch attribute: say so, go on
-                            us = bench(fn)
-                        except RuntimeError as error:
-                            print(f"{kind:14s} {list(shape)!s:24s} {name:12s} failed: {error}", flush=True)
-                            continue
+                        us = bench(fn)
                         results.append(dict(kind=kind, shape=list(shape), variant=name, us=us))
-                        print(f"{kind:14s} {list(shape)!s:24s} {name:12s} {us:8.1f} us", flush=True)
+                        print(f"{kind:14s} {list(shape)!s:24s} {name:16s} {us:8.1f} us", flush=True)
     finally:
-        use(None)
+        _rt.PDL = saved[0]
+        _rt.PDL_TRIGGER.update(saved[1])
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
@@ -689,7 +528,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "gather_unrolled", "pdl")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -735,13 +574,6 @@ def main() -> None:
             (4096, 64, 8, 4096), (4096, 128, 8, 7168), (4096, 256, 8, 2048), (2048, 64, 8, 4096), (2048, 64, 4, 4096),
             (4096, 64, 4, 4096), (8192, 64, 8, 2048),
         ])  # fmt: skip
-    if "gather_unrolled" in args.only:
-        gather_unrolled_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40), (7, 12, 9, 40)] if DRY else [
-            (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 8, 2, 2048), (16384, 64, 2, 2048),
-            (16384, 256, 2, 2048), (16384, 8, 2, 2048), (4096, 256, 2, 4096), (16384, 64, 2, 4096),
-            (65536, 64, 2, 2048), (65536, 8, 2, 2048), (4096, 256, 8, 2048), (16384, 64, 8, 2048),
-            (8192, 128, 8, 7168),
-        ])  # fmt: skip
     if "pdl" in args.only:
         pdl_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
             (4096, 256, 2, 2048), (4096, 8, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 2, 2048), (16384, 256, 2, 2048),
@@ -755,7 +587,7 @@ def main() -> None:
         fwd_shapes = [(4, 24), (3, 40)] if DRY else [(16384, 768), (65536, 2048), (65536, 7168)]
         if args.act_shapes and not DRY:
             fwd_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.act_shapes]
-        bwd_shapes = [(5, 24)] if DRY else [(65536, 2048), (65536, 7168)]
+        bwd_shapes = [(5, 24)] if DRY else [] if args.act_shapes else [(65536, 2048), (65536, 7168)]
     for n_rows, h in fwd_shapes:
         x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
         w = torch.rand(n_rows, device=DEVICE)
@@ -764,24 +596,24 @@ def main() -> None:
         grid = (triton.cdiv(n_rows, cfg.block_r), triton.cdiv(h, cfg.block_h))
         out = torch.empty_like(want)
         variants = {"shipped": lambda: gen._launch_forward(x, None, w, False, None, False)}
-        for evict in (False, True):
-            variants[f"2d evict={evict}"] = lambda e=evict: _fwd_2d[grid](
-                x, w, out, n_rows, h, x.stride(0), POLICY="evict_first" if e else "", ORDERED=False,
-                BLOCK_R=cfg.block_r, BLOCK_H=cfg.block_h, num_warps=cfg.num_warps,
-            )  # fmt: skip
-            variants[f"const_h evict={evict}"] = lambda e=evict: _fwd_2d_const[grid](
-                x, w, out, n_rows, h, x.stride(0), POLICY="evict_first" if e else "",
-                BLOCK_R=cfg.block_r, BLOCK_H=cfg.block_h, num_warps=cfg.num_warps,
-            )  # fmt: skip
-            for block, warps in ((1024, 4), (2048, 8), (4096, 8)):
-                variants[f"flat {block}/{warps} evict={evict}"] = lambda e=evict, b=block, nw=warps: _fwd_flat[
-                    (triton.cdiv(n_rows * h, b),)
-                ](x, w, out, n_rows * h, h, x.stride(0), POLICY="evict_first" if e else "", BLOCK=b, num_warps=nw)
-                variants[f"flat_const {block}/{warps} evict={evict}"] = lambda e=evict, b=block, nw=warps: (
-                    _fwd_flat_const[(triton.cdiv(n_rows * h, b),)](
-                        x, w, out, n_rows * h, h, x.stride(0), POLICY="evict_first" if e else "", BLOCK=b, num_warps=nw
-                    )
-                )
+        # The shipped launch shape and eviction policy (session 12 run 1: evict_first, flat tiles of
+        # 2048 or 4096 elements and the unordered 2-D grid were all slower at these sizes).
+        policy = "evict_first" if cfg.evict_first else ""
+        tiles = dict(BLOCK_R=cfg.block_r, BLOCK_H=cfg.block_h, num_warps=cfg.num_warps)
+        n_tiles = (grid[0] * grid[1],)
+        variants["2d ordered"] = lambda: _fwd_2d[n_tiles](
+            x, w, out, n_rows, h, x.stride(0), POLICY=policy, ORDERED=True, **tiles
+        )
+        variants["const_h ordered"] = lambda: _fwd_2d_const[n_tiles](
+            x, w, out, n_rows, h, x.stride(0), POLICY=policy, ORDERED=True, **tiles
+        )
+        flat = (triton.cdiv(n_rows * h, 1024),)
+        variants["flat 1024/4"] = lambda: _fwd_flat[flat](
+            x, w, out, n_rows * h, h, x.stride(0), POLICY=policy, BLOCK=1024, num_warps=4
+        )
+        variants["flat_const 1024/4"] = lambda: _fwd_flat_const[flat](
+            x, w, out, n_rows * h, h, x.stride(0), POLICY=policy, BLOCK=1024, num_warps=4
+        )
         # The reference's weighted SwiGLU as Inductor compiles it for this one shape (a fresh compile
         # state: static width and rows), writing into out like the variants.
         torch._dynamo.reset()

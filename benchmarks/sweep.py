@@ -268,7 +268,10 @@ def routing_map(n_tokens, n_experts, k, gen_):
     return torch.zeros(n_tokens, n_experts, dtype=torch.bool, device=DEVICE).scatter_(1, idx, True)
 
 
-def sweep_routing(results, copy, shapes):
+def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_dot")):
+    """At each (tokens, experts, k, hidden): the fused permute's pieces (plan, scatter, padding, a
+    write-only fill), and every launch shape of the scatter and of unpermute's backward
+    scatter-dot; ``parts`` picks among the three."""
     g = torch.Generator(device=DEVICE).manual_seed(0)
     for n_tokens, n_experts, k, hidden in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
@@ -288,11 +291,11 @@ def sweep_routing(results, copy, shapes):
             "fill_out": (lambda: out.fill_(1.0), n_rows * hidden * 2),
             "zeros_probs": (lambda: torch.zeros(n_rows, device=DEVICE), 0),
         }
-        for name, (fn, nbytes) in pieces.items():
+        for name, (fn, nbytes) in pieces.items() if "pieces" in parts else ():
             us = bench(fn)
             pct = 100 * nbytes / us / 1e3 / copy if nbytes else None
             results.setdefault("permute_pieces", []).append(dict(shape=shape, config=name, us=us, pct=pct))
-        for bk in (1, 2, 4, 8):
+        for bk in (1, 2, 4, 8) if "scatter" in parts else ():
             for bh in (128, 256, 512, 1024, 2048):
                 for nw in (2, 4, 8):
                     if bh > triton.next_power_of_2(hidden) or bk * bh > 16384:
@@ -303,7 +306,8 @@ def sweep_routing(results, copy, shapes):
                             x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry,
                             view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
                             hidden, 0, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
-                            DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=bk, BLOCK_H=bh, num_warps=nw,
+                            DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=bk, BLOCK_H=bh,
+                            num_warps=nw, PDL=0,
                         )  # fmt: skip
 
                     us = bench(run)
@@ -314,9 +318,9 @@ def sweep_routing(results, copy, shapes):
         d_probs = torch.zeros(n_tokens, n_experts, device=DEVICE)
         d_perm = torch.empty_like(out)
         nbytes = (n_tokens + 2 * n_rows) * hidden * 2 + n_rows * 8
-        for bk in (1, 2, 4, 8):
+        for bk in (1, 2, 4, 8) if "scatter_dot" in parts else ():
             for bh in (128, 256, 512, 1024):
-                for nw in (4, 8):
+                for nw in (4, 8, 16):
                     if bh > triton.next_power_of_2(hidden) or bk * bh > 8192:
                         continue
 
@@ -325,7 +329,7 @@ def sweep_routing(results, copy, shapes):
                             grad, grad.stride(0), out, out.stride(0), d_perm, p, p.stride(0), p.stride(1), d_probs,
                             view.token_ptr, view.entry, view.src_token, n_tokens, n_rows, hidden, n_experts,
                             PAD=False, PAD_ROWS=16, BLOCK_K=bk, BLOCK_H=bh,
-                            BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw,
+                            BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw, PDL=0,
                         )  # fmt: skip
 
                     us = bench(run)
@@ -333,7 +337,7 @@ def sweep_routing(results, copy, shapes):
                         dict(shape=shape, config=[bk, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
                     )
         for kind in ("permute_pieces", "scatter", "scatter_dot"):
-            rows = [r for r in results[kind] if r["shape"] == shape]
+            rows = [r for r in results.get(kind, []) if r["shape"] == shape]
             top = sorted(rows, key=lambda r: r["us"])[:3] if kind != "permute_pieces" else rows
             print(shape, kind, [(r["config"], round(r["us"], 1), r["pct"] and round(r["pct"], 1)) for r in top])
         yield
@@ -471,6 +475,11 @@ def main() -> None:
     )
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     ap.add_argument("--shapes", nargs="*", default=None, help="TxH shapes for wide, blocks and unweighted")
+    ap.add_argument("--route-shapes", nargs="*", default=None, help="TxExKxH shapes of --only routing")
+    ap.add_argument(
+        "--route-parts", nargs="*", default=("pieces", "scatter", "scatter_dot"), help="of --only routing",
+        choices=("pieces", "scatter", "scatter_dot"),
+    )  # fmt: skip
     ap.add_argument("--parts", nargs="*", default=("fwd", "bwd"), choices=("fwd", "bwd"), help="of --only blocks")
     ap.add_argument("--bwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS backward tiles of --only blocks")
     ap.add_argument("--fwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS forward tiles of --only blocks")
@@ -509,7 +518,9 @@ def main() -> None:
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:
-        groups.append(sweep_routing(results, copy, routing))
+        if args.route_shapes and not DRY:
+            routing = [tuple(int(n) for n in shape.split("x")) for shape in args.route_shapes]
+        groups.append(sweep_routing(results, copy, routing, args.route_parts))
     if "unweighted" in only:
         unweighted = [(3, 48)] if DRY else [(65536, 7168), (65536, 2880), (65536, 2048), (16384, 768)]
         groups.append(sweep_unweighted_backward(results, copy, shapes or unweighted))
