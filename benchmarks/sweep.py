@@ -319,9 +319,9 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
         d_perm = torch.empty_like(out)
         nbytes = (n_tokens + 2 * n_rows) * hidden * 2 + n_rows * 8
         for bk in (1, 2, 4, 8) if "scatter_dot" in parts else ():
-            for bh in (128, 256, 512, 1024):
+            for bh in (128, 256, 512, 1024, 2048, 4096):
                 for nw in (4, 8, 16):
-                    if bh > triton.next_power_of_2(hidden) or bk * bh > 8192:
+                    if bh > triton.next_power_of_2(hidden) or bk * bh > 16384:
                         continue
 
                     def run(bk=bk, bh=bh, nw=nw):
