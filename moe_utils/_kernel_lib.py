@@ -21,10 +21,26 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+try:  # programmatic dependent launch: Triton 3.4 and later
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    HAS_PDL = True
+except ImportError:  # pragma: no cover - older Triton; _runtime.pdl_args then keeps PDL at 0
+    HAS_PDL = False
+
+    @triton.jit
+    def gdc_wait():  # never reached: pdl_start's branches compile only with PDL >= 1
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
 
 __all__ = [
     "FP8_MAX",
+    "HAS_PDL",
     "fp8_decode",
     "fp8_encode",
     "gated_inputs",

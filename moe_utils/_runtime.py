@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._kernel_lib import to_fp8_saturated
+from ._kernel_lib import HAS_PDL, to_fp8_saturated
 
 __all__ = [
     "INTERPRET",
@@ -107,7 +107,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # -- programmatic dependent launch -----------------------------------------------------------
 
 #: Launch the routing kernels with programmatic dependent launch where the GPU has it (sm_90 and
-#: later; never under the interpreter). MOE_UTILS_PDL=0 in the environment turns it off.
+#: later) and Triton does (3.4 and later); never under the interpreter. MOE_UTILS_PDL=0 in the
+#: environment turns it off.
 PDL = os.environ.get("MOE_UTILS_PDL", "1") != "0"
 
 #: Routing kernels (by the name their launcher passes to pdl_args) that let the next grid launch
@@ -129,7 +130,7 @@ def pdl_args(device: torch.device, kernel: str) -> dict[str, Any]:
     """Keyword arguments of a routing kernel's launch: its ``PDL`` constexpr (``_kernel_lib.pdl_start``)
     and, where it is on, Triton's ``launch_pdl``. The kernel waits for the grid before it before
     it reads anything, so its inputs may come from any kernel, ours or not."""
-    if not PDL or INTERPRET or device.type != "cuda":
+    if not PDL or not HAS_PDL or INTERPRET or device.type != "cuda":
         return {"PDL": 0}
     if not _sm90_or_later(device.index if device.index is not None else torch.cuda.current_device()):
         return {"PDL": 0}
