@@ -108,9 +108,10 @@ def _gather_rows_kernel(
     args = (src_ptr, src_row_stride, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E)
     # The first BLOCK_K entries unrolled: their loads depend only on `first`, so all their rows are
     # in flight at once; a loop walks entry -> row -> next entry with one row in flight per
-    # program. H200 (experiments.py --only gather_unrolled, session 13): unpermute forward at
-    # top-2 7-8% faster (65536 x 64 x 2 x 2048 218.5 -> 200.9 µs), permute backward 2-4%; at
-    # top-8 level (-2.3% to +0.8%). Entries past `last` load as -1: not placed, they add 0.
+    # program. H200 (session 13; results/history/experiments-gather-unrolled-pdl-s13-call1-*):
+    # unpermute forward at top-2 7-8% faster (65536 x 64 x 2 x 2048 218.5 -> 200.9 µs), permute
+    # backward 2-4%; at top-8 level (-2.3% to +0.8%). Entries past `last` load as -1: not placed,
+    # they add 0.
     for i in tl.static_range(BLOCK_K):
         entry = tl.load(entry_ptr + first + i, mask=first + i < last, other=-1)
         acc = _gather_entry(acc, entry, token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
@@ -267,7 +268,7 @@ def _launch_unpermute_backward(
         k = block_k(n_rows, n_tokens)
         # Column steps of up to 1024 with 4 warps at top-2, and at every k up to 2048 columns. H200
         # (sweep.py --only routing --route-parts scatter_dot, session 13), top-8 at 2048 columns:
-        # 8 x 1024 with 4 warps 6-8% faster than the 8 x 128 tile with 8 warps (16384 x 256 x 8:
+        # 8 x 1024 with 4 warps 6-9% faster than the 8 x 128 tile with 8 warps (16384 x 256 x 8:
         # 298.0 against 323.2 µs; 4096 x 256 x 8: 77.6 against 84.1; 65536 x 256 x 8: 1185.7
         # against 1273.5). Past 2048 columns at k > 2, the H100's rule of commit d235329 (not measured
         # on the H200 since): tiles of about 1024 elements, 8 x 128 with 8 warps at k = 8.
