@@ -443,7 +443,7 @@ _PDL_FORMS = {
     "pdl off": None,
     "pdl wait": (),
     "pdl plan trigger": ("count", "scan", "map"),
-    "pdl trigger": ("count", "scan", "map", "scatter", "gather", "scatter_dot"),
+    "pdl trigger": tuple(_rt.PDL_TRIGGER),  # every routing kernel
 }
 
 
