@@ -266,14 +266,15 @@ def _launch_unpermute_backward(
     if probs is not None and need_d_probs:
         d_probs = _rt.empty(probs.shape, probs.dtype, grad.device)  # the kernel zeroes each row
         k = block_k(n_rows, n_tokens)
-        # Column steps of up to 1024 with 4 warps at top-2, and at every k up to 2048 columns. H200
-        # (sweep.py --only routing --route-parts scatter_dot, session 13), top-8 at 2048 columns:
-        # 8 x 1024 with 4 warps 6-9% faster than the 8 x 128 tile with 8 warps (16384 x 256 x 8:
-        # 298.0 against 323.2 µs; 4096 x 256 x 8: 77.6 against 84.1; 65536 x 256 x 8: 1185.7
-        # against 1273.5). Past 2048 columns at k > 2, the H100's rule of commit d235329 (not measured
-        # on the H200 since): tiles of about 1024 elements, 8 x 128 with 8 warps at k = 8.
-        wide_steps = k <= 2 or hidden <= 2048
-        block_h = _block_h(hidden) if wide_steps else max(128, 1024 // k)
+        # Column steps of up to 2048 with 4 warps at every k (no spills: 139 registers per thread
+        # at [8, 2048], ptxas for sm_90). H200 (sweep.py --only routing --route-parts scatter_dot):
+        # session 13, top-8 at 2048 columns, 8 x 1024 with 4 warps 6-9% faster than the H100's
+        # 8 x 128 tile with 8 warps (16384 x 256 x 8: 298.0 against 323.2 µs); session 14, past 2048
+        # columns at top-8, 8 x 2048 with 4 warps 4-5% faster than 8 x 128 with 8 (4096 x 64 x 8 x
+        # 4096: 147.2 against 155.0; 16384 x 64 x 8 x 7168: 989.1 against 1031.7), and 2048-column
+        # steps 0.2-0.8% ahead of 1024 at 7 of 8 shapes, level at the eighth
+        # (results/history/sweep-scatter-dot-s14-call1-*).
+        block_h = _block_h(hidden, 2048)
         pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
         if n_tokens + pad_programs > 0:
             _scatter_dot_kernel[(n_tokens + pad_programs,)](
@@ -298,7 +299,7 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
-                num_warps=8 if k >= 8 and not wide_steps else 4,
+                num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
     else:

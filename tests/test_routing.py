@@ -154,6 +154,31 @@ def test_gradients_against_float64_autograd(dtype):
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=lambda s, w=what: f"{w}: {s}")
 
 
+@pytest.mark.parametrize("k", [2, 8])
+def test_unpermute_backward_walks_wide_rows_in_column_steps(k):
+    # The scatter-dot (unpermute's backward with the probs gradient) walks each token's rows in
+    # steps of up to 2048 columns: 2100 columns are two steps, the second mostly masked. Padding
+    # rows (num_out_tokens past the routed count) get zeros; against float64 autograd.
+    gen = make_generator(40 + k)
+    n_tokens, n_experts, hidden = 9, 16, 2100
+    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, k, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    g_out = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    rows, _, plan = permute(x, m, num_out_tokens=n_tokens * k + 3, fused=True)
+    _, _, idx = permute(x, m, fused=False)
+    grads = {}
+    for fused, cast in ((True, torch.bfloat16), (False, torch.float64)):
+        r = (rows if fused else rows[: n_tokens * k]).to(cast).requires_grad_(True)
+        pp = p.to(torch.float32 if fused else cast).requires_grad_(True)
+        out = unpermute(r, plan if fused else idx, x.shape, probs=pp, routing_map=m, fused=fused)
+        grads[fused] = torch.autograd.grad(out, (r, pp), g_out.to(cast))
+    d_rows, d_p = grads[True]
+    torch.testing.assert_close(d_rows[: n_tokens * k].double(), grads[False][0], rtol=8e-3, atol=8e-3)
+    torch.testing.assert_close(d_p.double(), grads[False][1], rtol=2e-2, atol=2e-2)
+    assert torch.all(d_rows[n_tokens * k :] == 0) and torch.all(d_p[~m] == 0) and d_p[m].abs().min() > 0
+
+
 def test_drop_and_pad_fixed_capacity():
     gen = make_generator(3)
     n_tokens, n_experts, capacity, hidden = 40, 8, 6, 24
