@@ -315,6 +315,10 @@ def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: 
     g_probs = torch.randn_like(perm_probs)
     perm_bytes = (n_tokens + n_rows) * hidden * s + n_rows * 4 + n_tokens * n_experts
     unperm_bytes = (n_rows + n_tokens) * hidden * s + n_rows * 4
+    # unpermute's backward: grad [T, hidden] and the permuted rows read, their gradient written, the
+    # routed probs read, and the probs' gradient written whole ([T, E] fp32, zeros where a token has
+    # no row), as permute's backward writes it (until session 14 this counted N of the T x E).
+    unperm_bwd_bytes = (n_tokens + 2 * n_rows) * hidden * s + n_rows * 4 + n_tokens * n_experts * 4
     with torch.no_grad():
         for label, fused, kw in (("ours", True, {"num_out_tokens": n_rows}), ("reference", False, {})):
             ms = timed(lambda i: moe_utils.permute(x, m, p, fused=fused, **kw), capture=fused)
@@ -336,7 +340,7 @@ def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: 
             ms = timed(lambda i: moe_utils.unpermute(rows, ind, x.shape, None, m, fused=fused))
             record("unpermute", "fwd_noprobs", label, shape, ms, unperm_bytes - n_rows * 4, copy_gbs)
         ms = timed(lambda i: _launch_unpermute_backward(g_out, rows, plan, p, True))
-        record("unpermute", "bwd", "ours", shape, ms, (n_tokens + 2 * n_rows) * hidden * s + n_rows * 8, copy_gbs)
+        record("unpermute", "bwd", "ours", shape, ms, unperm_bwd_bytes, copy_gbs)
         if not full:
             return
         ms = timed(lambda i: _launch_unpermute_backward(g_out, rows, plan, p, False))
@@ -354,7 +358,7 @@ def bench_routing(n_tokens: int, n_experts: int, k: int, hidden: int, copy_gbs: 
         out = moe_utils.unpermute(r, plan, x.shape, pp, m, fused=True)
         torch.autograd.grad(out, (r, pp), g_out)
 
-    fb_bytes = unperm_bytes + (n_tokens + 2 * n_rows) * hidden * s + n_rows * 8
+    fb_bytes = unperm_bytes + unperm_bwd_bytes
     for label, fn in (("ours", ours_unpermute_fb), ("reference", ref_unpermute_fb)):
         peak = peak_memory_mb(lambda fn=fn: fn(0))
         record("unpermute", "fwd_bwd", label, shape, timed(fn, capture=label == "ours"), fb_bytes, copy_gbs, peak)
@@ -390,6 +394,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="*", default=None, help="activation row counts T to run")
     parser.add_argument("--shapes", nargs="*", default=None, help="activation shapes TxH to run (instead of --rows)")
     parser.add_argument("--routing", choices=["anchors", "grid"], default="grid", help="routing shapes")
+    parser.add_argument("--route-tokens", type=int, nargs="*", default=None, help="only routing shapes of these T")
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
@@ -438,6 +443,8 @@ def main() -> int:
                 for hd in (2048, 4096, 7168)
                 if (t, e, k, hd) not in anchors and not (t == 65536 and k == 8 and hd == 7168)
             ]
+    if args.route_tokens:
+        route_shapes = [shape for shape in route_shapes if shape[0] in args.route_tokens]
 
     def out_of_time() -> bool:
         if args.budget_s is not None and time.time() - started > args.budget_s:
