@@ -266,15 +266,15 @@ def _launch_unpermute_backward(
     if probs is not None and need_d_probs:
         d_probs = _rt.empty(probs.shape, probs.dtype, grad.device)  # the kernel zeroes each row
         k = block_k(n_rows, n_tokens)
-        # Column steps of up to 2048 with 4 warps at every k (no spills: 139 registers per thread
-        # at [8, 2048], ptxas for sm_90). H200 (sweep.py --only routing --route-parts scatter_dot):
-        # session 13, top-8 at 2048 columns, 8 x 1024 with 4 warps 6-9% faster than the H100's
-        # 8 x 128 tile with 8 warps (16384 x 256 x 8: 298.0 against 323.2 µs); session 14, past 2048
-        # columns at top-8, 8 x 2048 with 4 warps 4-5% faster than 8 x 128 with 8 (4096 x 64 x 8 x
-        # 4096: 147.2 against 155.0; 16384 x 64 x 8 x 7168: 989.1 against 1031.7), and 2048-column
-        # steps 0.2-0.8% ahead of 1024 at 7 of 8 shapes, level at the eighth
-        # (results/history/sweep-scatter-dot-s14-call1-*).
-        block_h = _block_h(hidden, 2048)
+        # Column steps of 1024 up to 2048 columns and of 2048 beyond, with 4 warps at every k (no
+        # spills: 139 registers per thread at [8, 2048], ptxas for sm_90). H200, routing grid
+        # (bench.py): top-8 past 2048 columns, [8, 2048] with 4 warps 3.4-7.2% faster than the
+        # H100's [8, 128] with 8 (4096 x 8 x 8 x 4096: 154.3 -> 143.2 µs; 16384 x 64 x 8 x 7168:
+        # 1047.4 -> 1002.3), top-2 there level (-1.2% to +0.3%); at 2048 columns one 2048-column
+        # step was 2.4-7.4% slower at top-2 than two of 1024 (65536 x 8 x 2: 321.0 -> 344.6 µs),
+        # though sweep.py's graph replays had it level (session 14 calls 1 and 2). Top-8 at 2048
+        # columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
+        block_h = _block_h(hidden, 1024 if hidden <= 2048 else 2048)
         pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
         if n_tokens + pad_programs > 0:
             _scatter_dot_kernel[(n_tokens + pad_programs,)](

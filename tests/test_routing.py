@@ -154,13 +154,15 @@ def test_gradients_against_float64_autograd(dtype):
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=lambda s, w=what: f"{w}: {s}")
 
 
+@pytest.mark.parametrize("hidden", [1500, 2100])
 @pytest.mark.parametrize("k", [2, 8])
-def test_unpermute_backward_walks_wide_rows_in_column_steps(k):
+def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
     # The scatter-dot (unpermute's backward with the probs gradient) walks each token's rows in
-    # steps of up to 2048 columns: 2100 columns are two steps, the second mostly masked. Padding
-    # rows (num_out_tokens past the routed count) get zeros; against float64 autograd.
+    # column steps, 1024 up to 2048 columns and 2048 beyond: both widths are two steps, the second
+    # partly masked. Padding rows (num_out_tokens past the routed count) get zeros; against
+    # float64 autograd.
     gen = make_generator(40 + k)
-    n_tokens, n_experts, hidden = 9, 16, 2100
+    n_tokens, n_experts = 9, 16
     x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
     m = topk_map(n_tokens, n_experts, k, gen)
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
