@@ -1,7 +1,7 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
-        KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl
+        KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -31,6 +31,10 @@ kernel, the plan's kernels or every kernel letting the next launch at its start 
 switches ``_runtime.PDL`` and ``PDL_TRIGGER``). Session 12's form of this experiment (wrappers
 generated around the kernels; commit 84c3603) measured every kernel waiting, and every kernel
 triggering.
+``--only prefetch``: the plan's map kernel with and without loading each step's map tile one step
+ahead (the package's switch ``routing._MAP_PREFETCH``): build_plan and the whole permute forward,
+plans checked bit-equal. (Session 14 also ran the count kernel so: 2-7% slower, not kept;
+results/history/experiments-prefetch-s14-call5-*.)
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
@@ -486,6 +490,46 @@ def pdl_experiments(results, shapes) -> None:
         _rt.PDL_TRIGGER.update(saved[1])
 
 
+def prefetch_experiments(results, shapes) -> None:
+    """build_plan and the fused permute forward with the map kernel's prefetch off and on (the
+    package's switch ``routing._MAP_PREFETCH``): loading each step's routing-map tile during the
+    step before, above that step's stores, which the compiler cannot move a load past. Session
+    14's profile had the map kernel at 42 µs of 270 at (65536, 256, 2, 2048), a walk of 32
+    one-token steps per segment. Plans checked bit-equal across forms."""
+    from sweep import routing_map
+
+    import moe_utils
+    from moe_utils.routing import build_plan
+
+    saved = routing._MAP_PREFETCH
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    try:
+        with torch.no_grad():
+            for n_tokens, n_experts, k, hidden in shapes:
+                m = routing_map(n_tokens, n_experts, k, g)
+                p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
+                x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+                n_rows = n_tokens * k
+                want = None
+                for name, prefetch in (("off", False), ("on", True)):
+                    routing._MAP_PREFETCH = prefetch
+                    with _rt.poisoned_outputs():
+                        got = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
+                    want = want or got
+                    for a, b in zip(want, got, strict=True):
+                        assert torch.equal(a, b), f"permute with prefetch {name} differs at {n_tokens, n_experts, k}"
+                    shape = [n_tokens, n_experts, k, hidden]
+                    for kind, fn in (
+                        ("plan", lambda: build_plan("exp", m, p, n_rows, False)),
+                        ("permute_fwd", lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)),
+                    ):
+                        us = bench(fn)
+                        results.append(dict(kind=kind, shape=shape, variant=f"map prefetch {name}", us=us))
+                        print(f"{kind:12s} {shape!s:24s} map prefetch {name:3s} {us:8.1f} us", flush=True)
+    finally:
+        routing._MAP_PREFETCH = saved
+
+
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): permute forward (with probs)
     and backward, unpermute forward (with probs) and backward (with the probs gradient), and the
@@ -528,7 +572,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -578,6 +622,11 @@ def main() -> None:
         pdl_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
             (4096, 256, 2, 2048), (4096, 8, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 2, 2048), (16384, 256, 2, 2048),
             (16384, 64, 8, 2048), (65536, 256, 2, 2048), (8192, 128, 8, 7168),
+        ])  # fmt: skip
+    if "prefetch" in args.only:
+        prefetch_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+            (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
+            (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
         ])  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])

@@ -98,6 +98,15 @@ _MAP_ENTRIES_PER_THREAD = 8
 #: 1024 and 8192 (8192 at 1024 segments takes 250 registers).
 _SCAN_TILE = 4096
 _SCAN_ENTRIES_PER_THREAD = 32
+#: The map kernel loads each step's routing-map tile during the step before (software pipelining
+#: by hand, one step deep). H200 (experiments.py --only prefetch, session 14): build_plan 0.2-1.3
+#: µs faster at 6 of 8 shapes (16384 x 256 x 2 21.0 -> 19.7 µs, 65536 x 256 x 2 53.9 -> 53.2),
+#: 0.2 / 0.4 µs slower at E = 8 (4096 x 8 x 2, 65536 x 8 x 8); the permute forward 0.1-1.9%
+#: faster at 7 of 8, level at the eighth. Small: the step is bound by its own arithmetic (about
+#: 400 instructions per one-token step at E = 256, scans and reductions across the warp), not by
+#: its load. The same change in the count kernel made the permute 2-7% slower (65536 x 256 x 2
+#: 269.7 -> 278.1 µs), so it is not there.
+_MAP_PREFETCH = True
 
 
 @triton.jit
@@ -190,6 +199,7 @@ def _map_kernel(
     CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    PREFETCH: tl.constexpr,  # load each step's map tile one step ahead (_MAP_PREFETCH)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     pdl_start(PDL)
@@ -223,11 +233,24 @@ def _map_kernel(
     next_row = earlier + expert_first
     next_entry = tl.sum(earlier, axis=0)
     first = seg.to(tl.int64) * seg_len
+    e_offs = experts[None, :] * map_stride_e
+    tokens = first + tl.arange(0, BLOCK_T)
+    ok = (tokens < T)[:, None] & e_ok[None, :]
+    m_next = tl.load(map_ptr + tokens[:, None] * map_stride_t + e_offs, mask=ok, other=0)
     for off in range(0, seg_len, BLOCK_T):
         tokens = first + off + tl.arange(0, BLOCK_T)
         t_ok = tokens < T
-        ok = t_ok[:, None] & e_ok[None, :]
-        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
+        if PREFETCH:
+            # This step's tile was loaded during the last step; the next one is loaded now, before
+            # this step's stores: the compiler cannot move a load above a store it may alias, so
+            # without this each step waits for its own load (past the segment's end the next
+            # segment's first tokens are read and unused).
+            m = m_next
+            ahead = tokens + BLOCK_T
+            ok = (ahead < T)[:, None] & e_ok[None, :]
+            m_next = tl.load(map_ptr + ahead[:, None] * map_stride_t + e_offs, mask=ok, other=0)
+        else:
+            m = tl.load(map_ptr + tokens[:, None] * map_stride_t + e_offs, mask=t_ok[:, None] & e_ok[None, :], other=0)
         m = (m != 0).to(tl.int32)
         # Every tile below is an int32 offset from an int64 base (per expert or per token): counts
         # within one step fit in int32, and the stores cost an address add, not int64 arithmetic.
@@ -446,6 +469,7 @@ def build_plan(
         CHECK=check,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
+        PREFETCH=_MAP_PREFETCH,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
         **_rt.pdl_args(device, "map"),

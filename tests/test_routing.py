@@ -409,8 +409,9 @@ def test_drop_and_pad_pads_short_experts():
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts and scan tiles only split the same counting sort differently:
-    # the plan and the permuted probs must be identical, bit for bit.
+    # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
+    # same counting sort differently: the plan and the permuted probs must be identical, bit for
+    # bit. Four segments of up to 38 steps walk long segments, the last one partly past T.
     from moe_utils import routing
 
     gen = make_generator(37)
@@ -419,15 +420,17 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (
-        (256, 1024, 8, 4096),
-        (1024, 1024, 8, 1024),
-        (64, 4, 16, 16),
-        (64, 4, 1, 16),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192),
-        (256, 4096, 8, 1024),
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch)
+        (256, 1024, 8, 4096, True),
+        (1024, 1024, 8, 1024, False),
+        (64, 4, 16, 16, True),
+        (64, 4, 16, 16, False),
+        (64, 4, 1, 16, True),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True),
+        (256, 4096, 8, 1024, False),
     )
-    for tile, segments, long_segment, scan_tile in configs:
+    for tile, segments, long_segment, scan_tile, prefetch in configs:
+        monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
         monkeypatch.setattr(routing, "_MAX_SEGMENTS", segments)
         monkeypatch.setattr(routing, "_LONG_SEGMENT", long_segment)
