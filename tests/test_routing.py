@@ -411,7 +411,8 @@ def test_drop_and_pad_pads_short_experts():
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
     # same counting sort differently: the plan and the permuted probs must be identical, bit for
-    # bit. Four segments of up to 38 steps walk long segments, the last one partly past T.
+    # bit. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75 (300) steps, the
+    # last one partly past T.
     from moe_utils import routing
 
     gen = make_generator(37)
