@@ -1,6 +1,7 @@
 """Instruction counts of a generated activation kernel's main loop, compiled for sm_90 on the CPU.
 
     python benchmarks/sass_loop.py swiglu,geglu,quick_geglu [--forward]
+    python benchmarks/sass_loop.py --map      # the routing plan's map kernel instead
 
 No GPU needed: Triton compiles for a CUDA sm_90 target and the cuobjdump that its wheel carries
 disassembles the cubin. For each activation, weighted, with and without the fp8 copy (Quick-GEGLU
@@ -32,8 +33,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from moe_utils import routing
+
 FLOATS = {"clamp_value", "linear_offset", "alpha", "limit"}
-ALIGNED_INTS = {"H", "x_row_stride", "grad_out_row_stride"}  # multiples of 16 at every benchmarked width
+ALIGNED_INTS = {"H", "x_row_stride", "grad_out_row_stride", "map_stride_t"}  # multiples of 16 where benchmarked
 LINE = re.compile(r"\s+/\*([0-9a-f]{4})\*/")
 
 
@@ -46,7 +49,8 @@ def sass(kernel, constexprs: dict, warps: int, types: dict) -> tuple[list[str], 
         elif n in types:
             sig[n] = types[n]
         elif n.endswith("_ptr"):
-            sig[n] = test_sm90_compile.POINTERS.get(n, "*bf16")
+            int64 = n in test_sm90_compile.INT64_POINTERS
+            sig[n] = "*i64" if int64 else test_sm90_compile.POINTERS.get(n, "*bf16")
         else:
             sig[n] = "fp32" if n in FLOATS else "i32"
     # What the JIT tells the compiler at a launch with aligned tensors and widths that are multiples
@@ -80,11 +84,41 @@ def loop_body(lines: list[str]) -> list[str]:
     return lines if best is None else lines[best[0] : best[1] + 1]
 
 
+def opcodes(body: list[str]) -> str:
+    """The commonest opcodes of body, with their counts."""
+    ops: dict[str, int] = {}
+    for line in body:
+        m = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
+        ops[m.group(1) if m else "?"] = ops.get(m.group(1) if m else "?", 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:12])
+
+
+def map_kernel() -> None:
+    """The map kernel's step (routing.py) at the tiles its rule picks (E = 256, 64, 8; one warp) and
+    two tokens at E = 256, with and without its prefetch. The launch specializes the experts'
+    stride (1) into a constant: so here, or the map's byte loads are not vectorised."""
+    for block_t, block_e in ((1, 256), (2, 256), (4, 64), (32, 8)):
+        for prefetch in (False, True):
+            cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e)
+            cx.update(PREFETCH=prefetch, PDL=1, map_stride_e=1)
+            lines, regs = sass(routing._map_kernel, cx, 1, {})
+            body = loop_body(lines)
+            print(
+                f"map [{block_t}, {block_e}] prefetch={prefetch}: {regs} registers, {len(body)} instructions a step, "
+                f"{len(body) / block_t:.0f} per token; {opcodes(body)}",
+                flush=True,
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("names", help="comma-separated activation names")
+    ap.add_argument("names", nargs="?", default="", help="comma-separated activation names")
     ap.add_argument("--forward", action="store_true", help="the forward kernel instead of the backward")
+    ap.add_argument("--map", action="store_true", help="the routing plan's map kernel")
     args = ap.parse_args()
+    if args.map:
+        map_kernel()
+        return
     for name in args.names.split(","):
         mod = importlib.import_module(f"moe_utils.generated.{name}")
         kernel = getattr(mod, f"_{name}_{'fwd' if args.forward else 'bwd'}")
@@ -99,12 +133,8 @@ def main() -> None:
                     warps, types = 4, ({"x_ptr": "*u8"} if fp8 else {})
                 lines, regs = sass(kernel, cx, warps, types)
                 body = lines if args.forward else loop_body(lines)
-                ops: dict[str, int] = {}
-                for line in body:
-                    m = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
-                    ops[m.group(1) if m else "?"] = ops.get(m.group(1) if m else "?", 0) + 1
                 pairs = br * bh / (32 * warps)
-                top = ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:12])
+                top = opcodes(body)
                 kind = "fwd" if args.forward else "bwd"
                 print(
                     f"{name} {kind} fp8={fp8} [{br}, {bh}] x {warps} warps: {regs} registers, {len(body)} "

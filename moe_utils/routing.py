@@ -102,10 +102,10 @@ _SCAN_ENTRIES_PER_THREAD = 32
 #: by hand, one step deep). H200 (experiments.py --only prefetch, session 14): build_plan 0.2-1.3
 #: µs faster at 6 of 8 shapes (16384 x 256 x 2 21.0 -> 19.7 µs, 65536 x 256 x 2 53.9 -> 53.2),
 #: 0.2 / 0.4 µs slower at E = 8 (4096 x 8 x 2, 65536 x 8 x 8); the permute forward 0.1-1.9%
-#: faster at 7 of 8, level at the eighth. Small: the step is bound by its own arithmetic (about
-#: 400 instructions per one-token step at E = 256, scans and reductions across the warp), not by
-#: its load. The same change in the count kernel made the permute 2-7% slower (65536 x 256 x 2
-#: 269.7 -> 278.1 µs), so it is not there.
+#: faster at 7 of 8, level at the eighth. Small: the step is bound by its own instructions (371
+#: per one-token step at E = 256 with one warp, sm_90, benchmarks/sass_loop.py --map; 48 of them
+#: move the entry store's operands through shared memory), not by its load. The same change in the count kernel made the
+#: permute 2-7% slower (65536 x 256 x 2 269.7 -> 278.1 µs), so it is not there.
 _MAP_PREFETCH = True
 
 
