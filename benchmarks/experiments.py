@@ -20,7 +20,7 @@ uses them):
 1-D grid in memory order (``ordered``) against the shipped 2-D grid.
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
-``--only ops``: the shipped permute/unpermute and weighted activations alone; run it with an older
+``--only ops``: the shipped routing plan, permute/unpermute and weighted activations alone; run it with an older
 copy of the package first on PYTHONPATH too, to time a change of the package on one machine
 (a copy from session 10 on: the kernels here decode their grid with its ``grid_tile``).
 ``--only gather``: the gather (unpermute forward, permute backward) on both grids at each shape.
@@ -394,11 +394,12 @@ def liger_experiments(results, shapes) -> None:
 
 def _routing_ops(shape, g) -> dict:
     """The four fused routing ops at ``shape`` = (tokens, experts, k, hidden), bf16 rows, top-k of
-    random scores, as bench.py calls them: name -> a function that runs one."""
+    random scores, as bench.py calls them, and build_plan alone: name -> a function that runs one."""
     from sweep import routing_map
 
     import moe_utils
     from moe_utils.permutation import _launch_permute_backward
+    from moe_utils.routing import build_plan
     from moe_utils.unpermutation import _launch_unpermute_backward
 
     n_tokens, n_experts, k, hidden = shape
@@ -409,6 +410,7 @@ def _routing_ops(shape, g) -> dict:
     rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
     g_rows, g_probs, g_out = torch.randn_like(rows), torch.randn_like(perm_probs), torch.randn_like(x)
     return {
+        "plan": lambda: build_plan("exp", m, p, n_rows, False),
         "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True),
         "permute_bwd": lambda: _launch_permute_backward(g_rows, g_probs, plan, n_tokens, n_experts, p.dtype),
         "unpermute_fwd": lambda: moe_utils.unpermute(rows, plan, x.shape, p, m, fused=True),
@@ -451,14 +453,38 @@ _PDL_FORMS = {
 }
 
 
+def _forms_experiment(results, shapes, kinds, forms, use) -> None:
+    """Each op of ``kinds`` (of _routing_ops) at each shape under each of ``forms`` (name -> value,
+    set by ``use(value)``): outputs poisoned and checked bit-equal across forms, then timed."""
+
+    def flat(out) -> list:
+        return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    with torch.no_grad():
+        for shape in shapes:
+            ops = _routing_ops(shape, g)
+            for kind in kinds:
+                want = None
+                for name, form in forms.items():
+                    use(form)
+                    with _rt.poisoned_outputs():
+                        got = [t.clone() for t in flat(ops[kind]())]
+                    want = want or got
+                    for a, b in zip(want, got, strict=True):
+                        assert torch.equal(a, b), f"{kind} with {name} differs at {shape}"
+                    us = bench(ops[kind])
+                    results.append(dict(kind=kind, shape=list(shape), variant=name, us=us))
+                    print(f"{kind:14s} {list(shape)!s:24s} {name:18s} {us:8.1f} us", flush=True)
+
+
 def pdl_experiments(results, shapes) -> None:
     """The four fused routing ops (bench.py's calls) under each form of ``_PDL_FORMS``, through the
     package's own switches (``_runtime.PDL``, ``_runtime.PDL_TRIGGER``). Programmatic dependent
     launch (Hopper) lets a kernel launch and start while the one before it finishes; each kernel
     waits for that one's writes before it reads anything. permute's forward is four launches in a
     row (count, scan, map, scatter), at 4096 tokens 20-26 µs against a 12-15 µs copy on the H200.
-    Outputs poisoned, checked bit-equal across forms. Under the interpreter every form runs
-    without PDL (pdl_args), which checks only the script."""
+    Under the interpreter every form runs without PDL (pdl_args), which checks only the script."""
     saved = _rt.PDL, dict(_rt.PDL_TRIGGER)
 
     def use(form) -> None:
@@ -466,25 +492,9 @@ def pdl_experiments(results, shapes) -> None:
         for kernel in _rt.PDL_TRIGGER:
             _rt.PDL_TRIGGER[kernel] = form is not None and kernel in form
 
-    def flat(out) -> list:
-        return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
-
-    g = torch.Generator(device=DEVICE).manual_seed(0)
     try:
-        with torch.no_grad():
-            for shape in shapes:
-                for kind, fn in _routing_ops(shape, g).items():
-                    want = None
-                    for name, form in _PDL_FORMS.items():
-                        use(form)
-                        with _rt.poisoned_outputs():
-                            got = [t.clone() for t in flat(fn())]
-                        want = want or got
-                        for a, b in zip(want, got, strict=True):
-                            assert torch.equal(a, b), f"{kind} with {name} differs at {shape}"
-                        us = bench(fn)
-                        results.append(dict(kind=kind, shape=list(shape), variant=name, us=us))
-                        print(f"{kind:14s} {list(shape)!s:24s} {name:16s} {us:8.1f} us", flush=True)
+        _forms_experiment(results, shapes, ("permute_fwd", "permute_bwd", "unpermute_fwd", "unpermute_bwd"),
+                          _PDL_FORMS, use)  # fmt: skip
     finally:
         _rt.PDL = saved[0]
         _rt.PDL_TRIGGER.update(saved[1])
@@ -495,47 +505,22 @@ def prefetch_experiments(results, shapes) -> None:
     package's switch ``routing._MAP_PREFETCH``): loading each step's routing-map tile during the
     step before, above that step's stores, which the compiler cannot move a load past. Session
     14's profile had the map kernel at 42 µs of 270 at (65536, 256, 2, 2048), a walk of 32
-    one-token steps per segment. Plans checked bit-equal across forms."""
-    from sweep import routing_map
-
-    import moe_utils
-    from moe_utils.routing import build_plan
-
+    one-token steps per segment."""
     saved = routing._MAP_PREFETCH
-    g = torch.Generator(device=DEVICE).manual_seed(0)
+    forms = {"map prefetch off": False, "map prefetch on": True}
     try:
-        with torch.no_grad():
-            for n_tokens, n_experts, k, hidden in shapes:
-                m = routing_map(n_tokens, n_experts, k, g)
-                p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
-                x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
-                n_rows = n_tokens * k
-                want = None
-                for name, prefetch in (("off", False), ("on", True)):
-                    routing._MAP_PREFETCH = prefetch
-                    with _rt.poisoned_outputs():
-                        got = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
-                    want = want or got
-                    for a, b in zip(want, got, strict=True):
-                        assert torch.equal(a, b), f"permute with prefetch {name} differs at {n_tokens, n_experts, k}"
-                    shape = [n_tokens, n_experts, k, hidden]
-                    for kind, fn in (
-                        ("plan", lambda: build_plan("exp", m, p, n_rows, False)),
-                        ("permute_fwd", lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)),
-                    ):
-                        us = bench(fn)
-                        results.append(dict(kind=kind, shape=shape, variant=f"map prefetch {name}", us=us))
-                        print(f"{kind:12s} {shape!s:24s} map prefetch {name:3s} {us:8.1f} us", flush=True)
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms,
+                          lambda on: setattr(routing, "_MAP_PREFETCH", on))  # fmt: skip
     finally:
         routing._MAP_PREFETCH = saved
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
-    """The shipped ops as bench.py calls them (ours only, no baselines): permute forward (with probs)
-    and backward, unpermute forward (with probs) and backward (with the probs gradient), and the
-    weighted activations forward and backward with and without the fp8 copy. Run once with an older
-    copy of the package first on PYTHONPATH and once without to time a change on one machine; the
-    first line says which package was loaded."""
+    """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
+    permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
+    the probs gradient), and the weighted activations forward and backward with and without the
+    fp8 copy. Run once with an older copy of the package first on PYTHONPATH and once without to
+    time a change on one machine; the first line says which package was loaded."""
     from bench import OURS
 
     import moe_utils

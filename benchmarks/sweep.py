@@ -317,7 +317,7 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
         grad = torch.randn(n_tokens, hidden, dtype=DTYPE, device=DEVICE)
         d_probs = torch.zeros(n_tokens, n_experts, device=DEVICE)
         d_perm = torch.empty_like(out)
-        nbytes = (n_tokens + 2 * n_rows) * hidden * 2 + n_rows * 8
+        nbytes = (n_tokens + 2 * n_rows) * hidden * 2 + n_rows * 4 + n_tokens * n_experts * 4  # bench.py's model
         for bk in (1, 2, 4, 8) if "scatter_dot" in parts else ():
             for bh in (128, 256, 512, 1024, 2048, 4096):
                 for nw in (4, 8, 16):

@@ -104,8 +104,9 @@ _SCAN_ENTRIES_PER_THREAD = 32
 #: 0.2 / 0.4 µs slower at E = 8 (4096 x 8 x 2, 65536 x 8 x 8); the permute forward 0.1-1.9%
 #: faster at 7 of 8, level at the eighth. Small: the step is bound by its own instructions (371
 #: per one-token step at E = 256 with one warp, sm_90, benchmarks/sass_loop.py --map; 48 of them
-#: move the entry store's operands through shared memory), not by its load. The same change in the count kernel made the
-#: permute 2-7% slower (65536 x 256 x 2 269.7 -> 278.1 µs), so it is not there.
+#: move the entry store's operands through shared memory), not by its load. The same change in
+#: the count kernel made the permute 2-7% slower (65536 x 256 x 2 269.7 -> 278.1 µs), so it is
+#: not there.
 _MAP_PREFETCH = True
 
 
