@@ -40,7 +40,7 @@ ALIGNED_INTS = {"H", "x_row_stride", "grad_out_row_stride", "map_stride_t"}  # m
 LINE = re.compile(r"\s+/\*([0-9a-f]{4})\*/")
 
 
-def sass(kernel, constexprs: dict, warps: int, types: dict) -> tuple[list[str], int]:
+def sass(kernel, constexprs: dict, warps: int, types: dict, ints: set = frozenset()) -> tuple[list[str], int]:
     names = kernel.arg_names
     sig = {}
     for n in names:
@@ -56,7 +56,7 @@ def sass(kernel, constexprs: dict, warps: int, types: dict) -> tuple[list[str], 
     # What the JIT tells the compiler at a launch with aligned tensors and widths that are multiples
     # of 16 (H = 768 ... 7168): without it, loads and stores are not vectorised and the counts are
     # those of scalar code (the session-9 figures in NOTES were).
-    aligned = [i for i, n in enumerate(names) if sig[n].startswith("*") or n in ALIGNED_INTS]
+    aligned = [i for i, n in enumerate(names) if sig[n].startswith("*") or n in ALIGNED_INTS | ints]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = ASTSource(
         fn=kernel, signature=sig, constexprs={(names.index(a),): v for a, v in constexprs.items()}, attrs=attrs
@@ -96,12 +96,15 @@ def opcodes(body: list[str]) -> str:
 def map_kernel() -> None:
     """The map kernel's step (routing.py) at the tiles its rule picks (E = 256, 64, 8; one warp) and
     two tokens at E = 256, with and without its prefetch. The launch specializes the experts'
-    stride (1) into a constant: so here, or the map's byte loads are not vectorised."""
+    stride (1) into a constant: so here, or the map's byte loads are not vectorised. The token,
+    row and segment counts are declared multiples of 16, as at bench.py's shapes, and E too where
+    it is one (E = BLOCK_E >= 16; E = 8 is not, and its loads' masks then keep them bytewise)."""
     for block_t, block_e in ((1, 256), (2, 256), (4, 64), (32, 8)):
         for prefetch in (False, True):
             cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e)
-            cx.update(PREFETCH=prefetch, PDL=1, map_stride_e=1)
-            lines, regs = sass(routing._map_kernel, cx, 1, {})
+            cx.update(PREFETCH=prefetch, PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
+            aligned = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
+            lines, regs = sass(routing._map_kernel, cx, 1, {}, aligned)
             body = loop_body(lines)
             print(
                 f"map [{block_t}, {block_e}] prefetch={prefetch}: {regs} registers, {len(body)} instructions a step, "

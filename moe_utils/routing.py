@@ -102,11 +102,9 @@ _SCAN_ENTRIES_PER_THREAD = 32
 #: by hand, one step deep). H200 (experiments.py --only prefetch, session 14): build_plan 0.2-1.3
 #: µs faster at 6 of 8 shapes (16384 x 256 x 2 21.0 -> 19.7 µs, 65536 x 256 x 2 53.9 -> 53.2),
 #: 0.2 / 0.4 µs slower at E = 8 (4096 x 8 x 2, 65536 x 8 x 8); the permute forward 0.1-1.9%
-#: faster at 7 of 8, level at the eighth. Small: the step is bound by its own instructions (371
-#: per one-token step at E = 256 with one warp, sm_90, benchmarks/sass_loop.py --map; 48 of them
-#: move the entry store's operands through shared memory), not by its load. The same change in
-#: the count kernel made the permute 2-7% slower (65536 x 256 x 2 269.7 -> 278.1 µs), so it is
-#: not there.
+#: faster at 7 of 8, level at the eighth. Small: the step is bound by its own instructions, not
+#: by its load. The same change in the count kernel made the permute 2-7% slower (65536 x 256 x 2
+#: 269.7 -> 278.1 µs), so it is not there.
 _MAP_PREFETCH = True
 
 
@@ -200,44 +198,65 @@ def _map_kernel(
     CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
+    GROUP: tl.constexpr,  # experts per group (_map_group): a thread's consecutive experts
     PREFETCH: tl.constexpr,  # load each step's map tile one step ahead (_MAP_PREFETCH)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
+    # Experts as a [groups, GROUP] tile, expert g * GROUP + j, and the map's tiles [tokens,
+    # groups, GROUP]. The map's load gives each thread one group (consecutive bytes); the entries'
+    # store, whose addresses are data-dependent, gets one element per thread from Triton's
+    # coalescing pass, spread over the leading dimensions first: over the groups, with a thread's
+    # elements wrapping along GROUP. Both are the same assignment of elements to threads, so the
+    # store's operands stay in registers. On a flat [tokens, experts] tile the store's layout
+    # spread threads over the experts (thread t: experts t, t + 32, ...) and its pointers, values
+    # and mask crossed shared memory every step. With that and the int32 offsets below, a
+    # one-token step at E = 256 went from 345 SASS instructions to 201 (benchmarks/sass_loop.py
+    # --map) and the map kernel from 42 to 26 µs at (65536, 256, 2) (H200, session 15).
     pdl_start(PDL)
     seg = tl.program_id(0)
-    experts = tl.arange(0, BLOCK_E)
+    experts = tl.arange(0, BLOCK_E // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     e_ok = experts < E
-    # The first row of each expert, an exclusive prefix sum over at most MAX_EXPERTS counts,
-    # recomputed by every program (cheaper than a launch).
+    # The first row of each expert, an exclusive prefix sum over at most MAX_EXPERTS counts in
+    # expert order (within groups, then over them), recomputed by every program (cheaper than a
+    # launch).
     count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
     if DROP_AND_PAD:
         expert_first = experts.to(tl.int64) * capacity
         row_end = expert_first + capacity  # rows of expert e end here
     else:
-        expert_first = tl.cumsum(count, axis=0) - count
-        row_end = tl.full([BLOCK_E], 0, tl.int64) + N
+        group_count = tl.sum(count, axis=1)
+        expert_first = tl.cumsum(count, axis=1) - count + (tl.cumsum(group_count, axis=0) - group_count)[:, None]
+        row_end = tl.full([BLOCK_E // GROUP, GROUP], 0, tl.int64) + N
     # The fit check without a host sync: a device assertion costs nothing here, where a launch of
     # torch._assert_async cost 2.2 µs on the H100. The messages are literals; the host says more on
     # the CPU, where it reads fits. With drop_and_pad program 0 checks the counts now; otherwise
     # the last program checks the total once its walk has reached it (below).
     if seg == 0:
         if DROP_AND_PAD:
-            fits = tl.max((count > capacity).to(tl.int32), axis=0) == 0
+            fits = tl.max((count > capacity).to(tl.int32)) == 0
             tl.store(fits_ptr, fits.to(tl.int32))
             if CHECK:
                 tl.device_assert(fits, "permute: drop_and_pad=True allows at most capacity tokens per expert")
         if PADDED:
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
-    # Next free row of each expert and next free token-major entry, carried across steps. The
-    # segment's first entry: routed pairs of earlier segments, over all experts.
+    # Next free token-major entry, carried across steps: the segment's first is the routed pairs
+    # of earlier segments, over all experts.
     earlier = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0)
-    next_row = earlier + expert_first
-    next_entry = tl.sum(earlier, axis=0)
+    next_entry = tl.sum(earlier)
+    # Each expert's rows, as int64 bases fixed for the segment and int32 offsets from them (at
+    # most seg_len): the step's arithmetic per entry is then 32-bit, its entry one shift-and-add
+    # (entry_base + (rank << EXPERT_BITS), an LEA pair in SASS). The segment's first entry of expert e,
+    # (row << EXPERT_BITS) | e, and its entry when it gets no row (row -1).
+    first_row = earlier + expert_first
+    entry_base = (first_row << _EXPERT_BITS) | experts.to(tl.int64)
+    unplaced = (tl.full([BLOCK_E // GROUP, GROUP], -1, tl.int64) << _EXPERT_BITS) | experts.to(tl.int64)
+    room = tl.minimum(tl.maximum(row_end - first_row, 0), seg_len).to(tl.int32)  # rows left to each expert
+    used = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int32)  # rows taken in this segment so far
     first = seg.to(tl.int64) * seg_len
-    e_offs = experts[None, :] * map_stride_e
+    e_offs = experts[None, :, :] * map_stride_e
     tokens = first + tl.arange(0, BLOCK_T)
-    ok = (tokens < T)[:, None] & e_ok[None, :]
-    m_next = tl.load(map_ptr + tokens[:, None] * map_stride_t + e_offs, mask=ok, other=0)
+    ok = (tokens < T)[:, None, None] & e_ok[None, :, :]
+    m_next = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
     for off in range(0, seg_len, BLOCK_T):
         tokens = first + off + tl.arange(0, BLOCK_T)
         t_ok = tokens < T
@@ -248,29 +267,30 @@ def _map_kernel(
             # segment's first tokens are read and unused).
             m = m_next
             ahead = tokens + BLOCK_T
-            ok = (ahead < T)[:, None] & e_ok[None, :]
-            m_next = tl.load(map_ptr + ahead[:, None] * map_stride_t + e_offs, mask=ok, other=0)
+            ok = (ahead < T)[:, None, None] & e_ok[None, :, :]
+            m_next = tl.load(map_ptr + ahead[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
         else:
-            m = tl.load(map_ptr + tokens[:, None] * map_stride_t + e_offs, mask=t_ok[:, None] & e_ok[None, :], other=0)
+            ok = t_ok[:, None, None] & e_ok[None, :, :]
+            m = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
         m = (m != 0).to(tl.int32)
-        # Every tile below is an int32 offset from an int64 base (per expert or per token): counts
-        # within one step fit in int32, and the stores cost an address add, not int64 arithmetic.
-        # Rank of the token among this expert's tokens: exclusive cumsum down the token axis.
-        rank = tl.cumsum(m, axis=0) - m
-        room = tl.minimum(row_end - next_row, BLOCK_T).to(tl.int32)  # rows left to this expert
-        routed = (m != 0) & (rank < room[None, :])
-        # Token-major list: each token's entries in ascending expert order.
-        per_token = tl.sum(m, axis=1)
+        # Row of each entry from its expert's first row in the segment: the rows taken in earlier
+        # steps plus its rank among this step's tokens of the expert (exclusive cumsum down).
+        rank = used[None, :, :] + tl.cumsum(m, axis=0) - m
+        routed = (m != 0) & (rank < room[None, :, :])
+        # Token-major list: each token's entries in ascending expert order (place: exclusive
+        # cumsum over the experts, within groups, then over them). Counts within one step fit in
+        # int32; the token's first entry is an int64 base plus one.
+        in_group = tl.sum(m, axis=2)
+        per_token = tl.sum(in_group, axis=1)
         token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
         tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-        place = tl.cumsum(m, axis=1) - m
-        listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None])
+        place = tl.cumsum(m, axis=2) - m + (tl.cumsum(in_group, axis=1) - in_group)[:, :, None]
+        listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None, None])
         # One store per entry: its row and expert packed. Two (row, then expert) made the stores
         # the map kernel's limit: L1/TEX 75% busy at 2048 segments (Nsight Compute, session 6).
-        rows = tl.where(routed, next_row[None, :] + rank, -1)
-        entry = (rows << _EXPERT_BITS) | experts[None, :].to(tl.int64)
-        tl.store((entry_ptr + token_first)[:, None] + place, entry, mask=listed)
-        next_row += tl.sum(m, axis=0).to(tl.int64)
+        entry = tl.where(routed, entry_base[None, :, :] + (rank.to(tl.int64) << _EXPERT_BITS), unplaced[None, :, :])
+        tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
+        used += tl.sum(m, axis=0)
         next_entry += tl.sum(per_token, axis=0).to(tl.int64)
     # The last segment's walk ends at the total number of routed pairs. (Summed over the expert
     # counts in program 0 instead, it took the kernel from 64 to 110 registers per thread when
@@ -359,6 +379,11 @@ def _map_pointer(routing_map: torch.Tensor) -> torch.Tensor:
 def _map_warps(block_t: int, block_e: int) -> int:
     """Warps of the count and map kernels: _MAP_ENTRIES_PER_THREAD entries per thread, at most 4."""
     return min(4, max(1, block_t * block_e // (32 * _MAP_ENTRIES_PER_THREAD)))
+
+
+def _map_group(block_e: int) -> int:
+    """Experts per group of the map kernel's tiles: _MAP_ENTRIES_PER_THREAD, or the whole tile."""
+    return min(_MAP_ENTRIES_PER_THREAD, block_e)
 
 
 def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
@@ -470,6 +495,7 @@ def build_plan(
         CHECK=check,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
+        GROUP=_map_group(block_e),
         PREFETCH=_MAP_PREFETCH,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),

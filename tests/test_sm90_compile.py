@@ -98,7 +98,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
-    map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, **blocks)
+    map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), **blocks)
     compile_sm90(routing._map_kernel, map_flags, options=check)
     scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
