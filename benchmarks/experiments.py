@@ -35,8 +35,8 @@ triggering.
 ahead (the package's switch ``routing._MAP_PREFETCH``): build_plan and the whole permute forward,
 plans checked bit-equal. (Session 14 also ran the count kernel so: 2-7% slower, not kept;
 results/history/experiments-prefetch-s14-call5-*.)
-``--only unroll``: the plan's count kernel with its step loop unrolled 1, 8 and 16 times (the
-package's switch ``routing._COUNT_UNROLL``): build_plan and the whole permute forward.
+(Session 15's ``--only unroll``, the count kernel's step loop unrolled 1, 8 and 16 times by
+Triton: no gain; commit 9523d6f for its code, results/history/experiments-unroll-s15-* for its times.)
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
 ``--only plan``: the routing plan (its token-major half; permute's scatter writes the rest) as
 shipped and with the segment count capped at 256 ... 4096. Run it once more with an older copy of
@@ -517,20 +517,6 @@ def prefetch_experiments(results, shapes) -> None:
         routing._MAP_PREFETCH = saved
 
 
-def unroll_experiments(results, shapes) -> None:
-    """build_plan and the fused permute forward with the count kernel's step loop unrolled 1, 8
-    and 16 times by Triton (the package's switch ``routing._COUNT_UNROLL``). Unrolled by ptxas
-    alone (4 times), a warp has four 256-byte loads of the map in flight at E = 256: the count
-    kernel read the map at 1.7 TB/s at (65536, 256, 2) in session 15's profile (10 µs)."""
-    saved = routing._COUNT_UNROLL
-    forms = {f"count unroll {n}": n for n in (1, 8, 16)}
-    try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms,
-                          lambda n: setattr(routing, "_COUNT_UNROLL", n))  # fmt: skip
-    finally:
-        routing._COUNT_UNROLL = saved
-
-
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
     permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
@@ -573,7 +559,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "unroll")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -630,11 +616,6 @@ def main() -> None:
     if "prefetch" in args.only:
         prefetch_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
             (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
-            (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
-        ])  # fmt: skip
-    if "unroll" in args.only:
-        unroll_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
-            (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
             (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
         ])  # fmt: skip
     if "inplace" in args.only:

@@ -106,9 +106,6 @@ _SCAN_ENTRIES_PER_THREAD = 32
 #: by its load. The same change in the count kernel made the permute 2-7% slower (65536 x 256 x 2
 #: 269.7 -> 278.1 µs), so it is not there.
 _MAP_PREFETCH = True
-#: The count kernel's loop of steps unrolled by Triton this many times (1: left to ptxas, which
-#: unrolls it 4 times: four loads in flight per warp).
-_COUNT_UNROLL = 1
 
 
 @triton.jit
@@ -134,7 +131,6 @@ def _count_kernel(
     seg_len,  # tokens per segment, a multiple of BLOCK_T
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
-    UNROLL: tl.constexpr,  # the step loop unrolled so many times (_COUNT_UNROLL)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     pdl_start(PDL)
@@ -145,7 +141,7 @@ def _count_kernel(
     # than the load it follows (shuffles and a barrier per step).
     acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
     first = seg.to(tl.int64) * seg_len
-    for off in tl.range(0, seg_len, BLOCK_T, loop_unroll_factor=UNROLL):
+    for off in range(0, seg_len, BLOCK_T):
         tokens = first + off + tl.arange(0, BLOCK_T)
         ok = (tokens < T)[:, None] & e_ok[None, :]
         m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
@@ -450,7 +446,6 @@ def build_plan(
         seg_len,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
-        UNROLL=_COUNT_UNROLL,
         num_warps=warps,
         **_rt.pdl_args(device, "count"),
     )

@@ -94,7 +94,7 @@ def compile_routing() -> None:
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     pdl = dict(PDL=2 if on else 0)  # programmatic dependent launch: wait and trigger, or neither
     blocks = dict(BLOCK_T=16, BLOCK_E=256, **pdl)
-    compile_sm90(routing._count_kernel, dict(blocks, UNROLL=8 if on else 1))
+    compile_sm90(routing._count_kernel, blocks)
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
