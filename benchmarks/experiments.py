@@ -35,6 +35,8 @@ triggering.
 ahead (the package's switch ``routing._MAP_PREFETCH``): build_plan and the whole permute forward,
 plans checked bit-equal. (Session 14 also ran the count kernel so: 2-7% slower, not kept;
 results/history/experiments-prefetch-s14-call5-*.)
+``--only segments``: the plan with segments of at least 1, 8 and 16 tokens (the package's switch
+``routing._MIN_SEGMENT_TOKENS``): build_plan and the whole permute forward.
 (Session 15's ``--only unroll``, the count kernel's step loop unrolled 1, 8 and 16 times by
 Triton: no gain; commit 9523d6f for its code, results/history/experiments-unroll-s15-* for its times.)
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
@@ -517,6 +519,19 @@ def prefetch_experiments(results, shapes) -> None:
         routing._MAP_PREFETCH = saved
 
 
+def segments_experiments(results, shapes) -> None:
+    """build_plan and the fused permute forward with segments of at least 1, 8 and 16 tokens (the
+    package's switch ``routing._MIN_SEGMENT_TOKENS``), plans checked bit-equal: at 4096 tokens
+    and 64-1024 experts the shipped rule's 1024 segments are 1-4 tokens long."""
+    saved = routing._MIN_SEGMENT_TOKENS
+    forms = {f"segments >= {n} tokens": n for n in (1, 8, 16)}
+    try:
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms,
+                          lambda n: setattr(routing, "_MIN_SEGMENT_TOKENS", n))  # fmt: skip
+    finally:
+        routing._MIN_SEGMENT_TOKENS = saved
+
+
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
     permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
@@ -559,7 +574,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "segments")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -617,6 +632,12 @@ def main() -> None:
         prefetch_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
             (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
             (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
+        ])  # fmt: skip
+    if "segments" in args.only:
+        segments_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+            (4096, 64, 2, 2048), (4096, 64, 8, 2048), (4096, 128, 2, 2048), (4096, 128, 8, 2048),
+            (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
+            (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
         ])  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])

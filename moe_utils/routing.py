@@ -84,6 +84,14 @@ PLAN_LAYOUT = 2
 _MAX_SEGMENTS = 1024
 _LONG_SEGMENT = 8
 _LONG_SEGMENT_TOKENS = 32
+#: Where the map kernel runs several warps per program (E > 256), segments of at least
+#: _MIN_SEGMENT_TOKENS tokens: there each program's fixed work (its experts' counts, offsets and
+#: row bases, summed across warps through shared memory) outweighs a walk of a few one-token steps.
+#: H200 (experiments.py --only segments, session 15): permute fwd at 4096 x 1024 x 8 66.8 -> 60.7
+#: µs (build_plan 21.6 -> 16.2) with 512 segments of 8 tokens against 1024 of 4. With one warp
+#: per program it was mixed: 4096 x 64 x 2 -2.2%, 4096 x 128 -0.8% / +0.1%, 4096 x 256 +1.6% /
+#: +1.2% (k = 2 / 8), though build_plan alone was 5-11% faster at E = 64 and 128.
+_MIN_SEGMENT_TOKENS = 8
 #: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
 #: at least one token wide: up to 1024 entries), and the map kernel's warps: 8 entries per thread.
 #: The map kernel's two cumulative sums (down the tokens, across the experts) move its tiles
@@ -394,6 +402,8 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     long_walks = n_steps >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT and n_tokens >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT_TOKENS
     if _map_warps(block_t, block_e) == 1 and long_walks:
         most = 2 * _MAX_SEGMENTS
+    if _map_warps(block_t, block_e) > 1:
+        most = max(1, min(most, n_tokens // _MIN_SEGMENT_TOKENS))
     steps_per_seg = triton.cdiv(n_steps, most)
     seg_len = steps_per_seg * block_t
     n_seg = triton.cdiv(n_tokens, seg_len)

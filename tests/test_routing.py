@@ -367,8 +367,8 @@ def test_many_experts(n_experts):
 
 
 def test_many_segments_and_steps():
-    # 1024 experts: one-token steps, so 4500 tokens take 900 segments of five steps each; and
-    # padding rows.
+    # 1024 experts: one-token steps with 4 warps, so 4500 tokens take 500 segments of nine steps
+    # each (at least _MIN_SEGMENT_TOKENS tokens); and padding rows.
     gen = make_generator(17)
     n_tokens, n_experts = 4500, 1024
     m = topk_map(n_tokens, n_experts, 1, gen)
@@ -421,16 +421,18 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (  # (tile, segments, long segment, scan tile, map prefetch)
-        (256, 1024, 8, 4096, True),
-        (1024, 1024, 8, 1024, False),
-        (64, 4, 16, 16, True),
-        (64, 4, 16, 16, False),
-        (64, 4, 1, 16, True),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True),
-        (256, 4096, 8, 1024, False),
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment)
+        (256, 1024, 8, 4096, True, 8),
+        (256, 1024, 8, 4096, True, 1),
+        (1024, 1024, 8, 1024, False, 8),
+        (64, 4, 16, 16, True, 8),
+        (64, 4, 16, 16, False, 8),
+        (64, 4, 1, 16, True, 8),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1),
+        (256, 4096, 8, 1024, False, 8),
     )
-    for tile, segments, long_segment, scan_tile, prefetch in configs:
+    for tile, segments, long_segment, scan_tile, prefetch, least in configs:
+        monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
         monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
         monkeypatch.setattr(routing, "_MAX_SEGMENTS", segments)
@@ -458,6 +460,11 @@ def test_segment_rule():
     assert _segments(16384, 64)[1] == 1024  # 4 steps a segment with 1024
     assert _segments(65536, 8)[1] == 1024  # 32-token steps: 2 steps a segment
     assert _segments(16384, 1024)[1] == 1024  # 4 warps a program
+    # Several warps a program (E > 256): segments of at least 8 tokens (H200, session 15).
+    assert _segments(4096, 1024)[:2] == (8, 512)
+    assert _segments(4096, 512)[:2] == (8, 512)
+    assert _segments(4096, 256)[:2] == (4, 1024)  # one warp: 1024 segments of 4 one-token steps
+    assert _segments(4096, 64)[:2] == (4, 1024)
     for n_tokens, n_experts in ((65536, 256), (16384, 64), (5, 3), (100003, 7)):
         seg_len, n_seg, block_t, _ = _segments(n_tokens, n_experts)
         assert seg_len % block_t == 0 and (n_seg - 1) * seg_len < n_tokens <= n_seg * seg_len
