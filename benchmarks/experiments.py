@@ -35,6 +35,8 @@ triggering.
 ahead (the package's switch ``routing._MAP_PREFETCH``): build_plan and the whole permute forward,
 plans checked bit-equal. (Session 14 also ran the count kernel so: 2-7% slower, not kept;
 results/history/experiments-prefetch-s14-call5-*.)
+``--only group``: the plan with the map kernel's expert groups of 8 (shipped), 4, 2 and 1 experts
+(``routing._map_group``): build_plan and the whole permute forward.
 ``--only segments``: the plan with segments of at least 1, 8 and 16 tokens (the package's switch
 ``routing._MIN_SEGMENT_TOKENS``): build_plan and the whole permute forward.
 (Session 15's ``--only unroll``, the count kernel's step loop unrolled 1, 8 and 16 times by
@@ -519,6 +521,20 @@ def prefetch_experiments(results, shapes) -> None:
         routing._MAP_PREFETCH = saved
 
 
+def group_experiments(results, shapes) -> None:
+    """build_plan and the fused permute forward with the map kernel's expert groups (GROUP, the
+    tiles' last dimension, routing._map_group) of 8 (shipped), 4, 2 and 1 experts. Session 15's
+    3-D tiles made build_plan 0.2-0.7 µs slower at E = 8 ([32, 1, 8] tiles) while every wider E
+    gained: is it the group?"""
+    saved = routing._map_group
+    forms = {f"group {g}": g for g in (8, 4, 2, 1)}
+    try:
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms,
+                          lambda g: setattr(routing, "_map_group", lambda block_e: min(g, block_e)))  # fmt: skip
+    finally:
+        routing._map_group = saved
+
+
 def segments_experiments(results, shapes) -> None:
     """build_plan and the fused permute forward with segments of at least 1, 8 and 16 tokens (the
     package's switch ``routing._MIN_SEGMENT_TOKENS``), plans checked bit-equal: at 4096 tokens
@@ -575,6 +591,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "segments")
+    kinds += ("group",)
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -632,6 +649,11 @@ def main() -> None:
         prefetch_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
             (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
             (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
+        ])  # fmt: skip
+    if "group" in args.only:
+        group_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+            (4096, 8, 2, 2048), (16384, 8, 2, 2048), (65536, 8, 8, 2048), (4096, 64, 2, 2048), (65536, 64, 2, 2048),
+            (65536, 256, 2, 2048),
         ])  # fmt: skip
     if "segments" in args.only:
         segments_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
