@@ -253,8 +253,8 @@ def _map_kernel(
     next_entry = tl.sum(earlier)
     # Each expert's rows, as int64 bases fixed for the segment and int32 offsets from them (at
     # most seg_len): the step's arithmetic per entry is then 32-bit, its entry one shift-and-add
-    # (entry_base + (rank << EXPERT_BITS), an LEA pair in SASS). The segment's first entry of expert e,
-    # (row << EXPERT_BITS) | e, and its entry when it gets no row (row -1).
+    # (entry_base + (rank << EXPERT_BITS), an LEA pair in SASS). entry_base is the segment's
+    # first entry of expert e, (row << EXPERT_BITS) | e; unplaced its entry with no row (row -1).
     first_row = earlier + expert_first
     entry_base = (first_row << _EXPERT_BITS) | experts.to(tl.int64)
     unplaced = (tl.full([BLOCK_E // GROUP, GROUP], -1, tl.int64) << _EXPERT_BITS) | experts.to(tl.int64)
