@@ -597,9 +597,15 @@ def main() -> None:
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
     ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
     ap.add_argument("--plan-shapes", nargs="*", default=None, help="TxExK shapes of --only plan")
+    ap.add_argument(
+        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of --only pdl, prefetch, group and segments"
+    )
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
     results = []
+    forms_shapes = None
+    if args.forms_shapes and not DRY:
+        forms_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.forms_shapes]
     if "scatter" in args.only:
         shapes = [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
             (16384, 64, 8, 2048), (8192, 128, 8, 7168), (65536, 8, 2, 2048), (65536, 256, 2, 2048), (4096, 64, 2, 2048),
@@ -641,26 +647,26 @@ def main() -> None:
             (4096, 64, 4, 4096), (8192, 64, 8, 2048),
         ])  # fmt: skip
     if "pdl" in args.only:
-        pdl_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
+        pdl_experiments(results, forms_shapes or ([(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
             (4096, 256, 2, 2048), (4096, 8, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 2, 2048), (16384, 256, 2, 2048),
             (16384, 64, 8, 2048), (65536, 256, 2, 2048), (8192, 128, 8, 7168),
-        ])  # fmt: skip
+        ]))  # fmt: skip
     if "prefetch" in args.only:
-        prefetch_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+        prefetch_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
             (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
             (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
-        ])  # fmt: skip
+        ]))  # fmt: skip
     if "group" in args.only:
-        group_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+        group_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
             (4096, 8, 2, 2048), (16384, 8, 2, 2048), (65536, 8, 8, 2048), (4096, 64, 2, 2048), (65536, 64, 2, 2048),
             (65536, 256, 2, 2048),
-        ])  # fmt: skip
+        ]))  # fmt: skip
     if "segments" in args.only:
-        segments_experiments(results, [(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+        segments_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
             (4096, 64, 2, 2048), (4096, 64, 8, 2048), (4096, 128, 2, 2048), (4096, 128, 8, 2048),
             (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
             (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
-        ])  # fmt: skip
+        ]))  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
     if "act" not in args.only:
