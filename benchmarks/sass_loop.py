@@ -21,7 +21,6 @@ import argparse
 import importlib
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,59 +28,12 @@ os.environ.pop("TRITON_INTERPRET", None)  # the interpreter replaces kernels by 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import test_sm90_compile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
-from moe_utils import routing
-
-FLOATS = {"clamp_value", "linear_offset", "alpha", "limit"}
-ALIGNED_INTS = {"H", "x_row_stride", "grad_out_row_stride", "map_stride_t"}  # multiples of 16 where benchmarked
-LINE = re.compile(r"\s+/\*([0-9a-f]{4})\*/")
-
-
-def sass(kernel, constexprs: dict, warps: int, types: dict, ints: set = frozenset()) -> tuple[list[str], int]:
-    names = kernel.arg_names
-    sig = {}
-    for n in names:
-        if n in constexprs:
-            sig[n] = "constexpr"
-        elif n in types:
-            sig[n] = types[n]
-        elif n.endswith("_ptr"):
-            int64 = n in test_sm90_compile.INT64_POINTERS
-            sig[n] = "*i64" if int64 else test_sm90_compile.POINTERS.get(n, "*bf16")
-        else:
-            sig[n] = "fp32" if n in FLOATS else "i32"
-    # What the JIT tells the compiler at a launch with aligned tensors and widths that are multiples
-    # of 16 (H = 768 ... 7168): without it, loads and stores are not vectorised and the counts are
-    # those of scalar code (the session-9 figures in NOTES were).
-    aligned = [i for i, n in enumerate(names) if sig[n].startswith("*") or n in ALIGNED_INTS | ints]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-    src = ASTSource(
-        fn=kernel, signature=sig, constexprs={(names.index(a),): v for a, v in constexprs.items()}, attrs=attrs
-    )
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
-    cubin = Path("/tmp/moe_utils_sass_loop.cubin")
-    cubin.write_bytes(compiled.asm["cubin"])
-    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    text = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
-    usage = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
-    regs = int(re.search(r"REG:(\d+)", usage).group(1))
-    return [line for line in text.splitlines() if LINE.match(line)], regs
-
-
-def loop_body(lines: list[str]) -> list[str]:
-    """The longest span that ends in a branch back to its start; all lines if there is none."""
-    addr = [int(LINE.match(line).group(1), 16) for line in lines]
-    best = None
-    for i, line in enumerate(lines):
-        m = re.search(r"BRA 0x([0-9a-f]+)\s*;", line)
-        if m and int(m.group(1), 16) < addr[i]:
-            start = addr.index(int(m.group(1), 16)) if int(m.group(1), 16) in addr else 0
-            if best is None or i - start > best[1] - best[0]:
-                best = (start, i)
-    return lines if best is None else lines[best[0] : best[1] + 1]
+FLOATS = ("clamp_value", "linear_offset", "alpha", "limit")
+# The compile and the loop's span: test_sm90_compile.sass and loop_body (pointers, the widths and
+# row strides declared multiples of 16 as the JIT declares them at an aligned launch; until
+# session 10 they were not, and the counts were those of scalar code).
+sass, loop_body = test_sm90_compile.sass, test_sm90_compile.loop_body
 
 
 def opcodes(body: list[str]) -> str:
@@ -94,18 +46,13 @@ def opcodes(body: list[str]) -> str:
 
 
 def map_kernel() -> None:
-    """The map kernel's step (routing.py) at the tiles its rule picks (E = 256, 64, 8; one warp) and
-    two tokens at E = 256, with and without its prefetch. The launch specializes the experts'
-    stride (1) into a constant: so here, or the map's byte loads are not vectorised. The token,
-    row and segment counts are declared multiples of 16, as at bench.py's shapes, and E too where
-    it is one (E = BLOCK_E >= 16; E = 8 is not, and its loads' masks then keep them bytewise)."""
+    """The map kernel's step (routing.py) at the tiles its rule picks (E = 256, 64, 8) and two
+    tokens at E = 256, with and without its prefetch, at a launch's specializations
+    (test_sm90_compile.map_step: the experts' stride 1, or the map's byte loads are not
+    vectorised; the token, row and segment counts multiples of 16, and E where it is one)."""
     for block_t, block_e in ((1, 256), (2, 256), (4, 64), (32, 8)):
         for prefetch in (False, True):
-            cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e)
-            cx.update(PREFETCH=prefetch, PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
-            aligned = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
-            lines, regs = sass(routing._map_kernel, cx, 1, {}, aligned)
-            body = loop_body(lines)
+            body, regs = test_sm90_compile.map_step(block_t, block_e, prefetch)
             print(
                 f"map [{block_t}, {block_e}] prefetch={prefetch}: {regs} registers, {len(body)} instructions a step, "
                 f"{len(body) / block_t:.0f} per token; {opcodes(body)}",
@@ -134,7 +81,7 @@ def main() -> None:
                 else:
                     cx = dict(common, LOAD_FP8=fp8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh)
                     warps, types = 4, ({"x_ptr": "*u8"} if fp8 else {})
-                lines, regs = sass(kernel, cx, warps, types)
+                lines, regs = sass(kernel, cx, warps, FLOATS, types=types)
                 body = lines if args.forward else loop_body(lines)
                 pairs = br * bh / (32 * warps)
                 top = opcodes(body)

@@ -6,14 +6,19 @@ every CPU test and still fail to compile on the GPU. Here each kernel goes throu
 compiler for a CUDA sm_90 target (the Triton wheel carries ptxas; no GPU needed), with its
 constexpr switches on and off. Each case runs in a child process without TRITON_INTERPRET (the
 interpreter replaces the kernels by Python functions the compiler cannot take).
+
+It also holds the SASS of one loop to a property the GPU's speed depends on (the routing plan's
+map kernel keeps its step in registers); ``benchmarks/sass_loop.py`` prints such counts.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from moe_utils.codegen.specs import REGISTRY
@@ -43,6 +48,22 @@ INT64_POINTERS = {
 }
 
 
+def _signature(kernel, constexprs: dict, floats, types: dict | None) -> dict[str, str]:
+    """Triton types of kernel's arguments: constexprs, types, then by name (POINTERS and
+    INT64_POINTERS, other pointers bf16, floats fp32, the rest int32)."""
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif types and name in types:
+            signature[name] = types[name]
+        elif name.endswith("_ptr"):
+            signature[name] = "*i64" if name in INT64_POINTERS else POINTERS.get(name, "*bf16")
+        else:
+            signature[name] = "fp32" if name in floats else "i32"
+    return signature
+
+
 def compile_sm90(
     kernel, constexprs: dict, floats: tuple[str, ...] = (), types: dict | None = None, options: dict | None = None
 ) -> None:
@@ -54,20 +75,85 @@ def compile_sm90(
 
     fn = kernel.fn
     names = kernel.arg_names
-    signature = {}
-    for name in names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif types and name in types:
-            signature[name] = types[name]
-        elif name.endswith("_ptr"):
-            signature[name] = "*i64" if name in INT64_POINTERS else POINTERS.get(name, "*bf16")
-        else:
-            signature[name] = "fp32" if name in floats else "i32"
+    signature = _signature(kernel, constexprs, floats, types)
     missing = set(constexprs) - set(names)
     assert not missing, f"{fn.__name__} has no arguments {missing}"
     src = ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
     triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+#: Integer arguments declared multiples of 16 in sass(), as the JIT declares them at a launch whose
+#: tensors are aligned and whose widths and counts are multiples of 16 (the benchmarks' shapes).
+ALIGNED_INTS = {"H", "x_row_stride", "grad_out_row_stride", "map_stride_t"}
+SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4})\*/")
+
+
+def sass(kernel, constexprs: dict, warps: int, floats=(), ints=frozenset(), types=None) -> tuple[list[str], int]:
+    """kernel compiled for sm_90 and disassembled (cuobjdump from the Triton wheel): its SASS lines
+    and registers per thread. Arguments are typed by name (floats: fp32; types: any), pointers,
+    ALIGNED_INTS and ints declared multiples of 16: without that, loads and stores are not
+    vectorised and the code is not the launch's."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    sig = _signature(kernel, constexprs, floats, types)
+    aligned = [i for i, n in enumerate(names) if sig[n].startswith("*") or n in ALIGNED_INTS | set(ints)]
+    src = ASTSource(
+        fn=kernel,
+        signature=sig,
+        constexprs={(names.index(a),): v for a, v in constexprs.items()},
+        attrs={(i,): [["tt.divisibility", 16]] for i in aligned},
+    )
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    cubin = Path(f"/tmp/moe_utils_sass_{os.getpid()}.cubin")
+    cubin.write_bytes(compiled.asm["cubin"])
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    text = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    usage = subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
+    cubin.unlink()
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    return [line for line in text.splitlines() if SASS_LINE.match(line)], regs
+
+
+def loop_body(lines: list[str]) -> list[str]:
+    """The longest span that ends in a branch back to its start; all lines if there is none."""
+    addr = [int(SASS_LINE.match(line).group(1), 16) for line in lines]
+    best = None
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA 0x([0-9a-f]+)\s*;", line)
+        if m and int(m.group(1), 16) < addr[i]:
+            start = addr.index(int(m.group(1), 16)) if int(m.group(1), 16) in addr else 0
+            if best is None or i - start > best[1] - best[0]:
+                best = (start, i)
+    return lines if best is None else lines[best[0] : best[1] + 1]
+
+
+def map_step(block_t: int, block_e: int, prefetch: bool = True) -> tuple[list[str], int]:
+    """The map kernel's step (its loop) at a launch's specializations: the experts' stride 1, the
+    token, row and segment counts multiples of 16, and E too where it is one (E = BLOCK_E >= 16);
+    one warp up to 256 experts, as routing._map_warps gives."""
+    from moe_utils import routing
+
+    cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
+    cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
+    ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
+    lines, regs = sass(routing._map_kernel, cx, routing._map_warps(block_t, block_e), ints=ints)
+    return loop_body(lines), regs
+
+
+def check_map_step() -> None:
+    """With one warp per program the map kernel's step moves nothing through shared memory: its
+    tiles are laid out so that the entry store (data-dependent addresses) needs no layout
+    conversion (routing._map_kernel). Session 14's flat tiles spent 48 of 345 instructions a
+    one-token step at E = 256 converting; the step is 201 since session 15."""
+    for block_t, block_e in ((1, 256), (2, 128), (4, 64), (32, 8), (64, 4)):
+        body, _ = map_step(block_t, block_e)
+        shared = [line for line in body if re.search(r"\b(STS|LDS|BAR)\b", line)]
+        assert not shared, f"map step [{block_t}, {block_e}] goes through shared memory:\n" + "\n".join(shared)
+    body, _ = map_step(1, 256)
+    assert len(body) <= 240, f"map step [1, 256]: {len(body)} SASS instructions (201 in session 15)"
 
 
 def compile_activation(name: str) -> None:
@@ -113,12 +199,12 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(unpermutation._scatter_dot_kernel, dot)
 
 
-def _run_child(what: str) -> None:
+def _run_child(what: str, failure: str = "does not compile for sm_90") -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [sys.executable, __file__, what], env=env, capture_output=True, text=True, timeout=600, cwd=os.getcwd()
     )
-    assert proc.returncode == 0, f"{what} does not compile for sm_90:\n{proc.stdout[-3000:]}{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"{what} {failure}:\n{proc.stdout[-3000:]}{proc.stderr[-6000:]}"
 
 
 @pytest.mark.parametrize("name", sorted(s.name for s in REGISTRY))
@@ -130,5 +216,9 @@ def test_routing_kernels_compile_for_sm90():
     _run_child("routing")
 
 
+def test_map_kernel_step_stays_in_registers():
+    _run_child("map_step", "fails its SASS check")
+
+
 if __name__ == "__main__":
-    compile_routing() if sys.argv[1] == "routing" else compile_activation(sys.argv[1])
+    {"routing": compile_routing, "map_step": check_map_step}.get(sys.argv[1], lambda: compile_activation(sys.argv[1]))()
