@@ -506,46 +506,38 @@ def pdl_experiments(results, shapes) -> None:
         _rt.PDL_TRIGGER.update(saved[1])
 
 
-def prefetch_experiments(results, shapes) -> None:
-    """build_plan and the fused permute forward with the map kernel's prefetch off and on (the
-    package's switch ``routing._MAP_PREFETCH``): loading each step's routing-map tile during the
-    step before, above that step's stores, which the compiler cannot move a load past. Session
-    14's profile had the map kernel at 42 µs of 270 at (65536, 256, 2, 2048), a walk of 32
-    one-token steps per segment."""
-    saved = routing._MAP_PREFETCH
-    forms = {"map prefetch off": False, "map prefetch on": True}
+def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
+    """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
+    (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
+    saved = getattr(routing, name)
     try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms,
-                          lambda on: setattr(routing, "_MAP_PREFETCH", on))  # fmt: skip
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, lambda v: setattr(routing, name, v))
     finally:
-        routing._MAP_PREFETCH = saved
+        setattr(routing, name, saved)
+
+
+def prefetch_experiments(results, shapes) -> None:
+    """The map kernel's prefetch off and on (the package's switch ``routing._MAP_PREFETCH``):
+    loading each step's routing-map tile during the step before, above that step's stores, which
+    the compiler cannot move a load past. Session 14's profile had the map kernel at 42 µs of 270
+    at (65536, 256, 2, 2048), a walk of 32 one-token steps per segment."""
+    _plan_switch_experiment(results, shapes, "_MAP_PREFETCH", {"map prefetch off": False, "map prefetch on": True})
 
 
 def group_experiments(results, shapes) -> None:
-    """build_plan and the fused permute forward with the map kernel's expert groups (GROUP, the
-    tiles' last dimension, routing._map_group) of 8 (shipped), 4, 2 and 1 experts. Session 15's
-    3-D tiles made build_plan 0.2-0.7 µs slower at E = 8 ([32, 1, 8] tiles) while every wider E
-    gained: is it the group?"""
-    saved = routing._map_group
-    forms = {f"group {g}": g for g in (8, 4, 2, 1)}
-    try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms,
-                          lambda g: setattr(routing, "_map_group", lambda block_e: min(g, block_e)))  # fmt: skip
-    finally:
-        routing._map_group = saved
+    """The map kernel's expert groups (GROUP, the tiles' last dimension, ``routing._map_group``) of
+    8 (shipped), 4, 2 and 1 experts. Session 15's 3-D tiles made build_plan 0.2-0.7 µs slower at
+    E = 8 ([32, 1, 8] tiles) while every wider E gained: is it the group?"""
+    forms = {f"group {g}": (lambda block_e, g=g: min(g, block_e)) for g in (8, 4, 2, 1)}
+    _plan_switch_experiment(results, shapes, "_map_group", forms)
 
 
 def segments_experiments(results, shapes) -> None:
-    """build_plan and the fused permute forward with segments of at least 1, 8 and 16 tokens (the
-    package's switch ``routing._MIN_SEGMENT_TOKENS``), plans checked bit-equal: at 4096 tokens
-    and 64-1024 experts the shipped rule's 1024 segments are 1-4 tokens long."""
-    saved = routing._MIN_SEGMENT_TOKENS
+    """Segments of at least 1, 8 and 16 tokens (the package's switch
+    ``routing._MIN_SEGMENT_TOKENS``): at 4096 tokens and 64-1024 experts the shipped rule's 1024
+    segments are 1-4 tokens long."""
     forms = {f"segments >= {n} tokens": n for n in (1, 8, 16)}
-    try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms,
-                          lambda n: setattr(routing, "_MIN_SEGMENT_TOKENS", n))  # fmt: skip
-    finally:
-        routing._MIN_SEGMENT_TOKENS = saved
+    _plan_switch_experiment(results, shapes, "_MIN_SEGMENT_TOKENS", forms)
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
