@@ -1,7 +1,8 @@
 """Kernel experiments for the open targets of issue 4, measured against the shipped kernels.
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
-        KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch
+        KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
+              countgroup
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -39,6 +40,9 @@ results/history/experiments-prefetch-s14-call5-*.)
 (``routing._map_group``): build_plan and the whole permute forward.
 ``--only segments``: the plan with segments of at least 1, 8 and 16 tokens (the package's switch
 ``routing._MIN_SEGMENT_TOKENS``): build_plan and the whole permute forward.
+``--only countgroup``: the plan with the count kernel counting groups of up to 1, 2, 4 and 8
+segments per program (``routing._COUNT_GROUP``; 1: one segment a program and the scan over all
+segments, as before session 16): build_plan and the whole permute forward.
 (Session 15's ``--only unroll``, the count kernel's step loop unrolled 1, 8 and 16 times by
 Triton: no gain; commit 9523d6f for its code, results/history/experiments-unroll-s15-* for its times.)
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
@@ -540,6 +544,14 @@ def segments_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_MIN_SEGMENT_TOKENS", forms)
 
 
+def count_group_experiments(results, shapes) -> None:
+    """The count kernel counting groups of up to 1, 2, 4 and 8 segments per program (the package's
+    switch ``routing._COUNT_GROUP``), so that the scan runs over at most 256 groups instead of up
+    to 2048 segments (session 15's profile at (65536, 256, 2, 2048): count 10.2, scan 7.1 µs)."""
+    forms = {f"count groups <= {n}": n for n in (1, 2, 4, 8)}
+    _plan_switch_experiment(results, shapes, "_COUNT_GROUP", forms)
+
+
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
     permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
@@ -583,14 +595,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "segments")
-    kinds += ("group",)
+    kinds += ("group", "countgroup")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
     ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
     ap.add_argument("--plan-shapes", nargs="*", default=None, help="TxExK shapes of --only plan")
     ap.add_argument(
-        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of --only pdl, prefetch, group and segments"
+        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of the --only kinds that time forms"
     )
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -658,6 +670,12 @@ def main() -> None:
             (4096, 64, 2, 2048), (4096, 64, 8, 2048), (4096, 128, 2, 2048), (4096, 128, 8, 2048),
             (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
             (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
+        ]))  # fmt: skip
+    if "countgroup" in args.only:
+        count_group_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+            (4096, 8, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048),
+            (65536, 8, 8, 2048), (65536, 64, 2, 2048), (65536, 256, 2, 2048), (65536, 256, 8, 2048),
+            (16384, 1024, 8, 2048), (4096, 1024, 8, 2048), (8192, 128, 8, 7168),
         ]))  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])

@@ -316,6 +316,12 @@ def test_bad_routing_input_raises_clear_errors():
         permute(x, m, num_out_tokens=4, fused=False)
     with pytest.raises(ValueError, match="capacity \\* num_experts"):
         permute(x, m, num_out_tokens=7, fused=True, drop_and_pad=True)
+    # 2^31 tokens (stride-0 views: nothing allocated): the plan's per-expert counts are int32.
+    huge = 2**31
+    with pytest.raises(ValueError, match=r"fewer than 2\^31 tokens .* 2147483648 tokens"):
+        permute(x[:1].expand(huge, 16), m[:1].expand(huge, 4), num_out_tokens=8, fused=True)
+    with pytest.raises(ValueError, match=r"at most 1024 experts, got 1025"):
+        permute(x, torch.zeros(6, 1025, dtype=torch.bool, device=DEVICE), fused=True)
     if DEVICE.type == "cpu":  # on the GPU this check is a device-side assertion: see the next test
         with pytest.raises(ValueError, match="num_out_tokens = 4"):
             permute(x, m, num_out_tokens=4, fused=True)
@@ -409,10 +415,11 @@ def test_drop_and_pad_pads_short_experts():
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
-    # same counting sort differently: the plan and the permuted probs must be identical, bit for
-    # bit. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75 (300) steps, the
-    # last one partly past T.
+    # Tile sizes, segment counts, count groups, scan tiles and the map kernel's prefetch only split
+    # or order the same counting sort differently: the plan and the permuted probs must be
+    # identical, bit for bit, and the reference's. The small-tile configs walk segments of 10
+    # (E = 6), 38 (40) or 75 (300) steps, the last one partly past T; the configs with a small
+    # scan count groups of 2, 4 or 8 segments, at E = 40 and 300 with a short last group.
     from moe_utils import routing
 
     gen = make_generator(37)
@@ -421,17 +428,20 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment)
-        (256, 1024, 8, 4096, True, 8),
-        (256, 1024, 8, 4096, True, 1),
-        (1024, 1024, 8, 1024, False, 8),
-        (64, 4, 16, 16, True, 8),
-        (64, 4, 16, 16, False, 8),
-        (64, 4, 1, 16, True, 8),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True, 1),
-        (256, 4096, 8, 1024, False, 8),
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment,
+        # segments a count program, most rows of the scan)
+        (256, 1024, 8, 4096, True, 8, 8, 256),
+        (256, 1024, 8, 4096, True, 1, 1, 256),
+        (1024, 1024, 8, 1024, False, 8, 8, 3),
+        (64, 4, 16, 16, True, 8, 8, 1),
+        (64, 4, 16, 16, False, 8, 2, 1),
+        (64, 4, 1, 16, True, 8, 4, 1),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1, 8, 5),
+        (256, 4096, 8, 1024, False, 8, 4, 7),
     )
-    for tile, segments, long_segment, scan_tile, prefetch, least in configs:
+    for tile, segments, long_segment, scan_tile, prefetch, least, group, scan_rows in configs:
+        monkeypatch.setattr(routing, "_COUNT_GROUP", group)
+        monkeypatch.setattr(routing, "_SCAN_ROWS", scan_rows)
         monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
         monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
@@ -441,6 +451,10 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
         monkeypatch.setattr(routing, "_SCAN_TILE", scan_tile)
         results.append(permute(x, m, p, num_out_tokens=3 * n_tokens + 5, fused=True))
         results.append(permute(x, m, p, fused=True))
+    ref, ref_probs, ref_indices = permute(x, m, p, fused=False)
+    n = ref.shape[0]
+    for out, probs, plan in results[1::2]:
+        assert torch.equal(out, ref) and torch.equal(probs, ref_probs) and torch.equal(plan[:n], ref_indices)
     for padded in (0, 1):
         first = results[padded]
         for other in results[padded::2]:
@@ -452,7 +466,7 @@ def test_segment_rule():
     # Twice the segments only where the map kernel runs one warp per program and the segments
     # stay at least _LONG_SEGMENT steps and _LONG_SEGMENT_TOKENS tokens long (the shapes measured
     # on the H100, sessions 7 and 8).
-    from moe_utils.routing import _segments
+    from moe_utils.routing import _count_group, _segments
 
     assert _segments(65536, 256)[1] == 2048  # one-token steps: 32 steps a segment
     assert _segments(65536, 64)[1] == 2048  # 4-token steps: 8 steps a segment
@@ -465,6 +479,10 @@ def test_segment_rule():
     assert _segments(4096, 512)[:2] == (8, 512)
     assert _segments(4096, 256)[:2] == (4, 1024)  # one warp: 1024 segments of 4 one-token steps
     assert _segments(4096, 64)[:2] == (4, 1024)
+    # The count kernel's groups: the scan over at most _SCAN_ROWS (256) groups, at most 8 segments
+    # and 16 warps a program.
+    assert [_count_group(n, 1) for n in (1, 128, 256, 257, 512, 1024, 2048, 4096)] == [1, 1, 1, 2, 2, 4, 8, 8]
+    assert _count_group(1024, 4) == 4 and _count_group(2048, 4) == 4 and _count_group(512, 2) == 2
     for n_tokens, n_experts in ((65536, 256), (16384, 64), (5, 3), (100003, 7)):
         seg_len, n_seg, block_t, _ = _segments(n_tokens, n_experts)
         assert seg_len % block_t == 0 and (n_seg - 1) * seg_len < n_tokens <= n_seg * seg_len
