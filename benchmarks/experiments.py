@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              countgroup
+              counts
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -40,9 +40,11 @@ results/history/experiments-prefetch-s14-call5-*.)
 (``routing._map_group``): build_plan and the whole permute forward.
 ``--only segments``: the plan with segments of at least 1, 8 and 16 tokens (the package's switch
 ``routing._MIN_SEGMENT_TOKENS``): build_plan and the whole permute forward.
-``--only countgroup``: the plan with the count kernel counting groups of up to 1, 2, 4 and 8
-segments per program (``routing._COUNT_GROUP``; 1: one segment a program and the scan over all
-segments, as before session 16): build_plan and the whole permute forward.
+``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
+segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
+(Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
+per program so that the scan ran over at most 256 groups: slower; commit 059e7d7 for its code,
+results/history/experiments-countgroup-s16-call1-* for its times.)
 (Session 15's ``--only unroll``, the count kernel's step loop unrolled 1, 8 and 16 times by
 Triton: no gain; commit 9523d6f for its code, results/history/experiments-unroll-s15-* for its times.)
 ``--only order``: the weighted SwiGLU forward's tiles in memory order (a 1-D grid) against the 2-D grid.
@@ -544,12 +546,12 @@ def segments_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_MIN_SEGMENT_TOKENS", forms)
 
 
-def count_group_experiments(results, shapes) -> None:
-    """The count kernel counting groups of up to 1, 2, 4 and 8 segments per program (the package's
-    switch ``routing._COUNT_GROUP``), so that the scan runs over at most 256 groups instead of up
-    to 2048 segments (session 15's profile at (65536, 256, 2, 2048): count 10.2, scan 7.1 µs)."""
-    forms = {f"count groups <= {n}": n for n in (1, 2, 4, 8)}
-    _plan_switch_experiment(results, shapes, "_COUNT_GROUP", forms)
+def counts_experiments(results, shapes) -> None:
+    """The scan's size bound (the package's switch ``routing._MOST_COUNTS``): at most 2^19 counts
+    (segments x experts) unless the walks pass 64 steps, against no bound (1024 segments at
+    E = 1024)."""
+    forms = {"at most 2^19 counts": 1 << 19, "no bound on counts": 1 << 40}
+    _plan_switch_experiment(results, shapes, "_MOST_COUNTS", forms)
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
@@ -595,7 +597,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "segments")
-    kinds += ("group", "countgroup")
+    kinds += ("group", "counts")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -671,11 +673,10 @@ def main() -> None:
             (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
             (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
         ]))  # fmt: skip
-    if "countgroup" in args.only:
-        count_group_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
-            (4096, 8, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048),
-            (65536, 8, 8, 2048), (65536, 64, 2, 2048), (65536, 256, 2, 2048), (65536, 256, 8, 2048),
-            (16384, 1024, 8, 2048), (4096, 1024, 8, 2048), (8192, 128, 8, 7168),
+    if "counts" in args.only:
+        counts_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+            (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),
+            (65536, 1024, 8, 2048), (16384, 512, 8, 2048),
         ]))  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])

@@ -353,6 +353,9 @@ PLAN_CONFIGS = [
     *((256, 1, 1024, scan) for scan in (1024, 2048, 8192)),
     *((256, 1, segs, 4096) for segs in (256, 512, 2048)),
     (512, 2, 512, 4096),
+    (512, 1, 1024, 4096),  # one warp, 16 and 32 entries per thread (2 and 4 tokens a step at E = 256)
+    (1024, 1, 1024, 4096),
+    (256, 1, 2048, 2048),
 ]
 
 

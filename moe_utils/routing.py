@@ -3,15 +3,13 @@
 From a routing map ``[T, E]`` (token t goes to expert e where it is nonzero) three small kernels
 build it, with no atomics and no host synchronisation:
 
-1. ``_count_kernel``: tokens per (segment of tokens, expert). One program counts a group of
-   consecutive segments (``_count_group``), writes each segment's offsets within its group (an
-   exclusive prefix sum over the group) and the group's counts.
+1. ``_count_kernel``: tokens per (segment of tokens, expert), one program per segment.
 2. ``_scan_experts_kernel`` (one program per block of experts): an exclusive prefix sum over the
-   groups gives each (group, expert) the rows of that expert in earlier groups, and the total per
-   expert.
+   segments gives each (segment, expert) the rows of that expert in earlier segments, and the
+   total per expert.
 3. ``_map_kernel``: one program per segment. It recomputes the first row of each expert (a prefix
    sum over at most MAX_EXPERTS counts) and its segment's first token-major entry (the sum of its
-   rows of the two prefix sums: every routed pair of an earlier segment is an earlier entry), then a
+   row of the scan: every routed pair of an earlier segment is an earlier entry), then a
    cumulative sum over the segment's tokens gives every routed (token, expert) its permuted row
    (expert-major, ascending token order within an expert, exactly the order of the reference) and
    its place in the token-major list. The last program's walk ends at the total: it writes it,
@@ -94,6 +92,13 @@ _LONG_SEGMENT_TOKENS = 32
 #: per program it was mixed: 4096 x 64 x 2 -2.2%, 4096 x 128 -0.8% / +0.1%, 4096 x 256 +1.6% /
 #: +1.2% (k = 2 / 8), though build_plan alone was 5-11% faster at E = 64 and 128.
 _MIN_SEGMENT_TOKENS = 8
+#: At most _MOST_COUNTS counts in the scan (segments x BLOCK_E), unless that makes walks of more
+#: than _LONGEST_WALK steps: at E = 1024, 512 segments instead of 1024 up to 32768 tokens. H200
+#: (sweep.py --only plan, session 15): build_plan at 16384 x 1024 x 8 37.9 against 42.3 µs with
+#: 512 segments of 32 steps (sessions 8 and 14 the same), but at 65536 x 1024 (128 steps with 512)
+#: 1024 segments were ahead, 132.2 against 144.1 µs. At E <= 512 the bound is not reached.
+_MOST_COUNTS = 1 << 19
+_LONGEST_WALK = 64
 #: Routing-map entries ([tokens, experts] tile) per step of the count and map kernels (a tile is
 #: at least one token wide: up to 1024 entries), and the map kernel's warps: 8 entries per thread.
 #: The map kernel's two cumulative sums (down the tokens, across the experts) move its tiles
@@ -108,14 +113,6 @@ _MAP_ENTRIES_PER_THREAD = 8
 #: 1024 and 8192 (8192 at 1024 segments takes 250 registers).
 _SCAN_TILE = 4096
 _SCAN_ENTRIES_PER_THREAD = 32
-#: The count kernel counts groups of up to _COUNT_GROUP consecutive segments per program and adds
-#: each group up, so that the scan runs over at most _SCAN_ROWS groups where it ran over up to
-#: 2048 segments: each map program adds its group's offsets and its segment's offsets within the
-#: group. The scan over segments was latency-bound (one warp per scheduler, 141 registers, 13 µs
-#: under Nsight Compute at 2048 segments, H100 session 6; 7.1 µs of the H200's 37 µs build_plan
-#: at 65536 x 256 x 2, session 15).
-_COUNT_GROUP = 8
-_SCAN_ROWS = 256
 #: The map kernel loads each step's routing-map tile during the step before (software pipelining
 #: by hand, one step deep). H200 (experiments.py --only prefetch, session 14): build_plan 0.2-1.3
 #: µs faster at 6 of 8 shapes (16384 x 256 x 2 21.0 -> 19.7 µs, 65536 x 256 x 2 53.9 -> 53.2),
@@ -143,64 +140,53 @@ def _count_kernel(
     map_ptr,  # [T, E] routing map, bool or integer 0/1
     map_stride_t,  # elements between tokens of the map
     map_stride_e,  # elements between experts of the map
-    inner_ptr,  # [n_seg, E] int32 out (GROUP > 1): rows of each expert in earlier segments of the group
-    group_counts_ptr,  # [n_groups, E] int32 out: routed tokens per group of segments and expert
+    counts_ptr,  # [n_seg, E] int32 out: routed tokens per segment and expert
     T,  # tokens
     E,  # experts
-    n_seg,  # segments
     seg_len,  # tokens per segment, a multiple of BLOCK_T
-    GROUP: tl.constexpr,  # segments per program (a power of two)
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
-    # One program counts a group of GROUP consecutive segments, side by side in a [GROUP,
-    # BLOCK_T, BLOCK_E] tile, and adds their counts up within the group: the scan then runs over
-    # groups, not segments (_count_group).
     pdl_start(PDL)
-    group = tl.program_id(0)
-    segs = group * GROUP + tl.arange(0, GROUP)
+    seg = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
     # Counted elementwise, summed over tokens once at the end: a reduction per step costs more
     # than the load it follows (shuffles and a barrier per step).
-    acc = tl.zeros([GROUP, BLOCK_T, BLOCK_E], dtype=tl.int32)
-    first = segs.to(tl.int64) * seg_len
-    e_offs = experts[None, None, :] * map_stride_e
+    acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
+    first = seg.to(tl.int64) * seg_len
     for off in range(0, seg_len, BLOCK_T):
-        tokens = first[:, None] + off + tl.arange(0, BLOCK_T)[None, :]  # past T for segments past n_seg
-        ok = (tokens < T)[:, :, None] & e_ok[None, None, :]
-        m = tl.load(map_ptr + tokens[:, :, None] * map_stride_t + e_offs, mask=ok, other=0)
+        tokens = first + off + tl.arange(0, BLOCK_T)
+        ok = (tokens < T)[:, None] & e_ok[None, :]
+        m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
         acc += (m != 0).to(tl.int32)
-    counts = tl.sum(acc, axis=1)
-    if GROUP > 1:
-        ok = (segs < n_seg)[:, None] & e_ok[None, :]
-        tl.store(inner_ptr + segs[:, None] * E + experts[None, :], tl.cumsum(counts, axis=0) - counts, mask=ok)
-    tl.store(group_counts_ptr + group * E + experts, tl.sum(counts, axis=0), mask=e_ok)
+    tl.store(counts_ptr + seg * E + experts, tl.sum(acc, axis=0), mask=e_ok)
 
 
 @triton.jit
 def _scan_experts_kernel(
-    counts_ptr,  # [n_groups, E] int32 routed tokens per group of segments and expert
-    group_off_ptr,  # [n_groups, E] int32 out: rows of the same expert in earlier groups
+    counts_ptr,  # [n_seg, E] int32 routed tokens per segment and expert
+    seg_expert_off_ptr,  # [n_seg, E] int32 out: rows of the same expert in earlier segments
     expert_count_ptr,  # [E] int64 out: routed tokens per expert
-    n_groups,  # groups of segments
+    n_seg,  # segments
     E,  # experts
-    BLOCK_S: tl.constexpr,  # >= n_groups
+    BLOCK_S: tl.constexpr,  # >= n_seg
     BLOCK_E: tl.constexpr,  # experts per program
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
-    # Experts are independent here: one program per block of experts, all groups in one tile.
+    # Experts are independent here: one program per block of experts, all segments in one tile.
     # The tile's rows are BLOCK_E consecutive counts: one expert per program made every load and
     # store its own 32-byte sector (9.4 µs at 1024 segments x 256 experts on the H100).
-    # Sums of one expert's counts are at most T < 2^31 tokens (build_plan checks T): int32.
+    # Sums of one expert's counts are at most T < 2^31 tokens (build_plan checks T): int32, which
+    # halves the writes here and the map kernel's reads against int64 offsets.
     pdl_start(PDL)
-    groups = tl.arange(0, BLOCK_S)
+    segs = tl.arange(0, BLOCK_S)
     experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    ok = (groups < n_groups)[:, None] & (experts < E)[None, :]
-    offs = groups[:, None] * E + experts[None, :]
+    ok = (segs < n_seg)[:, None] & (experts < E)[None, :]
+    offs = segs[:, None] * E + experts[None, :]
     c = tl.load(counts_ptr + offs, mask=ok, other=0)
-    tl.store(group_off_ptr + offs, tl.cumsum(c, axis=0) - c, mask=ok)
+    tl.store(seg_expert_off_ptr + offs, tl.cumsum(c, axis=0) - c, mask=ok)
     tl.store(expert_count_ptr + experts, tl.sum(c, axis=0).to(tl.int64), mask=experts < E)
     # No token-major prefix over segments here: the map kernel sums its row of these offsets. As a
     # second scan in program 0 it made that program the launch's slowest (the scan took 10 µs at
@@ -212,8 +198,7 @@ def _map_kernel(
     map_ptr,  # [T, E] routing map, bool or integer 0/1
     map_stride_t,  # elements between tokens of the map
     map_stride_e,  # elements between experts of the map
-    group_off_ptr,  # [n_groups, E] int32 rows of each expert in earlier groups of segments
-    inner_ptr,  # [n_seg, E] int32 (COUNT_GROUP > 1): rows of each expert in earlier segments of the group
+    seg_expert_off_ptr,  # [n_seg, E] int32 rows of each expert in earlier segments
     expert_count_ptr,  # [E] int64 routed tokens per expert
     fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 or the last)
     marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
@@ -224,7 +209,6 @@ def _map_kernel(
     N,  # permuted rows allocated
     seg_len,  # tokens per segment, a multiple of BLOCK_T
     capacity,  # DROP_AND_PAD: rows per expert
-    COUNT_GROUP: tl.constexpr,  # segments per group of the count kernel and the scan
     DROP_AND_PAD: tl.constexpr,
     PADDED: tl.constexpr,  # the plan carries the padding marker
     CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
@@ -273,10 +257,7 @@ def _map_kernel(
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
     # Next free token-major entry, carried across steps: the segment's first is the routed pairs
     # of earlier segments, over all experts.
-    earlier = tl.load(group_off_ptr + (seg // COUNT_GROUP) * E + experts, mask=e_ok, other=0)
-    if COUNT_GROUP > 1:
-        earlier += tl.load(inner_ptr + seg * E + experts, mask=e_ok, other=0)
-    earlier = earlier.to(tl.int64)
+    earlier = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0).to(tl.int64)
     next_entry = tl.sum(earlier)
     # Each expert's rows, as int64 bases fixed for the segment and int32 offsets from them (at
     # most seg_len): the step's arithmetic per entry is then 32-bit, its entry one shift-and-add
@@ -421,15 +402,6 @@ def _map_group(block_e: int) -> int:
     return min(_MAP_ENTRIES_PER_THREAD, block_e)
 
 
-def _count_group(n_seg: int, warps: int) -> int:
-    """Segments per program of the count kernel: doubled while the scan would have more than
-    _SCAN_ROWS groups, up to _COUNT_GROUP and 16 warps a program."""
-    group = 1
-    while group < _COUNT_GROUP and n_seg > group * _SCAN_ROWS and 2 * group * warps <= 16:
-        group *= 2
-    return group
-
-
 def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     block_e = triton.next_power_of_2(max(n_experts, 1))
     block_t = max(1, min(256, _PLAN_TILE // block_e))
@@ -440,6 +412,9 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
         most = 2 * _MAX_SEGMENTS
     if _map_warps(block_t, block_e) > 1:
         most = max(1, min(most, n_tokens // _MIN_SEGMENT_TOKENS))
+    fewer = max(1, _MOST_COUNTS // block_e)
+    if fewer < most and triton.cdiv(n_steps, fewer) <= _LONGEST_WALK:
+        most = fewer
     steps_per_seg = triton.cdiv(n_steps, most)
     seg_len = steps_per_seg * block_t
     n_seg = triton.cdiv(n_tokens, seg_len)
@@ -481,40 +456,35 @@ def build_plan(
     # The count kernel too: with Triton's default of 4 warps it was 4 µs slower at 65536 x 256
     # (one step is one token there: 2 entries per thread), and no faster in wider steps (H100).
     warps = _map_warps(block_t, block_e)
-    group = _count_group(n_seg, warps)
-    n_groups = triton.cdiv(n_seg, group)
-    block_s = triton.next_power_of_2(n_groups)
+    block_s = triton.next_power_of_2(n_seg)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
-    # One int32 buffer: each group's counts (then each group's offsets, written over them by the
-    # scan), and with groups each segment's offsets within its group.
-    work = torch.empty((n_groups + (n_seg if group > 1 else 0), n_experts), dtype=torch.int32, device=device)
-    group_counts, inner = work[:n_groups], work[n_groups:] if group > 1 else work
-    _count_kernel[(n_groups,)](
+    # The counts, then the offsets: the scan writes them over the counts (each program reads its
+    # whole tile before it writes it).
+    counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
+    _count_kernel[(n_seg,)](
         m,
         m.stride(0),
         m.stride(1),
-        inner,
-        group_counts,
+        counts,
         n_tokens,
         n_experts,
-        n_seg,
         seg_len,
-        GROUP=group,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
-        num_warps=warps * group,
+        num_warps=warps,
         **_rt.pdl_args(device, "count"),
     )
+    seg_expert_off = counts
     expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
     experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
     scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
     _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
-        group_counts,
-        group_counts,  # in place: each program reads its tile whole before it writes it
+        counts,
+        seg_expert_off,
         expert_count,
-        n_groups,
+        n_seg,
         n_experts,
         BLOCK_S=block_s,
         BLOCK_E=experts_per_program,
@@ -536,8 +506,7 @@ def build_plan(
         m,
         m.stride(0),
         m.stride(1),
-        group_counts,
-        inner,
+        seg_expert_off,
         expert_count,
         fits,
         plan[-1:],
@@ -548,7 +517,6 @@ def build_plan(
         n_rows,
         seg_len,
         capacity,
-        COUNT_GROUP=group,
         DROP_AND_PAD=drop_and_pad,
         PADDED=padded,
         CHECK=check,

@@ -415,11 +415,10 @@ def test_drop_and_pad_pads_short_experts():
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts, count groups, scan tiles and the map kernel's prefetch only split
-    # or order the same counting sort differently: the plan and the permuted probs must be
-    # identical, bit for bit, and the reference's. The small-tile configs walk segments of 10
-    # (E = 6), 38 (40) or 75 (300) steps, the last one partly past T; the configs with a small
-    # scan count groups of 2, 4 or 8 segments, at E = 40 and 300 with a short last group.
+    # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
+    # same counting sort differently: the plan and the permuted probs must be identical, bit for
+    # bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
+    # (300) steps, the last one partly past T.
     from moe_utils import routing
 
     gen = make_generator(37)
@@ -428,20 +427,17 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment,
-        # segments a count program, most rows of the scan)
-        (256, 1024, 8, 4096, True, 8, 8, 256),
-        (256, 1024, 8, 4096, True, 1, 1, 256),
-        (1024, 1024, 8, 1024, False, 8, 8, 3),
-        (64, 4, 16, 16, True, 8, 8, 1),
-        (64, 4, 16, 16, False, 8, 2, 1),
-        (64, 4, 1, 16, True, 8, 4, 1),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True, 1, 8, 5),
-        (256, 4096, 8, 1024, False, 8, 4, 7),
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment)
+        (256, 1024, 8, 4096, True, 8),
+        (256, 1024, 8, 4096, True, 1),
+        (1024, 1024, 8, 1024, False, 8),
+        (64, 4, 16, 16, True, 8),
+        (64, 4, 16, 16, False, 8),
+        (64, 4, 1, 16, True, 8),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1),
+        (256, 4096, 8, 1024, False, 8),
     )
-    for tile, segments, long_segment, scan_tile, prefetch, least, group, scan_rows in configs:
-        monkeypatch.setattr(routing, "_COUNT_GROUP", group)
-        monkeypatch.setattr(routing, "_SCAN_ROWS", scan_rows)
+    for tile, segments, long_segment, scan_tile, prefetch, least in configs:
         monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
         monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
@@ -466,23 +462,23 @@ def test_segment_rule():
     # Twice the segments only where the map kernel runs one warp per program and the segments
     # stay at least _LONG_SEGMENT steps and _LONG_SEGMENT_TOKENS tokens long (the shapes measured
     # on the H100, sessions 7 and 8).
-    from moe_utils.routing import _count_group, _segments
+    from moe_utils.routing import _segments
 
     assert _segments(65536, 256)[1] == 2048  # one-token steps: 32 steps a segment
     assert _segments(65536, 64)[1] == 2048  # 4-token steps: 8 steps a segment
     assert _segments(16384, 256)[1] == 1024  # 8 steps but 8 tokens a segment with 2048
     assert _segments(16384, 64)[1] == 1024  # 4 steps a segment with 1024
     assert _segments(65536, 8)[1] == 1024  # 32-token steps: 2 steps a segment
-    assert _segments(16384, 1024)[1] == 1024  # 4 warps a program
+    # At most 2^19 counts in the scan unless walks pass 64 steps (session 15's plan sweep).
+    assert _segments(16384, 1024)[:2] == (32, 512)
+    assert _segments(32768, 1000)[:2] == (64, 512)
+    assert _segments(65536, 1024)[:2] == (64, 1024)  # 512 segments would be walks of 128 steps
+    assert _segments(65536, 512)[:2] == (64, 1024)
     # Several warps a program (E > 256): segments of at least 8 tokens (H200, session 15).
     assert _segments(4096, 1024)[:2] == (8, 512)
     assert _segments(4096, 512)[:2] == (8, 512)
     assert _segments(4096, 256)[:2] == (4, 1024)  # one warp: 1024 segments of 4 one-token steps
     assert _segments(4096, 64)[:2] == (4, 1024)
-    # The count kernel's groups: the scan over at most _SCAN_ROWS (256) groups, at most 8 segments
-    # and 16 warps a program.
-    assert [_count_group(n, 1) for n in (1, 128, 256, 257, 512, 1024, 2048, 4096)] == [1, 1, 1, 2, 2, 4, 8, 8]
-    assert _count_group(1024, 4) == 4 and _count_group(2048, 4) == 4 and _count_group(512, 2) == 2
     for n_tokens, n_experts in ((65536, 256), (16384, 64), (5, 3), (100003, 7)):
         seg_len, n_seg, block_t, _ = _segments(n_tokens, n_experts)
         assert seg_len % block_t == 0 and (n_seg - 1) * seg_len < n_tokens <= n_seg * seg_len
