@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts
+              counts, segwarps
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -40,6 +40,8 @@ results/history/experiments-prefetch-s14-call5-*.)
 (``routing._map_group``): build_plan and the whole permute forward.
 ``--only segments``: the plan with segments of at least 1, 8 and 16 tokens (the package's switch
 ``routing._MIN_SEGMENT_TOKENS``): build_plan and the whole permute forward.
+``--only segwarps``: the plan with segments of at least 8 tokens only where the map kernel runs
+several warps (shipped) and at every warp count (``routing._MIN_SEGMENT_WARPS``).
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
@@ -546,6 +548,15 @@ def segments_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_MIN_SEGMENT_TOKENS", forms)
 
 
+def segment_warps_experiments(results, shapes) -> None:
+    """Segments of at least 8 tokens only where the map kernel runs several warps (shipped) or at
+    every warp count (the package's switch ``routing._MIN_SEGMENT_WARPS``). Session 15 run 3 had
+    the rule at one warp mixed in the permute forward at 4096 tokens; session 16's plan sweep had
+    512 segments ahead at 4096 x 256 x 2 (12.7 against 13.6 µs, the whole plan)."""
+    forms = {"rule from 2 warps": 2, "rule at every warp count": 1}
+    _plan_switch_experiment(results, shapes, "_MIN_SEGMENT_WARPS", forms)
+
+
 def counts_experiments(results, shapes) -> None:
     """The scan's size bound (the package's switch ``routing._MOST_COUNTS``): at most 2^19 counts
     (segments x experts) unless the walks pass 64 steps, against no bound (1024 segments at
@@ -597,7 +608,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "segments")
-    kinds += ("group", "counts")
+    kinds += ("group", "counts", "segwarps")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -672,6 +683,11 @@ def main() -> None:
             (4096, 64, 2, 2048), (4096, 64, 8, 2048), (4096, 128, 2, 2048), (4096, 128, 8, 2048),
             (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
             (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
+        ]))  # fmt: skip
+    if "segwarps" in args.only:
+        segment_warps_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
+            (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
+            (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
         ]))  # fmt: skip
     if "counts" in args.only:
         counts_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [

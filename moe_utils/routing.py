@@ -92,6 +92,7 @@ _LONG_SEGMENT_TOKENS = 32
 #: per program it was mixed: 4096 x 64 x 2 -2.2%, 4096 x 128 -0.8% / +0.1%, 4096 x 256 +1.6% /
 #: +1.2% (k = 2 / 8), though build_plan alone was 5-11% faster at E = 64 and 128.
 _MIN_SEGMENT_TOKENS = 8
+_MIN_SEGMENT_WARPS = 2  # the map kernel's warps from which the rule holds
 #: At most _MOST_COUNTS counts in the scan (segments x BLOCK_E), unless that makes walks of more
 #: than _LONGEST_WALK steps: at E = 1024, 512 segments instead of 1024 up to 32768 tokens. H200
 #: (sweep.py --only plan, session 15): build_plan at 16384 x 1024 x 8 37.9 against 42.3 µs with
@@ -410,7 +411,7 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     long_walks = n_steps >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT and n_tokens >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT_TOKENS
     if _map_warps(block_t, block_e) == 1 and long_walks:
         most = 2 * _MAX_SEGMENTS
-    if _map_warps(block_t, block_e) > 1:
+    if _map_warps(block_t, block_e) >= _MIN_SEGMENT_WARPS:
         most = max(1, min(most, n_tokens // _MIN_SEGMENT_TOKENS))
     fewer = max(1, _MOST_COUNTS // block_e)
     if fewer < most and triton.cdiv(n_steps, fewer) <= _LONGEST_WALK:
