@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps
+              counts, segwarps, early
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -40,6 +40,8 @@ results/history/experiments-prefetch-s14-call5-*.)
 (``routing._map_group``): build_plan and the whole permute forward.
 ``--only segments``: the plan with segments of at least 1, 8 and 16 tokens (the package's switch
 ``routing._MIN_SEGMENT_TOKENS``): build_plan and the whole permute forward.
+``--only early``: permute's forward with the map kernel triggering the scatter's launch and the
+scatter loading its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), against waiting.
 ``--only segwarps``: the plan with segments of at least 8 tokens only where the map kernel runs
 several warps (shipped) and at every warp count (``routing._MIN_SEGMENT_WARPS``).
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -514,6 +516,35 @@ def pdl_experiments(results, shapes) -> None:
         _rt.PDL_TRIGGER.update(saved[1])
 
 
+#: --only early: kernels that let the next launch at their start, and "early": permute's scatter
+#: loads its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``).
+_EARLY_FORMS = {
+    "pdl wait": (),
+    "map trigger": ("map",),
+    "map trigger, early source": ("map", "early"),
+    "plan trigger, early source": ("count", "scan", "map", "early"),
+}
+
+
+def early_experiments(results, shapes) -> None:
+    """permute's forward with the map kernel letting the scatter launch at its start, and the
+    scatter loading its source rows before it waits for the map kernel (the rows are the op's
+    input), against every kernel waiting (session 14 run 2: the plan's kernels triggering alone
+    were 4-9% slower at 256 experts, 8% faster at 4096 x 8 x 2)."""
+    saved = dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE
+
+    def use(form) -> None:
+        for kernel in _rt.PDL_TRIGGER:
+            _rt.PDL_TRIGGER[kernel] = kernel in form
+        _rt.PDL_EARLY_SOURCE = "early" in form
+
+    try:
+        _forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS, use)
+    finally:
+        _rt.PDL_TRIGGER.update(saved[0])
+        _rt.PDL_EARLY_SOURCE = saved[1]
+
+
 def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
     """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
     (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
@@ -608,7 +639,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "segments")
-    kinds += ("group", "counts", "segwarps")
+    kinds += ("group", "counts", "segwarps", "early")
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -683,6 +714,12 @@ def main() -> None:
             (4096, 64, 2, 2048), (4096, 64, 8, 2048), (4096, 128, 2, 2048), (4096, 128, 8, 2048),
             (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
             (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
+        ]))  # fmt: skip
+    if "early" in args.only:
+        early_experiments(results, forms_shapes or ([(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
+            (4096, 8, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 8, 2, 7168), (16384, 64, 2, 2048),
+            (16384, 256, 2, 2048), (16384, 64, 8, 2048), (65536, 256, 2, 2048), (8192, 128, 8, 7168),
+            (65536, 8, 2, 2048),
         ]))  # fmt: skip
     if "segwarps" in args.only:
         segment_warps_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [

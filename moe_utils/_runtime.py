@@ -112,13 +112,25 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 PDL = os.environ.get("MOE_UTILS_PDL", "1") != "0"
 
 #: Routing kernels (by the name their launcher passes to pdl_args) that let the next grid launch
-#: as soon as they start; the others let it launch as their programs exit. None do: H200
-#: (experiments.py --only pdl, session 13), permute's forward with every kernel waiting against
-#: PDL off: 26.0 -> 23.9 µs at 4096 x 256 x 2 x 2048, 51.7 -> 49.8 at 4096 x 64 x 8, the other ops
-#: level to 0.5 µs faster; with the plan's three kernels triggering 4-9% slower than that at 256
-#: experts (16384 x 256 x 2: 83.6 against 76.9 µs), with every kernel triggering up to 3% slower
-#: at the large shapes. Benchmarks change this table.
-PDL_TRIGGER = {"count": False, "scan": False, "map": False, "scatter": False, "gather": False, "scatter_dot": False}
+#: as soon as they start; the others let it launch as their programs exit. H200 (experiments.py
+#: --only pdl, session 13), permute's forward with every kernel waiting against PDL off: 26.0 ->
+#: 23.9 µs at 4096 x 256 x 2 x 2048, 51.7 -> 49.8 at 4096 x 64 x 8, the other ops level to 0.5 µs
+#: faster; with the plan's three kernels triggering 4-9% slower than that at 256 experts (16384 x
+#: 256 x 2: 83.6 against 76.9 µs), with every kernel triggering up to 3% slower at the large
+#: shapes. Only the map kernel triggers, for permute's scatter, which then loads its source rows
+#: while the map kernel runs (PDL_EARLY_SOURCE). H200 (experiments.py --only early, session 16,
+#: two runs): permute fwd 4096 x 8 x 2 x 2048 18.1 -> 16.4 µs, 4096 x 256 x 2 23.4 -> 21.5,
+#: 16384 x 64 x 2 65.1 -> 62.2, 16384 x 256 x 2 70.9 -> 69.6, at the large shapes level (65536 x
+#: 256 x 2 254.4 -> 253.4, 8192 x 128 x 8 x 7168 299.9 -> 300.2); the map kernel triggering alone
+#: gained 0-0.9 µs, the plan's three kernels triggering with the early source lost 1.3% at 65536 x
+#: 256 x 2. Benchmarks change this table.
+PDL_TRIGGER = {"count": False, "scan": False, "map": True, "scatter": False, "gather": False, "scatter_dot": False}
+#: permute's scatter loads its source rows before it waits for the map kernel: they are the op's
+#: input, complete before the plan's first kernel passed its own wait (each plan kernel waits for
+#: the one before, and the map kernel triggers only after its wait), so the copies' reads overlap
+#: the end of the plan's walk. Only permute's scatter: elsewhere the source may come from the
+#: kernel just before.
+PDL_EARLY_SOURCE = True
 
 
 @functools.lru_cache(maxsize=16)

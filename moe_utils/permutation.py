@@ -157,6 +157,7 @@ def _scatter_rows_kernel(
     PLAN_TOKENS: tl.constexpr,  # WRITE_PLAN: tokens per plan program
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
+    EARLY_SRC: tl.constexpr,  # load the source row before waiting (_runtime.PDL_EARLY_SOURCE)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # dst[row of entry j] = src[t] (* probs[t, expert of entry j]) for every entry j of token t.
@@ -171,11 +172,19 @@ def _scatter_rows_kernel(
     # A 1-D grid in memory order: program blocks outer, column blocks inner, so a wide row's column
     # blocks are copied by consecutive programs (H200: 0.9-1.2% faster at hidden 4096 and 7168 than
     # a 2-D grid with tokens on the fast axis; experiments.py --only scatter, session 9).
-    pdl_start(PDL)
     program_block, col_block = grid_tile(hidden, BLOCK_H, True)
     pid = program_block - n_plan
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
+    # EARLY_SRC (permute, _runtime.PDL_EARLY_SOURCE): src is the op's input, complete before the
+    # plan's first kernel passed its wait, so the copy programs read their row before they wait
+    # for the map kernel. (With no experts no plan kernel runs: the rows read then are stored
+    # nowhere, since no token has an entry.)
+    if EARLY_SRC:
+        copy = (pid >= 0) & (pid < n_tokens)
+        x_early = tl.load(src_ptr + tl.maximum(tl.minimum(pid, n_tokens - 1), 0) * src_row_stride + cols,
+                          mask=col_ok & copy)  # fmt: skip
+    pdl_start(PDL)
     if WRITE_PLAN and pid < 0:
         if col_block == 0:
             plan_args = (token_ptr_ptr, entry_ptr, src_token_ptr, perm_probs_ptr)
@@ -197,7 +206,10 @@ def _scatter_rows_kernel(
             _zero_padding(dst_ptr, first_row, col_block * BLOCK_H, 1, hidden, *args, PAD_ROWS, BLOCK_K, BLOCK_H)
     else:
         token = pid
-        x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)
+        if EARLY_SRC:
+            x = x_early
+        else:
+            x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)
         first = tl.load(token_ptr_ptr + token)
         last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
         for start in range(first, last, BLOCK_K):
@@ -294,6 +306,7 @@ def _launch_scatter(
         PLAN_TOKENS=_PLAN_TOKENS,
         BLOCK_K=k,
         BLOCK_H=block_h,
+        EARLY_SRC=rest is not None and _rt.PDL_EARLY_SOURCE,
         num_warps=4,
         **_rt.pdl_args(dst.device, "scatter"),
     )

@@ -413,6 +413,35 @@ def test_drop_and_pad_pads_short_experts():
     torch.testing.assert_close(back, x * (p * m).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
 
 
+def test_permute_same_under_every_launch_order(monkeypatch):
+    # The map kernel letting the scatter launch at its start, and the scatter reading its source
+    # rows before it waits for the map kernel (programmatic dependent launch on the GPU; the
+    # same kernels without it under the interpreter), or every kernel waiting: the same bits,
+    # the reference's, with padding rows and with drop_and_pad.
+    from moe_utils import _runtime as rt
+
+    gen = make_generator(43)
+    n_tokens, n_experts, hidden = 70, 12, 40
+    m = topk_map(n_tokens, n_experts, 3, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    ref, ref_probs, ref_indices = permute(x, m, p, fused=False)
+    n = ref.shape[0]
+    capacity_m = capacity_map(n_tokens, n_experts, 5, gen)
+    results = []
+    for trigger, early in ((False, False), (True, False), (False, True), (True, True)):
+        monkeypatch.setitem(rt.PDL_TRIGGER, "map", trigger)
+        monkeypatch.setattr(rt, "PDL_EARLY_SOURCE", early)
+        out, probs, plan = permute(x, m, p, num_out_tokens=n + 9, fused=True)
+        assert torch.equal(out[:n], ref) and torch.equal(probs[:n], ref_probs) and torch.equal(plan[:n], ref_indices)
+        assert torch.all(out[n:] == 0) and torch.all(probs[n:] == 0)
+        dropped = permute(x, capacity_m, p, num_out_tokens=5 * n_experts, fused=True, drop_and_pad=True)
+        results.append((out, probs, plan, *dropped))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
