@@ -634,12 +634,48 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
                 ))  # fmt: skip
 
 
+_DRY = [(5, 4, 2, 96), (300, 64, 3, 40)]
+#: The --only kinds that time forms of the routing ops: (experiment, dry-run shapes, shapes
+#: (T, E, k, hidden), which --forms-shapes replaces).
+_FORMS_KINDS = {
+    "pdl": (pdl_experiments, [(5, 4, 2, 96), (9, 6, 3, 40)], [
+        (4096, 256, 2, 2048), (4096, 8, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 2, 2048), (16384, 256, 2, 2048),
+        (16384, 64, 8, 2048), (65536, 256, 2, 2048), (8192, 128, 8, 7168),
+    ]),
+    "prefetch": (prefetch_experiments, _DRY, [
+        (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
+        (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
+    ]),
+    "group": (group_experiments, _DRY, [
+        (4096, 8, 2, 2048), (16384, 8, 2, 2048), (65536, 8, 8, 2048), (4096, 64, 2, 2048), (65536, 64, 2, 2048),
+        (65536, 256, 2, 2048),
+    ]),
+    "segments": (segments_experiments, _DRY, [
+        (4096, 64, 2, 2048), (4096, 64, 8, 2048), (4096, 128, 2, 2048), (4096, 128, 8, 2048),
+        (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
+        (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
+    ]),
+    "early": (early_experiments, [(5, 4, 2, 96), (9, 6, 3, 40)], [
+        (4096, 8, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 8, 2, 7168), (16384, 64, 2, 2048),
+        (16384, 256, 2, 2048), (16384, 64, 8, 2048), (65536, 256, 2, 2048), (8192, 128, 8, 7168),
+        (65536, 8, 2, 2048),
+    ]),
+    "segwarps": (segment_warps_experiments, _DRY, [
+        (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
+        (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
+    ]),
+    "counts": (counts_experiments, _DRY, [
+        (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),
+        (65536, 1024, 8, 2048), (16384, 512, 8, 2048),
+    ]),
+}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "pdl", "prefetch", "segments")
-    kinds += ("group", "counts", "segwarps", "early")
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", *_FORMS_KINDS)
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
@@ -694,43 +730,9 @@ def main() -> None:
             (4096, 64, 8, 4096), (4096, 128, 8, 7168), (4096, 256, 8, 2048), (2048, 64, 8, 4096), (2048, 64, 4, 4096),
             (4096, 64, 4, 4096), (8192, 64, 8, 2048),
         ])  # fmt: skip
-    if "pdl" in args.only:
-        pdl_experiments(results, forms_shapes or ([(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
-            (4096, 256, 2, 2048), (4096, 8, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 2, 2048), (16384, 256, 2, 2048),
-            (16384, 64, 8, 2048), (65536, 256, 2, 2048), (8192, 128, 8, 7168),
-        ]))  # fmt: skip
-    if "prefetch" in args.only:
-        prefetch_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
-            (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
-            (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
-        ]))  # fmt: skip
-    if "group" in args.only:
-        group_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
-            (4096, 8, 2, 2048), (16384, 8, 2, 2048), (65536, 8, 8, 2048), (4096, 64, 2, 2048), (65536, 64, 2, 2048),
-            (65536, 256, 2, 2048),
-        ]))  # fmt: skip
-    if "segments" in args.only:
-        segments_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
-            (4096, 64, 2, 2048), (4096, 64, 8, 2048), (4096, 128, 2, 2048), (4096, 128, 8, 2048),
-            (4096, 256, 2, 2048), (4096, 256, 8, 2048), (8192, 64, 2, 2048), (8192, 128, 8, 2048),
-            (2048, 64, 8, 2048), (16384, 64, 8, 2048), (4096, 1024, 8, 2048), (16384, 1024, 8, 2048),
-        ]))  # fmt: skip
-    if "early" in args.only:
-        early_experiments(results, forms_shapes or ([(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
-            (4096, 8, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 8, 2, 7168), (16384, 64, 2, 2048),
-            (16384, 256, 2, 2048), (16384, 64, 8, 2048), (65536, 256, 2, 2048), (8192, 128, 8, 7168),
-            (65536, 8, 2, 2048),
-        ]))  # fmt: skip
-    if "segwarps" in args.only:
-        segment_warps_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
-            (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
-            (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
-        ]))  # fmt: skip
-    if "counts" in args.only:
-        counts_experiments(results, forms_shapes or ([(5, 4, 2, 96), (300, 64, 3, 40)] if DRY else [
-            (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),
-            (65536, 1024, 8, 2048), (16384, 512, 8, 2048),
-        ]))  # fmt: skip
+    for kind, (run, dry_shapes, shapes) in _FORMS_KINDS.items():
+        if kind in args.only:
+            run(results, dry_shapes if DRY else forms_shapes or shapes)
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
     if "act" not in args.only:
