@@ -494,26 +494,36 @@ def _forms_experiment(results, shapes, kinds, forms, use) -> None:
                     print(f"{kind:14s} {list(shape)!s:24s} {name:18s} {us:8.1f} us", flush=True)
 
 
-def pdl_experiments(results, shapes) -> None:
-    """The four fused routing ops (bench.py's calls) under each form of ``_PDL_FORMS``, through the
-    package's own switches (``_runtime.PDL``, ``_runtime.PDL_TRIGGER``). Programmatic dependent
-    launch (Hopper) lets a kernel launch and start while the one before it finishes; each kernel
-    waits for that one's writes before it reads anything. permute's forward is four launches in a
-    row (count, scan, map, scatter), at 4096 tokens 20-26 µs against a 12-15 µs copy on the H200.
-    Under the interpreter every form runs without PDL (pdl_args), which checks only the script."""
-    saved = _rt.PDL, dict(_rt.PDL_TRIGGER)
+def _pdl_forms_experiment(results, shapes, kinds, forms) -> None:
+    """Ops of ``kinds`` under each of ``forms`` through the package's switches: a form is None (PDL
+    off) or the routing kernels that let the next launch at their start, plus "early" where
+    permute's scatter loads its source rows before it waits (``_runtime.PDL``, ``PDL_TRIGGER``,
+    ``PDL_EARLY_SOURCE``); all three restored afterwards."""
+    saved = _rt.PDL, dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE
 
     def use(form) -> None:
         _rt.PDL = form is not None
         for kernel in _rt.PDL_TRIGGER:
             _rt.PDL_TRIGGER[kernel] = form is not None and kernel in form
+        _rt.PDL_EARLY_SOURCE = form is not None and "early" in form
 
     try:
-        _forms_experiment(results, shapes, ("permute_fwd", "permute_bwd", "unpermute_fwd", "unpermute_bwd"),
-                          _PDL_FORMS, use)  # fmt: skip
+        _forms_experiment(results, shapes, kinds, forms, use)
     finally:
-        _rt.PDL = saved[0]
+        _rt.PDL, _rt.PDL_EARLY_SOURCE = saved[0], saved[2]
         _rt.PDL_TRIGGER.update(saved[1])
+
+
+def pdl_experiments(results, shapes) -> None:
+    """The four fused routing ops (bench.py's calls) under each form of ``_PDL_FORMS``, through the
+    package's own switches. Programmatic dependent launch (Hopper) lets a kernel launch and start
+    while the one before it finishes; each kernel waits for that one's writes before it reads
+    anything. permute's forward is four launches in a row (count, scan, map, scatter), at 4096
+    tokens 20-26 µs against a 12-15 µs copy on the H200. The forms are session 13's, without the
+    early source (``--only early`` times that). Under the interpreter every form runs without PDL
+    (pdl_args), which checks only the script."""
+    kinds = ("permute_fwd", "permute_bwd", "unpermute_fwd", "unpermute_bwd")
+    _pdl_forms_experiment(results, shapes, kinds, _PDL_FORMS)
 
 
 #: --only early: kernels that let the next launch at their start, and "early": permute's scatter
@@ -531,18 +541,7 @@ def early_experiments(results, shapes) -> None:
     scatter loading its source rows before it waits for the map kernel (the rows are the op's
     input), against every kernel waiting (session 14 run 2: the plan's kernels triggering alone
     were 4-9% slower at 256 experts, 8% faster at 4096 x 8 x 2)."""
-    saved = dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE
-
-    def use(form) -> None:
-        for kernel in _rt.PDL_TRIGGER:
-            _rt.PDL_TRIGGER[kernel] = kernel in form
-        _rt.PDL_EARLY_SOURCE = "early" in form
-
-    try:
-        _forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS, use)
-    finally:
-        _rt.PDL_TRIGGER.update(saved[0])
-        _rt.PDL_EARLY_SOURCE = saved[1]
+    _pdl_forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS)
 
 
 def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:

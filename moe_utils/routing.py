@@ -407,11 +407,12 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     block_e = triton.next_power_of_2(max(n_experts, 1))
     block_t = max(1, min(256, _PLAN_TILE // block_e))
     n_steps = triton.cdiv(n_tokens, block_t)
+    warps = _map_warps(block_t, block_e)
     most = _MAX_SEGMENTS
     long_walks = n_steps >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT and n_tokens >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT_TOKENS
-    if _map_warps(block_t, block_e) == 1 and long_walks:
+    if warps == 1 and long_walks:
         most = 2 * _MAX_SEGMENTS
-    if _map_warps(block_t, block_e) >= _MIN_SEGMENT_WARPS:
+    if warps >= _MIN_SEGMENT_WARPS:
         most = max(1, min(most, n_tokens // _MIN_SEGMENT_TOKENS))
     fewer = max(1, _MOST_COUNTS // block_e)
     if fewer < most and triton.cdiv(n_steps, fewer) <= _LONGEST_WALK:
