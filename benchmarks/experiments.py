@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early
+              counts, segwarps, early, dottokens
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -44,6 +44,8 @@ results/history/experiments-prefetch-s14-call5-*.)
 scatter loading its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), against waiting.
 ``--only segwarps``: the plan with segments of at least 8 tokens only where the map kernel runs
 several warps (shipped) and at every warp count (``routing._MIN_SEGMENT_WARPS``).
+``--only dottokens``: unpermute's backward with the probs gradient (the scatter-dot) with 1, 2 and 4
+tokens per program (``unpermutation._DOT_TOKENS``).
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
@@ -533,6 +535,8 @@ _EARLY_FORMS = {
     "map trigger": ("map",),
     "map trigger, early source": ("map", "early"),
     "plan trigger, early source": ("count", "scan", "map", "early"),
+    "scan trigger, early source": ("scan", "map", "early"),
+    "count trigger, early source": ("count", "map", "early"),
 }
 
 
@@ -544,14 +548,15 @@ def early_experiments(results, shapes) -> None:
     _pdl_forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS)
 
 
-def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
-    """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
-    (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
-    saved = getattr(routing, name)
+def _plan_switch_experiment(results, shapes, name: str, forms: dict, module=routing, kinds=("plan", "permute_fwd")):
+    """Ops of ``kinds`` (build_plan and the fused permute forward unless told) with
+    ``module.<name>`` set to each value of forms (_forms_experiment: outputs checked bit-equal,
+    then timed), restored afterwards."""
+    saved = getattr(module, name)
     try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, lambda v: setattr(routing, name, v))
+        _forms_experiment(results, shapes, kinds, forms, lambda v: setattr(module, name, v))
     finally:
-        setattr(routing, name, saved)
+        setattr(module, name, saved)
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -593,6 +598,16 @@ def counts_experiments(results, shapes) -> None:
     E = 1024)."""
     forms = {"at most 2^19 counts": 1 << 19, "no bound on counts": 1 << 40}
     _plan_switch_experiment(results, shapes, "_MOST_COUNTS", forms)
+
+
+def dot_tokens_experiments(results, shapes) -> None:
+    """unpermute's backward with the probs gradient (the scatter-dot) with 1 (session 16's launch),
+    2 and 4 tokens per program (``unpermutation._DOT_TOKENS``; the tile cap ``_DOT_TILE`` still
+    holds, so top-8 at 2048 columns runs at most 2). At 4096 tokens and 2048 columns the op is
+    23-25 µs at 83.7-84.9% of the copy (session 16's grid), each program's plan loads, probs row
+    zeroing and barrier before its rows' traffic."""
+    forms = {f"tokens per program {n}": n for n in (1, 2, 4)}
+    _plan_switch_experiment(results, shapes, "_DOT_TOKENS", forms, unpermutation, ("unpermute_bwd",))
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
@@ -662,6 +677,11 @@ _FORMS_KINDS = {
     "segwarps": (segment_warps_experiments, _DRY, [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
+    ]),
+    "dottokens": (dot_tokens_experiments, _DRY, [
+        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
+        (4096, 128, 8, 2048), (4096, 8, 2, 4096), (16384, 64, 8, 2048), (16384, 8, 2, 2048), (65536, 8, 2, 2048),
+        (65536, 256, 2, 2048), (8192, 128, 8, 7168),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),

@@ -178,12 +178,11 @@ def _scatter_rows_kernel(
     col_ok = cols < hidden
     # EARLY_SRC (permute, _runtime.PDL_EARLY_SOURCE): src is the op's input, complete before the
     # plan's first kernel passed its wait, so the copy programs read their row before they wait
-    # for the map kernel. (With no experts no plan kernel runs: the rows read then are stored
-    # nowhere, since no token has an entry.)
+    # for the map kernel; the plan and padding programs' lanes are masked off. (With no experts no
+    # plan kernel runs: the rows read then are stored nowhere, since no token has an entry.)
     if EARLY_SRC:
         copy = (pid >= 0) & (pid < n_tokens)
-        x_early = tl.load(src_ptr + tl.maximum(tl.minimum(pid, n_tokens - 1), 0) * src_row_stride + cols,
-                          mask=col_ok & copy)  # fmt: skip
+        x_early = tl.load(src_ptr + pid * src_row_stride + cols, mask=col_ok & copy)
     pdl_start(PDL)
     if WRITE_PLAN and pid < 0:
         if col_block == 0:

@@ -181,6 +181,47 @@ def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
     assert torch.all(d_rows[n_tokens * k :] == 0) and torch.all(d_p[~m] == 0) and d_p[m].abs().min() > 0
 
 
+@pytest.mark.parametrize("tokens", [1, 2, 4])
+def test_unpermute_backward_tokens_per_program(monkeypatch, tokens):
+    # The scatter-dot with 1, 2 or 4 tokens per program (unpermutation._DOT_TOKENS): ragged routing
+    # (a token with no expert, one with every expert, more entries than the average top-k rounded
+    # up), a token count no multiple of the program's tokens, padding rows; against float64
+    # autograd, and d_perm bit-equal to one token per program (each row is grad * p either way).
+    from moe_utils import unpermutation
+
+    gen = make_generator(70 + tokens)
+    n_tokens, n_experts, hidden = 11, 12, 200
+    m = torch.rand(n_tokens, n_experts, generator=gen) < 0.2
+    m[0], m[3], m[4] = False, True, torch.arange(n_experts) < 5
+    m = m.to(DEVICE)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    g_out = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    n_routed = int(m.sum())
+    rows, _, plan = permute(x, m, num_out_tokens=n_routed + 5, fused=True)
+    _, _, idx = permute(x, m, fused=False)
+    grads = {}
+    for form, fused, cast in (
+        ("one", True, torch.bfloat16),
+        ("many", True, torch.bfloat16),
+        ("f64", False, torch.float64),
+    ):
+        monkeypatch.setattr(unpermutation, "_DOT_TOKENS", tokens if form == "many" else 1)
+        assert unpermutation.dot_tokens(8, 1024) <= 2 and unpermutation.dot_tokens(1, 256) == (
+            tokens if form == "many" else 1
+        )
+        r = (rows if fused else rows[:n_routed]).to(cast).requires_grad_(True)
+        pp = p.to(torch.float32 if fused else cast).requires_grad_(True)
+        out = unpermute(r, plan if fused else idx, x.shape, probs=pp, routing_map=m, fused=fused)
+        grads[form] = torch.autograd.grad(out, (r, pp), g_out.to(cast))
+    d_rows, d_p = grads["many"]
+    assert torch.equal(d_rows, grads["one"][0])
+    torch.testing.assert_close(d_p, grads["one"][1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(d_rows[:n_routed].double(), grads["f64"][0], rtol=8e-3, atol=8e-3)
+    torch.testing.assert_close(d_p.double(), grads["f64"][1], rtol=2e-2, atol=2e-2)
+    assert torch.all(d_rows[n_routed:] == 0) and torch.all(d_p[~m] == 0) and d_p[m].abs().min() > 0
+
+
 def test_drop_and_pad_fixed_capacity():
     gen = make_generator(3)
     n_tokens, n_experts, capacity, hidden = 40, 8, 6, 24
