@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, dottokens
+              counts, segwarps, early, dottokens, scansteps
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -44,6 +44,8 @@ results/history/experiments-prefetch-s14-call5-*.)
 scatter loading its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), against waiting.
 ``--only segwarps``: the plan with segments of at least 8 tokens only where the map kernel runs
 several warps (shipped) and at every warp count (``routing._MIN_SEGMENT_WARPS``).
+``--only scansteps``: the plan's scan with at least 1, 4 or 8 experts per program
+(``routing._SCAN_MIN_EXPERTS``), the segments in steps where they do not fit one tile.
 ``--only dottokens``: unpermute's backward with the probs gradient (the scatter-dot) with 1, 2 and 4
 tokens per program (``unpermutation._DOT_TOKENS``).
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -600,6 +602,15 @@ def counts_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_MOST_COUNTS", forms)
 
 
+def scan_steps_experiments(results, shapes) -> None:
+    """The scan with at least 1 (session 16's: all segments in one tile), 4 or 8 experts per
+    program (the package's switch ``routing._SCAN_MIN_EXPERTS``), walking the segments in steps
+    with a carry where that takes more than one tile. At 2048 segments the shipped scan's rows are
+    8 bytes of a 32-byte sector (7.0 µs at (65536, 256, 2) with PDL off, session 16 run 2)."""
+    forms = {f"scan >= {n} experts a program": n for n in (1, 4, 8)}
+    _plan_switch_experiment(results, shapes, "_SCAN_MIN_EXPERTS", forms)
+
+
 def dot_tokens_experiments(results, shapes) -> None:
     """unpermute's backward with the probs gradient (the scatter-dot) with 1 (session 16's launch),
     2 and 4 tokens per program (``unpermutation._DOT_TOKENS``; the tile cap ``_DOT_TILE`` still
@@ -677,6 +688,10 @@ _FORMS_KINDS = {
     "segwarps": (segment_warps_experiments, _DRY, [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
+    ]),
+    "scansteps": (scan_steps_experiments, [(300, 64, 3, 40), (600, 8, 2, 24)], [
+        (65536, 256, 2, 2048), (65536, 64, 2, 2048), (65536, 256, 8, 2048), (65536, 8, 2, 2048), (16384, 256, 2, 2048),
+        (16384, 64, 8, 2048), (4096, 256, 2, 2048), (16384, 1024, 8, 2048),
     ]),
     "dottokens": (dot_tokens_experiments, _DRY, [
         (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),

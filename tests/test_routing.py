@@ -485,8 +485,8 @@ def test_permute_same_under_every_launch_order(monkeypatch):
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
-    # same counting sort differently: the plan and the permuted probs must be identical, bit for
+    # Tile sizes, segment counts, scan tiles and steps and the map kernel's prefetch only split or
+    # order the same counting sort differently: the plan and the permuted probs must be identical, bit for
     # bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
     # (300) steps, the last one partly past T.
     from moe_utils import routing
@@ -497,17 +497,21 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment)
-        (256, 1024, 8, 4096, True, 8),
-        (256, 1024, 8, 4096, True, 1),
-        (1024, 1024, 8, 1024, False, 8),
-        (64, 4, 16, 16, True, 8),
-        (64, 4, 16, 16, False, 8),
-        (64, 4, 1, 16, True, 8),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True, 1),
-        (256, 4096, 8, 1024, False, 8),
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment,
+        # least experts a scan program)
+        (256, 1024, 8, 4096, True, 8, 1),
+        (256, 1024, 8, 4096, True, 1, 1),
+        (1024, 1024, 8, 1024, False, 8, 1),
+        (64, 4, 16, 16, True, 8, 1),
+        (64, 4, 16, 16, False, 8, 1),
+        (64, 4, 1, 16, True, 8, 1),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1, 1),
+        (256, 4096, 8, 1024, False, 8, 1),
+        (256, 1024, 8, 256, True, 1, 8),  # the scan in steps of 32 segments x 8 experts
+        (256, 1024, 8, 64, False, 8, 4),  # in steps of 16 x 4
     )
-    for tile, segments, long_segment, scan_tile, prefetch, least in configs:
+    for tile, segments, long_segment, scan_tile, prefetch, least, scan_experts in configs:
+        monkeypatch.setattr(routing, "_SCAN_MIN_EXPERTS", scan_experts)
         monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
         monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
@@ -526,6 +530,21 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
         for other in results[padded::2]:
             for a, b in zip(first, other, strict=True):
                 assert torch.equal(a, b)
+
+
+def test_scan_tile(monkeypatch):
+    # All segments in one step, _SCAN_TILE counts a program; with _SCAN_MIN_EXPERTS, at least that
+    # many experts a program (full 32-byte sectors at 8) and the segments in steps.
+    from moe_utils import routing
+
+    assert routing._scan_tile(2048, 256) == (2048, 2)
+    assert routing._scan_tile(1024, 8) == (1024, 4)
+    assert routing._scan_tile(4, 3) == (4, 4)
+    monkeypatch.setattr(routing, "_SCAN_MIN_EXPERTS", 8)
+    assert routing._scan_tile(2048, 256) == (512, 8)
+    assert routing._scan_tile(1024, 8) == (512, 8)
+    assert routing._scan_tile(1024, 3) == (1024, 4)  # fewer experts than the least: all of them
+    assert routing._scan_tile(64, 256) == (64, 64)
 
 
 def test_segment_rule():
