@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, dottokens, scansteps
+              counts, segwarps, early
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -44,10 +44,11 @@ results/history/experiments-prefetch-s14-call5-*.)
 scatter loading its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), against waiting.
 ``--only segwarps``: the plan with segments of at least 8 tokens only where the map kernel runs
 several warps (shipped) and at every warp count (``routing._MIN_SEGMENT_WARPS``).
-``--only scansteps``: the plan's scan with at least 1, 4 or 8 experts per program
-(``routing._SCAN_MIN_EXPERTS``), the segments in steps where they do not fit one tile.
-``--only dottokens``: unpermute's backward with the probs gradient (the scatter-dot) with 1, 2 and 4
-tokens per program (``unpermutation._DOT_TOKENS``).
+(Session 17's ``--only dottokens``, the scatter-dot (unpermute's backward with the probs gradient)
+with 2 and 4 tokens per program in [TOKENS, k, BLOCK_H] tiles, and ``--only scansteps``, the
+plan's scan with at least 4 or 8 experts per program walking the segments in steps: slower, and
+their one-token / one-step forms slower than the kernels they replaced; commits 2c564d0 and
+97d2d10 for their code, results/logs/session17 for their times.)
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
@@ -503,18 +504,19 @@ def _pdl_forms_experiment(results, shapes, kinds, forms) -> None:
     off) or the routing kernels that let the next launch at their start, plus "early" where
     permute's scatter loads its source rows before it waits (``_runtime.PDL``, ``PDL_TRIGGER``,
     ``PDL_EARLY_SOURCE``); all three restored afterwards."""
-    saved = _rt.PDL, dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE
+    saved = _rt.PDL, dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE, _rt.PDL_PLAN_TRIGGER_UP_TO
 
     def use(form) -> None:
         _rt.PDL = form is not None
         for kernel in _rt.PDL_TRIGGER:
             _rt.PDL_TRIGGER[kernel] = form is not None and kernel in form
         _rt.PDL_EARLY_SOURCE = form is not None and "early" in form
+        _rt.PDL_PLAN_TRIGGER_UP_TO = saved[3] if form is not None and "rule" in form else (0, 0)
 
     try:
         _forms_experiment(results, shapes, kinds, forms, use)
     finally:
-        _rt.PDL, _rt.PDL_EARLY_SOURCE = saved[0], saved[2]
+        _rt.PDL, _rt.PDL_EARLY_SOURCE, _rt.PDL_PLAN_TRIGGER_UP_TO = saved[0], saved[2], saved[3]
         _rt.PDL_TRIGGER.update(saved[1])
 
 
@@ -530,8 +532,10 @@ def pdl_experiments(results, shapes) -> None:
     _pdl_forms_experiment(results, shapes, kinds, _PDL_FORMS)
 
 
-#: --only early: kernels that let the next launch at their start, and "early": permute's scatter
-#: loads its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``).
+#: --only early: kernels that let the next launch at their start, "early": permute's scatter
+#: loads its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), and "rule": the count
+#: and scan kernels trigger too where the routing map is small (``_runtime.PDL_PLAN_TRIGGER_UP_TO``;
+#: off in every other form).
 _EARLY_FORMS = {
     "pdl wait": (),
     "map trigger": ("map",),
@@ -539,6 +543,7 @@ _EARLY_FORMS = {
     "plan trigger, early source": ("count", "scan", "map", "early"),
     "scan trigger, early source": ("scan", "map", "early"),
     "count trigger, early source": ("count", "map", "early"),
+    "map trigger, early source, rule": ("map", "early", "rule"),
 }
 
 
@@ -550,15 +555,14 @@ def early_experiments(results, shapes) -> None:
     _pdl_forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS)
 
 
-def _plan_switch_experiment(results, shapes, name: str, forms: dict, module=routing, kinds=("plan", "permute_fwd")):
-    """Ops of ``kinds`` (build_plan and the fused permute forward unless told) with
-    ``module.<name>`` set to each value of forms (_forms_experiment: outputs checked bit-equal,
-    then timed), restored afterwards."""
-    saved = getattr(module, name)
+def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
+    """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
+    (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
+    saved = getattr(routing, name)
     try:
-        _forms_experiment(results, shapes, kinds, forms, lambda v: setattr(module, name, v))
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, lambda v: setattr(routing, name, v))
     finally:
-        setattr(module, name, saved)
+        setattr(routing, name, saved)
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -600,25 +604,6 @@ def counts_experiments(results, shapes) -> None:
     E = 1024)."""
     forms = {"at most 2^19 counts": 1 << 19, "no bound on counts": 1 << 40}
     _plan_switch_experiment(results, shapes, "_MOST_COUNTS", forms)
-
-
-def scan_steps_experiments(results, shapes) -> None:
-    """The scan with at least 1 (session 16's: all segments in one tile), 4 or 8 experts per
-    program (the package's switch ``routing._SCAN_MIN_EXPERTS``), walking the segments in steps
-    with a carry where that takes more than one tile. At 2048 segments the shipped scan's rows are
-    8 bytes of a 32-byte sector (7.0 µs at (65536, 256, 2) with PDL off, session 16 run 2)."""
-    forms = {f"scan >= {n} experts a program": n for n in (1, 4, 8)}
-    _plan_switch_experiment(results, shapes, "_SCAN_MIN_EXPERTS", forms)
-
-
-def dot_tokens_experiments(results, shapes) -> None:
-    """unpermute's backward with the probs gradient (the scatter-dot) with 1 (session 16's launch),
-    2 and 4 tokens per program (``unpermutation._DOT_TOKENS``; the tile cap ``_DOT_TILE`` still
-    holds, so top-8 at 2048 columns runs at most 2). At 4096 tokens and 2048 columns the op is
-    23-25 µs at 83.7-84.9% of the copy (session 16's grid), each program's plan loads, probs row
-    zeroing and barrier before its rows' traffic."""
-    forms = {f"tokens per program {n}": n for n in (1, 2, 4)}
-    _plan_switch_experiment(results, shapes, "_DOT_TOKENS", forms, unpermutation, ("unpermute_bwd",))
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
@@ -688,15 +673,6 @@ _FORMS_KINDS = {
     "segwarps": (segment_warps_experiments, _DRY, [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
-    ]),
-    "scansteps": (scan_steps_experiments, [(300, 64, 3, 40), (600, 8, 2, 24)], [
-        (65536, 256, 2, 2048), (65536, 64, 2, 2048), (65536, 256, 8, 2048), (65536, 8, 2, 2048), (16384, 256, 2, 2048),
-        (16384, 64, 8, 2048), (4096, 256, 2, 2048), (16384, 1024, 8, 2048),
-    ]),
-    "dottokens": (dot_tokens_experiments, _DRY, [
-        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
-        (4096, 128, 8, 2048), (4096, 8, 2, 4096), (16384, 64, 8, 2048), (16384, 8, 2, 2048), (65536, 8, 2, 2048),
-        (65536, 256, 2, 2048), (8192, 128, 8, 7168),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),

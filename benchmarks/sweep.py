@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import itertools
 import json
 import os
 import pathlib
@@ -319,23 +318,24 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
         d_probs = torch.zeros(n_tokens, n_experts, device=DEVICE)
         d_perm = torch.empty_like(out)
         nbytes = (n_tokens + 2 * n_rows) * hidden * 2 + n_rows * 4 + n_tokens * n_experts * 4  # bench.py's model
-        dot_configs = itertools.product((1, 2, 4, 8), (128, 256, 512, 1024, 2048, 4096), (4, 8, 16), (1, 2, 4))
-        for bk, bh, nw, tk in dot_configs if "scatter_dot" in parts else ():
-            if bh > triton.next_power_of_2(hidden) or tk * bk * bh > 16384:
-                continue
+        for bk in (1, 2, 4, 8) if "scatter_dot" in parts else ():
+            for bh in (128, 256, 512, 1024, 2048, 4096):
+                for nw in (4, 8, 16):
+                    if bh > triton.next_power_of_2(hidden) or bk * bh > 16384:
+                        continue
 
-            def run(bk=bk, bh=bh, nw=nw, tk=tk):
-                _scatter_dot_kernel[(triton.cdiv(n_tokens, tk),)](
-                    grad, grad.stride(0), out, out.stride(0), d_perm, p, p.stride(0), p.stride(1), d_probs,
-                    view.token_ptr, view.entry, view.src_token, n_tokens, n_rows, hidden, n_experts,
-                    PAD=False, PAD_ROWS=16, TOKENS=tk, BLOCK_K=bk, BLOCK_H=bh,
-                    BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw, PDL=0,
-                )  # fmt: skip
+                    def run(bk=bk, bh=bh, nw=nw):
+                        _scatter_dot_kernel[(n_tokens,)](
+                            grad, grad.stride(0), out, out.stride(0), d_perm, p, p.stride(0), p.stride(1), d_probs,
+                            view.token_ptr, view.entry, view.src_token, n_tokens, n_rows, hidden, n_experts,
+                            PAD=False, PAD_ROWS=16, BLOCK_K=bk, BLOCK_H=bh,
+                            BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw, PDL=0,
+                        )  # fmt: skip
 
-            us = bench(run)
-            results.setdefault("scatter_dot", []).append(
-                dict(shape=shape, config=[bk, bh, nw, tk], us=us, pct=100 * nbytes / us / 1e3 / copy)
-            )
+                    us = bench(run)
+                    results.setdefault("scatter_dot", []).append(
+                        dict(shape=shape, config=[bk, bh, nw], us=us, pct=100 * nbytes / us / 1e3 / copy)
+                    )
         for kind in ("permute_pieces", "scatter", "scatter_dot"):
             rows = [r for r in results.get(kind, []) if r["shape"] == shape]
             top = sorted(rows, key=lambda r: r["us"])[:3] if kind != "permute_pieces" else rows

@@ -131,6 +131,20 @@ PDL_TRIGGER = {"count": False, "scan": False, "map": True, "scatter": False, "ga
 #: the end of the plan's walk. Only permute's scatter: elsewhere the source may come from the
 #: kernel just before.
 PDL_EARLY_SOURCE = True
+#: The plan's count and scan kernels also let the next launch at their start where the routing map
+#: is at most this many (tokens, experts). H200 (experiments.py --only early, session 16 run 4 and
+#: session 17 call 1), permute fwd with the map trigger and the early source, then with the plan's
+#: three kernels triggering: 4096 x 8 x 2 x 2048 16.8 -> 16.5 µs, 4096 x 64 x 2 20.3 -> 19.7,
+#: 4096 x 128 x 2 21.0 -> 20.4, 4096 x 8 x 8 46.1 -> 45.2, 4096 x 8 x 2 x 4096 32.9 -> 31.9,
+#: 4096 x 8 x 2 x 7168 51.2 -> 50.3; at 256 experts mixed at 4096 tokens (k = 2: 22.0 -> 22.4) and
+#: 1.3-3% slower from 16384 (16384 x 256 x 2 69.6 -> 71.6, 65536 x 256 x 2 253.4 -> 257.7).
+PDL_PLAN_TRIGGER_UP_TO = (4096, 128)
+
+
+def plan_triggers(n_tokens: int, n_experts: int) -> bool:
+    """Whether the plan's count and scan kernels let the next launch at their start (PDL_PLAN_TRIGGER_UP_TO)."""
+    most_tokens, most_experts = PDL_PLAN_TRIGGER_UP_TO
+    return n_tokens <= most_tokens and n_experts <= most_experts
 
 
 @functools.lru_cache(maxsize=16)
@@ -138,15 +152,16 @@ def _sm90_or_later(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def pdl_args(device: torch.device, kernel: str) -> dict[str, Any]:
+def pdl_args(device: torch.device, kernel: str, trigger: bool = False) -> dict[str, Any]:
     """Keyword arguments of a routing kernel's launch: its ``PDL`` constexpr (``_kernel_lib.pdl_start``)
     and, where it is on, Triton's ``launch_pdl``. The kernel waits for the grid before it before
-    it reads anything, so its inputs may come from any kernel, ours or not."""
+    it reads anything, so its inputs may come from any kernel, ours or not. It lets the next grid
+    launch at its start where PDL_TRIGGER says so or ``trigger`` is true."""
     if not PDL or not HAS_PDL or INTERPRET or device.type != "cuda":
         return {"PDL": 0}
     if not _sm90_or_later(device.index if device.index is not None else torch.cuda.current_device()):
         return {"PDL": 0}
-    return {"PDL": 2 if PDL_TRIGGER[kernel] else 1, "launch_pdl": True}
+    return {"PDL": 2 if PDL_TRIGGER[kernel] or trigger else 1, "launch_pdl": True}
 
 
 # -- block sizes -------------------------------------------------------------------------------

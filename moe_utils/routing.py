@@ -114,10 +114,6 @@ _MAP_ENTRIES_PER_THREAD = 8
 #: 1024 and 8192 (8192 at 1024 segments takes 250 registers).
 _SCAN_TILE = 4096
 _SCAN_ENTRIES_PER_THREAD = 32
-#: Experts per scan program at least (where E allows): below it the segments are walked in
-#: steps of _SCAN_TILE // _SCAN_MIN_EXPERTS. 1: one step always (session 16's scan: at 2048
-#: segments [2048, 2] tiles, each row 8 bytes of a 32-byte sector).
-_SCAN_MIN_EXPERTS = 1
 #: The map kernel loads each step's routing-map tile during the step before (software pipelining
 #: by hand, one step deep). H200 (experiments.py --only prefetch, session 14): build_plan 0.2-1.3
 #: µs faster at 6 of 8 shapes (16384 x 256 x 2 21.0 -> 19.7 µs, 65536 x 256 x 2 53.9 -> 53.2),
@@ -176,35 +172,23 @@ def _scan_experts_kernel(
     expert_count_ptr,  # [E] int64 out: routed tokens per expert
     n_seg,  # segments
     E,  # experts
-    BLOCK_S: tl.constexpr,  # segments per step (>= n_seg: one step)
+    BLOCK_S: tl.constexpr,  # >= n_seg
     BLOCK_E: tl.constexpr,  # experts per program
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
-    # Experts are independent here: one program per block of experts, walking the segments in
-    # [BLOCK_S, BLOCK_E] tiles with a carry (one tile where BLOCK_S >= n_seg). A tile's rows are
-    # BLOCK_E consecutive counts: one expert per program made every load and store its own 32-byte
-    # sector (9.4 µs at 1024 segments x 256 experts on the H100). Each step's tile is loaded during
-    # the step before, above that step's stores (the offsets are written over the counts, a step's
-    # own rows only, so the load ahead reads counts still).
+    # Experts are independent here: one program per block of experts, all segments in one tile.
+    # The tile's rows are BLOCK_E consecutive counts: one expert per program made every load and
+    # store its own 32-byte sector (9.4 µs at 1024 segments x 256 experts on the H100).
     # Sums of one expert's counts are at most T < 2^31 tokens (build_plan checks T): int32, which
     # halves the writes here and the map kernel's reads against int64 offsets.
     pdl_start(PDL)
-    experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    e_ok = experts < E
     segs = tl.arange(0, BLOCK_S)
-    ok = (segs < n_seg)[:, None] & e_ok[None, :]
-    c_next = tl.load(counts_ptr + segs[:, None] * E + experts[None, :], mask=ok, other=0)
-    carry = tl.zeros([BLOCK_E], dtype=tl.int32)
-    for first in range(0, n_seg, BLOCK_S):
-        c = c_next
-        segs = first + tl.arange(0, BLOCK_S)
-        ahead = segs + BLOCK_S
-        ok = (ahead < n_seg)[:, None] & e_ok[None, :]
-        c_next = tl.load(counts_ptr + ahead[:, None] * E + experts[None, :], mask=ok, other=0)
-        ok = (segs < n_seg)[:, None] & e_ok[None, :]
-        tl.store(seg_expert_off_ptr + segs[:, None] * E + experts[None, :], tl.cumsum(c, axis=0) - c + carry, mask=ok)
-        carry += tl.sum(c, axis=0)
-    tl.store(expert_count_ptr + experts, carry.to(tl.int64), mask=e_ok)
+    experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    ok = (segs < n_seg)[:, None] & (experts < E)[None, :]
+    offs = segs[:, None] * E + experts[None, :]
+    c = tl.load(counts_ptr + offs, mask=ok, other=0)
+    tl.store(seg_expert_off_ptr + offs, tl.cumsum(c, axis=0) - c, mask=ok)
+    tl.store(expert_count_ptr + experts, tl.sum(c, axis=0).to(tl.int64), mask=experts < E)
     # No token-major prefix over segments here: the map kernel sums its row of these offsets. As a
     # second scan in program 0 it made that program the launch's slowest (the scan took 10 µs at
     # 2048 segments x 256 experts on the H100, session 7).
@@ -439,19 +423,6 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     return seg_len, n_seg, block_t, block_e
 
 
-def _scan_tile(n_seg: int, n_experts: int) -> tuple[int, int]:
-    """(segments per step, experts per program) of the scan: _SCAN_TILE counts, all segments in one
-    step where that leaves at least _SCAN_MIN_EXPERTS experts per program (or all of them), else
-    _SCAN_MIN_EXPERTS experts and the segments in several steps."""
-    block_s = triton.next_power_of_2(n_seg)
-    block_e = triton.next_power_of_2(max(n_experts, 1))
-    experts = max(1, min(block_e, _SCAN_TILE // block_s))
-    if experts < min(block_e, _SCAN_MIN_EXPERTS):
-        experts = min(block_e, _SCAN_MIN_EXPERTS)
-        block_s = max(1, _SCAN_TILE // experts)
-    return block_s, experts
-
-
 def build_plan(
     fn: str,
     routing_map: torch.Tensor,
@@ -487,12 +458,14 @@ def build_plan(
     # The count kernel too: with Triton's default of 4 warps it was 4 µs slower at 65536 x 256
     # (one step is one token there: 2 entries per thread), and no faster in wider steps (H100).
     warps = _map_warps(block_t, block_e)
+    block_s = triton.next_power_of_2(n_seg)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
-    # The counts, then the offsets: the scan writes them over the counts (each program reads a
-    # step's tile before it writes it, and no other program or step touches those counts).
+    # The counts, then the offsets: the scan writes them over the counts (each program reads its
+    # whole tile before it writes it).
     counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
+    trigger = _rt.plan_triggers(n_tokens, n_experts)  # count and scan let the next launch early
     _count_kernel[(n_seg,)](
         m,
         m.stride(0),
@@ -504,22 +477,22 @@ def build_plan(
         BLOCK_T=block_t,
         BLOCK_E=block_e,
         num_warps=warps,
-        **_rt.pdl_args(device, "count"),
+        **_rt.pdl_args(device, "count", trigger),
     )
     seg_expert_off = counts
     expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
-    scan_s, scan_e = _scan_tile(n_seg, n_experts)
-    scan_warps = max(1, min(8, scan_s * scan_e // (32 * _SCAN_ENTRIES_PER_THREAD)))
-    _scan_experts_kernel[(triton.cdiv(n_experts, scan_e),)](
+    experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
+    scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
+    _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
         counts,
         seg_expert_off,
         expert_count,
         n_seg,
         n_experts,
-        BLOCK_S=scan_s,
-        BLOCK_E=scan_e,
+        BLOCK_S=block_s,
+        BLOCK_E=experts_per_program,
         num_warps=scan_warps,
-        **_rt.pdl_args(device, "scan"),
+        **_rt.pdl_args(device, "scan", trigger),
     )
     if padded:  # the size is known
         n_rows = num_out_tokens

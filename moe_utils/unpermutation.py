@@ -121,52 +121,6 @@ def _gather_rows_kernel(
 
 
 @triton.jit
-def _dot_entries(
-    grad_ptr,  # _scatter_dot_kernel's arguments of the same names
-    grad_row_stride,
-    perm_ptr,
-    perm_row_stride,
-    d_perm_ptr,
-    probs_ptr,
-    probs_stride_t,
-    probs_stride_e,
-    d_probs_ptr,
-    entry_ptr,
-    tokens,  # [TOKENS] int64 tokens of the program
-    t_ok,  # [TOKENS] tokens < T
-    starts,  # [TOKENS] first entry of each token in this step
-    last,  # [TOKENS] end of each token's entries
-    hidden,
-    E,
-    BLOCK_K: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    """Entries starts .. starts + BLOCK_K - 1 (below last) of each token: d_perm[row] = grad[t] * p
-    and d_probs[t, e] = grad[t] . perm[row] over whole rows, a [TOKENS, BLOCK_K, BLOCK_H] tile per
-    column step, so the rows of all the program's tokens are in flight together."""
-    entries = starts[:, None] + tl.arange(0, BLOCK_K)[None, :]
-    entry = tl.load(entry_ptr + entries, mask=entries < last[:, None], other=-1)
-    rows = entry_row(entry)
-    placed = rows >= 0
-    experts = entry_expert(entry)
-    p = tl.load(probs_ptr + tokens[:, None] * probs_stride_t + experts * probs_stride_e, mask=placed, other=0.0)
-    p = p.to(tl.float32)
-    dot = tl.zeros(entry.shape, dtype=tl.float32)
-    for col_start in range(0, hidden, BLOCK_H):
-        cols = col_start + tl.arange(0, BLOCK_H)
-        col_ok = cols < hidden
-        ok = placed[:, :, None] & col_ok[None, None, :]
-        g_ok = t_ok[:, None] & col_ok[None, :]
-        g = tl.load(grad_ptr + tokens[:, None] * grad_row_stride + cols[None, :], mask=g_ok, other=0.0)
-        g = g.to(tl.float32)[:, None, :]
-        x = tl.load(perm_ptr + rows[:, :, None] * perm_row_stride + cols[None, None, :], mask=ok, other=0.0)
-        d_rows = (g * p[:, :, None]).to(d_perm_ptr.dtype.element_ty)
-        tl.store(d_perm_ptr + rows[:, :, None] * hidden + cols[None, None, :], d_rows, mask=ok)
-        dot += tl.sum(g * x.to(tl.float32), axis=2)
-    tl.store(d_probs_ptr + tokens[:, None] * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
-
-
-@triton.jit
 def _scatter_dot_kernel(
     grad_ptr,  # [T, hidden] gradient of unpermute's output
     grad_row_stride,  # elements between its rows
@@ -184,24 +138,22 @@ def _scatter_dot_kernel(
     n_rows,  # N
     hidden,  # row width
     E,  # experts
-    PAD: tl.constexpr,  # programs after the tokens' zero the padding rows of d_perm, PAD_ROWS each
+    PAD: tl.constexpr,  # programs T, T + 1, ... zero the padding rows of d_perm, PAD_ROWS each
     PAD_ROWS: tl.constexpr,  # a multiple of BLOCK_K
-    TOKENS: tl.constexpr,  # tokens per program
-    BLOCK_K: tl.constexpr,  # entries of each token handled together
+    BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
-    # (row, e) the entries of token t. Each program walks whole rows of TOKENS tokens, so the dot
-    # products stay in fp32 registers: deterministic, no atomics. The padding rows' zeros come from
-    # programs of this launch, not from a launch of their own: one launch fewer where launches
-    # weigh (at T = 4096 this backward ran at 74-81% of the copy rate on the H100, session 7).
+    # (row, e) the entries of token t. One program per token walks whole rows, so the dot products
+    # stay in fp32 registers: deterministic, no atomics. The padding rows' zeros come from programs
+    # of this launch, not from a launch of their own: one launch fewer where launches weigh (at
+    # T = 4096 this backward ran at 74-81% of the copy rate on the H100, session 7).
     pdl_start(PDL)
-    pid = tl.program_id(0).to(tl.int64)
-    token_programs = tl.cdiv(n_tokens, TOKENS)
-    if PAD and pid >= token_programs:
-        first_row = (pid - token_programs) * PAD_ROWS
+    token = tl.program_id(0).to(tl.int64)
+    if PAD and token >= n_tokens:
+        first_row = (token - n_tokens) * PAD_ROWS
         block = first_row + tl.arange(0, PAD_ROWS)
         # Padding rows are marked in src_token (-1): the counts' arguments (0) are not read. (Spelled
         # out: a tuple of these literals does not compile for the GPU, the interpreter takes it.)
@@ -212,17 +164,28 @@ def _scatter_dot_kernel(
                 False, PAD_ROWS, BLOCK_K, BLOCK_H,
             )  # fmt: skip
     else:
-        tokens = pid * TOKENS + tl.arange(0, TOKENS)
-        t_ok = tokens < n_tokens
-        first = tl.load(token_ptr_ptr + tokens, mask=t_ok, other=0)
-        last = tl.minimum(tl.load(token_ptr_ptr + tokens + 1, mask=t_ok, other=0), n_rows)
-        for i in tl.static_range(TOKENS):
-            _zero_d_probs_row(d_probs_ptr, pid * TOKENS + i, E, pid * TOKENS + i < n_tokens, BLOCK_E)
-        args = (grad_ptr, grad_row_stride, perm_ptr, perm_row_stride, d_perm_ptr, probs_ptr, probs_stride_t,
-                probs_stride_e, d_probs_ptr, entry_ptr, tokens, t_ok)  # fmt: skip
-        # Steps of BLOCK_K entries of every token, as many as the program's longest token needs.
-        for start in range(0, tl.max(last - first, axis=0), BLOCK_K):
-            _dot_entries(*args, first + start, last, hidden, E, BLOCK_K, BLOCK_H)
+        first = tl.load(token_ptr_ptr + token)
+        last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
+        _zero_d_probs_row(d_probs_ptr, token, E, True, BLOCK_E)
+        for start in range(first, last, BLOCK_K):
+            entries = start + tl.arange(0, BLOCK_K)
+            entry = tl.load(entry_ptr + entries, mask=entries < last, other=-1)
+            rows = entry_row(entry)
+            placed = rows >= 0
+            experts = entry_expert(entry)
+            p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=placed, other=0.0)
+            p = p.to(tl.float32)
+            dot = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for col_start in range(0, hidden, BLOCK_H):
+                cols = col_start + tl.arange(0, BLOCK_H)
+                col_ok = cols < hidden
+                ok = placed[:, None] & col_ok[None, :]
+                g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+                x = tl.load(perm_ptr + rows[:, None] * perm_row_stride + cols[None, :], mask=ok, other=0.0)
+                d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
+                tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
+                dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
+            tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
@@ -290,21 +253,6 @@ def _launch_unpermute(
     return out
 
 
-#: Tokens per program of unpermute's backward with a probs gradient (the scatter-dot), at most:
-#: each column step's tile is [tokens, k, BLOCK_H], kept to _DOT_TILE elements (the largest
-#: single-token tile, [8, 2048], runs without spills).
-_DOT_TOKENS = 1
-_DOT_TILE = 16384
-
-
-def dot_tokens(k: int, block_h: int) -> int:
-    """Tokens per program of the scatter-dot: _DOT_TOKENS, fewer where its tile would pass _DOT_TILE."""
-    tokens = _DOT_TOKENS
-    while tokens > 1 and tokens * k * block_h > _DOT_TILE:
-        tokens //= 2
-    return tokens
-
-
 def _launch_unpermute_backward(
     grad: torch.Tensor, permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, need_d_probs: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,10 +275,9 @@ def _launch_unpermute_backward(
         # though sweep.py's graph replays had it level (session 14 calls 1 and 2). Top-8 at 2048
         # columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
         block_h = _block_h(hidden, 1024 if hidden <= 2048 else 2048)
-        tokens = dot_tokens(k, block_h)
         pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
         if n_tokens + pad_programs > 0:
-            _scatter_dot_kernel[(triton.cdiv(n_tokens, tokens) + pad_programs,)](
+            _scatter_dot_kernel[(n_tokens + pad_programs,)](
                 grad,
                 grad.stride(0),
                 permuted,
@@ -349,7 +296,6 @@ def _launch_unpermute_backward(
                 probs.shape[1],
                 PAD=view.padded,
                 PAD_ROWS=_PAD_ROWS,
-                TOKENS=tokens,
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),

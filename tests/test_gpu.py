@@ -86,23 +86,30 @@ def test_drop_and_pad_routing_replays_in_a_cuda_graph():
 
 
 @pytest.mark.parametrize("k", [2, 8])
-@pytest.mark.parametrize("trigger", [False, True], ids=["wait", "trigger"])
-def test_programmatic_dependent_launch_gives_the_same_bits_and_replays(monkeypatch, k, trigger):
+@pytest.mark.parametrize("form", ["wait", "shipped", "trigger"])
+def test_programmatic_dependent_launch_gives_the_same_bits_and_replays(monkeypatch, k, form):
     # The routing kernels launch with programmatic dependent launch on sm_90 and later: each may
     # start while the kernel before it finishes, and waits for its writes before reading. Forward
     # and backward of permute and unpermute, eagerly and replayed in a CUDA graph, against the
-    # same steps with it off (same bits); as shipped (each kernel lets the next launch as its
-    # programs exit) and with every kernel letting the next launch at its start.
+    # same steps with it off (same bits): every kernel letting the next launch as its programs
+    # exit; as shipped (the map kernel, and at this size the count and scan kernels, let it
+    # launch at their start); every kernel letting it launch at its start.
     from moe_utils import _runtime as _rt
 
     if torch.cuda.get_device_capability()[0] < 9:
         assert _rt.pdl_args(torch.device("cuda"), "scatter") == {"PDL": 0}
         return
-    monkeypatch.setattr(_rt, "PDL", True)
-    monkeypatch.setattr(_rt, "PDL_TRIGGER", dict.fromkeys(_rt.PDL_TRIGGER, trigger))
-    for kernel in _rt.PDL_TRIGGER:
-        assert _rt.pdl_args(torch.device("cuda"), kernel) == {"PDL": 2 if trigger else 1, "launch_pdl": True}
     n_tokens, n_experts, hidden = 300, 16, 192
+    monkeypatch.setattr(_rt, "PDL", True)
+    if form == "shipped":
+        assert _rt.plan_triggers(n_tokens, n_experts) and _rt.PDL_TRIGGER["map"]
+        assert _rt.pdl_args(torch.device("cuda"), "count", True) == {"PDL": 2, "launch_pdl": True}
+    else:
+        monkeypatch.setattr(_rt, "PDL_TRIGGER", dict.fromkeys(_rt.PDL_TRIGGER, form == "trigger"))
+        monkeypatch.setattr(_rt, "PDL_PLAN_TRIGGER_UP_TO", (0, 0))
+        for kernel in _rt.PDL_TRIGGER:
+            want = {"PDL": 2 if form == "trigger" else 1, "launch_pdl": True}
+            assert _rt.pdl_args(torch.device("cuda"), kernel) == want
     gen = torch.Generator(device="cuda").manual_seed(k)
     scores = torch.rand(n_tokens, n_experts, device="cuda", generator=gen)
     m = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True)

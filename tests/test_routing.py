@@ -181,47 +181,6 @@ def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
     assert torch.all(d_rows[n_tokens * k :] == 0) and torch.all(d_p[~m] == 0) and d_p[m].abs().min() > 0
 
 
-@pytest.mark.parametrize("tokens", [1, 2, 4])
-def test_unpermute_backward_tokens_per_program(monkeypatch, tokens):
-    # The scatter-dot with 1, 2 or 4 tokens per program (unpermutation._DOT_TOKENS): ragged routing
-    # (a token with no expert, one with every expert, more entries than the average top-k rounded
-    # up), a token count no multiple of the program's tokens, padding rows; against float64
-    # autograd, and d_perm bit-equal to one token per program (each row is grad * p either way).
-    from moe_utils import unpermutation
-
-    gen = make_generator(70 + tokens)
-    n_tokens, n_experts, hidden = 11, 12, 200
-    m = torch.rand(n_tokens, n_experts, generator=gen) < 0.2
-    m[0], m[3], m[4] = False, True, torch.arange(n_experts) < 5
-    m = m.to(DEVICE)
-    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
-    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
-    g_out = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
-    n_routed = int(m.sum())
-    rows, _, plan = permute(x, m, num_out_tokens=n_routed + 5, fused=True)
-    _, _, idx = permute(x, m, fused=False)
-    grads = {}
-    for form, fused, cast in (
-        ("one", True, torch.bfloat16),
-        ("many", True, torch.bfloat16),
-        ("f64", False, torch.float64),
-    ):
-        monkeypatch.setattr(unpermutation, "_DOT_TOKENS", tokens if form == "many" else 1)
-        assert unpermutation.dot_tokens(8, 1024) <= 2 and unpermutation.dot_tokens(1, 256) == (
-            tokens if form == "many" else 1
-        )
-        r = (rows if fused else rows[:n_routed]).to(cast).requires_grad_(True)
-        pp = p.to(torch.float32 if fused else cast).requires_grad_(True)
-        out = unpermute(r, plan if fused else idx, x.shape, probs=pp, routing_map=m, fused=fused)
-        grads[form] = torch.autograd.grad(out, (r, pp), g_out.to(cast))
-    d_rows, d_p = grads["many"]
-    assert torch.equal(d_rows, grads["one"][0])
-    torch.testing.assert_close(d_p, grads["one"][1], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(d_rows[:n_routed].double(), grads["f64"][0], rtol=8e-3, atol=8e-3)
-    torch.testing.assert_close(d_p.double(), grads["f64"][1], rtol=2e-2, atol=2e-2)
-    assert torch.all(d_rows[n_routed:] == 0) and torch.all(d_p[~m] == 0) and d_p[m].abs().min() > 0
-
-
 def test_drop_and_pad_fixed_capacity():
     gen = make_generator(3)
     n_tokens, n_experts, capacity, hidden = 40, 8, 6, 24
@@ -455,10 +414,11 @@ def test_drop_and_pad_pads_short_experts():
 
 
 def test_permute_same_under_every_launch_order(monkeypatch):
-    # The map kernel letting the scatter launch at its start, and the scatter reading its source
-    # rows before it waits for the map kernel (programmatic dependent launch on the GPU; the
-    # same kernels without it under the interpreter), or every kernel waiting: the same bits,
-    # the reference's, with padding rows and with drop_and_pad.
+    # The map kernel letting the scatter launch at its start, the scatter reading its source rows
+    # before it waits for the map kernel, the count and scan kernels letting the next launch at
+    # their start (programmatic dependent launch on the GPU; the same kernels without it under
+    # the interpreter), or every kernel waiting: the same bits, the reference's, with padding
+    # rows and with drop_and_pad.
     from moe_utils import _runtime as rt
 
     gen = make_generator(43)
@@ -470,9 +430,11 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     n = ref.shape[0]
     capacity_m = capacity_map(n_tokens, n_experts, 5, gen)
     results = []
-    for trigger, early in ((False, False), (True, False), (False, True), (True, True)):
+    forms = ((False, False, False), (True, False, False), (False, True, False), (True, True, False), (True, True, True))
+    for trigger, early, plan_rule in forms:
         monkeypatch.setitem(rt.PDL_TRIGGER, "map", trigger)
         monkeypatch.setattr(rt, "PDL_EARLY_SOURCE", early)
+        monkeypatch.setattr(rt, "PDL_PLAN_TRIGGER_UP_TO", (4096, 128) if plan_rule else (0, 0))
         out, probs, plan = permute(x, m, p, num_out_tokens=n + 9, fused=True)
         assert torch.equal(out[:n], ref) and torch.equal(probs[:n], ref_probs) and torch.equal(plan[:n], ref_indices)
         assert torch.all(out[n:] == 0) and torch.all(probs[n:] == 0)
@@ -485,8 +447,8 @@ def test_permute_same_under_every_launch_order(monkeypatch):
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts, scan tiles and steps and the map kernel's prefetch only split or
-    # order the same counting sort differently: the plan and the permuted probs must be identical, bit for
+    # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
+    # same counting sort differently: the plan and the permuted probs must be identical, bit for
     # bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
     # (300) steps, the last one partly past T.
     from moe_utils import routing
@@ -497,21 +459,17 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment,
-        # least experts a scan program)
-        (256, 1024, 8, 4096, True, 8, 1),
-        (256, 1024, 8, 4096, True, 1, 1),
-        (1024, 1024, 8, 1024, False, 8, 1),
-        (64, 4, 16, 16, True, 8, 1),
-        (64, 4, 16, 16, False, 8, 1),
-        (64, 4, 1, 16, True, 8, 1),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True, 1, 1),
-        (256, 4096, 8, 1024, False, 8, 1),
-        (256, 1024, 8, 256, True, 1, 8),  # the scan in steps of 32 segments x 8 experts
-        (256, 1024, 8, 64, False, 8, 4),  # in steps of 16 x 4
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment)
+        (256, 1024, 8, 4096, True, 8),
+        (256, 1024, 8, 4096, True, 1),
+        (1024, 1024, 8, 1024, False, 8),
+        (64, 4, 16, 16, True, 8),
+        (64, 4, 16, 16, False, 8),
+        (64, 4, 1, 16, True, 8),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1),
+        (256, 4096, 8, 1024, False, 8),
     )
-    for tile, segments, long_segment, scan_tile, prefetch, least, scan_experts in configs:
-        monkeypatch.setattr(routing, "_SCAN_MIN_EXPERTS", scan_experts)
+    for tile, segments, long_segment, scan_tile, prefetch, least in configs:
         monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
         monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
@@ -530,21 +488,6 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
         for other in results[padded::2]:
             for a, b in zip(first, other, strict=True):
                 assert torch.equal(a, b)
-
-
-def test_scan_tile(monkeypatch):
-    # All segments in one step, _SCAN_TILE counts a program; with _SCAN_MIN_EXPERTS, at least that
-    # many experts a program (full 32-byte sectors at 8) and the segments in steps.
-    from moe_utils import routing
-
-    assert routing._scan_tile(2048, 256) == (2048, 2)
-    assert routing._scan_tile(1024, 8) == (1024, 4)
-    assert routing._scan_tile(4, 3) == (4, 4)
-    monkeypatch.setattr(routing, "_SCAN_MIN_EXPERTS", 8)
-    assert routing._scan_tile(2048, 256) == (512, 8)
-    assert routing._scan_tile(1024, 8) == (512, 8)
-    assert routing._scan_tile(1024, 3) == (1024, 4)  # fewer experts than the least: all of them
-    assert routing._scan_tile(64, 256) == (64, 64)
 
 
 def test_segment_rule():
@@ -600,6 +543,10 @@ def test_programmatic_dependent_launch_is_off_where_it_cannot_run(monkeypatch):
 
     for kernel in _rt.PDL_TRIGGER:
         assert _rt.pdl_args(torch.device("cpu"), kernel) == {"PDL": 0}
+        assert _rt.pdl_args(torch.device("cpu"), kernel, True) == {"PDL": 0}
+    # The plan's count and scan kernels trigger too at small routing maps (session 17).
+    assert _rt.plan_triggers(4096, 128) and _rt.plan_triggers(1, 1)
+    assert not _rt.plan_triggers(4097, 8) and not _rt.plan_triggers(4096, 129)
     monkeypatch.setattr(_rt, "PDL", False)
     assert _rt.pdl_args(torch.device("cuda", 0), "scatter") == {"PDL": 0}
     code = "import moe_utils._runtime as r; print(r.PDL)"
