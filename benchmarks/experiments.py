@@ -504,19 +504,19 @@ def _pdl_forms_experiment(results, shapes, kinds, forms) -> None:
     off) or the routing kernels that let the next launch at their start, plus "early" where
     permute's scatter loads its source rows before it waits (``_runtime.PDL``, ``PDL_TRIGGER``,
     ``PDL_EARLY_SOURCE``); all three restored afterwards."""
-    saved = _rt.PDL, dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE, _rt.PDL_PLAN_TRIGGER_UP_TO
+    saved = _rt.PDL, dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE, _rt.PDL_SCAN_TRIGGER_UP_TO
 
     def use(form) -> None:
         _rt.PDL = form is not None
         for kernel in _rt.PDL_TRIGGER:
             _rt.PDL_TRIGGER[kernel] = form is not None and kernel in form
         _rt.PDL_EARLY_SOURCE = form is not None and "early" in form
-        _rt.PDL_PLAN_TRIGGER_UP_TO = saved[3] if form is not None and "rule" in form else (0, 0)
+        _rt.PDL_SCAN_TRIGGER_UP_TO = saved[3] if form is not None and "rule" in form else (0, 0)
 
     try:
         _forms_experiment(results, shapes, kinds, forms, use)
     finally:
-        _rt.PDL, _rt.PDL_EARLY_SOURCE, _rt.PDL_PLAN_TRIGGER_UP_TO = saved[0], saved[2], saved[3]
+        _rt.PDL, _rt.PDL_EARLY_SOURCE, _rt.PDL_SCAN_TRIGGER_UP_TO = saved[0], saved[2], saved[3]
         _rt.PDL_TRIGGER.update(saved[1])
 
 
@@ -533,9 +533,9 @@ def pdl_experiments(results, shapes) -> None:
 
 
 #: --only early: kernels that let the next launch at their start, "early": permute's scatter
-#: loads its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), and "rule": the count
-#: and scan kernels trigger too where the routing map is small (``_runtime.PDL_PLAN_TRIGGER_UP_TO``;
-#: off in every other form).
+#: loads its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), and "rule": the scan
+#: kernel triggers too where the routing map is small (``_runtime.PDL_SCAN_TRIGGER_UP_TO``; off in
+#: every other form). The last form is the one shipped since session 17.
 _EARLY_FORMS = {
     "pdl wait": (),
     "map trigger": ("map",),
@@ -544,6 +544,7 @@ _EARLY_FORMS = {
     "scan trigger, early source": ("scan", "map", "early"),
     "count trigger, early source": ("count", "map", "early"),
     "map trigger, early source, rule": ("map", "early", "rule"),
+    "count trigger, early source, rule": ("count", "map", "early", "rule"),
 }
 
 
@@ -551,7 +552,8 @@ def early_experiments(results, shapes) -> None:
     """permute's forward with the map kernel letting the scatter launch at its start, and the
     scatter loading its source rows before it waits for the map kernel (the rows are the op's
     input), against every kernel waiting (session 14 run 2: the plan's kernels triggering alone
-    were 4-9% slower at 256 experts, 8% faster at 4096 x 8 x 2)."""
+    were 4-9% slower at 256 experts, 8% faster at 4096 x 8 x 2); since session 17 also the count
+    kernel, or the scan kernel, or both triggering, and the scan's trigger by shape ("rule")."""
     _pdl_forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS)
 
 

@@ -123,27 +123,35 @@ PDL = os.environ.get("MOE_UTILS_PDL", "1") != "0"
 #: 16384 x 64 x 2 65.1 -> 62.2, 16384 x 256 x 2 70.9 -> 69.6, at the large shapes level (65536 x
 #: 256 x 2 254.4 -> 253.4, 8192 x 128 x 8 x 7168 299.9 -> 300.2); the map kernel triggering alone
 #: gained 0-0.9 µs, the plan's three kernels triggering with the early source lost 1.3% at 65536 x
-#: 256 x 2. Benchmarks change this table.
-PDL_TRIGGER = {"count": False, "scan": False, "map": True, "scatter": False, "gather": False, "scatter_dot": False}
+#: 256 x 2. The count kernel triggering too (the scan's few programs wait on the SMs while the
+#: count runs; session 17 call 3, two runs, against the map trigger with the early source and the
+#: scan rule below): 4096 x 256 x 2 x 2048 21.6 -> 21.1 µs, 16384 x 64 x 2 62.3 -> 61.7 / 62.8
+#: -> 62.1, 16384 x 256 x 2 68.9 -> 68.3, 65536 x 256 x 2 253.7 -> 252.5 / 254.3 -> 253.1, 8192 x
+#: 128 x 8 x 7168 301.6 -> 300.0, level to 0.5% faster elsewhere but one run at 65536 x 64 x 2
+#: (+0.4%). Benchmarks change this table.
+PDL_TRIGGER = {"count": True, "scan": False, "map": True, "scatter": False, "gather": False, "scatter_dot": False}
 #: permute's scatter loads its source rows before it waits for the map kernel: they are the op's
 #: input, complete before the plan's first kernel passed its own wait (each plan kernel waits for
 #: the one before, and the map kernel triggers only after its wait), so the copies' reads overlap
 #: the end of the plan's walk. Only permute's scatter: elsewhere the source may come from the
 #: kernel just before.
 PDL_EARLY_SOURCE = True
-#: The plan's count and scan kernels also let the next launch at their start where the routing map
-#: is at most this many (tokens, experts). H200 (experiments.py --only early, session 16 run 4 and
-#: session 17 call 1), permute fwd with the map trigger and the early source, then with the plan's
-#: three kernels triggering: 4096 x 8 x 2 x 2048 16.8 -> 16.5 µs, 4096 x 64 x 2 20.3 -> 19.7,
-#: 4096 x 128 x 2 21.0 -> 20.4, 4096 x 8 x 8 46.1 -> 45.2, 4096 x 8 x 2 x 4096 32.9 -> 31.9,
-#: 4096 x 8 x 2 x 7168 51.2 -> 50.3; at 256 experts mixed at 4096 tokens (k = 2: 22.0 -> 22.4) and
-#: 1.3-3% slower from 16384 (16384 x 256 x 2 69.6 -> 71.6, 65536 x 256 x 2 253.4 -> 257.7).
-PDL_PLAN_TRIGGER_UP_TO = (4096, 128)
+#: The plan's scan kernel also lets the map kernel launch at its start where the routing map is
+#: at most this many (tokens, experts): there the map kernel's programs waiting on the SMs cost
+#: the scan little. H200 (experiments.py --only early, session 16 run 4, session 17 calls 1-2),
+#: permute fwd with the map trigger and the early source, then with the plan's three kernels
+#: triggering: 4096 x 64 x 2 x 2048 20.3 -> 19.7 / 20.3 -> 19.5 µs, 4096 x 128 x 2 21.0 -> 20.4 /
+#: 21.5 -> 20.9, 4096 x 8 x 8 46.1 -> 45.2 / 46.3 -> 45.3, 4096 x 8 x 2 x 4096 32.9 -> 31.9, 4096
+#: x 64 x 2 x 7168 54.1 -> 53.1; 4096 x 8 x 2 x 2048 -0.3 µs in two runs, +0.6 in a third. At 256
+#: experts mixed at 4096 tokens (k = 2: 22.0 -> 22.4) and 1.3-3% slower from 16384 tokens
+#: (16384 x 256 x 2 69.6 -> 71.6, 65536 x 256 x 2 253.4 -> 257.7), the scan's trigger the cause
+#: (the count's alone is faster there).
+PDL_SCAN_TRIGGER_UP_TO = (4096, 128)
 
 
-def plan_triggers(n_tokens: int, n_experts: int) -> bool:
-    """Whether the plan's count and scan kernels let the next launch at their start (PDL_PLAN_TRIGGER_UP_TO)."""
-    most_tokens, most_experts = PDL_PLAN_TRIGGER_UP_TO
+def scan_triggers(n_tokens: int, n_experts: int) -> bool:
+    """Whether the plan's scan kernel lets the map kernel launch at its start (PDL_SCAN_TRIGGER_UP_TO)."""
+    most_tokens, most_experts = PDL_SCAN_TRIGGER_UP_TO
     return n_tokens <= most_tokens and n_experts <= most_experts
 
 

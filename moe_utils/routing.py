@@ -465,7 +465,6 @@ def build_plan(
     # The counts, then the offsets: the scan writes them over the counts (each program reads its
     # whole tile before it writes it).
     counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=device)
-    trigger = _rt.plan_triggers(n_tokens, n_experts)  # count and scan let the next launch early
     _count_kernel[(n_seg,)](
         m,
         m.stride(0),
@@ -477,7 +476,7 @@ def build_plan(
         BLOCK_T=block_t,
         BLOCK_E=block_e,
         num_warps=warps,
-        **_rt.pdl_args(device, "count", trigger),
+        **_rt.pdl_args(device, "count"),
     )
     seg_expert_off = counts
     expert_count = torch.empty((n_experts,), dtype=torch.int64, device=device)
@@ -492,7 +491,7 @@ def build_plan(
         BLOCK_S=block_s,
         BLOCK_E=experts_per_program,
         num_warps=scan_warps,
-        **_rt.pdl_args(device, "scan", trigger),
+        **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
     )
     if padded:  # the size is known
         n_rows = num_out_tokens

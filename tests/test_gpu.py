@@ -92,7 +92,7 @@ def test_programmatic_dependent_launch_gives_the_same_bits_and_replays(monkeypat
     # start while the kernel before it finishes, and waits for its writes before reading. Forward
     # and backward of permute and unpermute, eagerly and replayed in a CUDA graph, against the
     # same steps with it off (same bits): every kernel letting the next launch as its programs
-    # exit; as shipped (the map kernel, and at this size the count and scan kernels, let it
+    # exit; as shipped (the count and map kernels, and at this size the scan kernel, let it
     # launch at their start); every kernel letting it launch at its start.
     from moe_utils import _runtime as _rt
 
@@ -102,11 +102,11 @@ def test_programmatic_dependent_launch_gives_the_same_bits_and_replays(monkeypat
     n_tokens, n_experts, hidden = 300, 16, 192
     monkeypatch.setattr(_rt, "PDL", True)
     if form == "shipped":
-        assert _rt.plan_triggers(n_tokens, n_experts) and _rt.PDL_TRIGGER["map"]
-        assert _rt.pdl_args(torch.device("cuda"), "count", True) == {"PDL": 2, "launch_pdl": True}
+        assert _rt.scan_triggers(n_tokens, n_experts) and _rt.PDL_TRIGGER["map"] and _rt.PDL_TRIGGER["count"]
+        assert _rt.pdl_args(torch.device("cuda"), "scan", True) == {"PDL": 2, "launch_pdl": True}
     else:
         monkeypatch.setattr(_rt, "PDL_TRIGGER", dict.fromkeys(_rt.PDL_TRIGGER, form == "trigger"))
-        monkeypatch.setattr(_rt, "PDL_PLAN_TRIGGER_UP_TO", (0, 0))
+        monkeypatch.setattr(_rt, "PDL_SCAN_TRIGGER_UP_TO", (0, 0))
         for kernel in _rt.PDL_TRIGGER:
             want = {"PDL": 2 if form == "trigger" else 1, "launch_pdl": True}
             assert _rt.pdl_args(torch.device("cuda"), kernel) == want

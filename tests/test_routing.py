@@ -414,9 +414,9 @@ def test_drop_and_pad_pads_short_experts():
 
 
 def test_permute_same_under_every_launch_order(monkeypatch):
-    # The map kernel letting the scatter launch at its start, the scatter reading its source rows
-    # before it waits for the map kernel, the count and scan kernels letting the next launch at
-    # their start (programmatic dependent launch on the GPU; the same kernels without it under
+    # The count and map kernels letting the next launch at their start, the scatter reading its
+    # source rows before it waits for the map kernel, the scan kernel letting the map kernel
+    # launch at its start (programmatic dependent launch on the GPU; the same kernels without it under
     # the interpreter), or every kernel waiting: the same bits, the reference's, with padding
     # rows and with drop_and_pad.
     from moe_utils import _runtime as rt
@@ -431,10 +431,11 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     capacity_m = capacity_map(n_tokens, n_experts, 5, gen)
     results = []
     forms = ((False, False, False), (True, False, False), (False, True, False), (True, True, False), (True, True, True))
-    for trigger, early, plan_rule in forms:
+    for trigger, early, scan_rule in forms:
         monkeypatch.setitem(rt.PDL_TRIGGER, "map", trigger)
+        monkeypatch.setitem(rt.PDL_TRIGGER, "count", trigger)
         monkeypatch.setattr(rt, "PDL_EARLY_SOURCE", early)
-        monkeypatch.setattr(rt, "PDL_PLAN_TRIGGER_UP_TO", (4096, 128) if plan_rule else (0, 0))
+        monkeypatch.setattr(rt, "PDL_SCAN_TRIGGER_UP_TO", (4096, 128) if scan_rule else (0, 0))
         out, probs, plan = permute(x, m, p, num_out_tokens=n + 9, fused=True)
         assert torch.equal(out[:n], ref) and torch.equal(probs[:n], ref_probs) and torch.equal(plan[:n], ref_indices)
         assert torch.all(out[n:] == 0) and torch.all(probs[n:] == 0)
@@ -544,9 +545,9 @@ def test_programmatic_dependent_launch_is_off_where_it_cannot_run(monkeypatch):
     for kernel in _rt.PDL_TRIGGER:
         assert _rt.pdl_args(torch.device("cpu"), kernel) == {"PDL": 0}
         assert _rt.pdl_args(torch.device("cpu"), kernel, True) == {"PDL": 0}
-    # The plan's count and scan kernels trigger too at small routing maps (session 17).
-    assert _rt.plan_triggers(4096, 128) and _rt.plan_triggers(1, 1)
-    assert not _rt.plan_triggers(4097, 8) and not _rt.plan_triggers(4096, 129)
+    # The plan's scan kernel triggers too at small routing maps (session 17).
+    assert _rt.scan_triggers(4096, 128) and _rt.scan_triggers(1, 1)
+    assert not _rt.scan_triggers(4097, 8) and not _rt.scan_triggers(4096, 129)
     monkeypatch.setattr(_rt, "PDL", False)
     assert _rt.pdl_args(torch.device("cuda", 0), "scatter") == {"PDL": 0}
     code = "import moe_utils._runtime as r; print(r.PDL)"
