@@ -502,8 +502,9 @@ def _forms_experiment(results, shapes, kinds, forms, use) -> None:
 def _pdl_forms_experiment(results, shapes, kinds, forms) -> None:
     """Ops of ``kinds`` under each of ``forms`` through the package's switches: a form is None (PDL
     off) or the routing kernels that let the next launch at their start, plus "early" where
-    permute's scatter loads its source rows before it waits (``_runtime.PDL``, ``PDL_TRIGGER``,
-    ``PDL_EARLY_SOURCE``); all three restored afterwards."""
+    permute's scatter loads its source rows before it waits, and "rule" where the scan triggers by
+    shape (``_runtime.PDL``, ``PDL_TRIGGER``, ``PDL_EARLY_SOURCE``, ``PDL_SCAN_TRIGGER_UP_TO``);
+    all four restored afterwards."""
     saved = _rt.PDL, dict(_rt.PDL_TRIGGER), _rt.PDL_EARLY_SOURCE, _rt.PDL_SCAN_TRIGGER_UP_TO
 
     def use(form) -> None:

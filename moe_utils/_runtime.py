@@ -112,23 +112,23 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 PDL = os.environ.get("MOE_UTILS_PDL", "1") != "0"
 
 #: Routing kernels (by the name their launcher passes to pdl_args) that let the next grid launch
-#: as soon as they start; the others let it launch as their programs exit. H200 (experiments.py
-#: --only pdl, session 13), permute's forward with every kernel waiting against PDL off: 26.0 ->
-#: 23.9 µs at 4096 x 256 x 2 x 2048, 51.7 -> 49.8 at 4096 x 64 x 8, the other ops level to 0.5 µs
-#: faster; with the plan's three kernels triggering 4-9% slower than that at 256 experts (16384 x
-#: 256 x 2: 83.6 against 76.9 µs), with every kernel triggering up to 3% slower at the large
-#: shapes. Only the map kernel triggers, for permute's scatter, which then loads its source rows
-#: while the map kernel runs (PDL_EARLY_SOURCE). H200 (experiments.py --only early, session 16,
-#: two runs): permute fwd 4096 x 8 x 2 x 2048 18.1 -> 16.4 µs, 4096 x 256 x 2 23.4 -> 21.5,
-#: 16384 x 64 x 2 65.1 -> 62.2, 16384 x 256 x 2 70.9 -> 69.6, at the large shapes level (65536 x
-#: 256 x 2 254.4 -> 253.4, 8192 x 128 x 8 x 7168 299.9 -> 300.2); the map kernel triggering alone
-#: gained 0-0.9 µs, the plan's three kernels triggering with the early source lost 1.3% at 65536 x
-#: 256 x 2. The count kernel triggering too (the scan's few programs wait on the SMs while the
-#: count runs; session 17 call 3, two runs, against the map trigger with the early source and the
-#: scan rule below): 4096 x 256 x 2 x 2048 21.6 -> 21.1 µs, 16384 x 64 x 2 62.3 -> 61.7 / 62.8
-#: -> 62.1, 16384 x 256 x 2 68.9 -> 68.3, 65536 x 256 x 2 253.7 -> 252.5 / 254.3 -> 253.1, 8192 x
-#: 128 x 8 x 7168 301.6 -> 300.0, level to 0.5% faster elsewhere but one run at 65536 x 64 x 2
-#: (+0.4%). Benchmarks change this table.
+#: as soon as they start; the others let it launch as their programs exit. H200, permute's forward
+#: (experiments.py --only pdl, session 13): every kernel waiting against PDL off 26.0 -> 23.9 µs
+#: at 4096 x 256 x 2 x 2048, 51.7 -> 49.8 at 4096 x 64 x 8, the other ops level to 0.5 µs faster;
+#: the plan's three kernels triggering 4-9% slower than that at 256 experts (16384 x 256 x 2: 83.6
+#: against 76.9 µs), every kernel triggering up to 3% slower at the large shapes.
+#: - map: permute's scatter launches at the map kernel's start and loads its source rows while the
+#:   map kernel runs (PDL_EARLY_SOURCE). --only early, session 16, two runs: 4096 x 8 x 2 x 2048
+#:   18.1 -> 16.4 µs, 4096 x 256 x 2 23.4 -> 21.5, 16384 x 64 x 2 65.1 -> 62.2, 16384 x 256 x 2
+#:   70.9 -> 69.6, the large shapes level (65536 x 256 x 2 254.4 -> 253.4); the map trigger alone
+#:   (without the early source) gained 0-0.9 µs.
+#: - count: the scan's few programs wait on the SMs while the count runs. --only early, session 17
+#:   call 3, two runs, against the map trigger with the early source and the scan rule below:
+#:   4096 x 256 x 2 x 2048 21.6 -> 21.1 µs, 16384 x 64 x 2 62.3 -> 61.7 / 62.8 -> 62.1, 16384 x
+#:   256 x 2 68.9 -> 68.3, 65536 x 256 x 2 253.7 -> 252.5 / 254.3 -> 253.1, 8192 x 128 x 8 x 7168
+#:   301.6 -> 300.0, level to 0.5% faster elsewhere but one run at 65536 x 64 x 2 (+0.4%).
+#: - scan: only by shape (PDL_SCAN_TRIGGER_UP_TO).
+#: Benchmarks change this table.
 PDL_TRIGGER = {"count": True, "scan": False, "map": True, "scatter": False, "gather": False, "scatter_dot": False}
 #: permute's scatter loads its source rows before it waits for the map kernel: they are the op's
 #: input, complete before the plan's first kernel passed its own wait (each plan kernel waits for
@@ -142,7 +142,8 @@ PDL_EARLY_SOURCE = True
 #: permute fwd with the map trigger and the early source, then with the plan's three kernels
 #: triggering: 4096 x 64 x 2 x 2048 20.3 -> 19.7 / 20.3 -> 19.5 µs, 4096 x 128 x 2 21.0 -> 20.4 /
 #: 21.5 -> 20.9, 4096 x 8 x 8 46.1 -> 45.2 / 46.3 -> 45.3, 4096 x 8 x 2 x 4096 32.9 -> 31.9, 4096
-#: x 64 x 2 x 7168 54.1 -> 53.1; 4096 x 8 x 2 x 2048 -0.3 µs in two runs, +0.6 in a third. At 256
+#: x 64 x 2 x 7168 54.1 -> 53.1; 4096 x 8 x 2 x 2048 -0.3 µs in two runs of the forms, +0.4 to
+#: +0.6 in four others, -1.1 (18.1 -> 17.0) against session 16's package (--only ops). At 256
 #: experts mixed at 4096 tokens (k = 2: 22.0 -> 22.4) and 1.3-3% slower from 16384 tokens
 #: (16384 x 256 x 2 69.6 -> 71.6, 65536 x 256 x 2 253.4 -> 257.7), the scan's trigger the cause
 #: (the count's alone is faster there).

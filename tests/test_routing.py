@@ -416,9 +416,9 @@ def test_drop_and_pad_pads_short_experts():
 def test_permute_same_under_every_launch_order(monkeypatch):
     # The count and map kernels letting the next launch at their start, the scatter reading its
     # source rows before it waits for the map kernel, the scan kernel letting the map kernel
-    # launch at its start (programmatic dependent launch on the GPU; the same kernels without it under
-    # the interpreter), or every kernel waiting: the same bits, the reference's, with padding
-    # rows and with drop_and_pad.
+    # launch at its start (programmatic dependent launch on the GPU; the same kernels without it
+    # under the interpreter), or every kernel waiting: the same bits, the reference's, with
+    # padding rows and with drop_and_pad.
     from moe_utils import _runtime as rt
 
     gen = make_generator(43)
