@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap
+              counts, segwarps, early
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -44,13 +44,15 @@ results/history/experiments-prefetch-s14-call5-*.)
 scatter loading its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), against waiting.
 ``--only segwarps``: the plan with segments of at least 8 tokens only where the map kernel runs
 several warps (shipped) and at every warp count (``routing._MIN_SEGMENT_WARPS``).
+(Session 17's ``--only scanmap``, the map kernel doing the scan's work where the count table has
+at most 1024 or 4096 counts, one launch fewer: build_plan 0.8-1.2 µs faster at E = 8, permute fwd
+up to 5.6% (8192 x 8 x 2 x 2048 33.2 -> 31.4 µs), but its full GPU suite did not finish in the
+session's device time; commit 2e30737 for its code, results/logs/session17 for its times.)
 (Session 17's ``--only dottokens``, the scatter-dot (unpermute's backward with the probs gradient)
 with 2 and 4 tokens per program in [TOKENS, k, BLOCK_H] tiles, and ``--only scansteps``, the
 plan's scan with at least 4 or 8 experts per program walking the segments in steps: slower, and
 their one-token / one-step forms slower than the kernels they replaced; commits 2c564d0 and
 97d2d10 for their code, results/logs/session17 for their times.)
-``--only scanmap``: the plan with the map kernel doing the scan's work where the count table is
-small (``routing._SCAN_IN_MAP``: 0, 1024, 4096 counts), one launch fewer.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
@@ -560,14 +562,6 @@ def early_experiments(results, shapes) -> None:
     _pdl_forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS)
 
 
-def scan_in_map_experiments(results, shapes) -> None:
-    """The plan with the scan kernel (0), or the map kernel doing the scan's work where the count
-    table has at most 1024 or 4096 counts (the package's switch ``routing._SCAN_IN_MAP``): one
-    launch fewer at 4096 x 8 (128 segments x 8 experts), 16384 x 8 within 4096."""
-    forms = {f"map kernel scans <= {n} counts": n for n in (0, 1024, 4096)}
-    _plan_switch_experiment(results, shapes, "_SCAN_IN_MAP", forms)
-
-
 def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
     """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
     (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
@@ -686,10 +680,6 @@ _FORMS_KINDS = {
     "segwarps": (segment_warps_experiments, _DRY, [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
-    ]),
-    "scanmap": (scan_in_map_experiments, [(300, 8, 2, 40), (70, 64, 3, 24)], [
-        (4096, 8, 2, 2048), (4096, 8, 8, 2048), (4096, 8, 2, 7168), (8192, 8, 2, 2048), (16384, 8, 2, 2048),
-        (16384, 8, 8, 2048), (4096, 64, 2, 2048),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),

@@ -418,9 +418,8 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     # source rows before it waits for the map kernel, the scan kernel letting the map kernel
     # launch at its start (programmatic dependent launch on the GPU; the same kernels without it
     # under the interpreter), or every kernel waiting: the same bits, the reference's, with
-    # padding rows and with drop_and_pad; and the map kernel doing the scan's work.
+    # padding rows and with drop_and_pad (padding rows there too).
     from moe_utils import _runtime as rt
-    from moe_utils import routing
 
     gen = make_generator(43)
     n_tokens, n_experts, hidden = 70, 12, 40
@@ -431,16 +430,8 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     n = ref.shape[0]
     capacity_m = capacity_map(n_tokens, n_experts, 5, gen)
     results = []
-    forms = (  # (count and map trigger, early source, scan trigger by shape, the map kernel scanning)
-        (False, False, False, False),
-        (True, False, False, False),
-        (False, True, False, False),
-        (True, True, False, False),
-        (True, True, True, False),
-        (True, True, True, True),
-    )
-    for trigger, early, scan_rule, scan_in_map in forms:
-        monkeypatch.setattr(routing, "_SCAN_IN_MAP", 1 << 20 if scan_in_map else 0)
+    forms = ((False, False, False), (True, False, False), (False, True, False), (True, True, False), (True, True, True))
+    for trigger, early, scan_rule in forms:
         monkeypatch.setitem(rt.PDL_TRIGGER, "map", trigger)
         monkeypatch.setitem(rt.PDL_TRIGGER, "count", trigger)
         monkeypatch.setattr(rt, "PDL_EARLY_SOURCE", early)
@@ -458,9 +449,9 @@ def test_permute_same_under_every_launch_order(monkeypatch):
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts, scan tiles, the map kernel's prefetch and its scan only split or
-    # order the same counting sort differently: the plan and the permuted probs must be identical,
-    # bit for bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
+    # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
+    # same counting sort differently: the plan and the permuted probs must be identical, bit for
+    # bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
     # (300) steps, the last one partly past T.
     from moe_utils import routing
 
@@ -470,20 +461,17 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment,
-        # most counts the map kernel scans itself: with num_out_tokens, in the first of each pair)
-        (256, 1024, 8, 4096, True, 8, 0),
-        (256, 1024, 8, 4096, True, 1, 0),
-        (1024, 1024, 8, 1024, False, 8, 0),
-        (64, 4, 16, 16, True, 8, 0),
-        (64, 4, 16, 16, False, 8, 1 << 20),
-        (64, 4, 1, 16, True, 8, 0),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True, 1, 0),
-        (256, 4096, 8, 1024, False, 8, 0),
-        (256, 1024, 8, 4096, True, 8, 1 << 20),
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment)
+        (256, 1024, 8, 4096, True, 8),
+        (256, 1024, 8, 4096, True, 1),
+        (1024, 1024, 8, 1024, False, 8),
+        (64, 4, 16, 16, True, 8),
+        (64, 4, 16, 16, False, 8),
+        (64, 4, 1, 16, True, 8),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1),
+        (256, 4096, 8, 1024, False, 8),
     )
-    for tile, segments, long_segment, scan_tile, prefetch, least, scan_in_map in configs:
-        monkeypatch.setattr(routing, "_SCAN_IN_MAP", scan_in_map)
+    for tile, segments, long_segment, scan_tile, prefetch, least in configs:
         monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
         monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
