@@ -65,21 +65,33 @@ def _signature(kernel, constexprs: dict, floats, types: dict | None) -> dict[str
 
 
 def compile_sm90(
-    kernel, constexprs: dict, floats: tuple[str, ...] = (), types: dict | None = None, options: dict | None = None
-) -> None:
-    """Compile kernel for sm_90; arguments not in constexprs or types are typed by name; options are
-    compiler options as a launch passes them (debug, ...)."""
+    kernel,
+    constexprs: dict,
+    floats: tuple[str, ...] = (),
+    types: dict | None = None,
+    options: dict | None = None,
+    aligned_ints=None,
+):
+    """Compile kernel for sm_90 and return it; arguments not in constexprs or types are typed by
+    name; options are compiler options as a launch passes them (debug, ...). With aligned_ints
+    (sass()), pointers and those integer arguments are declared multiples of 16, as the JIT does
+    at an aligned launch."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = kernel.fn
     names = kernel.arg_names
     signature = _signature(kernel, constexprs, floats, types)
     missing = set(constexprs) - set(names)
-    assert not missing, f"{fn.__name__} has no arguments {missing}"
-    src = ASTSource(fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    assert not missing, f"{kernel.fn.__name__} has no arguments {missing}"
+    attrs = None
+    if aligned_ints is not None:
+        aligned = [i for i, n in enumerate(names) if signature[n].startswith("*") or n in aligned_ints]
+        attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    src = ASTSource(
+        fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
+    )
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 #: Integer arguments declared multiples of 16 in sass(), as the JIT declares them at a launch whose
@@ -94,19 +106,8 @@ def sass(kernel, constexprs: dict, warps: int, floats=(), ints=frozenset(), type
     ALIGNED_INTS and ints declared multiples of 16: without that, loads and stores are not
     vectorised and the code is not the launch's."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    names = kernel.arg_names
-    sig = _signature(kernel, constexprs, floats, types)
-    aligned = [i for i, n in enumerate(names) if sig[n].startswith("*") or n in ALIGNED_INTS | set(ints)]
-    src = ASTSource(
-        fn=kernel,
-        signature=sig,
-        constexprs={(names.index(a),): v for a, v in constexprs.items()},
-        attrs={(i,): [["tt.divisibility", 16]] for i in aligned},
-    )
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    compiled = compile_sm90(kernel, constexprs, floats, types, dict(num_warps=warps), ALIGNED_INTS | set(ints))
     cubin = Path(f"/tmp/moe_utils_sass_{os.getpid()}.cubin")
     cubin.write_bytes(compiled.asm["cubin"])
     tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
