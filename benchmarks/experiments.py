@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early
+              counts, segwarps, early, scanmap
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -53,6 +53,9 @@ with 2 and 4 tokens per program in [TOKENS, k, BLOCK_H] tiles, and ``--only scan
 plan's scan with at least 4 or 8 experts per program walking the segments in steps: slower, and
 their one-token / one-step forms slower than the kernels they replaced; commits 2c564d0 and
 97d2d10 for their code, results/logs/session17 for their times.)
+``--only scanmap``: the plan with the map kernel doing the scan's work where the count table is
+small (``routing._SCAN_IN_MAP``: 0, 8192, 4096 counts; 4096 shipped) in chunks
+(``routing._SCAN_IN_MAP_TILE``), one launch fewer.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
@@ -562,6 +565,30 @@ def early_experiments(results, shapes) -> None:
     _pdl_forms_experiment(results, shapes, ("permute_fwd",), _EARLY_FORMS)
 
 
+def scan_in_map_experiments(results, shapes) -> None:
+    """The plan with the scan kernel, or the map kernel doing the scan's work where the count
+    table's tile has at most 4096 or 8192 counts (the package's switch ``routing._SCAN_IN_MAP``,
+    4096 shipped), summing 1024 counts at a time (``routing._SCAN_IN_MAP_TILE``, shipped) or the
+    whole table at once (4096: 255 registers and spills at 16384 x 8): one launch fewer at 4096 x 8
+    (128 segments x 8 experts) and 16384 x 8 (512 segments), 65536 x 8 (1024 segments) within
+    8192. Session 17 call 5 ran 1024 and 4096 at once."""
+    forms = {
+        "scan kernel": (0, 1024),
+        "map kernel scans <= 4096 counts at once": (4096, 4096),
+        "map kernel scans <= 8192 counts, 1024 at a time": (8192, 1024),
+        "map kernel scans <= 4096 counts, 1024 at a time": (4096, 1024),
+    }
+    saved = routing._SCAN_IN_MAP, routing._SCAN_IN_MAP_TILE
+
+    def switch(form):
+        routing._SCAN_IN_MAP, routing._SCAN_IN_MAP_TILE = form
+
+    try:
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, switch)
+    finally:
+        switch(saved)
+
+
 def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
     """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
     (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
@@ -680,6 +707,10 @@ _FORMS_KINDS = {
     "segwarps": (segment_warps_experiments, _DRY, [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (4096, 256, 2, 4096), (8192, 128, 8, 2048), (8192, 256, 2, 2048),
+    ]),
+    "scanmap": (scan_in_map_experiments, [(300, 8, 2, 40), (70, 64, 3, 24)], [
+        (4096, 8, 2, 2048), (4096, 8, 2, 7168), (16384, 8, 2, 2048), (16384, 8, 8, 4096), (65536, 8, 2, 2048),
+        (65536, 8, 8, 2048),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),

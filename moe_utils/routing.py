@@ -16,6 +16,9 @@ build it, with no atomics and no host synchronisation:
    and whether the routing fits (on the GPU it also asserts it there; with drop_and_pad program 0
    checks the counts instead).
 
+With ``num_out_tokens`` given and a small count table (``_SCAN_IN_MAP``) the map kernel takes the
+scan's place: each of its programs sums the whole table, and program 0 writes the totals.
+
 The map kernel writes only the token-major half of the plan. The expert-major half (``src_token``
 and the permuted probabilities) is written by permute's scatter, which visits every entry anyway:
 in the map kernel those stores (and the gather of probs) ran for every (token, expert) of its
@@ -114,6 +117,18 @@ _MAP_ENTRIES_PER_THREAD = 8
 #: 1024 and 8192 (8192 at 1024 segments takes 250 registers).
 _SCAN_TILE = 4096
 _SCAN_ENTRIES_PER_THREAD = 32
+#: With num_out_tokens given (no host sync on the counts) and a count table of at most this many
+#: entries (its tile, segments x experts, each rounded up to a power of two), no scan kernel runs:
+#: each map program sums the whole table itself, one launch fewer in the plan's chain. Only E = 8
+#: at up to 16384 tokens fits (4096 x 8: 128 segments; 16384 x 8: 512 segments). H200
+#: (experiments.py --only scanmap, session 17 call 5, two runs, the table summed in one tile):
+#: build_plan 4.8 -> 3.9 µs at 4096 x 8, 6.4 -> 5.7 at 16384 x 8; permute fwd 8192 x 8 x 2 33.2 ->
+#: 31.4 µs, 16384 x 8 x 2 59.4 -> 57.5, 4096 x 8 x 2 x 7168 51.3 -> 49.7; a bound of 1024 left
+#: 8192 and 16384 tokens level. 0: always the scan kernel.
+_SCAN_IN_MAP = 4096
+#: Counts each map program sums at a time there ([segments, BLOCK_E] tiles; 32 a thread at one
+#: warp): at 16384 x 8 one 4096-count tile took 255 registers and spilled on sm_90.
+_SCAN_IN_MAP_TILE = 1024
 #: The map kernel loads each step's routing-map tile during the step before (software pipelining
 #: by hand, one step deep). H200 (experiments.py --only prefetch, session 14): build_plan 0.2-1.3
 #: µs faster at 6 of 8 shapes (16384 x 256 x 2 21.0 -> 19.7 µs, 65536 x 256 x 2 53.9 -> 53.2),
@@ -210,6 +225,7 @@ def _map_kernel(
     N,  # permuted rows allocated
     seg_len,  # tokens per segment, a multiple of BLOCK_T
     capacity,  # DROP_AND_PAD: rows per expert
+    n_seg,  # segments (SCAN)
     DROP_AND_PAD: tl.constexpr,
     PADDED: tl.constexpr,  # the plan carries the padding marker
     CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
@@ -217,6 +233,8 @@ def _map_kernel(
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
     GROUP: tl.constexpr,  # experts per group (_map_group): a thread's consecutive experts
     PREFETCH: tl.constexpr,  # load each step's map tile one step ahead (_MAP_PREFETCH)
+    SCAN: tl.constexpr,  # no scan kernel ran: seg_expert_off holds the counts (_scan_in_map)
+    BLOCK_S: tl.constexpr,  # SCAN: segments summed at a time
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # Experts as a [groups, GROUP] tile, expert g * GROUP + j, and the map's tiles [tokens,
@@ -235,8 +253,22 @@ def _map_kernel(
     e_ok = experts < E
     # The first row of each expert, an exclusive prefix sum over at most MAX_EXPERTS counts in
     # expert order (within groups, then over them), recomputed by every program (cheaper than a
-    # launch).
-    count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
+    # launch). With SCAN the scan's two results come from the whole count table, which every
+    # program reads (small: _scan_in_map): each expert's total, which program 0 writes, and the
+    # rows of each expert in earlier segments.
+    if SCAN:  # BLOCK_S segments at a time
+        count = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int64)
+        earlier = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int64)
+        for seg0 in range(0, n_seg, BLOCK_S):
+            segs = seg0 + tl.arange(0, BLOCK_S)[:, None, None]
+            counts = tl.load(seg_expert_off_ptr + segs * E + experts[None, :, :],
+                             mask=(segs < n_seg) & e_ok[None, :, :], other=0)  # fmt: skip
+            count += tl.sum(counts, axis=0).to(tl.int64)
+            earlier += tl.sum(tl.where(segs < seg, counts, 0), axis=0).to(tl.int64)
+        if seg == 0:
+            tl.store(expert_count_ptr + experts, count, mask=e_ok)
+    else:
+        count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
     if DROP_AND_PAD:
         expert_first = experts.to(tl.int64) * capacity
         row_end = expert_first + capacity  # rows of expert e end here
@@ -258,7 +290,8 @@ def _map_kernel(
             tl.store(marker_ptr, tl.full([], 1, tl.int64))
     # Next free token-major entry, carried across steps: the segment's first is the routed pairs
     # of earlier segments, over all experts.
-    earlier = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0).to(tl.int64)
+    if not SCAN:
+        earlier = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0).to(tl.int64)
     next_entry = tl.sum(earlier)
     # Each expert's rows, as int64 bases fixed for the segment and int32 offsets from them (at
     # most seg_len): the step's arithmetic per entry is then 32-bit, its entry one shift-and-add
@@ -423,6 +456,12 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     return seg_len, n_seg, block_t, block_e
 
 
+def _scan_in_map(block_s: int, block_e: int) -> bool:
+    """Whether the map kernel takes the scan's place (every program reads the whole count table):
+    where the table's tile (BLOCK_S x BLOCK_E) has at most _SCAN_IN_MAP entries."""
+    return block_s * block_e <= _SCAN_IN_MAP
+
+
 def build_plan(
     fn: str,
     routing_map: torch.Tensor,
@@ -463,7 +502,7 @@ def build_plan(
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
     # The counts, then the offsets: the scan writes them over the counts (each program reads its
-    # whole tile before it writes it).
+    # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
     counts = _rt.empty((n_seg, n_experts), torch.int32, device)
     _count_kernel[(n_seg,)](
         m,
@@ -480,19 +519,21 @@ def build_plan(
     )
     seg_expert_off = counts
     expert_count = _rt.empty((n_experts,), torch.int64, device)
-    experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
-    scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
-    _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
-        counts,
-        seg_expert_off,
-        expert_count,
-        n_seg,
-        n_experts,
-        BLOCK_S=block_s,
-        BLOCK_E=experts_per_program,
-        num_warps=scan_warps,
-        **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
-    )
+    scan_in_map = padded and _scan_in_map(block_s, block_e)
+    if not scan_in_map:  # else the map kernel scans
+        experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
+        scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
+        _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
+            counts,
+            seg_expert_off,
+            expert_count,
+            n_seg,
+            n_experts,
+            BLOCK_S=block_s,
+            BLOCK_E=experts_per_program,
+            num_warps=scan_warps,
+            **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
+        )
     if padded:  # the size is known
         n_rows = num_out_tokens
     else:  # data-dependent, as in the reference: one host sync
@@ -519,6 +560,7 @@ def build_plan(
         n_rows,
         seg_len,
         capacity,
+        n_seg,
         DROP_AND_PAD=drop_and_pad,
         PADDED=padded,
         CHECK=check,
@@ -526,6 +568,8 @@ def build_plan(
         BLOCK_E=block_e,
         GROUP=_map_group(block_e),
         PREFETCH=_MAP_PREFETCH,
+        SCAN=scan_in_map,
+        BLOCK_S=min(block_s, max(1, _SCAN_IN_MAP_TILE // block_e)) if scan_in_map else 1,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
         **_rt.pdl_args(device, "map"),

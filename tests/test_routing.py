@@ -418,8 +418,10 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     # source rows before it waits for the map kernel, the scan kernel letting the map kernel
     # launch at its start (programmatic dependent launch on the GPU; the same kernels without it
     # under the interpreter), or every kernel waiting: the same bits, the reference's, with
-    # padding rows and with drop_and_pad (padding rows there too).
+    # padding rows and with drop_and_pad (padding rows there too); and the map kernel doing the
+    # scan's work.
     from moe_utils import _runtime as rt
+    from moe_utils import routing
 
     gen = make_generator(43)
     n_tokens, n_experts, hidden = 70, 12, 40
@@ -430,8 +432,16 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     n = ref.shape[0]
     capacity_m = capacity_map(n_tokens, n_experts, 5, gen)
     results = []
-    forms = ((False, False, False), (True, False, False), (False, True, False), (True, True, False), (True, True, True))
-    for trigger, early, scan_rule in forms:
+    forms = (  # (count and map trigger, early source, scan trigger by shape, the map kernel scanning)
+        (False, False, False, False),
+        (True, False, False, False),
+        (False, True, False, False),
+        (True, True, False, False),
+        (True, True, True, False),
+        (True, True, True, True),
+    )
+    for trigger, early, scan_rule, scan_in_map in forms:
+        monkeypatch.setattr(routing, "_SCAN_IN_MAP", 4096 if scan_in_map else 0)
         monkeypatch.setitem(rt.PDL_TRIGGER, "map", trigger)
         monkeypatch.setitem(rt.PDL_TRIGGER, "count", trigger)
         monkeypatch.setattr(rt, "PDL_EARLY_SOURCE", early)
@@ -449,9 +459,9 @@ def test_permute_same_under_every_launch_order(monkeypatch):
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts, scan tiles and the map kernel's prefetch only split or order the
-    # same counting sort differently: the plan and the permuted probs must be identical, bit for
-    # bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
+    # Tile sizes, segment counts, scan tiles, the map kernel's prefetch and its scan only split or
+    # order the same counting sort differently: the plan and the permuted probs must be identical,
+    # bit for bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
     # (300) steps, the last one partly past T.
     from moe_utils import routing
 
@@ -461,17 +471,23 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
     x = torch.randn(n_tokens, 8, generator=gen).to(DEVICE)
     results = []
-    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment)
-        (256, 1024, 8, 4096, True, 8),
-        (256, 1024, 8, 4096, True, 1),
-        (1024, 1024, 8, 1024, False, 8),
-        (64, 4, 16, 16, True, 8),
-        (64, 4, 16, 16, False, 8),
-        (64, 4, 1, 16, True, 8),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True, 1),
-        (256, 4096, 8, 1024, False, 8),
+    configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment,
+        # most counts the map kernel scans itself: with num_out_tokens, in the first of each pair;
+        # 4096 covers the first such config at every E and the second at E = 6, tables of 32 to
+        # 2048 counts, summed 64 counts at a time: 1 to 8 chunks, the last one partial at E = 6)
+        (256, 1024, 8, 4096, True, 8, 0),
+        (256, 1024, 8, 4096, True, 1, 0),
+        (1024, 1024, 8, 1024, False, 8, 0),
+        (64, 4, 16, 16, True, 8, 0),
+        (64, 4, 16, 16, False, 8, 4096),
+        (64, 4, 1, 16, True, 8, 0),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1, 0),
+        (256, 4096, 8, 1024, False, 8, 0),
+        (256, 1024, 8, 4096, True, 8, 4096),
     )
-    for tile, segments, long_segment, scan_tile, prefetch, least in configs:
+    for tile, segments, long_segment, scan_tile, prefetch, least, scan_in_map in configs:
+        monkeypatch.setattr(routing, "_SCAN_IN_MAP", scan_in_map)
+        monkeypatch.setattr(routing, "_SCAN_IN_MAP_TILE", 64)
         monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
         monkeypatch.setattr(routing, "_MAP_PREFETCH", prefetch)
         monkeypatch.setattr(routing, "_PLAN_TILE", tile)
@@ -516,6 +532,21 @@ def test_segment_rule():
     for n_tokens, n_experts in ((65536, 256), (16384, 64), (5, 3), (100003, 7)):
         seg_len, n_seg, block_t, _ = _segments(n_tokens, n_experts)
         assert seg_len % block_t == 0 and (n_seg - 1) * seg_len < n_tokens <= n_seg * seg_len
+
+
+def test_scan_in_map_rule():
+    # The map kernel does the scan's work at E = 8 up to 16384 tokens (count tiles of 1024 and
+    # 4096, H200 session 17), the scan kernel runs from 65536 x 8 and at 64 experts and more.
+    import triton
+
+    from moe_utils.routing import _scan_in_map, _segments
+
+    def scans(n_tokens, n_experts):
+        _, n_seg, _, block_e = _segments(n_tokens, n_experts)
+        return _scan_in_map(triton.next_power_of_2(n_seg), block_e)
+
+    assert scans(4096, 8) and scans(16384, 8) and scans(300, 8) and scans(70, 12)
+    assert not any((scans(65536, 8), scans(4096, 64), scans(16384, 256), scans(300, 40), scans(300, 300)))
 
 
 @pytest.mark.parametrize("num_out", [None, 43])

@@ -34,12 +34,12 @@ POINTERS = {
     "d_probs_ptr": "*fp32",
     "row_grad_ptr": "*fp32",
     "counts_ptr": "*i32",
+    "seg_expert_off_ptr": "*i32",
     "fits_ptr": "*i32",
 }
 #: Pointers into the int64 routing plan and its scratch tables.
 INT64_POINTERS = {
     "total_ptr",
-    "seg_expert_off_ptr",
     "expert_count_ptr",
     "marker_ptr",
     "src_token_ptr",
@@ -138,6 +138,7 @@ def map_step(block_t: int, block_e: int, prefetch: bool = True) -> tuple[list[st
     from moe_utils import routing
 
     cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
+    cx.update(SCAN=False, BLOCK_S=1)
     cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
     ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
     lines, regs = sass(routing._map_kernel, cx, routing._map_warps(block_t, block_e), ints=ints)
@@ -186,6 +187,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
     map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), **blocks)
+    map_flags.update(SCAN=on, BLOCK_S=4 if on else 1)
     compile_sm90(routing._map_kernel, map_flags, options=check)
     scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
