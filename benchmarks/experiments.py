@@ -730,7 +730,7 @@ def main() -> None:
     ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
     ap.add_argument("--plan-shapes", nargs="*", default=None, help="TxExK shapes of --only plan")
     ap.add_argument(
-        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of the --only kinds that time forms"
+        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of --only gather and the kinds that time forms"
     )
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -772,7 +772,7 @@ def main() -> None:
         act = [(name, t, h) for name in args.act_names for t, h in sizes]
         ops_experiments(results, [] if args.no_routing else route, act)
     if "gather" in args.only:
-        gather_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
+        gather_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else forms_shapes or [
             (4096, 64, 2, 4096), (4096, 256, 2, 4096), (4096, 8, 2, 7168), (4096, 256, 2, 2048), (8192, 64, 2, 2048),
             (16384, 64, 2, 2048), (16384, 256, 2, 2048), (8192, 64, 2, 4096), (16384, 64, 2, 4096), (65536, 8, 2, 2048),
             (4096, 64, 8, 4096), (4096, 128, 8, 7168), (4096, 256, 8, 2048), (2048, 64, 8, 4096), (2048, 64, 4, 4096),
