@@ -730,7 +730,7 @@ def main() -> None:
     ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
     ap.add_argument("--plan-shapes", nargs="*", default=None, help="TxExK shapes of --only plan")
     ap.add_argument(
-        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of --only gather and the kinds that time forms"
+        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of --only gather, ops and the forms kinds"
     )
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -764,6 +764,7 @@ def main() -> None:
             (16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 2, 2048), (4096, 8, 2, 2048), (65536, 256, 2, 2048),
             (65536, 64, 2, 4096), (16384, 64, 2, 7168), (65536, 8, 8, 4096), (16384, 128, 8, 4096),
         ]  # fmt: skip
+        route = forms_shapes or route
         sizes = ((65536, 1408), (65536, 768), (65536, 2880), (65536, 7168), (16384, 768), (4096, 768), (262144, 1408))
         if args.act_shapes:
             sizes = tuple(tuple(int(v) for v in shape.split("x")) for shape in args.act_shapes)
