@@ -56,6 +56,8 @@ their one-token / one-step forms slower than the kernels they replaced; commits 
 ``--only scanmap``: the plan with the map kernel doing the scan's work where the count table is
 small (``routing._SCAN_IN_MAP``: 0, 8192, 4096 counts; 4096 shipped) in chunks
 (``routing._SCAN_IN_MAP_TILE``), one launch fewer.
+``--only segscan``: at most 256 or 64 segments (``routing._MAX_SEGMENTS``) with the scan kernel
+or with the map kernel doing its work, against the shipped 1024, at E >= 64.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
@@ -589,6 +591,28 @@ def scan_in_map_experiments(results, shapes) -> None:
         switch(saved)
 
 
+def segment_scan_experiments(results, shapes) -> None:
+    """Fewer, longer segments so that the count table is small enough for the map kernel to do the
+    scan's work (``routing._MAX_SEGMENTS``, ``_SCAN_IN_MAP``, ``_SCAN_IN_MAP_TILE``), at the
+    4096-token shapes with E >= 64 where the plan's three launches are a third of the permute: at
+    most 256 or 64 segments (the rule doubles them for long one-warp walks: 4096 x 64 runs 256 or
+    128), with the scan kernel or the map kernel summing 2048 counts at a time, against the
+    shipped 1024 segments."""
+    forms = {"shipped": (routing._MAX_SEGMENTS, routing._SCAN_IN_MAP, routing._SCAN_IN_MAP_TILE)}
+    for most in (256, 64):
+        forms[f"<= {most} segments, scan kernel"] = (most, 0, 2048)
+        forms[f"<= {most} segments, map kernel scans"] = (most, 1 << 17, 2048)
+    saved = forms["shipped"]
+
+    def switch(form):
+        routing._MAX_SEGMENTS, routing._SCAN_IN_MAP, routing._SCAN_IN_MAP_TILE = form
+
+    try:
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, switch)
+    finally:
+        switch(saved)
+
+
 def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
     """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
     (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
@@ -711,6 +735,10 @@ _FORMS_KINDS = {
     "scanmap": (scan_in_map_experiments, [(300, 8, 2, 40), (70, 64, 3, 24)], [
         (4096, 8, 2, 2048), (4096, 8, 2, 7168), (16384, 8, 2, 2048), (16384, 8, 8, 4096), (65536, 8, 2, 2048),
         (65536, 8, 8, 2048),
+    ]),
+    "segscan": (segment_scan_experiments, [(300, 64, 3, 40), (70, 256, 2, 24)], [
+        (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
+        (16384, 64, 2, 2048),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),
