@@ -31,6 +31,7 @@ __all__ = [
     "eager_inputs",
     "forward_config",
     "heavy_backward",
+    "light_fp8_backward",
     "pdl_args",
     "use_triton",
 ]
@@ -260,8 +261,19 @@ def heavy_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> b
     return clamp_value is not None or (fp8 and backward_ops > _LIGHT_BACKWARD_OPS)
 
 
+#: Backward math of at most this many operations (SwiGLU's 12; ReGLU 9, squared ReGLU 11) with the
+#: fp8 copy and no clamp runs 2 warps on its 512- and 1024-column steps (backward_config).
+_LIGHT_FP8_BACKWARD_OPS = 12
+
+
+def light_fp8_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> bool:
+    """Whether a weighted backward reads the fp8 copy with math no heavier than SwiGLU's and no
+    clamp (backward_config's warps rule)."""
+    return fp8 and clamp_value is None and backward_ops <= _LIGHT_FP8_BACKWARD_OPS
+
+
 @functools.lru_cache(maxsize=1024)
-def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) -> BlockConfig:
+def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, light_fp8: bool = False) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in column steps.
 
@@ -269,6 +281,8 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) ->
     4 warps. Below 4096 columns, ``heavy`` (``heavy_backward``: the clamp, or the fp8 decode with
     math heavier than SwiGLU's) takes the narrowest of the steps that pad the least (above 2048
     columns only from 32768 rows); the others, and every row from 4096 columns, the widest.
+    ``light_fp8`` (``light_fp8_backward``: the fp8 copy under SwiGLU's math or lighter, no clamp)
+    runs 2 warps on steps of 512 or 1024 columns.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -306,6 +320,13 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False) ->
         block_h, tile = min(_pow2(h), 8192), 2048
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
     warps = 4 if weighted else min(16, max(4, block_h // 512))
+    if weighted and light_fp8 and block_h >= 512:
+        # H200 (sweep.py --only blocks --parts bwd, session 18, 65536 rows; two runs at 1408):
+        # SwiGLU with the fp8 copy in 2 warps, against 4, at 1408 [2, 512] 191.4 -> 181.2 µs and
+        # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), 2048 and 2880 [1, 1024] -0.8% / -0.3%, but
+        # 768 [4, 256] +4.7%. Without the fp8 copy 2 warps were 1.1-3.4% slower at every width,
+        # and with GEGLU's or Quick-GEGLU's math 3-27% slower.
+        warps = 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 

@@ -254,11 +254,12 @@ def test_clamp_lets_nan_through_and_saturates_inf(backend):
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fp8_input_store(backend, name, dtype):
+@pytest.mark.parametrize("h", [72, 300])  # 300: 512-column steps, 2 warps under SwiGLU's math or lighter
+def test_fp8_input_store(backend, name, dtype, h):
     spec = SPECS[name]
     impl = getattr(_module(name), f"weighted_bias_{name}_impl")
     gen = make_generator(23)
-    y, w, g = _inputs(29, 72, dtype, gen)
+    y, w, g = _inputs(29, h, dtype, gen)
     y[0, :4] = torch.tensor([1000.0, -1000.0, 500.0, -470.0], dtype=dtype)  # beyond fp8's range: saturate
     g[0] *= 1e-2  # keeps d_up = g * w * relu(448)^2 of squared_reglu inside float16's range
     outs = []
@@ -630,6 +631,11 @@ def test_backward_config_shapes(h, n_rows):
             assert cfg.block_r * cfg.block_h <= (1024 if weighted else 8192)
         padded = {-(-h // cfg.block_h) * cfg.block_h for cfg in configs}
         assert len(padded) == 1, configs
+        # The light fp8 copy (never heavy) changes only the warps: 2 on weighted steps of 512 or
+        # 1024 columns.
+        light = backward_config(n_rows, h, weighted, False, True)
+        assert (light.block_r, light.block_h) == (configs[0].block_r, configs[0].block_h)
+        assert light.num_warps == (2 if weighted and light.block_h >= 512 else configs[0].num_warps), light
         if not weighted:
             assert configs[0] == configs[1]
 
@@ -670,6 +676,19 @@ def test_heavy_backward_rule():
         assert not heavy_backward(None, False, n)
         expected = name in ("geglu", "exact_geglu", "clamped_swiglu")
         assert heavy_backward(None, True, n) == expected, (name, n)
+
+
+def test_light_fp8_backward_rule():
+    # 2 warps only with the fp8 copy, no clamp, and math no heavier than SwiGLU's (measured on
+    # SwiGLU, session 18): ReGLU and squared ReGLU too; never Quick-GEGLU or the GEGLUs.
+    from moe_utils._runtime import heavy_backward, light_fp8_backward
+
+    for name in SPECS:
+        n = _module(name)._BACKWARD_OPS
+        assert not light_fp8_backward(None, False, n) and not light_fp8_backward(3.0, True, n)
+        expected = name in ("swiglu", "reglu", "squared_reglu")
+        assert light_fp8_backward(None, True, n) == expected, (name, n)
+        assert not (light_fp8_backward(None, True, n) and heavy_backward(None, True, n))
 
 
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
