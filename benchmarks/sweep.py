@@ -174,6 +174,7 @@ def sweep_blocks(
     shipped_block=False,
     bwd_tiles=((1024, 4), (2048, 4), (2048, 8)),
     fwd_tiles=((4096, 8),),
+    acts=("swiglu", "geglu", "quick_geglu"),
 ):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
     block of the weighted forward (fp8 store or not; tiles of ``fwd_tiles`` (elements, warps),
@@ -186,14 +187,19 @@ def sweep_blocks(
     through the generated launchers with the config functions of ``_runtime`` replaced. ``parts``:
     "fwd", "bwd" or both; ``bwd_tiles``: (elements, warps) of the backward's tiles;
     ``shipped_block``: only the column block forward_config picks, for both parts (to time tiles
-    alone)."""
+    alone); ``acts``: bench.py's three, "quick_geglu_noclamp" (its offset, no clamp), or any
+    activation without parameters (reglu, squared_reglu)."""
     from bench import OURS
 
     saved = _rt.forward_config, _rt.backward_config
     try:
-        for name in ("swiglu", "geglu", "quick_geglu"):
-            impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
-            _, params, clamp = OURS[name]  # bench.py's parameters (Quick-GEGLU: offset and clamp)
+        for name in acts:
+            module = name.removesuffix("_noclamp")
+            impl = importlib.import_module(f"moe_utils.generated.{module}")._IMPL
+            # bench.py's parameters (Quick-GEGLU: offset and clamp), else none
+            _, params, clamp = OURS.get(module, (None, (), None))
+            if name.endswith("_noclamp"):
+                clamp = None
             for n_rows, h in shapes:
                 x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
                 w = torch.rand(n_rows, 1, dtype=torch.float32, device=DEVICE)
@@ -486,6 +492,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="*", default=("fwd", "bwd"), choices=("fwd", "bwd"), help="of --only blocks")
     ap.add_argument("--bwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS backward tiles of --only blocks")
     ap.add_argument("--fwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS forward tiles of --only blocks")
+    ap.add_argument("--acts", nargs="*", default=None, help="activations of --only blocks (sweep_blocks)")
     ap.add_argument("--shipped-block", action="store_true", help="--only blocks: forward_config's column block only")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
@@ -517,7 +524,8 @@ def main() -> None:
         blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
         tiles = {k: [tuple(int(n) for n in t.split("x")) for t in v] for k, v in
                  (("bwd_tiles", args.bwd_tiles), ("fwd_tiles", args.fwd_tiles)) if v}  # fmt: skip
-        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, args.shipped_block, **tiles))
+        acts = {"acts": tuple(args.acts)} if args.acts else {}
+        groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, args.shipped_block, **tiles, **acts))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:
