@@ -325,7 +325,8 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, li
         # SwiGLU with the fp8 copy in 2 warps, against 4, at 1408 [2, 512] 191.4 -> 181.2 µs and
         # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), 2048 and 2880 [1, 1024] -0.8% / -0.3%, but
         # 768 [4, 256] +4.7%. Without the fp8 copy 2 warps were 1.1-3.4% slower at every width,
-        # and with GEGLU's or Quick-GEGLU's math 3-27% slower.
+        # and with GEGLU's math or Quick-GEGLU's clamp 3-27% slower. (Quick-GEGLU with the fp8 copy
+        # and no clamp, 14 operations, was 9.1% faster in 2 warps at 1408 in call 9: NOTES Next.)
         warps = 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
