@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap
+              counts, segwarps, early, scanmap, segscan
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -44,10 +44,6 @@ results/history/experiments-prefetch-s14-call5-*.)
 scatter loading its source rows before it waits (``_runtime.PDL_EARLY_SOURCE``), against waiting.
 ``--only segwarps``: the plan with segments of at least 8 tokens only where the map kernel runs
 several warps (shipped) and at every warp count (``routing._MIN_SEGMENT_WARPS``).
-(Session 17's ``--only scanmap``, the map kernel doing the scan's work where the count table has
-at most 1024 or 4096 counts, one launch fewer: build_plan 0.8-1.2 µs faster at E = 8, permute fwd
-up to 5.6% (8192 x 8 x 2 x 2048 33.2 -> 31.4 µs), but its full GPU suite did not finish in the
-session's device time; commit 2e30737 for its code, results/logs/session17 for its times.)
 (Session 17's ``--only dottokens``, the scatter-dot (unpermute's backward with the probs gradient)
 with 2 and 4 tokens per program in [TOKENS, k, BLOCK_H] tiles, and ``--only scansteps``, the
 plan's scan with at least 4 or 8 experts per program walking the segments in steps: slower, and
@@ -580,15 +576,7 @@ def scan_in_map_experiments(results, shapes) -> None:
         "map kernel scans <= 8192 counts, 1024 at a time": (8192, 1024),
         "map kernel scans <= 4096 counts, 1024 at a time": (4096, 1024),
     }
-    saved = routing._SCAN_IN_MAP, routing._SCAN_IN_MAP_TILE
-
-    def switch(form):
-        routing._SCAN_IN_MAP, routing._SCAN_IN_MAP_TILE = form
-
-    try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, switch)
-    finally:
-        switch(saved)
+    _plan_switch_experiment(results, shapes, ("_SCAN_IN_MAP", "_SCAN_IN_MAP_TILE"), forms)
 
 
 def segment_scan_experiments(results, shapes) -> None:
@@ -602,25 +590,25 @@ def segment_scan_experiments(results, shapes) -> None:
     for most in (256, 64):
         forms[f"<= {most} segments, scan kernel"] = (most, 0, 2048)
         forms[f"<= {most} segments, map kernel scans"] = (most, 1 << 17, 2048)
-    saved = forms["shipped"]
-
-    def switch(form):
-        routing._MAX_SEGMENTS, routing._SCAN_IN_MAP, routing._SCAN_IN_MAP_TILE = form
-
-    try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, switch)
-    finally:
-        switch(saved)
+    _plan_switch_experiment(results, shapes, ("_MAX_SEGMENTS", "_SCAN_IN_MAP", "_SCAN_IN_MAP_TILE"), forms)
 
 
-def _plan_switch_experiment(results, shapes, name: str, forms: dict) -> None:
+def _plan_switch_experiment(results, shapes, name: str | tuple[str, ...], forms: dict) -> None:
     """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
-    (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards."""
-    saved = getattr(routing, name)
+    (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards. With a tuple
+    of names each form is a tuple of their values."""
+    single = isinstance(name, str)
+    names = (name,) if single else name
+
+    def use(form) -> None:
+        for n, v in zip(names, (form,) if single else form, strict=True):
+            setattr(routing, n, v)
+
+    saved = getattr(routing, name) if single else tuple(getattr(routing, n) for n in names)
     try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, lambda v: setattr(routing, name, v))
+        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, use)
     finally:
-        setattr(routing, name, saved)
+        use(saved)
 
 
 def prefetch_experiments(results, shapes) -> None:
