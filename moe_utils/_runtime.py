@@ -257,19 +257,16 @@ _LIGHT_BACKWARD_OPS = 16
 
 def heavy_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> bool:
     """Whether a weighted backward has arithmetic the H200 does not hide behind memory: the clamp,
-    or the fp8 decode on top of math heavier than SwiGLU's (backward_config's tie rule)."""
+    or the fp8 decode on top of math of more than _LIGHT_BACKWARD_OPS operations (the GEGLUs,
+    clamped SwiGLU; backward_config's tie rule)."""
     return clamp_value is not None or (fp8 and backward_ops > _LIGHT_BACKWARD_OPS)
 
 
-#: Backward math of at most this many operations (SwiGLU's 12; ReGLU 9, squared ReGLU 11) with the
-#: fp8 copy and no clamp runs 2 warps on its 512- and 1024-column steps (backward_config).
-_LIGHT_FP8_BACKWARD_OPS = 12
-
-
 def light_fp8_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> bool:
-    """Whether a weighted backward reads the fp8 copy with math no heavier than SwiGLU's and no
-    clamp (backward_config's warps rule)."""
-    return fp8 and clamp_value is None and backward_ops <= _LIGHT_FP8_BACKWARD_OPS
+    """Whether a weighted backward reads the fp8 copy with math that is not heavy (at most
+    _LIGHT_BACKWARD_OPS operations: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) and no clamp
+    (backward_config's warps rule). Exactly the fp8 backwards that ``heavy_backward`` leaves light."""
+    return fp8 and not heavy_backward(clamp_value, fp8, backward_ops)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -281,8 +278,8 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, li
     4 warps. Below 4096 columns, ``heavy`` (``heavy_backward``: the clamp, or the fp8 decode with
     math heavier than SwiGLU's) takes the narrowest of the steps that pad the least (above 2048
     columns only from 32768 rows); the others, and every row from 4096 columns, the widest.
-    ``light_fp8`` (``light_fp8_backward``: the fp8 copy under SwiGLU's math or lighter, no clamp)
-    runs 2 warps on steps of 512 or 1024 columns.
+    ``light_fp8`` (``light_fp8_backward``: the fp8 copy, no clamp, math that is not heavy) runs 2
+    warps on steps of 512 or 1024 columns.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -325,8 +322,9 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, li
         # SwiGLU with the fp8 copy in 2 warps, against 4, at 1408 [2, 512] 191.4 -> 181.2 µs and
         # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), 2048 and 2880 [1, 1024] -0.8% / -0.3%, but
         # 768 [4, 256] +4.7%. Without the fp8 copy 2 warps were 1.1-3.4% slower at every width,
-        # and with GEGLU's math or Quick-GEGLU's clamp 3-27% slower. (Quick-GEGLU with the fp8 copy
-        # and no clamp, 14 operations, was 9.1% faster in 2 warps at 1408 in call 9: NOTES Next.)
+        # and with GEGLU's math or Quick-GEGLU's clamp 3-27% slower. Quick-GEGLU with the fp8 copy
+        # and no clamp (14 operations): 2 warps 202.2 -> 183.7 µs at 1408 [2, 512] (-9.1%), 2048
+        # [1, 1024] +1.1% (call 9); ReGLU and squared ReGLU level at 1408 and 2048.
         warps = 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
