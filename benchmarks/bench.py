@@ -135,6 +135,15 @@ OURS = {
 }
 
 
+def activation_params(name: str) -> tuple[str, tuple, float | None]:
+    """(module, parameters, clamp) of an activation as the tuning scripts name it: bench.py's three
+    with their parameters (Quick-GEGLU: offset and clamp), NAME_noclamp for the same without the
+    clamp, or any activation without parameters (reglu, squared_reglu)."""
+    module = name.removesuffix("_noclamp")
+    _, params, clamp = OURS.get(module, (None, (), None))
+    return module, params, None if name.endswith("_noclamp") else clamp
+
+
 @dataclass
 class ActivationInputs:
     """Rotating bf16 inputs of one activation shape [T, 2H] with fp32 weights, and the byte models

@@ -658,7 +658,7 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
     the probs gradient), and the weighted activations forward and backward with and without the
     fp8 copy. Run once with an older copy of the package first on PYTHONPATH and once without to
     time a change on one machine; the first line says which package was loaded."""
-    from bench import OURS
+    from bench import activation_params
 
     import moe_utils
 
@@ -674,8 +674,8 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
             for kind, fn in _routing_ops(shape, g).items():
                 record(kind, shape, bench(fn))
         for name, n_rows, h in act_shapes:
-            impl = importlib.import_module(f"moe_utils.generated.{name}")._IMPL
-            _, params, clamp = OURS[name]  # bench.py's parameters (Quick-GEGLU: offset and clamp)
+            module, params, clamp = activation_params(name)  # bench.py's (Quick-GEGLU: offset and clamp)
+            impl = importlib.import_module(f"moe_utils.generated.{module}")._IMPL
             x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16, generator=g)
             w = torch.rand(n_rows, 1, device=DEVICE, generator=g)
             grad = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16, generator=g)
@@ -741,7 +741,10 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", *_FORMS_KINDS)
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
-    ap.add_argument("--act-names", nargs="*", default=("swiglu", "quick_geglu"), help="activations of --only ops")
+    ap.add_argument(
+        "--act-names", nargs="*", default=("swiglu", "quick_geglu"),
+        help="activations of --only ops (bench.activation_params: quick_geglu_noclamp too)",
+    )  # fmt: skip
     ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
     ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
     ap.add_argument("--plan-shapes", nargs="*", default=None, help="TxExK shapes of --only plan")

@@ -189,17 +189,13 @@ def sweep_blocks(
     ``shipped_block``: only the column block forward_config picks, for both parts (to time tiles
     alone); ``acts``: bench.py's three, "quick_geglu_noclamp" (its offset, no clamp), or any
     activation without parameters (reglu, squared_reglu)."""
-    from bench import OURS
+    from bench import activation_params
 
     saved = _rt.forward_config, _rt.backward_config
     try:
         for name in acts:
-            module = name.removesuffix("_noclamp")
+            module, params, clamp = activation_params(name)
             impl = importlib.import_module(f"moe_utils.generated.{module}")._IMPL
-            # bench.py's parameters (Quick-GEGLU: offset and clamp), else none
-            _, params, clamp = OURS.get(module, (None, (), None))
-            if name.endswith("_noclamp"):
-                clamp = None
             for n_rows, h in shapes:
                 x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
                 w = torch.rand(n_rows, 1, dtype=torch.float32, device=DEVICE)
