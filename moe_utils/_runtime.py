@@ -279,7 +279,7 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, li
     math heavier than SwiGLU's) takes the narrowest of the steps that pad the least (above 2048
     columns only from 32768 rows); the others, and every row from 4096 columns, the widest.
     ``light_fp8`` (``light_fp8_backward``: the fp8 copy, no clamp, math that is not heavy) runs 2
-    warps on steps of 512 or 1024 columns.
+    warps on steps of 512 columns.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -317,14 +317,16 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, li
         block_h, tile = min(_pow2(h), 8192), 2048
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
     warps = 4 if weighted else min(16, max(4, block_h // 512))
-    if weighted and light_fp8 and block_h >= 512:
+    if weighted and light_fp8 and block_h == 512:
         # H200 (sweep.py --only blocks --parts bwd, session 18, 65536 rows; two runs at 1408):
         # SwiGLU with the fp8 copy in 2 warps, against 4, at 1408 [2, 512] 191.4 -> 181.2 µs and
-        # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), 2048 and 2880 [1, 1024] -0.8% / -0.3%, but
-        # 768 [4, 256] +4.7%. Without the fp8 copy 2 warps were 1.1-3.4% slower at every width,
-        # and with GEGLU's math or Quick-GEGLU's clamp 3-27% slower. Quick-GEGLU with the fp8 copy
-        # and no clamp (14 operations): 2 warps 202.2 -> 183.7 µs at 1408 [2, 512] (-9.1%), 2048
-        # [1, 1024] +1.1% (call 9); ReGLU and squared ReGLU level at 1408 and 2048.
+        # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), but 768 [4, 256] +4.7%. Without the fp8 copy
+        # 2 warps were 1.1-3.4% slower at every width, and with GEGLU's math or Quick-GEGLU's clamp
+        # 3-27% slower. Quick-GEGLU with the fp8 copy and no clamp (experiments.py --only ops,
+        # session 19 call 1, two runs per package): 1408 200.0 / 200.2 -> 184.4 / 184.4 µs, 16384
+        # x 1408 52.0 / 52.2 -> 48.9 / 49.0, 262144 x 1408 -4%. On 1024-column steps 2 warps gain
+        # nothing: SwiGLU 2048 / 2880 -0.8% / -0.3% (sweep; level in session 18 call 8's package
+        # A/B), Quick-GEGLU 2048 +1.1% (sweep) and +1.1% / +2.9% (A/B), 16384 x 7168 level.
         warps = 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
