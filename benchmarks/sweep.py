@@ -480,7 +480,7 @@ def main() -> None:
     )
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
     ap.add_argument("--shapes", nargs="*", default=None, help="TxH shapes for wide, blocks and unweighted")
-    ap.add_argument("--route-shapes", nargs="*", default=None, help="TxExKxH shapes of --only routing")
+    ap.add_argument("--route-shapes", nargs="*", default=None, help="TxExKxH shapes of --only routing and profile")
     ap.add_argument(
         "--route-parts", nargs="*", default=("pieces", "scatter", "scatter_dot"), help="of --only routing",
         choices=("pieces", "scatter", "scatter_dot"),
@@ -503,7 +503,11 @@ def main() -> None:
     only = set(args.only or ("act", "routing", "unweighted"))
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes] if args.shapes else None
     if "profile" in only:
-        profile_permute([*routing, (65536, 256, 2, 2048), (16384, 256, 2, 2048), (4096, 8, 2, 2048)])
+        if args.route_shapes and not DRY:
+            profiled = [tuple(int(n) for n in shape.split("x")) for shape in args.route_shapes]
+        else:
+            profiled = [*routing, (65536, 256, 2, 2048), (16384, 256, 2, 2048), (4096, 8, 2, 2048)]
+        profile_permute(profiled)
     plan_shapes = [(4096, 8, 2), (4096, 256, 2), (16384, 64, 8), (8192, 128, 8), (65536, 8, 8), (65536, 64, 2)]
     plan_shapes += [(65536, 256, 2), (16384, 1024, 8)]
     small = [(4096, 768), (16384, 768)]
