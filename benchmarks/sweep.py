@@ -208,7 +208,7 @@ def sweep_blocks(
                         continue
                     for f_tile, f_warps in fwd_tiles if "fwd" in parts else ():
                         fcfg = _rt.BlockConfig(max(1, f_tile // bh), bh, f_warps, shipped.evict_first)
-                        _rt.forward_config = lambda n, hh, c=fcfg: c
+                        _rt.forward_config = lambda n, hh, heavy=False, c=fcfg: c
                         for fp8 in (False, True):
                             nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
                             us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))

@@ -79,6 +79,11 @@ class _Printer:
         program = self._cse(named)
         return sum(int(sympy.count_ops(expr)) for _, expr in (*program.temps, *program.outputs))
 
+    def calls(self, named: tuple[tuple[str, sympy.Expr], ...], functions: tuple[type, ...]) -> bool:
+        """Whether the printed program calls any of ``functions`` (sympy function classes)."""
+        program = self._cse(named)
+        return any(expr.has(*functions) for _, expr in (*program.temps, *program.outputs))
+
     def _cse(self, named: tuple[tuple[str, sympy.Expr], ...]) -> Program:
         rewritten = tuple((name, apply_rewrites(sympy.sympify(expr), self.rewrites)) for name, expr in named)
         return cse_program(rewritten)

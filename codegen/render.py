@@ -25,6 +25,10 @@ __all__ = ["HEADER_MARK", "RenderedFile", "check", "render_package", "write"]
 
 #: Every generated file carries this marker; the writer touches no file without it.
 HEADER_MARK = "DO NOT EDIT."
+#: Functions the GPU evaluates in software (erf: a libdevice polynomial of about 20 FMAs per
+#: element; exp, log, sqrt and sigmoid are one or two MUFU instructions). A forward that calls one
+#: is heavy for _runtime.forward_config.
+SOFTWARE_FUNCTIONS = (sympy.erf,)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
     triton_fwd_lines, triton_fwd = TritonPrinter(f"{spec.name} forward").program(derived.forward)
     triton_bwd_lines, triton_bwd = TritonPrinter(f"{spec.name} backward").program(derived.backward)
     backward_ops = TritonPrinter(f"{spec.name} backward").op_count(derived.backward)
+    heavy_forward = TritonPrinter(f"{spec.name} forward").calls(derived.forward, SOFTWARE_FUNCTIONS)
     torch_fwd_lines, torch_fwd = TorchPrinter(f"{spec.name} forward").program(derived.forward)
     torch_bwd_lines, torch_bwd = TorchPrinter(f"{spec.name} backward").program(derived.backward)
     impl_keywords = []
@@ -122,6 +127,7 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
         "triton_bwd_lines": triton_bwd_lines,
         "triton_bwd": triton_bwd,
         "backward_ops": backward_ops,
+        "heavy_forward": heavy_forward,
         "torch_fwd_lines": torch_fwd_lines,
         "torch_fwd": torch_fwd,
         "torch_bwd_lines": torch_bwd_lines,

@@ -190,6 +190,9 @@ def _reglu_bwd(
 #: Operations of the backward math above (sympy.count_ops of the derived program), for the
 #: launch heuristic of _rt.backward_config.
 _BACKWARD_OPS = 9
+#: Whether the forward math calls a function the GPU evaluates in software (erf), for the launch
+#: heuristic of _rt.forward_config.
+_HEAVY_FORWARD = False
 
 
 def _launch_forward(
@@ -214,7 +217,7 @@ def _launch_forward(
     if n_rows == 0 or h == 0:
         return out, x_fp8
     if _rt.use_triton(x):
-        cfg = _rt.forward_config(n_rows, h)
+        cfg = _rt.forward_config(n_rows, h, _HEAVY_FORWARD)
         grid = (triton.cdiv(n_rows, cfg.block_r) * triton.cdiv(h, cfg.block_h),)
         _reglu_fwd[grid](
             x,

@@ -205,11 +205,11 @@ def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool
 
 
 @functools.lru_cache(maxsize=1024)
-def forward_config(n_rows: int, h: int) -> BlockConfig:
+def forward_config(n_rows: int, h: int, heavy: bool = False) -> BlockConfig:
     """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
-    least (the widest of those on a tie), in tiles of 1024 elements with 4 warps, on a grid in
-    memory order (the generated _launch_forward); launch-bound problems take 256-column blocks of
-    16 rows with 8 warps.
+    least (the widest of those on a tie), in tiles of 1024 elements with 4 warps (2048 where the
+    math is ``heavy``: the generated ``_HEAVY_FORWARD``, erf), on a grid in memory order (the
+    generated _launch_forward); launch-bound problems take 256-column blocks of 16 rows with 8 warps.
 
     Below 2**24 outputs x is loaded with eviction_policy="evict_first" (streaming). That pays off
     where x is partly in L2 when the forward starts, as it is in bench.py (one input set per
@@ -239,8 +239,14 @@ def forward_config(n_rows: int, h: int) -> BlockConfig:
     # 65536 x 2880 263.6 -> 259.1; 16384 x 768 18.8 -> 17.9; Quick-GEGLU fp8 store 65536 x 2880
     # 390 -> 370); with 1024-column blocks (2048, 7168) within 1% either way, the GEGLU fp8 store
     # at 7168 1.6-3.5% faster.
+    # Heavy math (exact GEGLU's erf, about 48 SASS instructions an element against SwiGLU's 29)
+    # keeps the SMs' issue slots nearly as busy as memory: 16 elements a thread give each warp
+    # more independent work. H200 (sweep.py --only blocks --parts fwd --acts exact_geglu, session
+    # 19 call 5), 2048-element tiles with 4 warps against the 1024 shipped then: 65536 x 2048
+    # [2, 1024] 239.5 -> 222.3 µs (Inductor's 222.7 in the same run), 65536 x 1408 [16, 128]
+    # 165.3 -> 162.3, 16384 x 768 [8, 256] 23.8 -> 23.7; 8 warps (8 a thread) no faster than 4.
     block_h = least_padding_block(h, 128, 1024)
-    block_r = min(max(1, 1024 // block_h), _pow2(n_rows))
+    block_r = min(max(1, (2048 if heavy else 1024) // block_h), _pow2(n_rows))
     return BlockConfig(block_r, block_h, 4, evict_first=n_rows * h < _STREAM_BELOW)
 
 
