@@ -282,7 +282,7 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, li
 
     With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 1024 elements,
     4 warps. Below 4096 columns, ``heavy`` (``heavy_backward``: the clamp, or the fp8 decode with
-    math heavier than SwiGLU's) takes the narrowest of the steps that pad the least (above 2048
+    math of more than _LIGHT_BACKWARD_OPS operations) takes the narrowest of the steps that pad the least (above 2048
     columns only from 32768 rows); the others, and every row from 4096 columns, the widest.
     ``light_fp8`` (``light_fp8_backward``: the fp8 copy, no clamp, math that is not heavy) runs 2
     warps on steps of 512 columns.
