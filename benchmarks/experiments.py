@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap, segscan
+              counts, segwarps, early, scanmap, segscan, realloc
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -54,6 +54,8 @@ small (``routing._SCAN_IN_MAP``: 0, 8192, 4096 counts; 4096 shipped) in chunks
 (``routing._SCAN_IN_MAP_TILE``), one launch fewer.
 ``--only segscan``: at most 256 or 64 segments (``routing._MAX_SEGMENTS``) with the scan kernel
 or with the map kernel doing its work, against the shipped 1024, at E >= 64.
+``--only realloc``: the permute and unpermute forwards over several fresh allocations of the same
+inputs in one process (NOTES Next 4: does a 16 µs op's level follow its buffers?).
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
@@ -418,9 +420,10 @@ def liger_experiments(results, shapes) -> None:
             print(f"{op} unweighted {n_rows}x{h} {impl:6s} {us:9.1f} us {moved / us / 1e3:7.0f} GB/s", flush=True)
 
 
-def _routing_ops(shape, g) -> dict:
+def _routing_ops(shape, g, inputs: dict | None = None) -> dict:
     """The four fused routing ops at ``shape`` = (tokens, experts, k, hidden), bf16 rows, top-k of
-    random scores, as bench.py calls them, and build_plan alone: name -> a function that runs one."""
+    random scores, as bench.py calls them, and build_plan alone: name -> a function that runs one.
+    ``inputs``, if given, receives the source rows, routing map and probs."""
     from sweep import routing_map
 
     import moe_utils
@@ -435,6 +438,8 @@ def _routing_ops(shape, g) -> dict:
     n_rows = n_tokens * k
     rows, perm_probs, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
     g_rows, g_probs, g_out = torch.randn_like(rows), torch.randn_like(perm_probs), torch.randn_like(x)
+    if inputs is not None:  # for experiments that look at where the inputs live
+        inputs.update(x=x, routing_map=m, probs=p)
     return {
         "plan": lambda: build_plan("exp", m, p, n_rows, False),
         "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True),
@@ -652,6 +657,27 @@ def counts_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_MOST_COUNTS", forms)
 
 
+def realloc_experiments(results, shapes, copies: int = 6) -> None:
+    """The permute forward and the unpermute forward at each shape over several fresh allocations
+    of the same inputs in one process (the same seed each time; the earlier copies stay alive, so
+    each lands on other memory): does a small op's time follow its buffers? Session 18 had 4096 x
+    8 x 2 x 2048 at 16.0 or 17.0 µs per process, whichever package ran. Prints the source rows'
+    address modulo 2 MiB beside each time (virtual: the physical pages may differ per process)."""
+    kept = []
+    with torch.no_grad():
+        for shape in shapes:
+            for copy in range(copies):
+                g = torch.Generator(device=DEVICE).manual_seed(0)
+                inputs: dict = {}
+                ops = _routing_ops(shape, g, inputs)
+                kept.append(ops)
+                for kind in ("permute_fwd", "unpermute_fwd"):
+                    us = bench(ops[kind])
+                    offset = inputs["x"].data_ptr() % (2 << 20)
+                    results.append(dict(kind=f"realloc_{kind}", shape=list(shape), variant=copy, us=us, offset=offset))
+                    print(f"{kind:14s} {list(shape)!s:24s} copy {copy} x at {offset:>8d} {us:8.1f} us", flush=True)
+
+
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
     permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
@@ -728,6 +754,7 @@ _FORMS_KINDS = {
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (16384, 64, 2, 2048),
     ]),
+    "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),
         (65536, 1024, 8, 2048), (16384, 512, 8, 2048),
