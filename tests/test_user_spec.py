@@ -104,6 +104,15 @@ def test_generated_files_are_marked_and_in_step(user_package):
     assert hasattr(torch.ops, namespace) and hasattr(getattr(torch.ops, namespace), "mish_glu_fwd")
 
 
+def test_user_spec_launch_heuristics(user_package):
+    # A user's spec gets the launch heuristics' inputs too: the kitchen sink's forward calls erf
+    # (heavy: 2048-element forward tiles), mish_glu's only exp, log and tanh.
+    _, _, generated, _ = user_package
+    sink, mish = (importlib.import_module(f"{generated.__name__}.{name}") for name in ("kitchen_sink", "mish_glu"))
+    assert sink._HEAVY_FORWARD is True and mish._HEAVY_FORWARD is False
+    assert sink._BACKWARD_OPS > mish._BACKWARD_OPS > 0
+
+
 @pytest.mark.parametrize("which", ["MISH_GLU", "KITCHEN_SINK"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
