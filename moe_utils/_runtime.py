@@ -31,7 +31,6 @@ __all__ = [
     "eager_inputs",
     "forward_config",
     "heavy_backward",
-    "light_fp8_backward",
     "pdl_args",
     "use_triton",
 ]
@@ -268,24 +267,17 @@ def heavy_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> b
     return clamp_value is not None or (fp8 and backward_ops > _LIGHT_BACKWARD_OPS)
 
 
-def light_fp8_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> bool:
-    """Whether a weighted backward reads the fp8 copy with math that is not heavy (at most
-    _LIGHT_BACKWARD_OPS operations: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) and no clamp
-    (backward_config's warps rule). Exactly the fp8 backwards that ``heavy_backward`` leaves light."""
-    return fp8 and not heavy_backward(clamp_value, fp8, backward_ops)
-
-
 @functools.lru_cache(maxsize=1024)
-def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, light_fp8: bool = False) -> BlockConfig:
+def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, fp8: bool = False) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in column steps.
 
     With weights: steps of 256 to 1024 columns (the least padding) in tiles of about 1024 elements,
     4 warps. Below 4096 columns, ``heavy`` (``heavy_backward``: the clamp, or the fp8 decode with
-    math of more than _LIGHT_BACKWARD_OPS operations) takes the narrowest of the steps that pad the least (above 2048
-    columns only from 32768 rows); the others, and every row from 4096 columns, the widest.
-    ``light_fp8`` (``light_fp8_backward``: the fp8 copy, no clamp, math that is not heavy) runs 2
-    warps on steps of 512 columns.
+    math of more than _LIGHT_BACKWARD_OPS operations) takes the narrowest of the steps that pad
+    the least (above 2048 columns only from 32768 rows); the others, and every row from 4096
+    columns, the widest. A backward that reads the fp8 copy (``fp8``) and is not heavy (no clamp,
+    light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -323,7 +315,7 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, li
         block_h, tile = min(_pow2(h), 8192), 2048
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
     warps = 4 if weighted else min(16, max(4, block_h // 512))
-    if weighted and light_fp8 and block_h == 512:
+    if weighted and fp8 and not heavy and block_h == 512:
         # H200 (sweep.py --only blocks --parts bwd, session 18, 65536 rows; two runs at 1408):
         # SwiGLU with the fp8 copy in 2 warps, against 4, at 1408 [2, 512] 191.4 -> 181.2 µs and
         # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), but 768 [4, 256] +4.7%. Without the fp8 copy

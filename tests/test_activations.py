@@ -631,7 +631,7 @@ def test_backward_config_shapes(h, n_rows):
             assert cfg.block_r * cfg.block_h <= (1024 if weighted else 8192)
         padded = {-(-h // cfg.block_h) * cfg.block_h for cfg in configs}
         assert len(padded) == 1, configs
-        # The light fp8 copy (never heavy) changes only the warps: 2 on weighted steps of 512
+        # The fp8 copy without heavy math changes only the warps: 2 on weighted steps of 512
         # columns.
         light = backward_config(n_rows, h, weighted, False, True)
         assert (light.block_r, light.block_h) == (configs[0].block_r, configs[0].block_h)
@@ -699,15 +699,18 @@ def test_heavy_backward_rule():
 def test_light_fp8_backward_rule():
     # 2 warps only with the fp8 copy, no clamp, and math that is not heavy (measured on SwiGLU,
     # session 18, and on Quick-GEGLU without the clamp): ReGLU, squared ReGLU and Quick-GEGLU too;
-    # never the GEGLUs or clamped SwiGLU. With the fp8 copy and no clamp a backward is light or heavy.
-    from moe_utils._runtime import heavy_backward, light_fp8_backward
+    # never the GEGLUs or clamped SwiGLU. As the generated launcher asks, at 1408 columns (512-column steps).
+    from moe_utils._runtime import backward_config, heavy_backward
+
+    def warps(clamp_value, fp8, n):
+        return backward_config(65536, 1408, True, heavy_backward(clamp_value, fp8, n), fp8).num_warps
 
     for name in SPECS:
         n = _module(name)._BACKWARD_OPS
-        assert not light_fp8_backward(None, False, n) and not light_fp8_backward(3.0, True, n)
+        assert warps(None, False, n) == 4 and warps(3.0, True, n) == 4
         expected = name in ("swiglu", "reglu", "squared_reglu", "quick_geglu")
-        assert light_fp8_backward(None, True, n) == expected, (name, n)
-        assert light_fp8_backward(None, True, n) != heavy_backward(None, True, n), (name, n)
+        assert (warps(None, True, n) == 2) == expected, (name, n)
+        assert (warps(None, True, n) == 2) != heavy_backward(None, True, n), (name, n)
 
 
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "exact_geglu"])
