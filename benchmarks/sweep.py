@@ -177,8 +177,8 @@ def sweep_blocks(
     acts=("swiglu", "geglu", "quick_geglu"),
 ):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
-    block of the weighted forward (fp8 store or not; tiles of ``fwd_tiles`` (elements, warps),
-    streaming loads where forward_config streams) and the column
+    block of the weighted forward (fp8 store or not; tiles of ``fwd_tiles`` (elements, warps[,
+    streaming loads 0/1]), streaming loads where forward_config streams unless given) and the column
     step of the weighted backward (bf16 or fp8 saved input), from 128 columns up, in tiles of 1024
     elements with 4 warps and 2048 with 4 or 8 (the shipped tile: 2048 with 4). Narrow blocks waste
     no masked lanes at H = 768, 1408, 2880, which matters where the arithmetic (Quick-GEGLU, the fp8
@@ -195,27 +195,31 @@ def sweep_blocks(
     try:
         for name in acts:
             module, params, clamp = activation_params(name)
-            impl = importlib.import_module(f"moe_utils.generated.{module}")._IMPL
+            generated = importlib.import_module(f"moe_utils.generated.{module}")
+            impl = generated._IMPL
             for n_rows, h in shapes:
                 x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
                 w = torch.rand(n_rows, 1, dtype=torch.float32, device=DEVICE)
                 g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
                 x8 = impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
                 e = n_rows * h
-                shipped = saved[0](n_rows, h)
+                shipped = saved[0](n_rows, h, generated._HEAVY_FORWARD)
                 for bh in (shipped.block_h,) if shipped_block else (128, 256, 512, 1024, 2048):
                     if bh > max(128, triton.next_power_of_2(h)):
                         continue
-                    for f_tile, f_warps in fwd_tiles if "fwd" in parts else ():
-                        fcfg = _rt.BlockConfig(max(1, f_tile // bh), bh, f_warps, shipped.evict_first)
+                    for f_tile, f_warps, *evict in fwd_tiles if "fwd" in parts else ():
+                        stream = bool(evict[0]) if evict else shipped.evict_first
+                        fcfg = _rt.BlockConfig(max(1, f_tile // bh), bh, f_warps, stream)
                         _rt.forward_config = lambda n, hh, heavy=False, c=fcfg: c
                         for fp8 in (False, True):
                             nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
                             us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))
                             kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
-                            row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, f_warps], us=us)
+                            row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, f_warps, *evict], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
-                            same = (fcfg.block_r, bh, f_warps) == (shipped.block_r, shipped.block_h, shipped.num_warps)
+                            same = (fcfg.block_r, bh, f_warps, stream) == (
+                                shipped.block_r, shipped.block_h, shipped.num_warps, shipped.evict_first
+                            )  # fmt: skip
                             mark = " (shipped)" if same else ""
                             print(kind, n_rows, h, row["config"], f"{us:.1f} us{mark}", flush=True)
                     for tile, nw in bwd_tiles if bh <= 1024 and "bwd" in parts else ():
@@ -487,7 +491,10 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--parts", nargs="*", default=("fwd", "bwd"), choices=("fwd", "bwd"), help="of --only blocks")
     ap.add_argument("--bwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS backward tiles of --only blocks")
-    ap.add_argument("--fwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS forward tiles of --only blocks")
+    ap.add_argument(
+        "--fwd-tiles", nargs="*", default=None,
+        help="ELEMENTSxWARPS[xSTREAM] forward tiles of --only blocks (STREAM 0/1: evict_first off/on)",
+    )  # fmt: skip
     ap.add_argument("--acts", nargs="*", default=None, help="activations of --only blocks (sweep_blocks)")
     ap.add_argument("--shipped-block", action="store_true", help="--only blocks: forward_config's column block only")
     args = ap.parse_args()
