@@ -661,21 +661,29 @@ def realloc_experiments(results, shapes, copies: int = 6) -> None:
     """The permute forward and the unpermute forward at each shape over several fresh allocations
     of the same inputs in one process (the same seed each time; the earlier copies stay alive, so
     each lands on other memory): does a small op's time follow its buffers? Session 18 had 4096 x
-    8 x 2 x 2048 at 16.0 or 17.0 µs per process, whichever package ran. Prints the source rows'
-    address modulo 2 MiB beside each time (virtual: the physical pages may differ per process)."""
-    kept = []
+    8 x 2 x 2048 at 16.0 or 17.0 µs per process, whichever package ran. Each shape's copies are
+    timed twice: in allocation order, then in reverse (a level that follows the copy is the
+    memory's, one that follows the order is the process's). Prints the source rows' address
+    modulo 2 MiB beside each time (virtual: the physical pages may differ per process)."""
     with torch.no_grad():
         for shape in shapes:
-            for copy in range(copies):
+            kept = []
+            for _ in range(copies):
                 g = torch.Generator(device=DEVICE).manual_seed(0)
                 inputs: dict = {}
-                ops = _routing_ops(shape, g, inputs)
-                kept.append(ops)
-                for kind in ("permute_fwd", "unpermute_fwd"):
-                    us = bench(ops[kind])
-                    offset = inputs["x"].data_ptr() % (2 << 20)
-                    results.append(dict(kind=f"realloc_{kind}", shape=list(shape), variant=copy, us=us, offset=offset))
-                    print(f"{kind:14s} {list(shape)!s:24s} copy {copy} x at {offset:>8d} {us:8.1f} us", flush=True)
+                kept.append((_routing_ops(shape, g, inputs), inputs))
+            for rep, order in enumerate((range(copies), reversed(range(copies)))):
+                for copy in order:
+                    ops, inputs = kept[copy]
+                    for kind in ("permute_fwd", "unpermute_fwd"):
+                        us = bench(ops[kind])
+                        offset = inputs["x"].data_ptr() % (2 << 20)
+                        row = dict(kind=f"realloc_{kind}", shape=list(shape), variant=copy, us=us, offset=offset)
+                        results.append({**row, "pass": rep})
+                        print(
+                            f"{kind:14s} {list(shape)!s:24s} pass {rep} copy {copy} x at {offset:>8d} {us:8.1f} us",
+                            flush=True,
+                        )
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
