@@ -203,22 +203,23 @@ def sweep_blocks(
                 g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
                 x8 = impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
                 e = n_rows * h
-                shipped = saved[0](n_rows, h, generated._HEAVY_FORWARD)
+                shipped = saved[0](n_rows, h, generated._HEAVY_FORWARD)  # the column block: fp8 or not
                 for bh in (shipped.block_h,) if shipped_block else (128, 256, 512, 1024, 2048):
                     if bh > max(128, triton.next_power_of_2(h)):
                         continue
                     for f_tile, f_warps, *evict in fwd_tiles if "fwd" in parts else ():
                         stream = bool(evict[0]) if evict else shipped.evict_first
                         fcfg = _rt.BlockConfig(max(1, f_tile // bh), bh, f_warps, stream)
-                        _rt.forward_config = lambda n, hh, heavy=False, c=fcfg: c
+                        _rt.forward_config = lambda n, hh, heavy=False, fp8=False, c=fcfg: c
                         for fp8 in (False, True):
                             nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
                             us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))
                             kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
                             row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, f_warps, *evict], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
+                            ship = saved[0](n_rows, h, generated._HEAVY_FORWARD, fp8)
                             same = (fcfg.block_r, bh, f_warps, stream) == (
-                                shipped.block_r, shipped.block_h, shipped.num_warps, shipped.evict_first
+                                ship.block_r, ship.block_h, ship.num_warps, ship.evict_first
                             )  # fmt: skip
                             mark = " (shipped)" if same else ""
                             print(kind, n_rows, h, row["config"], f"{us:.1f} us{mark}", flush=True)

@@ -217,7 +217,7 @@ def _launch_forward(
     if n_rows == 0 or h == 0:
         return out, x_fp8
     if _rt.use_triton(x):
-        cfg = _rt.forward_config(n_rows, h, _HEAVY_FORWARD)
+        cfg = _rt.forward_config(n_rows, h, _HEAVY_FORWARD, fp8_store)
         grid = (triton.cdiv(n_rows, cfg.block_r) * triton.cdiv(h, cfg.block_h),)
         _reglu_fwd[grid](
             x,

@@ -640,22 +640,23 @@ def test_backward_config_shapes(h, n_rows):
             assert configs[0] == configs[1]
 
 
+@pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("heavy", [False, True])
 @pytest.mark.parametrize("h", [1, 5, 96, 768, 1408, 2048, 2880, 7168, 20000])
 @pytest.mark.parametrize("n_rows", [1, 3, 4096, 16384, 65536])
-def test_forward_config_shapes(h, n_rows, heavy):
+def test_forward_config_shapes(h, n_rows, heavy, fp8):
     # Launch shapes are powers of two within the rows' and the width's powers of two. Launch-bound
     # forwards (below 2**22 outputs) run 8 warps on tiles of at most 4096 elements, at most 256
-    # columns wide; the others 4 warps on tiles of 1024 elements, 2048 with heavy math (fewer only
-    # where the rows are fewer), streamed (evict_first) below 2**24 outputs, in the same column
-    # blocks either way.
+    # columns wide; the others 4 warps on tiles of 1024 elements, with heavy math 2048 (1024 in
+    # 2 warps with the fp8 store), fewer only where the rows are fewer, streamed (evict_first)
+    # below 2**24 outputs, in the same column blocks either way. Light math ignores the store.
     from moe_utils import _runtime as rt
 
     pow2 = lambda n: 1 << max(0, (n - 1).bit_length())  # noqa: E731
-    cfg = rt.forward_config(n_rows, h, heavy)
+    cfg = rt.forward_config(n_rows, h, heavy, fp8)
     light = rt.forward_config(n_rows, h)
-    assert cfg.block_h == light.block_h and cfg.num_warps == light.num_warps, (cfg, light)
-    assert cfg.evict_first == light.evict_first, (cfg, light)
+    assert rt.forward_config(n_rows, h, False, fp8) == light
+    assert cfg.block_h == light.block_h and cfg.evict_first == light.evict_first, (cfg, light)
     for v in (cfg.block_r, cfg.block_h, cfg.num_warps):
         assert v == pow2(v), cfg
     tile = cfg.block_r * cfg.block_h
@@ -664,8 +665,8 @@ def test_forward_config_shapes(h, n_rows, heavy):
     if outputs < rt._SMALL_BELOW:
         assert cfg.num_warps == 8 and cfg.block_h <= 256 and not cfg.evict_first, cfg
     else:
-        assert cfg.num_warps == 4 and cfg.evict_first == (outputs < rt._STREAM_BELOW), cfg
-        full = 2048 if heavy else 1024
+        assert cfg.num_warps == (2 if heavy and fp8 else 4) and cfg.evict_first == (outputs < rt._STREAM_BELOW), cfg
+        full = 2048 if heavy and not fp8 else 1024
         assert tile == full or (tile > full and cfg.block_r == 1) or cfg.block_r == pow2(n_rows), cfg
 
 
@@ -713,14 +714,15 @@ def test_light_fp8_backward_rule():
         assert (warps(None, True, n) == 2) != heavy_backward(None, True, n), (name, n)
 
 
+@pytest.mark.parametrize("fp8", [True, False])
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "exact_geglu"])
 @pytest.mark.parametrize("h", [300, 600])
-def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h):
+def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h, fp8):
     # Small problems take 256-column blocks, large ones the block that pads a row the least (128
-    # columns at these widths; exact GEGLU's heavy math in 16-row tiles, the others in 8); the
-    # interpreter's shapes are all small, so force the large shape too (with bias, weights, clamp
-    # and the fp8 copy) and compare bits: the forward is elementwise, so the launch shape must not
-    # change a single one.
+    # columns at these widths; exact GEGLU's heavy math in 16-row tiles, or 8 rows in 2 warps with
+    # the fp8 copy; the others in 8 rows); the interpreter's shapes are all small, so force the
+    # large shape too (with bias, weights, clamp, with and without the fp8 copy) and compare bits:
+    # the forward is elementwise, so the launch shape must not change a single one.
     from conftest import TRITON
 
     from moe_utils import _runtime as rt
@@ -736,10 +738,11 @@ def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h):
     for small_below in (1 << 62, 0):
         monkeypatch.setattr(rt, "_SMALL_BELOW", small_below)
         rt.forward_config.cache_clear()
-        cfg = rt.forward_config(21, h, _module(name)._HEAVY_FORWARD)
+        cfg = rt.forward_config(21, h, _module(name)._HEAVY_FORWARD, fp8)
         params = _params(SPECS[name], make_generator(3))
-        results.append(((cfg.block_r, cfg.block_h), launch(x, bias, w, True, 3.0, False, *params)))
+        results.append(((cfg.block_r, cfg.block_h, cfg.num_warps), launch(x, bias, w, fp8, 3.0, False, *params)))
     rt.forward_config.cache_clear()
     (small, (out_a, fp8_a)), (large, (out_b, fp8_b)) = results
     assert small != large  # two different launch shapes ran
+    assert out_a.isfinite().all() and fp8_a.numel() == (x.numel() if fp8 else 0)
     assert torch.equal(out_a, out_b) and torch.equal(fp8_a, fp8_b)
