@@ -207,9 +207,10 @@ def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool
 def forward_config(n_rows: int, h: int, heavy: bool = False, fp8: bool = False) -> BlockConfig:
     """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
     least (the widest of those on a tie), in tiles of 1024 elements with 4 warps (where the math is
-    ``heavy``, the generated ``_HEAVY_FORWARD`` (erf): 2048 elements with 4 warps, or 1024 with 2
-    warps when the forward also stores the ``fp8`` copy), on a grid in memory order (the generated
-    _launch_forward); launch-bound problems take 256-column blocks of 16 rows with 8 warps.
+    ``heavy``, the generated ``_HEAVY_FORWARD`` (erf): 2048 elements with 4 warps, or, when the
+    forward also stores the ``fp8`` copy, 1024 with 2 warps where the loads do not stream), on a
+    grid in memory order (the generated _launch_forward); launch-bound problems take 256-column
+    blocks of 16 rows with 8 warps.
 
     Below 2**24 outputs x is loaded with eviction_policy="evict_first" (streaming). That pays off
     where x is partly in L2 when the forward starts, as it is in bench.py (one input set per
@@ -247,13 +248,19 @@ def forward_config(n_rows: int, h: int, heavy: bool = False, fp8: bool = False) 
     # 165.3 -> 162.3, 16384 x 768 [8, 256] 23.8 -> 23.7; 8 warps (8 a thread) no faster than 4.
     # With the fp8 store (one more stream of stores, and the e4m3 conversion) those tiles are no
     # faster than 1024 elements; 1024 elements in 2 warps (16 a thread, as in the 2048-element
-    # tile, in programs half the size) are faster still. Against the 2048 x 4 shipped then
-    # (session 20 call 1, the same sweep with the store): 65536 x 2048 282.7 -> 268.7 µs, 7168
-    # 1034.7 -> 985.3, 2880 441.7 -> 436.0, 1408 212.1 -> 208.5; 16384 x 768 31.4 -> 31.8.
+    # tile, in programs half the size) are faster still where the loads do not stream. Against
+    # the 2048 x 4 shipped then (session 20 call 1, the same sweep with the store): 65536 x 2048
+    # 282.7 -> 268.7 µs, 7168 1034.7 -> 985.3, 2880 441.7 -> 436.0, 1408 212.1 -> 208.5; in the
+    # same-run A/B (call 2, two runs each) 281.1 / 281.2 -> 265.3 / 264.7, 978.1 / 975.3 ->
+    # 926.6 / 950.6, 211.0 / 214.6 -> 209.7 / 210.9. Streamed (16384 x 768) 2 warps were slower,
+    # 31.3 / 31.3 -> 31.8 / 31.8 (A/B), and 1024 elements with 4 warps faster, 31.4 -> 30.4-30.7
+    # (sweep): there the fp8 store keeps the light tile. Light math with 2 warps and the store:
+    # level or up to 6% slower (call 2).
     block_h = least_padding_block(h, 128, 1024)
-    tile, warps = (1024, 2) if heavy and fp8 else (2048, 4) if heavy else (1024, 4)
+    stream = n_rows * h < _STREAM_BELOW
+    tile, warps = ((1024, 4) if stream else (1024, 2)) if heavy and fp8 else (2048, 4) if heavy else (1024, 4)
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
-    return BlockConfig(block_r, block_h, warps, evict_first=n_rows * h < _STREAM_BELOW)
+    return BlockConfig(block_r, block_h, warps, evict_first=stream)
 
 
 #: Forward inputs with fewer outputs than this are loaded with eviction_policy="evict_first".

@@ -647,9 +647,10 @@ def test_backward_config_shapes(h, n_rows):
 def test_forward_config_shapes(h, n_rows, heavy, fp8):
     # Launch shapes are powers of two within the rows' and the width's powers of two. Launch-bound
     # forwards (below 2**22 outputs) run 8 warps on tiles of at most 4096 elements, at most 256
-    # columns wide; the others 4 warps on tiles of 1024 elements, with heavy math 2048 (1024 in
-    # 2 warps with the fp8 store), fewer only where the rows are fewer, streamed (evict_first)
-    # below 2**24 outputs, in the same column blocks either way. Light math ignores the store.
+    # columns wide; the others 4 warps on tiles of 1024 elements, with heavy math 2048 (1024 with
+    # the fp8 store, in 2 warps where not streamed), fewer only where the rows are fewer, streamed
+    # (evict_first) below 2**24 outputs, in the same column blocks either way. Light math ignores
+    # the store.
     from moe_utils import _runtime as rt
 
     pow2 = lambda n: 1 << max(0, (n - 1).bit_length())  # noqa: E731
@@ -665,7 +666,8 @@ def test_forward_config_shapes(h, n_rows, heavy, fp8):
     if outputs < rt._SMALL_BELOW:
         assert cfg.num_warps == 8 and cfg.block_h <= 256 and not cfg.evict_first, cfg
     else:
-        assert cfg.num_warps == (2 if heavy and fp8 else 4) and cfg.evict_first == (outputs < rt._STREAM_BELOW), cfg
+        stream = outputs < rt._STREAM_BELOW
+        assert cfg.num_warps == (2 if heavy and fp8 and not stream else 4) and cfg.evict_first == stream, cfg
         full = 2048 if heavy and not fp8 else 1024
         assert tile == full or (tile > full and cfg.block_r == 1) or cfg.block_r == pow2(n_rows), cfg
 
@@ -719,10 +721,11 @@ def test_light_fp8_backward_rule():
 @pytest.mark.parametrize("h", [300, 600])
 def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h, fp8):
     # Small problems take 256-column blocks, large ones the block that pads a row the least (128
-    # columns at these widths; exact GEGLU's heavy math in 16-row tiles, or 8 rows in 2 warps with
-    # the fp8 copy; the others in 8 rows); the interpreter's shapes are all small, so force the
-    # large shape too (with bias, weights, clamp, with and without the fp8 copy) and compare bits:
-    # the forward is elementwise, so the launch shape must not change a single one.
+    # columns at these widths; exact GEGLU's heavy math in 16-row tiles, or with the fp8 copy 8
+    # rows, in 2 warps where the loads do not stream; the others in 8 rows); the interpreter's
+    # shapes are all small, so force the large shapes too, streamed and not (with bias, weights,
+    # clamp, with and without the fp8 copy), and compare bits: the forward is elementwise, so the
+    # launch shape must not change a single one.
     from conftest import TRITON
 
     from moe_utils import _runtime as rt
@@ -735,14 +738,17 @@ def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h, fp8):
     bias = torch.randn(2 * h, generator=gen).to(torch.bfloat16).to(DEVICE)
     w = torch.rand(21, generator=gen).to(DEVICE)
     results = []
-    for small_below in (1 << 62, 0):
+    for small_below, stream_below in ((1 << 62, 1 << 62), (0, 1 << 62), (0, 0)):
         monkeypatch.setattr(rt, "_SMALL_BELOW", small_below)
+        monkeypatch.setattr(rt, "_STREAM_BELOW", stream_below)
         rt.forward_config.cache_clear()
         cfg = rt.forward_config(21, h, _module(name)._HEAVY_FORWARD, fp8)
         params = _params(SPECS[name], make_generator(3))
-        results.append(((cfg.block_r, cfg.block_h, cfg.num_warps), launch(x, bias, w, fp8, 3.0, False, *params)))
+        shape = (cfg.block_r, cfg.block_h, cfg.num_warps, cfg.evict_first)
+        results.append((shape, launch(x, bias, w, fp8, 3.0, False, *params)))
     rt.forward_config.cache_clear()
-    (small, (out_a, fp8_a)), (large, (out_b, fp8_b)) = results
-    assert small != large  # two different launch shapes ran
+    (small, (out_a, fp8_a)), *large = results
+    assert len({small, *(shape for shape, _ in large)}) == 3  # three different launch shapes ran
     assert out_a.isfinite().all() and fp8_a.numel() == (x.numel() if fp8 else 0)
-    assert torch.equal(out_a, out_b) and torch.equal(fp8_a, fp8_b)
+    for _, (out_b, fp8_b) in large:
+        assert torch.equal(out_a, out_b) and torch.equal(fp8_a, fp8_b)
