@@ -257,10 +257,18 @@ def main() -> int:
         # One row per (family, op, impl, shape): a later file (sorted by name) replaces an earlier one.
         rows = list(_index([r for _, rs in runs for r in rs]).values())
         text = [f"# {card}", ""]
-        for meta, _ in runs:
+        for meta, results in runs:
+            passes = ""
+            if meta.get("passes", 1) > 1:  # bench.py --passes: the median pass's row, every pass's time beside it
+                worst = max(results, key=lambda r: r.get("spread_pct", 0.0))
+                passes = (
+                    f", the median of {meta['passes']} passes (widest spread {worst['spread_pct']:.1f}%: "
+                    f"{worst['family']} {worst['op']} {worst['impl']} {tuple(worst['shape'])})"
+                )
             text.append(
                 f"- `{meta['file']}`: device-to-device copy {meta['copy_gbs']:.0f} GB/s, torch {meta['torch']}, "
-                f"triton {meta['triton']}, {meta['seconds']:.0f} s" + (f". {meta['note']}" if "note" in meta else "")
+                f"triton {meta['triton']}, {meta['seconds']:.0f} s{passes}"
+                + (f". {meta['note']}" if "note" in meta else "")
             )
         text += [
             "",
