@@ -84,6 +84,7 @@ import importlib
 import json
 import pathlib
 import sys
+import time
 
 import torch
 import triton
@@ -91,7 +92,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import baselines
-from sweep import DEVICE, DRY, bench, gen  # one timing method and one dry-run switch for both scripts
+from sweep import DEVICE, DRY, bench, gen, warm_up  # one timing method and one dry-run switch for both scripts
 
 from moe_utils import _runtime as _rt
 from moe_utils import routing, unpermutation
@@ -665,6 +666,7 @@ def realloc_experiments(results, shapes, copies: int = 6) -> None:
     timed twice: in allocation order, then in reverse (a level that follows the copy is the
     memory's, one that follows the order is the process's). Prints the source rows' address
     modulo 2 MiB beside each time (virtual: the physical pages may differ per process)."""
+    started = time.time()
     with torch.no_grad():
         for shape in shapes:
             kept = []
@@ -679,9 +681,10 @@ def realloc_experiments(results, shapes, copies: int = 6) -> None:
                         us = bench(ops[kind])
                         offset = inputs["x"].data_ptr() % (2 << 20)
                         row = dict(kind=f"realloc_{kind}", shape=list(shape), variant=copy, us=us, offset=offset)
-                        results.append({**row, "pass": rep})
+                        results.append({**row, "pass": rep, "t_s": time.time() - started})
                         print(
-                            f"{kind:14s} {list(shape)!s:24s} pass {rep} copy {copy} x at {offset:>8d} {us:8.1f} us",
+                            f"{kind:14s} {list(shape)!s:24s} pass {rep} copy {copy} x at {offset:>8d} {us:8.1f} us"
+                            f" at {time.time() - started:5.1f} s",
                             flush=True,
                         )
 
@@ -774,6 +777,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="appended to the output file's name")
+    ap.add_argument("--warmup-s", type=float, default=0.0, help="seconds of 1 GiB copies before any timing")
     kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", *_FORMS_KINDS)
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument(
@@ -788,6 +792,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
+    warm_up(args.warmup_s)
     results = []
     forms_shapes = None
     if args.forms_shapes and not DRY:
