@@ -49,10 +49,11 @@ def bench(fn) -> float:
 
 
 def warm_up(seconds: float) -> None:
-    """Keep the GPU copying 1 GiB buffers for about ``seconds`` before anything is timed. Session
-    20 (experiments.py --only realloc, calls 1-2): the first three copies of 4096 x 8 x 2 x 2048
-    timed in a fresh process ran its permute forward at 17.0-17.1 µs, every later timing, of the
-    same buffers too, at 15.6-16.1."""
+    """Keep the GPU copying 1 GiB buffers for about ``seconds`` before anything is timed (a control
+    for a cold GPU). Session 20 (experiments.py --only realloc): the first three copies of 4096 x
+    8 x 2 x 2048 timed in a fresh process ran its permute forward at 16.8-17.4 µs, every later
+    timing, of the same inputs too, at 15.5-16.1; three seconds of this first (call 6) left that
+    unchanged, so a cold GPU is not the cause."""
     if DRY or seconds <= 0:
         return
     a = torch.empty(1 << 29, dtype=DTYPE, device=DEVICE)
