@@ -1,6 +1,6 @@
 """Instruction counts of a generated activation kernel's main loop, compiled for sm_90 on the CPU.
 
-    python benchmarks/sass_loop.py swiglu,geglu,quick_geglu [--forward]
+    python benchmarks/sass_loop.py swiglu,geglu,quick_geglu [--forward] [--tiles 8x256x4 2x1024x4]
     python benchmarks/sass_loop.py --map      # the routing plan's map kernel instead
 
 No GPU needed: Triton compiles for a CUDA sm_90 target and the cuobjdump that its wheel carries
@@ -65,6 +65,10 @@ def main() -> None:
     ap.add_argument("names", nargs="?", default="", help="comma-separated activation names")
     ap.add_argument("--forward", action="store_true", help="the forward kernel instead of the backward")
     ap.add_argument("--map", action="store_true", help="the routing plan's map kernel")
+    ap.add_argument(
+        "--tiles", nargs="*", default=None,
+        help="ROWSxCOLUMNSxWARPS tiles (default: forward 32x128x8 4x1024x8, backward 4x512x4 4x256x4 1x1024x4)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.map:
         map_kernel()
@@ -72,15 +76,18 @@ def main() -> None:
     for name in args.names.split(","):
         mod = importlib.import_module(f"moe_utils.generated.{name}")
         kernel = getattr(mod, f"_{name}_{'fwd' if args.forward else 'bwd'}")
+        tiles = ((32, 128, 8), (4, 1024, 8)) if args.forward else ((4, 512, 4), (4, 256, 4), (1, 1024, 4))
+        if args.tiles:
+            tiles = tuple(tuple(int(v) for v in tile.split("x")) for tile in args.tiles)
         for fp8 in (False, True):
-            for br, bh in ((4, 512), (4, 256), (1, 1024)) if not args.forward else ((32, 128), (4, 1024)):
+            for br, bh, warps in tiles:
                 common = dict(HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=name == "quick_geglu", NATIVE_FP8=True)
                 if args.forward:
                     cx = dict(common, STORE_FP8=fp8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh)
-                    warps, types = 8, {}
+                    types = {}
                 else:
                     cx = dict(common, LOAD_FP8=fp8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh)
-                    warps, types = 4, ({"x_ptr": "*u8"} if fp8 else {})
+                    types = {"x_ptr": "*u8"} if fp8 else {}
                 lines, regs = sass(kernel, cx, warps, FLOATS, types=types)
                 body = lines if args.forward else loop_body(lines)
                 pairs = br * bh / (32 * warps)
