@@ -19,6 +19,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One of several test processes (pytest -n): one intra-op thread each, so that the workers do
+    # not contend for the CPUs with torch's thread pools.
+    torch.set_num_threads(1)
 
 import pytest
 
