@@ -92,7 +92,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import baselines
-from sweep import DEVICE, DRY, bench, gen, warm_up  # one timing method and one dry-run switch for both scripts
+from sweep import DEVICE, DRY, bench, dims, gen, warm_up  # one timing method and one dry-run switch for both scripts
 
 from moe_utils import _runtime as _rt
 from moe_utils import routing, unpermutation
@@ -784,11 +784,15 @@ def main() -> None:
         "--act-names", nargs="*", default=("swiglu", "quick_geglu"),
         help="activations of --only ops (bench.activation_params: quick_geglu_noclamp too)",
     )  # fmt: skip
-    ap.add_argument("--act-shapes", nargs="*", default=None, help="TxH shapes of --only ops' activations")
+    ap.add_argument("--act-shapes", nargs="*", type=dims, default=None, help="TxH shapes of --only ops' activations")
     ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
-    ap.add_argument("--plan-shapes", nargs="*", default=None, help="TxExK shapes of --only plan")
+    ap.add_argument("--plan-shapes", nargs="*", type=dims, default=None, help="TxExK shapes of --only plan")
     ap.add_argument(
-        "--forms-shapes", nargs="*", default=None, help="TxExKxH shapes of --only gather, ops and the forms kinds"
+        "--forms-shapes",
+        nargs="*",
+        type=dims,
+        default=None,
+        help="TxExKxH shapes of --only gather, ops and the forms kinds",
     )
     args = ap.parse_args()
     card = "dry" if DRY else torch.cuda.get_device_name()
@@ -796,7 +800,7 @@ def main() -> None:
     results = []
     forms_shapes = None
     if args.forms_shapes and not DRY:
-        forms_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.forms_shapes]
+        forms_shapes = args.forms_shapes
     if "scatter" in args.only:
         shapes = [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else [
             (16384, 64, 8, 2048), (8192, 128, 8, 7168), (65536, 8, 2, 2048), (65536, 256, 2, 2048), (4096, 64, 2, 2048),
@@ -809,7 +813,7 @@ def main() -> None:
             (65536, 64, 2), (65536, 256, 2), (65536, 256, 8), (16384, 1024, 8),
         ]  # fmt: skip
         if args.plan_shapes and not DRY:
-            shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.plan_shapes]
+            shapes = args.plan_shapes
         plan_experiments(results, shapes)
     if "order" in args.only:
         shapes = [(5, 24), (3, 80)] if DRY else [
@@ -826,7 +830,7 @@ def main() -> None:
         route = forms_shapes or route
         sizes = ((65536, 1408), (65536, 768), (65536, 2880), (65536, 7168), (16384, 768), (4096, 768), (262144, 1408))
         if args.act_shapes:
-            sizes = tuple(tuple(int(v) for v in shape.split("x")) for shape in args.act_shapes)
+            sizes = tuple(args.act_shapes)
         if DRY:
             sizes = ((4, 24), (3, 40))
         act = [(name, t, h) for name in args.act_names for t, h in sizes]
@@ -848,7 +852,7 @@ def main() -> None:
     else:
         fwd_shapes = [(4, 24), (3, 40)] if DRY else [(16384, 768), (65536, 2048), (65536, 7168)]
         if args.act_shapes and not DRY:
-            fwd_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.act_shapes]
+            fwd_shapes = args.act_shapes
         bwd_shapes = [(5, 24)] if DRY else [] if args.act_shapes else [(65536, 2048), (65536, 7168)]
     for n_rows, h in fwd_shapes:
         x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)

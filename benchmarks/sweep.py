@@ -48,6 +48,11 @@ def bench(fn) -> float:
     return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") * 1e3  # µs
 
 
+def dims(text: str) -> tuple[int, ...]:
+    """A shape or tile from the command line: "65536x2048" -> (65536, 2048) (argparse's type=)."""
+    return tuple(int(v) for v in text.split("x"))
+
+
 def warm_up(seconds: float) -> None:
     """Keep the GPU copying 1 GiB buffers for about ``seconds`` before anything is timed (a control
     for a cold GPU). Session 20 (experiments.py --only realloc): the first three copies of 4096 x
@@ -220,7 +225,8 @@ def sweep_blocks(
                 g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
                 x8 = impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
                 e = n_rows * h
-                shipped = saved[0](n_rows, h, generated._HEAVY_FORWARD)  # the column block: fp8 or not
+                ships = {fp8: saved[0](n_rows, h, generated._HEAVY_FORWARD, fp8) for fp8 in (False, True)}
+                shipped = ships[False]  # its column block and streaming are the store's too
                 for bh in (shipped.block_h,) if shipped_block else (128, 256, 512, 1024, 2048):
                     if bh > max(128, triton.next_power_of_2(h)):
                         continue
@@ -234,7 +240,7 @@ def sweep_blocks(
                             kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
                             row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, f_warps, *evict], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
-                            ship = saved[0](n_rows, h, generated._HEAVY_FORWARD, fp8)
+                            ship = ships[fp8]
                             same = (fcfg.block_r, bh, f_warps, stream) == (
                                 ship.block_r, ship.block_h, ship.num_warps, ship.evict_first
                             )  # fmt: skip
@@ -501,16 +507,20 @@ def main() -> None:
         "--only", nargs="*", choices=("act", "routing", "unweighted", "profile", "plan", "small", "wide", "blocks")
     )
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this long")
-    ap.add_argument("--shapes", nargs="*", default=None, help="TxH shapes for wide, blocks and unweighted")
-    ap.add_argument("--route-shapes", nargs="*", default=None, help="TxExKxH shapes of --only routing and profile")
+    ap.add_argument("--shapes", nargs="*", type=dims, default=None, help="TxH shapes for wide, blocks and unweighted")
+    ap.add_argument(
+        "--route-shapes", nargs="*", type=dims, default=None, help="TxExKxH shapes of --only routing and profile"
+    )
     ap.add_argument(
         "--route-parts", nargs="*", default=("pieces", "scatter", "scatter_dot"), help="of --only routing",
         choices=("pieces", "scatter", "scatter_dot"),
     )  # fmt: skip
     ap.add_argument("--parts", nargs="*", default=("fwd", "bwd"), choices=("fwd", "bwd"), help="of --only blocks")
-    ap.add_argument("--bwd-tiles", nargs="*", default=None, help="ELEMENTSxWARPS backward tiles of --only blocks")
     ap.add_argument(
-        "--fwd-tiles", nargs="*", default=None,
+        "--bwd-tiles", nargs="*", type=dims, default=None, help="ELEMENTSxWARPS backward tiles of --only blocks"
+    )
+    ap.add_argument(
+        "--fwd-tiles", nargs="*", type=dims, default=None,
         help="ELEMENTSxWARPS[xSTREAM] forward tiles of --only blocks (STREAM 0/1: evict_first off/on)",
     )  # fmt: skip
     ap.add_argument("--acts", nargs="*", default=None, help="activations of --only blocks (sweep_blocks)")
@@ -526,10 +536,10 @@ def main() -> None:
     groups = []
     routing = [(16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 256, 8, 4096)]
     only = set(args.only or ("act", "routing", "unweighted"))
-    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes] if args.shapes else None
+    shapes = args.shapes or None
     if "profile" in only:
         if args.route_shapes and not DRY:
-            profiled = [tuple(int(n) for n in shape.split("x")) for shape in args.route_shapes]
+            profiled = args.route_shapes
         else:
             profiled = [*routing, (65536, 256, 2, 2048), (16384, 256, 2, 2048), (4096, 8, 2, 2048)]
         profile_permute(profiled)
@@ -547,15 +557,14 @@ def main() -> None:
         groups.append(sweep_wide_forward(results, copy, shapes or wide))
     if "blocks" in only:
         blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
-        tiles = {k: [tuple(int(n) for n in t.split("x")) for t in v] for k, v in
-                 (("bwd_tiles", args.bwd_tiles), ("fwd_tiles", args.fwd_tiles)) if v}  # fmt: skip
+        tiles = {k: v for k, v in (("bwd_tiles", args.bwd_tiles), ("fwd_tiles", args.fwd_tiles)) if v}
         acts = {"acts": tuple(args.acts)} if args.acts else {}
         groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, args.shipped_block, **tiles, **acts))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
     if "routing" in only:
         if args.route_shapes and not DRY:
-            routing = [tuple(int(n) for n in shape.split("x")) for shape in args.route_shapes]
+            routing = args.route_shapes
         groups.append(sweep_routing(results, copy, routing, args.route_parts))
     if "unweighted" in only:
         unweighted = [(3, 48)] if DRY else [(65536, 7168), (65536, 2880), (65536, 2048), (16384, 768)]
