@@ -337,7 +337,7 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
                             view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
                             hidden, 0, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
                             DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=bk, BLOCK_H=bh,
-                            num_warps=nw, PDL=0,
+                            num_warps=nw, PDL=0, EARLY_SRC=False,
                         )  # fmt: skip
 
                     us = bench(run)
