@@ -258,7 +258,11 @@ def forward_config(n_rows: int, h: int, heavy: bool = False, fp8: bool = False) 
     # level or up to 6% slower (call 2).
     block_h = least_padding_block(h, 128, 1024)
     stream = n_rows * h < _STREAM_BELOW
-    tile, warps = ((1024, 4) if stream else (1024, 2)) if heavy and fp8 else (2048, 4) if heavy else (1024, 4)
+    tile, warps = 1024, 4
+    if heavy and not fp8:
+        tile = 2048
+    elif heavy and not stream:
+        warps = 2
     block_r = min(max(1, tile // block_h), _pow2(n_rows))
     return BlockConfig(block_r, block_h, warps, evict_first=stream)
 
