@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap, segscan, realloc, stream
+              counts, segwarps, early, scanmap, segscan, realloc
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -56,11 +56,12 @@ small (``routing._SCAN_IN_MAP``: 0, 8192, 4096 counts; 4096 shipped) in chunks
 or with the map kernel doing its work, against the shipped 1024, at E >= 64.
 ``--only realloc``: the permute and unpermute forwards over several fresh allocations of the same
 inputs in one process (NOTES Next 4: does a 16 µs op's level follow its buffers?).
-``--only stream``: permute's scatter waiting for the whole map kernel, or copying each token as
-soon as the map kernel has published its segment's progress that far (``routing._STREAM_PLAN``),
-published once a segment, up to 8 times, or every step (``routing._PUBLISH_STEPS``).
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
+(Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
+soon as the map kernel had published its segment's progress that far instead of waiting for the
+whole map kernel: slower everywhere, 1-15%; commit 6ecb6c5 for its code,
+results/history/experiments-stream-s21-call1-* and results/logs/session21/call1 for its times.)
 (Session 16's ``--only countgroup``, the count kernel counting groups of up to 2, 4 or 8 segments
 per program so that the scan ran over at most 256 groups: slower; commit 059e7d7 for its code,
 results/history/experiments-countgroup-s16-call1-* for its times.)
@@ -628,21 +629,6 @@ def prefetch_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_MAP_PREFETCH", {"map prefetch off": False, "map prefetch on": True})
 
 
-def stream_experiments(results, shapes) -> None:
-    """The stream plan (the package's switches ``routing._STREAM_PLAN`` and ``_PUBLISH_STEPS``):
-    permute's scatter waiting for the whole map kernel, against its copies starting as the map
-    kernel publishes each segment's progress, once at the segment's end, up to 8 times a segment
-    (shipped), and after every step. Session 19's profile had the map kernel at 25 µs of the 254 of
-    (65536, 256, 2, 2048) and 4 of the 21.5 of (4096, 256, 2, 2048)."""
-    forms = {
-        "wait for the map": (False, 8),
-        "stream, at the end": (True, 1),
-        "stream, 8 a segment": (True, 8),
-        "stream, every step": (True, 1 << 20),
-    }
-    _plan_switch_experiment(results, shapes, ("_STREAM_PLAN", "_PUBLISH_STEPS"), forms)
-
-
 def group_experiments(results, shapes) -> None:
     """The map kernel's expert groups (GROUP, the tiles' last dimension, ``routing._map_group``) of
     8 (shipped), 4, 2 and 1 experts. Session 15's 3-D tiles made build_plan 0.2-0.7 µs slower at
@@ -843,11 +829,6 @@ _FORMS_KINDS = {
     "segscan": (segment_scan_experiments, [(300, 64, 3, 40), (70, 256, 2, 24)], [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (16384, 64, 2, 2048),
-    ]),
-    "stream": (stream_experiments, [(5, 4, 2, 96), (300, 64, 3, 40)], [
-        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (16384, 64, 8, 2048),
-        (16384, 256, 2, 2048), (65536, 256, 2, 2048), (65536, 8, 2, 2048), (8192, 128, 8, 7168),
-        (65536, 64, 8, 2048),
     ]),
     "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
     "counts": (counts_experiments, _DRY, [

@@ -142,15 +142,12 @@ def _scatter_rows_kernel(
     perm_probs_ptr,  # [N] out (WRITE_PLAN and HAS_PROBS): probability of each permuted row
     expert_count_ptr,  # [E] int64 (WRITE_PLAN): routed tokens per expert
     total_ptr,  # [1] int64 (WRITE_PLAN): routed pairs in all
-    progress_ptr,  # [n_seg] int32 (STREAM): tokens of each plan segment whose entries are written
     n_tokens,  # T: programs past it zero padding rows (PAD)
     n_rows,  # N; entries past it exist only for a routing map that broke its contract
     hidden,  # row width
     n_plan,  # WRITE_PLAN: programs 0 .. n_plan - 1 write the plan, PLAN_TOKENS tokens each
     n_experts,  # E (WRITE_PLAN and DROP_AND_PAD)
     capacity,  # rows per expert (WRITE_PLAN and DROP_AND_PAD)
-    n_seg,  # STREAM: plan segments
-    seg_len,  # STREAM: tokens per plan segment
     SCALE: tl.constexpr,  # multiply each copy by its probability, in fp32
     PAD: tl.constexpr,  # the plan has padding rows: zero them in the same launch
     WRITE_PLAN: tl.constexpr,  # permute: also write src_token (and the permuted probs) of each row
@@ -161,7 +158,6 @@ def _scatter_rows_kernel(
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
     EARLY_SRC: tl.constexpr,  # load the source row before waiting (_runtime.PDL_EARLY_SOURCE)
-    STREAM: tl.constexpr,  # WRITE_PLAN: copy behind the map kernel's progress (routing._stream_plan)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # dst[row of entry j] = src[t] (* probs[t, expert of entry j]) for every entry j of token t.
@@ -176,55 +172,27 @@ def _scatter_rows_kernel(
     # A 1-D grid in memory order: program blocks outer, column blocks inner, so a wide row's column
     # blocks are copied by consecutive programs (H200: 0.9-1.2% faster at hidden 4096 and 7168 than
     # a 2-D grid with tokens on the fast axis; experiments.py --only scatter, session 9).
-    # STREAM (permute with routing._stream_plan): the copy programs come first, in step-major
-    # order (token s * seg_len + j of segment s is program j * n_seg + s: the map kernel walks
-    # every segment at once, one step at a time), and each starts once the map kernel's progress
-    # on its segment has passed its token, not when the map kernel ends; the plan and padding
-    # programs follow them and wait for the map kernel as before. They keep this launch from
-    # ending before the map kernel does, which the kernels after it rely on.
     program_block, col_block = grid_tile(hidden, BLOCK_H, True)
-    if STREAM:
-        n_copy = n_seg * seg_len
-        plan_index = program_block - n_copy
-        pad_index = plan_index - n_plan
-        token = (program_block % n_seg) * seg_len + program_block // n_seg
-        copying = (plan_index < 0) & (token < n_tokens)
-    else:
-        plan_index = program_block
-        token = program_block - n_plan
-        pad_index = token - n_tokens
-        copying = (token >= 0) & (pad_index < 0)
+    pid = program_block - n_plan
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     # EARLY_SRC (permute, _runtime.PDL_EARLY_SOURCE): src is the op's input, complete before the
-    # plan's first kernel passed its own wait, so the copy programs read their row before they wait
+    # plan's first kernel passed its wait, so the copy programs read their row before they wait
     # for the map kernel; the plan and padding programs' lanes are masked off. (With no experts no
     # plan kernel runs: the rows read then are stored nowhere, since no token has an entry.)
     if EARLY_SRC:
-        x_early = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok & copying)
-    if STREAM:
-        # The copy programs wait for their segment's progress (acquire: the entries and token ends
-        # written before its release are visible after it), the plan and padding programs for the
-        # map kernel; the copy programs past the last token do nothing.
-        if copying:
-            seg = program_block % n_seg
-            need = program_block // n_seg + 1
-            done = tl.atomic_add(progress_ptr + seg, 0, sem="acquire", scope="gpu")
-            while done < need:
-                done = tl.atomic_add(progress_ptr + seg, 0, sem="acquire", scope="gpu")
-        elif plan_index >= 0:
-            pdl_start(PDL)
-    else:
-        pdl_start(PDL)
-    if WRITE_PLAN and plan_index >= 0 and plan_index < n_plan and not copying:
+        copy = (pid >= 0) & (pid < n_tokens)
+        x_early = tl.load(src_ptr + pid * src_row_stride + cols, mask=col_ok & copy)
+    pdl_start(PDL)
+    if WRITE_PLAN and pid < 0:
         if col_block == 0:
             plan_args = (token_ptr_ptr, entry_ptr, src_token_ptr, perm_probs_ptr)
             _plan_rows(
-                plan_index * PLAN_TOKENS, probs_ptr, probs_stride_t, probs_stride_e, *plan_args, n_tokens,
+                (pid + n_plan) * PLAN_TOKENS, probs_ptr, probs_stride_t, probs_stride_e, *plan_args, n_tokens,
                 n_rows, HAS_PROBS, PLAN_TOKENS, BLOCK_K,
             )  # fmt: skip
-    elif PAD and pad_index >= 0:
-        first_row = pad_index * PAD_ROWS
+    elif PAD and pid >= n_tokens:
+        first_row = (pid - n_tokens) * PAD_ROWS
         block = first_row + tl.arange(0, PAD_ROWS)
         args = (src_token_ptr, expert_count_ptr, total_ptr, n_rows, n_experts, capacity, WRITE_PLAN, DROP_AND_PAD)
         pad_block = _padding(block, *args)
@@ -235,18 +203,17 @@ def _scatter_rows_kernel(
                     no_prob = tl.zeros([PAD_ROWS], perm_probs_ptr.dtype.element_ty)
                     tl.store(perm_probs_ptr + block, no_prob, mask=pad_block)
             _zero_padding(dst_ptr, first_row, col_block * BLOCK_H, 1, hidden, *args, PAD_ROWS, BLOCK_K, BLOCK_H)
-    elif copying:
+    else:
+        token = pid
         if EARLY_SRC:
             x = x_early
         else:
             x = tl.load(src_ptr + token * src_row_stride + cols, mask=col_ok)
-        # STREAM: the plan is read past L1, which may hold lines of it from before they were written.
-        plan_cache: tl.constexpr = ".cg" if STREAM else ""
-        first = tl.load(token_ptr_ptr + token, cache_modifier=plan_cache)
-        last = tl.minimum(tl.load(token_ptr_ptr + token + 1, cache_modifier=plan_cache), n_rows)
+        first = tl.load(token_ptr_ptr + token)
+        last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
         for start in range(first, last, BLOCK_K):
             entries = start + tl.arange(0, BLOCK_K)
-            entry = tl.load(entry_ptr + entries, mask=entries < last, other=-1, cache_modifier=plan_cache)
+            entry = tl.load(entry_ptr + entries, mask=entries < last, other=-1)
             rows = entry_row(entry)
             ok = (rows >= 0)[:, None] & col_ok[None, :]
             if SCALE:
@@ -310,11 +277,7 @@ def _launch_scatter(
     scale = probs is not None and rest is None
     table = rest.probs if plan_probs else probs if scale else None
     n_plan = triton.cdiv(n_tokens, _PLAN_TOKENS) if rest is not None else 0
-    stream = rest is not None and rest.progress is not None
-    n_seg = rest.progress.shape[0] if stream else 0
-    seg_len = rest.seg_len if stream else 0
-    n_copy = n_seg * seg_len if stream else n_tokens  # STREAM: a few past T in the last segment
-    _scatter_rows_kernel[((n_plan + n_copy + pad_programs) * triton.cdiv(max(hidden, 1), block_h),)](
+    _scatter_rows_kernel[((n_plan + n_tokens + pad_programs) * triton.cdiv(max(hidden, 1), block_h),)](
         src,
         src.stride(0),
         dst,
@@ -327,15 +290,12 @@ def _launch_scatter(
         rest.perm_probs if plan_probs else plan.src_token,
         rest.expert_count if rest is not None else plan.src_token,
         rest.total if rest is not None else plan.src_token,
-        rest.progress if stream else plan.src_token,
         n_tokens,
         n_rows,
         hidden,
         n_plan,
         rest.expert_count.shape[0] if rest is not None else 0,
         rest.capacity if rest is not None else 0,
-        n_seg,
-        seg_len,
         SCALE=scale,
         PAD=plan.padded,
         WRITE_PLAN=rest is not None,
@@ -346,7 +306,6 @@ def _launch_scatter(
         BLOCK_K=k,
         BLOCK_H=block_h,
         EARLY_SRC=rest is not None and _rt.PDL_EARLY_SOURCE,
-        STREAM=stream,
         num_warps=4,
         **_rt.pdl_args(dst.device, "scatter"),
     )

@@ -137,14 +137,6 @@ _SCAN_IN_MAP_TILE = 1024
 #: by its load. The same change in the count kernel made the permute 2-7% slower (65536 x 256 x 2
 #: 269.7 -> 278.1 µs), so it is not there.
 _MAP_PREFETCH = True
-#: The map kernel publishes each segment's progress (tokens whose entries are written, after each
-#: step, with release semantics), and permute's scatter copies a token once its segment has got
-#: that far (acquire) instead of waiting for the whole map kernel: with PDL the copies then overlap
-#: the walk. None: where PDL is on (the scatter cannot start before the map kernel ends without
-#: it); True / False force it (the tests run it in the interpreter).
-_STREAM_PLAN: bool | None = None
-#: Publications of the progress per segment (at most): each waits for the warp's memory operations.
-_PUBLISH_STEPS = 8
 
 
 @triton.jit
@@ -165,19 +157,15 @@ def _count_kernel(
     map_stride_t,  # elements between tokens of the map
     map_stride_e,  # elements between experts of the map
     counts_ptr,  # [n_seg, E] int32 out: routed tokens per segment and expert
-    progress_ptr,  # [n_seg] int32 out (STREAM): 0, the map kernel's progress before it starts
     T,  # tokens
     E,  # experts
     seg_len,  # tokens per segment, a multiple of BLOCK_T
-    STREAM: tl.constexpr,  # the map kernel publishes its progress (_stream_plan)
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     pdl_start(PDL)
     seg = tl.program_id(0)
-    if STREAM:  # complete before the map kernel passes its wait, so before any reader starts
-        tl.store(progress_ptr + seg, 0)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
     # Counted elementwise, summed over tokens once at the end: a reduction per step costs more
@@ -232,7 +220,6 @@ def _map_kernel(
     marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
     token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
     entry_ptr,  # [N] int64 out: (row << EXPERT_BITS) | expert of each entry; row -1 when it would not fit
-    progress_ptr,  # [n_seg] int32 out (STREAM): tokens of each segment whose entries are written
     T,  # tokens
     E,  # experts
     N,  # permuted rows allocated
@@ -248,8 +235,6 @@ def _map_kernel(
     PREFETCH: tl.constexpr,  # load each step's map tile one step ahead (_MAP_PREFETCH)
     SCAN: tl.constexpr,  # no scan kernel ran: seg_expert_off holds the counts (_scan_in_map)
     BLOCK_S: tl.constexpr,  # SCAN: segments summed at a time
-    STREAM: tl.constexpr,  # publish the progress (_stream_plan): permute's scatter copies behind it
-    PUBLISH: tl.constexpr,  # STREAM: tokens between publications, a multiple of BLOCK_T
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # Experts as a [groups, GROUP] tile, expert g * GROUP + j, and the map's tiles [tokens,
@@ -357,18 +342,6 @@ def _map_kernel(
         tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
         used += tl.sum(m, axis=0)
         next_entry += tl.sum(per_token, axis=0).to(tl.int64)
-        if STREAM:
-            # Publish: a copy program of permute's scatter (_stream_plan) starts its token once
-            # progress[seg] passes it, so the step's token ends (token_ptr[t + 1]; the next step or
-            # segment writes the same values) are stored first, and every thread's stores are
-            # ordered before the release by the barrier. The release waits for the warp's memory
-            # operations (MEMBAR.GPU, the prefetched tile's load too), so it comes every PUBLISH
-            # tokens and at the segment's end, not every step.
-            tl.store(token_ptr_ptr + tokens + 1, token_first + per_token.to(tl.int64), mask=t_ok)
-            done = off + BLOCK_T
-            if (done % PUBLISH == 0) | (done >= seg_len):
-                tl.debug_barrier()
-                tl.atomic_xchg(progress_ptr + seg, done, sem="release", scope="gpu")
     # The last segment's walk ends at the total number of routed pairs. (Summed over the expert
     # counts in program 0 instead, it took the kernel from 64 to 110 registers per thread when
     # compiled with debug=True for the assertion, and the map kernel 5 µs longer at 65536 x 256.)
@@ -403,8 +376,6 @@ class PlanRest:
     total: torch.Tensor  # [1] int64: routed (token, expert) pairs in all
     capacity: int  # rows per expert with drop_and_pad, else 0
     drop_and_pad: bool  # rows are laid out capacity per expert
-    progress: torch.Tensor | None = None  # [n_seg] int32 (_stream_plan): the map kernel's progress
-    seg_len: int = 0  # tokens per segment of the plan (with progress)
 
 
 def plan_numel(n_tokens: int, n_rows: int, padded: bool) -> int:
@@ -485,22 +456,6 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     return seg_len, n_seg, block_t, block_e
 
 
-def _stream_plan(device: torch.device) -> bool:
-    """Whether the map kernel publishes its progress per segment and step, so that permute's
-    scatter copies each token as soon as its entries are written instead of waiting for the whole
-    map kernel (_STREAM_PLAN: None follows PDL, which lets the scatter start during the walk)."""
-    if _STREAM_PLAN is not None:
-        return _STREAM_PLAN
-    return _rt.pdl_args(device, "map").get("PDL", 0) >= 1
-
-
-def _publish_tokens(seg_len: int, block_t: int) -> int:
-    """Tokens between the map kernel's publications of its progress (_STREAM_PLAN): every step up
-    to _PUBLISH_STEPS steps a segment, else about _PUBLISH_STEPS times a segment."""
-    steps = seg_len // block_t
-    return block_t * max(1, steps // _PUBLISH_STEPS)
-
-
 def _scan_in_map(block_s: int, block_e: int) -> bool:
     """Whether the map kernel takes the scan's place (every program reads the whole count table):
     where the table's tile (BLOCK_S x BLOCK_E) has at most _SCAN_IN_MAP entries."""
@@ -549,18 +504,14 @@ def build_plan(
     # The counts, then the offsets: the scan writes them over the counts (each program reads its
     # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
     counts = _rt.empty((n_seg, n_experts), torch.int32, device)
-    stream = _stream_plan(device)
-    progress = _rt.empty((n_seg,), torch.int32, device) if stream else None
     _count_kernel[(n_seg,)](
         m,
         m.stride(0),
         m.stride(1),
         counts,
-        progress if stream else counts,
         n_tokens,
         n_experts,
         seg_len,
-        STREAM=stream,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
         num_warps=warps,
@@ -604,7 +555,6 @@ def build_plan(
         plan[-1:],
         view.token_ptr,
         view.entry,
-        progress if stream else fits,
         n_tokens,
         n_experts,
         n_rows,
@@ -620,8 +570,6 @@ def build_plan(
         PREFETCH=_MAP_PREFETCH,
         SCAN=scan_in_map,
         BLOCK_S=min(block_s, max(1, _SCAN_IN_MAP_TILE // block_e)) if scan_in_map else 1,
-        STREAM=stream,
-        PUBLISH=_publish_tokens(seg_len, block_t),
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
         **_rt.pdl_args(device, "map"),
@@ -629,8 +577,7 @@ def build_plan(
     total = view.token_ptr[n_tokens:]  # the map kernel's last program writes it
     if padded and not check:
         _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad)
-    rest = PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad, progress, seg_len)
-    return plan, rest, n_rows
+    return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad), n_rows
 
 
 def _empty_plan(

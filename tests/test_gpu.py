@@ -139,53 +139,6 @@ def test_programmatic_dependent_launch_gives_the_same_bits_and_replays(monkeypat
     assert all(t.abs().sum() > 0 for t in want)
 
 
-@pytest.mark.parametrize(
-    "n_tokens, n_experts, k, hidden",
-    [(4096, 256, 2, 512), (65536, 256, 2, 64), (16384, 8, 8, 128), (5000, 1000, 8, 64), (3, 4, 2, 2050)],
-)
-def test_stream_plan_gives_the_same_bits(monkeypatch, n_tokens, n_experts, k, hidden):
-    # With PDL the map kernel publishes its progress and permute's scatter copies each token once
-    # its segment has got that far (routing._STREAM_PLAN), racing the walk: the same bits as the
-    # scatter waiting for the whole map kernel, eagerly and in ten replays of a CUDA graph, with
-    # and without padding rows. Segments of 1-75 steps, one to 2048 of them.
-    from moe_utils import _runtime as _rt
-    from moe_utils import routing
-
-    if torch.cuda.get_device_capability()[0] < 9:
-        return
-    assert routing._stream_plan(torch.device("cuda")) == _rt.PDL
-    gen = torch.Generator(device="cuda").manual_seed(n_tokens + k)
-    scores = torch.rand(n_tokens, n_experts, device="cuda", generator=gen)
-    m = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True)
-    x = torch.randn(n_tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
-    p = torch.rand(n_tokens, n_experts, device="cuda", generator=gen)
-
-    def step():
-        outs = []
-        for n_rows in (n_tokens * k, n_tokens * k + 37):
-            rows, probs, plan = permute(x, m, p, num_out_tokens=n_rows, fused=True)
-            # The plan's defined part: src_token, token_ptr, the routed entries (the rest of the
-            # entries are never written), and the padding marker.
-            defined = n_rows + n_tokens + 1 + n_tokens * k
-            outs += [rows, probs, plan[:defined], plan[-1:]]
-        return outs
-
-    monkeypatch.setattr(routing, "_STREAM_PLAN", False)
-    want = step()
-    monkeypatch.setattr(routing, "_STREAM_PLAN", True)
-    for _ in range(3):
-        for a, b in zip(want, step(), strict=True):
-            assert torch.equal(a, b)
-    graph, outs = _graph(step)
-    for _ in range(10):
-        for t in outs:
-            t.fill_(-7)  # poisoned between replays
-        graph.replay()
-        torch.cuda.synchronize()
-        for a, b in zip(want, outs, strict=True):
-            assert torch.equal(a, b)
-
-
 def _rows_close(got, ref64, tol):
     torch.testing.assert_close(got.double(), ref64, rtol=tol, atol=tol)
 

@@ -418,8 +418,8 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     # source rows before it waits for the map kernel, the scan kernel letting the map kernel
     # launch at its start (programmatic dependent launch on the GPU; the same kernels without it
     # under the interpreter), or every kernel waiting: the same bits, the reference's, with
-    # padding rows and with drop_and_pad (padding rows there too); the map kernel doing the
-    # scan's work; and the scatter copying behind the map kernel's published progress.
+    # padding rows and with drop_and_pad (padding rows there too); and the map kernel doing the
+    # scan's work.
     from moe_utils import _runtime as rt
     from moe_utils import routing
 
@@ -432,19 +432,15 @@ def test_permute_same_under_every_launch_order(monkeypatch):
     n = ref.shape[0]
     capacity_m = capacity_map(n_tokens, n_experts, 5, gen)
     results = []
-    forms = (  # (count and map trigger, early source, scan trigger by shape, the map kernel scanning,
-        # the stream plan)
-        (False, False, False, False, False),
-        (True, False, False, False, False),
-        (False, True, False, False, False),
-        (True, True, False, False, False),
-        (True, True, True, False, False),
-        (True, True, True, True, False),
-        (False, False, False, False, True),
-        (True, True, True, True, True),
+    forms = (  # (count and map trigger, early source, scan trigger by shape, the map kernel scanning)
+        (False, False, False, False),
+        (True, False, False, False),
+        (False, True, False, False),
+        (True, True, False, False),
+        (True, True, True, False),
+        (True, True, True, True),
     )
-    for trigger, early, scan_rule, scan_in_map, stream in forms:
-        monkeypatch.setattr(routing, "_STREAM_PLAN", stream)
+    for trigger, early, scan_rule, scan_in_map in forms:
         monkeypatch.setattr(routing, "_SCAN_IN_MAP", 4096 if scan_in_map else 0)
         monkeypatch.setitem(rt.PDL_TRIGGER, "map", trigger)
         monkeypatch.setitem(rt.PDL_TRIGGER, "count", trigger)
@@ -463,11 +459,10 @@ def test_permute_same_under_every_launch_order(monkeypatch):
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
-    # Tile sizes, segment counts, scan tiles, the map kernel's prefetch and its scan, and the
-    # stream plan (the scatter copying behind the map kernel's progress, published every step or
-    # every few) only split or order the same counting sort differently: the plan and the permuted
-    # probs must be identical, bit for bit, and the reference's. The small-tile configs walk
-    # segments of 10 (E = 6), 38 (40) or 75 (300) steps, the last one partly past T.
+    # Tile sizes, segment counts, scan tiles, the map kernel's prefetch and its scan only split or
+    # order the same counting sort differently: the plan and the permuted probs must be identical,
+    # bit for bit, and the reference's. The small-tile configs walk segments of 10 (E = 6), 38 (40) or 75
+    # (300) steps, the last one partly past T.
     from moe_utils import routing
 
     gen = make_generator(37)
@@ -479,21 +474,18 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     configs = (  # (tile, segments, long segment, scan tile, map prefetch, least tokens a segment,
         # most counts the map kernel scans itself: with num_out_tokens, in the first of each pair;
         # 4096 covers the first such config at every E and the second at E = 6, tables of 32 to
-        # 2048 counts, summed 64 counts at a time: 1 to 8 chunks, the last one partial at E = 6;
-        # the stream plan's publications per segment, 0 for no stream plan)
-        (256, 1024, 8, 4096, True, 8, 0, 0),
-        (256, 1024, 8, 4096, True, 1, 0, 8),
-        (1024, 1024, 8, 1024, False, 8, 0, 0),
-        (64, 4, 16, 16, True, 8, 0, 3),
-        (64, 4, 16, 16, False, 8, 4096, 1),
-        (64, 4, 1, 16, True, 8, 0, 8),  # twice the segments where one-warp walks stay long
-        (4096, 1024, 8, 8192, True, 1, 0, 0),
-        (256, 4096, 8, 1024, False, 8, 0, 8),
-        (256, 1024, 8, 4096, True, 8, 4096, 0),
+        # 2048 counts, summed 64 counts at a time: 1 to 8 chunks, the last one partial at E = 6)
+        (256, 1024, 8, 4096, True, 8, 0),
+        (256, 1024, 8, 4096, True, 1, 0),
+        (1024, 1024, 8, 1024, False, 8, 0),
+        (64, 4, 16, 16, True, 8, 0),
+        (64, 4, 16, 16, False, 8, 4096),
+        (64, 4, 1, 16, True, 8, 0),  # twice the segments where one-warp walks stay long
+        (4096, 1024, 8, 8192, True, 1, 0),
+        (256, 4096, 8, 1024, False, 8, 0),
+        (256, 1024, 8, 4096, True, 8, 4096),
     )
-    for tile, segments, long_segment, scan_tile, prefetch, least, scan_in_map, publish in configs:
-        monkeypatch.setattr(routing, "_STREAM_PLAN", publish > 0)
-        monkeypatch.setattr(routing, "_PUBLISH_STEPS", max(publish, 1))
+    for tile, segments, long_segment, scan_tile, prefetch, least, scan_in_map in configs:
         monkeypatch.setattr(routing, "_SCAN_IN_MAP", scan_in_map)
         monkeypatch.setattr(routing, "_SCAN_IN_MAP_TILE", 64)
         monkeypatch.setattr(routing, "_MIN_SEGMENT_TOKENS", least)
@@ -514,29 +506,6 @@ def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
         for other in results[padded::2]:
             for a, b in zip(first, other, strict=True):
                 assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("n_tokens, n_experts", [(1, 4), (37, 8), (300, 64), (70, 300)])
-def test_stream_plan_publishes_every_segment_to_its_end(monkeypatch, n_tokens, n_experts):
-    # With the stream plan the count kernel zeroes each segment's progress and the map kernel
-    # publishes it as it walks: every segment ends at its length (a multiple of the step, the
-    # last one past T), which is what permute's scatter waits for; the token ends are the plan's.
-    from moe_utils import routing
-
-    monkeypatch.setattr(routing, "_STREAM_PLAN", True)
-    monkeypatch.setattr(routing, "_PUBLISH_STEPS", 2)
-    gen = make_generator(n_tokens)
-    m = topk_map(n_tokens, n_experts, 2, gen)
-    plan, rest, n_rows = routing.build_plan("t", m, None, 2 * n_tokens, False)
-    seg_len, n_seg, block_t, _ = routing._segments(n_tokens, n_experts)
-    assert rest.seg_len == seg_len and seg_len % block_t == 0
-    assert rest.progress.shape == (n_seg,) and torch.all(rest.progress == seg_len)
-    view = routing.plan_view("t", plan, n_tokens, n_rows)
-    want = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(m.sum(1).cpu(), 0)])
-    assert torch.equal(view.token_ptr.cpu(), want)
-    assert routing._publish_tokens(seg_len, block_t) % block_t == 0
-    monkeypatch.setattr(routing, "_STREAM_PLAN", None)  # follows PDL: off in the interpreter and on the CPU
-    assert routing._stream_plan(m.device) == (routing._rt.pdl_args(m.device, "map")["PDL"] >= 1)
 
 
 def test_segment_rule():

@@ -36,7 +36,6 @@ POINTERS = {
     "counts_ptr": "*i32",
     "seg_expert_off_ptr": "*i32",
     "fits_ptr": "*i32",
-    "progress_ptr": "*i32",
 }
 #: Pointers into the int64 routing plan and its scratch tables.
 INT64_POINTERS = {
@@ -132,14 +131,14 @@ def loop_body(lines: list[str]) -> list[str]:
     return lines if best is None else lines[best[0] : best[1] + 1]
 
 
-def map_step(block_t: int, block_e: int, prefetch: bool = True, stream: bool = False) -> tuple[list[str], int]:
+def map_step(block_t: int, block_e: int, prefetch: bool = True) -> tuple[list[str], int]:
     """The map kernel's step (its loop) at a launch's specializations: the experts' stride 1, the
     token, row and segment counts multiples of 16, and E too where it is one (E = BLOCK_E >= 16);
     one warp up to 256 experts, as routing._map_warps gives."""
     from moe_utils import routing
 
     cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
-    cx.update(SCAN=False, BLOCK_S=1, STREAM=stream, PUBLISH=block_t)
+    cx.update(SCAN=False, BLOCK_S=1)
     cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
     ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
     lines, regs = sass(routing._map_kernel, cx, routing._map_warps(block_t, block_e), ints=ints)
@@ -183,17 +182,17 @@ def compile_routing() -> None:
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     pdl = dict(PDL=2 if on else 0)  # programmatic dependent launch: wait and trigger, or neither
     blocks = dict(BLOCK_T=16, BLOCK_E=256, **pdl)
-    compile_sm90(routing._count_kernel, dict(blocks, STREAM=on))
+    compile_sm90(routing._count_kernel, blocks)
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
     map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), **blocks)
-    map_flags.update(SCAN=on, BLOCK_S=4 if on else 1, STREAM=on, PUBLISH=32)
+    map_flags.update(SCAN=on, BLOCK_S=4 if on else 1)
     compile_sm90(routing._map_kernel, map_flags, options=check)
     scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
-    compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, STREAM=False, **off))
-    plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on, EARLY_SRC=on, STREAM=on)
+    compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, **off))  # unpermute bwd
+    plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on, EARLY_SRC=on)
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **plan))  # permute
     compile_sm90(
         unpermutation._gather_rows_kernel,
