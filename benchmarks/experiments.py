@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap, segscan, realloc
+              counts, segwarps, early, scanmap, segscan, realloc, writeroof
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -56,6 +56,9 @@ small (``routing._SCAN_IN_MAP``: 0, 8192, 4096 counts; 4096 shipped) in chunks
 or with the map kernel doing its work, against the shipped 1024, at E >= 64.
 ``--only realloc``: the permute and unpermute forwards over several fresh allocations of the same
 inputs in one process (NOTES Next 4: does a 16 µs op's level follow its buffers?).
+``--only writeroof``: torch's fill_ and the scatter's bare pattern (a row read once, written to k
+rows, in order or permuted) with plain, streaming (.cs) and TMA stores: is the H200's write roof
+the stores' or the memory's?
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -96,7 +99,8 @@ import triton.language as tl
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import baselines
-from sweep import DEVICE, DRY, bench, dims, gen, warm_up  # one timing method and one dry-run switch for both scripts
+from sweep import DEVICE, DRY, bench, dims, gen, warm_up
+from sweep import copy_gbs as sweep_copy_gbs  # one timing method and one dry-run switch for both scripts
 
 from moe_utils import _runtime as _rt
 from moe_utils import routing, unpermutation
@@ -754,6 +758,79 @@ def realloc_experiments(results, shapes, copies: int = 6, captured_once: bool = 
                         )
 
 
+@triton.jit
+def _write_rows_kernel(src_ptr, dst_ptr, rows_ptr, hidden, K: tl.constexpr, BLOCK_H: tl.constexpr, CACHE: tl.constexpr):
+    # Program p reads source row p once (none if src_ptr is dst_ptr: a fill) and writes it to rows
+    # rows[p * K] .. rows[p * K + K - 1] of dst with plain stores: the permute scatter's bare loop.
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    ok = cols < hidden
+    x = tl.load(src_ptr + pid * hidden + cols, mask=ok)
+    for j in tl.static_range(K):
+        row = tl.load(rows_ptr + pid * K + j)
+        tl.store(dst_ptr + row * hidden + cols, x, mask=ok, cache_modifier=CACHE)
+
+
+@triton.jit
+def _write_rows_tma_kernel(src_ptr, dst_desc, rows_ptr, hidden, K: tl.constexpr, BLOCK_H: tl.constexpr,
+                           BOX: tl.constexpr):  # fmt: skip
+    # The same with TMA stores of [1, BOX] boxes (Hopper's bulk tensor copies from shared memory).
+    pid = tl.program_id(0).to(tl.int64)
+    for c in tl.static_range(0, BLOCK_H, BOX):
+        cols = c + tl.arange(0, BOX)
+        x = tl.load(src_ptr + pid * hidden + cols[None, :], mask=(cols < hidden)[None, :])
+        for j in tl.static_range(K):
+            row = tl.load(rows_ptr + pid * K + j).to(tl.int32)
+            dst_desc.store([row, c], x)
+
+
+def write_roof_experiments(results, shapes) -> None:
+    """Writes against the copy (NOTES, session 12: fill_ ran at 79% of copy, the bare scatter loop
+    at 87%, which caps a top-8 permute near 90%). At each (source rows, k, hidden): torch's fill_
+    of the k x rows output, then the scatter's pattern (each source row read once, written to k
+    rows: in order, or to a random permutation of the rows) with plain stores, streaming stores
+    (.cs) and TMA stores of [1, 256] boxes; GB/s of bytes read + written, and % of the copy."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    copy = sweep_copy_gbs()
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for n_src, k, hidden in shapes:
+        src = torch.randn(n_src, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+        dst = torch.empty(n_src * k, hidden, device=DEVICE, dtype=torch.bfloat16)
+        block_h = triton.next_power_of_2(hidden)
+        box = min(256, block_h)
+        orders = {
+            "in order": torch.arange(n_src * k, device=DEVICE).view(k, n_src).t().contiguous().view(-1),
+            "permuted": torch.randperm(n_src * k, device=DEVICE, generator=g),
+        }
+        write_bytes = dst.numel() * 2
+        variants = {"fill_": (lambda: dst.fill_(1.0), write_bytes)}
+        for order, rows in orders.items():
+            grid = (n_src,)
+            args = (src, dst, rows, hidden)
+            for cache in ("", ".cs"):
+                variants[f"stores{cache} {order}"] = (
+                    lambda args=args, cache=cache: _write_rows_kernel[grid](
+                        *args, K=k, BLOCK_H=block_h, CACHE=cache, num_warps=4
+                    ),
+                    write_bytes + src.numel() * 2,
+                )
+            desc = None if DRY else TensorDescriptor.from_tensor(dst, block_shape=[1, box])
+            if desc is not None:
+                variants[f"tma {order}"] = (
+                    lambda desc=desc, rows=rows: _write_rows_tma_kernel[grid](
+                        src, desc, rows, hidden, K=k, BLOCK_H=block_h, BOX=box, num_warps=4
+                    ),
+                    write_bytes + src.numel() * 2,
+                )
+        for name, (fn, nbytes) in variants.items():
+            us = bench(fn)
+            gbs = nbytes / us / 1e3
+            results.append(dict(kind="writeroof", shape=[n_src, k, hidden], variant=name, us=us, gbs=gbs, copy=copy))
+            pct = 100 * gbs / copy
+            print(f"{[n_src, k, hidden]!s:22s} {name:22s} {us:9.1f} us {gbs:7.0f} GB/s {pct:5.1f}% of copy", flush=True)
+
+
 def ops_experiments(results, route_shapes, act_shapes) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
     permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
@@ -829,6 +906,9 @@ _FORMS_KINDS = {
     "segscan": (segment_scan_experiments, [(300, 64, 3, 40), (70, 256, 2, 24)], [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (16384, 64, 2, 2048),
+    ]),
+    "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
+        (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),
     ]),
     "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
     "counts": (counts_experiments, _DRY, [
