@@ -181,6 +181,38 @@ def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
     assert torch.all(d_rows[n_tokens * k :] == 0) and torch.all(d_p[~m] == 0) and d_p[m].abs().min() > 0
 
 
+def test_streaming_stores_rule_and_bits(monkeypatch):
+    # The scatter's copies stream their stores past L2 (cache modifier .cs) for top-4 and more into
+    # outputs of 256 MiB and more; a hint only: permute forward (padding rows too) and unpermute's
+    # backward without the probs gradient (the same kernel, scaling) give the same bits with it
+    # forced on at a small size.
+    from moe_utils import permutation
+
+    assert permutation._streaming_stores(8, 16384 * 8, 2048, 2)  # 512 MiB
+    assert permutation._streaming_stores(4, 65536 * 4, 1024, 2)  # 512 MiB at top-4
+    assert not permutation._streaming_stores(2, 65536 * 2, 4096, 2)  # top-2: no gain measured
+    assert not permutation._streaming_stores(8, 4096 * 8, 2048, 2)  # 128 MiB: stays in L2 for the GEMM
+    gen = make_generator(45)
+    n_tokens, n_experts, k, hidden = 33, 16, 8, 96
+    m = topk_map(n_tokens, n_experts, k, gen)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    g_out = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+
+    def run():
+        rows, probs, plan = permute(x, m, p, num_out_tokens=n_tokens * k + 5, fused=True)
+        r = rows.detach().requires_grad_(True)
+        (d_rows,) = torch.autograd.grad(unpermute(r, plan, x.shape, probs=p, routing_map=m, fused=True), r, g_out)
+        return rows, probs, d_rows
+
+    want = run()
+    monkeypatch.setattr(permutation, "_STREAM_STORE_BYTES", 0)
+    assert permutation._streaming_stores(k, 1, 1, 2)
+    for a, b in zip(want, run(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.all(want[0][n_tokens * k :] == 0) and torch.all(want[2][n_tokens * k :] == 0)
+
+
 def test_drop_and_pad_fixed_capacity():
     gen = make_generator(3)
     n_tokens, n_experts, capacity, hidden = 40, 8, 6, 24
