@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap, segscan, realloc, writeroof
+              counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -59,6 +59,8 @@ inputs in one process (NOTES Next 4: does a 16 µs op's level follow its buffers
 ``--only writeroof``: torch's fill_ and the scatter's bare pattern (a row read once, written to k
 rows, in order or permuted) with plain, streaming (.cs) and TMA stores: is the H200's write roof
 the stores' or the memory's?
+``--only stores``: permute's scatter with plain stores, streaming stores as shipped, and streaming
+stores at top-4 and at top-2 at any size (``permutation._STREAM_STORE_K``, ``_STREAM_STORE_BYTES``).
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -633,6 +635,30 @@ def prefetch_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_MAP_PREFETCH", {"map prefetch off": False, "map prefetch on": True})
 
 
+def store_experiments(results, shapes) -> None:
+    """permute's scatter with plain stores, with streaming stores (.cs) as shipped (top-4 and more,
+    outputs of 256 MiB and more: ``permutation._STREAM_STORE_K``, ``_STREAM_STORE_BYTES``), at
+    top-4 and more at any size, and at top-2 and more at any size: where does the rule's edge
+    belong? (Session 21 call 3: shipped 1.1-1.3% faster at six top-8 shapes of 268 MiB to 8.6 GB.)"""
+    from moe_utils import permutation
+
+    saved = permutation._STREAM_STORE_K, permutation._STREAM_STORE_BYTES
+    forms = {
+        "plain stores": (saved[0], 1 << 62),
+        "shipped rule": saved,
+        "top-4+, any size": (4, 0),
+        "top-2+, any size": (2, 0),
+    }
+
+    def use(form) -> None:
+        permutation._STREAM_STORE_K, permutation._STREAM_STORE_BYTES = form
+
+    try:
+        _forms_experiment(results, shapes, ("permute_fwd",), forms, use)
+    finally:
+        use(saved)
+
+
 def group_experiments(results, shapes) -> None:
     """The map kernel's expert groups (GROUP, the tiles' last dimension, ``routing._map_group``) of
     8 (shipped), 4, 2 and 1 experts. Session 15's 3-D tiles made build_plan 0.2-0.7 µs slower at
@@ -909,6 +935,10 @@ _FORMS_KINDS = {
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),
+    ]),
+    "stores": (store_experiments, _DRY, [
+        (4096, 64, 8, 2048), (4096, 256, 8, 2048), (2048, 64, 8, 4096), (8192, 64, 8, 2048), (16384, 64, 8, 2048),
+        (4096, 8, 2, 7168), (65536, 256, 2, 2048), (16384, 64, 2, 7168), (65536, 64, 2, 4096),
     ]),
     "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
     "counts": (counts_experiments, _DRY, [
