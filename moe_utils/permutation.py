@@ -236,16 +236,21 @@ _PLAN_TOKENS = 64
 
 
 #: The scatter's copies use streaming stores (st.global.cs: evict first) where each source row goes
-#: to at least _STREAM_STORE_K rows and the output is at least _STREAM_STORE_BYTES: there the
-#: output is many times the L2 (50 MiB on the H200, 50 on the H100), so the rows left in L2 at the
-#: end are the last ones, which the next op (the expert GEMM, from the first rows) would not find
-#: there anyway. H200 (experiments.py --only writeroof, session 21 call 2), the scatter's bare
-#: pattern, 2 GiB out: top-8 in order 90.2 -> 91.5% of copy, permuted 86.1 -> 87.2%, 16384 x 8 x
-#: 7168 87.6 -> 88.5%; top-2 95.7 -> 95.2%, permuted 90.7 -> 90.3 (not there). Below that size the
-#: output stays in L2 for the next op: session 3 (H100) had evict-first stores 26% faster at
-#: (4096, 64, 2, 2048) in isolation and left them out for that reason.
+#: to at least _STREAM_STORE_K rows and the output is at least _STREAM_STORE_BYTES, 2.5 times the
+#: L2 (50 MiB on the H200 and the H100): there most of the output leaves L2 before the next op (the
+#: expert GEMM, from the first rows) reads it anyway, and evict-first lines still stay in L2 until
+#: something needs the room. H200, permute forward (experiments.py --only stores, session 21 call
+#: 4, two runs each): plain -> streaming stores at 4096 x 64 x 8 x 2048 (128 MiB out) 47.8 / 47.9
+#: -> 45.7 / 45.7 µs, 4096 x 256 x 8 52.0 / 52.1 -> 50.1 / 50.2, 2048 x 64 x 8 x 4096 46.9 /
+#: 47.2 -> 44.5 / 45.0, 8192 x 64 x 8 90.3 / 90.6 -> 89.5 / 89.6, 16384 x 64 x 8 175.6 / 175.8 ->
+#: 172.8 / 173.3 (call 3, against the package before: 1.1-1.3% at six shapes of 256 MiB to 8.6
+#: GB); at top-2 level or up to 0.8% slower at every size (65536 x 64 x 2 x 4096 437.3 / 438.0
+#: -> 440.3 / 441.7), as the bare pattern was (--only writeroof, call 2: top-8 +0.6-1.3 points of
+#: copy, top-2 -0.4 to -0.5). Below that size the output stays in L2 for the next op: session 3
+#: (H100) had evict-first stores 26% faster at (4096, 64, 2, 2048), 16 MiB out, in isolation, and
+#: left them out for that reason.
 _STREAM_STORE_K = 4
-_STREAM_STORE_BYTES = 256 << 20
+_STREAM_STORE_BYTES = 128 << 20
 
 
 def _streaming_stores(k: int, n_rows: int, hidden: int, element_size: int) -> bool:

@@ -183,15 +183,15 @@ def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
 
 def test_streaming_stores_rule_and_bits(monkeypatch):
     # The scatter's copies stream their stores past L2 (cache modifier .cs) for top-4 and more into
-    # outputs of 256 MiB and more; a hint only: permute forward (padding rows too) and unpermute's
+    # outputs of 128 MiB and more; a hint only: permute forward (padding rows too) and unpermute's
     # backward without the probs gradient (the same kernel, scaling) give the same bits with it
     # forced on at a small size.
     from moe_utils import permutation
 
-    assert permutation._streaming_stores(8, 16384 * 8, 2048, 2)  # 512 MiB
+    assert permutation._streaming_stores(8, 4096 * 8, 2048, 2)  # 128 MiB
     assert permutation._streaming_stores(4, 65536 * 4, 1024, 2)  # 512 MiB at top-4
     assert not permutation._streaming_stores(2, 65536 * 2, 4096, 2)  # top-2: no gain measured
-    assert not permutation._streaming_stores(8, 4096 * 8, 2048, 2)  # 128 MiB: stays in L2 for the GEMM
+    assert not permutation._streaming_stores(8, 4096 * 8, 1024, 2)  # 64 MiB: stays in L2 for the GEMM
     gen = make_generator(45)
     n_tokens, n_experts, k, hidden = 33, 16, 8, 96
     m = topk_map(n_tokens, n_experts, k, gen)
