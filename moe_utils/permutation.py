@@ -254,8 +254,7 @@ _STREAM_STORE_BYTES = 128 << 20
 
 
 def _streaming_stores(k: int, n_rows: int, hidden: int, element_size: int) -> bool:
-    """Whether the scatter's copies stream their stores past L2 (_STREAM_STORE_K, _STREAM_STORE_BYTES);
-    unpermute's backward applies the same rule to its gradient rows (the same k rows per token)."""
+    """Whether the scatter's copies stream their stores past L2 (_STREAM_STORE_K, _STREAM_STORE_BYTES)."""
     return k >= _STREAM_STORE_K and n_rows * hidden * element_size >= _STREAM_STORE_BYTES
 
 

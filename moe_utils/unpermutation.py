@@ -17,16 +17,7 @@ import triton.language as tl
 
 from . import _runtime as _rt
 from ._kernel_lib import grid_tile, pdl_start
-from .permutation import (
-    _PAD_ROWS,
-    _block_h,
-    _padding,
-    _streaming_stores,
-    _zero_padding,
-    block_k,
-    check_probs,
-    scatter_rows,
-)
+from .permutation import _PAD_ROWS, _block_h, _padding, _zero_padding, block_k, check_probs, scatter_rows
 from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
@@ -152,7 +143,6 @@ def _scatter_dot_kernel(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
-    STORE_CACHE: tl.constexpr,  # cache modifier of the d_perm stores: "" or ".cs" (permutation._streaming_stores)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
@@ -193,9 +183,7 @@ def _scatter_dot_kernel(
                 g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
                 x = tl.load(perm_ptr + rows[:, None] * perm_row_stride + cols[None, :], mask=ok, other=0.0)
                 d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
-                tl.store(
-                    d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok, cache_modifier=STORE_CACHE
-                )
+                tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
                 dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
@@ -311,7 +299,6 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
-                STORE_CACHE=".cs" if _streaming_stores(k, n_rows, hidden, d_perm.element_size()) else "",
                 num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )

@@ -183,9 +183,9 @@ def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
 
 def test_streaming_stores_rule_and_bits(monkeypatch):
     # The scatter's copies stream their stores past L2 (cache modifier .cs) for top-4 and more into
-    # outputs of 128 MiB and more, and so does unpermute's backward (its gradient rows); a hint only:
-    # permute forward (padding rows too) and unpermute's backward without the probs gradient (the
-    # same kernel, scaling) and with it (the scatter-dot) give the same bits with it forced on.
+    # outputs of 128 MiB and more; a hint only: permute forward (padding rows too) and unpermute's
+    # backward without the probs gradient (the same kernel, scaling) give the same bits with it
+    # forced on at a small size.
     from moe_utils import permutation
 
     assert permutation._streaming_stores(8, 4096 * 8, 2048, 2)  # 128 MiB
@@ -203,9 +203,7 @@ def test_streaming_stores_rule_and_bits(monkeypatch):
         rows, probs, plan = permute(x, m, p, num_out_tokens=n_tokens * k + 5, fused=True)
         r = rows.detach().requires_grad_(True)
         (d_rows,) = torch.autograd.grad(unpermute(r, plan, x.shape, probs=p, routing_map=m, fused=True), r, g_out)
-        pp = p.detach().requires_grad_(True)  # with the probs gradient: the scatter-dot kernel
-        out = unpermute(r, plan, x.shape, probs=pp, routing_map=m, fused=True)
-        return rows, probs, d_rows, *torch.autograd.grad(out, (r, pp), g_out)
+        return rows, probs, d_rows
 
     want = run()
     monkeypatch.setattr(permutation, "_STREAM_STORE_BYTES", 0)
@@ -213,7 +211,6 @@ def test_streaming_stores_rule_and_bits(monkeypatch):
     for a, b in zip(want, run(), strict=True):
         assert torch.equal(a, b)
     assert torch.all(want[0][n_tokens * k :] == 0) and torch.all(want[2][n_tokens * k :] == 0)
-    assert torch.all(want[3][n_tokens * k :] == 0) and torch.equal(want[3], want[2])
 
 
 def test_drop_and_pad_fixed_capacity():

@@ -198,7 +198,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
         unpermutation._gather_rows_kernel,
         dict(SCALE=on, PROBS_GRAD=on, ORDERED=on, BLOCK_H=1024, BLOCK_E=256, BLOCK_K=2, **pdl),
     )
-    dot = dict(PAD=on, PAD_ROWS=16, BLOCK_K=8, BLOCK_H=2048, BLOCK_E=1024, STORE_CACHE=".cs" if on else "", **pdl)
+    dot = dict(PAD=on, PAD_ROWS=16, BLOCK_K=8, BLOCK_H=2048, BLOCK_E=1024, **pdl)
     compile_sm90(unpermutation._scatter_dot_kernel, dot)
 
 
