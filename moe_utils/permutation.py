@@ -248,7 +248,10 @@ _PLAN_TOKENS = 64
 #: -> 440.3 / 441.7), as the bare pattern was (--only writeroof, call 2: top-8 +0.6-1.3 points of
 #: copy, top-2 -0.4 to -0.5). Below that size the output stays in L2 for the next op: session 3
 #: (H100) had evict-first stores 26% faster at (4096, 64, 2, 2048), 16 MiB out, in isolation, and
-#: left them out for that reason.
+#: left them out for that reason. Unpermute's backward without the probs gradient runs this kernel
+#: too (its anchors in session 21's routing grid: 168.4 -> 166.6 and 294.1 -> 290.9 µs); with the
+#: gradient (the scatter-dot, which reads rows as it writes them) streaming stores lost 0.3-0.6%
+#: at seven top-8 shapes (call 5), so it has none.
 _STREAM_STORE_K = 4
 _STREAM_STORE_BYTES = 128 << 20
 
