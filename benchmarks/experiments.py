@@ -229,8 +229,12 @@ def _scatter_multi(src_ptr, src_row_stride, dst_ptr, token_ptr_ptr, entry_ptr, n
         tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=ok, eviction_policy=STORE_POLICY)
 
 
-def scatter_experiments(results, shapes) -> None:
-    """permute's scatter: the shipped launcher against multi-token programs and cache policies."""
+def scatter_experiments(results, shapes, basic: bool = False) -> None:
+    """permute's scatter: the shipped launcher against multi-token programs and cache policies.
+    Also the shipped launcher as permute runs it (with the plan's expert-major programs first in
+    its grid, rest=...), and the bare pattern over the same rows (_write_rows_kernel: each
+    program's k rows read from a [T, k] table, no plan loads): where do the scatter's points of
+    copy below the bare pattern go (NOTES Next 2)? ``basic`` (``--scatter-basic``): only those."""
     from sweep import routing_map
 
     from moe_utils.permutation import scatter_rows
@@ -240,16 +244,26 @@ def scatter_experiments(results, shapes) -> None:
     for n_tokens, n_experts, k, hidden in shapes:
         m = routing_map(n_tokens, n_experts, k, g)
         x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16)
+        p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
         n_rows = n_tokens * k
-        plan, _, _ = build_plan("exp", m, None, n_rows, False)
+        plan, rest, _ = build_plan("exp", m, p, n_rows, False)
         view = plan_view("exp", plan, n_tokens, n_rows)
         want = torch.empty(n_rows, hidden, device=DEVICE, dtype=x.dtype)
         scatter_rows(x, want, view)
         out = torch.empty_like(want)
-        variants = {"shipped": lambda: scatter_rows(x, out, view)}
+        rows = view.entry >> routing.EXPERT_BITS  # token t's rows at t * k .. t * k + k - 1 (exact top-k)
+        block_h = triton.next_power_of_2(hidden)
+        variants = {
+            "shipped": lambda: scatter_rows(x, out, view),
+            "shipped, with the plan's programs": lambda: scatter_rows(x, out, view, rest=rest),
+        }
+        for cache in ("", ".cs"):
+            variants[f"bare rows{cache}"] = lambda cache=cache: _write_rows_kernel[(n_tokens,)](
+                x, out, rows, hidden, K=k, BLOCK_H=block_h, CACHE=cache, num_warps=4
+            )
         policies = [("", ""), ("evict_first", ""), ("", "evict_first"), ("evict_first", "evict_first")]
-        configs = [(1, 2048, 4, False), (1, 2048, 4, True), (2, 1024, 4, False), (2, 2048, 8, False)]
-        configs += [(4, 512, 4, False), (4, 1024, 8, False), (8, 512, 8, False), (2, 2048, 8, True)]
+        configs = [] if basic else [(1, 2048, 4, False), (1, 2048, 4, True), (2, 1024, 4, False), (2, 2048, 8, False)]
+        configs += [] if basic else [(4, 512, 4, False), (4, 1024, 8, False), (8, 512, 8, False), (2, 2048, 8, True)]
         for bt, bh, nw, ordered in configs:
             for lp, sp in policies if (bt, bh) == (2, 1024) else policies[:1]:
                 n_tiles = (triton.cdiv(n_tokens, bt), triton.cdiv(hidden, bh))
@@ -954,6 +968,10 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="appended to the output file's name")
     ap.add_argument("--warmup-s", type=float, default=0.0, help="seconds of 1 GiB copies before any timing")
     ap.add_argument(
+        "--scatter-basic", action="store_true",
+        help="--only scatter: the shipped launcher with and without the plan's programs and the bare rows only",
+    )  # fmt: skip
+    ap.add_argument(
         "--realloc-captured-once", action="store_true",
         help="--only realloc: capture every graph before timing, then replay (no allocation between timings)",
     )  # fmt: skip
@@ -985,7 +1003,7 @@ def main() -> None:
             (16384, 64, 8, 2048), (8192, 128, 8, 7168), (65536, 8, 2, 2048), (65536, 256, 2, 2048), (4096, 64, 2, 2048),
             (16384, 64, 2, 7168), (65536, 64, 2, 4096),
         ]  # fmt: skip
-        scatter_experiments(results, shapes)
+        scatter_experiments(results, forms_shapes or shapes, args.scatter_basic)
     if "plan" in args.only:
         shapes = [(9, 8, 2), (300, 64, 3), (70, 256, 2)] if DRY else [
             (4096, 8, 2), (4096, 256, 2), (4096, 64, 8), (16384, 64, 8), (16384, 256, 2), (65536, 8, 8),
