@@ -101,8 +101,8 @@ import triton.language as tl
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import baselines
-from sweep import DEVICE, DRY, bench, dims, gen, warm_up
-from sweep import copy_gbs as sweep_copy_gbs  # one timing method and one dry-run switch for both scripts
+from sweep import DEVICE, DRY, bench, dims, gen, warm_up  # one timing method and one dry-run switch for both scripts
+from sweep import copy_gbs as sweep_copy_gbs
 
 from moe_utils import _runtime as _rt
 from moe_utils import routing, unpermutation
@@ -262,8 +262,10 @@ def scatter_experiments(results, shapes, basic: bool = False) -> None:
                 x, out, rows, hidden, K=k, BLOCK_H=block_h, CACHE=cache, num_warps=4
             )
         policies = [("", ""), ("evict_first", ""), ("", "evict_first"), ("evict_first", "evict_first")]
-        configs = [] if basic else [(1, 2048, 4, False), (1, 2048, 4, True), (2, 1024, 4, False), (2, 2048, 8, False)]
-        configs += [] if basic else [(4, 512, 4, False), (4, 1024, 8, False), (8, 512, 8, False), (2, 2048, 8, True)]
+        configs = [(1, 2048, 4, False), (1, 2048, 4, True), (2, 1024, 4, False), (2, 2048, 8, False)]
+        configs += [(4, 512, 4, False), (4, 1024, 8, False), (8, 512, 8, False), (2, 2048, 8, True)]
+        if basic:
+            configs = []
         for bt, bh, nw, ordered in configs:
             for lp, sp in policies if (bt, bh) == (2, 1024) else policies[:1]:
                 n_tiles = (triton.cdiv(n_tokens, bt), triton.cdiv(hidden, bh))
@@ -800,8 +802,8 @@ def realloc_experiments(results, shapes, copies: int = 6, captured_once: bool = 
 
 @triton.jit
 def _write_rows_kernel(src_ptr, dst_ptr, rows_ptr, hidden, K: tl.constexpr, BLOCK_H: tl.constexpr, CACHE: tl.constexpr):
-    # Program p reads source row p once (none if src_ptr is dst_ptr: a fill) and writes it to rows
-    # rows[p * K] .. rows[p * K + K - 1] of dst with plain stores: the permute scatter's bare loop.
+    # Program p reads source row p once and writes it to rows rows[p * K] .. rows[p * K + K - 1] of
+    # dst (stores with the cache modifier CACHE): the permute scatter's bare loop, no plan loads.
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     ok = cols < hidden

@@ -28,6 +28,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # the interpreter replaces kernels by 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import test_sm90_compile
+from sweep import dims
 
 FLOATS = ("clamp_value", "linear_offset", "alpha", "limit")
 # The compile and the loop's span: test_sm90_compile.sass and loop_body (pointers, the widths and
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--forward", action="store_true", help="the forward kernel instead of the backward")
     ap.add_argument("--map", action="store_true", help="the routing plan's map kernel")
     ap.add_argument(
-        "--tiles", nargs="*", default=None,
+        "--tiles", nargs="*", type=dims, default=None,
         help="ROWSxCOLUMNSxWARPS tiles (default: forward 32x128x8 4x1024x8, backward 4x512x4 4x256x4 1x1024x4)",
     )  # fmt: skip
     args = ap.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
         kernel = getattr(mod, f"_{name}_{'fwd' if args.forward else 'bwd'}")
         tiles = ((32, 128, 8), (4, 1024, 8)) if args.forward else ((4, 512, 4), (4, 256, 4), (1, 1024, 4))
         if args.tiles:
-            tiles = tuple(tuple(int(v) for v in tile.split("x")) for tile in args.tiles)
+            tiles = tuple(args.tiles)
         for fp8 in (False, True):
             for br, bh, warps in tiles:
                 common = dict(HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=name == "quick_geglu", NATIVE_FP8=True)
