@@ -188,6 +188,11 @@ def _scatter_dot_kernel(
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
+#: The gather's columns per program (at most) and warps.
+_GATHER_BLOCK_H = 1024
+_GATHER_WARPS = 4
+#: The scatter-dot's column step up to 2048 columns.
+_DOT_BLOCK_H = 1024
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
 _ORDERED_GATHER_ABOVE = 16384
 
@@ -205,7 +210,7 @@ def gather_rows(
     n_tokens, hidden = out.shape
     if n_tokens == 0:
         return
-    block_h = _block_h(hidden)
+    block_h = _block_h(hidden, _GATHER_BLOCK_H)
     probs_grad = row_grad is not None
     n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
     # H200 (experiments.py --only gather; unpermute fwd and permute bwd alike), by source rows N:
@@ -236,7 +241,7 @@ def gather_rows(
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=block_k(src.shape[0], n_tokens),
-        num_warps=4,
+        num_warps=_GATHER_WARPS,
         **_rt.pdl_args(src.device, "gather"),
     )
 
@@ -274,7 +279,7 @@ def _launch_unpermute_backward(
         # step was 2.4-7.4% slower at top-2 than two of 1024 (65536 x 8 x 2: 321.0 -> 344.6 µs),
         # though sweep.py's graph replays had it level (session 14 calls 1 and 2). Top-8 at 2048
         # columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
-        block_h = _block_h(hidden, 1024 if hidden <= 2048 else 2048)
+        block_h = _block_h(hidden, _DOT_BLOCK_H if hidden <= 2048 else 2048)
         pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
         if n_tokens + pad_programs > 0:
             _scatter_dot_kernel[(n_tokens + pad_programs,)](
