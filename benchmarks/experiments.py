@@ -514,7 +514,8 @@ _PDL_FORMS = {
 def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True) -> None:
     """Each op of ``kinds`` (of _routing_ops) at each shape under each of ``forms`` (name -> value,
     set by ``use(value)``): outputs poisoned and checked bit-equal across forms (or, not
-    ``exact``, within fp32 rounding: forms that sum in another order), then timed."""
+    ``exact``, within fp32 rounding of sums of a few thousand terms: forms that sum in another
+    order), then timed."""
 
     def flat(out) -> list:
         return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
@@ -531,7 +532,7 @@ def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True) ->
                         got = [t.clone() for t in flat(ops[kind]())]
                     want = want or got
                     for a, b in zip(want, got, strict=True):
-                        same = torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+                        same = torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-4, atol=1e-3)
                         assert same, f"{kind} with {name} differs at {shape}"
                     us = bench(ops[kind])
                     results.append(dict(kind=kind, shape=list(shape), variant=name, us=us))
@@ -677,38 +678,21 @@ def store_experiments(results, shapes) -> None:
         use(saved)
 
 
-def plan_last_experiments(results, shapes) -> None:
-    """permute's forward with the scatter's plan programs (src_token and the permuted probs of 64
-    tokens each) at the head of its grid (shipped) or at its end, after the copies and the padding
-    (``permutation._PLAN_LAST``): there their dependent loads would overlap the copies' tail
-    instead of taking the first wave's slots. Session 21 call 7: they cost 0.3-5.8 µs (5.8 of
-    217.8 at 65536 x 256 x 2 x 2048)."""
-    from moe_utils import permutation
-
-    saved = permutation._PLAN_LAST
-
-    def use(form) -> None:
-        permutation._PLAN_LAST = form
-
-    try:
-        _forms_experiment(results, shapes, ("permute_fwd",), {"plan first": False, "plan last": True}, use)
-    finally:
-        use(saved)
-
-
 def tiles_experiments(results, shapes) -> None:
     """The gather (unpermute forward, permute backward) in column blocks of 1024 (shipped) or 2048
     with 4 or 8 warps (``unpermutation._GATHER_BLOCK_H``, ``_GATHER_WARPS``), and unpermute's
     backward (the scatter-dot) in column steps of 1024 (shipped), 2048 or 512 up to 2048 columns
     (``_DOT_BLOCK_H``): at 4096 tokens these ops sit at 83.6-84.7% of copy (session 21's grid),
-    each program a chain of dependent loads (token_ptr, entry, row) over 2-4 waves of programs."""
+    each program a chain of dependent loads (token_ptr, entry, row) over 2-4 waves of programs.
+    Session 22 call 1: at 4096 x 2048 top-2 (the 2-D grid) 1024 best; on the grid in memory order
+    2048 columns 2-6% faster at top-2 (65536 x 64 x 2 x 2048 unpermute fwd 200.9 -> 189.5 µs),
+    512 4% faster at 4096 x 256 x 8, 2048 x 8 slower everywhere."""
     saved = unpermutation._GATHER_BLOCK_H, unpermutation._GATHER_WARPS, unpermutation._DOT_BLOCK_H
 
     def use(form) -> None:
         unpermutation._GATHER_BLOCK_H, unpermutation._GATHER_WARPS, unpermutation._DOT_BLOCK_H = form
 
-    gather = {"1024 x 4 (shipped)": saved, "2048 x 4": (2048, 4, saved[2]), "2048 x 8": (2048, 8, saved[2])}
-    gather["512 x 4"] = (512, 4, saved[2])
+    gather = {"1024 x 4 (shipped)": saved, "2048 x 4": (2048, 4, saved[2]), "512 x 4": (512, 4, saved[2])}
     dot = {"dot 1024 (shipped)": saved, "dot 2048": (*saved[:2], 2048), "dot 512": (*saved[:2], 512)}
     try:
         _forms_experiment(results, shapes, ("permute_bwd", "unpermute_fwd"), gather, use)
@@ -965,13 +949,10 @@ _FORMS_KINDS = {
         (4096, 8, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048), (65536, 8, 8, 2048),
         (65536, 64, 2, 2048), (65536, 256, 2, 2048), (16384, 1024, 8, 2048),
     ]),
-    "planlast": (plan_last_experiments, [(5, 4, 2, 96), (130, 6, 3, 40)], [
-        (65536, 256, 2, 2048), (65536, 64, 2, 4096), (65536, 8, 2, 2048), (16384, 64, 8, 2048), (16384, 256, 2, 2048),
-        (4096, 256, 2, 2048), (4096, 64, 8, 2048), (8192, 128, 8, 7168),
-    ]),
     "tiles": (tiles_experiments, [(5, 4, 2, 96), (9, 6, 3, 40)], [
-        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
-        (4096, 64, 2, 4096), (16384, 64, 2, 2048), (65536, 64, 2, 2048),
+        (4096, 64, 2, 2048), (4096, 256, 8, 2048), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (65536, 8, 2, 2048),
+        (65536, 64, 2, 4096), (16384, 64, 2, 7168), (16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 128, 8, 7168),
+        (8192, 64, 4, 2048), (16384, 64, 4, 4096), (2048, 64, 8, 4096), (65536, 8, 8, 2048),
     ]),
     "group": (group_experiments, _DRY, [
         (4096, 8, 2, 2048), (16384, 8, 2, 2048), (65536, 8, 8, 2048), (4096, 64, 2, 2048), (65536, 64, 2, 2048),

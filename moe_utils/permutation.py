@@ -145,8 +145,7 @@ def _scatter_rows_kernel(
     n_tokens,  # T: programs past it zero padding rows (PAD)
     n_rows,  # N; entries past it exist only for a routing map that broke its contract
     hidden,  # row width
-    n_plan,  # WRITE_PLAN: programs that write the plan, PLAN_TOKENS tokens each
-    n_lead,  # PLAN_LAST: copy and padding programs, before the plan's
+    n_plan,  # WRITE_PLAN: programs 0 .. n_plan - 1 write the plan, PLAN_TOKENS tokens each
     n_experts,  # E (WRITE_PLAN and DROP_AND_PAD)
     capacity,  # rows per expert (WRITE_PLAN and DROP_AND_PAD)
     SCALE: tl.constexpr,  # multiply each copy by its probability, in fp32
@@ -156,7 +155,6 @@ def _scatter_rows_kernel(
     DROP_AND_PAD: tl.constexpr,  # WRITE_PLAN: rows are laid out capacity per expert
     PAD_ROWS: tl.constexpr,  # rows checked by each padding program, a multiple of BLOCK_K
     PLAN_TOKENS: tl.constexpr,  # WRITE_PLAN: tokens per plan program
-    PLAN_LAST: tl.constexpr,  # WRITE_PLAN: the plan's programs after the copies (else before them)
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
     EARLY_SRC: tl.constexpr,  # load the source row before waiting (_runtime.PDL_EARLY_SOURCE)
@@ -176,16 +174,7 @@ def _scatter_rows_kernel(
     # blocks are copied by consecutive programs (H200: 0.9-1.2% faster at hidden 4096 and 7168 than
     # a 2-D grid with tokens on the fast axis; experiments.py --only scatter, session 9).
     program_block, col_block = grid_tile(hidden, BLOCK_H, True)
-    # Copy programs are pid 0 .. T - 1 and padding programs T .. n_lead - 1; the plan's programs
-    # come before them (pid < 0) or, with PLAN_LAST, after them (pid >= n_lead).
-    if PLAN_LAST:
-        pid = program_block
-        plan_program = pid - n_lead
-        is_plan = plan_program >= 0
-    else:
-        pid = program_block - n_plan
-        plan_program = program_block
-        is_plan = WRITE_PLAN and pid < 0
+    pid = program_block - n_plan
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
     # EARLY_SRC (permute, _runtime.PDL_EARLY_SOURCE): src is the op's input, complete before the
@@ -196,11 +185,11 @@ def _scatter_rows_kernel(
         copy = (pid >= 0) & (pid < n_tokens)
         x_early = tl.load(src_ptr + pid * src_row_stride + cols, mask=col_ok & copy)
     pdl_start(PDL)
-    if is_plan:
+    if WRITE_PLAN and pid < 0:
         if col_block == 0:
             plan_args = (token_ptr_ptr, entry_ptr, src_token_ptr, perm_probs_ptr)
             _plan_rows(
-                plan_program * PLAN_TOKENS, probs_ptr, probs_stride_t, probs_stride_e, *plan_args, n_tokens,
+                (pid + n_plan) * PLAN_TOKENS, probs_ptr, probs_stride_t, probs_stride_e, *plan_args, n_tokens,
                 n_rows, HAS_PROBS, PLAN_TOKENS, BLOCK_K,
             )  # fmt: skip
     elif PAD and pid >= n_tokens:
@@ -244,8 +233,6 @@ _PAD_ROWS = 16
 #: per thread, which leaves the copy programs 7 programs of 4 warps per SM as without it; 128
 #: tokens took 139 (3 per SM), and the H100 ran k = 8 permutes 1-2% slower.
 _PLAN_TOKENS = 64
-#: The plan's programs at the end of the scatter's grid, after the copies and the padding.
-_PLAN_LAST = False
 
 
 #: The scatter's copies use streaming stores (st.global.cs: evict first) where each source row goes
@@ -317,7 +304,6 @@ def _launch_scatter(
     scale = probs is not None and rest is None
     table = rest.probs if plan_probs else probs if scale else None
     n_plan = triton.cdiv(n_tokens, _PLAN_TOKENS) if rest is not None else 0
-    plan_last = _PLAN_LAST and n_plan > 0
     _scatter_rows_kernel[((n_plan + n_tokens + pad_programs) * triton.cdiv(max(hidden, 1), block_h),)](
         src,
         src.stride(0),
@@ -335,7 +321,6 @@ def _launch_scatter(
         n_rows,
         hidden,
         n_plan,
-        n_tokens + pad_programs,
         rest.expert_count.shape[0] if rest is not None else 0,
         rest.capacity if rest is not None else 0,
         SCALE=scale,
@@ -345,7 +330,6 @@ def _launch_scatter(
         DROP_AND_PAD=rest is not None and rest.drop_and_pad,
         PAD_ROWS=_PAD_ROWS,
         PLAN_TOKENS=_PLAN_TOKENS,
-        PLAN_LAST=plan_last,
         BLOCK_K=k,
         BLOCK_H=block_h,
         EARLY_SRC=rest is not None and _rt.PDL_EARLY_SOURCE,

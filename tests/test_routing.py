@@ -213,38 +213,6 @@ def test_streaming_stores_rule_and_bits(monkeypatch):
     assert torch.all(want[0][n_tokens * k :] == 0) and torch.all(want[2][n_tokens * k :] == 0)
 
 
-@pytest.mark.parametrize("case", ["probs", "no_probs", "drop_and_pad"])
-def test_plan_programs_last_same_bits(monkeypatch, case):
-    # The scatter's plan programs (src_token and the permuted probs) at the end of its grid give
-    # the plan and rows they give at its head: 130 tokens make three plan programs of 64 tokens,
-    # with copies and padding programs before them.
-    from moe_utils import permutation
-
-    gen = make_generator(46)
-    n_tokens, n_experts, k, hidden = 130, 8, 2, 40
-    if case == "drop_and_pad":
-        capacity = 40
-        m = capacity_map(n_tokens, n_experts, capacity, gen)
-        n_out = capacity * n_experts
-    else:
-        m = topk_map(n_tokens, n_experts, k, gen)
-        n_out = n_tokens * k + 7
-    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE) if case != "no_probs" else None
-    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
-
-    def run():
-        return permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=case == "drop_and_pad")
-
-    want = run()
-    monkeypatch.setattr(permutation, "_PLAN_LAST", True)
-    got = run()
-    for a, b in zip(want, got, strict=True):
-        if a is None:  # no probs, no permuted probs
-            assert b is None
-        else:
-            assert torch.equal(a, b)
-
-
 def test_drop_and_pad_fixed_capacity():
     gen = make_generator(3)
     n_tokens, n_experts, capacity, hidden = 40, 8, 6, 24

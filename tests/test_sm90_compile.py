@@ -190,12 +190,10 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     map_flags.update(SCAN=on, BLOCK_S=4 if on else 1)
     compile_sm90(routing._map_kernel, map_flags, options=check)
     scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
-    off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False, PLAN_LAST=False)
+    off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, STORE_CACHE="", **off))
-    plan = dict(
-        WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on, EARLY_SRC=on, STORE_CACHE=".cs" if on else "", PLAN_LAST=on
-    )
+    plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on, EARLY_SRC=on, STORE_CACHE=".cs" if on else "")
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **plan))  # permute
     compile_sm90(
         unpermutation._gather_rows_kernel,
