@@ -679,21 +679,24 @@ def store_experiments(results, shapes) -> None:
 
 
 def tiles_experiments(results, shapes) -> None:
-    """The gather (unpermute forward, permute backward) in column blocks of 1024 (shipped) or 2048
-    with 4 or 8 warps (``unpermutation._GATHER_BLOCK_H``, ``_GATHER_WARPS``), and unpermute's
-    backward (the scatter-dot) in column steps of 1024 (shipped), 2048 or 512 up to 2048 columns
-    (``_DOT_BLOCK_H``): at 4096 tokens these ops sit at 83.6-84.7% of copy (session 21's grid),
-    each program a chain of dependent loads (token_ptr, entry, row) over 2-4 waves of programs.
-    Session 22 call 1: at 4096 x 2048 top-2 (the 2-D grid) 1024 best; on the grid in memory order
-    2048 columns 2-6% faster at top-2 (65536 x 64 x 2 x 2048 unpermute fwd 200.9 -> 189.5 µs),
-    512 4% faster at 4096 x 256 x 8, 2048 x 8 slower everywhere."""
-    saved = unpermutation._GATHER_BLOCK_H, unpermutation._GATHER_WARPS, unpermutation._DOT_BLOCK_H
+    """The gather (unpermute forward, permute backward) in column blocks of 512, 1024 or 2048 on
+    the grid the shipped rule picks (``unpermutation._GATHER_BLOCK_H`` on the 2-D grid,
+    ``_ORDERED_GATHER_BLOCK_H`` in memory order), and unpermute's backward (the scatter-dot) in
+    column steps of 1024 (shipped), 2048 or 512 up to 2048 columns (``_DOT_BLOCK_H``). Session 22
+    calls 1-2 (with 1024 on both grids then): on the 2-D grid 1024 best; in memory order 2048
+    2-6.5% faster at 12 of 14 shapes (65536 x 64 x 2 x 2048 unpermute fwd 201.6 -> 190.4 µs),
+    hence the shipped 2048 there; 8 warps at 2048 columns slower everywhere; the scatter-dot's
+    1024 best at top-2, level at top-8."""
+    names = ("_GATHER_BLOCK_H", "_ORDERED_GATHER_BLOCK_H", "_DOT_BLOCK_H")
+    saved = tuple(getattr(unpermutation, n) for n in names)
 
     def use(form) -> None:
-        unpermutation._GATHER_BLOCK_H, unpermutation._GATHER_WARPS, unpermutation._DOT_BLOCK_H = form
+        for n, v in zip(names, form, strict=True):
+            setattr(unpermutation, n, v)
 
-    gather = {"1024 x 4 (shipped)": saved, "2048 x 4": (2048, 4, saved[2]), "512 x 4": (512, 4, saved[2])}
-    dot = {"dot 1024 (shipped)": saved, "dot 2048": (*saved[:2], 2048), "dot 512": (*saved[:2], 512)}
+    gather = {f"{b} columns": (b, b, saved[2]) for b in (1024, 2048, 512)}
+    gather["shipped"] = saved
+    dot = {f"dot {b}": (*saved[:2], b) for b in (1024, 2048, 512)}
     try:
         _forms_experiment(results, shapes, ("permute_bwd", "unpermute_fwd"), gather, use)
         _forms_experiment(results, shapes, ("unpermute_bwd",), dot, use, exact=False)

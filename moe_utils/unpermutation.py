@@ -188,13 +188,31 @@ def _scatter_dot_kernel(
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
-#: The gather's columns per program (at most) and warps.
+#: The gather's columns per program (at most): on the 2-D grid, and on the grid in memory order
+#: (_ORDERED_GATHER_ABOVE). H200 (experiments.py --only tiles, session 22 calls 1-2, two processes
+#: each, 4 warps): in memory order 2048 columns were 2-6.5% faster than 1024 at 12 of 14 shapes
+#: (unpermute fwd 65536 x 64 x 2 x 2048 201.6 -> 190.4 µs, 65536 x 64 x 2 x 4096 401.6 -> 376.1,
+#: 16384 x 64 x 2 x 7168 177.7 -> 168.2; permute bwd 65536 x 8 x 8 x 2048 584.7 -> 558.7, 8192 x
+#: 128 x 8 x 7168 248.5 -> 243.1), level at 4096 x 256 x 8 x 2048 and 16384 x 64 x 4 x 4096 (fwd),
+#: 1.8% slower only at 8192 x 64 x 4 x 2048's permute bwd (44.4 -> 45.2). On the 2-D grid (at most
+#: 16384 source rows) 1024 stays: 2048 lost 1-8% at 4096 x 2048 top-2 (permute bwd 13.7 -> 14.7,
+#: 4096 x 256 x 2 14.9 -> 15.9) and at 2048 x 64 x 8 x 4096 (38.0 -> 39.6). 512 columns lost
+#: nearly everywhere (65536 x 64 x 2 x 2048: 269 µs), 8 warps at 2048 columns everywhere (call 1).
 _GATHER_BLOCK_H = 1024
-_GATHER_WARPS = 4
-#: The scatter-dot's column step up to 2048 columns.
+_ORDERED_GATHER_BLOCK_H = 2048
+#: The scatter-dot's column step up to 2048 columns. H200 (session 22 call 2): 1024 best at top-2
+#: (one 2048-column step 4-7% slower: 65536 x 8 x 2 x 2048 320.3 -> 344.3 µs, 4096 x 64 x 2 23.5
+#: -> 24.4), level at top-8 (4096 x 256 x 8 80.0 / 79.5), 3.5% faster only at 8192 x 64 x 4 x 2048
+#: (82.6 -> 79.8); 512 slower everywhere.
 _DOT_BLOCK_H = 1024
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
 _ORDERED_GATHER_ABOVE = 16384
+
+
+def gather_block_h(hidden: int, ordered: bool) -> int:
+    """The gather's columns per program: _ORDERED_GATHER_BLOCK_H on the grid in memory order, else
+    _GATHER_BLOCK_H (at most; narrower rows in one block)."""
+    return _block_h(hidden, _ORDERED_GATHER_BLOCK_H if ordered else _GATHER_BLOCK_H)
 
 
 def gather_rows(
@@ -210,7 +228,8 @@ def gather_rows(
     n_tokens, hidden = out.shape
     if n_tokens == 0:
         return
-    block_h = _block_h(hidden, _GATHER_BLOCK_H)
+    ordered = src.shape[0] > _ORDERED_GATHER_ABOVE
+    block_h = gather_block_h(hidden, ordered)
     probs_grad = row_grad is not None
     n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
     # H200 (experiments.py --only gather; unpermute fwd and permute bwd alike), by source rows N:
@@ -220,7 +239,6 @@ def gather_rows(
     # 0.5-3% ahead whatever the tokens ((4096, 128, 8, 7168) 128.3 vs 132.3, (16384, 64, 2, 4096)
     # 109.6 vs 112.3, (65536, 8, 2, 2048) 212.8 vs 216.4). Session 10's rule on tokens (>= 8192) put
     # top-8 gathers at 4096 tokens on the 2-D grid, 0.6-3.5% slower in that routing grid.
-    ordered = src.shape[0] > _ORDERED_GATHER_ABOVE
     _gather_rows_kernel[(n_tokens * n_col_blocks,) if ordered else (n_tokens, n_col_blocks)](
         src,
         src.stride(0),
@@ -241,7 +259,7 @@ def gather_rows(
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=block_k(src.shape[0], n_tokens),
-        num_warps=_GATHER_WARPS,
+        num_warps=4,
         **_rt.pdl_args(src.device, "gather"),
     )
 

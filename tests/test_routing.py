@@ -285,8 +285,12 @@ def test_integer_routing_map_and_strided_inputs():
 def test_gather_grid_order_gives_the_same_bits(monkeypatch, hidden):
     # The gather (unpermute's forward, permute's backward) runs on a grid in memory order above a
     # size the interpreter's shapes never reach: force both grids and compare bits (2500 columns are
-    # three column blocks, the last one partly masked).
+    # three column blocks of 1024 on the 2-D grid and two of 2048 in memory order, the last one
+    # partly masked).
     from moe_utils import unpermutation
+
+    assert unpermutation.gather_block_h(2500, False) == 1024 and unpermutation.gather_block_h(2500, True) == 2048
+    assert unpermutation.gather_block_h(96, True) == 128
 
     gen = make_generator(12)
     n_tokens, n_experts, k = 37, 8, 3
