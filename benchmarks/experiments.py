@@ -686,17 +686,26 @@ def tiles_experiments(results, shapes) -> None:
     calls 1-2 (with 1024 on both grids then): on the 2-D grid 1024 best; in memory order 2048
     2-6.5% faster at 12 of 14 shapes (65536 x 64 x 2 x 2048 unpermute fwd 201.6 -> 190.4 µs),
     hence the shipped 2048 there; 8 warps at 2048 columns slower everywhere; the scatter-dot's
-    1024 best at top-2, level at top-8."""
-    names = ("_GATHER_BLOCK_H", "_ORDERED_GATHER_BLOCK_H", "_DOT_BLOCK_H")
+    1024 best at top-2, level at top-8. Call 6: unpermute fwd at top-8 of at most 8192 tokens and
+    2048 columns faster with 512 (``_NARROW_GATHER_BLOCK_H``), the scatter-dot at top-4 with 2048
+    (``_DOT_TOP4_BLOCK_H``), both shipped after it."""
+    names = (
+        "_GATHER_BLOCK_H",
+        "_ORDERED_GATHER_BLOCK_H",
+        "_NARROW_GATHER_BLOCK_H",
+        "_DOT_BLOCK_H",
+        "_DOT_TOP4_BLOCK_H",
+    )
     saved = tuple(getattr(unpermutation, n) for n in names)
 
     def use(form) -> None:
         for n, v in zip(names, form, strict=True):
             setattr(unpermutation, n, v)
 
-    gather = {f"{b} columns": (b, b, saved[2]) for b in (1024, 2048, 512)}
+    gather = {f"{b} columns": (b, b, b, *saved[3:]) for b in (1024, 2048, 512)}
     gather["shipped"] = saved
-    dot = {f"dot {b}": (*saved[:2], b) for b in (1024, 2048, 512)}
+    dot = {f"dot {b}": (*saved[:3], b, b) for b in (1024, 2048, 512)}
+    dot["dot shipped"] = saved
     try:
         _forms_experiment(results, shapes, ("permute_bwd", "unpermute_fwd"), gather, use)
         _forms_experiment(results, shapes, ("unpermute_bwd",), dot, use, exact=False)

@@ -200,19 +200,43 @@ def _scatter_dot_kernel(
 #: nearly everywhere (65536 x 64 x 2 x 2048: 269 µs), 8 warps at 2048 columns everywhere (call 1).
 _GATHER_BLOCK_H = 1024
 _ORDERED_GATHER_BLOCK_H = 2048
-#: The scatter-dot's column step up to 2048 columns. H200 (session 22 call 2): 1024 best at top-2
-#: (one 2048-column step 4-7% slower: 65536 x 8 x 2 x 2048 320.3 -> 344.3 µs, 4096 x 64 x 2 23.5
-#: -> 24.4), level at top-8 (4096 x 256 x 8 80.0 / 79.5), 3.5% faster only at 8192 x 64 x 4 x 2048
-#: (82.6 -> 79.8); 512 slower everywhere.
+#: Except in unpermute's forward (no probs gradient) at top-8 and more, up to _NARROW_GATHER_MAX
+#: columns and tokens: there 512-column blocks (more programs for few tokens). H200 (session 22
+#: calls 2 and 6): 4096 x 8 x 8 x 2048 40.0 -> 37.8 µs, 4096 x 128 x 8 40.6 -> 39.0, 4096 x 256 x 8
+#: 40.8 -> 38.9, 2048 x 64 x 8 x 2048 22.8 -> 20.0, 8192 x 64 x 8 75.1 -> 74.6; at 16384 x 64 x 8 x
+#: 2048 2% slower than 2048 columns, level at 4096 x 64 x 8 x 4096, 3% slower at 4096 x 256 x 8 x
+#: 7168. permute's backward (zeroing its d_probs row behind a barrier in every program) lost
+#: 14-35% with 512 columns at every shape.
+_NARROW_GATHER_BLOCK_H = 512
+_NARROW_GATHER_MIN_K = 8
+_NARROW_GATHER_MAX = (2048, 8192)  # columns, tokens
+#: The scatter-dot's column step up to 2048 columns: _DOT_TOP4_BLOCK_H where each token has 3-4
+#: rows (BLOCK_K 4), else _DOT_BLOCK_H. H200 (session 22 calls 2 and 6): at top-2 1024 best (one
+#: 2048-column step 4-7% slower: 65536 x 8 x 2 x 2048 320.3 -> 344.3 µs, 4096 x 64 x 2 23.5 ->
+#: 24.4), at top-8 level (4096 x 256 x 8 80.0 / 79.5, 4096 x 8 x 8 74.4 / 76.1, 16384 x 64 x 8
+#: 302.1 / 303.7), at top-4 2048 faster: 8192 x 64 x 4 x 2048 82.6 -> 79.8, 16384 x 64 x 4 162.5
+#: -> 155.4, 65536 x 64 x 4 643.0 -> 617.5, 4096 x 64 x 4 42.3 -> 42.0. 512 slower everywhere.
 _DOT_BLOCK_H = 1024
+_DOT_TOP4_BLOCK_H = 2048
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
 _ORDERED_GATHER_ABOVE = 16384
 
 
-def gather_block_h(hidden: int, ordered: bool) -> int:
-    """The gather's columns per program: _ORDERED_GATHER_BLOCK_H on the grid in memory order, else
-    _GATHER_BLOCK_H (at most; narrower rows in one block)."""
+def gather_block_h(hidden: int, ordered: bool, k: int, n_tokens: int, probs_grad: bool) -> int:
+    """The gather's columns per program (at most; narrower rows in one block): _NARROW_GATHER_BLOCK_H
+    for unpermute's forward of few tokens at top-8 (BLOCK_K k), else _ORDERED_GATHER_BLOCK_H on the
+    grid in memory order and _GATHER_BLOCK_H on the 2-D grid."""
+    most_h, most_t = _NARROW_GATHER_MAX
+    if not probs_grad and k >= _NARROW_GATHER_MIN_K and hidden <= most_h and n_tokens <= most_t:
+        return _block_h(hidden, _NARROW_GATHER_BLOCK_H)
     return _block_h(hidden, _ORDERED_GATHER_BLOCK_H if ordered else _GATHER_BLOCK_H)
+
+
+def dot_block_h(hidden: int, k: int) -> int:
+    """The scatter-dot's column step (BLOCK_K k): 2048 past 2048 columns, else by k."""
+    if hidden > 2048:
+        return 2048
+    return _block_h(hidden, _DOT_TOP4_BLOCK_H if k == 4 else _DOT_BLOCK_H)
 
 
 def gather_rows(
@@ -229,8 +253,9 @@ def gather_rows(
     if n_tokens == 0:
         return
     ordered = src.shape[0] > _ORDERED_GATHER_ABOVE
-    block_h = gather_block_h(hidden, ordered)
     probs_grad = row_grad is not None
+    k = block_k(src.shape[0], n_tokens)
+    block_h = gather_block_h(hidden, ordered, k, n_tokens, probs_grad)
     n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
     # H200 (experiments.py --only gather; unpermute fwd and permute bwd alike), by source rows N:
     # below 16384 the 2-D grid is faster, 4-12% (session 11: (4096, 256, 2, 2048) 13.9 vs 15.5 µs,
@@ -258,7 +283,7 @@ def gather_rows(
         ORDERED=ordered,
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
-        BLOCK_K=block_k(src.shape[0], n_tokens),
+        BLOCK_K=k,
         num_warps=4,
         **_rt.pdl_args(src.device, "gather"),
     )
@@ -289,15 +314,16 @@ def _launch_unpermute_backward(
     if probs is not None and need_d_probs:
         d_probs = _rt.empty(probs.shape, probs.dtype, grad.device)  # the kernel zeroes each row
         k = block_k(n_rows, n_tokens)
-        # Column steps of 1024 up to 2048 columns and of 2048 beyond, with 4 warps at every k (no
-        # spills: 139 registers per thread at [8, 2048], ptxas for sm_90). H200, routing grid
+        # Column steps of 1024 up to 2048 columns (2048 at top-4) and of 2048 beyond (dot_block_h),
+        # with 4 warps at every k (no spills: 139 registers per thread at [8, 2048], ptxas for
+        # sm_90). H200, routing grid
         # (bench.py): top-8 past 2048 columns, [8, 2048] with 4 warps 3.4-7.2% faster than the
         # H100's [8, 128] with 8 (4096 x 8 x 8 x 4096: 154.3 -> 143.2 µs; 16384 x 64 x 8 x 7168:
         # 1047.4 -> 1002.3), top-2 there level (-1.2% to +0.3%); at 2048 columns one 2048-column
         # step was 2.4-7.4% slower at top-2 than two of 1024 (65536 x 8 x 2: 321.0 -> 344.6 µs),
         # though sweep.py's graph replays had it level (session 14 calls 1 and 2). Top-8 at 2048
         # columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
-        block_h = _block_h(hidden, _DOT_BLOCK_H if hidden <= 2048 else 2048)
+        block_h = dot_block_h(hidden, k)
         pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
         if n_tokens + pad_programs > 0:
             _scatter_dot_kernel[(n_tokens + pad_programs,)](

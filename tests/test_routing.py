@@ -155,12 +155,16 @@ def test_gradients_against_float64_autograd(dtype):
 
 
 @pytest.mark.parametrize("hidden", [1500, 2100])
-@pytest.mark.parametrize("k", [2, 8])
+@pytest.mark.parametrize("k", [2, 4, 8])
 def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
     # The scatter-dot (unpermute's backward with the probs gradient) walks each token's rows in
-    # column steps, 1024 up to 2048 columns and 2048 beyond: both widths are two steps, the second
-    # partly masked. Padding rows (num_out_tokens past the routed count) get zeros; against
-    # float64 autograd.
+    # column steps, 1024 up to 2048 columns (2048 at top-4) and 2048 beyond: two steps (the second
+    # partly masked) or one. Padding rows (num_out_tokens past the routed count) get zeros; against
+    # float64 autograd. The forward at top-8 and 1500 columns runs in three 512-column blocks.
+    from moe_utils import unpermutation
+
+    assert unpermutation.dot_block_h(hidden, k) == (1024 if hidden <= 2048 and k != 4 else 2048)
+    assert unpermutation.gather_block_h(hidden, False, k, 9, False) == (512 if k == 8 and hidden <= 2048 else 1024)
     gen = make_generator(40 + k)
     n_tokens, n_experts = 9, 16
     x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
@@ -169,12 +173,14 @@ def test_unpermute_backward_walks_wide_rows_in_column_steps(k, hidden):
     g_out = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
     rows, _, plan = permute(x, m, num_out_tokens=n_tokens * k + 3, fused=True)
     _, _, idx = permute(x, m, fused=False)
-    grads = {}
+    grads, outs = {}, {}
     for fused, cast in ((True, torch.bfloat16), (False, torch.float64)):
         r = (rows if fused else rows[: n_tokens * k]).to(cast).requires_grad_(True)
         pp = p.to(torch.float32 if fused else cast).requires_grad_(True)
         out = unpermute(r, plan if fused else idx, x.shape, probs=pp, routing_map=m, fused=fused)
+        outs[fused] = out
         grads[fused] = torch.autograd.grad(out, (r, pp), g_out.to(cast))
+    torch.testing.assert_close(outs[True].double(), outs[False], rtol=8e-3, atol=8e-3)
     d_rows, d_p = grads[True]
     torch.testing.assert_close(d_rows[: n_tokens * k].double(), grads[False][0], rtol=8e-3, atol=8e-3)
     torch.testing.assert_close(d_p.double(), grads[False][1], rtol=2e-2, atol=2e-2)
@@ -289,8 +295,12 @@ def test_gather_grid_order_gives_the_same_bits(monkeypatch, hidden):
     # partly masked).
     from moe_utils import unpermutation
 
-    assert unpermutation.gather_block_h(2500, False) == 1024 and unpermutation.gather_block_h(2500, True) == 2048
-    assert unpermutation.gather_block_h(96, True) == 128
+    block_h = unpermutation.gather_block_h
+    assert block_h(2500, False, 4, 37, False) == 1024 and block_h(2500, True, 4, 37, True) == 2048
+    assert block_h(96, True, 4, 37, False) == 128
+    # unpermute's forward of few tokens at top-8 up to 2048 columns: 512; not permute's backward
+    assert block_h(2048, True, 8, 4096, False) == 512 and block_h(2048, True, 8, 4096, True) == 2048
+    assert block_h(2048, True, 8, 16384, False) == 2048 and block_h(4096, True, 8, 4096, False) == 2048
 
     gen = make_generator(12)
     n_tokens, n_experts, k = 37, 8, 3
