@@ -316,13 +316,12 @@ def _launch_unpermute_backward(
         k = block_k(n_rows, n_tokens)
         # Column steps of 1024 up to 2048 columns (2048 at top-4) and of 2048 beyond (dot_block_h),
         # with 4 warps at every k (no spills: 139 registers per thread at [8, 2048], ptxas for
-        # sm_90). H200, routing grid
-        # (bench.py): top-8 past 2048 columns, [8, 2048] with 4 warps 3.4-7.2% faster than the
-        # H100's [8, 128] with 8 (4096 x 8 x 8 x 4096: 154.3 -> 143.2 µs; 16384 x 64 x 8 x 7168:
-        # 1047.4 -> 1002.3), top-2 there level (-1.2% to +0.3%); at 2048 columns one 2048-column
-        # step was 2.4-7.4% slower at top-2 than two of 1024 (65536 x 8 x 2: 321.0 -> 344.6 µs),
-        # though sweep.py's graph replays had it level (session 14 calls 1 and 2). Top-8 at 2048
-        # columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
+        # sm_90). H200, routing grid (bench.py): top-8 past 2048 columns, [8, 2048] with 4 warps
+        # 3.4-7.2% faster than the H100's [8, 128] with 8 (4096 x 8 x 8 x 4096: 154.3 -> 143.2 µs;
+        # 16384 x 64 x 8 x 7168: 1047.4 -> 1002.3), top-2 there level (-1.2% to +0.3%); at 2048
+        # columns one 2048-column step was 2.4-7.4% slower at top-2 than two of 1024 (65536 x 8 x
+        # 2: 321.0 -> 344.6 µs), though sweep.py's graph replays had it level (session 14 calls 1
+        # and 2). Top-8 at 2048 columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
         block_h = dot_block_h(hidden, k)
         pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
         if n_tokens + pad_programs > 0:
