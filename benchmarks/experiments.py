@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores
+              counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -61,6 +61,11 @@ rows, in order or permuted) with plain, streaming (.cs) and TMA stores: is the H
 the stores' or the memory's?
 ``--only stores``: permute's scatter with plain stores, streaming stores as shipped, and streaming
 stores at top-4 and at top-2 at any size (``permutation._STREAM_STORE_K``, ``_STREAM_STORE_BYTES``).
+``--only tiles``: the gather's column blocks (unpermute forward, permute backward) and the
+scatter-dot's column step (unpermute backward) at 512, 1024 and 2048 columns and as shipped.
+(Session 22's ``--only planlast``, the scatter's plan programs after its copies instead of
+before them: slower at all eight shapes, 0-7%; commit 04e3dfd for its code,
+results/logs/session22/call1 for its times.)
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -681,8 +686,9 @@ def store_experiments(results, shapes) -> None:
 def tiles_experiments(results, shapes) -> None:
     """The gather (unpermute forward, permute backward) in column blocks of 512, 1024 or 2048 on
     the grid the shipped rule picks (``unpermutation._GATHER_BLOCK_H`` on the 2-D grid,
-    ``_ORDERED_GATHER_BLOCK_H`` in memory order), and unpermute's backward (the scatter-dot) in
-    column steps of 1024 (shipped), 2048 or 512 up to 2048 columns (``_DOT_BLOCK_H``). Session 22
+    ``_ORDERED_GATHER_BLOCK_H`` in memory order, ``_NARROW_GATHER_BLOCK_H`` where its rule holds),
+    and unpermute's backward (the scatter-dot) in column steps of 1024, 2048 or 512 up to 2048
+    columns (``_DOT_BLOCK_H``, ``_DOT_TOP4_BLOCK_H``), each against the shipped rules. Session 22
     calls 1-2 (with 1024 on both grids then): on the 2-D grid 1024 best; in memory order 2048
     2-6.5% faster at 12 of 14 shapes (65536 x 64 x 2 x 2048 unpermute fwd 201.6 -> 190.4 µs),
     hence the shipped 2048 there; 8 warps at 2048 columns slower everywhere; the scatter-dot's
