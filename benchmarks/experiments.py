@@ -66,8 +66,10 @@ scatter-dot's column step (unpermute backward) at 512, 1024 and 2048 columns and
 (Session 22's ``--only planlast``, the scatter's plan programs after its copies instead of
 before them: slower at all eight shapes, 0-7%; commit 04e3dfd for its code,
 results/logs/session22/call1 for its times.)
-``--only dotpipe``: unpermute's backward (the scatter-dot) with its column loop as shipped, with
-the next step's tiles loaded a step ahead, with the dot products reduced once per row, and both.
+(Session 23's ``--only dotpipe``, the scatter-dot's column loop with the next step's tiles loaded
+a step ahead, with the dot products reduced once per row, and both: slower at every shape
+(prefetch 1.4-6.5% at top-2, 5-26% at top-4 and top-8); commit 2204899 for its code,
+results/logs/session23/call1 for its times.)
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -721,32 +723,6 @@ def tiles_experiments(results, shapes) -> None:
         use(saved)
 
 
-def dot_pipeline_experiments(results, shapes) -> None:
-    """unpermute's backward (the scatter-dot) with its column loop as shipped, with the next column
-    step's tiles loaded a step ahead (``unpermutation._DOT_PREFETCH``), with the dot products
-    summed elementwise and reduced once per row (``_DOT_LATE``), and with both; each for tiles of
-    at most ``_DOT_PIPELINE_MOST`` elements (8192: every tile but top-8's [8, 2048]). Registers per
-    thread for sm_90 (ptxas, 4 warps; prefetch / late / both): [2, 1024] 40 -> 51 / 54 / 67,
-    [8, 1024] 128 -> 165 / 156 / 209, [4, 2048] 72 -> 168 / 168 / 220."""
-    names = ("_DOT_PREFETCH", "_DOT_LATE", "_DOT_PIPELINE_MOST")
-    saved = tuple(getattr(unpermutation, n) for n in names)
-
-    def use(form) -> None:
-        for n, v in zip(names, form, strict=True):
-            setattr(unpermutation, n, v)
-
-    forms = {
-        "shipped": saved,
-        "prefetch": (True, False, 8192),
-        "late dot": (False, True, 8192),
-        "prefetch, late dot": (True, True, 8192),
-    }
-    try:
-        _forms_experiment(results, shapes, ("unpermute_bwd",), forms, use, exact=False)
-    finally:
-        use(saved)
-
-
 def group_experiments(results, shapes) -> None:
     """The map kernel's expert groups (GROUP, the tiles' last dimension, ``routing._map_group``) of
     8 (shipped), 4, 2 and 1 experts. Session 15's 3-D tiles made build_plan 0.2-0.7 µs slower at
@@ -1000,11 +976,6 @@ _FORMS_KINDS = {
         (65536, 8, 2, 2048),
         (65536, 64, 2, 4096), (16384, 64, 2, 7168), (16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 128, 8, 7168),
         (8192, 64, 4, 2048), (16384, 64, 4, 4096), (2048, 64, 8, 4096), (65536, 8, 8, 2048),
-    ]),
-    "dotpipe": (dot_pipeline_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (7, 8, 8, 1500)], [
-        (4096, 8, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (16384, 64, 2, 2048), (65536, 8, 2, 2048),
-        (4096, 128, 2, 4096), (16384, 64, 2, 7168), (4096, 256, 8, 2048), (16384, 64, 8, 2048),
-        (16384, 64, 4, 4096), (8192, 64, 4, 2048),
     ]),
     "group": (group_experiments, _DRY, [
         (4096, 8, 2, 2048), (16384, 8, 2, 2048), (65536, 8, 8, 2048), (4096, 64, 2, 2048), (65536, 64, 2, 2048),

@@ -143,8 +143,6 @@ def _scatter_dot_kernel(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
-    PREFETCH: tl.constexpr,  # load each column step's tiles during the step before (_dot_pipeline)
-    LATE_DOT: tl.constexpr,  # products summed elementwise, reduced across the row once (_dot_pipeline)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
@@ -177,42 +175,16 @@ def _scatter_dot_kernel(
             experts = entry_expert(entry)
             p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=placed, other=0.0)
             p = p.to(tl.float32)
-            g_row = grad_ptr + token * grad_row_stride
-            x_rows = perm_ptr + rows[:, None] * perm_row_stride
-            if PREFETCH:
-                # The next step's tiles are loaded before this step's stores (which the compiler
-                # cannot move them above: they may alias), so each step's loads are in flight
-                # while the step before stores and sums; the last step loads nothing (masked).
-                cols = tl.arange(0, BLOCK_H)
-                g_next = tl.load(g_row + cols, mask=cols < hidden, other=0.0)
-                x_next = tl.load(x_rows + cols[None, :], mask=placed[:, None] & (cols < hidden)[None, :], other=0.0)
-            if LATE_DOT:
-                dots = tl.zeros([BLOCK_K, BLOCK_H], dtype=tl.float32)
-            else:
-                dot = tl.zeros([BLOCK_K], dtype=tl.float32)
+            dot = tl.zeros([BLOCK_K], dtype=tl.float32)
             for col_start in range(0, hidden, BLOCK_H):
                 cols = col_start + tl.arange(0, BLOCK_H)
                 col_ok = cols < hidden
                 ok = placed[:, None] & col_ok[None, :]
-                if PREFETCH:
-                    g = g_next
-                    x = x_next
-                    ahead = cols + BLOCK_H
-                    ahead_ok = ahead < hidden
-                    g_next = tl.load(g_row + ahead, mask=ahead_ok, other=0.0)
-                    x_next = tl.load(x_rows + ahead[None, :], mask=placed[:, None] & ahead_ok[None, :], other=0.0)
-                else:
-                    g = tl.load(g_row + cols, mask=col_ok, other=0.0)
-                    x = tl.load(x_rows + cols[None, :], mask=ok, other=0.0)
-                g = g.to(tl.float32)
+                g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+                x = tl.load(perm_ptr + rows[:, None] * perm_row_stride + cols[None, :], mask=ok, other=0.0)
                 d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
                 tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
-                if LATE_DOT:
-                    dots += g[None, :] * x.to(tl.float32)
-                else:
-                    dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
-            if LATE_DOT:
-                dot = tl.sum(dots, axis=1)
+                dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
@@ -246,13 +218,6 @@ _NARROW_GATHER_MAX = (2048, 8192)  # columns, tokens
 #: -> 155.4, 65536 x 64 x 4 643.0 -> 617.5, 4096 x 64 x 4 42.3 -> 42.0. 512 slower everywhere.
 _DOT_BLOCK_H = 1024
 _DOT_TOP4_BLOCK_H = 2048
-#: The scatter-dot's column loop: the next step's tiles loaded a step ahead (_DOT_PREFETCH) and the
-#: dot products summed elementwise with one reduction at the end of the row (_DOT_LATE), each for
-#: tiles (BLOCK_K x BLOCK_H) of at most _DOT_PIPELINE_MOST elements. Experimental switches
-#: (experiments.py --only dotpipe); off as shipped until measured.
-_DOT_PREFETCH = False
-_DOT_LATE = False
-_DOT_PIPELINE_MOST = 8192
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
 _ORDERED_GATHER_ABOVE = 16384
 
@@ -272,12 +237,6 @@ def dot_block_h(hidden: int, k: int) -> int:
     if hidden > 2048:
         return 2048
     return _block_h(hidden, _DOT_TOP4_BLOCK_H if k == 4 else _DOT_BLOCK_H)
-
-
-def _dot_pipeline(k: int, block_h: int) -> dict:
-    """The scatter-dot's PREFETCH and LATE_DOT flags for [k, block_h] tiles."""
-    small = k * block_h <= _DOT_PIPELINE_MOST
-    return {"PREFETCH": _DOT_PREFETCH and small, "LATE_DOT": _DOT_LATE and small}
 
 
 def gather_rows(
@@ -388,7 +347,6 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
-                **_dot_pipeline(k, block_h),
                 num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
