@@ -43,6 +43,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines
 from moe_utils.codegen.specs import REGISTRY
+from sweep import capture_graph
 
 import moe_utils
 from moe_utils import generated
@@ -74,17 +75,13 @@ def timed(fn: Callable[[int], object], rotate: int = 1, capture: bool = True) ->
         return eager, None
     try:
         inner = max(1, min(50, int(2.0 / max(eager * rotate, 1e-3))))  # about 2 ms per replay
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for i in range(rotate):
-                fn(i)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(inner):
+
+        def body(calls: int) -> None:
+            for _ in range(calls):
                 for i in range(rotate):
                     fn(i)
+
+        graph = capture_graph(lambda: body(1), lambda: body(inner))
         replay = do_bench(graph.replay, warmup=10, rep=100, return_mode="median")
         del graph
         return replay / (inner * rotate), eager

@@ -110,7 +110,9 @@ import triton.language as tl
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import baselines
-from sweep import DEVICE, DRY, bench, dims, gen, warm_up  # one timing method and one dry-run switch for both scripts
+
+# one timing method and one dry-run switch for both scripts
+from sweep import DEVICE, DRY, bench, capture_graph, dims, gen, warm_up
 from sweep import copy_gbs as sweep_copy_gbs
 
 from moe_utils import _runtime as _rt
@@ -770,21 +772,27 @@ def _recording(fn, seen: list):
 
 def _replay_timer(fn, calls: int = 200):
     """A function that times fn from one CUDA graph of ``calls`` calls, captured now (so the
-    outputs' memory is fixed before any timing): µs per call, median of do_bench's replays."""
+    outputs' memory is fixed before any timing): µs per call, median of do_bench's replays.
+
+    The returned function holds fn, and through it the inputs its calls read: the graph replays
+    kernels on their addresses. Session 21's version held only the graph; the caller's next
+    inputs then took the freed plan's memory, and a replay's gather read rows from whatever
+    landed there (an illegal memory access at the second timing)."""
     fn()
     if DRY:
         return lambda: 1.0
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    with torch.cuda.graph(graph):
+
+    def body() -> None:
         for _ in range(calls):
             fn()
-    return lambda: triton.testing.do_bench(graph.replay, warmup=5, rep=20, return_mode="median") * 1e3 / calls
+
+    graph = capture_graph(fn, body)
+
+    def timer(fn=fn) -> float:  # fn kept alive with the graph
+        return triton.testing.do_bench(graph.replay, warmup=5, rep=20, return_mode="median") * 1e3 / calls
+
+    return timer
 
 
 def realloc_experiments(results, shapes, copies: int = 6, captured_once: bool = False) -> None:

@@ -48,6 +48,22 @@ def bench(fn) -> float:
     return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") * 1e3  # µs
 
 
+def capture_graph(warm, body) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of ``body()``, captured after ``warm()`` ran on a side stream (the first calls,
+    which compile kernels and fill the allocator, stay out of the capture: torch.cuda.graph's
+    rule). The graph replays its kernels on the buffers they had at capture: whoever replays it
+    keeps those buffers' owners (the inputs) alive as long as the graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        warm()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph
+
+
 def dims(text: str) -> tuple[int, ...]:
     """A shape or tile from the command line: "65536x2048" -> (65536, 2048) (argparse's type=)."""
     return tuple(int(v) for v in text.split("x"))
