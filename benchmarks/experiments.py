@@ -70,6 +70,8 @@ results/logs/session22/call1 for its times.)
 a step ahead, with the dot products reduced once per row, and both: slower at every shape
 (prefetch 1.4-6.5% at top-2, 5-26% at top-4 and top-8); commit 2204899 for its code,
 results/logs/session23/call1 for its times.)
+``--only rowstore``: permute's and unpermute's backward with d_probs's rows stored once per token,
+built in registers, in place of zeros, a barrier and each entry's value.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -725,6 +727,21 @@ def tiles_experiments(results, shapes) -> None:
         use(saved)
 
 
+def row_store_experiments(results, shapes) -> None:
+    """permute's backward (the gather with the probs gradient) and unpermute's backward (the
+    scatter-dot) with d_probs's rows as shipped (zeros stored, a barrier, then each entry's value)
+    and built in registers and stored once per token (``unpermutation._D_PROBS_ROW_STORE``)."""
+    saved = unpermutation._D_PROBS_ROW_STORE
+
+    def use(form) -> None:
+        unpermutation._D_PROBS_ROW_STORE = form
+
+    try:
+        _forms_experiment(results, shapes, ("permute_bwd", "unpermute_bwd"), {"shipped": saved, "row store": True}, use)
+    finally:
+        use(saved)
+
+
 def group_experiments(results, shapes) -> None:
     """The map kernel's expert groups (GROUP, the tiles' last dimension, ``routing._map_group``) of
     8 (shipped), 4, 2 and 1 experts. Session 15's 3-D tiles made build_plan 0.2-0.7 µs slower at
@@ -984,6 +1001,11 @@ _FORMS_KINDS = {
         (65536, 8, 2, 2048),
         (65536, 64, 2, 4096), (16384, 64, 2, 7168), (16384, 64, 8, 2048), (8192, 128, 8, 7168), (4096, 128, 8, 7168),
         (8192, 64, 4, 2048), (16384, 64, 4, 4096), (2048, 64, 8, 4096), (65536, 8, 8, 2048),
+    ]),
+    "rowstore": (row_store_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (7, 300, 8, 1500)], [
+        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
+        (4096, 1024, 8, 2048), (16384, 64, 2, 2048), (16384, 256, 8, 2048), (65536, 256, 2, 2048),
+        (4096, 128, 2, 7168),
     ]),
     "group": (group_experiments, _DRY, [
         (4096, 8, 2, 2048), (16384, 8, 2, 2048), (65536, 8, 8, 2048), (4096, 64, 2, 2048), (65536, 64, 2, 2048),

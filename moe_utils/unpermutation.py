@@ -39,6 +39,8 @@ def _zero_d_probs_row(d_probs_ptr, token, E, write, BLOCK_E: tl.constexpr):
 @triton.jit
 def _gather_entry(
     acc,  # [BLOCK_H] fp32 sum so far
+    d_row,  # [BLOCK_E] fp32 the token's row of d_probs so far (PROBS_GRAD and ROW_STORE)
+    e_range,  # [BLOCK_E] 0 .. BLOCK_E - 1
     entry,  # the entry's plan word: (row << EXPERT_BITS) | expert; row < 0: not placed, adds 0
     token,
     cols,
@@ -54,9 +56,11 @@ def _gather_entry(
     E,
     SCALE: tl.constexpr,
     PROBS_GRAD: tl.constexpr,
+    ROW_STORE: tl.constexpr,
 ):
-    """One entry of _gather_rows_kernel: acc + its row (times its probability), and with PROBS_GRAD
-    the entry's probability gradient (row_grad of its row) into d_probs."""
+    """One entry of _gather_rows_kernel: (acc + its row (times its probability), d_row), and with
+    PROBS_GRAD the entry's probability gradient (row_grad of its row) into d_probs, or with
+    ROW_STORE into d_row at its expert."""
     row = entry_row(entry)
     placed = row >= 0
     x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & placed, other=0.0).to(tl.float32)
@@ -64,10 +68,14 @@ def _gather_entry(
         p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=placed, other=0.0)
         x = x * p.to(tl.float32)
     if PROBS_GRAD:
-        if first_block & placed:
-            grad = tl.load(row_grad_ptr + row)
-            tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
-    return acc + x
+        if ROW_STORE:
+            grad = tl.load(row_grad_ptr + row, mask=first_block & placed, other=0.0)
+            d_row = tl.where((e_range == entry_expert(entry)) & placed, grad.to(tl.float32), d_row)
+        else:
+            if first_block & placed:
+                grad = tl.load(row_grad_ptr + row)
+                tl.store(d_probs_ptr + token * E + entry_expert(entry), grad.to(d_probs_ptr.dtype.element_ty))
+    return acc + x, d_row
 
 
 @triton.jit
@@ -91,6 +99,7 @@ def _gather_rows_kernel(
     BLOCK_H: tl.constexpr,  # columns per program
     BLOCK_E: tl.constexpr,  # >= E (PROBS_GRAD)
     BLOCK_K: tl.constexpr,  # entries of each token unrolled (the average top-k, rounded up)
+    ROW_STORE: tl.constexpr,  # PROBS_GRAD: d_probs's row built in registers, stored once (_D_PROBS_ROW_STORE)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
@@ -103,9 +112,13 @@ def _gather_rows_kernel(
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
     first = tl.load(token_ptr_ptr + token)
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
+    e_range = tl.arange(0, BLOCK_E)
+    d_row = tl.zeros([BLOCK_E], dtype=tl.float32)
     if PROBS_GRAD:
-        _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
+        if not ROW_STORE:
+            _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
     args = (src_ptr, src_row_stride, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E)
+    flags = (SCALE, PROBS_GRAD, ROW_STORE)
     # The first BLOCK_K entries unrolled: their loads depend only on `first`, so all their rows are
     # in flight at once; a loop walks entry -> row -> next entry with one row in flight per
     # program. H200 (session 13; results/history/experiments-gather-unrolled-pdl-s13-call1-*):
@@ -114,10 +127,15 @@ def _gather_rows_kernel(
     # they add 0.
     for i in tl.static_range(BLOCK_K):
         entry = tl.load(entry_ptr + first + i, mask=first + i < last, other=-1)
-        acc = _gather_entry(acc, entry, token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
+        acc, d_row = _gather_entry(acc, d_row, e_range, entry, token, cols, col_ok, col_block == 0, *args, *flags)
     for j in range(first + BLOCK_K, last):  # tokens with more than BLOCK_K entries
-        acc = _gather_entry(acc, tl.load(entry_ptr + j), token, cols, col_ok, col_block == 0, *args, SCALE, PROBS_GRAD)
+        entry = tl.load(entry_ptr + j)
+        acc, d_row = _gather_entry(acc, d_row, e_range, entry, token, cols, col_ok, col_block == 0, *args, *flags)
     tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
+    if PROBS_GRAD:
+        if ROW_STORE:
+            if col_block == 0:
+                tl.store(d_probs_ptr + token * E + e_range, d_row.to(d_probs_ptr.dtype.element_ty), mask=e_range < E)
 
 
 @triton.jit
@@ -143,6 +161,7 @@ def _scatter_dot_kernel(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
+    ROW_STORE: tl.constexpr,  # d_probs's row built in registers, stored once (_D_PROBS_ROW_STORE)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
@@ -166,7 +185,10 @@ def _scatter_dot_kernel(
     else:
         first = tl.load(token_ptr_ptr + token)
         last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
-        _zero_d_probs_row(d_probs_ptr, token, E, True, BLOCK_E)
+        if not ROW_STORE:
+            _zero_d_probs_row(d_probs_ptr, token, E, True, BLOCK_E)
+        e_range = tl.arange(0, BLOCK_E)
+        d_row = tl.zeros([BLOCK_E], dtype=tl.float32)
         for start in range(first, last, BLOCK_K):
             entries = start + tl.arange(0, BLOCK_K)
             entry = tl.load(entry_ptr + entries, mask=entries < last, other=-1)
@@ -185,7 +207,14 @@ def _scatter_dot_kernel(
                 d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
                 tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
                 dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
-            tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
+            if ROW_STORE:  # a token's experts are distinct: at most one hit per column of d_row
+                hit = (experts[:, None] == e_range[None, :]) & placed[:, None]
+                value = tl.sum(tl.where(hit, dot[:, None], 0.0), axis=0)
+                d_row = tl.where(tl.max(hit.to(tl.int32), axis=0) > 0, value, d_row)
+            else:
+                tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
+        if ROW_STORE:
+            tl.store(d_probs_ptr + token * E + e_range, d_row.to(d_probs_ptr.dtype.element_ty), mask=e_range < E)
 
 
 #: The gather's columns per program (at most): on the 2-D grid, and on the grid in memory order
@@ -218,6 +247,10 @@ _NARROW_GATHER_MAX = (2048, 8192)  # columns, tokens
 #: -> 155.4, 65536 x 64 x 4 643.0 -> 617.5, 4096 x 64 x 4 42.3 -> 42.0. 512 slower everywhere.
 _DOT_BLOCK_H = 1024
 _DOT_TOP4_BLOCK_H = 2048
+#: d_probs's rows (permute's and unpermute's backward) built in registers and stored once per token,
+#: in place of zeros stored first, a barrier, then each entry's value. Experimental switch
+#: (experiments.py --only rowstore); off as shipped until measured.
+_D_PROBS_ROW_STORE = False
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
 _ORDERED_GATHER_ABOVE = 16384
 
@@ -284,6 +317,7 @@ def gather_rows(
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=k,
+        ROW_STORE=_D_PROBS_ROW_STORE,
         num_warps=4,
         **_rt.pdl_args(src.device, "gather"),
     )
@@ -347,6 +381,7 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
+                ROW_STORE=_D_PROBS_ROW_STORE,
                 num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
