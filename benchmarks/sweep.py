@@ -375,7 +375,7 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
                             grad, grad.stride(0), out, out.stride(0), d_perm, p, p.stride(0), p.stride(1), d_probs,
                             view.token_ptr, view.entry, view.src_token, n_tokens, n_rows, hidden, n_experts,
                             PAD=False, PAD_ROWS=16, BLOCK_K=bk, BLOCK_H=bh,
-                            BLOCK_E=triton.next_power_of_2(n_experts), ROW_STORE=False, num_warps=nw, PDL=0,
+                            BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw, PDL=0,
                         )  # fmt: skip
 
                     us = bench(run)

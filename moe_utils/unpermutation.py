@@ -99,7 +99,7 @@ def _gather_rows_kernel(
     BLOCK_H: tl.constexpr,  # columns per program
     BLOCK_E: tl.constexpr,  # >= E (PROBS_GRAD)
     BLOCK_K: tl.constexpr,  # entries of each token unrolled (the average top-k, rounded up)
-    ROW_STORE: tl.constexpr,  # PROBS_GRAD: d_probs's row built in registers, stored once (_D_PROBS_ROW_STORE)
+    ROW_STORE: tl.constexpr,  # PROBS_GRAD: d_probs's row built in registers, stored once (d_probs_row_store)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
@@ -161,7 +161,6 @@ def _scatter_dot_kernel(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
-    ROW_STORE: tl.constexpr,  # d_probs's row built in registers, stored once (_D_PROBS_ROW_STORE)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
@@ -185,10 +184,9 @@ def _scatter_dot_kernel(
     else:
         first = tl.load(token_ptr_ptr + token)
         last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
-        if not ROW_STORE:
-            _zero_d_probs_row(d_probs_ptr, token, E, True, BLOCK_E)
-        e_range = tl.arange(0, BLOCK_E)
-        d_row = tl.zeros([BLOCK_E], dtype=tl.float32)
+        # d_probs's row zeroed first, then each entry's dot product (a row built in registers and
+        # stored once, as the gather does, was 1-8% slower here at 8 of 10 shapes: session 23).
+        _zero_d_probs_row(d_probs_ptr, token, E, True, BLOCK_E)
         for start in range(first, last, BLOCK_K):
             entries = start + tl.arange(0, BLOCK_K)
             entry = tl.load(entry_ptr + entries, mask=entries < last, other=-1)
@@ -207,14 +205,7 @@ def _scatter_dot_kernel(
                 d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
                 tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
                 dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
-            if ROW_STORE:  # a token's experts are distinct: at most one hit per column of d_row
-                hit = (experts[:, None] == e_range[None, :]) & placed[:, None]
-                value = tl.sum(tl.where(hit, dot[:, None], 0.0), axis=0)
-                d_row = tl.where(tl.max(hit.to(tl.int32), axis=0) > 0, value, d_row)
-            else:
-                tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
-        if ROW_STORE:
-            tl.store(d_probs_ptr + token * E + e_range, d_row.to(d_probs_ptr.dtype.element_ty), mask=e_range < E)
+            tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
 #: The gather's columns per program (at most): on the 2-D grid, and on the grid in memory order
@@ -247,10 +238,18 @@ _NARROW_GATHER_MAX = (2048, 8192)  # columns, tokens
 #: -> 155.4, 65536 x 64 x 4 643.0 -> 617.5, 4096 x 64 x 4 42.3 -> 42.0. 512 slower everywhere.
 _DOT_BLOCK_H = 1024
 _DOT_TOP4_BLOCK_H = 2048
-#: d_probs's rows (permute's and unpermute's backward) built in registers and stored once per token,
-#: in place of zeros stored first, a barrier, then each entry's value. Experimental switch
-#: (experiments.py --only rowstore); off as shipped until measured.
-_D_PROBS_ROW_STORE = False
+#: permute's backward (the gather with the probs gradient) builds each token's row of d_probs in
+#: registers (zeros, each entry's gradient put in at its expert) and stores it once, up to this many
+#: experts; beyond, it stores the row's zeros, waits at a barrier and stores each entry's gradient
+#: (_zero_d_probs_row). H200 (experiments.py --only rowstore, session 23 call 3, two processes
+#: within 0.3 µs): the row store faster at every shape up to 256 experts, most where the grid is
+#: in memory order: 65536 x 256 x 2 x 2048 223.5 -> 206.6 µs (-7.5%), 16384 x 64 x 2 55.5 -> 50.5
+#: (-9%), 16384 x 256 x 8 148.5 -> 143.2, 4096 x 256 x 2 15.0 -> 14.2, 4096 x 128 x 2 14.2 -> 13.4,
+#: 4096 x 8 x 2 13.2 -> 12.8; at 1024 experts 2.8% slower (44.6 -> 45.9 at 4096 x 1024 x 8: a
+#: 1024-wide row is 8 registers a thread and a select per entry each); 512 not measured. The
+#: scatter-dot (unpermute's backward) keeps the zeros and the barrier: the row store, built there
+#: from its [BLOCK_K] dot products, was 1-8% slower at 8 of 10 shapes (commit 5ff0ff0).
+_ROW_STORE_MOST_E = 256
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
 _ORDERED_GATHER_ABOVE = 16384
 
@@ -270,6 +269,11 @@ def dot_block_h(hidden: int, k: int) -> int:
     if hidden > 2048:
         return 2048
     return _block_h(hidden, _DOT_TOP4_BLOCK_H if k == 4 else _DOT_BLOCK_H)
+
+
+def d_probs_row_store(n_experts: int) -> bool:
+    """Whether permute's backward stores each row of d_probs [T, n_experts] once (_ROW_STORE_MOST_E)."""
+    return triton.next_power_of_2(max(n_experts, 1)) <= _ROW_STORE_MOST_E
 
 
 def gather_rows(
@@ -317,7 +321,7 @@ def gather_rows(
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=k,
-        ROW_STORE=_D_PROBS_ROW_STORE,
+        ROW_STORE=probs_grad and d_probs_row_store(d_probs.shape[1]),
         num_warps=4,
         **_rt.pdl_args(src.device, "gather"),
     )
@@ -381,7 +385,6 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
-                ROW_STORE=_D_PROBS_ROW_STORE,
                 num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )

@@ -324,6 +324,46 @@ def test_gather_grid_order_gives_the_same_bits(monkeypatch, hidden):
     assert results[0][0].abs().sum() > 0 and results[0][1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("n_experts", [40, 300])
+def test_permute_backward_row_store_gives_the_same_bits(monkeypatch, n_experts):
+    # permute's backward (the gather with the probs gradient) builds each token's row of d_probs in
+    # registers and stores it once up to _ROW_STORE_MOST_E experts (256); beyond, zeros, a barrier
+    # and each entry's gradient. Both forms, on both grids, give the same bits (every element of the
+    # poisoned d_probs written), against float64 autograd of the reference; tokens with more entries
+    # than the unrolled BLOCK_K (the loop after it), a token routed nowhere, padding rows.
+    from moe_utils import unpermutation
+
+    row_store = unpermutation.d_probs_row_store
+    assert row_store(1) and row_store(200) and row_store(256) and not row_store(257) and not row_store(1024)
+    gen = make_generator(47)
+    n_tokens, hidden = 23, 40
+    m = topk_map(n_tokens, n_experts, 2, gen)
+    m[::5, :7] = True  # 7-8 experts for some tokens: BLOCK_K is 3 here
+    m[4] = False
+    routed = int(m.sum())
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    g_rows = torch.randn(routed + 5, hidden, generator=gen).to(DEVICE)
+    g_probs = torch.randn(routed + 5, generator=gen).to(DEVICE)
+    results = []
+    for ordered_above in (1 << 62, 0):
+        for most in (0, 1024):
+            monkeypatch.setattr(unpermutation, "_ORDERED_GATHER_ABOVE", ordered_above)
+            monkeypatch.setattr(unpermutation, "_ROW_STORE_MOST_E", most)
+            xx, pp = x.clone().requires_grad_(True), p.clone().requires_grad_(True)
+            rows, perm_probs, _ = permute(xx, m, pp, num_out_tokens=routed + 5, fused=True)
+            results.append(torch.autograd.grad((rows, perm_probs), (xx, pp), (g_rows, g_probs)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+    x64, p64 = x.double().requires_grad_(True), p.double().requires_grad_(True)
+    rows, perm_probs, _ = permute(x64, m, p64, fused=False)
+    want = torch.autograd.grad((rows, perm_probs), (x64, p64), (g_rows[:routed].double(), g_probs[:routed].double()))
+    for got, ref in zip(results[0], want, strict=True):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    assert torch.all(results[0][1][~m] == 0) and torch.all(results[0][1][m] != 0)
+
+
 def test_determinism_of_fused_unpermute_and_backward():
     gen = make_generator(11)
     n_tokens, n_experts, k, hidden = 64, 16, 8, 128
