@@ -730,17 +730,21 @@ def tiles_experiments(results, shapes) -> None:
 def row_store_experiments(results, shapes) -> None:
     """permute's backward (the gather with the probs gradient) with d_probs's rows stored as zeros,
     then a barrier, then each entry's value, and with each row built in registers and stored once
-    per token, at every expert count (``unpermutation._ROW_STORE_MOST_E`` 0 and 1024), and as
-    shipped. Session 23 call 3 (with the same switch in unpermute's scatter-dot too, commit
-    5ff0ff0): the row store 2.5-9% faster in permute's backward up to 256 experts, 2.8% slower at
-    1024; in the scatter-dot 1-8% slower at 8 of 10 shapes. Shipped for permute's backward up to
-    256 experts."""
-    saved = unpermutation._ROW_STORE_MOST_E
+    per token, at every expert count and k (``unpermutation._ROW_STORE_MOST_E``,
+    ``_ROW_STORE_MANY_K``), and as shipped. Session 23 call 3 (with the same switch in unpermute's
+    scatter-dot too, commit 5ff0ff0): the row store 2.5-10% faster in permute's backward up to 256
+    experts at the shapes timed, 2.8% slower at 1024; in the scatter-dot 1-8% slower at 8 of 10
+    shapes. Call 5: at top-8 with 8-128 experts 1.4-3.1% slower at 4096 tokens, 0.8% at 16384 x 128
+    x 8 x 4096, 0.9-1.1% faster at 2048 columns from 16384 tokens. Shipped for permute's backward
+    up to 256 experts, at top-8 only at 129-256."""
+    names = ("_ROW_STORE_MOST_E", "_ROW_STORE_MANY_K")
+    saved = tuple(getattr(unpermutation, n) for n in names)
 
     def use(form) -> None:
-        unpermutation._ROW_STORE_MOST_E = form
+        for n, v in zip(names, form, strict=True):
+            setattr(unpermutation, n, v)
 
-    forms = {"zeros, barrier": 0, "row store": 1024, "shipped": saved}
+    forms = {"zeros, barrier": (0, 1 << 30), "row store": (1024, 1 << 30), "shipped": saved}
     try:
         _forms_experiment(results, shapes, ("permute_bwd",), forms, use)
     finally:

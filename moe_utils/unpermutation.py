@@ -239,17 +239,25 @@ _NARROW_GATHER_MAX = (2048, 8192)  # columns, tokens
 _DOT_BLOCK_H = 1024
 _DOT_TOP4_BLOCK_H = 2048
 #: permute's backward (the gather with the probs gradient) builds each token's row of d_probs in
-#: registers (zeros, each entry's gradient put in at its expert) and stores it once, up to this many
-#: experts; beyond, it stores the row's zeros, waits at a barrier and stores each entry's gradient
-#: (_zero_d_probs_row). H200 (experiments.py --only rowstore, session 23 call 3, two processes
-#: within 0.3 µs): the row store faster at every shape up to 256 experts, most where the grid is
-#: in memory order: 65536 x 256 x 2 x 2048 223.5 -> 206.6 µs (-7.5%), 16384 x 64 x 2 55.5 -> 50.5
-#: (-9%), 16384 x 256 x 8 148.5 -> 143.2, 4096 x 256 x 2 15.0 -> 14.2, 4096 x 128 x 2 14.2 -> 13.4,
-#: 4096 x 8 x 2 13.2 -> 12.8; at 1024 experts 2.8% slower (44.6 -> 45.9 at 4096 x 1024 x 8: a
-#: 1024-wide row is 8 registers a thread and a select per entry each); 512 not measured. The
-#: scatter-dot (unpermute's backward) keeps the zeros and the barrier: the row store, built there
-#: from its [BLOCK_K] dot products, was 1-8% slower at 8 of 10 shapes (commit 5ff0ff0).
+#: registers (zeros, each entry's gradient put in at its expert) and stores it once, up to
+#: _ROW_STORE_MOST_E experts, and at top-8 (BLOCK_K _ROW_STORE_MANY_K) only at that many (BLOCK_E
+#: 256); elsewhere it stores the row's zeros, waits at a barrier and stores each entry's gradient
+#: (_zero_d_probs_row). H200 (experiments.py --only rowstore, session 23 calls 3 and 5, two
+#: processes each, within 0.3 µs of each other), the row store against the zeros:
+#:   top-2: 16384 x 8 x 2 x 2048 54.4 -> 49.0 µs (-10%), 65536 x 256 x 2 223.5 -> 206.6 (-7.5%),
+#:     4096 x 256 x 2 15.0 -> 14.2, 4096 x 8 x 2 13.5 -> 13.1; 4096 x 64 x 2 x 7168 +0.6%;
+#:   top-4: 16384 x 64 x 4 x 2048 85.2 -> 81.1, 65536 x 64 x 4 x 4096 623.5 -> 610.0, 4096 x 64 x 4
+#:     level (22.9);
+#:   top-8 at 256 experts: 16384 x 256 x 8 x 2048 148.5 -> 143.2, 4096 x 256 x 8 x 4096 73.7 ->
+#:     72.9; at 8-128 experts slower at 4096 tokens and past 2048 columns (4096 x 8 x 8 x 4096
+#:     71.9 -> 74.1, 4096 x 64 x 8 x 2048 40.2 -> 40.8, 16384 x 128 x 8 x 4096 276.8 -> 278.9),
+#:     faster only at 2048 columns from 16384 tokens (65536 x 64 x 8 557.3 -> 551.1): not taken;
+#:   1024 experts: 2.8% slower (4096 x 1024 x 8 x 2048 44.6 -> 45.9: a 1024-wide row is 8 registers
+#:     a thread and a select per entry each); 512 not measured.
+#: The scatter-dot (unpermute's backward) keeps the zeros and the barrier: the row store, built
+#: there from its [BLOCK_K] dot products, was 1-8% slower at 8 of 10 shapes (commit 5ff0ff0).
 _ROW_STORE_MOST_E = 256
+_ROW_STORE_MANY_K = 8
 #: Gathers from more than this many source rows (routed rows, N) run on a grid in memory order.
 _ORDERED_GATHER_ABOVE = 16384
 
@@ -271,9 +279,11 @@ def dot_block_h(hidden: int, k: int) -> int:
     return _block_h(hidden, _DOT_TOP4_BLOCK_H if k == 4 else _DOT_BLOCK_H)
 
 
-def d_probs_row_store(n_experts: int) -> bool:
-    """Whether permute's backward stores each row of d_probs [T, n_experts] once (_ROW_STORE_MOST_E)."""
-    return triton.next_power_of_2(max(n_experts, 1)) <= _ROW_STORE_MOST_E
+def d_probs_row_store(n_experts: int, k: int) -> bool:
+    """Whether permute's backward stores each row of d_probs [T, n_experts] once (BLOCK_K k): up to
+    _ROW_STORE_MOST_E experts, and at _ROW_STORE_MANY_K entries a token only at that many."""
+    block_e = triton.next_power_of_2(max(n_experts, 1))
+    return block_e <= _ROW_STORE_MOST_E and (k < _ROW_STORE_MANY_K or block_e == _ROW_STORE_MOST_E)
 
 
 def gather_rows(
@@ -321,7 +331,7 @@ def gather_rows(
         BLOCK_H=block_h,
         BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=k,
-        ROW_STORE=probs_grad and d_probs_row_store(d_probs.shape[1]),
+        ROW_STORE=probs_grad and d_probs_row_store(d_probs.shape[1], k),
         num_warps=4,
         **_rt.pdl_args(src.device, "gather"),
     )

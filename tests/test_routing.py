@@ -327,14 +327,16 @@ def test_gather_grid_order_gives_the_same_bits(monkeypatch, hidden):
 @pytest.mark.parametrize("n_experts", [40, 300])
 def test_permute_backward_row_store_gives_the_same_bits(monkeypatch, n_experts):
     # permute's backward (the gather with the probs gradient) builds each token's row of d_probs in
-    # registers and stores it once up to _ROW_STORE_MOST_E experts (256); beyond, zeros, a barrier
-    # and each entry's gradient. Both forms, on both grids, give the same bits (every element of the
-    # poisoned d_probs written), against float64 autograd of the reference; tokens with more entries
-    # than the unrolled BLOCK_K (the loop after it), a token routed nowhere, padding rows.
+    # registers and stores it once up to 256 experts (at top-8 only at 129-256); elsewhere zeros, a
+    # barrier and each entry's gradient. Both forms, on both grids, give the same bits (every
+    # element of the poisoned d_probs written), against float64 autograd of the reference; tokens
+    # with more entries than the unrolled BLOCK_K (the loop after it), a token routed nowhere,
+    # padding rows.
     from moe_utils import unpermutation
 
     row_store = unpermutation.d_probs_row_store
-    assert row_store(1) and row_store(200) and row_store(256) and not row_store(257) and not row_store(1024)
+    assert row_store(1, 2) and row_store(200, 4) and row_store(256, 2) and row_store(256, 8) and row_store(129, 8)
+    assert not row_store(128, 8) and not row_store(8, 8) and not row_store(257, 2) and not row_store(1024, 8)
     gen = make_generator(47)
     n_tokens, hidden = 23, 40
     m = topk_map(n_tokens, n_experts, 2, gen)
@@ -347,9 +349,10 @@ def test_permute_backward_row_store_gives_the_same_bits(monkeypatch, n_experts):
     g_probs = torch.randn(routed + 5, generator=gen).to(DEVICE)
     results = []
     for ordered_above in (1 << 62, 0):
-        for most in (0, 1024):
+        for most in (0, 1024):  # the zeros everywhere, the row store everywhere
             monkeypatch.setattr(unpermutation, "_ORDERED_GATHER_ABOVE", ordered_above)
             monkeypatch.setattr(unpermutation, "_ROW_STORE_MOST_E", most)
+            monkeypatch.setattr(unpermutation, "_ROW_STORE_MANY_K", 1 << 30)
             xx, pp = x.clone().requires_grad_(True), p.clone().requires_grad_(True)
             rows, perm_probs, _ = permute(xx, m, pp, num_out_tokens=routed + 5, fused=True)
             results.append(torch.autograd.grad((rows, perm_probs), (xx, pp), (g_rows, g_probs)))
