@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles
+              counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -71,7 +71,9 @@ a step ahead, with the dot products reduced once per row, and both: slower at ev
 (prefetch 1.4-6.5% at top-2, 5-26% at top-4 and top-8); commit 2204899 for its code,
 results/logs/session23/call1 for its times.)
 ``--only rowstore``: permute's backward with d_probs's rows stored once per token, built in
-registers, against zeros, a barrier and each entry's value (the rule ``_ROW_STORE_MOST_E``).
+registers, against zeros, a barrier and each entry's value, and the shipped rule
+(``unpermutation.d_probs_row_store``). (Session 23's same row store in unpermute's scatter-dot:
+1-8% slower at 8 of 10 shapes; commit 5ff0ff0 for its code, results/logs/session23/call3.)
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -837,7 +839,8 @@ def realloc_experiments(results, shapes, copies: int = 6, captured_once: bool = 
     ``captured_once`` (``--realloc-captured-once``): every (copy, op) is captured in one CUDA graph
     of 200 calls before anything is timed, and each timing replays its graph: no allocation and
     no capture between timings. If the first timings are still slow then, the outputs are not
-    the cause."""
+    the cause. Session 23 call 2: none is slow that way (4096 x 8 x 2 x 2048 at 15.5-15.8 µs from
+    the first timing on)."""
     started = time.time()
     seen_before: set = set()
     base: list = []
