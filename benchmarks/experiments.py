@@ -643,22 +643,28 @@ def segment_scan_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, ("_MAX_SEGMENTS", "_SCAN_IN_MAP", "_SCAN_IN_MAP_TILE"), forms)
 
 
+def _switch_experiment(results, shapes, module, names: tuple[str, ...], forms: dict, kinds, exact=True) -> None:
+    """_forms_experiment over the package's switches: each form is a tuple of values for ``names``
+    (attributes of ``module``), set before the form runs; all restored afterwards."""
+    saved = tuple(getattr(module, n) for n in names)
+
+    def use(form) -> None:
+        for n, v in zip(names, form, strict=True):
+            setattr(module, n, v)
+
+    try:
+        _forms_experiment(results, shapes, kinds, forms, use, exact)
+    finally:
+        use(saved)
+
+
 def _plan_switch_experiment(results, shapes, name: str | tuple[str, ...], forms: dict) -> None:
     """build_plan and the fused permute forward with ``routing.<name>`` set to each value of forms
     (_forms_experiment: outputs checked bit-equal, then timed), restored afterwards. With a tuple
     of names each form is a tuple of their values."""
-    single = isinstance(name, str)
-    names = (name,) if single else name
-
-    def use(form) -> None:
-        for n, v in zip(names, (form,) if single else form, strict=True):
-            setattr(routing, n, v)
-
-    saved = getattr(routing, name) if single else tuple(getattr(routing, n) for n in names)
-    try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, use)
-    finally:
-        use(saved)
+    if isinstance(name, str):
+        name, forms = (name,), {label: (value,) for label, value in forms.items()}
+    _switch_experiment(results, shapes, routing, name, forms, ("plan", "permute_fwd"))
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -676,21 +682,15 @@ def store_experiments(results, shapes) -> None:
     belong? (Session 21 call 3: shipped 1.1-1.3% faster at six top-8 shapes of 268 MiB to 8.6 GB.)"""
     from moe_utils import permutation
 
-    saved = permutation._STREAM_STORE_K, permutation._STREAM_STORE_BYTES
+    names = ("_STREAM_STORE_K", "_STREAM_STORE_BYTES")
+    shipped = tuple(getattr(permutation, n) for n in names)
     forms = {
-        "plain stores": (saved[0], 1 << 62),
-        "shipped rule": saved,
+        "plain stores": (shipped[0], 1 << 62),
+        "shipped rule": shipped,
         "top-4+, any size": (4, 0),
         "top-2+, any size": (2, 0),
     }
-
-    def use(form) -> None:
-        permutation._STREAM_STORE_K, permutation._STREAM_STORE_BYTES = form
-
-    try:
-        _forms_experiment(results, shapes, ("permute_fwd",), forms, use)
-    finally:
-        use(saved)
+    _switch_experiment(results, shapes, permutation, names, forms, ("permute_fwd",))
 
 
 def tiles_experiments(results, shapes) -> None:
@@ -712,21 +712,13 @@ def tiles_experiments(results, shapes) -> None:
         "_DOT_BLOCK_H",
         "_DOT_TOP4_BLOCK_H",
     )
-    saved = tuple(getattr(unpermutation, n) for n in names)
-
-    def use(form) -> None:
-        for n, v in zip(names, form, strict=True):
-            setattr(unpermutation, n, v)
-
-    gather = {f"{b} columns": (b, b, b, *saved[3:]) for b in (1024, 2048, 512)}
-    gather["shipped"] = saved
-    dot = {f"dot {b}": (*saved[:3], b, b) for b in (1024, 2048, 512)}
-    dot["dot shipped"] = saved
-    try:
-        _forms_experiment(results, shapes, ("permute_bwd", "unpermute_fwd"), gather, use)
-        _forms_experiment(results, shapes, ("unpermute_bwd",), dot, use, exact=False)
-    finally:
-        use(saved)
+    shipped = tuple(getattr(unpermutation, n) for n in names)
+    gather = {f"{b} columns": (b, b, b, *shipped[3:]) for b in (1024, 2048, 512)}
+    gather["shipped"] = shipped
+    dot = {f"dot {b}": (*shipped[:3], b, b) for b in (1024, 2048, 512)}
+    dot["dot shipped"] = shipped
+    _switch_experiment(results, shapes, unpermutation, names, gather, ("permute_bwd", "unpermute_fwd"))
+    _switch_experiment(results, shapes, unpermutation, names, dot, ("unpermute_bwd",), exact=False)
 
 
 def row_store_experiments(results, shapes) -> None:
@@ -740,17 +732,9 @@ def row_store_experiments(results, shapes) -> None:
     x 8 x 4096, 0.9-1.1% faster at 2048 columns from 16384 tokens. Shipped for permute's backward
     up to 256 experts, at top-8 only at 129-256."""
     names = ("_ROW_STORE_MOST_E", "_ROW_STORE_MANY_K")
-    saved = tuple(getattr(unpermutation, n) for n in names)
-
-    def use(form) -> None:
-        for n, v in zip(names, form, strict=True):
-            setattr(unpermutation, n, v)
-
-    forms = {"zeros, barrier": (0, 1 << 30), "row store": (1024, 1 << 30), "shipped": saved}
-    try:
-        _forms_experiment(results, shapes, ("permute_bwd",), forms, use)
-    finally:
-        use(saved)
+    shipped = tuple(getattr(unpermutation, n) for n in names)
+    forms = {"zeros, barrier": (0, 1 << 30), "row store": (1024, 1 << 30), "shipped": shipped}
+    _switch_experiment(results, shapes, unpermutation, names, forms, ("permute_bwd",))
 
 
 def group_experiments(results, shapes) -> None:
