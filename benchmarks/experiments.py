@@ -2,8 +2,7 @@
 
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
-              counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              countscan
+              counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -71,12 +70,14 @@ results/logs/session22/call1 for its times.)
 a step ahead, with the dot products reduced once per row, and both: slower at every shape
 (prefetch 1.4-6.5% at top-2, 5-26% at top-4 and top-8); commit 2204899 for its code,
 results/logs/session23/call1 for its times.)
+(Session 24's ``--only countscan``, the plan's count and scan kernels replaced by one kernel in
+which each program (a block of 1-8 experts) walks every segment, summing each and scanning down
+them: slower at all twelve shapes, build_plan 8.5 -> 10.5-23 µs at 4096 x 256 x 2, the permute
+forward +9% at best; commit c760798 for its code, results/logs/session24/call1 for its times.)
 ``--only rowstore``: permute's backward with d_probs's rows stored once per token, built in
 registers, against zeros, a barrier and each entry's value, and the shipped rule
 (``unpermutation.d_probs_row_store``). (Session 23's same row store in unpermute's scatter-dot:
 1-8% slower at 8 of 10 shapes; commit 5ff0ff0 for its code, results/logs/session23/call3.)
-``--only countscan``: the plan's count and scan kernels against one kernel doing both (one program
-per block of experts walking every token), with and without its trigger of the map kernel.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -740,32 +741,6 @@ def row_store_experiments(results, shapes) -> None:
     _switch_experiment(results, shapes, unpermutation, names, forms, ("permute_bwd",))
 
 
-def count_scan_experiments(results, shapes) -> None:
-    """The plan with the count and scan kernels (shipped) against one kernel doing both
-    (``routing._count_scan_kernel``: one program per block of 1-8 experts walks every segment,
-    summing each and scanning down them; ``routing._COUNT_SCAN_MOST_TOKENS``, ``_COUNT_SCAN_EXPERTS``,
-    ``_COUNT_SCAN_TILE``), triggering the map kernel's launch at its start or not
-    (``_runtime.PDL_TRIGGER["count_scan"]``): one launch fewer in the plan's chain, where at 4096
-    tokens and E >= 64 the plan is 8-10 of the permute's 20-23 µs."""
-    names = ("_COUNT_SCAN_MOST_TOKENS", "_COUNT_SCAN_EXPERTS", "_COUNT_SCAN_TILE")
-    saved = tuple(getattr(routing, n) for n in names), _rt.PDL_TRIGGER["count_scan"]
-    forms = {"count + scan": ((0, 4, 8192), True)}
-    for per, tile in ((1, 4096), (2, 4096), (2, 8192), (4, 8192), (8, 8192)):
-        forms[f"one kernel, {per} experts, {tile}"] = ((1 << 40, per, tile), True)
-    forms["one kernel, 2 experts, 8192, no trigger"] = ((1 << 40, 2, 8192), False)
-
-    def use(form) -> None:
-        values, trigger = form
-        for n, v in zip(names, values, strict=True):
-            setattr(routing, n, v)
-        _rt.PDL_TRIGGER["count_scan"] = trigger
-
-    try:
-        _forms_experiment(results, shapes, ("plan", "permute_fwd"), forms, use)
-    finally:
-        use(saved)
-
-
 def group_experiments(results, shapes) -> None:
     """The map kernel's expert groups (GROUP, the tiles' last dimension, ``routing._map_group``) of
     8 (shipped), 4, 2 and 1 experts. Session 15's 3-D tiles made build_plan 0.2-0.7 µs slower at
@@ -1066,11 +1041,6 @@ _FORMS_KINDS = {
         (4096, 8, 2, 7168), (65536, 256, 2, 2048), (16384, 64, 2, 7168), (65536, 64, 2, 4096),
     ]),
     "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
-    "countscan": (count_scan_experiments, [(300, 64, 3, 40), (70, 256, 2, 24), (37, 12, 3, 24)], [
-        (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
-        (4096, 1024, 8, 2048), (2048, 64, 8, 4096), (8192, 64, 2, 2048), (8192, 256, 2, 2048), (16384, 64, 2, 2048),
-        (16384, 256, 2, 2048), (4096, 256, 2, 7168),
-    ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),
         (65536, 1024, 8, 2048), (16384, 512, 8, 2048),

@@ -128,17 +128,8 @@ PDL = os.environ.get("MOE_UTILS_PDL", "1") != "0"
 #:   256 x 2 68.9 -> 68.3, 65536 x 256 x 2 253.7 -> 252.5 / 254.3 -> 253.1, 8192 x 128 x 8 x 7168
 #:   301.6 -> 300.0, level to 0.5% faster elsewhere but one run at 65536 x 64 x 2 (+0.4%).
 #: - scan: only by shape (PDL_SCAN_TRIGGER_UP_TO).
-#: - count_scan (the count and scan in one kernel, routing._count_scan): as the count.
 #: Benchmarks change this table.
-PDL_TRIGGER = {
-    "count": True,
-    "count_scan": True,
-    "scan": False,
-    "map": True,
-    "scatter": False,
-    "gather": False,
-    "scatter_dot": False,
-}
+PDL_TRIGGER = {"count": True, "scan": False, "map": True, "scatter": False, "gather": False, "scatter_dot": False}
 #: permute's scatter loads its source rows before it waits for the map kernel: they are the op's
 #: input, complete before the plan's first kernel passed its own wait (each plan kernel waits for
 #: the one before, and the map kernel triggers only after its wait), so the copies' reads overlap

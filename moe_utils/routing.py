@@ -129,14 +129,6 @@ _SCAN_IN_MAP = 4096
 #: Counts each map program sums at a time there ([segments, BLOCK_E] tiles; 32 a thread at one
 #: warp): at 16384 x 8 one 4096-count tile took 255 registers and spilled on sm_90.
 _SCAN_IN_MAP_TILE = 1024
-#: Routing maps of at most _COUNT_SCAN_MOST_TOKENS tokens (where the map kernel does not scan) are
-#: counted and scanned in one launch, _count_scan_kernel, instead of the count and scan kernels:
-#: _COUNT_SCAN_EXPERTS experts a program, _COUNT_SCAN_TILE map entries a step, at most
-#: _COUNT_SCAN_ENTRIES_PER_THREAD a thread (up to 8 warps). 0: always the two kernels.
-_COUNT_SCAN_MOST_TOKENS = 0
-_COUNT_SCAN_EXPERTS = 4
-_COUNT_SCAN_TILE = 8192
-_COUNT_SCAN_ENTRIES_PER_THREAD = 32
 #: The map kernel loads each step's routing-map tile during the step before (software pipelining
 #: by hand, one step deep). H200 (experiments.py --only prefetch, session 14): build_plan 0.2-1.3
 #: µs faster at 6 of 8 shapes (16384 x 256 x 2 21.0 -> 19.7 µs, 65536 x 256 x 2 53.9 -> 53.2),
@@ -215,53 +207,6 @@ def _scan_experts_kernel(
     # No token-major prefix over segments here: the map kernel sums its row of these offsets. As a
     # second scan in program 0 it made that program the launch's slowest (the scan took 10 µs at
     # 2048 segments x 256 experts on the H100, session 7).
-
-
-@triton.jit
-def _count_scan_kernel(
-    map_ptr,  # [T, E] routing map, bool or integer 0/1
-    map_stride_t,  # elements between tokens of the map
-    map_stride_e,  # elements between experts of the map
-    seg_expert_off_ptr,  # [n_seg, E] int32 out: rows of the same expert in earlier segments
-    expert_count_ptr,  # [E] int64 out: routed tokens per expert
-    T,  # tokens
-    E,  # experts
-    seg_len,  # tokens per segment
-    n_seg,  # segments
-    BLOCK_S: tl.constexpr,  # segments per step
-    SEG: tl.constexpr,  # >= seg_len, a power of two
-    BLOCK_E: tl.constexpr,  # experts per program
-    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
-):
-    # The count and scan kernels' work in one launch, for small maps (_count_scan): one program
-    # per block of experts walks every segment, [BLOCK_S, SEG, BLOCK_E] tiles of the map summed
-    # over each segment's tokens, and a cumulative sum down the segments carried across steps
-    # gives each segment the expert's routed tokens before it, as the scan does from the counts.
-    # One launch fewer in the plan's chain; each program reads a few bytes of every token's row.
-    pdl_start(PDL)
-    experts = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    e_ok = experts < E
-    e_offs = experts.to(tl.int64)[None, None, :] * map_stride_e
-    in_seg = tl.arange(0, SEG)[None, :]
-    segs = tl.arange(0, BLOCK_S).to(tl.int64)
-    carry = tl.zeros([BLOCK_E], dtype=tl.int32)
-    # Each step's tile is loaded during the step before (as in the map kernel: the compiler does
-    # not move a load above the stores before it).
-    tokens = segs[:, None] * seg_len + in_seg
-    ok = (in_seg < seg_len) & (tokens < T)
-    m_next = tl.load(map_ptr + tokens[:, :, None] * map_stride_t + e_offs, mask=ok[:, :, None] & e_ok, other=0)
-    for seg0 in range(0, n_seg, BLOCK_S):
-        m = (m_next != 0).to(tl.int32)
-        tokens = (seg0 + BLOCK_S + segs)[:, None] * seg_len + in_seg
-        ok = (in_seg < seg_len) & (tokens < T)
-        m_next = tl.load(map_ptr + tokens[:, :, None] * map_stride_t + e_offs, mask=ok[:, :, None] & e_ok, other=0)
-        counts = tl.sum(m, axis=1)  # [BLOCK_S, BLOCK_E] routed tokens per segment and expert
-        before = carry[None, :] + tl.cumsum(counts, axis=0) - counts
-        seg = seg0 + segs
-        tl.store(seg_expert_off_ptr + seg[:, None] * E + experts[None, :], before,
-                 mask=(seg < n_seg)[:, None] & e_ok[None, :])  # fmt: skip
-        carry += tl.sum(counts, axis=0)
-    tl.store(expert_count_ptr + experts, carry.to(tl.int64), mask=e_ok)
 
 
 @triton.jit
@@ -517,11 +462,6 @@ def _scan_in_map(block_s: int, block_e: int) -> bool:
     return block_s * block_e <= _SCAN_IN_MAP
 
 
-def _count_scan(n_tokens: int, scan_in_map: bool) -> bool:
-    """Whether one _count_scan_kernel takes the count and scan kernels' place (_COUNT_SCAN_MOST_TOKENS)."""
-    return not scan_in_map and n_tokens <= _COUNT_SCAN_MOST_TOKENS
-
-
 def build_plan(
     fn: str,
     routing_map: torch.Tensor,
@@ -561,61 +501,39 @@ def build_plan(
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
-    scan_in_map = padded and _scan_in_map(block_s, block_e)
+    # The counts, then the offsets: the scan writes them over the counts (each program reads its
+    # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
+    counts = _rt.empty((n_seg, n_experts), torch.int32, device)
+    _count_kernel[(n_seg,)](
+        m,
+        m.stride(0),
+        m.stride(1),
+        counts,
+        n_tokens,
+        n_experts,
+        seg_len,
+        BLOCK_T=block_t,
+        BLOCK_E=block_e,
+        num_warps=warps,
+        **_rt.pdl_args(device, "count"),
+    )
+    seg_expert_off = counts
     expert_count = _rt.empty((n_experts,), torch.int64, device)
-    if _count_scan(n_tokens, scan_in_map):
-        seg_expert_off = _rt.empty((n_seg, n_experts), torch.int32, device)
-        per = min(_COUNT_SCAN_EXPERTS, block_e)
-        seg = triton.next_power_of_2(seg_len)
-        segs = max(1, min(block_s, _COUNT_SCAN_TILE // (seg * per)))
-        _count_scan_kernel[(triton.cdiv(n_experts, per),)](
-            m,
-            m.stride(0),
-            m.stride(1),
+    scan_in_map = padded and _scan_in_map(block_s, block_e)
+    if not scan_in_map:  # else the map kernel scans
+        experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
+        scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
+        _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
+            counts,
             seg_expert_off,
             expert_count,
-            n_tokens,
-            n_experts,
-            seg_len,
             n_seg,
-            BLOCK_S=segs,
-            SEG=seg,
-            BLOCK_E=per,
-            num_warps=max(1, min(8, segs * seg * per // (32 * _COUNT_SCAN_ENTRIES_PER_THREAD))),
-            **_rt.pdl_args(device, "count_scan"),
-        )
-    else:
-        # The counts, then the offsets: the scan writes them over the counts (each program reads its
-        # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
-        counts = _rt.empty((n_seg, n_experts), torch.int32, device)
-        _count_kernel[(n_seg,)](
-            m,
-            m.stride(0),
-            m.stride(1),
-            counts,
-            n_tokens,
             n_experts,
-            seg_len,
-            BLOCK_T=block_t,
-            BLOCK_E=block_e,
-            num_warps=warps,
-            **_rt.pdl_args(device, "count"),
+            BLOCK_S=block_s,
+            BLOCK_E=experts_per_program,
+            num_warps=scan_warps,
+            **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
         )
-        seg_expert_off = counts
-        if not scan_in_map:  # else the map kernel scans
-            experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
-            scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
-            _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
-                counts,
-                seg_expert_off,
-                expert_count,
-                n_seg,
-                n_experts,
-                BLOCK_S=block_s,
-                BLOCK_E=experts_per_program,
-                num_warps=scan_warps,
-                **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
-            )
     if padded:  # the size is known
         n_rows = num_out_tokens
     else:  # data-dependent, as in the reference: one host sync

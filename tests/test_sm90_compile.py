@@ -184,7 +184,6 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     blocks = dict(BLOCK_T=16, BLOCK_E=256, **pdl)
     compile_sm90(routing._count_kernel, blocks)
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
-    compile_sm90(routing._count_scan_kernel, dict(BLOCK_S=1024, SEG=4, BLOCK_E=2, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
     map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), **blocks)
