@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              rowdot
+              padrows
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -79,8 +79,13 @@ forward +9% at best; commit c760798 for its code, results/logs/session24/call1 f
 registers, against zeros, a barrier and each entry's value, and the shipped rule
 (``unpermutation.d_probs_row_store``). (Session 23's same row store in unpermute's scatter-dot:
 1-8% slower at 8 of 10 shapes; commit 5ff0ff0 for its code, results/logs/session23/call3.)
-``--only rowdot``: unpermute's backward with the probs gradient over the permuted rows in memory
-order (the tokens' gradient rows gathered) against the shipped scatter-dot (one program per token).
+``--only padrows``: the padding programs of permute's scatter and unpermute's backward with 16
+(shipped), 64 and 256 rows each, and unpermute's backward on a plan without the padding marker.
+(Session 24's ``--only rowdot``, unpermute's backward over the permuted rows in memory order, each
+token's gradient row gathered: slower at 7 of 8 shapes, 3-10% at top-2 (4096 x 256 x 2 x 2048 24.4
+-> 28.2 µs at best, 65536 x 64 x 2 337 -> 382), 2.3x at 4096 x 256 x 8; level at 4096 x 64 x 2
+(23.5 -> 23.2 with evict-last gradient and evict-first row loads); commit a9f61ac for its code,
+results/logs/session24/call2 for its times.)
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -949,69 +954,28 @@ def write_roof_experiments(results, shapes) -> None:
             print(f"{[n_src, k, hidden]!s:22s} {name:22s} {us:9.1f} us {gbs:7.0f} GB/s {pct:5.1f}% of copy", flush=True)
 
 
-@triton.jit
-def _row_dot_kernel(grad_ptr, perm_ptr, d_perm_ptr, probs_ptr, probs_stride_t, d_probs_ptr, src_token_ptr,
-                    row_expert_ptr, token_ptr_ptr, entry_ptr, n_tokens, n_rows, hidden, E,
-                    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-                    ZERO_TOKENS: tl.constexpr, GRAD_POLICY: tl.constexpr, ROW_POLICY: tl.constexpr):  # fmt: skip
-    # unpermute's backward over the permuted rows in memory order (the shipped scatter-dot goes by
-    # token): ROWS rows a program read and written in order, each token's gradient row gathered
-    # (read k times, from L2 when it is still there), d_probs[t, e] the row's dot product; then
-    # programs of ZERO_TOKENS tokens store the zeros of d_probs where a token has no placed row
-    # (addresses disjoint from the dot products': no barrier). Top-k routing only (every token's
-    # entries within BLOCK_K): an experiment, not the package's kernel.
-    pid = tl.program_id(0).to(tl.int64)
-    n_row_programs = tl.cdiv(n_rows, ROWS)
-    if pid < n_row_programs:
-        rows = pid * ROWS + tl.arange(0, ROWS)
-        r_ok = rows < n_rows
-        token = tl.load(src_token_ptr + rows, mask=r_ok, other=-1)
-        expert = tl.load(row_expert_ptr + rows, mask=r_ok, other=0)
-        ok = token >= 0
-        p = tl.load(probs_ptr + token * probs_stride_t + expert, mask=ok, other=0.0).to(tl.float32)
-        dot = tl.zeros([ROWS], dtype=tl.float32)
-        for col_start in range(0, hidden, BLOCK_H):
-            cols = col_start + tl.arange(0, BLOCK_H)
-            col_ok = cols < hidden
-            both = ok[:, None] & col_ok[None, :]
-            g = tl.load(grad_ptr + token[:, None] * hidden + cols[None, :], mask=both, other=0.0,
-                        eviction_policy=GRAD_POLICY).to(tl.float32)  # fmt: skip
-            x = tl.load(perm_ptr + rows[:, None] * hidden + cols[None, :], mask=both, other=0.0,
-                        eviction_policy=ROW_POLICY).to(tl.float32)  # fmt: skip
-            d = (g * p[:, None]).to(d_perm_ptr.dtype.element_ty)
-            tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d, mask=r_ok[:, None] & col_ok[None, :])
-            dot += tl.sum(g * x, axis=1)
-        tl.store(d_probs_ptr + token * E + expert, dot, mask=ok)
-    else:
-        tokens = (pid - n_row_programs) * ZERO_TOKENS + tl.arange(0, ZERO_TOKENS)
-        t_ok = tokens < n_tokens
-        first = tl.load(token_ptr_ptr + tokens, mask=t_ok, other=0)
-        last = tl.minimum(tl.load(token_ptr_ptr + tokens + 1, mask=t_ok, other=0), n_rows)
-        experts = tl.arange(0, BLOCK_E)
-        routed = tl.zeros([ZERO_TOKENS, BLOCK_E], dtype=tl.int32)
-        for j in tl.static_range(BLOCK_K):
-            entry = tl.load(entry_ptr + first + j, mask=t_ok & (first + j < last), other=-1)
-            hit = (experts[None, :] == (entry & 1023)[:, None]) & (entry >= 0)[:, None]
-            routed = tl.where(hit, 1, routed)
-        zeros = tl.zeros([ZERO_TOKENS, BLOCK_E], dtype=d_probs_ptr.dtype.element_ty)
-        keep = t_ok[:, None] & (experts < E)[None, :] & (routed == 0)
-        tl.store(d_probs_ptr + tokens[:, None] * E + experts[None, :], zeros, mask=keep)
-
-
-def row_dot_experiments(results, shapes) -> None:
-    """unpermute's backward with the probs gradient as shipped (one program per token, its rows
-    scattered over the experts) against _row_dot_kernel (programs over the permuted rows in
-    memory order, the tokens' gradient rows gathered), with and without evict_last on the
-    gradient's loads (read k times). At 4096 tokens the gradient (16 MiB at 2048 columns) fits in
-    L2, and the H200 writes rows in order faster (session 21: the bare pattern lost 3-5 points of
-    copy with its rows permuted). d_probs checked against the shipped op within fp32 rounding,
-    d_perm bit-equal."""
+def pad_rows_experiments(results, shapes) -> None:
+    """The padding programs of permute's scatter and of unpermute's backward (the scatter-dot) with
+    16 rows each (shipped, ``permutation._PAD_ROWS``), 64 and 256: with num_out_tokens given (the
+    plan's padding marker) both launches carry N / PAD_ROWS such programs after the tokens' (512 at
+    4096 x 2), which mostly find no padding and exit. Then unpermute's backward on a plan without
+    the marker (no padding programs at all): what they cost at most."""
     from sweep import routing_map
 
     import moe_utils
-    from moe_utils.routing import plan_view
+    from moe_utils import permutation
     from moe_utils.unpermutation import _launch_unpermute_backward
 
+    saved = permutation._PAD_ROWS, unpermutation._PAD_ROWS
+
+    def use(n_rows) -> None:
+        permutation._PAD_ROWS = unpermutation._PAD_ROWS = n_rows
+
+    forms = {"16 rows a padding program": 16, "64 rows": 64, "256 rows": 256}
+    try:
+        _forms_experiment(results, shapes, ("permute_fwd", "unpermute_bwd"), forms, use)
+    finally:
+        permutation._PAD_ROWS, unpermutation._PAD_ROWS = saved
     g = torch.Generator(device=DEVICE).manual_seed(0)
     with torch.no_grad():
         for shape in shapes:
@@ -1019,44 +983,18 @@ def row_dot_experiments(results, shapes) -> None:
             x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
             m = routing_map(n_tokens, n_experts, k, g)
             p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
-            n_rows = n_tokens * k
-            rows, _, plan = moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True)
+            rows, _, marked = moe_utils.permute(x, m, p, num_out_tokens=n_tokens * k, fused=True)
+            _, _, plain = moe_utils.permute(x, m, p, fused=True)  # no marker: no padding programs
             g_out = torch.randn_like(x)
-            view = plan_view("exp", plan, n_tokens, n_rows)
-            entry = view.entry[: int(view.token_ptr[-1])]
-            row_expert = torch.zeros(n_rows, dtype=torch.int64, device=DEVICE)
-            placed = entry >= 0
-            row_expert[entry[placed] >> 10] = entry[placed] & 1023
-            want = _launch_unpermute_backward(g_out, rows, plan, p, True)
-
-            def row_dot(block_h, n_row, grad_policy, row_policy):
-                d_perm = _rt.empty(rows.shape, rows.dtype, rows.device)  # poisoned under poisoned_outputs
-                d_probs = _rt.empty(p.shape, p.dtype, p.device)
-                n_programs = triton.cdiv(n_rows, n_row) + triton.cdiv(n_tokens, 16)
-                _row_dot_kernel[(n_programs,)](
-                    g_out, rows, d_perm, p, p.stride(0), d_probs, view.src_token, row_expert, view.token_ptr,
-                    view.entry, n_tokens, n_rows, hidden, n_experts, ROWS=n_row, BLOCK_H=block_h,
-                    BLOCK_E=triton.next_power_of_2(n_experts), BLOCK_K=k, ZERO_TOKENS=16, GRAD_POLICY=grad_policy,
-                    ROW_POLICY=row_policy, num_warps=4,
-                )  # fmt: skip
-                return d_perm, d_probs
-
-            variants = {"shipped": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True)}
-            for block_h, n_row, grad_policy, row_policy in (
-                (1024, 1, "", ""), (2048, 1, "", ""), (1024, 2, "", ""), (1024, 1, "evict_last", ""),
-                (1024, 1, "evict_last", "evict_first"),
-            ):  # fmt: skip
-                name = f"rows {n_row} x {block_h}" + (f", grad {grad_policy}" if grad_policy else "")
-                name += f", rows {row_policy}" if row_policy else ""
-                variants[name] = lambda a=(block_h, n_row, grad_policy, row_policy): row_dot(*a)
-            for name, fn in variants.items():
+            want = None
+            for name, plan in (("marked plan", marked), ("plan without the marker", plain)):
                 with _rt.poisoned_outputs():
-                    got = fn()
-                assert torch.equal(got[0], want[0]), f"{name}: d_perm differs at {shape}"
-                assert torch.allclose(got[1], want[1], rtol=1e-4, atol=1e-3), f"{name}: d_probs differs at {shape}"
-                us = bench(fn)
+                    got = _launch_unpermute_backward(g_out, rows, plan, p, True)
+                want = got if want is None else want
+                assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), f"{name} differs at {shape}"
+                us = bench(lambda plan=plan: _launch_unpermute_backward(g_out, rows, plan, p, True))
                 results.append(dict(kind="unpermute_bwd", shape=list(shape), variant=name, us=us))
-                print(f"unpermute_bwd  {list(shape)!s:24s} {name:40s} {us:8.1f} us", flush=True)
+                print(f"unpermute_bwd  {list(shape)!s:24s} {name:24s} {us:8.1f} us", flush=True)
 
 
 def ops_experiments(results, route_shapes, act_shapes) -> None:
@@ -1154,9 +1092,9 @@ _FORMS_KINDS = {
         (4096, 8, 2, 7168), (65536, 256, 2, 2048), (16384, 64, 2, 7168), (65536, 64, 2, 4096),
     ]),
     "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
-    "rowdot": (row_dot_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (20, 12, 3, 1500)], [
+    "padrows": (pad_rows_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (40, 12, 3, 24)], [
         (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
-        (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048),
+        (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),
