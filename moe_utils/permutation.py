@@ -226,8 +226,17 @@ def _scatter_rows_kernel(
             tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], value, mask=ok, cache_modifier=STORE_CACHE)
 
 
-#: Rows each padding program of the scatter checks (a multiple of every BLOCK_K).
-_PAD_ROWS = 16
+#: Rows each padding program checks (a multiple of every BLOCK_K), in permute's scatter and in
+#: unpermute's backward (the scatter-dot, which imports it): with num_out_tokens given, N / _PAD_ROWS
+#: such programs follow the tokens' in the launch, most finding no padding. H200
+#: (experiments.py --only padrows, session 24 call 3, two processes within 0.3 µs), 16 -> 64 rows:
+#: unpermute bwd at top-8 (2T padding programs of the scatter-dot's 128 registers with 16 rows)
+#: 4096 x 256 x 8 x 2048 79.8 -> 76.9 µs, 16384 x 64 x 8 300.9 / 299.7 -> 291.0 / 291.3, as fast
+#: as with no padding programs at all (76.7, 290.8); permute fwd 16384 x 64 x 8 173.4 -> 170.5 /
+#: 170.8, 65536 x 64 x 2 229.7 / 229.9 -> 227.8 / 227.0; the 4096-token top-2 shapes level (within
+#: 0.1 µs) in both. 256 rows: level with 64 (permute fwd 4096 x 64 x 2 x 7168 52.6 -> 52.1, 16384 x
+#: 64 x 8 169.4 / 171.2).
+_PAD_ROWS = 64
 #: Tokens whose plan rows one program of permute's scatter writes. A kernel holds the registers of
 #: its largest branch in every program: at 64 tokens (k = 8) the plan branch needs 72 registers
 #: per thread, which leaves the copy programs 7 programs of 4 warps per SM as without it; 128

@@ -219,6 +219,52 @@ def test_streaming_stores_rule_and_bits(monkeypatch):
     assert torch.all(want[0][n_tokens * k :] == 0) and torch.all(want[2][n_tokens * k :] == 0)
 
 
+def test_padding_programs_of_any_size_give_the_same_bits(monkeypatch):
+    # permute's scatter and unpermute's backward (the scatter-dot with the probs gradient, the
+    # scatter without) zero the padding rows in programs of _PAD_ROWS rows each (64 shipped,
+    # session 24): with 8, 16 or 64 rows a program, one or many programs, the last one partial,
+    # padding past the routed rows and inside experts (drop_and_pad), the same bits, and the
+    # padding rows zero (their outputs poisoned first).
+    from moe_utils import _runtime as rt
+    from moe_utils import permutation, unpermutation
+
+    assert permutation._PAD_ROWS % 8 == 0 and unpermutation._PAD_ROWS == permutation._PAD_ROWS
+    gen = make_generator(47)
+    n_tokens, n_experts, k, hidden = 37, 12, 3, 40
+    x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    m = topk_map(n_tokens, n_experts, k, gen)
+    capacity_m = capacity_map(n_tokens, n_experts, 9, gen)
+    capacity_m[:5, 2] = False  # expert 2 keeps fewer than capacity tokens: padding inside the rows
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    g_out = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    n_out = n_tokens * k + 70  # 181 rows: 3 programs of 64 (the last partial), 23 of 8
+
+    def run():
+        results = []
+        for routing_map, drop_and_pad, n_rows in ((m, False, n_out), (capacity_m, True, 10 * n_experts)):
+            with rt.poisoned_outputs():
+                rows, probs, plan = permute(
+                    x, routing_map, p, num_out_tokens=n_rows, fused=True, drop_and_pad=drop_and_pad
+                )
+                for probs_grad in (True, False):
+                    r = rows.detach().requires_grad_(True)
+                    pp = p.detach().requires_grad_(probs_grad)
+                    out = unpermute(r, plan, x.shape, pp, routing_map, fused=True, drop_and_pad=drop_and_pad)
+                    results += torch.autograd.grad(out, (r, pp) if probs_grad else (r,), g_out)
+            results += [rows, probs, plan[:n_rows]]
+        return results
+
+    shipped = run()
+    pad = shipped[5][:n_out] < 0  # padding rows of the first permute (src_token -1)
+    assert pad.sum() == 70 and torch.all(shipped[3][pad] == 0) and torch.all(shipped[0][pad] == 0)
+    assert torch.all(shipped[2][pad] == 0) and torch.all(shipped[4][pad] == 0)
+    for n_rows in (8, 16, 64):
+        monkeypatch.setattr(permutation, "_PAD_ROWS", n_rows)
+        monkeypatch.setattr(unpermutation, "_PAD_ROWS", n_rows)
+        for a, b in zip(shipped, run(), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_drop_and_pad_fixed_capacity():
     gen = make_generator(3)
     n_tokens, n_experts, capacity, hidden = 40, 8, 6, 24

@@ -189,7 +189,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), **blocks)
     map_flags.update(SCAN=on, BLOCK_S=4 if on else 1)
     compile_sm90(routing._map_kernel, map_flags, options=check)
-    scatter = dict(PAD=on, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
+    scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, STORE_CACHE="", **off))
@@ -199,7 +199,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     gather = dict(ORDERED=on, BLOCK_H=2048, BLOCK_K=8) if on else dict(ORDERED=on, BLOCK_H=1024, BLOCK_K=2)
     flags = dict(SCALE=on, PROBS_GRAD=on, BLOCK_E=256, ROW_STORE=on)
     compile_sm90(unpermutation._gather_rows_kernel, dict(flags, **gather, **pdl))
-    dot = dict(PAD=on, PAD_ROWS=16, BLOCK_K=8, BLOCK_H=2048, BLOCK_E=1024, **pdl)
+    dot = dict(PAD=on, PAD_ROWS=64, BLOCK_K=8, BLOCK_H=2048, BLOCK_E=1024, **pdl)
     compile_sm90(unpermutation._scatter_dot_kernel, dot)
 
 
