@@ -954,12 +954,51 @@ def write_roof_experiments(results, shapes) -> None:
             print(f"{[n_src, k, hidden]!s:22s} {name:22s} {us:9.1f} us {gbs:7.0f} GB/s {pct:5.1f}% of copy", flush=True)
 
 
+def _pad_rows_drop_and_pad(results, shapes, forms, use) -> None:
+    """--only padrows with drop_and_pad: capacity 1.25 x the mean rows an expert (each expert keeps
+    its first tokens), so that about a fifth of the rows are padding the padding programs zero:
+    permute's forward and unpermute's backward (the scatter-dot) under each form, bits checked."""
+    from sweep import routing_map
+
+    import moe_utils
+    from moe_utils.unpermutation import _launch_unpermute_backward
+
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    with torch.no_grad():
+        for n_tokens, n_experts, k, hidden in shapes:
+            shape = [n_tokens, n_experts, k, hidden, "drop_and_pad"]
+            capacity = max(1, n_tokens * k * 5 // (4 * n_experts))
+            m = routing_map(n_tokens, n_experts, k, g)
+            m &= m.cumsum(0) <= capacity  # each expert keeps its first capacity tokens
+            p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
+            x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+            g_out = torch.randn_like(x)
+            n_out = capacity * n_experts
+            rows, _, plan = moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True)
+            ops = {
+                "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True),
+                "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True),
+            }
+            for kind, op in ops.items():
+                want = None
+                for name, form in forms.items():
+                    use(form)
+                    with _rt.poisoned_outputs():
+                        got = [t.clone() for t in op() if isinstance(t, torch.Tensor)]
+                    want = want or got
+                    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), f"{kind} {name} at {shape}"
+                    us = bench(op)
+                    results.append(dict(kind=kind, shape=shape, variant=name, us=us))
+                    print(f"{kind:14s} {shape!s:40s} {name:24s} {us:8.1f} us", flush=True)
+
+
 def pad_rows_experiments(results, shapes) -> None:
     """The padding programs of permute's scatter and of unpermute's backward (the scatter-dot) with
     16 rows each (shipped, ``permutation._PAD_ROWS``), 64 and 256: with num_out_tokens given (the
     plan's padding marker) both launches carry N / PAD_ROWS such programs after the tokens' (512 at
-    4096 x 2), which mostly find no padding and exit. Then unpermute's backward on a plan without
-    the marker (no padding programs at all): what they cost at most."""
+    4096 x 2), which mostly find no padding and exit; the same with drop_and_pad and a fifth of the
+    rows padding. Then unpermute's backward on a plan without the marker (no padding programs at
+    all): what they cost at most."""
     from sweep import routing_map
 
     import moe_utils
@@ -974,6 +1013,7 @@ def pad_rows_experiments(results, shapes) -> None:
     forms = {"16 rows a padding program": 16, "64 rows": 64, "256 rows": 256}
     try:
         _forms_experiment(results, shapes, ("permute_fwd", "unpermute_bwd"), forms, use)
+        _pad_rows_drop_and_pad(results, shapes, forms, use)
     finally:
         permutation._PAD_ROWS, unpermutation._PAD_ROWS = saved
     g = torch.Generator(device=DEVICE).manual_seed(0)
