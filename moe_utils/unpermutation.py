@@ -177,10 +177,7 @@ def _scatter_dot_kernel(
         # out: a tuple of these literals does not compile for the GPU, the interpreter takes it.)
         pad_block = _padding(block, src_token_ptr, 0, 0, n_rows, 0, 0, False, False)
         if tl.max(pad_block.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
-            _zero_padding(
-                d_perm_ptr, first_row, 0, tl.cdiv(hidden, BLOCK_H), hidden, src_token_ptr, 0, 0, n_rows, 0, 0, False,
-                False, PAD_ROWS, BLOCK_K, BLOCK_H,
-            )  # fmt: skip
+            _zero_padding(d_perm_ptr, block, pad_block, 0, tl.cdiv(hidden, BLOCK_H), hidden, PAD_ROWS, BLOCK_H)
     else:
         first = tl.load(token_ptr_ptr + token)
         last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
