@@ -79,8 +79,9 @@ forward +9% at best; commit c760798 for its code, results/logs/session24/call1 f
 registers, against zeros, a barrier and each entry's value, and the shipped rule
 (``unpermutation.d_probs_row_store``). (Session 23's same row store in unpermute's scatter-dot:
 1-8% slower at 8 of 10 shapes; commit 5ff0ff0 for its code, results/logs/session23/call3.)
-``--only padrows``: the padding programs of permute's scatter and unpermute's backward with 16
-(shipped), 64 and 256 rows each, and unpermute's backward on a plan without the padding marker.
+``--only padrows``: the padding programs of permute's scatter and unpermute's backward with 16,
+64 and 256 rows each and as shipped, with and without drop_and_pad, and unpermute's backward on a
+plan without the padding marker.
 (Session 24's ``--only rowdot``, unpermute's backward over the permuted rows in memory order, each
 token's gradient row gathered: slower at 7 of 8 shapes, 3-10% at top-2 (4096 x 256 x 2 x 2048 24.4
 -> 28.2 µs at best, 65536 x 64 x 2 337 -> 382), 2.3x at 4096 x 256 x 8; level at 4096 x 64 x 2
@@ -994,28 +995,35 @@ def _pad_rows_drop_and_pad(results, shapes, forms, use) -> None:
 
 def pad_rows_experiments(results, shapes) -> None:
     """The padding programs of permute's scatter and of unpermute's backward (the scatter-dot) with
-    16 rows each (shipped, ``permutation._PAD_ROWS``), 64 and 256: with num_out_tokens given (the
-    plan's padding marker) both launches carry N / PAD_ROWS such programs after the tokens' (512 at
-    4096 x 2), which mostly find no padding and exit; the same with drop_and_pad and a fifth of the
-    rows padding. Then unpermute's backward on a plan without the marker (no padding programs at
-    all): what they cost at most."""
+    16, 64 or 256 rows each, and as shipped since session 24 (``permutation._PAD_ROWS``, 64; 16 in
+    permute with drop_and_pad, ``_DROP_AND_PAD_PAD_ROWS``; 16 everywhere before): with
+    num_out_tokens given (the plan's padding marker) both launches carry N / PAD_ROWS such programs
+    after the tokens' (2T at top-8 with 16 rows), which mostly find no padding and exit; the same
+    with drop_and_pad and a fifth of the rows padding. Then unpermute's backward on a plan without
+    the marker (no padding programs at all): what they cost at most. Session 24 call 3: 64 rows
+    3.3-3.6% faster than 16 in unpermute's backward at top-8, as fast as no padding programs."""
     from sweep import routing_map
 
     import moe_utils
     from moe_utils import permutation
     from moe_utils.unpermutation import _launch_unpermute_backward
 
-    saved = permutation._PAD_ROWS, unpermutation._PAD_ROWS
+    names = ("_PAD_ROWS", "_DROP_AND_PAD_PAD_ROWS")
+    saved = tuple(getattr(permutation, n, None) for n in names), unpermutation._PAD_ROWS
 
-    def use(n_rows) -> None:
-        permutation._PAD_ROWS = unpermutation._PAD_ROWS = n_rows
+    def use(form) -> None:
+        permutation._PAD_ROWS = unpermutation._PAD_ROWS = form[0]
+        permutation._DROP_AND_PAD_PAD_ROWS = form[1]  # (a package before session 24 does not read it)
 
-    forms = {"16 rows a padding program": 16, "64 rows": 64, "256 rows": 256}
+    forms = {"16 rows a padding program": (16, 16), "64 rows": (64, 64), "256 rows": (256, 256)}
+    forms["shipped rule"] = saved[0]
     try:
         _forms_experiment(results, shapes, ("permute_fwd", "unpermute_bwd"), forms, use)
         _pad_rows_drop_and_pad(results, shapes, forms, use)
     finally:
-        permutation._PAD_ROWS, unpermutation._PAD_ROWS = saved
+        for n, v in zip(names, saved[0], strict=True):
+            setattr(permutation, n, v)
+        unpermutation._PAD_ROWS = saved[1]
     g = torch.Generator(device=DEVICE).manual_seed(0)
     with torch.no_grad():
         for shape in shapes:

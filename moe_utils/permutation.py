@@ -235,6 +235,13 @@ def _scatter_rows_kernel(
 #: 0.1 µs) in both. 256 rows: level with 64 (permute fwd 4096 x 64 x 2 x 7168 52.6 -> 52.1, 16384 x
 #: 64 x 8 169.4 / 171.2).
 _PAD_ROWS = 64
+#: Except in permute's scatter with drop_and_pad, where padding rows are everywhere (each expert's
+#: rows past its count): there more programs zero them in parallel. H200 (--only padrows, session
+#: 24 call 7, capacity 1.25 x the mean: about a fifth of the rows padding), 16 -> 64 rows: permute
+#: fwd 4096 x 64 x 2 x 2048 24.0 -> 25.5 µs, 4096 x 256 x 8 62.5 -> 64.8, 16384 x 64 x 8 203.3 ->
+#: 215.7, 65536 x 64 x 2 261.9 -> 274.4. (unpermute's backward cannot tell a drop_and_pad plan from
+#: another and keeps _PAD_ROWS: 1.8-5.7% slower there than with 16.)
+_DROP_AND_PAD_PAD_ROWS = 16
 #: Tokens whose plan rows one program of permute's scatter writes. A kernel holds the registers of
 #: its largest branch in every program: at 64 tokens (k = 8) the plan branch needs 72 registers
 #: per thread, which leaves the copy programs 7 programs of 4 warps per SM as without it; 128
@@ -272,6 +279,11 @@ def _block_h(hidden: int, cap: int = 1024) -> int:
     return min(triton.next_power_of_2(max(hidden, 1)), cap)
 
 
+def pad_rows_per_program(drop_and_pad: bool) -> int:
+    """Rows each padding program of permute's scatter checks (_PAD_ROWS, _DROP_AND_PAD_PAD_ROWS)."""
+    return _DROP_AND_PAD_PAD_ROWS if drop_and_pad else _PAD_ROWS
+
+
 def block_k(n_rows: int, n_tokens: int) -> int:
     """Entries handled together: the average top-k rounded up to a power of two, at most 8."""
     return min(8, triton.next_power_of_2(max(1, -(-n_rows // max(n_tokens, 1)))))
@@ -299,7 +311,8 @@ def _launch_scatter(
     rest: PlanRest | None,
 ) -> None:
     n_rows, hidden = dst.shape
-    pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if plan.padded else 0
+    pad_rows = pad_rows_per_program(rest is not None and rest.drop_and_pad)
+    pad_programs = triton.cdiv(n_rows, pad_rows) if plan.padded else 0
     # Without rows there is nothing to write; without columns only the plan (rest) is.
     if n_rows == 0 or n_tokens + pad_programs == 0 or (hidden == 0 and rest is None):
         return
@@ -335,7 +348,7 @@ def _launch_scatter(
         WRITE_PLAN=rest is not None,
         HAS_PROBS=plan_probs,
         DROP_AND_PAD=rest is not None and rest.drop_and_pad,
-        PAD_ROWS=_PAD_ROWS,
+        PAD_ROWS=pad_rows,
         PLAN_TOKENS=_PLAN_TOKENS,
         BLOCK_K=k,
         BLOCK_H=block_h,

@@ -222,14 +222,15 @@ def test_streaming_stores_rule_and_bits(monkeypatch):
 def test_padding_programs_of_any_size_give_the_same_bits(monkeypatch):
     # permute's scatter and unpermute's backward (the scatter-dot with the probs gradient, the
     # scatter without) zero the padding rows in programs of _PAD_ROWS rows each (64 shipped,
-    # session 24), all rows at once in column chunks: with 8, 16 or 64 rows a program (the 40
-    # columns in one chunk, or in two of 32 at 64 rows), one or many programs, the last one
-    # partial, padding past the routed rows and inside experts (drop_and_pad): the same bits, and
-    # the padding rows zero (their outputs poisoned first).
+    # session 24; 16 in permute with drop_and_pad), all rows at once in column chunks: with 8, 16
+    # or 64 rows a program (the 40 columns in one chunk, or in two of 32 at 64 rows), one or many
+    # programs, the last one partial, padding past the routed rows and inside experts
+    # (drop_and_pad): the same bits, and the padding rows zero (their outputs poisoned first).
     from moe_utils import _runtime as rt
     from moe_utils import permutation, unpermutation
 
     assert permutation._PAD_ROWS & (permutation._PAD_ROWS - 1) == 0 and unpermutation._PAD_ROWS == permutation._PAD_ROWS
+    assert permutation.pad_rows_per_program(False) == 64 and permutation.pad_rows_per_program(True) == 16
     gen = make_generator(47)
     n_tokens, n_experts, k, hidden = 37, 12, 3, 40
     x = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
@@ -261,6 +262,7 @@ def test_padding_programs_of_any_size_give_the_same_bits(monkeypatch):
     assert torch.all(shipped[2][pad] == 0) and torch.all(shipped[4][pad] == 0)
     for n_rows in (8, 16, 64):
         monkeypatch.setattr(permutation, "_PAD_ROWS", n_rows)
+        monkeypatch.setattr(permutation, "_DROP_AND_PAD_PAD_ROWS", n_rows)
         monkeypatch.setattr(unpermutation, "_PAD_ROWS", n_rows)
         for a, b in zip(shipped, run(), strict=True):
             assert torch.equal(a, b)
