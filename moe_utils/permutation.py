@@ -73,7 +73,7 @@ def _zero_padding(
     col_first,  # first column to zero
     col_steps,  # column blocks of BLOCK_H to zero from there (up to the row width)
     hidden,  # row width
-    PAD_ROWS: tl.constexpr,
+    PAD_ROWS: tl.constexpr,  # a power of two, at most _PAD_ZERO_TILE
     BLOCK_H: tl.constexpr,  # columns per block (col_steps)
 ):
     """Zero the padding rows among rows in col_steps blocks of BLOCK_H columns from col_first: the
@@ -81,7 +81,7 @@ def _zero_padding(
     PAD_ROWS rows at once, in column chunks: the mask is known before the first store, so the
     stores go out back to back. (Session 24: in row steps of BLOCK_K, each step loading its rows'
     padding flags, a program of 64 rows spent 16 dependent loads on it, and permute's forward with
-    drop_and_pad ran 59% slower than with 16 rows.)"""
+    drop_and_pad ran up to 59% slower than with 16 rows.)"""
     # [PAD_ROWS, ZERO_H] tiles of _PAD_ZERO_TILE elements: small beside the copy's tiles, so that
     # this branch does not raise the kernel's registers (the most of any branch, in every program).
     ZERO_H: tl.constexpr = max(1, min(BLOCK_H, _PAD_ZERO_TILE // PAD_ROWS))
@@ -151,7 +151,7 @@ def _scatter_rows_kernel(
     WRITE_PLAN: tl.constexpr,  # permute: also write src_token (and the permuted probs) of each row
     HAS_PROBS: tl.constexpr,  # WRITE_PLAN: permute probabilities too
     DROP_AND_PAD: tl.constexpr,  # WRITE_PLAN: rows are laid out capacity per expert
-    PAD_ROWS: tl.constexpr,  # rows checked by each padding program, a multiple of BLOCK_K
+    PAD_ROWS: tl.constexpr,  # rows checked by each padding program (pad_rows_per_program)
     PLAN_TOKENS: tl.constexpr,  # WRITE_PLAN: tokens per plan program
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
@@ -228,12 +228,14 @@ def _scatter_rows_kernel(
 #: unpermute's backward (the scatter-dot, which imports it): with num_out_tokens given, N / _PAD_ROWS
 #: such programs follow the tokens' in the launch, most finding no padding. H200
 #: (experiments.py --only padrows, session 24 call 3, two processes within 0.3 µs), 16 -> 64 rows:
-#: unpermute bwd at top-8 (2T padding programs of the scatter-dot's 128 registers with 16 rows)
-#: 4096 x 256 x 8 x 2048 79.8 -> 76.9 µs, 16384 x 64 x 8 300.9 / 299.7 -> 291.0 / 291.3, as fast
-#: as with no padding programs at all (76.7, 290.8); permute fwd 16384 x 64 x 8 173.4 -> 170.5 /
-#: 170.8, 65536 x 64 x 2 229.7 / 229.9 -> 227.8 / 227.0; the 4096-token top-2 shapes level (within
-#: 0.1 µs) in both. 256 rows: level with 64 (permute fwd 4096 x 64 x 2 x 7168 52.6 -> 52.1, 16384 x
-#: 64 x 8 169.4 / 171.2).
+#: unpermute bwd at top-8 (with 16 rows 2T padding programs, each holding a slot sized for the
+#: kernel's largest branch) 4096 x 256 x 8 x 2048 79.8 -> 76.9 µs, 16384 x 64 x 8 300.9 / 299.7 ->
+#: 291.0 / 291.3, as fast as with no padding programs at all (76.7, 290.8); permute fwd 16384 x 64
+#: x 8 173.4 -> 170.5 / 170.8, 65536 x 64 x 2 229.7 / 229.9 -> 227.8 / 227.0; the 4096-token top-2
+#: shapes level (within 0.1 µs) in both. 256 rows: level with 64 (permute fwd 4096 x 64 x 2 x 7168
+#: 52.6 -> 52.1, 16384 x 64 x 8 169.4 / 171.2). Routing grid (call 7, with _zero_padding's column
+#: chunks) against session 23's: unpermute bwd at top-8 and 2048 columns -1.9% to -6.0%, permute
+#: fwd -2.4% (geometric mean over 69 shapes).
 _PAD_ROWS = 64
 #: Except in permute's scatter with drop_and_pad, where padding rows are everywhere (each expert's
 #: rows past its count): there more programs zero them in parallel. H200 (--only padrows, session

@@ -157,7 +157,7 @@ def _scatter_dot_kernel(
     hidden,  # row width
     E,  # experts
     PAD: tl.constexpr,  # programs T, T + 1, ... zero the padding rows of d_perm, PAD_ROWS each
-    PAD_ROWS: tl.constexpr,  # a multiple of BLOCK_K
+    PAD_ROWS: tl.constexpr,  # rows checked by each padding program (permutation._PAD_ROWS)
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
