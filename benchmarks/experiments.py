@@ -539,11 +539,12 @@ _PDL_FORMS = {
 }
 
 
-def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True) -> None:
-    """Each op of ``kinds`` (of _routing_ops) at each shape under each of ``forms`` (name -> value,
-    set by ``use(value)``): outputs poisoned and checked bit-equal across forms (or, not
-    ``exact``, within fp32 rounding of sums of a few thousand terms: forms that sum in another
-    order), then timed."""
+def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True, ops_for=None, tag=None) -> None:
+    """Each op of ``kinds`` (of ``ops_for(shape, generator)``, _routing_ops unless given) at each
+    shape under each of ``forms`` (name -> value, set by ``use(value)``): outputs poisoned and
+    checked bit-equal across forms (or, not ``exact``, within fp32 rounding of sums of a few
+    thousand terms: forms that sum in another order), then timed. ``tag`` is appended to the
+    shapes recorded."""
 
     def flat(out) -> list:
         return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
@@ -551,7 +552,8 @@ def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True) ->
     g = torch.Generator(device=DEVICE).manual_seed(0)
     with torch.no_grad():
         for shape in shapes:
-            ops = _routing_ops(shape, g)
+            ops = (ops_for or _routing_ops)(shape, g)
+            label = [*shape, tag] if tag else list(shape)
             for kind in kinds:
                 want = None
                 for name, form in forms.items():
@@ -561,10 +563,10 @@ def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True) ->
                     want = want or got
                     for a, b in zip(want, got, strict=True):
                         same = torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-4, atol=1e-3)
-                        assert same, f"{kind} with {name} differs at {shape}"
+                        assert same, f"{kind} with {name} differs at {label}"
                     us = bench(ops[kind])
-                    results.append(dict(kind=kind, shape=list(shape), variant=name, us=us))
-                    print(f"{kind:14s} {list(shape)!s:24s} {name:18s} {us:8.1f} us", flush=True)
+                    results.append(dict(kind=kind, shape=label, variant=name, us=us))
+                    print(f"{kind:14s} {label!s:24s} {name:18s} {us:8.1f} us", flush=True)
 
 
 def _pdl_forms_experiment(results, shapes, kinds, forms) -> None:
@@ -955,42 +957,28 @@ def write_roof_experiments(results, shapes) -> None:
             print(f"{[n_src, k, hidden]!s:22s} {name:22s} {us:9.1f} us {gbs:7.0f} GB/s {pct:5.1f}% of copy", flush=True)
 
 
-def _pad_rows_drop_and_pad(results, shapes, forms, use) -> None:
-    """--only padrows with drop_and_pad: capacity 1.25 x the mean rows an expert (each expert keeps
-    its first tokens), so that about a fifth of the rows are padding the padding programs zero:
-    permute's forward and unpermute's backward (the scatter-dot) under each form, bits checked."""
+def _drop_and_pad_ops(shape, g) -> dict:
+    """permute's forward and unpermute's backward (the scatter-dot) with drop_and_pad at shape =
+    (tokens, experts, k, hidden): capacity 1.25 x the mean rows an expert (each expert keeps its
+    first tokens), so that about a fifth of the rows are padding the padding programs zero."""
     from sweep import routing_map
 
     import moe_utils
     from moe_utils.unpermutation import _launch_unpermute_backward
 
-    g = torch.Generator(device=DEVICE).manual_seed(1)
-    with torch.no_grad():
-        for n_tokens, n_experts, k, hidden in shapes:
-            shape = [n_tokens, n_experts, k, hidden, "drop_and_pad"]
-            capacity = max(1, n_tokens * k * 5 // (4 * n_experts))
-            m = routing_map(n_tokens, n_experts, k, g)
-            m &= m.cumsum(0) <= capacity  # each expert keeps its first capacity tokens
-            p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
-            x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
-            g_out = torch.randn_like(x)
-            n_out = capacity * n_experts
-            rows, _, plan = moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True)
-            ops = {
-                "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True),
-                "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True),
-            }
-            for kind, op in ops.items():
-                want = None
-                for name, form in forms.items():
-                    use(form)
-                    with _rt.poisoned_outputs():
-                        got = [t.clone() for t in op() if isinstance(t, torch.Tensor)]
-                    want = want or got
-                    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), f"{kind} {name} at {shape}"
-                    us = bench(op)
-                    results.append(dict(kind=kind, shape=shape, variant=name, us=us))
-                    print(f"{kind:14s} {shape!s:40s} {name:24s} {us:8.1f} us", flush=True)
+    n_tokens, n_experts, k, hidden = shape
+    capacity = max(1, n_tokens * k * 5 // (4 * n_experts))
+    m = routing_map(n_tokens, n_experts, k, g)
+    m &= m.cumsum(0) <= capacity  # each expert keeps its first capacity tokens
+    p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
+    x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+    g_out = torch.randn_like(x)
+    n_out = capacity * n_experts
+    rows, _, plan = moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True)
+    return {
+        "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True),
+        "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True),
+    }
 
 
 def pad_rows_experiments(results, shapes) -> None:
@@ -1019,7 +1007,8 @@ def pad_rows_experiments(results, shapes) -> None:
     forms["shipped rule"] = saved[0]
     try:
         _forms_experiment(results, shapes, ("permute_fwd", "unpermute_bwd"), forms, use)
-        _pad_rows_drop_and_pad(results, shapes, forms, use)
+        kinds = ("permute_fwd", "unpermute_bwd")
+        _forms_experiment(results, shapes, kinds, forms, use, ops_for=_drop_and_pad_ops, tag="drop_and_pad")
     finally:
         for n, v in zip(names, saved[0], strict=True):
             setattr(permutation, n, v)
