@@ -116,6 +116,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import pathlib
 import sys
@@ -975,16 +976,19 @@ def _drop_and_pad_ops(shape, g) -> dict:
     g_out = torch.randn_like(x)
     n_out = capacity * n_experts
     rows, _, plan = moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True)
+    # Since session 25 unpermute's backward takes drop_and_pad (a package before it does not).
+    flag = (True,) if "drop_and_pad" in inspect.signature(_launch_unpermute_backward).parameters else ()
     return {
         "permute_fwd": lambda: moe_utils.permute(x, m, p, num_out_tokens=n_out, fused=True, drop_and_pad=True),
-        "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True),
+        "unpermute_bwd": lambda: _launch_unpermute_backward(g_out, rows, plan, p, True, *flag),
     }
 
 
 def pad_rows_experiments(results, shapes) -> None:
     """The padding programs of permute's scatter and of unpermute's backward (the scatter-dot) with
     16, 64 or 256 rows each, and as shipped since session 24 (``permutation._PAD_ROWS``, 64; 16 in
-    permute with drop_and_pad, ``_DROP_AND_PAD_PAD_ROWS``; 16 everywhere before): with
+    permute with drop_and_pad, ``_DROP_AND_PAD_PAD_ROWS``, and since session 25 in unpermute's
+    backward with drop_and_pad too; 16 everywhere before): with
     num_out_tokens given (the plan's padding marker) both launches carry N / PAD_ROWS such programs
     after the tokens' (2T at top-8 with 16 rows), which mostly find no padding and exit; the same
     with drop_and_pad and a fifth of the rows padding. Then unpermute's backward on a plan without
@@ -997,10 +1001,13 @@ def pad_rows_experiments(results, shapes) -> None:
     from moe_utils.unpermutation import _launch_unpermute_backward
 
     names = ("_PAD_ROWS", "_DROP_AND_PAD_PAD_ROWS")
-    saved = tuple(getattr(permutation, n, None) for n in names), unpermutation._PAD_ROWS
+    # unpermutation._PAD_ROWS: its own binding in a package before session 25 (set both there).
+    saved = tuple(getattr(permutation, n, None) for n in names), getattr(unpermutation, "_PAD_ROWS", None)
 
     def use(form) -> None:
-        permutation._PAD_ROWS = unpermutation._PAD_ROWS = form[0]
+        permutation._PAD_ROWS = form[0]
+        if saved[1] is not None:
+            unpermutation._PAD_ROWS = form[0]
         permutation._DROP_AND_PAD_PAD_ROWS = form[1]  # (a package before session 24 does not read it)
 
     forms = {"16 rows a padding program": (16, 16), "64 rows": (64, 64), "256 rows": (256, 256)}
@@ -1012,7 +1019,8 @@ def pad_rows_experiments(results, shapes) -> None:
     finally:
         for n, v in zip(names, saved[0], strict=True):
             setattr(permutation, n, v)
-        unpermutation._PAD_ROWS = saved[1]
+        if saved[1] is not None:
+            unpermutation._PAD_ROWS = saved[1]
     g = torch.Generator(device=DEVICE).manual_seed(0)
     with torch.no_grad():
         for shape in shapes:

@@ -333,7 +333,7 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
             "permute": (lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True), move),
             "plan": (lambda: build_plan("sweep", m, p, n_rows, False), 0),
             "scatter": (lambda: scatter_rows(x, out, view, rest=rest), move),
-            "zero_padding": (lambda: _launch_scatter(out, 0, out, view, None, None), 0),  # its padding programs
+            "zero_padding": (lambda: _launch_scatter(out, 0, out, view, None, None, False), 0),  # its padding programs
             "fill_out": (lambda: out.fill_(1.0), n_rows * hidden * 2),
             "zeros_probs": (lambda: torch.zeros(n_rows, device=DEVICE), 0),
         }

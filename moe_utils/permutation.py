@@ -225,7 +225,7 @@ def _scatter_rows_kernel(
 
 
 #: Rows each padding program checks (a power of two), in permute's scatter and in
-#: unpermute's backward (the scatter-dot, which imports it): with num_out_tokens given, N / _PAD_ROWS
+#: unpermute's backward (pad_rows_per_program): with num_out_tokens given, N / _PAD_ROWS
 #: such programs follow the tokens' in the launch, most finding no padding. H200
 #: (experiments.py --only padrows, session 24 call 3, two processes within 0.3 µs), 16 -> 64 rows:
 #: unpermute bwd at top-8 (with 16 rows 2T padding programs, each holding a slot sized for the
@@ -237,12 +237,12 @@ def _scatter_rows_kernel(
 #: chunks) against session 23's: unpermute bwd at top-8 and 2048 columns -1.9% to -6.0%, permute
 #: fwd -2.4% (geometric mean over 69 shapes).
 _PAD_ROWS = 64
-#: Except in permute's scatter with drop_and_pad, where padding rows are everywhere (each expert's
-#: rows past its count): there more programs zero them in parallel. H200 (--only padrows, session
-#: 24 call 7, capacity 1.25 x the mean: about a fifth of the rows padding), 16 -> 64 rows: permute
-#: fwd 4096 x 64 x 2 x 2048 24.0 -> 25.5 µs, 4096 x 256 x 8 62.5 -> 64.8, 16384 x 64 x 8 203.3 ->
-#: 215.7, 65536 x 64 x 2 261.9 -> 274.4. (unpermute's backward cannot tell a drop_and_pad plan from
-#: another and keeps _PAD_ROWS: 1.8-5.7% slower there than with 16.)
+#: Except with drop_and_pad, where padding rows are everywhere (each expert's rows past its count):
+#: there more programs zero them in parallel. H200 (--only padrows, session 24 call 7, capacity
+#: 1.25 x the mean: about a fifth of the rows padding), 16 -> 64 rows: permute fwd 4096 x 64 x 2 x
+#: 2048 24.0 -> 25.5 µs, 4096 x 256 x 8 62.5 -> 64.8, 16384 x 64 x 8 203.3 -> 215.7, 65536 x 64 x 2
+#: 261.9 -> 274.4; unpermute's backward (the scatter-dot) 28.2 -> 29.8 (4096 x 64 x 2), 321.9 ->
+#: 328.0 (16384 x 64 x 8). unpermute takes drop_and_pad through its ops for this (session 25).
 _DROP_AND_PAD_PAD_ROWS = 16
 #: Tokens whose plan rows one program of permute's scatter writes. A kernel holds the registers of
 #: its largest branch in every program: at 64 tokens (k = 8) the plan branch needs 72 registers
@@ -282,7 +282,8 @@ def _block_h(hidden: int, cap: int = 1024) -> int:
 
 
 def pad_rows_per_program(drop_and_pad: bool) -> int:
-    """Rows each padding program of permute's scatter checks (_PAD_ROWS, _DROP_AND_PAD_PAD_ROWS)."""
+    """Rows each padding program of permute's scatter and unpermute's backward checks (_PAD_ROWS,
+    _DROP_AND_PAD_PAD_ROWS)."""
     return _DROP_AND_PAD_PAD_ROWS if drop_and_pad else _PAD_ROWS
 
 
@@ -297,11 +298,15 @@ def scatter_rows(
     plan: Plan,
     probs: torch.Tensor | None = None,
     rest: PlanRest | None = None,
+    drop_and_pad: bool = False,
 ) -> None:
     """dst[row of (t, e)] = src[t] (* probs[t, e]) for every routed (t, e), and zero in padding rows;
     src [T, hidden]. With rest (from build_plan, for permute) it also completes the plan: src_token
-    and rest.perm_probs of every routed row."""
-    _launch_scatter(src, src.shape[0], dst, plan, probs, rest)
+    and rest.perm_probs of every routed row. drop_and_pad: the plan is permute's drop_and_pad
+    routing (padding rows inside every expert's rows; with rest, rest's flag counts too), which
+    sets the rows of each padding program (pad_rows_per_program)."""
+    drop_and_pad = drop_and_pad or (rest is not None and rest.drop_and_pad)
+    _launch_scatter(src, src.shape[0], dst, plan, probs, rest, drop_and_pad)
 
 
 def _launch_scatter(
@@ -311,9 +316,10 @@ def _launch_scatter(
     plan: Plan,
     probs: torch.Tensor | None,
     rest: PlanRest | None,
+    drop_and_pad: bool,
 ) -> None:
     n_rows, hidden = dst.shape
-    pad_rows = pad_rows_per_program(rest is not None and rest.drop_and_pad)
+    pad_rows = pad_rows_per_program(drop_and_pad)
     pad_programs = triton.cdiv(n_rows, pad_rows) if plan.padded else 0
     # Without rows there is nothing to write; without columns only the plan (rest) is.
     if n_rows == 0 or n_tokens + pad_programs == 0 or (hidden == 0 and rest is None):

@@ -17,7 +17,15 @@ import triton.language as tl
 
 from . import _runtime as _rt
 from ._kernel_lib import grid_tile, pdl_start
-from .permutation import _PAD_ROWS, _block_h, _padding, _zero_padding, block_k, check_probs, scatter_rows
+from .permutation import (
+    _block_h,
+    _padding,
+    _zero_padding,
+    block_k,
+    check_probs,
+    pad_rows_per_program,
+    scatter_rows,
+)
 from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
@@ -157,7 +165,7 @@ def _scatter_dot_kernel(
     hidden,  # row width
     E,  # experts
     PAD: tl.constexpr,  # programs T, T + 1, ... zero the padding rows of d_perm, PAD_ROWS each
-    PAD_ROWS: tl.constexpr,  # rows checked by each padding program (permutation._PAD_ROWS)
+    PAD_ROWS: tl.constexpr,  # rows checked by each padding program (permutation.pad_rows_per_program)
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
@@ -335,8 +343,9 @@ def gather_rows(
 
 
 def _launch_unpermute(
-    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int
+    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int, drop_and_pad: bool = False
 ) -> torch.Tensor:
+    # drop_and_pad is not read here: it is in the signature of the op (for its backward), which this mirrors.
     permuted = _rt.unit_column_stride(permuted)
     n_rows, hidden = permuted.shape
     view = plan_view("unpermute", plan, n_tokens, n_rows)
@@ -347,8 +356,14 @@ def _launch_unpermute(
 
 
 def _launch_unpermute_backward(
-    grad: torch.Tensor, permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, need_d_probs: bool
+    grad: torch.Tensor,
+    permuted: torch.Tensor,
+    plan: torch.Tensor,
+    probs: torch.Tensor | None,
+    need_d_probs: bool,
+    drop_and_pad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # drop_and_pad (the plan's routing, as given to unpermute) sets the rows of each padding program.
     grad = _rt.unit_column_stride(grad)
     permuted = _rt.unit_column_stride(permuted) if need_d_probs else permuted
     n_tokens, hidden = grad.shape
@@ -368,7 +383,8 @@ def _launch_unpermute_backward(
         # 2: 321.0 -> 344.6 µs), though sweep.py's graph replays had it level (session 14 calls 1
         # and 2). Top-8 at 2048 columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
         block_h = dot_block_h(hidden, k)
-        pad_programs = triton.cdiv(n_rows, _PAD_ROWS) if view.padded else 0
+        pad_rows = pad_rows_per_program(drop_and_pad)
+        pad_programs = triton.cdiv(n_rows, pad_rows) if view.padded else 0
         if n_tokens + pad_programs > 0:
             _scatter_dot_kernel[(n_tokens + pad_programs,)](
                 grad,
@@ -388,7 +404,7 @@ def _launch_unpermute_backward(
                 hidden,
                 probs.shape[1],
                 PAD=view.padded,
-                PAD_ROWS=_PAD_ROWS,
+                PAD_ROWS=pad_rows,
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
@@ -396,31 +412,37 @@ def _launch_unpermute_backward(
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
     else:
-        scatter_rows(grad, d_perm, view, probs=probs)  # padding rows too
+        scatter_rows(grad, d_perm, view, probs=probs, drop_and_pad=drop_and_pad)  # padding rows too
     return d_perm, d_probs
 
 
 @torch.library.custom_op(f"moe_utils::unpermute_fwd_plan{PLAN_LAYOUT}", mutates_args=())
 def _unpermute_op(
-    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int
+    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int, drop_and_pad: bool
 ) -> torch.Tensor:
-    return _launch_unpermute(permuted, plan, probs, n_tokens)
+    # drop_and_pad is for the backward only (setup_context reads it from the inputs).
+    return _launch_unpermute(permuted, plan, probs, n_tokens, drop_and_pad)
 
 
 @_unpermute_op.register_fake
-def _(permuted, plan, probs, n_tokens):
+def _(permuted, plan, probs, n_tokens, drop_and_pad):
     return permuted.new_empty((n_tokens, permuted.shape[1]))
 
 
 @torch.library.custom_op(f"moe_utils::unpermute_bwd_plan{PLAN_LAYOUT}", mutates_args=())
 def _unpermute_backward_op(
-    grad: torch.Tensor, permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, need_d_probs: bool
+    grad: torch.Tensor,
+    permuted: torch.Tensor,
+    plan: torch.Tensor,
+    probs: torch.Tensor | None,
+    need_d_probs: bool,
+    drop_and_pad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_unpermute_backward(grad, permuted, plan, probs, need_d_probs)
+    return _launch_unpermute_backward(grad, permuted, plan, probs, need_d_probs, drop_and_pad)
 
 
 @_unpermute_backward_op.register_fake
-def _(grad, permuted, plan, probs, need_d_probs):
+def _(grad, permuted, plan, probs, need_d_probs, drop_and_pad):
     d_perm = permuted.new_empty(permuted.shape)
     if probs is not None and need_d_probs:
         return d_perm, probs.new_empty(probs.shape)
@@ -428,15 +450,16 @@ def _(grad, permuted, plan, probs, need_d_probs):
 
 
 def _unpermute_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    permuted, plan, probs, _ = inputs
+    permuted, plan, probs, _, drop_and_pad = inputs
     ctx.save_for_backward(permuted, plan, probs)
+    ctx.drop_and_pad = drop_and_pad
 
 
 def _unpermute_op_backward(ctx: Any, grad):
     permuted, plan, probs = ctx.saved_tensors
     need = probs is not None and ctx.needs_input_grad[2]
-    d_perm, d_probs = _unpermute_backward_op(grad, permuted, plan, probs, need)
-    return d_perm, None, (d_probs if need else None), None
+    d_perm, d_probs = _unpermute_backward_op(grad, permuted, plan, probs, need, ctx.drop_and_pad)
+    return d_perm, None, (d_probs if need else None), None, None
 
 
 _unpermute_op.register_autograd(_unpermute_op_backward, setup_context=_unpermute_setup)
@@ -446,12 +469,13 @@ class _FusedUnpermute(torch.autograd.Function):
     """Eager fast path around the same launchers; under torch.compile it calls the ops instead."""
 
     @staticmethod
-    def forward(ctx, permuted, plan, probs, n_tokens):
-        out = _rt.call(_unpermute_op, _launch_unpermute, permuted, plan, probs, n_tokens)
+    def forward(ctx, permuted, plan, probs, n_tokens, drop_and_pad):
+        out = _rt.call(_unpermute_op, _launch_unpermute, permuted, plan, probs, n_tokens, drop_and_pad)
         # permuted is needed only for the probs gradient.
         keep = permuted if probs is not None and probs.requires_grad else None
         ctx.save_for_backward(keep, plan, probs)
         ctx.perm_meta = (permuted.shape, permuted.dtype, permuted.device)
+        ctx.drop_and_pad = drop_and_pad
         return out
 
     @staticmethod
@@ -461,9 +485,9 @@ class _FusedUnpermute(torch.autograd.Function):
         shape, dtype, device = ctx.perm_meta
         # Without a probs gradient the rows' values are not read: a zero-stride stand-in carries the shape.
         permuted = kept if kept is not None else torch.empty((1, 1), dtype=dtype, device=device).expand(shape)
-        args = (grad, permuted, plan, probs, need)
+        args = (grad, permuted, plan, probs, need, ctx.drop_and_pad)
         d_perm, d_probs = _rt.call(_unpermute_backward_op, _launch_unpermute_backward, *args)
-        return d_perm, None, (d_probs if need else None), None
+        return d_perm, None, (d_probs if need else None), None, None
 
 
 def _unpermute_reference(permuted_tokens, sorted_indices, restore_shape, probs, routing_map, drop_and_pad):
@@ -539,4 +563,4 @@ def unpermute(
             permuted_tokens, sorted_indices, torch.Size(restore_shape), probs, routing_map, drop_and_pad
         )
     plan_view(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])  # checks the plan's layout
-    return _FusedUnpermute.apply(permuted_tokens, sorted_indices, probs, n_tokens)
+    return _FusedUnpermute.apply(permuted_tokens, sorted_indices, probs, n_tokens, bool(drop_and_pad))

@@ -222,14 +222,14 @@ def test_streaming_stores_rule_and_bits(monkeypatch):
 def test_padding_programs_of_any_size_give_the_same_bits(monkeypatch):
     # permute's scatter and unpermute's backward (the scatter-dot with the probs gradient, the
     # scatter without) zero the padding rows in programs of _PAD_ROWS rows each (64 shipped,
-    # session 24; 16 in permute with drop_and_pad), all rows at once in column chunks: with 8, 16
+    # session 24; 16 with drop_and_pad), all rows at once in column chunks: with 8, 16
     # or 64 rows a program (the 40 columns in one chunk, or in two of 32 at 64 rows), one or many
     # programs, the last one partial, padding past the routed rows and inside experts
     # (drop_and_pad): the same bits, and the padding rows zero (their outputs poisoned first).
     from moe_utils import _runtime as rt
     from moe_utils import permutation, unpermutation
 
-    assert permutation._PAD_ROWS & (permutation._PAD_ROWS - 1) == 0 and unpermutation._PAD_ROWS == permutation._PAD_ROWS
+    assert permutation._PAD_ROWS & (permutation._PAD_ROWS - 1) == 0
     assert permutation.pad_rows_per_program(False) == 64 and permutation.pad_rows_per_program(True) == 16
     gen = make_generator(47)
     n_tokens, n_experts, k, hidden = 37, 12, 3, 40
@@ -262,10 +262,38 @@ def test_padding_programs_of_any_size_give_the_same_bits(monkeypatch):
     assert torch.all(shipped[2][pad] == 0) and torch.all(shipped[4][pad] == 0)
     for n_rows in (8, 16, 64):
         monkeypatch.setattr(permutation, "_PAD_ROWS", n_rows)
-        monkeypatch.setattr(permutation, "_DROP_AND_PAD_PAD_ROWS", n_rows)
-        monkeypatch.setattr(unpermutation, "_PAD_ROWS", n_rows)
+        monkeypatch.setattr(permutation, "_DROP_AND_PAD_PAD_ROWS", {8: 64, 16: 8, 64: 16}[n_rows])
         for a, b in zip(shipped, run(), strict=True):
             assert torch.equal(a, b)
+
+    # unpermute's backward takes its padding programs' rows from the routing it was given, through
+    # its ops (session 25): pad_rows_per_program(drop_and_pad) in both kernels, eager, compiled, and
+    # through the op's own autograd (torch.ops users).
+    asked = []
+
+    def spy(drop_and_pad):
+        asked.append(drop_and_pad)
+        return 8
+
+    monkeypatch.setattr(permutation, "pad_rows_per_program", spy)
+    monkeypatch.setattr(unpermutation, "pad_rows_per_program", spy)
+    rows, _, plan = permute(x, capacity_m, p, num_out_tokens=10 * n_experts, fused=True, drop_and_pad=True)
+    for path in ("eager", "compiled", "op"):
+        for drop_and_pad in (True, False):
+            for probs_grad in (True, False):
+                r = rows.detach().requires_grad_(True)
+                pp = p.detach().requires_grad_(probs_grad)
+
+                def fn(r, pp, drop_and_pad=drop_and_pad):
+                    return unpermute(r, plan, x.shape, pp, capacity_m, fused=True, drop_and_pad=drop_and_pad)
+
+                if path == "op":
+                    out = unpermutation._unpermute_op(r, plan, pp, n_tokens, drop_and_pad)
+                else:
+                    out = (torch.compile(fn, fullgraph=True) if path == "compiled" else fn)(r, pp)
+                asked.clear()
+                torch.autograd.grad(out, (r, pp) if probs_grad else (r,), g_out)
+                assert asked == [drop_and_pad], (path, drop_and_pad, probs_grad, asked)
 
 
 def test_drop_and_pad_fixed_capacity():
