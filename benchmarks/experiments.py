@@ -87,8 +87,11 @@ token's gradient row gathered: slower at 7 of 8 shapes, 3-10% at top-2 (4096 x 2
 -> 28.2 µs at best, 65536 x 64 x 2 337 -> 382), 2.3x at 4096 x 256 x 8; level at 4096 x 64 x 2
 (23.5 -> 23.2 with evict-last gradient and evict-first row loads); commit a9f61ac for its code,
 results/logs/session24/call2 for its times.)
-``--only dotcap``: unpermute's backward (the scatter-dot) on a grid of 4-10 programs an SM, each
-walking tokens, against one program a token (``unpermutation._DOT_PROGRAMS_PER_SM``).
+(Session 25's ``--only dotcap``, unpermute's backward (the scatter-dot) on a persistent grid of 4,
+6, 8 or 10 programs an SM, each walking tokens pid, pid + grid, ...: slower at all nine shapes,
+8-40% at 4 an SM and still 5-8% at 8-10 at the 4096-token top-2 shapes (4096 x 64 x 2 x 2048 23.4
+-> 25.1 µs at best), 4.5% at 4096 x 256 x 8 (76.5 -> 79.9 at 6); commit 194c169 for its code,
+results/logs/session25/call1 for its times.)
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -960,17 +963,6 @@ def write_roof_experiments(results, shapes) -> None:
             print(f"{[n_src, k, hidden]!s:22s} {name:22s} {us:9.1f} us {gbs:7.0f} GB/s {pct:5.1f}% of copy", flush=True)
 
 
-def dot_cap_experiments(results, shapes) -> None:
-    """unpermute's backward (the scatter-dot) on a grid of at most 4, 6, 8 or 10 programs per SM,
-    each walking tokens pid, pid + grid, ... (``unpermutation._DOT_PROGRAMS_PER_SM``), against one
-    program per token as shipped: does capping the resident programs help the 4096-token top-2
-    shapes? (Session 24 call 3: the kernel without its padding branch, 36 registers against 40 and
-    so 14 programs an SM against 12, ran 0.6 µs slower there.) The persistent kernel at top-2 with
-    padding holds 48 registers (10 programs an SM), at top-8 155 (3)."""
-    forms = {"one program a token": (0,), **{f"{n} programs an SM": (n,) for n in (4, 6, 8, 10)}}
-    _switch_experiment(results, shapes, unpermutation, ("_DOT_PROGRAMS_PER_SM",), forms, ("unpermute_bwd",))
-
-
 def _drop_and_pad_ops(shape, g) -> dict:
     """permute's forward and unpermute's backward (the scatter-dot) with drop_and_pad at shape =
     (tokens, experts, k, hidden): capacity 1.25 x the mean rows an expert (each expert keeps its
@@ -1151,10 +1143,6 @@ _FORMS_KINDS = {
     ]),
     "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
     "padrows": (pad_rows_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (40, 12, 3, 24)], [
-        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
-        (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
-    ]),
-    "dotcap": (dot_cap_experiments, [(5, 4, 2, 96), (40, 12, 3, 24)], [
         (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
         (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
     ]),

@@ -147,8 +147,7 @@ def _gather_rows_kernel(
 
 
 @triton.jit
-def _scatter_dot_program(
-    token,  # int64: the token of this step (programs past n_tokens: padding programs)
+def _scatter_dot_kernel(
     grad_ptr,  # [T, hidden] gradient of unpermute's output
     grad_row_stride,  # elements between its rows
     perm_ptr,  # [N, hidden] permuted tokens (unpermute's input)
@@ -170,8 +169,15 @@ def _scatter_dot_program(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
+    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
-    """One token (or one padding program) of _scatter_dot_kernel."""
+    # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
+    # (row, e) the entries of token t. One program per token walks whole rows, so the dot products
+    # stay in fp32 registers: deterministic, no atomics. The padding rows' zeros come from programs
+    # of this launch, not from a launch of their own: one launch fewer where launches weigh (at
+    # T = 4096 this backward ran at 74-81% of the copy rate on the H100, session 7).
+    pdl_start(PDL)
+    token = tl.program_id(0).to(tl.int64)
     if PAD and token >= n_tokens:
         first_row = (token - n_tokens) * PAD_ROWS
         block = first_row + tl.arange(0, PAD_ROWS)
@@ -207,50 +213,6 @@ def _scatter_dot_program(
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
-@triton.jit
-def _scatter_dot_kernel(
-    grad_ptr,  # [T, hidden] gradient of unpermute's output
-    grad_row_stride,  # elements between its rows
-    perm_ptr,  # [N, hidden] permuted tokens (unpermute's input)
-    perm_row_stride,  # elements between its rows
-    d_perm_ptr,  # [N, hidden] out, contiguous: gradient w.r.t. the permuted tokens
-    probs_ptr,  # [T, E] routing probabilities
-    probs_stride_t,  # elements between tokens of probs
-    probs_stride_e,  # elements between experts of probs
-    d_probs_ptr,  # [T, E] out, contiguous: gradient w.r.t. probs (every element is written here)
-    token_ptr_ptr,  # [T + 1] int64 plan
-    entry_ptr,  # [N] int64 plan: (row << EXPERT_BITS) | expert of each entry
-    src_token_ptr,  # [N] int64 plan (PAD): -1 marks a padding row
-    n_tokens,  # T
-    n_rows,  # N
-    hidden,  # row width
-    E,  # experts
-    PAD: tl.constexpr,  # programs T, T + 1, ... zero the padding rows of d_perm, PAD_ROWS each
-    PAD_ROWS: tl.constexpr,  # rows checked by each padding program (permutation.pad_rows_per_program)
-    BLOCK_K: tl.constexpr,  # entries handled together
-    BLOCK_H: tl.constexpr,  # columns per step
-    BLOCK_E: tl.constexpr,  # >= E
-    PERSISTENT: tl.constexpr,  # a grid of at most _DOT_PROGRAMS_PER_SM per SM, each walking tokens (experiment)
-    PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
-):
-    # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
-    # (row, e) the entries of token t. One program per token walks whole rows, so the dot products
-    # stay in fp32 registers: deterministic, no atomics. The padding rows' zeros come from programs
-    # of this launch, not from a launch of their own: one launch fewer where launches weigh (at
-    # T = 4096 this backward ran at 74-81% of the copy rate on the H100, session 7).
-    pdl_start(PDL)
-    args = (grad_ptr, grad_row_stride, perm_ptr, perm_row_stride, d_perm_ptr, probs_ptr, probs_stride_t)
-    args += (probs_stride_e, d_probs_ptr, token_ptr_ptr, entry_ptr, src_token_ptr, n_tokens, n_rows, hidden, E)
-    if PERSISTENT:
-        total = n_tokens
-        if PAD:
-            total += tl.cdiv(n_rows, PAD_ROWS)
-        for token in range(tl.program_id(0).to(tl.int64), total, tl.num_programs(0)):
-            _scatter_dot_program(token, *args, PAD, PAD_ROWS, BLOCK_K, BLOCK_H, BLOCK_E)
-    else:
-        _scatter_dot_program(tl.program_id(0).to(tl.int64), *args, PAD, PAD_ROWS, BLOCK_K, BLOCK_H, BLOCK_E)
-
-
 #: The gather's columns per program (at most): on the 2-D grid, and on the grid in memory order
 #: (_ORDERED_GATHER_ABOVE). H200 (experiments.py --only tiles, session 22 calls 1-2, two processes
 #: each, 4 warps): in memory order 2048 columns were 2-6.5% faster than 1024 at 12 of 14 shapes
@@ -281,9 +243,6 @@ _NARROW_GATHER_MAX = (2048, 8192)  # columns, tokens
 #: -> 155.4, 65536 x 64 x 4 643.0 -> 617.5, 4096 x 64 x 4 42.3 -> 42.0. 512 slower everywhere.
 _DOT_BLOCK_H = 1024
 _DOT_TOP4_BLOCK_H = 2048
-#: Experiment (session 25): the scatter-dot on a grid of at most this many programs per SM, each
-#: walking tokens pid, pid + grid, ...; 0: one program per token.
-_DOT_PROGRAMS_PER_SM = 0
 #: permute's backward (the gather with the probs gradient) builds each token's row of d_probs in
 #: registers (zeros, each entry's gradient put in at its expert) and stores it once, up to
 #: _ROW_STORE_MOST_E experts, and at top-8 (BLOCK_K _ROW_STORE_MANY_K) only at that many (BLOCK_E
@@ -426,13 +385,8 @@ def _launch_unpermute_backward(
         block_h = dot_block_h(hidden, k)
         pad_rows = pad_rows_per_program(drop_and_pad)
         pad_programs = triton.cdiv(n_rows, pad_rows) if view.padded else 0
-        n_programs = n_tokens + pad_programs
-        persistent = _DOT_PROGRAMS_PER_SM > 0
-        if persistent:  # (one SM in the interpreter)
-            sms = torch.cuda.get_device_properties(grad.device).multi_processor_count if grad.is_cuda else 1
-            n_programs = min(n_programs, _DOT_PROGRAMS_PER_SM * sms)
-        if n_programs > 0:
-            _scatter_dot_kernel[(n_programs,)](
+        if n_tokens + pad_programs > 0:
+            _scatter_dot_kernel[(n_tokens + pad_programs,)](
                 grad,
                 grad.stride(0),
                 permuted,
@@ -454,7 +408,6 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
-                PERSISTENT=persistent,
                 num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
