@@ -92,6 +92,8 @@ results/logs/session24/call2 for its times.)
 8-40% at 4 an SM and still 5-8% at 8-10 at the 4096-token top-2 shapes (4096 x 64 x 2 x 2048 23.4
 -> 25.1 µs at best), 4.5% at 4096 x 256 x 8 (76.5 -> 79.9 at 6); commit 194c169 for its code,
 results/logs/session25/call1 for its times.)
+``--only dotcache``: unpermute's backward (the scatter-dot) with evict-first / evict-last loads
+and streaming stores (``unpermutation._DOT_CACHE``) against none as shipped, and with 2 warps.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -963,6 +965,26 @@ def write_roof_experiments(results, shapes) -> None:
             print(f"{[n_src, k, hidden]!s:22s} {name:22s} {us:9.1f} us {gbs:7.0f} GB/s {pct:5.1f}% of copy", flush=True)
 
 
+def dot_cache_experiments(results, shapes) -> None:
+    """unpermute's backward (the scatter-dot) with eviction policies on its loads and streaming
+    stores (``unpermutation._DOT_CACHE``: the gradient's loads, the permuted rows' loads, d_perm's
+    stores), against none as shipped. Both inputs are read once: evict-first loads leave L2 to the
+    outputs' dirty lines. (Streaming stores lost 0.3-0.6% at seven top-8 shapes in session 21.) And
+    2 warps instead of 4 (``unpermutation._DOT_WARPS``; ptxas: 52 registers at top-2, 149 at top-8)."""
+    forms = {
+        "shipped": ("", "", ""),
+        "rows evict-first": ("", "evict_first", ""),
+        "gradient and rows evict-first": ("evict_first", "evict_first", ""),
+        "gradient evict-last, rows evict-first": ("evict_last", "evict_first", ""),
+        "rows evict-first, streaming stores": ("", "evict_first", ".cs"),
+        "streaming stores": ("", "", ".cs"),
+    }
+    forms = {k: (v, 4) for k, v in forms.items()}
+    forms["2 warps"] = (("", "", ""), 2)  # (8 lost in session 22)
+    names = ("_DOT_CACHE", "_DOT_WARPS")
+    _switch_experiment(results, shapes, unpermutation, names, forms, ("unpermute_bwd",))
+
+
 def _drop_and_pad_ops(shape, g) -> dict:
     """permute's forward and unpermute's backward (the scatter-dot) with drop_and_pad at shape =
     (tokens, experts, k, hidden): capacity 1.25 x the mean rows an expert (each expert keeps its
@@ -1143,6 +1165,10 @@ _FORMS_KINDS = {
     ]),
     "realloc": (realloc_experiments, [(5, 4, 2, 96)], [(4096, 8, 2, 2048), (4096, 256, 2, 2048)]),
     "padrows": (pad_rows_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (40, 12, 3, 24)], [
+        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
+        (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
+    ]),
+    "dotcache": (dot_cache_experiments, [(5, 4, 2, 96), (40, 12, 3, 24)], [
         (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
         (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
     ]),
