@@ -968,9 +968,14 @@ def write_roof_experiments(results, shapes) -> None:
 def dot_cache_experiments(results, shapes) -> None:
     """unpermute's backward (the scatter-dot) with eviction policies on its loads and streaming
     stores (``unpermutation._DOT_CACHE``: the gradient's loads, the permuted rows' loads, d_perm's
-    stores), against none as shipped. Both inputs are read once: evict-first loads leave L2 to the
-    outputs' dirty lines. (Streaming stores lost 0.3-0.6% at seven top-8 shapes in session 21.) And
-    2 warps instead of 4 (``unpermutation._DOT_WARPS``; ptxas: 52 registers at top-2, 149 at top-8)."""
+    stores), against none as shipped, and with 2 warps instead of 4 (``_DOT_WARPS``; ptxas: 52
+    registers at top-2, 149 at top-8). Each form three ways: as the other experiments time
+    (bench: back-to-back graph replays of the op on one input set, as bench.py's grid does);
+    cold (triton's do_bench, L2 flushed before each call: no input left in L2 by the call
+    before, as in a training step); and cold followed by a consumer that reads d_perm (a sum, for
+    the expert GEMM's backward that reads it next): streaming stores evict d_perm from L2 early.
+    Session 25 call 2 (back-to-back only): at 4096 x 8 x 2 x 2048 evict-first rows with
+    streaming stores 22.7 -> 20.1 µs, which may be the inputs staying in L2 between calls."""
     forms = {
         "shipped": ("", "", ""),
         "rows evict-first": ("", "evict_first", ""),
@@ -982,7 +987,43 @@ def dot_cache_experiments(results, shapes) -> None:
     forms = {k: (v, 4) for k, v in forms.items()}
     forms["2 warps"] = (("", "", ""), 2)  # (8 lost in session 22)
     names = ("_DOT_CACHE", "_DOT_WARPS")
-    _switch_experiment(results, shapes, unpermutation, names, forms, ("unpermute_bwd",))
+    saved = tuple(getattr(unpermutation, n) for n in names)
+
+    def cold(fn) -> float:
+        fn()
+        if DRY:
+            return 1.0
+        torch.cuda.synchronize()
+        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    try:
+        with torch.no_grad():
+            for shape in shapes:
+                op = _routing_ops(shape, g)["unpermute_bwd"]
+
+                def consumed(op=op) -> None:
+                    op()[0].sum()
+
+                want = None
+                for name, form in forms.items():
+                    for n, v in zip(names, form, strict=True):
+                        setattr(unpermutation, n, v)
+                    with _rt.poisoned_outputs():
+                        got = [t.clone() for t in op()]
+                    want = want or got
+                    exact = form[1] == saved[1]  # 2 warps sum the dot products in another order
+                    for a, b in zip(want, got, strict=True):
+                        same = torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-4, atol=1e-3)
+                        assert same, f"unpermute_bwd with {name} differs at {shape}"
+                    times = {"back-to-back": bench(op), "cold": cold(op), "cold + consumer": cold(consumed)}
+                    for how, us in times.items():
+                        results.append(dict(kind="unpermute_bwd", shape=list(shape), variant=f"{name}, {how}", us=us))
+                    line = "  ".join(f"{how} {us:6.1f}" for how, us in times.items())
+                    print(f"unpermute_bwd {list(shape)!s:22s} {name:38s} {line} us", flush=True)
+    finally:
+        for n, v in zip(names, saved, strict=True):
+            setattr(unpermutation, n, v)
 
 
 def _drop_and_pad_ops(shape, g) -> dict:
