@@ -92,8 +92,18 @@ results/logs/session24/call2 for its times.)
 8-40% at 4 an SM and still 5-8% at 8-10 at the 4096-token top-2 shapes (4096 x 64 x 2 x 2048 23.4
 -> 25.1 µs at best), 4.5% at 4096 x 256 x 8 (76.5 -> 79.9 at 6); commit 194c169 for its code,
 results/logs/session25/call1 for its times.)
-``--only dotcache``: unpermute's backward (the scatter-dot) with evict-first loads and streaming
-stores (``unpermutation._DOT_CACHE``) against none as shipped, back to back and with L2 cold.
+(Session 25's ``--only dotcache``, unpermute's backward (the scatter-dot) with evict-first loads
+(the gradient's, the permuted rows') and streaming stores (d_perm), each form timed back to back
+(graph replays on one input set, as the grid) and cold (a graph of calls each after a 256 MiB
+read that leaves L2 full of other clean lines, less the reads alone): back to back, evict-first
+rows with streaming stores 9-14% faster at the 4096-token top-2 shapes (4096 x 8 x 2 x 2048 22.7
+-> 19.6 µs) and 3-4% slower from 16384 tokens; cold, **the shipped form fastest at all eight
+shapes** (4096 x 8 x 2 x 2048 27.9 against 28.1-29.5; 65536 x 64 x 2 341.2 against 342.9-359.1),
+and with a consumer reading d_perm after it too: the back-to-back gain was the inputs left in L2
+by the call before. Cold timings run about 5 µs above back-to-back at every size, from 4096 to
+65536 tokens alike (the transition from the read kernel, not L2), so the grid's shipped figures
+carry no such gain. Commit 59bad57 for its code (c49be6a, 9403d2c for the cold timer),
+results/logs/session25/calls 2-4 for its times.)
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -965,59 +975,6 @@ def write_roof_experiments(results, shapes) -> None:
             print(f"{[n_src, k, hidden]!s:22s} {name:22s} {us:9.1f} us {gbs:7.0f} GB/s {pct:5.1f}% of copy", flush=True)
 
 
-def dot_cache_experiments(results, shapes) -> None:
-    """unpermute's backward (the scatter-dot) with eviction policies on its loads and streaming
-    stores (``unpermutation._DOT_CACHE``: the gradient's loads, the permuted rows' loads, d_perm's
-    stores), against none as shipped. Each form three ways: as the other experiments time (bench:
-    back-to-back graph replays of the op on one input set, as bench.py's grid does); cold (a
-    graph of calls each after a read of 256 MiB, which leaves L2 full of clean lines of other
-    data, less a graph of the reads alone: no input left in L2 by the call before, as in a
-    training step); and cold followed by a consumer that reads d_perm (a sum, for the expert
-    GEMM's backward that reads it next: streaming stores may evict d_perm from L2 early).
-    Session 25 call 2-3 (back-to-back): evict-first rows with streaming stores 9-11% faster at
-    the 4096-token top-2 shapes (4096 x 8 x 2 x 2048 22.7 -> 20.1 µs), 3-4% slower from 16384
-    tokens; triton's do_bench with its L2 flush timed host gaps at these sizes (33-134 µs)."""
-    forms = {
-        "shipped": ("", "", ""),
-        "streaming stores": ("", "", ".cs"),
-        "rows evict-first, streaming stores": ("", "evict_first", ".cs"),
-        "gradient and rows evict-first": ("evict_first", "evict_first", ""),
-    }
-    saved = unpermutation._DOT_CACHE
-    scratch = torch.ones(1 if DRY else 128 << 20, device=DEVICE, dtype=torch.bfloat16)  # 256 MiB
-
-    def flush() -> None:
-        scratch.sum()
-
-    def graph_us(fn) -> float:
-        return _replay_timer(fn, calls=40)()
-
-    g = torch.Generator(device=DEVICE).manual_seed(0)
-    try:
-        with torch.no_grad():
-            for shape in shapes:
-                op = _routing_ops(shape, g)["unpermute_bwd"]
-                want = None
-                for name, form in forms.items():
-                    unpermutation._DOT_CACHE = form
-                    with _rt.poisoned_outputs():
-                        got = [t.clone() for t in op()]
-                    want = want or got
-                    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), f"{name} differs at {shape}"
-                    base = graph_us(flush)
-                    times = {
-                        "back-to-back": bench(op),
-                        "cold": graph_us(lambda: (flush(), op())) - base,
-                        "cold + consumer": graph_us(lambda: (flush(), op()[0].sum())) - base,
-                    }
-                    for how, us in times.items():
-                        results.append(dict(kind="unpermute_bwd", shape=list(shape), variant=f"{name}, {how}", us=us))
-                    line = "  ".join(f"{how} {us:6.1f}" for how, us in times.items())
-                    print(f"unpermute_bwd {list(shape)!s:22s} {name:36s} {line} us (read {base:.1f})", flush=True)
-    finally:
-        unpermutation._DOT_CACHE = saved
-
-
 def _drop_and_pad_ops(shape, g) -> dict:
     """permute's forward and unpermute's backward (the scatter-dot) with drop_and_pad at shape =
     (tokens, experts, k, hidden): capacity 1.25 x the mean rows an expert (each expert keeps its
@@ -1200,10 +1157,6 @@ _FORMS_KINDS = {
     "padrows": (pad_rows_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (40, 12, 3, 24)], [
         (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
         (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
-    ]),
-    "dotcache": (dot_cache_experiments, [(5, 4, 2, 96), (40, 12, 3, 24)], [
-        (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048), (4096, 64, 2, 7168),
-        (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),

@@ -169,9 +169,6 @@ def _scatter_dot_kernel(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
-    GRAD_POLICY: tl.constexpr,  # eviction policy of the gradient's loads (_DOT_CACHE, experiment)
-    ROW_POLICY: tl.constexpr,  # eviction policy of the permuted rows' loads
-    STORE_CACHE: tl.constexpr,  # cache modifier of d_perm's stores
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
@@ -208,14 +205,10 @@ def _scatter_dot_kernel(
                 cols = col_start + tl.arange(0, BLOCK_H)
                 col_ok = cols < hidden
                 ok = placed[:, None] & col_ok[None, :]
-                g_ptr = grad_ptr + token * grad_row_stride + cols
-                g = tl.load(g_ptr, mask=col_ok, other=0.0, eviction_policy=GRAD_POLICY).to(tl.float32)
-                x_ptr = perm_ptr + rows[:, None] * perm_row_stride + cols[None, :]
-                x = tl.load(x_ptr, mask=ok, other=0.0, eviction_policy=ROW_POLICY)
+                g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+                x = tl.load(perm_ptr + rows[:, None] * perm_row_stride + cols[None, :], mask=ok, other=0.0)
                 d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
-                tl.store(
-                    d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok, cache_modifier=STORE_CACHE
-                )
+                tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
                 dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
@@ -250,10 +243,6 @@ _NARROW_GATHER_MAX = (2048, 8192)  # columns, tokens
 #: -> 155.4, 65536 x 64 x 4 643.0 -> 617.5, 4096 x 64 x 4 42.3 -> 42.0. 512 slower everywhere.
 _DOT_BLOCK_H = 1024
 _DOT_TOP4_BLOCK_H = 2048
-#: Experiment (session 25): the scatter-dot's eviction policies of the gradient's and the permuted
-#: rows' loads ("" or "evict_first" / "evict_last") and d_perm's store cache modifier ("" or ".cs").
-_DOT_CACHE = ("", "", "")
-_DOT_WARPS = 4
 #: permute's backward (the gather with the probs gradient) builds each token's row of d_probs in
 #: registers (zeros, each entry's gradient put in at its expert) and stores it once, up to
 #: _ROW_STORE_MOST_E experts, and at top-8 (BLOCK_K _ROW_STORE_MANY_K) only at that many (BLOCK_E
@@ -419,10 +408,7 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
-                GRAD_POLICY=_DOT_CACHE[0],
-                ROW_POLICY=_DOT_CACHE[1],
-                STORE_CACHE=_DOT_CACHE[2],
-                num_warps=_DOT_WARPS,
+                num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
     else:

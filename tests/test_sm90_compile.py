@@ -199,9 +199,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     gather = dict(ORDERED=on, BLOCK_H=2048, BLOCK_K=8) if on else dict(ORDERED=on, BLOCK_H=1024, BLOCK_K=2)
     flags = dict(SCALE=on, PROBS_GRAD=on, BLOCK_E=256, ROW_STORE=on)
     compile_sm90(unpermutation._gather_rows_kernel, dict(flags, **gather, **pdl))
-    cache = ("evict_first", "evict_first", ".cs") if on else ("", "", "")
     dot = dict(PAD=on, PAD_ROWS=64, BLOCK_K=8, BLOCK_H=2048, BLOCK_E=1024, **pdl)
-    dot.update(GRAD_POLICY=cache[0], ROW_POLICY=cache[1], STORE_CACHE=cache[2])
     compile_sm90(unpermutation._scatter_dot_kernel, dot)
 
 
