@@ -532,7 +532,8 @@ def unpermute(
         probs: optional [num_tokens, num_experts] routing probabilities.
         routing_map: [num_tokens, num_experts]; required with probs when fused=False.
         fused: gather kernel (deterministic, fp32 accumulation, no atomics).
-        drop_and_pad: the routing of ``permute(..., drop_and_pad=True)``.
+        drop_and_pad: the routing of ``permute(..., drop_and_pad=True)``. With fused=True it
+            only sets how the backward zeroes the padding rows (the speed, never the numbers).
 
     Returns:
         [num_tokens, hidden] in permuted_tokens.dtype; tokens routed nowhere get zeros.
