@@ -567,8 +567,10 @@ def cold_us(fn, calls: int = 40) -> float:
     back to back on one input set, which rewards a form that leaves its inputs in L2 for the next
     call; a training step never runs an op twice on the same tensors. Session 25: evict-first
     loads with streaming stores in the scatter-dot ran 9-14% faster back to back at 4096 tokens
-    and slower cold (commit 59bad57). The read before each call costs the op about 5 µs at every
-    size (its write-backs or the switch of kernels): compare cold times with cold times.
+    and slower cold (commit 59bad57). The read before each call adds 1-8 µs to an op (call 5:
+    about 1 to the gathers from 16384 tokens, 4-5 to the scatter-dot at every size, 5-8 to the
+    permute forward; the dirty lines an op leaves for the read to write back, and the plan's
+    chains of loads missing L2): compare cold times with cold times.
     (triton's do_bench flushes L2 between eager calls, but at these sizes it timed host gaps.)"""
     if DRY:
         fn()
