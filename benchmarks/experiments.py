@@ -104,6 +104,8 @@ by the call before. Cold timings run about 5 µs above back-to-back at every siz
 65536 tokens alike (the transition from the read kernel, not L2), so the grid's shipped figures
 carry no such gain. Commit 59bad57 for its code (c49be6a, 9403d2c for the cold timer),
 results/logs/session25/calls 2-4 for its times.)
+``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
+walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
 segments x experts unless walks pass 64 steps) and without it, at E = 1024 (and 512, unaffected).
 (Session 21's ``--only stream``, permute's scatter copying each token, in step-major order, as
@@ -730,6 +732,15 @@ def _plan_switch_experiment(results, shapes, name: str | tuple[str, ...], forms:
     _switch_experiment(results, shapes, routing, name, forms, ("plan", "permute_fwd"))
 
 
+def words_experiments(results, shapes) -> None:
+    """The map kernel's one-token steps over uint64 words of the map (``routing._MAP_WORDS``, the
+    rule ``routing._map_words``: byte maps, E > 128 and a multiple of 8, segments under 256
+    tokens) against its tile walk: build_plan and the fused permute forward. On the CPU the word
+    step compiled for sm_90 was 126 SASS on its one-entry-a-thread path against the tile walk's
+    205, 96 registers against 80 (session 25)."""
+    _plan_switch_experiment(results, shapes, "_MAP_WORDS", {"tile walk": False, "word walk": True})
+
+
 def prefetch_experiments(results, shapes) -> None:
     """The map kernel's prefetch off and on (the package's switch ``routing._MAP_PREFETCH``):
     loading each step's routing-map tile during the step before, above that step's stores, which
@@ -1193,6 +1204,10 @@ _FORMS_KINDS = {
     "padrows": (pad_rows_experiments, [(5, 4, 2, 96), (9, 6, 3, 40), (40, 12, 3, 24)], [
         (4096, 8, 2, 2048), (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 256, 8, 2048),
         (4096, 64, 2, 7168), (16384, 64, 2, 2048), (65536, 64, 2, 2048), (16384, 64, 8, 2048),
+    ]),
+    "words": (words_experiments, [(70, 256, 2, 24), (300, 512, 3, 40)], [
+        (4096, 256, 2, 2048), (4096, 256, 8, 2048), (16384, 256, 2, 2048), (16384, 256, 8, 2048),
+        (65536, 256, 2, 2048), (65536, 256, 8, 2048), (8192, 512, 8, 2048), (16384, 1024, 8, 2048),
     ]),
     "counts": (counts_experiments, _DRY, [
         (8192, 1024, 8, 2048), (16384, 1024, 8, 2048), (16384, 1024, 2, 2048), (32768, 1024, 8, 2048),

@@ -137,6 +137,9 @@ _SCAN_IN_MAP_TILE = 1024
 #: by its load. The same change in the count kernel made the permute 2-7% slower (65536 x 256 x 2
 #: 269.7 -> 278.1 µs), so it is not there.
 _MAP_PREFETCH = True
+#: The map kernel's one-token steps over uint64 words of the map (_map_words_walk) where the map
+#: allows it (_map_words). Experiment (session 25).
+_MAP_WORDS = True
 
 
 @triton.jit
@@ -210,6 +213,89 @@ def _scan_experts_kernel(
 
 
 @triton.jit
+def _map_words_walk(
+    map_ptr,  # [T, E] routing map, one byte an entry
+    word_stride_t,  # uint64 words between tokens of the map
+    seg_rows_ptr,  # [E] int64 scratch: this segment's first row of each expert
+    token_ptr_ptr,
+    entry_ptr,
+    T,
+    N,
+    seg_len,  # < 256
+    first,  # the segment's first token (int64)
+    next_entry,  # its first token-major entry (int64)
+    experts,  # [groups, GROUP] expert of each tile element
+    e_ok,  # [groups, GROUP] experts < E
+    first_row,  # [groups, GROUP] int64: each expert's first row in the segment
+    entry_base,  # [groups, GROUP] int64: (first_row << EXPERT_BITS) | expert
+    unplaced,  # [groups, GROUP] int64: (-1 << EXPERT_BITS) | expert
+    room,  # [groups, GROUP] int32: rows left to each expert, at most seg_len
+    BLOCK_E: tl.constexpr,
+    GROUP: tl.constexpr,  # 8: a group's experts are one uint64 word of the map
+):
+    """_map_kernel's walk in one-token steps, each group's GROUP map bytes one uint64 word: its
+    nonzero bytes, the group's count and the experts' places in it come from word arithmetic
+    (byte sums by multiplying with 0x0101010101010101) instead of sums and cumulative sums over
+    the experts, and the rows each expert took in the segment, and its room, are bytes of a word.
+    Where every group of the token has at most one routed expert (k = 2 of 256: 97% of tokens)
+    each thread places its group's one entry, its first row gathered from seg_rows (written here
+    first), its word and its row loaded a step ahead; else the step runs per expert. Returns the
+    next token-major entry after the segment."""
+    groups = tl.arange(0, BLOCK_E // GROUP)
+    shifts = (tl.arange(0, GROUP) * 8).to(tl.uint64)
+    ones = tl.full([], 0x0101010101010101, tl.uint64)
+    low7 = ones * 0x7F
+    high = ones << 7
+    room_word = tl.sum(room.to(tl.uint64) << shifts[None, :], axis=1)
+    tl.store(seg_rows_ptr + experts, first_row, mask=e_ok)
+    tl.debug_barrier()  # the rows' gathers below read other threads' stores
+    g_ok = tl.max(e_ok.to(tl.int32), axis=1) > 0
+    word_ptr = map_ptr.to(tl.pointer_type(tl.uint64)) + groups
+    used_word = tl.zeros([BLOCK_E // GROUP], dtype=tl.uint64)
+    w = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
+    w_next = tl.load(word_ptr + (first + 1) * word_stride_t, mask=g_ok & (first + 1 < T), other=0)
+    # 0x01 in each byte whose map entry is nonzero ((b & 0x7F) + 0x7F carries into its own high
+    # bit only); prefix's byte i: the group's routed experts up to i (so its top byte: all of them).
+    m_word = ((((w & low7) + low7) | w) & high) >> 7
+    prefix = m_word * ones
+    # The group's one routed expert j (where it has one): prefix's bytes j .. 7 are 1, summing to 8 - j.
+    j = tl.minimum(GROUP - ((prefix * ones) >> 56).to(tl.int32), GROUP - 1)
+    row = tl.load(seg_rows_ptr + groups * GROUP + j, mask=g_ok & ((prefix >> 56) == 1), other=0)
+    for off in range(0, seg_len):
+        token = first + off
+        w_after = tl.load(word_ptr + (token + 2) * word_stride_t, mask=g_ok & (token + 2 < T), other=0)
+        m_next = ((((w_next & low7) + low7) | w_next) & high) >> 7
+        prefix_next = m_next * ones
+        j_next = tl.minimum(GROUP - ((prefix_next * ones) >> 56).to(tl.int32), GROUP - 1)
+        one_next = g_ok & ((prefix_next >> 56) == 1)
+        row_next = tl.load(seg_rows_ptr + groups * GROUP + j_next, mask=one_next, other=0)
+        in_group = (prefix >> 56).to(tl.int32)
+        group_first = tl.cumsum(in_group, axis=0) - in_group  # place of the group's first entry
+        per_token = tl.sum(in_group, axis=0)
+        tl.store(token_ptr_ptr + token, next_entry, mask=token < T)
+        limit = tl.minimum(N - next_entry, BLOCK_E).to(tl.int32)
+        if tl.max(in_group, axis=0) <= 1:
+            shift = (j * 8).to(tl.uint64)
+            rank = ((used_word >> shift) & 0xFF).to(tl.int32)
+            one = in_group == 1
+            fits = rank < ((room_word >> shift) & 0xFF).to(tl.int32)
+            expert = (groups * GROUP + j).to(tl.int64)
+            placed = ((row + rank) << _EXPERT_BITS) | expert
+            entry = tl.where(fits, placed, (tl.full([], -1, tl.int64) << _EXPERT_BITS) | expert)
+            tl.store(entry_ptr + next_entry + group_first, entry, mask=one & (group_first < limit))
+        else:
+            m_all = ((m_word[:, None] >> shifts[None, :]) & 1).to(tl.int32)
+            ranks = ((used_word[:, None] >> shifts[None, :]) & 0xFF).to(tl.int32)
+            place = tl.cumsum(m_all, axis=1) - m_all + group_first[:, None]
+            entries = tl.where(ranks < room, entry_base + (ranks.to(tl.int64) << _EXPERT_BITS), unplaced)
+            tl.store(entry_ptr + next_entry + place, entries, mask=(m_all != 0) & (place < limit))
+        used_word += m_word
+        next_entry += per_token
+        m_word, prefix, j, row, w_next = m_next, prefix_next, j_next, row_next, w_after
+    return next_entry
+
+
+@triton.jit
 def _map_kernel(
     map_ptr,  # [T, E] routing map, bool or integer 0/1
     map_stride_t,  # elements between tokens of the map
@@ -235,6 +321,9 @@ def _map_kernel(
     PREFETCH: tl.constexpr,  # load each step's map tile one step ahead (_MAP_PREFETCH)
     SCAN: tl.constexpr,  # no scan kernel ran: seg_expert_off holds the counts (_scan_in_map)
     BLOCK_S: tl.constexpr,  # SCAN: segments summed at a time
+    WORDS: tl.constexpr,  # one-token steps over the map's uint64 words (_map_words, _map_words_walk)
+    word_stride_t,  # WORDS: words between tokens of the map
+    rows_ptr,  # WORDS: [n_seg, E] int64 scratch: each expert's first row in each segment
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # Experts as a [groups, GROUP] tile, expert g * GROUP + j, and the map's tiles [tokens,
@@ -303,45 +392,51 @@ def _map_kernel(
     room = tl.minimum(tl.maximum(row_end - first_row, 0), seg_len).to(tl.int32)  # rows left to each expert
     used = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int32)  # rows taken in this segment so far
     first = seg.to(tl.int64) * seg_len
-    e_offs = experts[None, :, :] * map_stride_e
-    tokens = first + tl.arange(0, BLOCK_T)
-    ok = (tokens < T)[:, None, None] & e_ok[None, :, :]
-    m_next = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
-    for off in range(0, seg_len, BLOCK_T):
-        tokens = first + off + tl.arange(0, BLOCK_T)
-        t_ok = tokens < T
-        if PREFETCH:
-            # This step's tile was loaded during the last step; the next one is loaded now, before
-            # this step's stores: the compiler cannot move a load above a store it may alias, so
-            # without this each step waits for its own load (past the segment's end the next
-            # segment's first tokens are read and unused).
-            m = m_next
-            ahead = tokens + BLOCK_T
-            ok = (ahead < T)[:, None, None] & e_ok[None, :, :]
-            m_next = tl.load(map_ptr + ahead[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
-        else:
-            ok = t_ok[:, None, None] & e_ok[None, :, :]
-            m = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
-        m = (m != 0).to(tl.int32)
-        # Row of each entry from its expert's first row in the segment: the rows taken in earlier
-        # steps plus its rank among this step's tokens of the expert (exclusive cumsum down).
-        rank = used[None, :, :] + tl.cumsum(m, axis=0) - m
-        routed = (m != 0) & (rank < room[None, :, :])
-        # Token-major list: each token's entries in ascending expert order (place: exclusive
-        # cumsum over the experts, within groups, then over them). Counts within one step fit in
-        # int32; the token's first entry is an int64 base plus one.
-        in_group = tl.sum(m, axis=2)
-        per_token = tl.sum(in_group, axis=1)
-        token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
-        tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-        place = tl.cumsum(m, axis=2) - m + (tl.cumsum(in_group, axis=1) - in_group)[:, :, None]
-        listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None, None])
-        # One store per entry: its row and expert packed. Two (row, then expert) made the stores
-        # the map kernel's limit: L1/TEX 75% busy at 2048 segments (Nsight Compute, session 6).
-        entry = tl.where(routed, entry_base[None, :, :] + (rank.to(tl.int64) << _EXPERT_BITS), unplaced[None, :, :])
-        tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
-        used += tl.sum(m, axis=0)
-        next_entry += tl.sum(per_token, axis=0).to(tl.int64)
+    if WORDS:
+        next_entry = _map_words_walk(
+            map_ptr, word_stride_t, rows_ptr + seg * E, token_ptr_ptr, entry_ptr, T, N, seg_len, first, next_entry,
+            experts, e_ok, first_row, entry_base, unplaced, room, BLOCK_E, GROUP,
+        )  # fmt: skip
+    else:
+        e_offs = experts[None, :, :] * map_stride_e
+        tokens = first + tl.arange(0, BLOCK_T)
+        ok = (tokens < T)[:, None, None] & e_ok[None, :, :]
+        m_next = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
+        for off in range(0, seg_len, BLOCK_T):
+            tokens = first + off + tl.arange(0, BLOCK_T)
+            t_ok = tokens < T
+            if PREFETCH:
+                # This step's tile was loaded during the last step; the next one is loaded now, before
+                # this step's stores: the compiler cannot move a load above a store it may alias, so
+                # without this each step waits for its own load (past the segment's end the next
+                # segment's first tokens are read and unused).
+                m = m_next
+                ahead = tokens + BLOCK_T
+                ok = (ahead < T)[:, None, None] & e_ok[None, :, :]
+                m_next = tl.load(map_ptr + ahead[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
+            else:
+                ok = t_ok[:, None, None] & e_ok[None, :, :]
+                m = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
+            m = (m != 0).to(tl.int32)
+            # Row of each entry from its expert's first row in the segment: the rows taken in earlier
+            # steps plus its rank among this step's tokens of the expert (exclusive cumsum down).
+            rank = used[None, :, :] + tl.cumsum(m, axis=0) - m
+            routed = (m != 0) & (rank < room[None, :, :])
+            # Token-major list: each token's entries in ascending expert order (place: exclusive
+            # cumsum over the experts, within groups, then over them). Counts within one step fit in
+            # int32; the token's first entry is an int64 base plus one.
+            in_group = tl.sum(m, axis=2)
+            per_token = tl.sum(in_group, axis=1)
+            token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
+            tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
+            place = tl.cumsum(m, axis=2) - m + (tl.cumsum(in_group, axis=1) - in_group)[:, :, None]
+            listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None, None])
+            # One store per entry: its row and expert packed. Two (row, then expert) made the stores
+            # the map kernel's limit: L1/TEX 75% busy at 2048 segments (Nsight Compute, session 6).
+            entry = tl.where(routed, entry_base[None, :, :] + (rank.to(tl.int64) << _EXPERT_BITS), unplaced[None, :, :])
+            tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
+            used += tl.sum(m, axis=0)
+            next_entry += tl.sum(per_token, axis=0).to(tl.int64)
     # The last segment's walk ends at the total number of routed pairs. (Summed over the expert
     # counts in program 0 instead, it took the kernel from 64 to 110 registers per thread when
     # compiled with debug=True for the assertion, and the map kernel 5 µs longer at 65536 x 256.)
@@ -456,6 +551,16 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     return seg_len, n_seg, block_t, block_e
 
 
+def _map_words(m: torch.Tensor, seg_len: int, block_t: int, block_e: int) -> bool:
+    """Whether the map kernel walks the map m [T, E] as uint64 words (_map_words_walk): one-token
+    steps over a byte map whose rows are whole aligned words (E and the token stride multiples of
+    8, the experts contiguous), in segments short enough that the rows an expert takes in one fit
+    a byte (seg_len < 256)."""
+    words = m.stride(1) == 1 and m.stride(0) % 8 == 0 and m.shape[1] % 8 == 0 and m.data_ptr() % 8 == 0
+    one_token = block_t == 1 and _map_group(block_e) == 8 and seg_len < 256
+    return _MAP_WORDS and m.element_size() == 1 and words and one_token
+
+
 def _scan_in_map(block_s: int, block_e: int) -> bool:
     """Whether the map kernel takes the scan's place (every program reads the whole count table):
     where the table's tile (BLOCK_S x BLOCK_E) has at most _SCAN_IN_MAP entries."""
@@ -545,6 +650,8 @@ def build_plan(
     # On the GPU the map kernel asserts the fit itself (compiled with debug=True for its
     # device_assert, without Triton's int32 overflow checks that debug would also add).
     check = padded and device.type == "cuda"
+    words = _map_words(m, seg_len, block_t, block_e)
+    seg_rows = _rt.empty((n_seg, n_experts), torch.int64, device) if words else expert_count
     _map_kernel[(n_seg,)](
         m,
         m.stride(0),
@@ -570,6 +677,9 @@ def build_plan(
         PREFETCH=_MAP_PREFETCH,
         SCAN=scan_in_map,
         BLOCK_S=min(block_s, max(1, _SCAN_IN_MAP_TILE // block_e)) if scan_in_map else 1,
+        WORDS=words,
+        word_stride_t=m.stride(0) // 8,
+        rows_ptr=seg_rows,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
         **_rt.pdl_args(device, "map"),

@@ -623,6 +623,69 @@ def test_permute_same_under_every_launch_order(monkeypatch):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("n_experts, k", [(256, 2), (256, 8)])
+def test_map_word_walk_gives_the_tile_walks_plan(monkeypatch, n_experts, k):
+    # The map kernel's one-token steps over uint64 words of the map (routing._map_words_walk,
+    # session 25): one entry a thread where no group of 8 experts holds two routed ones, per
+    # expert where one does (k = 8 of 256: about half the tokens), in one-token segments and in
+    # segments of 16 steps, with padding rows, without num_out_tokens, with drop_and_pad (short
+    # experts: padding inside their rows) and on a uint8 map: the plan, the rows and the probs of
+    # the tile walk, bit for bit, and the reference's.
+    from moe_utils import routing
+
+    gen = make_generator(53)
+    n_tokens, hidden = 64, 8
+    m = topk_map(n_tokens, n_experts, k, gen)
+    m[7] = False  # a token routed nowhere
+    m[8, :16] = True  # two full groups
+    m[10:, 21] = True  # a busy expert: ranks past 8 within a segment, one routed in its group
+    m[36:, 42:44] = True  # two busy experts of one group: the per-expert step, ranks past 4
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    capacity = int(m.sum(0).max()) + 1
+    drop_m = m & (m.cumsum(0) <= capacity - 2)  # the busiest experts keep capacity - 2 tokens
+    ref = permute(x, m, p, fused=False)
+    n = ref[0].shape[0]
+
+    def run():
+        return (
+            *permute(x, m, p, num_out_tokens=n + 9, fused=True),
+            *permute(x, m.to(torch.uint8), p, fused=True),
+            *permute(x, drop_m, p, num_out_tokens=capacity * n_experts, fused=True, drop_and_pad=True),
+        )
+
+    words = []
+    rule = routing._map_words
+    monkeypatch.setattr(routing, "_map_words", lambda *a: words.append(rule(*a)) or words[-1])
+    results = []
+    for most, on in ((1024, True), (4, True), (4, False)):  # one-token segments; 4 segments of 16 steps
+        monkeypatch.setattr(routing, "_MAX_SEGMENTS", most)
+        monkeypatch.setattr(routing, "_MAP_WORDS", on)
+        results.append(run())
+    assert words == [True] * 6 + [False] * 3  # the word walk ran where asked
+    out, probs, plan = results[0][:3]
+    assert torch.equal(out[:n], ref[0]) and torch.equal(probs[:n], ref[1]) and torch.equal(plan[:n], ref[2])
+    assert torch.equal(results[0][5][:n], ref[2])  # the uint8 map, no padding
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_map_words_rule():
+    # Byte maps whose rows are whole aligned uint64 words, one-token steps (E > 128: groups of 8)
+    # and segments shorter than 256 tokens (the rows an expert takes in one fit a byte).
+    from moe_utils import routing
+
+    m = torch.zeros(64, 256, dtype=torch.bool)
+    assert routing._map_words(m, 32, 1, 256)
+    assert not routing._map_words(m, 256, 1, 256)  # segments of 256 tokens
+    assert not routing._map_words(m, 32, 2, 128)  # two-token steps
+    assert not routing._map_words(m.to(torch.int32), 32, 1, 256)  # 4 bytes an entry
+    assert not routing._map_words(torch.zeros(64, 300, dtype=torch.bool)[:, :296], 32, 1, 512)  # rows of 300
+    assert not routing._map_words(torch.zeros(64, 264, dtype=torch.bool)[:, 1:257], 32, 1, 256)  # unaligned
+    assert not routing._map_words(m.t().contiguous().t(), 32, 1, 256)  # experts not contiguous
+
+
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     # Tile sizes, segment counts, scan tiles, the map kernel's prefetch and its scan only split or

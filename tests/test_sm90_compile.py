@@ -45,6 +45,7 @@ INT64_POINTERS = {
     "src_token_ptr",
     "token_ptr_ptr",
     "entry_ptr",
+    "rows_ptr",
 }
 
 
@@ -138,7 +139,7 @@ def map_step(block_t: int, block_e: int, prefetch: bool = True) -> tuple[list[st
     from moe_utils import routing
 
     cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
-    cx.update(SCAN=False, BLOCK_S=1)
+    cx.update(SCAN=False, BLOCK_S=1, WORDS=False)
     cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
     ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
     lines, regs = sass(routing._map_kernel, cx, routing._map_warps(block_t, block_e), ints=ints)
@@ -186,9 +187,10 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
-    map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), **blocks)
-    map_flags.update(SCAN=on, BLOCK_S=4 if on else 1)
+    map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), WORDS=False)
+    map_flags.update(SCAN=on, BLOCK_S=4 if on else 1, **blocks)
     compile_sm90(routing._map_kernel, map_flags, options=check)
+    compile_sm90(routing._map_kernel, dict(map_flags, BLOCK_T=1, WORDS=True), options=check)  # one-token word steps
     scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
