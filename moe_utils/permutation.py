@@ -17,10 +17,11 @@ import triton.language as tl
 
 from . import _runtime as _rt
 from ._kernel_lib import grid_tile, pdl_start
-from .routing import (
+from .routing import (  # block_k: unpermutation imports it from here too
     PLAN_LAYOUT,
     Plan,
     PlanRest,
+    block_k,
     build_plan,
     check_routing_map,
     entry_expert,
@@ -285,11 +286,6 @@ def pad_rows_per_program(drop_and_pad: bool) -> int:
     """Rows each padding program of permute's scatter and unpermute's backward checks (_PAD_ROWS,
     _DROP_AND_PAD_PAD_ROWS)."""
     return _DROP_AND_PAD_PAD_ROWS if drop_and_pad else _PAD_ROWS
-
-
-def block_k(n_rows: int, n_tokens: int) -> int:
-    """Entries handled together: the average top-k rounded up to a power of two, at most 8."""
-    return min(8, triton.next_power_of_2(max(1, -(-n_rows // max(n_tokens, 1)))))
 
 
 def scatter_rows(

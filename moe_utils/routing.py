@@ -137,9 +137,19 @@ _SCAN_IN_MAP_TILE = 1024
 #: by its load. The same change in the count kernel made the permute 2-7% slower (65536 x 256 x 2
 #: 269.7 -> 278.1 µs), so it is not there.
 _MAP_PREFETCH = True
-#: The map kernel's one-token steps over uint64 words of the map (_map_words_walk) where the map
-#: allows it (_map_words). Experiment (session 25).
+#: The map kernel's one-token steps over uint64 words of the map (_map_words_walk, _map_words):
+#: where the map's rows are whole aligned words, at E = 129-256 (one warp), in segments of at least
+#: _WORDS_MIN_SEGMENT tokens and at most _WORDS_MOST_K entries a token on average. H200
+#: (experiments.py --only words, session 25 call 6, two processes within 1 µs), tile walk -> word
+#: walk: 65536 x 256 x 2 x 2048 build_plan 36.0 -> 28.2 µs, permute fwd 250.7 -> 243.5 / 242.3
+#: (cold 256.1 -> 248.1 / 248.6); 16384 x 256 x 2 (16-token segments) 68.5 -> 67.4 / 67.8. Slower
+#: at 4096 x 256 x 2 (4-token segments: the per-segment row table and its barrier; 21.3 -> 22.1),
+#: at top-8 (about half the tokens have two routed experts in a group and take the per-expert
+#: step: 16384 x 256 x 8 plan 13.5 -> 16.3, 65536 x 256 x 8 36.1 -> 40.3), and at 512 and 1024
+#: experts at top-8 (8192 x 512 x 8 plan 15.3 -> 20.1).
 _MAP_WORDS = True
+_WORDS_MIN_SEGMENT = 16
+_WORDS_MOST_K = 2
 
 
 @triton.jit
@@ -551,14 +561,22 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     return seg_len, n_seg, block_t, block_e
 
 
-def _map_words(m: torch.Tensor, seg_len: int, block_t: int, block_e: int) -> bool:
-    """Whether the map kernel walks the map m [T, E] as uint64 words (_map_words_walk): one-token
-    steps over a byte map whose rows are whole aligned words (E and the token stride multiples of
-    8, the experts contiguous), in segments short enough that the rows an expert takes in one fit
-    a byte (seg_len < 256)."""
+def block_k(n_rows: int, n_tokens: int) -> int:
+    """Entries handled together: the average top-k rounded up to a power of two, at most 8."""
+    return min(8, triton.next_power_of_2(max(1, -(-n_rows // max(n_tokens, 1)))))
+
+
+def _map_words(m: torch.Tensor, seg_len: int, block_t: int, block_e: int, k: int) -> bool:
+    """Whether the map kernel walks the map m [T, E] as uint64 words (_map_words_walk), at k
+    entries a token (block_k): where it can, one-token steps over a byte map whose rows are whole
+    aligned words (E and the token stride multiples of 8, the experts contiguous) in segments
+    short enough that the rows an expert takes in one fit a byte (seg_len < 256); and where it
+    was faster (_MAP_WORDS): one warp (E = 129-256), segments of at least _WORDS_MIN_SEGMENT
+    tokens, at most _WORDS_MOST_K entries a token."""
     words = m.stride(1) == 1 and m.stride(0) % 8 == 0 and m.shape[1] % 8 == 0 and m.data_ptr() % 8 == 0
-    one_token = block_t == 1 and _map_group(block_e) == 8 and seg_len < 256
-    return _MAP_WORDS and m.element_size() == 1 and words and one_token
+    can = m.element_size() == 1 and words and block_t == 1 and _map_group(block_e) == 8 and seg_len < 256
+    faster = block_e == 256 and seg_len >= _WORDS_MIN_SEGMENT and k <= _WORDS_MOST_K
+    return _MAP_WORDS and can and faster
 
 
 def _scan_in_map(block_s: int, block_e: int) -> bool:
@@ -650,7 +668,7 @@ def build_plan(
     # On the GPU the map kernel asserts the fit itself (compiled with debug=True for its
     # device_assert, without Triton's int32 overflow checks that debug would also add).
     check = padded and device.type == "cuda"
-    words = _map_words(m, seg_len, block_t, block_e)
+    words = _map_words(m, seg_len, block_t, block_e, block_k(n_rows, n_tokens))
     seg_rows = _rt.empty((n_seg, n_experts), torch.int64, device) if words else expert_count
     _map_kernel[(n_seg,)](
         m,

@@ -654,6 +654,8 @@ def test_map_word_walk_gives_the_tile_walks_plan(monkeypatch, n_experts, k):
             *permute(x, drop_m, p, num_out_tokens=capacity * n_experts, fused=True, drop_and_pad=True),
         )
 
+    monkeypatch.setattr(routing, "_WORDS_MIN_SEGMENT", 1)  # the walk where it can run, not only where it is faster
+    monkeypatch.setattr(routing, "_WORDS_MOST_K", 8)
     words = []
     rule = routing._map_words
     monkeypatch.setattr(routing, "_map_words", lambda *a: words.append(rule(*a)) or words[-1])
@@ -672,18 +674,24 @@ def test_map_word_walk_gives_the_tile_walks_plan(monkeypatch, n_experts, k):
 
 
 def test_map_words_rule():
-    # Byte maps whose rows are whole aligned uint64 words, one-token steps (E > 128: groups of 8)
-    # and segments shorter than 256 tokens (the rows an expert takes in one fit a byte).
+    # Where the word walk can run: byte maps whose rows are whole aligned uint64 words, one-token
+    # steps (groups of 8 experts), segments shorter than 256 tokens (the rows an expert takes in
+    # one fit a byte). Where it runs (faster on the H200, session 25): one warp (E = 129-256),
+    # segments of at least 16 tokens, at most 2 entries a token.
     from moe_utils import routing
 
     m = torch.zeros(64, 256, dtype=torch.bool)
-    assert routing._map_words(m, 32, 1, 256)
-    assert not routing._map_words(m, 256, 1, 256)  # segments of 256 tokens
-    assert not routing._map_words(m, 32, 2, 128)  # two-token steps
-    assert not routing._map_words(m.to(torch.int32), 32, 1, 256)  # 4 bytes an entry
-    assert not routing._map_words(torch.zeros(64, 300, dtype=torch.bool)[:, :296], 32, 1, 512)  # rows of 300
-    assert not routing._map_words(torch.zeros(64, 264, dtype=torch.bool)[:, 1:257], 32, 1, 256)  # unaligned
-    assert not routing._map_words(m.t().contiguous().t(), 32, 1, 256)  # experts not contiguous
+    assert routing._map_words(m, 32, 1, 256, 2) and routing._map_words(m, 16, 1, 256, 1)
+    assert not routing._map_words(m, 8, 1, 256, 2)  # 8-token segments (4096 tokens)
+    assert not routing._map_words(m, 32, 1, 256, 4)  # top-4 and more
+    assert not routing._map_words(m, 256, 1, 256, 2)  # segments of 256 tokens
+    assert not routing._map_words(m, 32, 2, 128, 2)  # two-token steps
+    assert not routing._map_words(torch.zeros(64, 512, dtype=torch.bool), 32, 1, 512, 2)  # two warps
+    assert not routing._map_words(m.to(torch.int32), 32, 1, 256, 2)  # 4 bytes an entry
+    assert routing._map_words(torch.zeros(64, 256, dtype=torch.bool)[:, :248], 32, 1, 256, 2)  # 31 words of 32
+    assert not routing._map_words(torch.zeros(64, 256, dtype=torch.bool)[:, :250], 32, 1, 256, 2)  # E = 250
+    assert not routing._map_words(torch.zeros(64, 264, dtype=torch.bool)[:, 1:257], 32, 1, 256, 2)  # unaligned
+    assert not routing._map_words(m.t().contiguous().t(), 32, 1, 256, 2)  # experts not contiguous
 
 
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
