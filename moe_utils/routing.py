@@ -14,7 +14,8 @@ build it, with no atomics and no host synchronisation:
    (expert-major, ascending token order within an expert, exactly the order of the reference) and
    its place in the token-major list. The last program's walk ends at the total: it writes it,
    and whether the routing fits (on the GPU it also asserts it there; with drop_and_pad program 0
-   checks the counts instead).
+   checks the counts instead). At top-2 of 129-256 experts in segments of 16 tokens or more it
+   walks the map as uint64 words, one token a step (``_map_words_walk``).
 
 With ``num_out_tokens`` given and a small count table (``_SCAN_IN_MAP``) the map kernel takes the
 scan's place: each of its programs sums the whole table, and program 0 writes the totals.
