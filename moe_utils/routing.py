@@ -224,6 +224,22 @@ def _scan_experts_kernel(
 
 
 @triton.jit
+def _word_entry(w, seg_rows_ptr, groups, g_ok, GROUP: tl.constexpr):
+    """A token's map words w ([groups] uint64, one byte an expert) for _map_words_walk: 0x01 in
+    each byte whose map entry is nonzero ((b & 0x7F) + 0x7F carries into its own high bit only),
+    their prefix sums (byte i: the group's routed experts up to i, so the top byte all of them),
+    the group's one routed expert j where it has one (prefix's bytes j .. 7 are 1, summing to
+    8 - j), and that expert's first row in the segment, gathered from seg_rows."""
+    ones = tl.full([], 0x0101010101010101, tl.uint64)
+    low7 = ones * 0x7F
+    m_word = ((((w & low7) + low7) | w) & (ones << 7)) >> 7
+    prefix = m_word * ones
+    j = tl.minimum(GROUP - ((prefix * ones) >> 56).to(tl.int32), GROUP - 1)
+    row = tl.load(seg_rows_ptr + groups * GROUP + j, mask=g_ok & ((prefix >> 56) == 1), other=0)
+    return m_word, prefix, j, row
+
+
+@triton.jit
 def _map_words_walk(
     map_ptr,  # [T, E] routing map, one byte an entry
     word_stride_t,  # uint64 words between tokens of the map
@@ -254,32 +270,20 @@ def _map_words_walk(
     next token-major entry after the segment."""
     groups = tl.arange(0, BLOCK_E // GROUP)
     shifts = (tl.arange(0, GROUP) * 8).to(tl.uint64)
-    ones = tl.full([], 0x0101010101010101, tl.uint64)
-    low7 = ones * 0x7F
-    high = ones << 7
     room_word = tl.sum(room.to(tl.uint64) << shifts[None, :], axis=1)
     tl.store(seg_rows_ptr + experts, first_row, mask=e_ok)
     tl.debug_barrier()  # the rows' gathers below read other threads' stores
     g_ok = tl.max(e_ok.to(tl.int32), axis=1) > 0
     word_ptr = map_ptr.to(tl.pointer_type(tl.uint64)) + groups
     used_word = tl.zeros([BLOCK_E // GROUP], dtype=tl.uint64)
+    # Each step's word and row are loaded a step ahead, its word two: the row's gather needs the word.
     w = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
     w_next = tl.load(word_ptr + (first + 1) * word_stride_t, mask=g_ok & (first + 1 < T), other=0)
-    # 0x01 in each byte whose map entry is nonzero ((b & 0x7F) + 0x7F carries into its own high
-    # bit only); prefix's byte i: the group's routed experts up to i (so its top byte: all of them).
-    m_word = ((((w & low7) + low7) | w) & high) >> 7
-    prefix = m_word * ones
-    # The group's one routed expert j (where it has one): prefix's bytes j .. 7 are 1, summing to 8 - j.
-    j = tl.minimum(GROUP - ((prefix * ones) >> 56).to(tl.int32), GROUP - 1)
-    row = tl.load(seg_rows_ptr + groups * GROUP + j, mask=g_ok & ((prefix >> 56) == 1), other=0)
+    m_word, prefix, j, row = _word_entry(w, seg_rows_ptr, groups, g_ok, GROUP)
     for off in range(0, seg_len):
         token = first + off
         w_after = tl.load(word_ptr + (token + 2) * word_stride_t, mask=g_ok & (token + 2 < T), other=0)
-        m_next = ((((w_next & low7) + low7) | w_next) & high) >> 7
-        prefix_next = m_next * ones
-        j_next = tl.minimum(GROUP - ((prefix_next * ones) >> 56).to(tl.int32), GROUP - 1)
-        one_next = g_ok & ((prefix_next >> 56) == 1)
-        row_next = tl.load(seg_rows_ptr + groups * GROUP + j_next, mask=one_next, other=0)
+        m_next, prefix_next, j_next, row_next = _word_entry(w_next, seg_rows_ptr, groups, g_ok, GROUP)
         in_group = (prefix >> 56).to(tl.int32)
         group_first = tl.cumsum(in_group, axis=0) - in_group  # place of the group's first entry
         per_token = tl.sum(in_group, axis=0)
@@ -401,7 +405,6 @@ def _map_kernel(
     entry_base = (first_row << _EXPERT_BITS) | experts.to(tl.int64)
     unplaced = (tl.full([BLOCK_E // GROUP, GROUP], -1, tl.int64) << _EXPERT_BITS) | experts.to(tl.int64)
     room = tl.minimum(tl.maximum(row_end - first_row, 0), seg_len).to(tl.int32)  # rows left to each expert
-    used = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int32)  # rows taken in this segment so far
     first = seg.to(tl.int64) * seg_len
     if WORDS:
         next_entry = _map_words_walk(
@@ -409,6 +412,7 @@ def _map_kernel(
             experts, e_ok, first_row, entry_base, unplaced, room, BLOCK_E, GROUP,
         )  # fmt: skip
     else:
+        used = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int32)  # rows taken in this segment so far
         e_offs = experts[None, :, :] * map_stride_e
         tokens = first + tl.arange(0, BLOCK_T)
         ok = (tokens < T)[:, None, None] & e_ok[None, :, :]
