@@ -100,9 +100,9 @@ rows with streaming stores 9-14% faster at the 4096-token top-2 shapes (4096 x 8
 -> 19.6 µs) and 3-4% slower from 16384 tokens; cold, **the shipped form fastest at all eight
 shapes** (4096 x 8 x 2 x 2048 27.9 against 28.1-29.5; 65536 x 64 x 2 341.2 against 342.9-359.1),
 and with a consumer reading d_perm after it too: the back-to-back gain was the inputs left in L2
-by the call before. Cold timings run about 5 µs above back-to-back at every size, from 4096 to
-65536 tokens alike (the transition from the read kernel, not L2), so the grid's shipped figures
-carry no such gain. Commit 59bad57 for its code (c49be6a, 9403d2c for the cold timer),
+by the call before. The shipped scatter-dot's cold timings ran 4-7 µs above back to back at
+every size, 4096 to 65536 tokens alike (the read's write-backs, not L2 hits), so its grid
+figures carry no such gain (other ops: ``cold_us``). Commit 59bad57 for its code (c49be6a, 9403d2c for the cold timer),
 results/logs/session25/calls 2-4 for its times.)
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
@@ -586,6 +586,15 @@ def cold_us(fn, calls: int = 40) -> float:
     return _replay_timer(lambda: (read(), fn()), calls)() - base
 
 
+def _timed(fn, **fields) -> tuple[dict, str]:
+    """A result row for fn (``fields`` and its bench() time in us, with --cold its cold_us too)
+    and the times as printed."""
+    row = dict(fields, us=bench(fn))
+    if COLD[0]:
+        row["cold_us"] = cold_us(fn)
+    return row, f"{row['us']:8.1f} us" + (f"  cold {row['cold_us']:8.1f} us" if COLD[0] else "")
+
+
 def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True, ops_for=None, tag=None) -> None:
     """Each op of ``kinds`` (of ``ops_for(shape, generator)``, _routing_ops unless given) at each
     shape under each of ``forms`` (name -> value, set by ``use(value)``): outputs poisoned and
@@ -611,12 +620,9 @@ def _forms_experiment(results, shapes, kinds, forms, use, exact: bool = True, op
                     for a, b in zip(want, got, strict=True):
                         same = torch.equal(a, b) if exact else torch.allclose(a, b, rtol=1e-4, atol=1e-3)
                         assert same, f"{kind} with {name} differs at {label}"
-                    row = dict(kind=kind, shape=label, variant=name, us=bench(ops[kind]))
-                    if COLD[0]:
-                        row["cold_us"] = cold_us(ops[kind])
+                    row, times = _timed(ops[kind], kind=kind, shape=label, variant=name)
                     results.append(row)
-                    cold = f"  cold {row['cold_us']:8.1f} us" if COLD[0] else ""
-                    print(f"{kind:14s} {label!s:24s} {name:18s} {row['us']:8.1f} us{cold}", flush=True)
+                    print(f"{kind:14s} {label!s:24s} {name:18s} {times}", flush=True)
 
 
 def _pdl_forms_experiment(results, shapes, kinds, forms) -> None:
@@ -1070,9 +1076,9 @@ def pad_rows_experiments(results, shapes) -> None:
 
     forms = {"16 rows a padding program": (16, 16), "64 rows": (64, 64), "256 rows": (256, 256)}
     forms["shipped rule"] = saved[0]
+    kinds = ("permute_fwd", "unpermute_bwd")
     try:
-        _forms_experiment(results, shapes, ("permute_fwd", "unpermute_bwd"), forms, use)
-        kinds = ("permute_fwd", "unpermute_bwd")
+        _forms_experiment(results, shapes, kinds, forms, use)
         _forms_experiment(results, shapes, kinds, forms, use, ops_for=_drop_and_pad_ops, tag="drop_and_pad")
     finally:
         for n, v in zip(names, saved[0], strict=True):
@@ -1114,12 +1120,9 @@ def ops_experiments(results, route_shapes, act_shapes) -> None:
     g = torch.Generator(device=DEVICE).manual_seed(0)
 
     def record(kind, shape, fn):
-        row = dict(kind=kind, shape=list(shape), variant=moe_utils.__file__, us=bench(fn))
-        if COLD[0]:
-            row["cold_us"] = cold_us(fn)
+        row, times = _timed(fn, kind=kind, shape=list(shape), variant=moe_utils.__file__)
         results.append(row)
-        cold = f"  cold {row['cold_us']:9.1f} us" if COLD[0] else ""
-        print(f"{kind:24s} {list(shape)!s:28s} {row['us']:9.1f} us{cold}", flush=True)
+        print(f"{kind:24s} {list(shape)!s:28s} {times}", flush=True)
 
     with torch.no_grad():
         for shape in route_shapes:
