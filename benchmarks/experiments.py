@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows
+              padrows, worder
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -104,6 +104,9 @@ by the call before. The shipped scatter-dot's cold timings ran 4-7 µs above bac
 every size, 4096 to 65536 tokens alike (the read's write-backs, not L2 hits), so its grid
 figures carry no such gain (other ops: ``cold_us``). Commit 59bad57 for its code (c49be6a, 9403d2c for the cold timer),
 results/logs/session25/calls 2-4 for its times.)
+``--only worder``: the rows of a shipped plan copied by the scatter, by its bare pattern (plan rows
+and rows in order) and as gathers of (row, token) pairs in windows of W tokens: does the order of
+the writes cost the permute forward?
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -975,6 +978,93 @@ def _write_rows_tma_kernel(src_ptr, dst_desc, rows_ptr, hidden, K: tl.constexpr,
             dst_desc.store([row, c], x)
 
 
+@triton.jit
+def _gather_rows_kernel(src_ptr, dst_ptr, rows_ptr, toks_ptr, n, hidden, R: tl.constexpr, BLOCK_H: tl.constexpr,
+                        CACHE: tl.constexpr):  # fmt: skip
+    # Program p copies R (row, token) pairs, positions p * R .. p * R + R - 1 of the lists:
+    # dst[rows[i]] = src[toks[i]], BLOCK_H columns at a time. The order of the pairs is the order
+    # of the writes (--only worder).
+    i = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+    ok = i < n
+    row = tl.load(rows_ptr + i, mask=ok, other=0)
+    tok = tl.load(toks_ptr + i, mask=ok, other=0)
+    for c in range(0, hidden, BLOCK_H):
+        cols = c + tl.arange(0, BLOCK_H)
+        m = ok[:, None] & (cols < hidden)[None, :]
+        x = tl.load(src_ptr + tok[:, None] * hidden + cols[None, :], mask=m)
+        tl.store(dst_ptr + row[:, None] * hidden + cols[None, :], x, mask=m, cache_modifier=CACHE)
+
+
+def write_order_experiments(results, shapes) -> None:
+    """Does the order of permute's writes cost it (session 21 call 2: the bare pattern 3-5 points
+    of copy slower with its rows permuted; call 7: 8% between the scatter's rows and rows in order
+    at 65536 x 256 x 2)? At each routing shape, the rows of the shipped plan copied: by the shipped
+    scatter (no plan programs), by the bare pattern over the plan's rows and over rows in order
+    (each token's k rows next to each other: what no plan gives), and as a gather of (row, token)
+    pairs, R = 4 a program, in windows of W tokens: the pairs sorted by (token // W, row), so
+    that a window's rows of one expert are written one after another and its source rows are
+    read k times while they are in L2 (W = all: the rows in memory order; W = 1: the scatter's
+    order). The stores' cache modifier follows the shipped rule (_streaming_stores). Outputs
+    poisoned and checked bit-equal to the scatter's; with --cold also timed cold."""
+    from sweep import routing_map
+
+    import moe_utils
+    from moe_utils.permutation import _streaming_stores, scatter_rows
+    from moe_utils.routing import plan_view
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for n_tokens, n_experts, k, hidden in shapes:
+        m = routing_map(n_tokens, n_experts, k, g)
+        x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+        _, _, plan = moe_utils.permute(x, m, fused=True)
+        n_rows = n_tokens * k
+        view = plan_view("exp", plan, n_tokens, n_rows)
+        want = torch.empty(n_rows, hidden, device=DEVICE, dtype=x.dtype)
+        scatter_rows(x, want, view)
+        out = torch.empty_like(want)
+        cache = ".cs" if _streaming_stores(k, n_rows, hidden, x.element_size()) else ""
+        block_h = min(triton.next_power_of_2(hidden), 2048)
+        plan_rows = view.entry >> routing.EXPERT_BITS  # token t's rows at t * k .. t * k + k - 1 (exact top-k)
+        in_order = torch.arange(n_rows, device=DEVICE)
+        in_order_src = torch.arange(n_tokens, device=DEVICE).repeat_interleave(k)
+        want_in_order = x.repeat_interleave(k, 0)
+        variants = {"scatter (shipped)": (lambda: scatter_rows(x, out, view), want)}
+        for name, rows in (("bare, plan rows", plan_rows), ("bare, rows in order", in_order)):
+            variants[name] = (
+                lambda rows=rows: _write_rows_kernel[(n_tokens,)](
+                    x, out, rows, hidden, K=k, BLOCK_H=triton.next_power_of_2(hidden), CACHE=cache, num_warps=4
+                ),
+                want if rows is plan_rows else want_in_order,
+            )
+        src_token = view.src_token
+        for w in (1, 16, 128, 1024, 4096, "all"):
+            key = in_order if w == "all" else (src_token // w) * n_rows + in_order
+            order = torch.argsort(key)
+            rows, toks = order.contiguous(), src_token[order].contiguous()
+            for r in (4,):
+                variants[f"gather W={w} R={r}"] = (
+                    lambda rows=rows, toks=toks, r=r: _gather_rows_kernel[(triton.cdiv(n_rows, r),)](
+                        x, out, rows, toks, n_rows, hidden, R=r, BLOCK_H=block_h, CACHE=cache, num_warps=4
+                    ),
+                    want,
+                )
+        variants["gather in order R=4"] = (
+            lambda: _gather_rows_kernel[(triton.cdiv(n_rows, 4),)](
+                x, out, in_order, in_order_src, n_rows, hidden, R=4, BLOCK_H=block_h, CACHE=cache, num_warps=4
+            ),
+            want_in_order,
+        )
+        moved = (n_tokens + n_rows) * hidden * 2
+        shape = [n_tokens, n_experts, k, hidden]
+        for name, (fn, expect) in variants.items():
+            out.fill_(float("nan"))
+            fn()
+            assert torch.equal(out, expect), f"worder variant {name} differs at {shape}"
+            row, times = _timed(fn, kind="worder", shape=shape, variant=name)
+            results.append(row)
+            print(f"worder {shape!s:24s} {name:22s} {times} {moved / row['us'] / 1e3:7.0f} GB/s", flush=True)
+
+
 def write_roof_experiments(results, shapes) -> None:
     """Writes against the copy (NOTES, session 12: fill_ ran at 79% of copy, the bare scatter loop
     at 87%, which caps a top-8 permute near 90%). At each (source rows, k, hidden): torch's fill_
@@ -1195,6 +1285,10 @@ _FORMS_KINDS = {
     "segscan": (segment_scan_experiments, [(300, 64, 3, 40), (70, 256, 2, 24)], [
         (4096, 64, 2, 2048), (4096, 128, 2, 2048), (4096, 256, 2, 2048), (4096, 64, 8, 2048), (4096, 256, 8, 2048),
         (16384, 64, 2, 2048),
+    ]),
+    "worder": (write_order_experiments, [(5, 4, 2, 96), (40, 6, 3, 40)], [
+        (65536, 256, 2, 2048), (16384, 256, 2, 2048), (65536, 64, 2, 4096), (16384, 64, 2, 7168),
+        (16384, 64, 8, 2048), (65536, 256, 8, 2048), (4096, 256, 2, 2048),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),
