@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows, worder
+              padrows, worder, segcopy
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -107,6 +107,9 @@ results/logs/session25/calls 2-4 for its times.)
 ``--only worder``: the rows of a shipped plan copied by the scatter, by its bare pattern (plan rows
 and rows in order) and as gathers of (row, token) pairs in windows of W tokens: does the order of
 the writes cost the permute forward?
+``--only segcopy``: the copy of a permute whose map walk also scatters (one program per segment of
+tokens, in order), bare over the shipped plan's rows, beside the shipped permute, build_plan and its
+count and scan launches.
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -1065,6 +1068,122 @@ def write_order_experiments(results, shapes) -> None:
             print(f"worder {shape!s:24s} {name:22s} {times} {moved / row['us'] / 1e3:7.0f} GB/s", flush=True)
 
 
+@triton.jit
+def _segment_copy_kernel(src_ptr, dst_ptr, rows_ptr, n_tokens, seg_len, hidden, K: tl.constexpr,
+                         BLOCK_H: tl.constexpr, AHEAD: tl.constexpr, CACHE: tl.constexpr):  # fmt: skip
+    # Program s walks the tokens of segment s (seg_len of them) one after another, as the plan's
+    # map kernel does, and copies each token's row to its K rows (rows[t * K + j]): the copy of a
+    # permute whose map walk also scatters (--only segcopy). AHEAD: each token's row (hidden <=
+    # BLOCK_H) is loaded during the step before.
+    first = tl.program_id(0).to(tl.int64) * seg_len
+    cols = tl.arange(0, BLOCK_H)
+    c_ok = cols < hidden
+    if AHEAD:
+        x_next = tl.load(src_ptr + first * hidden + cols, mask=c_ok & (first < n_tokens))
+    for off in range(0, seg_len):
+        t = first + off
+        if AHEAD:
+            x = x_next
+            x_next = tl.load(src_ptr + (t + 1) * hidden + cols, mask=c_ok & (t + 1 < n_tokens))
+            for j in tl.static_range(K):
+                row = tl.load(rows_ptr + t * K + j, mask=t < n_tokens, other=0)
+                tl.store(dst_ptr + row * hidden + cols, x, mask=c_ok & (t < n_tokens), cache_modifier=CACHE)
+        else:
+            for c in range(0, hidden, BLOCK_H):
+                cc = c + cols
+                ok = (cc < hidden) & (t < n_tokens)
+                x = tl.load(src_ptr + t * hidden + cc, mask=ok)
+                for j in tl.static_range(K):
+                    row = tl.load(rows_ptr + t * K + j, mask=t < n_tokens, other=0)
+                    tl.store(dst_ptr + row * hidden + cc, x, mask=ok, cache_modifier=CACHE)
+
+
+def _count_and_scan(m: torch.Tensor) -> None:
+    """The plan's first two launches (count, scan) as build_plan makes them, with num_out_tokens."""
+    n_tokens, n_experts = m.shape
+    seg_len, n_seg, block_t, block_e = routing._segments(n_tokens, n_experts)
+    warps = routing._map_warps(block_t, block_e)
+    block_s = triton.next_power_of_2(n_seg)
+    m8 = routing._map_pointer(m)
+    counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=m.device)
+    routing._count_kernel[(n_seg,)](
+        m8, m8.stride(0), m8.stride(1), counts, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e,
+        num_warps=warps, **_rt.pdl_args(m.device, "count"),
+    )  # fmt: skip
+    if routing._scan_in_map(block_s, block_e):
+        return
+    expert_count = torch.empty((n_experts,), dtype=torch.int64, device=m.device)
+    per = max(1, min(triton.next_power_of_2(n_experts), routing._SCAN_TILE // block_s))
+    scan_warps = max(1, min(8, block_s * per // (32 * routing._SCAN_ENTRIES_PER_THREAD)))
+    routing._scan_experts_kernel[(triton.cdiv(n_experts, per),)](
+        counts, counts, expert_count, n_seg, n_experts, BLOCK_S=block_s, BLOCK_E=per, num_warps=scan_warps,
+        **_rt.pdl_args(m.device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
+    )  # fmt: skip
+
+
+def segment_copy_experiments(results, shapes) -> None:
+    """Would a permute whose map walk also copies the rows (one program per segment of tokens,
+    walking them in order as the map kernel does, no map kernel and no scatter launch of its own)
+    be faster? Its copy's pattern, bare: _segment_copy_kernel over the shipped plan's rows, with
+    the plan's segments and twice / half as many, 1, 2 or 4 warps, each token's row loaded a step
+    ahead or not; beside the shipped permute, build_plan, its count and scan launches alone, and
+    the scatter as permute launches it. Such a permute would take about count + scan + the copy
+    (if the walk, 26-36 µs at 65536 x 256, hides under it). Outputs checked bit-equal."""
+    from sweep import routing_map
+
+    import moe_utils
+    from moe_utils.permutation import _streaming_stores, scatter_rows
+    from moe_utils.routing import build_plan, plan_view
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for n_tokens, n_experts, k, hidden in shapes:
+        m = routing_map(n_tokens, n_experts, k, g)
+        x = torch.randn(n_tokens, hidden, device=DEVICE, dtype=torch.bfloat16, generator=g)
+        p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
+        n_rows = n_tokens * k
+        plan, rest, _ = build_plan("exp", m, p, n_rows, False)
+        view = plan_view("exp", plan, n_tokens, n_rows)
+        want = torch.empty(n_rows, hidden, device=DEVICE, dtype=x.dtype)
+        scatter_rows(x, want, view, rest=rest)  # src_token too: the padding programs read it without rest
+        out = torch.empty_like(want)
+        rows = (view.entry >> routing.EXPERT_BITS).contiguous()  # token t's rows at t * k .. (exact top-k)
+        cache = ".cs" if _streaming_stores(k, n_rows, hidden, x.element_size()) else ""
+        seg_len = routing._segments(n_tokens, n_experts)[0]
+        variants = {
+            "permute (shipped)": (lambda: moe_utils.permute(x, m, p, num_out_tokens=n_rows, fused=True), None),
+            "build_plan": (lambda: build_plan("exp", m, p, n_rows, False), None),
+            "count + scan": (lambda: _count_and_scan(m), None),
+            "scatter with plan programs": (lambda: scatter_rows(x, out, view, rest=rest), want),
+            "scatter": (lambda: scatter_rows(x, out, view), want),
+        }
+        for seg in (seg_len // 2, seg_len, 2 * seg_len):
+            if seg < 1:
+                continue
+            for warps in (1, 2, 4):
+                for ahead in (False, True):
+                    block_h = triton.next_power_of_2(hidden) if ahead else min(triton.next_power_of_2(hidden), 2048)
+                    if ahead and block_h > 32 * warps * 64:  # at most 64 elements a thread
+                        continue
+
+                    def run(seg=seg, warps=warps, ahead=ahead, block_h=block_h) -> None:
+                        _segment_copy_kernel[(triton.cdiv(n_tokens, seg),)](
+                            x, out, rows, n_tokens, seg, hidden, K=k, BLOCK_H=block_h, AHEAD=ahead, CACHE=cache,
+                            num_warps=warps,
+                        )  # fmt: skip
+
+                    variants[f"segment copy {seg} tokens, {warps} warps{', ahead' if ahead else ''}"] = (run, want)
+        moved = (n_tokens + n_rows) * hidden * 2
+        shape = [n_tokens, n_experts, k, hidden]
+        for name, (fn, expect) in variants.items():
+            if expect is not None:
+                out.fill_(float("nan"))
+                fn()
+                assert torch.equal(out, expect), f"segcopy variant {name} differs at {shape}"
+            row, times = _timed(fn, kind="segcopy", shape=shape, variant=name, seg_len=seg_len)
+            results.append(row)
+            print(f"segcopy {shape!s:24s} {name:42s} {times} {moved / row['us'] / 1e3:7.0f} GB/s", flush=True)
+
+
 def write_roof_experiments(results, shapes) -> None:
     """Writes against the copy (NOTES, session 12: fill_ ran at 79% of copy, the bare scatter loop
     at 87%, which caps a top-8 permute near 90%). At each (source rows, k, hidden): torch's fill_
@@ -1289,6 +1408,10 @@ _FORMS_KINDS = {
     "worder": (write_order_experiments, [(5, 4, 2, 96), (40, 6, 3, 40)], [
         (65536, 256, 2, 2048), (16384, 256, 2, 2048), (65536, 64, 2, 4096), (16384, 64, 2, 7168),
         (16384, 64, 8, 2048), (65536, 256, 8, 2048), (4096, 256, 2, 2048),
+    ]),
+    "segcopy": (segment_copy_experiments, [(5, 4, 2, 96), (40, 6, 3, 40), (70, 256, 2, 24)], [
+        (65536, 256, 2, 2048), (16384, 256, 2, 2048), (16384, 64, 2, 2048), (65536, 64, 2, 4096),
+        (16384, 64, 8, 2048), (65536, 256, 8, 2048), (4096, 256, 2, 2048), (16384, 64, 2, 7168),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),
