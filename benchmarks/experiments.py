@@ -106,10 +106,17 @@ figures carry no such gain (other ops: ``cold_us``). Commit 59bad57 for its code
 results/logs/session25/calls 2-4 for its times.)
 ``--only worder``: the rows of a shipped plan copied by the scatter, by its bare pattern (plan rows
 and rows in order) and as gathers of (row, token) pairs in windows of W tokens: does the order of
-the writes cost the permute forward?
+the writes cost the permute forward? (Session 26 call 1: the scatter at its bare pattern, rows in
+order 2-5% faster, every gather window slower.)
 ``--only segcopy``: the copy of a permute whose map walk also scatters (one program per segment of
 tokens, in order), bare over the shipped plan's rows, beside the shipped permute, build_plan and its
-count and scan launches.
+count and scan launches. (Session 26 call 2: level with the scatter or within 4.2%.)
+(Session 26's ``--only mapcopy``, permute's forward with that copy inside the map kernel's walk
+at E = 129-256 (each step copying its token, padding programs after the segments', no scatter
+launch), in three forms: the row loaded after the walk's step, at its start, and a step ahead:
+slower or level at all ten shapes, 65536 x 256 x 2 x 2048 +6.5% to +13%, top-8 up to +30%; 4096
+x 256 x 2 level to 6% faster. Commits 5c436c7, fce8ae3 and e3ff10f for its code,
+results/logs/session26/calls 3-5 for its times.)
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
