@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows, worder, segcopy, mapcopy
+              padrows, worder, segcopy
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -106,12 +106,17 @@ figures carry no such gain (other ops: ``cold_us``). Commit 59bad57 for its code
 results/logs/session25/calls 2-4 for its times.)
 ``--only worder``: the rows of a shipped plan copied by the scatter, by its bare pattern (plan rows
 and rows in order) and as gathers of (row, token) pairs in windows of W tokens: does the order of
-the writes cost the permute forward?
+the writes cost the permute forward? (Session 26 call 1: the scatter at its bare pattern, rows in
+order 2-5% faster, every gather window slower.)
 ``--only segcopy``: the copy of a permute whose map walk also scatters (one program per segment of
 tokens, in order), bare over the shipped plan's rows, beside the shipped permute, build_plan and its
-count and scan launches.
-``--only mapcopy``: permute's forward with its copy in the map kernel's walk (``routing._MAP_COPY``)
-against the scatter launch after the plan, with num_out_tokens and with drop_and_pad.
+count and scan launches. (Session 26 call 2: level with the scatter or within 4.2%.)
+(Session 26's ``--only mapcopy``, permute's forward with that copy inside the map kernel's walk
+at E = 129-256 (each step copying its token, padding programs after the segments', no scatter
+launch), in three forms: the row loaded after the walk's step, at its start, and a step ahead:
+slower or level at all ten shapes, 65536 x 256 x 2 x 2048 +6.5% to +13%, top-8 up to +30%; 4096
+x 256 x 2 level to 6% faster. Commits 5c436c7, fce8ae3 and e3ff10f for its code,
+results/logs/session26/calls 3-5 for its times.)
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -753,31 +758,6 @@ def words_experiments(results, shapes) -> None:
     step compiled for sm_90 was 126 SASS on its one-entry-a-thread path against the tile walk's
     205, 96 registers against 80 (session 25)."""
     _plan_switch_experiment(results, shapes, "_MAP_WORDS", {"tile walk": False, "word walk": True})
-
-
-def map_copy_experiments(results, shapes) -> None:
-    """permute's forward with its copy in the map kernel's walk (``routing._MAP_COPY``, the rule
-    ``routing._map_copy``: one-token steps in one warp, E = 129-256) against the scatter launch
-    after the plan, with num_out_tokens (as bench.py) and with drop_and_pad. --only segcopy (session
-    26 call 2) had the copy in segment order as fast as the scatter, bare."""
-    forms = {"scatter launch": (False,), "copy in the map walk": (True,)}
-    # with segments never doubled (at 65536 x 256: 1024 segments of 64 tokens, not 2048 of 32)
-    long_forms = {
-        "scatter launch": (False, routing._LONG_SEGMENT),
-        "copy in the map walk": (True, routing._LONG_SEGMENT),
-        "scatter, segments not doubled": (False, 1 << 30),
-        "copy, segments not doubled": (True, 1 << 30),
-    }
-    _switch_experiment(results, shapes, routing, ("_MAP_COPY", "_LONG_SEGMENT"), long_forms, ("permute_fwd",))
-    saved = routing._MAP_COPY
-
-    def use(form) -> None:
-        routing._MAP_COPY = form[0]
-
-    try:
-        _forms_experiment(results, shapes, ("permute_fwd",), forms, use, ops_for=_drop_and_pad_ops, tag="drop_and_pad")
-    finally:
-        routing._MAP_COPY = saved
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -1439,11 +1419,6 @@ _FORMS_KINDS = {
     "segcopy": (segment_copy_experiments, [(5, 4, 2, 96), (40, 6, 3, 40), (70, 256, 2, 24)], [
         (65536, 256, 2, 2048), (16384, 256, 2, 2048), (16384, 64, 2, 2048), (65536, 64, 2, 4096),
         (16384, 64, 8, 2048), (65536, 256, 8, 2048), (4096, 256, 2, 2048), (16384, 64, 2, 7168),
-    ]),
-    "mapcopy": (map_copy_experiments, [(70, 256, 2, 24), (40, 200, 8, 40)], [
-        (4096, 256, 2, 2048), (4096, 256, 8, 2048), (16384, 256, 2, 2048), (16384, 256, 8, 2048),
-        (65536, 256, 2, 2048), (65536, 256, 8, 2048), (4096, 256, 2, 7168), (16384, 256, 2, 4096),
-        (65536, 256, 2, 4096), (16384, 256, 8, 7168),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),

@@ -20,10 +20,7 @@ from ._kernel_lib import grid_tile, pdl_start
 from .routing import (  # block_k: unpermutation imports it from here too
     PLAN_LAYOUT,
     Plan,
-    PlanCopy,
     PlanRest,
-    _padding,
-    _zero_padding,
     block_k,
     build_plan,
     check_routing_map,
@@ -34,6 +31,66 @@ from .routing import (  # block_k: unpermutation imports it from here too
 )
 
 __all__ = ["permute", "scatter_rows"]
+
+
+@triton.jit
+def _padding(
+    rows,  # [BLOCK] int64 permuted rows
+    src_token_ptr,  # [N] int64 plan (not FROM_COUNTS): -1 marks a padding row
+    expert_count_ptr,  # [E] int64 (FROM_COUNTS): routed tokens per expert
+    total_ptr,  # [1] int64 (FROM_COUNTS): routed pairs in all
+    n_rows,  # N
+    n_experts,  # E (FROM_COUNTS and DROP_AND_PAD)
+    capacity,  # rows per expert (FROM_COUNTS and DROP_AND_PAD)
+    FROM_COUNTS: tl.constexpr,
+    DROP_AND_PAD: tl.constexpr,
+):
+    """Which of rows (< N) no token maps to."""
+    in_range = rows < n_rows
+    if FROM_COUNTS:
+        if DROP_AND_PAD:
+            # Expert e owns rows e * capacity .. (e + 1) * capacity - 1 and fills the first
+            # count[e] of them; rows past E * capacity belong to nobody.
+            expert = rows // tl.maximum(capacity, 1)
+            owned = in_range & (expert < n_experts)
+            count = tl.load(expert_count_ptr + expert, mask=owned, other=0)
+            pad = in_range & ((~owned) | (rows - expert * capacity >= tl.minimum(count, capacity)))
+        else:
+            pad = in_range & (rows >= tl.load(total_ptr))  # rows are filled from 0 up
+    else:
+        pad = tl.load(src_token_ptr + rows, mask=in_range, other=0) < 0
+    return pad
+
+
+#: Elements of the padding programs' zero tiles (_zero_padding).
+_PAD_ZERO_TILE = tl.constexpr(2048)
+
+
+@triton.jit
+def _zero_padding(
+    dst_ptr,  # [N, hidden] permuted rows, contiguous
+    rows,  # [PAD_ROWS] int64 the rows this program checks
+    pad,  # [PAD_ROWS] which of them are padding (_padding)
+    col_first,  # first column to zero
+    col_steps,  # column blocks of BLOCK_H to zero from there (up to the row width)
+    hidden,  # row width
+    PAD_ROWS: tl.constexpr,  # a power of two, at most _PAD_ZERO_TILE
+    BLOCK_H: tl.constexpr,  # columns per block (col_steps)
+):
+    """Zero the padding rows among rows in col_steps blocks of BLOCK_H columns from col_first: the
+    scatter's padding programs (its one column block) and the scatter-dot's (whole rows). All
+    PAD_ROWS rows at once, in column chunks: the mask is known before the first store, so the
+    stores go out back to back. (Session 24: in row steps of BLOCK_K, each step loading its rows'
+    padding flags, a program of 64 rows spent 16 dependent loads on it, and permute's forward with
+    drop_and_pad ran up to 59% slower than with 16 rows.)"""
+    # [PAD_ROWS, ZERO_H] tiles of _PAD_ZERO_TILE elements: small beside the copy's tiles, so that
+    # this branch does not raise the kernel's registers (the most of any branch, in every program).
+    ZERO_H: tl.constexpr = max(1, min(BLOCK_H, _PAD_ZERO_TILE // PAD_ROWS))
+    zeros = tl.zeros([PAD_ROWS, ZERO_H], dtype=dst_ptr.dtype.element_ty)
+    for step in range(col_steps * (BLOCK_H // ZERO_H)):
+        cols = col_first + step * ZERO_H + tl.arange(0, ZERO_H)
+        ok = pad[:, None] & (cols < hidden)[None, :]
+        tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=ok)
 
 
 @triton.jit
@@ -137,10 +194,7 @@ def _scatter_rows_kernel(
     elif PAD and pid >= n_tokens:
         first_row = (pid - n_tokens) * PAD_ROWS
         block = first_row + tl.arange(0, PAD_ROWS)
-        total = 0
-        if WRITE_PLAN and not DROP_AND_PAD:  # rows are filled from 0 up to the total
-            total = tl.load(total_ptr)
-        args = (src_token_ptr, expert_count_ptr, total, n_rows, n_experts, capacity, WRITE_PLAN, DROP_AND_PAD)
+        args = (src_token_ptr, expert_count_ptr, total_ptr, n_rows, n_experts, capacity, WRITE_PLAN, DROP_AND_PAD)
         pad_block = _padding(block, *args)
         if tl.max(pad_block.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
             if WRITE_PLAN and col_block == 0:  # the plan's padding marker, and probability 0
@@ -322,16 +376,12 @@ def _launch_permute(
     """(permuted tokens [N, hidden], permuted probs [N] (empty without probs), plan)."""
     tokens = _rt.unit_column_stride(tokens)
     n_tokens, hidden = tokens.shape
-    # The map kernel copies the rows itself where it can (routing._map_copy); else the scatter does.
-    copy = PlanCopy(tokens, lambda k, n_rows: _streaming_stores(k, n_rows, hidden, tokens.element_size()))
     plan, rest, n_rows = build_plan(
-        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad, copy
+        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
     )
-    out = rest.out
-    if out is None:
-        view = plan_view("permute", plan, n_tokens, n_rows)
-        out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
-        scatter_rows(tokens, out, view, rest=rest)  # padding rows, src_token and the permuted probs too
+    view = plan_view("permute", plan, n_tokens, n_rows)
+    out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
+    scatter_rows(tokens, out, view, rest=rest)  # padding rows, src_token and the permuted probs too
     perm_probs = rest.perm_probs
     if perm_probs is None:
         perm_probs = torch.empty((0,), dtype=torch.float32, device=tokens.device)

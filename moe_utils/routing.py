@@ -44,7 +44,6 @@ tokens, and -1 in the padding rows (with the permuted probabilities: theirs, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +58,6 @@ __all__ = [
     "MAX_EXPERTS",
     "PLAN_LAYOUT",
     "Plan",
-    "PlanCopy",
     "PlanRest",
     "build_plan",
     "check_routing_map",
@@ -153,15 +151,6 @@ _MAP_PREFETCH = True
 _MAP_WORDS = True
 _WORDS_MIN_SEGMENT = 16
 _WORDS_MOST_K = 2
-#: permute's copy in the map kernel's walk (_map_copy): each one-token step copies its token's row
-#: to the rows it just placed and writes their src_token and probability, so that no scatter
-#: launch follows the plan (padding rows: _MAP_PAD_ROWS rows a program after the segments'). H200
-#: (experiments.py --only segcopy, session 26 call 2): the copy in segment order, bare, as fast
-#: as the scatter or within 4% (65536 x 256 x 2 x 2048 213.5 against 208.2 µs), while the map
-#: kernel, 17 µs of build_plan's 28.5 there (count and scan 11.4), and the scatter's launch go.
-_MAP_COPY = True
-_MAP_COPY_COLUMNS = 2048  # columns per step of the copy (one warp: 64 a thread)
-_MAP_PAD_ROWS = 64
 
 
 @triton.jit
@@ -174,121 +163,6 @@ def entry_row(entry):
 def entry_expert(entry):
     """Expert of plan entries."""
     return entry & _EXPERT_MASK
-
-
-@triton.jit
-def _padding(
-    rows,  # [BLOCK] int64 permuted rows
-    src_token_ptr,  # [N] int64 plan (not FROM_COUNTS): -1 marks a padding row
-    expert_count_ptr,  # [E] int64 (FROM_COUNTS): routed tokens per expert
-    total,  # FROM_COUNTS and not DROP_AND_PAD: routed pairs in all
-    n_rows,  # N
-    n_experts,  # E (FROM_COUNTS and DROP_AND_PAD)
-    capacity,  # rows per expert (FROM_COUNTS and DROP_AND_PAD)
-    FROM_COUNTS: tl.constexpr,
-    DROP_AND_PAD: tl.constexpr,
-):
-    """Which of rows (< N) no token maps to."""
-    in_range = rows < n_rows
-    if FROM_COUNTS:
-        if DROP_AND_PAD:
-            # Expert e owns rows e * capacity .. (e + 1) * capacity - 1 and fills the first
-            # count[e] of them; rows past E * capacity belong to nobody.
-            expert = rows // tl.maximum(capacity, 1)
-            owned = in_range & (expert < n_experts)
-            count = tl.load(expert_count_ptr + expert, mask=owned, other=0)
-            pad = in_range & ((~owned) | (rows - expert * capacity >= tl.minimum(count, capacity)))
-        else:
-            pad = in_range & (rows >= total)  # rows are filled from 0 up
-    else:
-        pad = tl.load(src_token_ptr + rows, mask=in_range, other=0) < 0
-    return pad
-
-
-#: Elements of the padding programs' zero tiles (_zero_padding).
-_PAD_ZERO_TILE = tl.constexpr(2048)
-
-
-@triton.jit
-def _zero_padding(
-    dst_ptr,  # [N, hidden] permuted rows, contiguous
-    rows,  # [PAD_ROWS] int64 the rows this program checks
-    pad,  # [PAD_ROWS] which of them are padding (_padding)
-    col_first,  # first column to zero
-    col_steps,  # column blocks of BLOCK_H to zero from there (up to the row width)
-    hidden,  # row width
-    PAD_ROWS: tl.constexpr,  # a power of two, at most _PAD_ZERO_TILE
-    BLOCK_H: tl.constexpr,  # columns per block (col_steps)
-):
-    """Zero the padding rows among rows in col_steps blocks of BLOCK_H columns from col_first: the
-    scatter's padding programs (its one column block) and the scatter-dot's (whole rows). All
-    PAD_ROWS rows at once, in column chunks: the mask is known before the first store, so the
-    stores go out back to back. (Session 24: in row steps of BLOCK_K, each step loading its rows'
-    padding flags, a program of 64 rows spent 16 dependent loads on it, and permute's forward with
-    drop_and_pad ran up to 59% slower than with 16 rows.)"""
-    # [PAD_ROWS, ZERO_H] tiles of _PAD_ZERO_TILE elements: small beside the copy's tiles, so that
-    # this branch does not raise the kernel's registers (the most of any branch, in every program).
-    ZERO_H: tl.constexpr = max(1, min(BLOCK_H, _PAD_ZERO_TILE // PAD_ROWS))
-    zeros = tl.zeros([PAD_ROWS, ZERO_H], dtype=dst_ptr.dtype.element_ty)
-    for step in range(col_steps * (BLOCK_H // ZERO_H)):
-        cols = col_first + step * ZERO_H + tl.arange(0, ZERO_H)
-        ok = pad[:, None] & (cols < hidden)[None, :]
-        tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], zeros, mask=ok)
-
-
-@triton.jit
-def _fetch_entries(entry_ptr, token_first, n_entries, BLOCK_K: tl.constexpr):
-    """A token's first BLOCK_K entries (-1 past n_entries), read back from the list the walk has
-    just written: after a barrier, since other threads of the program stored them."""
-    tl.debug_barrier()
-    ks = tl.arange(0, BLOCK_K)
-    return tl.load(entry_ptr + token_first + ks, mask=ks < n_entries, other=-1)
-
-
-@triton.jit
-def _copy_token(
-    token,  # int64
-    x,  # [BLOCK_H] the token's first BLOCK_H columns, loaded a step before
-    entries,  # [BLOCK_K] int64 its first BLOCK_K entries (_fetch_entries, a step before)
-    token_first,  # int64: the token's first entry
-    n_entries,  # int32: the token's entries in the list (0: nothing to copy)
-    entry_ptr,  # [N] int64 plan: (row << EXPERT_BITS) | expert of each entry (row -1: not placed)
-    src_ptr,  # [T, hidden] tokens
-    src_row_stride,  # elements between tokens
-    dst_ptr,  # [N, hidden] permuted rows, contiguous
-    hidden,
-    probs_ptr,  # [T, E] (HAS_PROBS)
-    probs_stride_t,
-    probs_stride_e,
-    src_token_ptr,  # [N] int64 plan out: source token of each placed row
-    perm_probs_ptr,  # [N] out (HAS_PROBS): probability of each placed row
-    HAS_PROBS: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # entries copied per step
-    BLOCK_H: tl.constexpr,  # columns per step
-    STORE_CACHE: tl.constexpr,  # cache modifier of the copies' stores
-):
-    """The map kernel's copy (COPY), one step behind its walk: token's row to the rows of its
-    placed entries, and the plan's expert-major half of those rows (src_token, the permuted
-    probability). Its row and first entries were loaded during the step before, so no load is
-    waited for here; entries past BLOCK_K (a token with more than BLOCK_K) are read as they come."""
-    ks = tl.arange(0, BLOCK_K)
-    cols = tl.arange(0, BLOCK_H)
-    for first in range(0, n_entries, BLOCK_K):
-        if first > 0:
-            entries = tl.load(entry_ptr + token_first + first + ks, mask=first + ks < n_entries, other=-1)
-        rows = entry_row(entries)
-        tl.store(src_token_ptr + rows, tl.zeros([BLOCK_K], tl.int64) + token, mask=rows >= 0)
-        if HAS_PROBS:
-            p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entries) * probs_stride_e, mask=rows >= 0)
-            tl.store(perm_probs_ptr + rows, p, mask=rows >= 0)
-        for col in range(0, hidden, BLOCK_H):
-            c = col + cols
-            x_c = x
-            if col > 0:  # wider rows: the other columns
-                x_c = tl.load(src_ptr + token * src_row_stride + c, mask=c < hidden)
-            for j in tl.static_range(BLOCK_K):
-                row = tl.sum(tl.where(ks == j, rows, 0), axis=0)
-                tl.store(dst_ptr + row * hidden + c, x_c, mask=(c < hidden) & (row >= 0), cache_modifier=STORE_CACHE)
 
 
 @triton.jit
@@ -385,20 +259,6 @@ def _map_words_walk(
     room,  # [groups, GROUP] int32: rows left to each expert, at most seg_len
     BLOCK_E: tl.constexpr,
     GROUP: tl.constexpr,  # 8: a group's experts are one uint64 word of the map
-    COPY: tl.constexpr,  # each step also copies its token (_copy_token; the arguments after it)
-    src_ptr,
-    src_row_stride,
-    dst_ptr,
-    hidden,
-    probs_ptr,
-    probs_stride_t,
-    probs_stride_e,
-    src_token_ptr,
-    perm_probs_ptr,
-    HAS_PROBS: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    STORE_CACHE: tl.constexpr,
 ):
     """_map_kernel's walk in one-token steps, each group's GROUP map bytes one uint64 word: its
     nonzero bytes, the group's count and the experts' places in it come from word arithmetic
@@ -420,16 +280,8 @@ def _map_words_walk(
     w = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
     w_next = tl.load(word_ptr + (first + 1) * word_stride_t, mask=g_ok & (first + 1 < T), other=0)
     m_word, prefix, j, row = _word_entry(w, seg_rows_ptr, groups, g_ok, GROUP)
-    if COPY:  # each token is copied during the next one's step (_copy_token), from loads of its own step
-        cols = tl.arange(0, BLOCK_H)
-        x_prev = tl.zeros([BLOCK_H], dtype=src_ptr.dtype.element_ty)
-        e_prev = tl.full([BLOCK_K], -1, tl.int64)
-        prev_first = next_entry
-        prev_n = tl.full([], 0, tl.int32)
     for off in range(0, seg_len):
         token = first + off
-        if COPY:
-            x_cur = tl.load(src_ptr + token * src_row_stride + cols, mask=(cols < hidden) & (token < T))
         w_after = tl.load(word_ptr + (token + 2) * word_stride_t, mask=g_ok & (token + 2 < T), other=0)
         m_next, prefix_next, j_next, row_next = _word_entry(w_next, seg_rows_ptr, groups, g_ok, GROUP)
         in_group = (prefix >> 56).to(tl.int32)
@@ -452,25 +304,9 @@ def _map_words_walk(
             place = tl.cumsum(m_all, axis=1) - m_all + group_first[:, None]
             entries = tl.where(ranks < room, entry_base + (ranks.to(tl.int64) << _EXPERT_BITS), unplaced)
             tl.store(entry_ptr + next_entry + place, entries, mask=(m_all != 0) & (place < limit))
-        if COPY:
-            _copy_token(
-                token - 1, x_prev, e_prev, prev_first, prev_n, entry_ptr, src_ptr, src_row_stride, dst_ptr, hidden,
-                probs_ptr, probs_stride_t, probs_stride_e, src_token_ptr, perm_probs_ptr, HAS_PROBS, BLOCK_K,
-                BLOCK_H, STORE_CACHE,
-            )  # fmt: skip
-            prev_n = tl.minimum(per_token, limit)
-            e_prev = _fetch_entries(entry_ptr, next_entry, prev_n, BLOCK_K)
-            x_prev = x_cur
-            prev_first = next_entry
         used_word += m_word
         next_entry += per_token
         m_word, prefix, j, row, w_next = m_next, prefix_next, j_next, row_next, w_after
-    if COPY:  # the segment's last token
-        _copy_token(
-            first + seg_len - 1, x_prev, e_prev, prev_first, prev_n, entry_ptr, src_ptr, src_row_stride, dst_ptr,
-            hidden, probs_ptr, probs_stride_t, probs_stride_e, src_token_ptr, perm_probs_ptr, HAS_PROBS, BLOCK_K,
-            BLOCK_H, STORE_CACHE,
-        )  # fmt: skip
     return next_entry
 
 
@@ -503,21 +339,6 @@ def _map_kernel(
     WORDS: tl.constexpr,  # one-token steps over the map's uint64 words (_map_words, _map_words_walk)
     word_stride_t,  # WORDS: words between tokens of the map
     rows_ptr,  # WORDS: [n_seg, E] int64 scratch: each expert's first row in each segment
-    COPY: tl.constexpr,  # permute's copy in the walk's steps (_map_copy): the arguments below
-    src_ptr,  # [T, hidden] tokens
-    src_row_stride,  # elements between tokens
-    dst_ptr,  # [N, hidden] out: permuted rows, contiguous (padding rows zeroed: PADDED)
-    hidden,  # row width
-    probs_ptr,  # [T, E] routing probabilities (HAS_PROBS)
-    probs_stride_t,  # elements between tokens of probs
-    probs_stride_e,  # elements between experts of probs
-    src_token_ptr,  # [N] int64 plan out: source token of each row, -1 for padding
-    perm_probs_ptr,  # [N] out (HAS_PROBS): probability of each permuted row, 0 for padding
-    HAS_PROBS: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # entries copied per step
-    BLOCK_H: tl.constexpr,  # columns per step
-    STORE_CACHE: tl.constexpr,  # cache modifier of the copies' stores: "" or ".cs"
-    PAD_ROWS: tl.constexpr,  # PADDED: rows each padding program (n_seg and after) checks
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # Experts as a [groups, GROUP] tile, expert g * GROUP + j, and the map's tiles [tokens,
@@ -552,136 +373,95 @@ def _map_kernel(
             tl.store(expert_count_ptr + experts, count, mask=e_ok)
     else:
         count = tl.load(expert_count_ptr + experts, mask=e_ok, other=0)
-    if COPY and seg >= n_seg:
-        # Padding programs (PADDED): each zeroes the padding rows among its PAD_ROWS rows and
-        # writes the plan's side of them (src_token -1, probability 0). The counts are complete
-        # (the scan ran before this launch), so padding is known from them: rows past the total,
-        # or with drop_and_pad each expert's rows past its count.
-        block = (seg - n_seg).to(tl.int64) * PAD_ROWS + tl.arange(0, PAD_ROWS)
-        pad = _padding(block, src_token_ptr, expert_count_ptr, tl.sum(count), N, E, capacity, True, DROP_AND_PAD)
-        if tl.max(pad.to(tl.int32), axis=0) > 0:  # most blocks hold no padding: skip them
-            tl.store(src_token_ptr + block, tl.full([PAD_ROWS], -1, tl.int64), mask=pad)
-            if HAS_PROBS:
-                tl.store(perm_probs_ptr + block, tl.zeros([PAD_ROWS], perm_probs_ptr.dtype.element_ty), mask=pad)
-            _zero_padding(dst_ptr, block, pad, 0, tl.cdiv(hidden, BLOCK_H), hidden, PAD_ROWS, BLOCK_H)
+    if DROP_AND_PAD:
+        expert_first = experts.to(tl.int64) * capacity
+        row_end = expert_first + capacity  # rows of expert e end here
     else:
+        group_count = tl.sum(count, axis=1)
+        expert_first = tl.cumsum(count, axis=1) - count + (tl.cumsum(group_count, axis=0) - group_count)[:, None]
+        row_end = N
+    # The fit check without a host sync: a device assertion costs nothing here, where a launch of
+    # torch._assert_async cost 2.2 µs on the H100. The messages are literals; the host says more on
+    # the CPU, where it reads fits. With drop_and_pad program 0 checks the counts now; otherwise
+    # the last program checks the total once its walk has reached it (below).
+    if seg == 0:
         if DROP_AND_PAD:
-            expert_first = experts.to(tl.int64) * capacity
-            row_end = expert_first + capacity  # rows of expert e end here
-        else:
-            group_count = tl.sum(count, axis=1)
-            expert_first = tl.cumsum(count, axis=1) - count + (tl.cumsum(group_count, axis=0) - group_count)[:, None]
-            row_end = N
-        # The fit check without a host sync: a device assertion costs nothing here, where a launch of
-        # torch._assert_async cost 2.2 µs on the H100. The messages are literals; the host says more on
-        # the CPU, where it reads fits. With drop_and_pad program 0 checks the counts now; otherwise
-        # the last program checks the total once its walk has reached it (below).
-        if seg == 0:
-            if DROP_AND_PAD:
-                fits = tl.max((count > capacity).to(tl.int32)) == 0
-                tl.store(fits_ptr, fits.to(tl.int32))
-                if CHECK:
-                    tl.device_assert(fits, "permute: drop_and_pad=True allows at most capacity tokens per expert")
-            if PADDED:
-                tl.store(marker_ptr, tl.full([], 1, tl.int64))
-        # Next free token-major entry, carried across steps: the segment's first is the routed pairs
-        # of earlier segments, over all experts.
-        if not SCAN:
-            earlier = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0).to(tl.int64)
-        next_entry = tl.sum(earlier)
-        # Each expert's rows, as int64 bases fixed for the segment and int32 offsets from them (at
-        # most seg_len): the step's arithmetic per entry is then 32-bit, its entry one shift-and-add
-        # (entry_base + (rank << EXPERT_BITS), an LEA pair in SASS). entry_base is the segment's
-        # first entry of expert e, (row << EXPERT_BITS) | e; unplaced its entry with no row (row -1).
-        first_row = earlier + expert_first
-        entry_base = (first_row << _EXPERT_BITS) | experts.to(tl.int64)
-        unplaced = (tl.full([BLOCK_E // GROUP, GROUP], -1, tl.int64) << _EXPERT_BITS) | experts.to(tl.int64)
-        room = tl.minimum(tl.maximum(row_end - first_row, 0), seg_len).to(tl.int32)  # rows left to each expert
-        first = seg.to(tl.int64) * seg_len
-        if WORDS:
-            next_entry = _map_words_walk(
-                map_ptr, word_stride_t, rows_ptr + seg * E, token_ptr_ptr, entry_ptr, T, N, seg_len, first, next_entry,
-                experts, e_ok, first_row, entry_base, unplaced, room, BLOCK_E, GROUP, COPY, src_ptr, src_row_stride,
-                dst_ptr, hidden, probs_ptr, probs_stride_t, probs_stride_e, src_token_ptr, perm_probs_ptr, HAS_PROBS,
-                BLOCK_K, BLOCK_H, STORE_CACHE,
-            )  # fmt: skip
-        else:
-            used = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int32)  # rows taken in this segment so far
-            e_offs = experts[None, :, :] * map_stride_e
-            tokens = first + tl.arange(0, BLOCK_T)
-            ok = (tokens < T)[:, None, None] & e_ok[None, :, :]
-            m_next = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
-            if COPY:  # one-token steps (_map_copy); each token copied during the next one's step
-                cols = tl.arange(0, BLOCK_H)
-                x_prev = tl.zeros([BLOCK_H], dtype=src_ptr.dtype.element_ty)
-                e_prev = tl.full([BLOCK_K], -1, tl.int64)
-                prev_first = next_entry
-                prev_n = tl.full([], 0, tl.int32)
-            for off in range(0, seg_len, BLOCK_T):
-                tokens = first + off + tl.arange(0, BLOCK_T)
-                t_ok = tokens < T
-                if COPY:
-                    x_ok = (cols < hidden) & (first + off < T)
-                    x_cur = tl.load(src_ptr + (first + off) * src_row_stride + cols, mask=x_ok)
-                if PREFETCH:
-                    # This step's tile was loaded during the last step; the next one is loaded now, before
-                    # this step's stores: the compiler cannot move a load above a store it may alias, so
-                    # without this each step waits for its own load (past the segment's end the next
-                    # segment's first tokens are read and unused).
-                    m = m_next
-                    ahead = tokens + BLOCK_T
-                    ok = (ahead < T)[:, None, None] & e_ok[None, :, :]
-                    m_next = tl.load(map_ptr + ahead[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
-                else:
-                    ok = t_ok[:, None, None] & e_ok[None, :, :]
-                    m = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
-                m = (m != 0).to(tl.int32)
-                # Row of each entry from its expert's first row in the segment: the rows taken in earlier
-                # steps plus its rank among this step's tokens of the expert (exclusive cumsum down).
-                rank = used[None, :, :] + tl.cumsum(m, axis=0) - m
-                routed = (m != 0) & (rank < room[None, :, :])
-                # Token-major list: each token's entries in ascending expert order (place: exclusive
-                # cumsum over the experts, within groups, then over them). Counts within one step fit in
-                # int32; the token's first entry is an int64 base plus one.
-                in_group = tl.sum(m, axis=2)
-                per_token = tl.sum(in_group, axis=1)
-                token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
-                tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
-                place = tl.cumsum(m, axis=2) - m + (tl.cumsum(in_group, axis=1) - in_group)[:, :, None]
-                listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None, None])
-                # One store per entry: its row and expert packed. Two (row, then expert) made the stores
-                # the map kernel's limit: L1/TEX 75% busy at 2048 segments (Nsight Compute, session 6).
-                placed = entry_base[None, :, :] + (rank.to(tl.int64) << _EXPERT_BITS)
-                entry = tl.where(routed, placed, unplaced[None, :, :])
-                tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
-                if COPY:  # the token before this one; the tiles' token axis is 1 long
-                    _copy_token(
-                        first + off - 1, x_prev, e_prev, prev_first, prev_n, entry_ptr, src_ptr, src_row_stride,
-                        dst_ptr, hidden, probs_ptr, probs_stride_t, probs_stride_e, src_token_ptr, perm_probs_ptr,
-                        HAS_PROBS, BLOCK_K, BLOCK_H, STORE_CACHE,
-                    )  # fmt: skip
-                    prev_first = tl.sum(token_first, axis=0)
-                    prev_n = tl.minimum(tl.sum(per_token, axis=0).to(tl.int64), N - prev_first).to(tl.int32)
-                    e_prev = _fetch_entries(entry_ptr, prev_first, prev_n, BLOCK_K)
-                    x_prev = x_cur
-                used += tl.sum(m, axis=0)
-                next_entry += tl.sum(per_token, axis=0).to(tl.int64)
-            if COPY:  # the segment's last token
-                _copy_token(
-                    first + seg_len - 1, x_prev, e_prev, prev_first, prev_n, entry_ptr, src_ptr, src_row_stride,
-                    dst_ptr, hidden, probs_ptr, probs_stride_t, probs_stride_e, src_token_ptr, perm_probs_ptr,
-                    HAS_PROBS, BLOCK_K, BLOCK_H, STORE_CACHE,
-                )  # fmt: skip
-        # The last segment's walk ends at the total number of routed pairs. (Summed over the expert
-        # counts in program 0 instead, it took the kernel from 64 to 110 registers per thread when
-        # compiled with debug=True for the assertion, and the map kernel 5 µs longer at 65536 x 256.)
-        if seg == n_seg - 1:
-            tl.store(token_ptr_ptr + T, next_entry)
-            if not DROP_AND_PAD:
-                fits = next_entry <= N
-                tl.store(fits_ptr, fits.to(tl.int32))
-                if CHECK:
-                    tl.device_assert(fits, "permute: routing_map routes more (token, expert) pairs than num_out_tokens")
+            fits = tl.max((count > capacity).to(tl.int32)) == 0
+            tl.store(fits_ptr, fits.to(tl.int32))
+            if CHECK:
+                tl.device_assert(fits, "permute: drop_and_pad=True allows at most capacity tokens per expert")
+        if PADDED:
+            tl.store(marker_ptr, tl.full([], 1, tl.int64))
+    # Next free token-major entry, carried across steps: the segment's first is the routed pairs
+    # of earlier segments, over all experts.
+    if not SCAN:
+        earlier = tl.load(seg_expert_off_ptr + seg * E + experts, mask=e_ok, other=0).to(tl.int64)
+    next_entry = tl.sum(earlier)
+    # Each expert's rows, as int64 bases fixed for the segment and int32 offsets from them (at
+    # most seg_len): the step's arithmetic per entry is then 32-bit, its entry one shift-and-add
+    # (entry_base + (rank << EXPERT_BITS), an LEA pair in SASS). entry_base is the segment's
+    # first entry of expert e, (row << EXPERT_BITS) | e; unplaced its entry with no row (row -1).
+    first_row = earlier + expert_first
+    entry_base = (first_row << _EXPERT_BITS) | experts.to(tl.int64)
+    unplaced = (tl.full([BLOCK_E // GROUP, GROUP], -1, tl.int64) << _EXPERT_BITS) | experts.to(tl.int64)
+    room = tl.minimum(tl.maximum(row_end - first_row, 0), seg_len).to(tl.int32)  # rows left to each expert
+    first = seg.to(tl.int64) * seg_len
+    if WORDS:
+        next_entry = _map_words_walk(
+            map_ptr, word_stride_t, rows_ptr + seg * E, token_ptr_ptr, entry_ptr, T, N, seg_len, first, next_entry,
+            experts, e_ok, first_row, entry_base, unplaced, room, BLOCK_E, GROUP,
+        )  # fmt: skip
+    else:
+        used = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int32)  # rows taken in this segment so far
+        e_offs = experts[None, :, :] * map_stride_e
+        tokens = first + tl.arange(0, BLOCK_T)
+        ok = (tokens < T)[:, None, None] & e_ok[None, :, :]
+        m_next = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
+        for off in range(0, seg_len, BLOCK_T):
+            tokens = first + off + tl.arange(0, BLOCK_T)
+            t_ok = tokens < T
+            if PREFETCH:
+                # This step's tile was loaded during the last step; the next one is loaded now, before
+                # this step's stores: the compiler cannot move a load above a store it may alias, so
+                # without this each step waits for its own load (past the segment's end the next
+                # segment's first tokens are read and unused).
+                m = m_next
+                ahead = tokens + BLOCK_T
+                ok = (ahead < T)[:, None, None] & e_ok[None, :, :]
+                m_next = tl.load(map_ptr + ahead[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
+            else:
+                ok = t_ok[:, None, None] & e_ok[None, :, :]
+                m = tl.load(map_ptr + tokens[:, None, None] * map_stride_t + e_offs, mask=ok, other=0)
+            m = (m != 0).to(tl.int32)
+            # Row of each entry from its expert's first row in the segment: the rows taken in earlier
+            # steps plus its rank among this step's tokens of the expert (exclusive cumsum down).
+            rank = used[None, :, :] + tl.cumsum(m, axis=0) - m
+            routed = (m != 0) & (rank < room[None, :, :])
+            # Token-major list: each token's entries in ascending expert order (place: exclusive
+            # cumsum over the experts, within groups, then over them). Counts within one step fit in
+            # int32; the token's first entry is an int64 base plus one.
+            in_group = tl.sum(m, axis=2)
+            per_token = tl.sum(in_group, axis=1)
+            token_first = next_entry + (tl.cumsum(per_token, axis=0) - per_token).to(tl.int64)
+            tl.store(token_ptr_ptr + tokens, token_first, mask=t_ok)
+            place = tl.cumsum(m, axis=2) - m + (tl.cumsum(in_group, axis=1) - in_group)[:, :, None]
+            listed = (m != 0) & (place < tl.minimum(N - token_first, BLOCK_E).to(tl.int32)[:, None, None])
+            # One store per entry: its row and expert packed. Two (row, then expert) made the stores
+            # the map kernel's limit: L1/TEX 75% busy at 2048 segments (Nsight Compute, session 6).
+            entry = tl.where(routed, entry_base[None, :, :] + (rank.to(tl.int64) << _EXPERT_BITS), unplaced[None, :, :])
+            tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
+            used += tl.sum(m, axis=0)
+            next_entry += tl.sum(per_token, axis=0).to(tl.int64)
+    # The last segment's walk ends at the total number of routed pairs. (Summed over the expert
+    # counts in program 0 instead, it took the kernel from 64 to 110 registers per thread when
+    # compiled with debug=True for the assertion, and the map kernel 5 µs longer at 65536 x 256.)
+    if seg == tl.num_programs(0) - 1:
+        tl.store(token_ptr_ptr + T, next_entry)
+        if not DROP_AND_PAD:
+            fits = next_entry <= N
+            tl.store(fits_ptr, fits.to(tl.int32))
+            if CHECK:
+                tl.device_assert(fits, "permute: routing_map routes more (token, expert) pairs than num_out_tokens")
 
 
 @dataclass(frozen=True)
@@ -706,17 +486,6 @@ class PlanRest:
     total: torch.Tensor  # [1] int64: routed (token, expert) pairs in all
     capacity: int  # rows per expert with drop_and_pad, else 0
     drop_and_pad: bool  # rows are laid out capacity per expert
-    out: torch.Tensor | None = None  # [N, hidden]: the permuted rows, where the map kernel copied them
-
-
-@dataclass(frozen=True)
-class PlanCopy:
-    """permute's request that the map kernel copy the rows too, where it can (_map_copy): the
-    tokens [T, hidden] (unit column stride), and whether the copies' stores stream past L2 at a
-    given (k, N) (permutation's _streaming_stores rule)."""
-
-    src: torch.Tensor
-    streaming: Callable[[int, int], bool]
 
 
 def plan_numel(n_tokens: int, n_rows: int, padded: bool) -> int:
@@ -815,13 +584,6 @@ def _map_words(m: torch.Tensor, seg_len: int, block_t: int, block_e: int, k: int
     return _MAP_WORDS and can and faster
 
 
-def _map_copy(block_t: int, warps: int, scan_in_map: bool, hidden: int) -> bool:
-    """Whether the map kernel copies permute's rows in its walk (_MAP_COPY): one-token steps in one
-    warp (E = 129-256), the scan's launch before it (the counts complete, for the padding
-    programs), and rows to copy."""
-    return _MAP_COPY and block_t == 1 and warps == 1 and not scan_in_map and hidden > 0
-
-
 def _scan_in_map(block_s: int, block_e: int) -> bool:
     """Whether the map kernel takes the scan's place (every program reads the whole count table):
     where the table's tile (BLOCK_S x BLOCK_E) has at most _SCAN_IN_MAP entries."""
@@ -834,12 +596,9 @@ def build_plan(
     probs: torch.Tensor | None,
     num_out_tokens: int | None,
     drop_and_pad: bool,
-    copy: PlanCopy | None = None,
 ) -> tuple[torch.Tensor, PlanRest, int]:
     """Build the plan on the device. Returns (plan, rest, N): pass rest to permutation.scatter_rows,
-    which completes the plan (src_token) and the permuted probabilities (rest.perm_probs). With
-    copy, where the map kernel can copy the rows in its walk (_map_copy), it does all of that
-    itself: rest.out is then the permuted rows [N, hidden] and the plan is complete.
+    which completes the plan (src_token) and the permuted probabilities (rest.perm_probs).
 
     N is num_out_tokens when given (no host synchronisation; three launches), else the routed
     count (one sync, as in the reference). More routed (token, expert) pairs than N rows, or with
@@ -914,17 +673,9 @@ def build_plan(
     # On the GPU the map kernel asserts the fit itself (compiled with debug=True for its
     # device_assert, without Triton's int32 overflow checks that debug would also add).
     check = padded and device.type == "cuda"
-    k = block_k(n_rows, n_tokens)
-    words = _map_words(m, seg_len, block_t, block_e, k)
+    words = _map_words(m, seg_len, block_t, block_e, block_k(n_rows, n_tokens))
     seg_rows = _rt.empty((n_seg, n_experts), torch.int64, device) if words else expert_count
-    copied = copy is not None and _map_copy(block_t, warps, scan_in_map, copy.src.shape[1])
-    out = src = None
-    pad_programs = 0
-    if copied:
-        src = copy.src
-        out = _rt.empty((n_rows, src.shape[1]), src.dtype, device)
-        pad_programs = triton.cdiv(n_rows, _MAP_PAD_ROWS) if padded else 0
-    _map_kernel[(n_seg + pad_programs,)](
+    _map_kernel[(n_seg,)](
         m,
         m.stride(0),
         m.stride(1),
@@ -952,21 +703,6 @@ def build_plan(
         WORDS=words,
         word_stride_t=m.stride(0) // 8,
         rows_ptr=seg_rows,
-        COPY=copied,
-        src_ptr=src if copied else m,
-        src_row_stride=src.stride(0) if copied else 0,
-        dst_ptr=out if copied else m,
-        hidden=src.shape[1] if copied else 0,
-        probs_ptr=probs if copied and perm_probs is not None else m,
-        probs_stride_t=probs.stride(0) if copied and perm_probs is not None else 0,
-        probs_stride_e=probs.stride(1) if copied and perm_probs is not None else 0,
-        src_token_ptr=view.src_token,
-        perm_probs_ptr=perm_probs if copied and perm_probs is not None else view.src_token,
-        HAS_PROBS=copied and perm_probs is not None,
-        BLOCK_K=k,
-        BLOCK_H=min(triton.next_power_of_2(src.shape[1]), _MAP_COPY_COLUMNS) if copied else 1,
-        STORE_CACHE=".cs" if copied and copy.streaming(k, n_rows) else "",
-        PAD_ROWS=_MAP_PAD_ROWS,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
         **_rt.pdl_args(device, "map"),
@@ -974,7 +710,7 @@ def build_plan(
     total = view.token_ptr[n_tokens:]  # the map kernel's last program writes it
     if padded and not check:
         _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad)
-    return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad, out), n_rows
+    return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad), n_rows
 
 
 def _empty_plan(

@@ -17,8 +17,16 @@ import triton.language as tl
 
 from . import _runtime as _rt
 from ._kernel_lib import grid_tile, pdl_start
-from .permutation import _block_h, block_k, check_probs, pad_rows_per_program, scatter_rows
-from .routing import PLAN_LAYOUT, Plan, _padding, _zero_padding, check_routing_map, entry_expert, entry_row, plan_view
+from .permutation import (
+    _block_h,
+    _padding,
+    _zero_padding,
+    block_k,
+    check_probs,
+    pad_rows_per_program,
+    scatter_rows,
+)
+from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
 

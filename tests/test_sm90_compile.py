@@ -132,22 +132,14 @@ def loop_body(lines: list[str]) -> list[str]:
     return lines if best is None else lines[best[0] : best[1] + 1]
 
 
-#: The map kernel's copy switches (routing._map_copy): off, and on as permute launches it at top-2.
-MAP_NO_COPY = dict(COPY=False, HAS_PROBS=False, BLOCK_K=2, BLOCK_H=2048, STORE_CACHE="", PAD_ROWS=64)
-MAP_COPY = dict(MAP_NO_COPY, COPY=True, HAS_PROBS=True)
-
-
-def map_step(
-    block_t: int, block_e: int, prefetch: bool = True, words: bool = False, copy: bool = False
-) -> tuple[list[str], int]:
+def map_step(block_t: int, block_e: int, prefetch: bool = True) -> tuple[list[str], int]:
     """The map kernel's step (its loop) at a launch's specializations: the experts' stride 1, the
     token, row and segment counts multiples of 16, and E too where it is one (E = BLOCK_E >= 16);
-    one warp up to 256 experts, as routing._map_warps gives. words: the word walk; copy: with
-    permute's copy (its longest loop is then the copy's column loop)."""
+    one warp up to 256 experts, as routing._map_warps gives."""
     from moe_utils import routing
 
     cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
-    cx.update(SCAN=False, BLOCK_S=1, WORDS=words, **(MAP_COPY if copy else MAP_NO_COPY))
+    cx.update(SCAN=False, BLOCK_S=1, WORDS=False)
     cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
     ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
     lines, regs = sass(routing._map_kernel, cx, routing._map_warps(block_t, block_e), ints=ints)
@@ -196,13 +188,9 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
     map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), WORDS=False)
-    map_flags.update(SCAN=on, BLOCK_S=4 if on else 1, **blocks, **MAP_NO_COPY)
+    map_flags.update(SCAN=on, BLOCK_S=4 if on else 1, **blocks)
     compile_sm90(routing._map_kernel, map_flags, options=check)
     compile_sm90(routing._map_kernel, dict(map_flags, BLOCK_T=1, WORDS=True), options=check)  # one-token word steps
-    # permute's copy in the one-token walks (no scan in the map kernel there), top-8 with streaming stores
-    copy = dict(MAP_COPY, HAS_PROBS=on, BLOCK_K=8 if on else 2, STORE_CACHE=".cs" if on else "")
-    for words in (False, True):
-        compile_sm90(routing._map_kernel, dict(map_flags, BLOCK_T=1, WORDS=words, SCAN=False, **copy), options=check)
     scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
