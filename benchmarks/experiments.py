@@ -113,10 +113,10 @@ tokens, in order), bare over the shipped plan's rows, beside the shipped permute
 count and scan launches. (Session 26 call 2: level with the scatter or within 4.2%.)
 (Session 26's ``--only mapcopy``, permute's forward with that copy inside the map kernel's walk
 at E = 129-256 (each step copying its token, padding programs after the segments', no scatter
-launch), in three forms: the row loaded after the walk's step, at its start, and a step ahead:
-slower or level at all ten shapes, 65536 x 256 x 2 x 2048 +6.5% to +13%, top-8 up to +30%; 4096
-x 256 x 2 level to 6% faster. Commits 5c436c7, fce8ae3 and e3ff10f for its code,
-results/logs/session26/calls 3-5 for its times.)
+launch), in four forms: the row loaded after the walk's step, at its start, a step ahead, and
+each token copied a step behind its walk: slower or level at all ten shapes, 65536 x 256 x 2 x
+2048 +6.5% to +13%, top-8 up to +30%; 4096 x 256 x 2 level to 6% faster. Commits 5c436c7,
+fce8ae3, e3ff10f and 89bda22 for its code, results/logs/session26/calls 3-5 and 7 for its times.)
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
