@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows, worder, segcopy
+              padrows, worder, segcopy, wordpairs
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -117,6 +117,8 @@ launch), in four forms: the row loaded after the walk's step, at its start, a st
 each token copied a step behind its walk: slower or level at all ten shapes, 65536 x 256 x 2 x
 2048 +6.5% to +13%, top-8 up to +30%; 4096 x 256 x 2 level to 6% faster. Commits 5c436c7,
 fce8ae3, e3ff10f and 89bda22 for its code, results/logs/session26/calls 3-5 and 7 for its times.)
+``--only wordpairs``: the map kernel's word walk in two-token steps (``routing._WORDS_PAIRS``) against
+one-token steps: build_plan and the permute forward.
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -758,6 +760,15 @@ def words_experiments(results, shapes) -> None:
     step compiled for sm_90 was 126 SASS on its one-entry-a-thread path against the tile walk's
     205, 96 registers against 80 (session 25)."""
     _plan_switch_experiment(results, shapes, "_MAP_WORDS", {"tile walk": False, "word walk": True})
+
+
+def word_pairs_experiments(results, shapes) -> None:
+    """The map kernel's word walk in two-token steps (``routing._WORDS_PAIRS``: the two tokens'
+    group counts packed in one int32, one scan and one sum across the warp for both) against
+    one-token steps: build_plan and the fused permute forward where the word walk runs (top-2 of
+    129-256 experts from 16384 tokens). On the CPU (sm_90 SASS): 633 instructions a two-token
+    step against 321 a one-token step, 120 registers against 96."""
+    _plan_switch_experiment(results, shapes, "_WORDS_PAIRS", {"one token a step": False, "two tokens a step": True})
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -1419,6 +1430,10 @@ _FORMS_KINDS = {
     "segcopy": (segment_copy_experiments, [(5, 4, 2, 96), (40, 6, 3, 40), (70, 256, 2, 24)], [
         (65536, 256, 2, 2048), (16384, 256, 2, 2048), (16384, 64, 2, 2048), (65536, 64, 2, 4096),
         (16384, 64, 8, 2048), (65536, 256, 8, 2048), (4096, 256, 2, 2048), (16384, 64, 2, 7168),
+    ]),
+    "wordpairs": (word_pairs_experiments, [(70, 256, 2, 24), (300, 256, 2, 40)], [
+        (16384, 256, 2, 2048), (32768, 256, 2, 2048), (65536, 256, 2, 2048), (16384, 256, 2, 4096),
+        (65536, 256, 2, 4096), (65536, 256, 2, 7168), (4096, 256, 2, 2048),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),

@@ -151,6 +151,8 @@ _MAP_PREFETCH = True
 _MAP_WORDS = True
 _WORDS_MIN_SEGMENT = 16
 _WORDS_MOST_K = 2
+#: The word walk takes two tokens a step (_map_words_walk's PAIRS).
+_WORDS_PAIRS = True
 
 
 @triton.jit
@@ -240,6 +242,31 @@ def _word_entry(w, seg_rows_ptr, groups, g_ok, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _word_token(
+    m_word, prefix, j, row, in_group, group_first, used_word, room_word, entry_at, limit, entry_ptr, groups, shifts,
+    room, entry_base, unplaced, GROUP: tl.constexpr,
+):  # fmt: skip
+    """One token's entries in _map_words_walk (its word's _word_entry, its groups' counts and
+    first places, the rows its experts took before it in the segment as bytes of used_word): one
+    entry a thread where no group holds two routed experts, else per expert."""
+    if tl.max(in_group, axis=0) <= 1:
+        shift = (j * 8).to(tl.uint64)
+        rank = ((used_word >> shift) & 0xFF).to(tl.int32)
+        one = in_group == 1
+        fits = rank < ((room_word >> shift) & 0xFF).to(tl.int32)
+        expert = (groups * GROUP + j).to(tl.int64)
+        placed = ((row + rank) << _EXPERT_BITS) | expert
+        entry = tl.where(fits, placed, (tl.full([], -1, tl.int64) << _EXPERT_BITS) | expert)
+        tl.store(entry_ptr + entry_at + group_first, entry, mask=one & (group_first < limit))
+    else:
+        m_all = ((m_word[:, None] >> shifts[None, :]) & 1).to(tl.int32)
+        ranks = ((used_word[:, None] >> shifts[None, :]) & 0xFF).to(tl.int32)
+        place = tl.cumsum(m_all, axis=1) - m_all + group_first[:, None]
+        entries = tl.where(ranks < room, entry_base + (ranks.to(tl.int64) << _EXPERT_BITS), unplaced)
+        tl.store(entry_ptr + entry_at + place, entries, mask=(m_all != 0) & (place < limit))
+
+
+@triton.jit
 def _map_words_walk(
     map_ptr,  # [T, E] routing map, one byte an entry
     word_stride_t,  # uint64 words between tokens of the map
@@ -259,6 +286,7 @@ def _map_words_walk(
     room,  # [groups, GROUP] int32: rows left to each expert, at most seg_len
     BLOCK_E: tl.constexpr,
     GROUP: tl.constexpr,  # 8: a group's experts are one uint64 word of the map
+    PAIRS: tl.constexpr,  # two tokens a step (_WORDS_PAIRS)
 ):
     """_map_kernel's walk in one-token steps, each group's GROUP map bytes one uint64 word: its
     nonzero bytes, the group's count and the experts' places in it come from word arithmetic
@@ -266,8 +294,10 @@ def _map_words_walk(
     the experts, and the rows each expert took in the segment, and its room, are bytes of a word.
     Where every group of the token has at most one routed expert (k = 2 of 256: 97% of tokens)
     each thread places its group's one entry, its first row gathered from seg_rows (written here
-    first), its word and its row loaded a step ahead; else the step runs per expert. Returns the
-    next token-major entry after the segment."""
+    first), its word and its row loaded a step ahead; else the step runs per expert. With PAIRS
+    a step takes two tokens: their groups' counts packed in one int32 (16 bits each), so that one
+    scan and one sum across the warp serve both. Returns the next token-major entry after the
+    segment."""
     groups = tl.arange(0, BLOCK_E // GROUP)
     shifts = (tl.arange(0, GROUP) * 8).to(tl.uint64)
     room_word = tl.sum(room.to(tl.uint64) << shifts[None, :], axis=1)
@@ -276,37 +306,71 @@ def _map_words_walk(
     g_ok = tl.max(e_ok.to(tl.int32), axis=1) > 0
     word_ptr = map_ptr.to(tl.pointer_type(tl.uint64)) + groups
     used_word = tl.zeros([BLOCK_E // GROUP], dtype=tl.uint64)
-    # Each step's word and row are loaded a step ahead, its word two: the row's gather needs the word.
-    w = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
-    w_next = tl.load(word_ptr + (first + 1) * word_stride_t, mask=g_ok & (first + 1 < T), other=0)
-    m_word, prefix, j, row = _word_entry(w, seg_rows_ptr, groups, g_ok, GROUP)
-    for off in range(0, seg_len):
-        token = first + off
-        w_after = tl.load(word_ptr + (token + 2) * word_stride_t, mask=g_ok & (token + 2 < T), other=0)
-        m_next, prefix_next, j_next, row_next = _word_entry(w_next, seg_rows_ptr, groups, g_ok, GROUP)
-        in_group = (prefix >> 56).to(tl.int32)
-        group_first = tl.cumsum(in_group, axis=0) - in_group  # place of the group's first entry
-        per_token = tl.sum(in_group, axis=0)
-        tl.store(token_ptr_ptr + token, next_entry, mask=token < T)
-        limit = tl.minimum(N - next_entry, BLOCK_E).to(tl.int32)
-        if tl.max(in_group, axis=0) <= 1:
-            shift = (j * 8).to(tl.uint64)
-            rank = ((used_word >> shift) & 0xFF).to(tl.int32)
-            one = in_group == 1
-            fits = rank < ((room_word >> shift) & 0xFF).to(tl.int32)
-            expert = (groups * GROUP + j).to(tl.int64)
-            placed = ((row + rank) << _EXPERT_BITS) | expert
-            entry = tl.where(fits, placed, (tl.full([], -1, tl.int64) << _EXPERT_BITS) | expert)
-            tl.store(entry_ptr + next_entry + group_first, entry, mask=one & (group_first < limit))
-        else:
-            m_all = ((m_word[:, None] >> shifts[None, :]) & 1).to(tl.int32)
-            ranks = ((used_word[:, None] >> shifts[None, :]) & 0xFF).to(tl.int32)
-            place = tl.cumsum(m_all, axis=1) - m_all + group_first[:, None]
-            entries = tl.where(ranks < room, entry_base + (ranks.to(tl.int64) << _EXPERT_BITS), unplaced)
-            tl.store(entry_ptr + next_entry + place, entries, mask=(m_all != 0) & (place < limit))
-        used_word += m_word
-        next_entry += per_token
-        m_word, prefix, j, row, w_next = m_next, prefix_next, j_next, row_next, w_after
+    tile = (room, entry_base, unplaced)
+    if PAIRS:
+        # Tokens first + off and first + off + 1 a step (the second only while off + 1 < seg_len);
+        # words two steps ahead, rows one, as below.
+        wa = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
+        ok_b = g_ok & (1 < seg_len) & (first + 1 < T)
+        wb = tl.load(word_ptr + (first + 1) * word_stride_t, mask=ok_b, other=0)
+        ok_a = g_ok & (2 < seg_len) & (first + 2 < T)
+        wa_next = tl.load(word_ptr + (first + 2) * word_stride_t, mask=ok_a, other=0)
+        ok_b = g_ok & (3 < seg_len) & (first + 3 < T)
+        wb_next = tl.load(word_ptr + (first + 3) * word_stride_t, mask=ok_b, other=0)
+        m_a, prefix_a, j_a, row_a = _word_entry(wa, seg_rows_ptr, groups, g_ok, GROUP)
+        m_b, prefix_b, j_b, row_b = _word_entry(wb, seg_rows_ptr, groups, g_ok, GROUP)
+        for off in range(0, seg_len, 2):
+            token = first + off
+            ok_a = g_ok & (off + 4 < seg_len) & (token + 4 < T)
+            wa_after = tl.load(word_ptr + (token + 4) * word_stride_t, mask=ok_a, other=0)
+            ok_b = g_ok & (off + 5 < seg_len) & (token + 5 < T)
+            wb_after = tl.load(word_ptr + (token + 5) * word_stride_t, mask=ok_b, other=0)
+            m_a_next, prefix_a_next, j_a_next, row_a_next = _word_entry(wa_next, seg_rows_ptr, groups, g_ok, GROUP)
+            m_b_next, prefix_b_next, j_b_next, row_b_next = _word_entry(wb_next, seg_rows_ptr, groups, g_ok, GROUP)
+            in_a = (prefix_a >> 56).to(tl.int32)
+            in_b = (prefix_b >> 56).to(tl.int32)
+            packed = in_a | (in_b << 16)
+            before = tl.cumsum(packed, axis=0) - packed
+            total = tl.sum(packed, axis=0)
+            per_a = total & 0xFFFF
+            tl.store(token_ptr_ptr + token, next_entry, mask=token < T)
+            tl.store(token_ptr_ptr + token + 1, next_entry + per_a, mask=(off + 1 < seg_len) & (token + 1 < T))
+            limit = tl.minimum(N - next_entry, BLOCK_E).to(tl.int32)
+            _word_token(
+                m_a, prefix_a, j_a, row_a, in_a, before & 0xFFFF, used_word, room_word, next_entry, limit, entry_ptr,
+                groups, shifts, *tile, GROUP,
+            )  # fmt: skip
+            entry_b = next_entry + per_a
+            limit = tl.minimum(N - entry_b, BLOCK_E).to(tl.int32)
+            _word_token(
+                m_b, prefix_b, j_b, row_b, in_b, before >> 16, used_word + m_a, room_word, entry_b, limit, entry_ptr,
+                groups, shifts, *tile, GROUP,
+            )  # fmt: skip
+            used_word += m_a + m_b
+            next_entry += per_a + (total >> 16)
+            m_a, prefix_a, j_a, row_a, wa_next = m_a_next, prefix_a_next, j_a_next, row_a_next, wa_after
+            m_b, prefix_b, j_b, row_b, wb_next = m_b_next, prefix_b_next, j_b_next, row_b_next, wb_after
+    else:
+        # Each step's word and row are loaded a step ahead, its word two: the row's gather needs the word.
+        w = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
+        w_next = tl.load(word_ptr + (first + 1) * word_stride_t, mask=g_ok & (first + 1 < T), other=0)
+        m_word, prefix, j, row = _word_entry(w, seg_rows_ptr, groups, g_ok, GROUP)
+        for off in range(0, seg_len):
+            token = first + off
+            w_after = tl.load(word_ptr + (token + 2) * word_stride_t, mask=g_ok & (token + 2 < T), other=0)
+            m_next, prefix_next, j_next, row_next = _word_entry(w_next, seg_rows_ptr, groups, g_ok, GROUP)
+            in_group = (prefix >> 56).to(tl.int32)
+            group_first = tl.cumsum(in_group, axis=0) - in_group  # place of the group's first entry
+            per_token = tl.sum(in_group, axis=0)
+            tl.store(token_ptr_ptr + token, next_entry, mask=token < T)
+            limit = tl.minimum(N - next_entry, BLOCK_E).to(tl.int32)
+            _word_token(
+                m_word, prefix, j, row, in_group, group_first, used_word, room_word, next_entry, limit, entry_ptr,
+                groups, shifts, *tile, GROUP,
+            )  # fmt: skip
+            used_word += m_word
+            next_entry += per_token
+            m_word, prefix, j, row, w_next = m_next, prefix_next, j_next, row_next, w_after
     return next_entry
 
 
@@ -339,6 +403,7 @@ def _map_kernel(
     WORDS: tl.constexpr,  # one-token steps over the map's uint64 words (_map_words, _map_words_walk)
     word_stride_t,  # WORDS: words between tokens of the map
     rows_ptr,  # WORDS: [n_seg, E] int64 scratch: each expert's first row in each segment
+    WORDS_PAIRS: tl.constexpr,  # WORDS: two tokens a step (_WORDS_PAIRS)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # Experts as a [groups, GROUP] tile, expert g * GROUP + j, and the map's tiles [tokens,
@@ -409,7 +474,7 @@ def _map_kernel(
     if WORDS:
         next_entry = _map_words_walk(
             map_ptr, word_stride_t, rows_ptr + seg * E, token_ptr_ptr, entry_ptr, T, N, seg_len, first, next_entry,
-            experts, e_ok, first_row, entry_base, unplaced, room, BLOCK_E, GROUP,
+            experts, e_ok, first_row, entry_base, unplaced, room, BLOCK_E, GROUP, WORDS_PAIRS,
         )  # fmt: skip
     else:
         used = tl.zeros([BLOCK_E // GROUP, GROUP], dtype=tl.int32)  # rows taken in this segment so far
@@ -703,6 +768,7 @@ def build_plan(
         WORDS=words,
         word_stride_t=m.stride(0) // 8,
         rows_ptr=seg_rows,
+        WORDS_PAIRS=_WORDS_PAIRS,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
         **_rt.pdl_args(device, "map"),

@@ -624,12 +624,13 @@ def test_permute_same_under_every_launch_order(monkeypatch):
 
 
 def test_map_word_walk_gives_the_tile_walks_plan(monkeypatch):
-    # The map kernel's one-token steps over uint64 words of the map (routing._map_words_walk,
-    # session 25): one entry a thread where no group of 8 experts holds two routed ones, per
-    # expert where one does (tokens 8 and 36 on), in one-token segments and in
-    # segments of 16 steps, with padding rows, without num_out_tokens, with drop_and_pad (short
-    # experts: padding inside their rows) and on a uint8 map: the plan, the rows and the probs of
-    # the tile walk, bit for bit, and the reference's.
+    # The map kernel's walk over uint64 words of the map (routing._map_words_walk, session 25),
+    # in two-token steps (session 26) and in one-token steps: one entry a thread where no group of
+    # 8 experts holds two routed ones, per expert where one does (tokens 8 and 36 on), in
+    # one-token segments, segments of 5 tokens (the last pair of each one token; the last
+    # segment past the tokens) and of 16, with padding rows, without num_out_tokens, with
+    # drop_and_pad (short experts: padding inside their rows) and on a uint8 map: the plan, the
+    # rows and the probs of the tile walk, bit for bit, and the reference's.
     from moe_utils import routing
 
     gen = make_generator(53)
@@ -659,11 +660,15 @@ def test_map_word_walk_gives_the_tile_walks_plan(monkeypatch):
     rule = routing._map_words
     monkeypatch.setattr(routing, "_map_words", lambda *a: words.append(rule(*a)) or words[-1])
     results = []
-    for most, on in ((1024, True), (4, True), (4, False)):  # one-token segments; 4 segments of 16 steps
+    # segments of 1, 5 and 16 tokens (1024, 13 and 4 at most), two tokens a step or one; the tile walk
+    forms = ((1024, True, True), (13, True, True), (4, True, True), (13, True, False), (4, True, False))
+    forms += ((4, False, True),)
+    for most, on, pairs in forms:
         monkeypatch.setattr(routing, "_MAX_SEGMENTS", most)
         monkeypatch.setattr(routing, "_MAP_WORDS", on)
+        monkeypatch.setattr(routing, "_WORDS_PAIRS", pairs)
         results.append(run())
-    assert words == [True] * 6 + [False] * 3  # the word walk ran where asked
+    assert words == [True] * 15 + [False] * 3  # the word walk ran where asked
     out, probs, plan = results[0][:3]
     assert torch.equal(out[:n], ref[0]) and torch.equal(probs[:n], ref[1]) and torch.equal(plan[:n], ref[2])
     assert torch.equal(results[0][5][:n], ref[2])  # the uint8 map, no padding

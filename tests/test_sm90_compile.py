@@ -139,7 +139,7 @@ def map_step(block_t: int, block_e: int, prefetch: bool = True) -> tuple[list[st
     from moe_utils import routing
 
     cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
-    cx.update(SCAN=False, BLOCK_S=1, WORDS=False)
+    cx.update(SCAN=False, BLOCK_S=1, WORDS=False, WORDS_PAIRS=False)
     cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
     ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
     lines, regs = sass(routing._map_kernel, cx, routing._map_warps(block_t, block_e), ints=ints)
@@ -188,6 +188,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
     map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), WORDS=False)
+    map_flags.update(WORDS_PAIRS=on)  # the word walk in two-token steps
     map_flags.update(SCAN=on, BLOCK_S=4 if on else 1, **blocks)
     compile_sm90(routing._map_kernel, map_flags, options=check)
     compile_sm90(routing._map_kernel, dict(map_flags, BLOCK_T=1, WORDS=True), options=check)  # one-token word steps
