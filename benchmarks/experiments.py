@@ -118,7 +118,8 @@ each token copied a step behind its walk: slower or level at all ten shapes, 655
 2048 +6.5% to +13%, top-8 up to +30%; 4096 x 256 x 2 level to 6% faster. Commits 5c436c7,
 fce8ae3, e3ff10f and 89bda22 for its code, results/logs/session26/calls 3-5 and 7 for its times.)
 ``--only wordpairs``: the map kernel's word walk in two-token steps (``routing._WORDS_PAIRS``) against
-one-token steps: build_plan and the permute forward.
+one-token steps: build_plan and the permute forward. (Session 26 call 8: the permute forward 0.2-1.9%
+faster at all six word-walk shapes; shipped.)
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19

@@ -15,7 +15,7 @@ build it, with no atomics and no host synchronisation:
    its place in the token-major list. The last program's walk ends at the total: it writes it,
    and whether the routing fits (on the GPU it also asserts it there; with drop_and_pad program 0
    checks the counts instead). At top-2 of 129-256 experts in segments of 16 tokens or more it
-   walks the map as uint64 words, one token a step (``_map_words_walk``).
+   walks the map as uint64 words, two tokens a step (``_map_words_walk``).
 
 With ``num_out_tokens`` given and a small count table (``_SCAN_IN_MAP``) the map kernel takes the
 scan's place: each of its programs sums the whole table, and program 0 writes the totals.
@@ -151,7 +151,12 @@ _MAP_PREFETCH = True
 _MAP_WORDS = True
 _WORDS_MIN_SEGMENT = 16
 _WORDS_MOST_K = 2
-#: The word walk takes two tokens a step (_map_words_walk's PAIRS).
+#: The word walk takes two tokens a step (_map_words_walk's PAIRS): its one-token step is a chain of
+#: warp shuffles (the groups' scan, the token's sum) with little to overlap it at one warp a
+#: program; two tokens' counts packed in one int32 share them. H200 (experiments.py --only
+#: wordpairs, session 26 call 8, two processes): permute fwd 0.2-1.9% faster at all six word-walk
+#: shapes (32768 x 256 x 2 x 2048 129.6 / 128.4 -> 127.2 / 127.1 µs, 65536 x 256 x 2 244.9 / 245.0
+#: -> 243.7 / 244.3); 633 SASS a step against 2 x 321, 120 registers against 96.
 _WORDS_PAIRS = True
 
 
@@ -288,7 +293,7 @@ def _map_words_walk(
     GROUP: tl.constexpr,  # 8: a group's experts are one uint64 word of the map
     PAIRS: tl.constexpr,  # two tokens a step (_WORDS_PAIRS)
 ):
-    """_map_kernel's walk in one-token steps, each group's GROUP map bytes one uint64 word: its
+    """_map_kernel's walk in one- or two-token steps, each group's GROUP map bytes one uint64 word: its
     nonzero bytes, the group's count and the experts' places in it come from word arithmetic
     (byte sums by multiplying with 0x0101010101010101) instead of sums and cumulative sums over
     the experts, and the rows each expert took in the segment, and its room, are bytes of a word.
