@@ -314,7 +314,10 @@ def _map_words_walk(
     tile = (room, entry_base, unplaced)
     if PAIRS:
         # Tokens first + off and first + off + 1 a step (the second only while off + 1 < seg_len);
-        # words two steps ahead, rows one, as below.
+        # words two steps ahead, rows one, as below. A second token past the segment reads a zero
+        # word: its entries would land on the next segment's first token's, which that segment's
+        # program writes at the same time on the GPU (the interpreter, running programs in order,
+        # could not tell).
         wa = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
         ok_b = g_ok & (1 < seg_len) & (first + 1 < T)
         wb = tl.load(word_ptr + (first + 1) * word_stride_t, mask=ok_b, other=0)
