@@ -48,7 +48,8 @@ def opcodes(body: list[str]) -> str:
 
 def map_kernel() -> None:
     """The map kernel's step (routing.py) at the tiles its rule picks (E = 256, 64, 8) and two
-    tokens at E = 256, with and without its prefetch, at a launch's specializations
+    tokens at E = 256, with and without its prefetch, then its word walk in one- and two-token
+    steps, at a launch's specializations
     (test_sm90_compile.map_step: the experts' stride 1, or the map's byte loads are not
     vectorised; the token, row and segment counts multiples of 16, and E where it is one)."""
     for block_t, block_e in ((1, 256), (2, 256), (4, 64), (32, 8)):
@@ -59,6 +60,14 @@ def map_kernel() -> None:
                 f"{len(body) / block_t:.0f} per token; {opcodes(body)}",
                 flush=True,
             )
+    for pairs in (False, True):  # the word walk (E = 129-256, top-2): one token a step, or two
+        body, regs = test_sm90_compile.map_step(1, 256, words=True, pairs=pairs)
+        tokens = 2 if pairs else 1
+        print(
+            f"map words, {tokens} token(s) a step: {regs} registers, {len(body)} instructions a step (both branches "
+            f"of each token's placement), {len(body) / tokens:.0f} per token; {opcodes(body)}",
+            flush=True,
+        )
 
 
 def main() -> None:

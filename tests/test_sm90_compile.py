@@ -132,14 +132,17 @@ def loop_body(lines: list[str]) -> list[str]:
     return lines if best is None else lines[best[0] : best[1] + 1]
 
 
-def map_step(block_t: int, block_e: int, prefetch: bool = True) -> tuple[list[str], int]:
+def map_step(
+    block_t: int, block_e: int, prefetch: bool = True, words: bool = False, pairs: bool = False
+) -> tuple[list[str], int]:
     """The map kernel's step (its loop) at a launch's specializations: the experts' stride 1, the
     token, row and segment counts multiples of 16, and E too where it is one (E = BLOCK_E >= 16);
-    one warp up to 256 experts, as routing._map_warps gives."""
+    one warp up to 256 experts, as routing._map_warps gives. words: the word walk (one-token
+    steps, or two with pairs; its loop holds both branches of each token's placement)."""
     from moe_utils import routing
 
     cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
-    cx.update(SCAN=False, BLOCK_S=1, WORDS=False, WORDS_PAIRS=False)
+    cx.update(SCAN=False, BLOCK_S=1, WORDS=words, WORDS_PAIRS=pairs)
     cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
     ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
     lines, regs = sass(routing._map_kernel, cx, routing._map_warps(block_t, block_e), ints=ints)
