@@ -1063,13 +1063,12 @@ def write_order_experiments(results, shapes) -> None:
             key = in_order if w == "all" else (src_token // w) * n_rows + in_order
             order = torch.argsort(key)
             rows, toks = order.contiguous(), src_token[order].contiguous()
-            for r in (4,):
-                variants[f"gather W={w} R={r}"] = (
-                    lambda rows=rows, toks=toks, r=r: _gather_rows_kernel[(triton.cdiv(n_rows, r),)](
-                        x, out, rows, toks, n_rows, hidden, R=r, BLOCK_H=block_h, CACHE=cache, num_warps=4
-                    ),
-                    want,
-                )
+            variants[f"gather W={w} R=4"] = (
+                lambda rows=rows, toks=toks: _gather_rows_kernel[(triton.cdiv(n_rows, 4),)](
+                    x, out, rows, toks, n_rows, hidden, R=4, BLOCK_H=block_h, CACHE=cache, num_warps=4
+                ),
+                want,
+            )
         variants["gather in order R=4"] = (
             lambda: _gather_rows_kernel[(triton.cdiv(n_rows, 4),)](
                 x, out, in_order, in_order_src, n_rows, hidden, R=4, BLOCK_H=block_h, CACHE=cache, num_warps=4
@@ -1119,25 +1118,9 @@ def _segment_copy_kernel(src_ptr, dst_ptr, rows_ptr, n_tokens, seg_len, hidden, 
 
 def _count_and_scan(m: torch.Tensor) -> None:
     """The plan's first two launches (count, scan) as build_plan makes them, with num_out_tokens."""
-    n_tokens, n_experts = m.shape
-    seg_len, n_seg, block_t, block_e = routing._segments(n_tokens, n_experts)
-    warps = routing._map_warps(block_t, block_e)
-    block_s = triton.next_power_of_2(n_seg)
-    m8 = routing._map_pointer(m)
-    counts = torch.empty((n_seg, n_experts), dtype=torch.int32, device=m.device)
-    routing._count_kernel[(n_seg,)](
-        m8, m8.stride(0), m8.stride(1), counts, n_tokens, n_experts, seg_len, BLOCK_T=block_t, BLOCK_E=block_e,
-        num_warps=warps, **_rt.pdl_args(m.device, "count"),
-    )  # fmt: skip
-    if routing._scan_in_map(block_s, block_e):
-        return
-    expert_count = torch.empty((n_experts,), dtype=torch.int64, device=m.device)
-    per = max(1, min(triton.next_power_of_2(n_experts), routing._SCAN_TILE // block_s))
-    scan_warps = max(1, min(8, block_s * per // (32 * routing._SCAN_ENTRIES_PER_THREAD)))
-    routing._scan_experts_kernel[(triton.cdiv(n_experts, per),)](
-        counts, counts, expert_count, n_seg, n_experts, BLOCK_S=block_s, BLOCK_E=per, num_warps=scan_warps,
-        **_rt.pdl_args(m.device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
-    )  # fmt: skip
+    seg_len, n_seg, block_t, block_e = routing._segments(*m.shape)
+    scan_in_map = routing._scan_in_map(triton.next_power_of_2(n_seg), block_e)
+    routing._count_and_scan(routing._map_pointer(m), seg_len, n_seg, block_t, block_e, scan_in_map)
 
 
 def segment_copy_experiments(results, shapes) -> None:

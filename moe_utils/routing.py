@@ -663,6 +663,53 @@ def _scan_in_map(block_s: int, block_e: int) -> bool:
     return block_s * block_e <= _SCAN_IN_MAP
 
 
+def _count_and_scan(
+    m: torch.Tensor, seg_len: int, n_seg: int, block_t: int, block_e: int, scan_in_map: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan's first two launches on the map m [T, E] (_map_pointer's view): the count kernel,
+    then the scan unless the map kernel scans (scan_in_map). Returns the [n_seg, E] table (the
+    rows of each expert in earlier segments, or with scan_in_map still the counts) and each
+    expert's count (written by the scan, or with scan_in_map by the map kernel)."""
+    n_tokens, n_experts = m.shape
+    device = m.device
+    block_s = triton.next_power_of_2(n_seg)
+    # The counts, then the offsets: the scan writes them over the counts (each program reads its
+    # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
+    counts = _rt.empty((n_seg, n_experts), torch.int32, device)
+    _count_kernel[(n_seg,)](
+        m,
+        m.stride(0),
+        m.stride(1),
+        counts,
+        n_tokens,
+        n_experts,
+        seg_len,
+        BLOCK_T=block_t,
+        BLOCK_E=block_e,
+        # The map kernel's warps: with Triton's default of 4 the count kernel was 4 µs slower at
+        # 65536 x 256 (one step is one token there: 2 entries per thread), and no faster in wider
+        # steps (H100).
+        num_warps=_map_warps(block_t, block_e),
+        **_rt.pdl_args(device, "count"),
+    )
+    expert_count = _rt.empty((n_experts,), torch.int64, device)
+    if not scan_in_map:  # else the map kernel scans
+        experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
+        scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
+        _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
+            counts,
+            counts,
+            expert_count,
+            n_seg,
+            n_experts,
+            BLOCK_S=block_s,
+            BLOCK_E=experts_per_program,
+            num_warps=scan_warps,
+            **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
+        )
+    return counts, expert_count
+
+
 def build_plan(
     fn: str,
     routing_map: torch.Tensor,
@@ -695,46 +742,13 @@ def build_plan(
     if n_tokens == 0 or n_experts == 0:
         return _empty_plan(n_tokens, n_experts, probs, num_out_tokens, device)
     seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
-    # The count kernel too: with Triton's default of 4 warps it was 4 µs slower at 65536 x 256
-    # (one step is one token there: 2 entries per thread), and no faster in wider steps (H100).
     warps = _map_warps(block_t, block_e)
     block_s = triton.next_power_of_2(n_seg)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
-    # The counts, then the offsets: the scan writes them over the counts (each program reads its
-    # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
-    counts = _rt.empty((n_seg, n_experts), torch.int32, device)
-    _count_kernel[(n_seg,)](
-        m,
-        m.stride(0),
-        m.stride(1),
-        counts,
-        n_tokens,
-        n_experts,
-        seg_len,
-        BLOCK_T=block_t,
-        BLOCK_E=block_e,
-        num_warps=warps,
-        **_rt.pdl_args(device, "count"),
-    )
-    seg_expert_off = counts
-    expert_count = _rt.empty((n_experts,), torch.int64, device)
     scan_in_map = padded and _scan_in_map(block_s, block_e)
-    if not scan_in_map:  # else the map kernel scans
-        experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
-        scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
-        _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
-            counts,
-            seg_expert_off,
-            expert_count,
-            n_seg,
-            n_experts,
-            BLOCK_S=block_s,
-            BLOCK_E=experts_per_program,
-            num_warps=scan_warps,
-            **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
-        )
+    seg_expert_off, expert_count = _count_and_scan(m, seg_len, n_seg, block_t, block_e, scan_in_map)
     if padded:  # the size is known
         n_rows = num_out_tokens
     else:  # data-dependent, as in the reference: one host sync

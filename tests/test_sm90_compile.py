@@ -194,7 +194,8 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     map_flags.update(WORDS_PAIRS=on)  # the word walk in two-token steps
     map_flags.update(SCAN=on, BLOCK_S=4 if on else 1, **blocks)
     compile_sm90(routing._map_kernel, map_flags, options=check)
-    compile_sm90(routing._map_kernel, dict(map_flags, BLOCK_T=1, WORDS=True), options=check)  # one-token word steps
+    # the word walk's one-token steps (switches off), then its two-token steps (on)
+    compile_sm90(routing._map_kernel, dict(map_flags, BLOCK_T=1, WORDS=True), options=check)
     scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
