@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows, worder, segcopy, wordpairs, l2prefetch
+              padrows, worder, segcopy, wordpairs
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -120,9 +120,6 @@ fce8ae3, e3ff10f and 89bda22 for its code, results/logs/session26/calls 3-5 and 
 ``--only wordpairs``: the map kernel's word walk in two-token steps (``routing._WORDS_PAIRS``) against
 one-token steps: build_plan and the permute forward. (Session 26 call 8: the permute forward 0.2-1.9%
 faster at all six word-walk shapes; shipped.)
-``--only l2prefetch``: the permute forward with its count kernel prefetching the source rows
-into L2 (``routing._L2_PREFETCH``: after the counts or before the wait; the first 16 or 32 MiB of
-rows or all; evict-last or not) against no prefetch.
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -775,31 +772,6 @@ def word_pairs_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_WORDS_PAIRS", {"one token a step": False, "two tokens a step": True})
 
 
-#: --only l2prefetch: (routing._L2_PREFETCH, _L2_PREFETCH_BYTES, _L2_PREFETCH_EVICT_LAST) per form.
-_L2_PREFETCH_FORMS = {
-    "no prefetch": (0, 32 << 20, False),
-    "after counts, 32 MiB": (2, 32 << 20, False),
-    "before wait, 32 MiB": (1, 32 << 20, False),
-    "after counts, 16 MiB": (2, 16 << 20, False),
-    "after counts, every row": (2, 1 << 62, False),
-    "after counts, 32 MiB, evict-last": (2, 32 << 20, True),
-}
-
-
-def l2_prefetch_experiments(results, shapes) -> None:
-    """permute's forward with its count kernel asking L2 for the source rows of its segment's
-    tokens (PTX prefetch; ``routing._L2_PREFETCH``, ``_L2_PREFETCH_BYTES``,
-    ``_L2_PREFETCH_EVICT_LAST``) against none: the plan's three launches are chains of dependent
-    loads that leave DRAM idle (at 4096 x 256 x 2 x 2048 the plan is 8.5 of 22 µs and the scatter
-    after it 12.7, its 16 MiB of reads among them), so rows read into L2 then are read from L2 by
-    the scatter, whose time tends to its 32 MiB of writes. Forms: after the counts are stored or
-    before the kernel's wait; the first 16 or 32 MiB of rows, or every row; evict-last lines.
-    Under the interpreter no form prefetches (routing._l2_prefetch_tokens), which checks only the
-    script."""
-    names = ("_L2_PREFETCH", "_L2_PREFETCH_BYTES", "_L2_PREFETCH_EVICT_LAST")
-    _switch_experiment(results, shapes, routing, names, _L2_PREFETCH_FORMS, ("permute_fwd",))
-
-
 def prefetch_experiments(results, shapes) -> None:
     """The map kernel's prefetch off and on (the package's switch ``routing._MAP_PREFETCH``):
     loading each step's routing-map tile during the step before, above that step's stores, which
@@ -1446,11 +1418,6 @@ _FORMS_KINDS = {
     "wordpairs": (word_pairs_experiments, [(70, 256, 2, 24), (300, 256, 2, 40)], [
         (16384, 256, 2, 2048), (32768, 256, 2, 2048), (65536, 256, 2, 2048), (16384, 256, 2, 4096),
         (65536, 256, 2, 4096), (65536, 256, 2, 7168), (4096, 256, 2, 2048),
-    ]),
-    "l2prefetch": (l2_prefetch_experiments, [(5, 4, 2, 96), (70, 256, 2, 24)], [
-        (4096, 256, 2, 2048), (4096, 64, 2, 2048), (4096, 8, 2, 2048), (4096, 256, 2, 4096), (4096, 256, 8, 2048),
-        (4096, 64, 2, 7168), (16384, 256, 2, 2048), (16384, 64, 2, 2048), (16384, 256, 8, 2048),
-        (65536, 256, 2, 2048), (65536, 64, 8, 2048), (8192, 128, 8, 7168),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),

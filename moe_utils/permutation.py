@@ -377,7 +377,7 @@ def _launch_permute(
     tokens = _rt.unit_column_stride(tokens)
     n_tokens, hidden = tokens.shape
     plan, rest, n_rows = build_plan(
-        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad, src=tokens
+        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
     )
     view = plan_view("permute", plan, n_tokens, n_rows)
     out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)

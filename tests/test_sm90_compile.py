@@ -186,15 +186,7 @@ def compile_routing() -> None:
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     pdl = dict(PDL=2 if on else 0)  # programmatic dependent launch: wait and trigger, or neither
     blocks = dict(BLOCK_T=16, BLOCK_E=256, **pdl)
-    # the count kernel prefetching permute's rows into L2 after its counts (on), or not (off);
-    # then before its wait, evict-last
-    prefetch = dict(L2_PREFETCH=2 if on else 0, PREFETCH_LINES=32, EVICT_LAST=False)
-    counted = compile_sm90(routing._count_kernel, dict(blocks, **prefetch), types={"src_ptr": "*u8"})
-    assert ("prefetch.global.L2 " in counted.asm["ptx"]) == on
-    if on:
-        prefetch.update(L2_PREFETCH=1, EVICT_LAST=True)
-        counted = compile_sm90(routing._count_kernel, dict(blocks, **prefetch), types={"src_ptr": "*u8"})
-        assert "prefetch.global.L2::evict_last" in counted.asm["ptx"]
+    compile_sm90(routing._count_kernel, blocks)
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
