@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows, worder, segcopy, wordpairs
+              padrows, worder, segcopy, wordpairs, l2prefetch
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -120,6 +120,9 @@ fce8ae3, e3ff10f and 89bda22 for its code, results/logs/session26/calls 3-5 and 
 ``--only wordpairs``: the map kernel's word walk in two-token steps (``routing._WORDS_PAIRS``) against
 one-token steps: build_plan and the permute forward. (Session 26 call 8: the permute forward 0.2-1.9%
 faster at all six word-walk shapes; shipped.)
+``--only l2prefetch``: the permute forward with its scatter's copy programs prefetching rows of
+later tokens into L2 before they wait for the map kernel (``permutation._SCATTER_PREFETCH_AHEAD``
+rows, ``_SCATTER_PREFETCH_DISTANCE`` tokens apart) against none.
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -169,7 +172,7 @@ from sweep import DEVICE, DRY, bench, capture_graph, dims, gen, warm_up
 from sweep import copy_gbs as sweep_copy_gbs
 
 from moe_utils import _runtime as _rt
-from moe_utils import routing, unpermutation
+from moe_utils import permutation, routing, unpermutation
 from moe_utils._kernel_lib import grid_tile
 from moe_utils.routing import entry_row
 
@@ -770,6 +773,33 @@ def word_pairs_experiments(results, shapes) -> None:
     129-256 experts from 16384 tokens). On the CPU (sm_90 SASS): 633 instructions a two-token
     step against 321 a one-token step, 120 registers against 96."""
     _plan_switch_experiment(results, shapes, "_WORDS_PAIRS", {"one token a step": False, "two tokens a step": True})
+
+
+#: --only l2prefetch: (permutation._SCATTER_PREFETCH_AHEAD, _SCATTER_PREFETCH_DISTANCE) per form.
+_L2_PREFETCH_FORMS = {
+    "no prefetch": (0, 2048),
+    "1 row, 2048 ahead": (1, 2048),
+    "1 row, 1024 ahead": (1, 1024),
+    "1 row, 4096 ahead": (1, 4096),
+    "2 rows, 1024 apart": (2, 1024),
+    "4 rows, 512 apart": (4, 512),
+    "8 rows, 256 apart": (8, 256),
+}
+
+
+def l2_prefetch_experiments(results, shapes) -> None:
+    """permute's forward with each copy program of its scatter asking L2 for the rows of tokens
+    pid + j * distance (PTX prefetch, j = 1 .. rows; ``permutation._SCATTER_PREFETCH_AHEAD``,
+    ``_SCATTER_PREFETCH_DISTANCE``) before it waits for the map kernel, against none. The scatter
+    launches at the map kernel's start (PDL) and its first programs load their own rows then (the
+    early source); the rest of the rows were read only after the plan. Session 27 call 1 had the
+    count kernel prefetch the rows (d26207d): the scatter then read them from L2 (4096 x 256 x 2 x
+    2048: the permute level while the plan grew by the 16 MiB's read), but the count kernel held
+    its programs until the prefetches drained, on the plan's chain; in the scatter's programs they
+    drain while those wait for the map kernel anyway. Under the interpreter no form prefetches,
+    which checks only the script."""
+    names = ("_SCATTER_PREFETCH_AHEAD", "_SCATTER_PREFETCH_DISTANCE")
+    _switch_experiment(results, shapes, permutation, names, _L2_PREFETCH_FORMS, ("permute_fwd",))
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -1418,6 +1448,11 @@ _FORMS_KINDS = {
     "wordpairs": (word_pairs_experiments, [(70, 256, 2, 24), (300, 256, 2, 40)], [
         (16384, 256, 2, 2048), (32768, 256, 2, 2048), (65536, 256, 2, 2048), (16384, 256, 2, 4096),
         (65536, 256, 2, 4096), (65536, 256, 2, 7168), (4096, 256, 2, 2048),
+    ]),
+    "l2prefetch": (l2_prefetch_experiments, [(5, 4, 2, 96), (70, 256, 2, 24)], [
+        (4096, 256, 2, 2048), (4096, 64, 2, 2048), (4096, 8, 2, 2048), (4096, 256, 2, 4096), (4096, 256, 8, 2048),
+        (4096, 64, 2, 7168), (16384, 256, 2, 2048), (16384, 64, 2, 2048), (16384, 256, 8, 2048),
+        (65536, 256, 2, 2048), (65536, 64, 8, 2048), (8192, 128, 8, 7168),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),

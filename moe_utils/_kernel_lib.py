@@ -47,6 +47,7 @@ __all__ = [
     "grid_tile",
     "load_halves",
     "pdl_start",
+    "prefetch_l2",
     "store_halves",
     "to_fp8_saturated",
 ]
@@ -123,6 +124,15 @@ def grid_tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
         n_col_blocks = tl.maximum(tl.cdiv(width, BLOCK_H), 1)
         return (tl.program_id(0) // n_col_blocks).to(tl.int64), tl.program_id(0) % n_col_blocks
     return tl.program_id(0).to(tl.int64), tl.program_id(1)
+
+
+@triton.jit
+def prefetch_l2(pointers):
+    """Ask L2 for the 128-byte lines holding pointers (PTX prefetch.global.L2: nothing waits for
+    them; sm_80 and later, never under the interpreter, which has no inline assembly)."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [pointers], dtype=tl.int32, is_pure=False, pack=1
+    )
 
 
 @triton.jit

@@ -199,9 +199,12 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
-    compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, STORE_CACHE="", **off))
+    unplanned = dict(scatter, SCALE=on, EARLY_SRC=False, PREFETCH_AHEAD=0, STORE_CACHE="", **off)
+    compile_sm90(permutation._scatter_rows_kernel, unplanned)
+    # permute: with the early source its copies prefetch rows of later tokens into L2 (on)
     plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on, EARLY_SRC=on, STORE_CACHE=".cs" if on else "")
-    compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **plan))  # permute
+    permuted = compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, PREFETCH_AHEAD=2 * on, **plan))
+    assert ("prefetch.global.L2 " in permuted.asm["ptx"]) == on
     # the gather on the 2-D grid at top-2, then in memory order at top-8 (its widest tile)
     gather = dict(ORDERED=on, BLOCK_H=2048, BLOCK_K=8) if on else dict(ORDERED=on, BLOCK_H=1024, BLOCK_K=2)
     flags = dict(SCALE=on, PROBS_GRAD=on, BLOCK_E=256, ROW_STORE=on)
