@@ -775,31 +775,45 @@ def word_pairs_experiments(results, shapes) -> None:
     _plan_switch_experiment(results, shapes, "_WORDS_PAIRS", {"one token a step": False, "two tokens a step": True})
 
 
-#: --only l2prefetch: (permutation._SCATTER_PREFETCH_AHEAD, _SCATTER_PREFETCH_DISTANCE) per form.
+#: --only l2prefetch: (routing._L2_PREFETCH, _L2_PREFETCH_BYTES, _L2_PREFETCH_BULK) and
+#: (permutation._SCATTER_PREFETCH_AHEAD, _SCATTER_PREFETCH_DISTANCE, _SCATTER_PREFETCH_BULK) per form.
 _L2_PREFETCH_FORMS = {
-    "no prefetch": (0, 2048),
-    "1 row, 2048 ahead": (1, 2048),
-    "1 row, 1024 ahead": (1, 1024),
-    "1 row, 4096 ahead": (1, 4096),
-    "2 rows, 1024 apart": (2, 1024),
-    "4 rows, 512 apart": (4, 512),
-    "8 rows, 256 apart": (8, 256),
+    "no prefetch": ((0, 32 << 20, True), (0, 2048, True)),
+    "count, bulk, after counts, 32 MiB": ((2, 32 << 20, True), (0, 2048, True)),
+    "count, bulk, before wait, 32 MiB": ((1, 32 << 20, True), (0, 2048, True)),
+    "count, bulk, after counts, all": ((2, 1 << 62, True), (0, 2048, True)),
+    "count, lines, after counts, 32 MiB": ((2, 32 << 20, False), (0, 2048, True)),
+    "scatter, bulk, 1 row 2048 ahead": ((0, 32 << 20, True), (1, 2048, True)),
+    "scatter, bulk, 1 row 1024 ahead": ((0, 32 << 20, True), (1, 1024, True)),
+    "scatter, bulk, 4 rows 512 apart": ((0, 32 << 20, True), (4, 512, True)),
 }
 
 
 def l2_prefetch_experiments(results, shapes) -> None:
-    """permute's forward with each copy program of its scatter asking L2 for the rows of tokens
-    pid + j * distance (PTX prefetch, j = 1 .. rows; ``permutation._SCATTER_PREFETCH_AHEAD``,
-    ``_SCATTER_PREFETCH_DISTANCE``) before it waits for the map kernel, against none. The scatter
-    launches at the map kernel's start (PDL) and its first programs load their own rows then (the
-    early source); the rest of the rows were read only after the plan. Session 27 call 1 had the
-    count kernel prefetch the rows (d26207d): the scatter then read them from L2 (4096 x 256 x 2 x
-    2048: the permute level while the plan grew by the 16 MiB's read), but the count kernel held
-    its programs until the prefetches drained, on the plan's chain; in the scatter's programs they
-    drain while those wait for the map kernel anyway. Under the interpreter no form prefetches,
-    which checks only the script."""
-    names = ("_SCATTER_PREFETCH_AHEAD", "_SCATTER_PREFETCH_DISTANCE")
-    _switch_experiment(results, shapes, permutation, names, _L2_PREFETCH_FORMS, ("permute_fwd",))
+    """permute's forward with its source rows asked into L2 ahead of the scatter, against none:
+    by the count kernel (``routing._L2_PREFETCH``: after its counts or before its wait, the first
+    ``_L2_PREFETCH_BYTES`` of rows, in bulk (cp.async.bulk.prefetch.L2, one a row from one thread)
+    or in 128-byte lines (prefetch.global.L2)), or by each copy program of the scatter before it
+    waits for the map kernel, for tokens pid + j * distance (``permutation._SCATTER_PREFETCH_*``).
+    The plan's three launches are chains of dependent loads that leave DRAM idle, and the scatter
+    launches at the map kernel's start (PDL), its first programs loading their own rows then (the
+    early source); the rest of the rows are read only after the plan. Session 27 call 1 (lines,
+    count kernel): slower everywhere, the count kernel holding its programs until the lines came;
+    call 2 (lines, scatter): slower everywhere, 1.3-23 µs at 4096 tokens, as if each line were a
+    load. Under the interpreter no form prefetches, which checks only the script."""
+    names = ("_L2_PREFETCH", "_L2_PREFETCH_BYTES", "_L2_PREFETCH_BULK")
+    scatter = ("_SCATTER_PREFETCH_AHEAD", "_SCATTER_PREFETCH_DISTANCE", "_SCATTER_PREFETCH_BULK")
+    saved = tuple(getattr(routing, n) for n in names), tuple(getattr(permutation, n) for n in scatter)
+
+    def use(form) -> None:
+        for module, keys, values in ((routing, names, form[0]), (permutation, scatter, form[1])):
+            for key, value in zip(keys, values, strict=True):
+                setattr(module, key, value)
+
+    try:
+        _forms_experiment(results, shapes, ("permute_fwd",), _L2_PREFETCH_FORMS, use)
+    finally:
+        use(saved)
 
 
 def prefetch_experiments(results, shapes) -> None:

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from ._kernel_lib import grid_tile, pdl_start, prefetch_l2
+from ._kernel_lib import grid_tile, pdl_start, prefetch_l2, prefetch_l2_bulk
 from .routing import (  # block_k: unpermutation imports it from here too
     PLAN_LAYOUT,
     Plan,
@@ -159,6 +159,7 @@ def _scatter_rows_kernel(
     BLOCK_H: tl.constexpr,  # columns per program
     EARLY_SRC: tl.constexpr,  # load the source row before waiting (_runtime.PDL_EARLY_SOURCE)
     PREFETCH_AHEAD: tl.constexpr,  # EARLY_SRC: rows of later tokens asked into L2 before waiting
+    PREFETCH_BULK: tl.constexpr,  # PREFETCH_AHEAD: one bulk prefetch a row (else 128-byte lines)
     STORE_CACHE: tl.constexpr,  # cache modifier of the copies' stores: "" or ".cs" (_streaming_stores)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
@@ -189,13 +190,21 @@ def _scatter_rows_kernel(
         # L2 while the map kernel runs (a program's prefetches hold nothing on the plan's chain);
         # the programs that copy those tokens later read them from L2.
         if PREFETCH_AHEAD > 0 and copy:
-            per_line: tl.constexpr = 128 * 8 // src_ptr.dtype.element_ty.primitive_bitwidth
-            lines = col_block * BLOCK_H + tl.arange(0, max(1, BLOCK_H // per_line)) * per_line
-            lines = tl.minimum(lines, hidden - 1)
-            for j in tl.static_range(1, PREFETCH_AHEAD + 1):
-                ahead = pid + j * prefetch_distance
-                if ahead < n_tokens:
-                    prefetch_l2(src_ptr + ahead * src_row_stride + lines)
+            if PREFETCH_BULK:  # one bulk prefetch of the block's bytes (multiples of 16: the launch checks)
+                size: tl.constexpr = src_ptr.dtype.element_ty.primitive_bitwidth // 8
+                n_bytes = (tl.minimum(hidden - col_block * BLOCK_H, BLOCK_H) * size).to(tl.int32)
+                for j in tl.static_range(1, PREFETCH_AHEAD + 1):
+                    ahead = pid + j * prefetch_distance
+                    if ahead < n_tokens:
+                        prefetch_l2_bulk(src_ptr + ahead * src_row_stride + col_block * BLOCK_H, n_bytes)
+            else:
+                per_line: tl.constexpr = 128 * 8 // src_ptr.dtype.element_ty.primitive_bitwidth
+                lines = col_block * BLOCK_H + tl.arange(0, max(1, BLOCK_H // per_line)) * per_line
+                lines = tl.minimum(lines, hidden - 1)
+                for j in tl.static_range(1, PREFETCH_AHEAD + 1):
+                    ahead = pid + j * prefetch_distance
+                    if ahead < n_tokens:
+                        prefetch_l2(src_ptr + ahead * src_row_stride + lines)
     pdl_start(PDL)
     if WRITE_PLAN and pid < 0:
         if col_block == 0:
@@ -266,8 +275,20 @@ _PLAN_TOKENS = 64
 #: permute's scatter, with the early source (_runtime.PDL_EARLY_SOURCE): each copy program also
 #: asks L2 for the rows of tokens pid + j * _SCATTER_PREFETCH_DISTANCE, j = 1 .. _SCATTER_PREFETCH_AHEAD,
 #: before it waits for the map kernel. 0: none.
-_SCATTER_PREFETCH_AHEAD = 1
+_SCATTER_PREFETCH_AHEAD = 0
 _SCATTER_PREFETCH_DISTANCE = 2048
+#: One bulk prefetch a row (cp.async.bulk.prefetch.L2, sm_90), else 128-byte lines.
+_SCATTER_PREFETCH_BULK = True
+
+
+def _scatter_prefetch_ahead(src: torch.Tensor) -> int:
+    """Rows each copy program of permute's scatter prefetches (_SCATTER_PREFETCH_AHEAD): none
+    outside CUDA, and none in bulk where rows or their column blocks are not multiples of 16 bytes."""
+    if src.device.type != "cuda" or _rt.INTERPRET:
+        return 0
+    size = src.element_size()
+    aligned = src.shape[1] * size % 16 == 0 and src.stride(0) * size % 16 == 0 and src.data_ptr() % 16 == 0
+    return _SCATTER_PREFETCH_AHEAD if aligned or not _SCATTER_PREFETCH_BULK else 0
 
 
 #: The scatter's copies use streaming stores (st.global.cs: evict first) where each source row goes
@@ -377,7 +398,8 @@ def _launch_scatter(
         BLOCK_K=k,
         BLOCK_H=block_h,
         EARLY_SRC=early,
-        PREFETCH_AHEAD=_SCATTER_PREFETCH_AHEAD if early and src.device.type == "cuda" and not _rt.INTERPRET else 0,
+        PREFETCH_AHEAD=_scatter_prefetch_ahead(src) if early else 0,
+        PREFETCH_BULK=_SCATTER_PREFETCH_BULK,
         STORE_CACHE=".cs" if _streaming_stores(k, n_rows, hidden, dst.element_size()) else "",
         num_warps=4,
         **_rt.pdl_args(dst.device, "scatter"),
@@ -398,7 +420,7 @@ def _launch_permute(
     tokens = _rt.unit_column_stride(tokens)
     n_tokens, hidden = tokens.shape
     plan, rest, n_rows = build_plan(
-        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
+        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad, src=tokens
     )
     view = plan_view("permute", plan, n_tokens, n_rows)
     out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
