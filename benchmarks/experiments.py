@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows, worder, segcopy, wordpairs, l2prefetch
+              padrows, worder, segcopy, wordpairs
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -120,9 +120,6 @@ fce8ae3, e3ff10f and 89bda22 for its code, results/logs/session26/calls 3-5 and 
 ``--only wordpairs``: the map kernel's word walk in two-token steps (``routing._WORDS_PAIRS``) against
 one-token steps: build_plan and the permute forward. (Session 26 call 8: the permute forward 0.2-1.9%
 faster at all six word-walk shapes; shipped.)
-``--only l2prefetch``: the permute forward with its scatter's copy programs prefetching rows of
-later tokens into L2 before they wait for the map kernel (``permutation._SCATTER_PREFETCH_AHEAD``
-rows, ``_SCATTER_PREFETCH_DISTANCE`` tokens apart) against none.
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -172,7 +169,7 @@ from sweep import DEVICE, DRY, bench, capture_graph, dims, gen, warm_up
 from sweep import copy_gbs as sweep_copy_gbs
 
 from moe_utils import _runtime as _rt
-from moe_utils import permutation, routing, unpermutation
+from moe_utils import routing, unpermutation
 from moe_utils._kernel_lib import grid_tile
 from moe_utils.routing import entry_row
 
@@ -773,47 +770,6 @@ def word_pairs_experiments(results, shapes) -> None:
     129-256 experts from 16384 tokens). On the CPU (sm_90 SASS): 633 instructions a two-token
     step against 321 a one-token step, 120 registers against 96."""
     _plan_switch_experiment(results, shapes, "_WORDS_PAIRS", {"one token a step": False, "two tokens a step": True})
-
-
-#: --only l2prefetch: (routing._L2_PREFETCH, _L2_PREFETCH_BYTES, _L2_PREFETCH_BULK) and
-#: (permutation._SCATTER_PREFETCH_AHEAD, _SCATTER_PREFETCH_DISTANCE, _SCATTER_PREFETCH_BULK) per form.
-_L2_PREFETCH_FORMS = {
-    "no prefetch": ((0, 32 << 20, True), (0, 2048, True)),
-    "count, bulk, after counts, 32 MiB": ((2, 32 << 20, True), (0, 2048, True)),
-    "count, bulk, before wait, 32 MiB": ((1, 32 << 20, True), (0, 2048, True)),
-    "count, bulk, after counts, all": ((2, 1 << 62, True), (0, 2048, True)),
-    "count, lines, after counts, 32 MiB": ((2, 32 << 20, False), (0, 2048, True)),
-    "scatter, bulk, 1 row 2048 ahead": ((0, 32 << 20, True), (1, 2048, True)),
-    "scatter, bulk, 1 row 1024 ahead": ((0, 32 << 20, True), (1, 1024, True)),
-    "scatter, bulk, 4 rows 512 apart": ((0, 32 << 20, True), (4, 512, True)),
-}
-
-
-def l2_prefetch_experiments(results, shapes) -> None:
-    """permute's forward with its source rows asked into L2 ahead of the scatter, against none:
-    by the count kernel (``routing._L2_PREFETCH``: after its counts or before its wait, the first
-    ``_L2_PREFETCH_BYTES`` of rows, in bulk (cp.async.bulk.prefetch.L2, one a row from one thread)
-    or in 128-byte lines (prefetch.global.L2)), or by each copy program of the scatter before it
-    waits for the map kernel, for tokens pid + j * distance (``permutation._SCATTER_PREFETCH_*``).
-    The plan's three launches are chains of dependent loads that leave DRAM idle, and the scatter
-    launches at the map kernel's start (PDL), its first programs loading their own rows then (the
-    early source); the rest of the rows are read only after the plan. Session 27 call 1 (lines,
-    count kernel): slower everywhere, the count kernel holding its programs until the lines came;
-    call 2 (lines, scatter): slower everywhere, 1.3-23 µs at 4096 tokens, as if each line were a
-    load. Under the interpreter no form prefetches, which checks only the script."""
-    names = ("_L2_PREFETCH", "_L2_PREFETCH_BYTES", "_L2_PREFETCH_BULK")
-    scatter = ("_SCATTER_PREFETCH_AHEAD", "_SCATTER_PREFETCH_DISTANCE", "_SCATTER_PREFETCH_BULK")
-    saved = tuple(getattr(routing, n) for n in names), tuple(getattr(permutation, n) for n in scatter)
-
-    def use(form) -> None:
-        for module, keys, values in ((routing, names, form[0]), (permutation, scatter, form[1])):
-            for key, value in zip(keys, values, strict=True):
-                setattr(module, key, value)
-
-    try:
-        _forms_experiment(results, shapes, ("permute_fwd",), _L2_PREFETCH_FORMS, use)
-    finally:
-        use(saved)
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -1462,11 +1418,6 @@ _FORMS_KINDS = {
     "wordpairs": (word_pairs_experiments, [(70, 256, 2, 24), (300, 256, 2, 40)], [
         (16384, 256, 2, 2048), (32768, 256, 2, 2048), (65536, 256, 2, 2048), (16384, 256, 2, 4096),
         (65536, 256, 2, 4096), (65536, 256, 2, 7168), (4096, 256, 2, 2048),
-    ]),
-    "l2prefetch": (l2_prefetch_experiments, [(5, 4, 2, 96), (70, 256, 2, 24)], [
-        (4096, 256, 2, 2048), (4096, 64, 2, 2048), (4096, 8, 2, 2048), (4096, 256, 2, 4096), (4096, 256, 8, 2048),
-        (4096, 64, 2, 7168), (16384, 256, 2, 2048), (16384, 64, 2, 2048), (16384, 256, 8, 2048),
-        (65536, 256, 2, 2048), (65536, 64, 8, 2048), (8192, 128, 8, 7168),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),

@@ -351,10 +351,9 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
                         _scatter_rows_kernel[(n_tokens * triton.cdiv(hidden, bh),)](
                             x, x.stride(0), out, x, 0, 0, view.token_ptr, view.entry,
                             view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
-                            hidden, 0, n_experts, 0, 0, SCALE=False, PAD=False, WRITE_PLAN=False,
-                            HAS_PROBS=False, DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=bk,
-                            BLOCK_H=bh, num_warps=nw, PDL=0, EARLY_SRC=False, PREFETCH_AHEAD=0,
-                            PREFETCH_BULK=False, STORE_CACHE="",
+                            hidden, 0, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
+                            DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=bk, BLOCK_H=bh,
+                            num_warps=nw, PDL=0, EARLY_SRC=False, STORE_CACHE="",
                         )  # fmt: skip
 
                     us = bench(run)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from ._kernel_lib import grid_tile, pdl_start, prefetch_l2, prefetch_l2_bulk
+from ._kernel_lib import grid_tile, pdl_start
 from .routing import (  # block_k: unpermutation imports it from here too
     PLAN_LAYOUT,
     Plan,
@@ -147,7 +147,6 @@ def _scatter_rows_kernel(
     n_plan,  # WRITE_PLAN: programs 0 .. n_plan - 1 write the plan, PLAN_TOKENS tokens each
     n_experts,  # E (WRITE_PLAN and DROP_AND_PAD)
     capacity,  # rows per expert (WRITE_PLAN and DROP_AND_PAD)
-    prefetch_distance,  # PREFETCH_AHEAD: tokens between a program's token and those it prefetches
     SCALE: tl.constexpr,  # multiply each copy by its probability, in fp32
     PAD: tl.constexpr,  # the plan has padding rows: zero them in the same launch
     WRITE_PLAN: tl.constexpr,  # permute: also write src_token (and the permuted probs) of each row
@@ -158,8 +157,6 @@ def _scatter_rows_kernel(
     BLOCK_K: tl.constexpr,  # entries (destination rows) written per step
     BLOCK_H: tl.constexpr,  # columns per program
     EARLY_SRC: tl.constexpr,  # load the source row before waiting (_runtime.PDL_EARLY_SOURCE)
-    PREFETCH_AHEAD: tl.constexpr,  # EARLY_SRC: rows of later tokens asked into L2 before waiting
-    PREFETCH_BULK: tl.constexpr,  # PREFETCH_AHEAD: one bulk prefetch a row (else 128-byte lines)
     STORE_CACHE: tl.constexpr,  # cache modifier of the copies' stores: "" or ".cs" (_streaming_stores)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
@@ -186,25 +183,6 @@ def _scatter_rows_kernel(
     if EARLY_SRC:
         copy = (pid >= 0) & (pid < n_tokens)
         x_early = tl.load(src_ptr + pid * src_row_stride + cols, mask=col_ok & copy)
-        # PREFETCH_AHEAD: the same column block of tokens pid + j * prefetch_distance, asked into
-        # L2 while the map kernel runs (a program's prefetches hold nothing on the plan's chain);
-        # the programs that copy those tokens later read them from L2.
-        if PREFETCH_AHEAD > 0 and copy:
-            if PREFETCH_BULK:  # one bulk prefetch of the block's bytes (multiples of 16: the launch checks)
-                size: tl.constexpr = src_ptr.dtype.element_ty.primitive_bitwidth // 8
-                n_bytes = (tl.minimum(hidden - col_block * BLOCK_H, BLOCK_H) * size).to(tl.int32)
-                for j in tl.static_range(1, PREFETCH_AHEAD + 1):
-                    ahead = pid + j * prefetch_distance
-                    if ahead < n_tokens:
-                        prefetch_l2_bulk(src_ptr + ahead * src_row_stride + col_block * BLOCK_H, n_bytes)
-            else:
-                per_line: tl.constexpr = 128 * 8 // src_ptr.dtype.element_ty.primitive_bitwidth
-                lines = col_block * BLOCK_H + tl.arange(0, max(1, BLOCK_H // per_line)) * per_line
-                lines = tl.minimum(lines, hidden - 1)
-                for j in tl.static_range(1, PREFETCH_AHEAD + 1):
-                    ahead = pid + j * prefetch_distance
-                    if ahead < n_tokens:
-                        prefetch_l2(src_ptr + ahead * src_row_stride + lines)
     pdl_start(PDL)
     if WRITE_PLAN and pid < 0:
         if col_block == 0:
@@ -272,23 +250,6 @@ _DROP_AND_PAD_PAD_ROWS = 16
 #: per thread, which leaves the copy programs 7 programs of 4 warps per SM as without it; 128
 #: tokens took 139 (3 per SM), and the H100 ran k = 8 permutes 1-2% slower.
 _PLAN_TOKENS = 64
-#: permute's scatter, with the early source (_runtime.PDL_EARLY_SOURCE): each copy program also
-#: asks L2 for the rows of tokens pid + j * _SCATTER_PREFETCH_DISTANCE, j = 1 .. _SCATTER_PREFETCH_AHEAD,
-#: before it waits for the map kernel. 0: none.
-_SCATTER_PREFETCH_AHEAD = 0
-_SCATTER_PREFETCH_DISTANCE = 2048
-#: One bulk prefetch a row (cp.async.bulk.prefetch.L2, sm_90), else 128-byte lines.
-_SCATTER_PREFETCH_BULK = True
-
-
-def _scatter_prefetch_ahead(src: torch.Tensor) -> int:
-    """Rows each copy program of permute's scatter prefetches (_SCATTER_PREFETCH_AHEAD): none
-    outside CUDA, and none in bulk where rows or their column blocks are not multiples of 16 bytes."""
-    if src.device.type != "cuda" or _rt.INTERPRET:
-        return 0
-    size = src.element_size()
-    aligned = src.shape[1] * size % 16 == 0 and src.stride(0) * size % 16 == 0 and src.data_ptr() % 16 == 0
-    return _SCATTER_PREFETCH_AHEAD if aligned or not _SCATTER_PREFETCH_BULK else 0
 
 
 #: The scatter's copies use streaming stores (st.global.cs: evict first) where each source row goes
@@ -367,7 +328,6 @@ def _launch_scatter(
     scale = probs is not None and rest is None
     table = rest.probs if plan_probs else probs if scale else None
     n_plan = triton.cdiv(n_tokens, _PLAN_TOKENS) if rest is not None else 0
-    early = rest is not None and _rt.PDL_EARLY_SOURCE
     _scatter_rows_kernel[((n_plan + n_tokens + pad_programs) * triton.cdiv(max(hidden, 1), block_h),)](
         src,
         src.stride(0),
@@ -387,7 +347,6 @@ def _launch_scatter(
         n_plan,
         rest.expert_count.shape[0] if rest is not None else 0,
         rest.capacity if rest is not None else 0,
-        _SCATTER_PREFETCH_DISTANCE,
         SCALE=scale,
         PAD=plan.padded,
         WRITE_PLAN=rest is not None,
@@ -397,9 +356,7 @@ def _launch_scatter(
         PLAN_TOKENS=_PLAN_TOKENS,
         BLOCK_K=k,
         BLOCK_H=block_h,
-        EARLY_SRC=early,
-        PREFETCH_AHEAD=_scatter_prefetch_ahead(src) if early else 0,
-        PREFETCH_BULK=_SCATTER_PREFETCH_BULK,
+        EARLY_SRC=rest is not None and _rt.PDL_EARLY_SOURCE,
         STORE_CACHE=".cs" if _streaming_stores(k, n_rows, hidden, dst.element_size()) else "",
         num_warps=4,
         **_rt.pdl_args(dst.device, "scatter"),
@@ -420,7 +377,7 @@ def _launch_permute(
     tokens = _rt.unit_column_stride(tokens)
     n_tokens, hidden = tokens.shape
     plan, rest, n_rows = build_plan(
-        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad, src=tokens
+        "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
     )
     view = plan_view("permute", plan, n_tokens, n_rows)
     out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)

@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from ._kernel_lib import pdl_start, prefetch_l2, prefetch_l2_bulk
+from ._kernel_lib import pdl_start
 
 __all__ = [
     "EXPERT_BITS",
@@ -158,15 +158,6 @@ _WORDS_MOST_K = 2
 #: shapes (32768 x 256 x 2 x 2048 129.6 / 128.4 -> 127.2 / 127.1 µs, 65536 x 256 x 2 244.9 / 245.0
 #: -> 243.7 / 244.3); 633 SASS a step against 2 x 321, 120 registers against 96.
 _WORDS_PAIRS = True
-#: permute's count kernel asks L2 for the source rows of its segment's tokens (PTX prefetch), the
-#: first tokens whose rows fit in _L2_PREFETCH_BYTES: the plan's launches are chains of dependent
-#: loads that leave DRAM idle, and the scatter after them then reads its rows from L2.
-#: _L2_PREFETCH: 0 off, 1 before the count kernel's wait, 2 after its counts are stored;
-#: _L2_PREFETCH_BULK: one bulk prefetch a row (cp.async.bulk.prefetch.L2, sm_90), else 128-byte
-#: lines (prefetch.global.L2).
-_L2_PREFETCH = 0
-_L2_PREFETCH_BYTES = 32 << 20
-_L2_PREFETCH_BULK = True
 
 
 @triton.jit
@@ -182,22 +173,6 @@ def entry_expert(entry):
 
 
 @triton.jit
-def _prefetch_rows(src_ptr, src_stride, row_bytes, first, last, LINES: tl.constexpr, BULK: tl.constexpr):
-    """Prefetch into L2 the rows first .. last - 1 of a byte view src (src_stride bytes apart):
-    BULK, one bulk prefetch a row from one thread (row_bytes and the rows' addresses multiples of
-    16); else LINES 128-byte lines a step from the program's threads, offsets clamped to the row,
-    so the row's last line (a row need not start on a line) is asked for too."""
-    lines = tl.arange(0, LINES).to(tl.int64) * 128
-    for t in range(first, last):
-        row = src_ptr + t * src_stride
-        if BULK:
-            prefetch_l2_bulk(row, row_bytes)
-        else:
-            for c in range(0, row_bytes + 128, LINES * 128):
-                prefetch_l2(row + tl.minimum(c + lines, row_bytes - 1))
-
-
-@triton.jit
 def _count_kernel(
     map_ptr,  # [T, E] routing map, bool or integer 0/1
     map_stride_t,  # elements between tokens of the map
@@ -206,41 +181,24 @@ def _count_kernel(
     T,  # tokens
     E,  # experts
     seg_len,  # tokens per segment, a multiple of BLOCK_T
-    src_ptr,  # L2_PREFETCH: permute's source rows as bytes
-    src_stride,  # bytes between source rows
-    row_bytes,  # bytes of a source row
-    prefetch_tokens,  # L2_PREFETCH: the first tokens whose rows are prefetched
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
-    L2_PREFETCH: tl.constexpr,  # 0 none, 1 before the wait, 2 after the counts (_l2_prefetch)
-    PREFETCH_LINES: tl.constexpr,  # lines asked for a step (L2_PREFETCH)
-    BULK: tl.constexpr,  # L2_PREFETCH: bulk prefetches, one a row (else 128-byte lines)
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
-    # L2_PREFETCH (permute): the segment's source rows are the op's input, complete before the
-    # op's first kernel started, and the scatter reads them only after the plan's three launches,
-    # whose chains of dependent loads leave the memory system idle: asked into L2 here, they are
-    # read from it then.
-    seg = tl.program_id(0)
-    first = seg.to(tl.int64) * seg_len
-    if L2_PREFETCH == 1:
-        last = tl.minimum(first + seg_len, prefetch_tokens)
-        _prefetch_rows(src_ptr, src_stride, row_bytes, first, last, PREFETCH_LINES, BULK)
     pdl_start(PDL)
+    seg = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
     e_ok = experts < E
     # Counted elementwise, summed over tokens once at the end: a reduction per step costs more
     # than the load it follows (shuffles and a barrier per step).
     acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int32)
+    first = seg.to(tl.int64) * seg_len
     for off in range(0, seg_len, BLOCK_T):
         tokens = first + off + tl.arange(0, BLOCK_T)
         ok = (tokens < T)[:, None] & e_ok[None, :]
         m = tl.load(map_ptr + tokens[:, None] * map_stride_t + experts[None, :] * map_stride_e, mask=ok, other=0)
         acc += (m != 0).to(tl.int32)
     tl.store(counts_ptr + seg * E + experts, tl.sum(acc, axis=0), mask=e_ok)
-    if L2_PREFETCH == 2:
-        last = tl.minimum(first + seg_len, prefetch_tokens)
-        _prefetch_rows(src_ptr, src_stride, row_bytes, first, last, PREFETCH_LINES, BULK)
 
 
 @triton.jit
@@ -705,39 +663,16 @@ def _scan_in_map(block_s: int, block_e: int) -> bool:
     return block_s * block_e <= _SCAN_IN_MAP
 
 
-def _l2_prefetch_tokens(src: torch.Tensor | None) -> int:
-    """Tokens whose source rows permute's count kernel prefetches into L2: the first whose rows
-    fit in _L2_PREFETCH_BYTES; 0 without src, off (_L2_PREFETCH 0), or outside CUDA."""
-    if src is None or not _L2_PREFETCH or src.device.type != "cuda" or _rt.INTERPRET or src.numel() == 0:
-        return 0
-    row_bytes = src.shape[1] * src.element_size()
-    aligned = row_bytes % 16 == 0 and src.stride(0) * src.element_size() % 16 == 0 and src.data_ptr() % 16 == 0
-    if _L2_PREFETCH_BULK and not aligned:
-        return 0
-    return min(src.shape[0], _L2_PREFETCH_BYTES // row_bytes)
-
-
 def _count_and_scan(
-    m: torch.Tensor,
-    seg_len: int,
-    n_seg: int,
-    block_t: int,
-    block_e: int,
-    scan_in_map: bool,
-    src: torch.Tensor | None = None,
+    m: torch.Tensor, seg_len: int, n_seg: int, block_t: int, block_e: int, scan_in_map: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plan's first two launches on the map m [T, E] (_map_pointer's view): the count kernel,
     then the scan unless the map kernel scans (scan_in_map). Returns the [n_seg, E] table (the
     rows of each expert in earlier segments, or with scan_in_map still the counts) and each
-    expert's count (written by the scan, or with scan_in_map by the map kernel). src: permute's
-    source rows [T, hidden] (unit column stride), which the count kernel prefetches into L2
-    (_l2_prefetch_tokens)."""
+    expert's count (written by the scan, or with scan_in_map by the map kernel)."""
     n_tokens, n_experts = m.shape
     device = m.device
     block_s = triton.next_power_of_2(n_seg)
-    prefetch_tokens = _l2_prefetch_tokens(src)
-    src_bytes = src.view(torch.uint8) if prefetch_tokens else m
-    warps = _map_warps(block_t, block_e)
     # The counts, then the offsets: the scan writes them over the counts (each program reads its
     # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
     counts = _rt.empty((n_seg, n_experts), torch.int32, device)
@@ -749,19 +684,12 @@ def _count_and_scan(
         n_tokens,
         n_experts,
         seg_len,
-        src_bytes,
-        src_bytes.stride(0),
-        src.shape[1] * src.element_size() if prefetch_tokens else 0,
-        prefetch_tokens,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
-        L2_PREFETCH=_L2_PREFETCH if prefetch_tokens else 0,
-        PREFETCH_LINES=32 * warps,
-        BULK=_L2_PREFETCH_BULK,
         # The map kernel's warps: with Triton's default of 4 the count kernel was 4 µs slower at
         # 65536 x 256 (one step is one token there: 2 entries per thread), and no faster in wider
         # steps (H100).
-        num_warps=warps,
+        num_warps=_map_warps(block_t, block_e),
         **_rt.pdl_args(device, "count"),
     )
     expert_count = _rt.empty((n_experts,), torch.int64, device)
@@ -788,12 +716,9 @@ def build_plan(
     probs: torch.Tensor | None,
     num_out_tokens: int | None,
     drop_and_pad: bool,
-    src: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, PlanRest, int]:
     """Build the plan on the device. Returns (plan, rest, N): pass rest to permutation.scatter_rows,
-    which completes the plan (src_token) and the permuted probabilities (rest.perm_probs). src:
-    the rows [T, hidden] (unit column stride) the scatter will copy, prefetched into L2 on the way
-    (_l2_prefetch_tokens).
+    which completes the plan (src_token) and the permuted probabilities (rest.perm_probs).
 
     N is num_out_tokens when given (no host synchronisation; three launches), else the routed
     count (one sync, as in the reference). More routed (token, expert) pairs than N rows, or with
@@ -823,7 +748,7 @@ def build_plan(
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)
     scan_in_map = padded and _scan_in_map(block_s, block_e)
-    seg_expert_off, expert_count = _count_and_scan(m, seg_len, n_seg, block_t, block_e, scan_in_map, src)
+    seg_expert_off, expert_count = _count_and_scan(m, seg_len, n_seg, block_t, block_e, scan_in_map)
     if padded:  # the size is known
         n_rows = num_out_tokens
     else:  # data-dependent, as in the reference: one host sync

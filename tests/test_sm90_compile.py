@@ -186,15 +186,7 @@ def compile_routing() -> None:
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     pdl = dict(PDL=2 if on else 0)  # programmatic dependent launch: wait and trigger, or neither
     blocks = dict(BLOCK_T=16, BLOCK_E=256, **pdl)
-    # the count kernel prefetching permute's rows into L2 after its counts in 128-byte lines (on),
-    # or not (off); then before its wait, in bulk
-    prefetch = dict(L2_PREFETCH=2 if on else 0, PREFETCH_LINES=32, BULK=False)
-    counted = compile_sm90(routing._count_kernel, dict(blocks, **prefetch), types={"src_ptr": "*u8"})
-    assert ("prefetch.global.L2 " in counted.asm["ptx"]) == on
-    if on:
-        prefetch.update(L2_PREFETCH=1, BULK=True)
-        counted = compile_sm90(routing._count_kernel, dict(blocks, **prefetch), types={"src_ptr": "*u8"})
-        assert "cp.async.bulk.prefetch.L2.global" in counted.asm["ptx"]
+    compile_sm90(routing._count_kernel, blocks)
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
@@ -207,15 +199,9 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
-    unplanned = dict(scatter, SCALE=on, EARLY_SRC=False, PREFETCH_AHEAD=0, PREFETCH_BULK=False, STORE_CACHE="", **off)
-    compile_sm90(permutation._scatter_rows_kernel, unplanned)
-    # permute: with the early source its copies prefetch rows of later tokens into L2 (on), in bulk
-    # and in lines
+    compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, STORE_CACHE="", **off))
     plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on, EARLY_SRC=on, STORE_CACHE=".cs" if on else "")
-    for bulk, asm in ((True, "cp.async.bulk.prefetch.L2.global"), (False, "prefetch.global.L2 ")):
-        ahead = dict(PREFETCH_AHEAD=2 * on, PREFETCH_BULK=bulk)
-        permuted = compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **ahead, **plan))
-        assert (asm in permuted.asm["ptx"]) == on
+    compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **plan))  # permute
     # the gather on the 2-D grid at top-2, then in memory order at top-8 (its widest tile)
     gather = dict(ORDERED=on, BLOCK_H=2048, BLOCK_K=8) if on else dict(ORDERED=on, BLOCK_H=1024, BLOCK_K=2)
     flags = dict(SCALE=on, PROBS_GRAD=on, BLOCK_E=256, ROW_STORE=on)
