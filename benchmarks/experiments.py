@@ -3,7 +3,7 @@
     python benchmarks/experiments.py --out DIR [--only KIND ...]
         KIND: act, scatter, plan, inplace, liger, order, ops, gather, pdl, prefetch, group, segments,
               counts, segwarps, early, scanmap, segscan, realloc, writeroof, stores, tiles, rowstore,
-              padrows, worder, segcopy, wordpairs, sideprefetch
+              padrows, worder, segcopy, wordpairs
     SWEEP_DRY=1 TRITON_INTERPRET=1 python benchmarks/experiments.py --out DIR   # CPU check
 
 ``--only act``: hand-written variants of the weighted SwiGLU forward/backward (the math of
@@ -120,9 +120,6 @@ fce8ae3, e3ff10f and 89bda22 for its code, results/logs/session26/calls 3-5 and 
 ``--only wordpairs``: the map kernel's word walk in two-token steps (``routing._WORDS_PAIRS``) against
 one-token steps: build_plan and the permute forward. (Session 26 call 8: the permute forward 0.2-1.9%
 faster at all six word-walk shapes; shipped.)
-``--only sideprefetch``: the permute forward reading its first source rows into L2 on a second
-stream during the plan (``permutation._SIDE_PREFETCH``: bulk prefetches or loads;
-``_SIDE_PREFETCH_BYTES``) against none.
 ``--only words``: the map kernel's one-token steps over uint64 words of the map against its tile
 walk (``routing._MAP_WORDS``): build_plan and the permute forward at E = 256-1024.
 ``--only counts``: the plan with the scan's size bound (``routing._MOST_COUNTS``: at most 2^19
@@ -172,7 +169,7 @@ from sweep import DEVICE, DRY, bench, capture_graph, dims, gen, warm_up
 from sweep import copy_gbs as sweep_copy_gbs
 
 from moe_utils import _runtime as _rt
-from moe_utils import permutation, routing, unpermutation
+from moe_utils import routing, unpermutation
 from moe_utils._kernel_lib import grid_tile
 from moe_utils.routing import entry_row
 
@@ -773,31 +770,6 @@ def word_pairs_experiments(results, shapes) -> None:
     129-256 experts from 16384 tokens). On the CPU (sm_90 SASS): 633 instructions a two-token
     step against 321 a one-token step, 120 registers against 96."""
     _plan_switch_experiment(results, shapes, "_WORDS_PAIRS", {"one token a step": False, "two tokens a step": True})
-
-
-#: --only sideprefetch: (permutation._SIDE_PREFETCH, _SIDE_PREFETCH_BYTES) per form.
-_SIDE_PREFETCH_FORMS = {
-    "none": ("", 32 << 20),
-    "bulk, 32 MiB": ("bulk", 32 << 20),
-    "loads, 32 MiB": ("loads", 32 << 20),
-    "bulk, 16 MiB": ("bulk", 16 << 20),
-    "bulk, all rows": ("bulk", 1 << 62),
-    "loads, all rows": ("loads", 1 << 62),
-}
-
-
-def side_prefetch_experiments(results, shapes) -> None:
-    """permute's forward reading its first source rows into L2 on a second stream while the plan's
-    launches run (``permutation._SIDE_PREFETCH``: bulk prefetches or loads of one byte a sector;
-    ``_SIDE_PREFETCH_BYTES``), the op's stream waiting for it after the scatter, against none.
-    Session 27 calls 1-3 put such prefetches in the count kernel (the plan's chain then waited
-    for them: at 4096 x 256 x 2 x 2048 the permute stayed level, the scatter faster by what the
-    plan lost) and in the scatter's programs (slower). Under the interpreter no form prefetches,
-    which checks only the script."""
-    forms = _SIDE_PREFETCH_FORMS
-    _switch_experiment(
-        results, shapes, permutation, ("_SIDE_PREFETCH", "_SIDE_PREFETCH_BYTES"), forms, ("permute_fwd",)
-    )
 
 
 def prefetch_experiments(results, shapes) -> None:
@@ -1446,11 +1418,6 @@ _FORMS_KINDS = {
     "wordpairs": (word_pairs_experiments, [(70, 256, 2, 24), (300, 256, 2, 40)], [
         (16384, 256, 2, 2048), (32768, 256, 2, 2048), (65536, 256, 2, 2048), (16384, 256, 2, 4096),
         (65536, 256, 2, 4096), (65536, 256, 2, 7168), (4096, 256, 2, 2048),
-    ]),
-    "sideprefetch": (side_prefetch_experiments, [(5, 4, 2, 96), (70, 256, 2, 24)], [
-        (4096, 256, 2, 2048), (4096, 64, 2, 2048), (4096, 8, 2, 2048), (4096, 256, 2, 4096), (4096, 256, 8, 2048),
-        (4096, 64, 2, 7168), (16384, 256, 2, 2048), (16384, 64, 2, 2048), (16384, 256, 8, 2048),
-        (65536, 256, 2, 2048), (65536, 64, 8, 2048), (8192, 128, 8, 7168),
     ]),
     "writeroof": (write_roof_experiments, [(5, 2, 96), (3, 8, 40)], [
         (65536, 8, 2048), (65536, 2, 2048), (16384, 8, 7168),

@@ -47,7 +47,6 @@ __all__ = [
     "grid_tile",
     "load_halves",
     "pdl_start",
-    "prefetch_l2_bulk",
     "store_halves",
     "to_fp8_saturated",
 ]
@@ -124,18 +123,6 @@ def grid_tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
         n_col_blocks = tl.maximum(tl.cdiv(width, BLOCK_H), 1)
         return (tl.program_id(0) // n_col_blocks).to(tl.int64), tl.program_id(0) % n_col_blocks
     return tl.program_id(0).to(tl.int64), tl.program_id(1)
-
-
-@triton.jit
-def prefetch_l2_bulk(pointer, n_bytes):
-    """Ask L2 for n_bytes from pointer (both multiples of 16) in one bulk prefetch
-    (cp.async.bulk.prefetch.L2: the TMA unit fetches them, nothing waits for them; sm_90), issued
-    by the program's first thread only. Not under the interpreter (no inline assembly there)."""
-    tl.inline_asm_elementwise(
-        "{\n\t.reg .pred first;\n\t.reg .b32 tid;\n\tmov.u32 tid, %tid.x;\n\tsetp.eq.u32 first, tid, 0;"
-        "\n\t@first cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",
-        "=r,l,r", [pointer, n_bytes], dtype=tl.int32, is_pure=False, pack=1,
-    )  # fmt: skip
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from ._kernel_lib import grid_tile, pdl_start, prefetch_l2_bulk
+from ._kernel_lib import grid_tile, pdl_start
 from .routing import (  # block_k: unpermutation imports it from here too
     PLAN_LAYOUT,
     Plan,
@@ -252,61 +252,6 @@ _DROP_AND_PAD_PAD_ROWS = 16
 _PLAN_TOKENS = 64
 
 
-#: permute reads its source rows into L2 on a second stream while the plan's launches run on the
-#: op's stream (they are chains of dependent loads that leave DRAM idle); the scatter after them
-#: then finds its first rows in L2, and the op's stream waits for the second after the scatter.
-#: _SIDE_PREFETCH: "" off, "bulk" (cp.async.bulk.prefetch.L2 from one thread a program), "loads"
-#: (one byte a 32-byte sector, loaded through L2); at most _SIDE_PREFETCH_BYTES of the first rows.
-_SIDE_PREFETCH = ""
-_SIDE_PREFETCH_BYTES = 32 << 20
-_SIDE_CHUNK = 1 << 16  # bytes per program
-_SIDE_STREAMS: dict = {}
-
-
-@triton.jit
-def _warm_l2_kernel(src_ptr, n_bytes, never, CHUNK: tl.constexpr, BULK: tl.constexpr):
-    """Bring src's bytes [program * CHUNK, + CHUNK) (within n_bytes) into L2: BULK in 4 KiB bulk
-    prefetches, else one byte of every 32-byte sector loaded (and stored at src only if its
-    maximum equals never, which no byte does: the loads are kept, nothing is written)."""
-    start = tl.program_id(0).to(tl.int64) * CHUNK
-    if BULK:
-        for off in tl.static_range(0, CHUNK, 4096):
-            at = start + off
-            if at < n_bytes:
-                prefetch_l2_bulk(src_ptr + at, tl.minimum(n_bytes - at, 4096).to(tl.int32))
-    else:
-        offs = start + tl.arange(0, CHUNK // 32).to(tl.int64) * 32
-        x = tl.load(src_ptr + offs, mask=offs < n_bytes, other=0, cache_modifier=".cg")
-        top = tl.max(x.to(tl.int32), axis=0)
-        if top == never:
-            tl.store(src_ptr + start, top.to(tl.uint8))
-
-
-def _side_prefetch_bytes(tokens: torch.Tensor) -> int:
-    """Bytes of permute's first source rows read into L2 on the side stream (_SIDE_PREFETCH): none
-    outside CUDA or for rows that are not contiguous and 16-byte aligned."""
-    if not _SIDE_PREFETCH or tokens.device.type != "cuda" or _rt.INTERPRET or tokens.numel() == 0:
-        return 0
-    n_bytes = tokens.numel() * tokens.element_size()
-    ok = tokens.is_contiguous() and n_bytes % 16 == 0 and tokens.data_ptr() % 16 == 0
-    return min(n_bytes, _SIDE_PREFETCH_BYTES) // 16 * 16 if ok else 0
-
-
-def _warm_l2(tokens: torch.Tensor, n_bytes: int):
-    """Launch _warm_l2_kernel over tokens' first n_bytes on a side stream that first waits for the
-    current one; returns (current stream, side stream) for the join."""
-    main = torch.cuda.current_stream(tokens.device)
-    side = _SIDE_STREAMS.get(tokens.device)
-    if side is None:
-        side = _SIDE_STREAMS[tokens.device] = torch.cuda.Stream(tokens.device)
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        src = tokens.reshape(-1).view(torch.uint8)
-        grid = (triton.cdiv(n_bytes, _SIDE_CHUNK),)
-        _warm_l2_kernel[grid](src, n_bytes, -1, CHUNK=_SIDE_CHUNK, BULK=_SIDE_PREFETCH == "bulk", num_warps=4)
-    return main, side
-
-
 #: The scatter's copies use streaming stores (st.global.cs: evict first) where each source row goes
 #: to at least _STREAM_STORE_K rows and the output is at least _STREAM_STORE_BYTES, 2.5 times the
 #: L2 (50 MiB on the H200 and the H100): there most of the output leaves L2 before the next op (the
@@ -431,16 +376,12 @@ def _launch_permute(
     """(permuted tokens [N, hidden], permuted probs [N] (empty without probs), plan)."""
     tokens = _rt.unit_column_stride(tokens)
     n_tokens, hidden = tokens.shape
-    warm = _side_prefetch_bytes(tokens)
-    streams = _warm_l2(tokens, warm) if warm else None
     plan, rest, n_rows = build_plan(
         "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
     )
     view = plan_view("permute", plan, n_tokens, n_rows)
     out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
     scatter_rows(tokens, out, view, rest=rest)  # padding rows, src_token and the permuted probs too
-    if streams is not None:
-        streams[0].wait_stream(streams[1])
     perm_probs = rest.perm_probs
     if perm_probs is None:
         perm_probs = torch.empty((0,), dtype=torch.float32, device=tokens.device)

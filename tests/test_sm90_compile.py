@@ -202,11 +202,6 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, STORE_CACHE="", **off))
     plan = dict(WRITE_PLAN=True, HAS_PROBS=on, DROP_AND_PAD=on, EARLY_SRC=on, STORE_CACHE=".cs" if on else "")
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=False, **plan))  # permute
-    # permute's side-stream read of its rows into L2: bulk prefetches (on) or loads (off)
-    warm = compile_sm90(
-        permutation._warm_l2_kernel, dict(CHUNK=1 << 16, BULK=on), types={"src_ptr": "*u8", "n_bytes": "i64"}
-    )
-    assert ("cp.async.bulk.prefetch.L2.global" in warm.asm["ptx"]) == on
     # the gather on the 2-D grid at top-2, then in memory order at top-8 (its widest tile)
     gather = dict(ORDERED=on, BLOCK_H=2048, BLOCK_K=8) if on else dict(ORDERED=on, BLOCK_H=1024, BLOCK_K=2)
     flags = dict(SCALE=on, PROBS_GRAD=on, BLOCK_E=256, ROW_STORE=on)
