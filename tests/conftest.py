@@ -28,6 +28,15 @@ import pytest
 
 from moe_utils import _runtime as rt
 
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests marked slow (a minute or more each under the interpreter) run first. With two test
+    processes (pytest -n 2 --dist worksteal) a long test collected last ran alone at the end while
+    the other process idled: the CPU suite took 11.4-14.6 min for the same 23 CPU-minutes of tests
+    (session 27, the six slow tests 59-163 s each)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 #: Where kernels run in this session.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"

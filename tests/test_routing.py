@@ -219,6 +219,7 @@ def test_streaming_stores_rule_and_bits(monkeypatch):
     assert torch.all(want[0][n_tokens * k :] == 0) and torch.all(want[2][n_tokens * k :] == 0)
 
 
+@pytest.mark.slow
 def test_padding_programs_of_any_size_give_the_same_bits(monkeypatch):
     # permute's scatter and unpermute's backward (the scatter-dot with the probs gradient, the
     # scatter without) zero the padding rows in programs of _PAD_ROWS rows each (64 shipped,
@@ -538,6 +539,7 @@ def test_many_experts(n_experts):
     assert torch.equal(a, b) and torch.equal(ap, bp)
 
 
+@pytest.mark.slow
 def test_many_segments_and_steps():
     # 1024 experts: one-token steps with 4 warps, so 4500 tokens take 500 segments of nine steps
     # each (at least _MIN_SEGMENT_TOKENS tokens); and padding rows.
@@ -623,6 +625,7 @@ def test_permute_same_under_every_launch_order(monkeypatch):
             assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_map_word_walk_gives_the_tile_walks_plan(monkeypatch):
     # The map kernel's walk over uint64 words of the map (routing._map_words_walk, session 25),
     # in two-token steps (session 26) and in one-token steps: one entry a thread where no group of
@@ -698,6 +701,7 @@ def test_map_words_rule():
     assert not routing._map_words(m.t().contiguous().t(), 32, 1, 256, 2)  # experts not contiguous
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_experts", [6, 40, 300])
 def test_plan_does_not_depend_on_launch_shape(monkeypatch, n_experts):
     # Tile sizes, segment counts, scan tiles, the map kernel's prefetch and its scan only split or
