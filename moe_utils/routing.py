@@ -247,6 +247,14 @@ def _word_entry(w, seg_rows_ptr, groups, g_ok, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _segment_word(word_ptr, word_stride_t, token, ahead, off, seg_len, T, g_ok):
+    """The map words ([groups] uint64) of token + ahead, the segment's token off + ahead; zero past
+    the segment or the tokens."""
+    ok = g_ok & (off + ahead < seg_len) & (token + ahead < T)
+    return tl.load(word_ptr + (token + ahead) * word_stride_t, mask=ok, other=0)
+
+
+@triton.jit
 def _word_token(
     m_word, prefix, j, row, in_group, group_first, used_word, room_word, entry_at, limit, entry_ptr, groups, shifts,
     room, entry_base, unplaced, GROUP: tl.constexpr,
@@ -318,21 +326,16 @@ def _map_words_walk(
         # word: its entries would land on the next segment's first token's, which that segment's
         # program writes at the same time on the GPU (the interpreter, running programs in order,
         # could not tell).
-        wa = tl.load(word_ptr + first * word_stride_t, mask=g_ok & (first < T), other=0)
-        ok_b = g_ok & (1 < seg_len) & (first + 1 < T)
-        wb = tl.load(word_ptr + (first + 1) * word_stride_t, mask=ok_b, other=0)
-        ok_a = g_ok & (2 < seg_len) & (first + 2 < T)
-        wa_next = tl.load(word_ptr + (first + 2) * word_stride_t, mask=ok_a, other=0)
-        ok_b = g_ok & (3 < seg_len) & (first + 3 < T)
-        wb_next = tl.load(word_ptr + (first + 3) * word_stride_t, mask=ok_b, other=0)
+        wa = _segment_word(word_ptr, word_stride_t, first, 0, 0, seg_len, T, g_ok)
+        wb = _segment_word(word_ptr, word_stride_t, first, 1, 0, seg_len, T, g_ok)
+        wa_next = _segment_word(word_ptr, word_stride_t, first, 2, 0, seg_len, T, g_ok)
+        wb_next = _segment_word(word_ptr, word_stride_t, first, 3, 0, seg_len, T, g_ok)
         m_a, prefix_a, j_a, row_a = _word_entry(wa, seg_rows_ptr, groups, g_ok, GROUP)
         m_b, prefix_b, j_b, row_b = _word_entry(wb, seg_rows_ptr, groups, g_ok, GROUP)
         for off in range(0, seg_len, 2):
             token = first + off
-            ok_a = g_ok & (off + 4 < seg_len) & (token + 4 < T)
-            wa_after = tl.load(word_ptr + (token + 4) * word_stride_t, mask=ok_a, other=0)
-            ok_b = g_ok & (off + 5 < seg_len) & (token + 5 < T)
-            wb_after = tl.load(word_ptr + (token + 5) * word_stride_t, mask=ok_b, other=0)
+            wa_after = _segment_word(word_ptr, word_stride_t, token, 4, off, seg_len, T, g_ok)
+            wb_after = _segment_word(word_ptr, word_stride_t, token, 5, off, seg_len, T, g_ok)
             m_a_next, prefix_a_next, j_a_next, row_a_next = _word_entry(wa_next, seg_rows_ptr, groups, g_ok, GROUP)
             m_b_next, prefix_b_next, j_b_next, row_b_next = _word_entry(wb_next, seg_rows_ptr, groups, g_ok, GROUP)
             in_a = (prefix_a >> 56).to(tl.int32)
