@@ -25,10 +25,13 @@ __all__ = ["HEADER_MARK", "RenderedFile", "check", "render_package", "write"]
 
 #: Every generated file carries this marker; the writer touches no file without it.
 HEADER_MARK = "DO NOT EDIT."
-#: Functions the GPU evaluates in software (erf: a libdevice polynomial of about 20 FMAs per
-#: element; exp, log, sqrt and sigmoid are one or two MUFU instructions). A forward that calls one
-#: is heavy for _runtime.forward_config.
+#: Functions the GPU evaluates in software (erf: _kernel_lib.erf, two polynomials of 6 FMAs and an
+#: exp2 per element; exp, log, sqrt and sigmoid are one or two MUFU instructions). A forward that
+#: calls one is heavy for _runtime.forward_config.
 SOFTWARE_FUNCTIONS = (sympy.erf,)
+#: moe_utils._kernel_lib helpers that the activation template's skeleton calls; the math's own
+#: (TritonPrinter.kernel_lib) join them in the generated file's import only where it calls them.
+KERNEL_LIB_ALWAYS = ("fp8_decode", "fp8_encode", "gated_inputs", "grid_tile", "load_halves", "store_halves")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
     triton_bwd_lines, triton_bwd = TritonPrinter(f"{spec.name} backward").program(derived.backward)
     backward_ops = TritonPrinter(f"{spec.name} backward").op_count(derived.backward)
     heavy_forward = TritonPrinter(f"{spec.name} forward").calls(derived.forward, SOFTWARE_FUNCTIONS)
+    helpers = TritonPrinter(spec.name).kernel_lib_calls((*derived.forward, *derived.backward))
     torch_fwd_lines, torch_fwd = TorchPrinter(f"{spec.name} forward").program(derived.forward)
     torch_bwd_lines, torch_bwd = TorchPrinter(f"{spec.name} backward").program(derived.backward)
     impl_keywords = []
@@ -128,6 +132,7 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
         "triton_bwd": triton_bwd,
         "backward_ops": backward_ops,
         "heavy_forward": heavy_forward,
+        "kernel_lib_imports": ", ".join(sorted({*KERNEL_LIB_ALWAYS, *helpers})),
         "torch_fwd_lines": torch_fwd_lines,
         "torch_fwd": torch_fwd,
         "torch_bwd_lines": torch_bwd_lines,

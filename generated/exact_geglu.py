@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from moe_utils import _runtime as _rt
-from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs, grid_tile, load_halves, store_halves
+from moe_utils._kernel_lib import erf, fp8_decode, fp8_encode, gated_inputs, grid_tile, load_halves, store_halves
 
 __all__ = [
     "WeightedBiasExactGEGLUFunction",
@@ -39,14 +39,14 @@ __all__ = [
 @triton.jit
 def _exact_geglu_fwd_math(gate, up, weight):
     """out = weight * f(gate, up), fp32."""
-    return 0.5 * gate * up * weight * (tl.erf(0.7071067811865476 * gate) + 1.0)
+    return 0.5 * gate * up * weight * (erf(0.7071067811865476 * gate) + 1.0)
 
 
 @triton.jit
 def _exact_geglu_bwd_math(gate, up, grad_out, weight):
     """d_gate, d_up and the per-element d_weight, fp32."""
     tmp0 = grad_out * up * weight
-    tmp1 = 0.5 * tl.erf(0.7071067811865476 * gate) + 0.5
+    tmp1 = 0.5 * erf(0.7071067811865476 * gate) + 0.5
     tmp2 = gate * grad_out * tmp1
     d_gate = 0.3989422804014327 * gate * tmp0 * tl.exp(-(0.5 * (gate * gate))) + tmp0 * tmp1
     d_up = tmp2 * weight
