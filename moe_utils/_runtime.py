@@ -206,11 +206,10 @@ def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool
 @functools.lru_cache(maxsize=1024)
 def forward_config(n_rows: int, h: int, heavy: bool = False, fp8: bool = False) -> BlockConfig:
     """Elementwise forward: the column block (128 to 1024 columns per half) that pads a row the
-    least (the widest of those on a tie), in tiles of 1024 elements with 4 warps (where the math is
-    ``heavy``, the generated ``_HEAVY_FORWARD`` (erf): 2048 elements with 4 warps, or, when the
-    forward also stores the ``fp8`` copy, 1024 with 2 warps where the loads do not stream), on a
-    grid in memory order (the generated _launch_forward); launch-bound problems take 256-column
-    blocks of 16 rows with 8 warps.
+    least (the widest of those on a tie), in tiles of 1024 elements with 4 warps (2 warps where the
+    math is ``heavy``, the generated ``_HEAVY_FORWARD`` (erf), the forward does not store the
+    ``fp8`` copy and the loads do not stream), on a grid in memory order (the generated
+    _launch_forward); launch-bound problems take 256-column blocks of 16 rows with 8 warps.
 
     Below 2**24 outputs x is loaded with eviction_policy="evict_first" (streaming). That pays off
     where x is partly in L2 when the forward starts, as it is in bench.py (one input set per
@@ -240,30 +239,24 @@ def forward_config(n_rows: int, h: int, heavy: bool = False, fp8: bool = False) 
     # 65536 x 2880 263.6 -> 259.1; 16384 x 768 18.8 -> 17.9; Quick-GEGLU fp8 store 65536 x 2880
     # 390 -> 370); with 1024-column blocks (2048, 7168) within 1% either way, the GEGLU fp8 store
     # at 7168 1.6-3.5% faster.
-    # Heavy math (exact GEGLU's erf, about 48 SASS instructions an element against SwiGLU's 29)
-    # keeps the SMs' issue slots nearly as busy as memory: 16 elements a thread give each warp
-    # more independent work. H200 (sweep.py --only blocks --parts fwd --acts exact_geglu, session
-    # 19 call 5), 2048-element tiles with 4 warps against the 1024 shipped then: 65536 x 2048
-    # [2, 1024] 239.5 -> 222.3 µs (Inductor's 222.7 in the same run), 65536 x 1408 [16, 128]
-    # 165.3 -> 162.3, 16384 x 768 [8, 256] 23.8 -> 23.7; 8 warps (8 a thread) no faster than 4.
-    # With the fp8 store (one more stream of stores, and the e4m3 conversion) those tiles are no
-    # faster than 1024 elements; 1024 elements in 2 warps (16 a thread, as in the 2048-element
-    # tile, in programs half the size) are faster still where the loads do not stream. Against
-    # the 2048 x 4 shipped then (session 20 call 1, the same sweep with the store): 65536 x 2048
-    # 282.7 -> 268.7 µs, 7168 1034.7 -> 985.3, 2880 441.7 -> 436.0, 1408 212.1 -> 208.5; in the
-    # same-run A/B (call 2, two runs each) 281.1 / 281.2 -> 265.3 / 264.7, 978.1 / 975.3 ->
-    # 926.6 / 950.6, 211.0 / 214.6 -> 209.7 / 210.9. Streamed (16384 x 768) 2 warps were slower,
-    # 31.3 / 31.3 -> 31.8 / 31.8 (A/B), and 1024 elements with 4 warps faster, 31.4 -> 30.4-30.7
-    # (sweep): there the fp8 store keeps the light tile. Light math with 2 warps and the store:
-    # level or up to 6% slower (call 2).
+    # Heavy math (exact GEGLU's erf) keeps the SMs' issue slots nearly as busy as memory, so each
+    # warp wants more independent work: 16 elements a thread, in 1024-element tiles of 2 warps,
+    # where the loads do not stream and the forward stores no fp8 copy. H200, sweep.py --only
+    # blocks --parts fwd --acts exact_geglu (session 28, three runs at 65536 rows, two at 7168 and
+    # 16384 x 2880), with _kernel_lib.erf (38.5 SASS instructions an element against tl.erf's 46):
+    # against the 2048-element tiles in 4 warps shipped since session 19 (with tl.erf, 48 against
+    # SwiGLU's 29: 65536 x 2048 239.5 -> 222.3 us then), 65536 x 2048 204.7 / 204.8 / 207.0 ->
+    # 192.5 / 192.3 / 205.5 us, 2880 356.6 / 371.3 / 308.9 -> 301.4 / 303.6 / 303.2, 1408 and 7168
+    # level, 16384 x 2880 76.4 / 78.6 -> 79.5 / 79.9. Streamed (16384 x 768), 4 warps: 21.0 ->
+    # 20.6 / 20.7 (2 warps 20.7-20.8). With the fp8 store (one more stream of stores, and the e4m3
+    # conversion) the light tile, 1024 elements in 4 warps, against the 2 warps shipped since
+    # session 20: 65536 x 2048 268.6 / 268.2 / 272.1 -> 263.6 / 261.4 / 263.4, 2880 401.5 / 401.5 /
+    # 426.4 -> 390.9 / 390.6 / 421.8, 1408 193.3 / 193.9 / 194.7 -> 188.7 / 185.0 / 196.6, 16384 x
+    # 2880 107.3 / 105.0 -> 101.0 / 101.3, 7168 1045.3 / 981.7 -> 1030.8 / 952.1.
     block_h = least_padding_block(h, 128, 1024)
     stream = n_rows * h < _STREAM_BELOW
-    tile, warps = 1024, 4
-    if heavy and not fp8:
-        tile = 2048
-    elif heavy and not stream:
-        warps = 2
-    block_r = min(max(1, tile // block_h), _pow2(n_rows))
+    warps = 2 if heavy and not fp8 and not stream else 4
+    block_r = min(max(1, 1024 // block_h), _pow2(n_rows))
     return BlockConfig(block_r, block_h, warps, evict_first=stream)
 
 

@@ -650,8 +650,8 @@ def test_backward_config_shapes(h, n_rows):
 def test_forward_config_shapes(h, n_rows, heavy, fp8):
     # Launch shapes are powers of two within the rows' and the width's powers of two. Launch-bound
     # forwards (below 2**22 outputs) run 8 warps on tiles of at most 4096 elements, at most 256
-    # columns wide; the others 4 warps on tiles of 1024 elements, with heavy math 2048 (1024 with
-    # the fp8 store, in 2 warps where not streamed), fewer only where the rows are fewer, streamed
+    # columns wide; the others 4 warps on tiles of 1024 elements (2 warps with heavy math where
+    # neither the fp8 store nor streaming), fewer only where the rows are fewer, streamed
     # (evict_first) below 2**24 outputs, in the same column blocks either way. Light math ignores
     # the store.
     from moe_utils import _runtime as rt
@@ -670,9 +670,8 @@ def test_forward_config_shapes(h, n_rows, heavy, fp8):
         assert cfg.num_warps == 8 and cfg.block_h <= 256 and not cfg.evict_first, cfg
     else:
         stream = outputs < rt._STREAM_BELOW
-        assert cfg.num_warps == (2 if heavy and fp8 and not stream else 4) and cfg.evict_first == stream, cfg
-        full = 2048 if heavy and not fp8 else 1024
-        assert tile == full or (tile > full and cfg.block_r == 1) or cfg.block_r == pow2(n_rows), cfg
+        assert cfg.num_warps == (2 if heavy and not fp8 and not stream else 4) and cfg.evict_first == stream, cfg
+        assert tile == 1024 or (tile > 1024 and cfg.block_r == 1) or cfg.block_r == pow2(n_rows), cfg
 
 
 def test_heavy_forward_flag():
@@ -728,8 +727,8 @@ def test_light_fp8_backward_rule():
 @pytest.mark.parametrize("h", [300, 600])
 def test_forward_launch_shapes_give_the_same_bits(monkeypatch, name, h, fp8):
     # Small problems take 256-column blocks, large ones the block that pads a row the least (128
-    # columns at these widths; exact GEGLU's heavy math in 16-row tiles, or with the fp8 copy 8
-    # rows, in 2 warps where the loads do not stream; the others in 8 rows); the interpreter's
+    # columns at these widths, in 8 rows; exact GEGLU's heavy math without the fp8 copy in 2 warps
+    # where the loads do not stream, the others in 4); the interpreter's
     # shapes are all small, so force the large shapes too, streamed and not (with bias, weights,
     # clamp, with and without the fp8 copy), and compare bits: the forward is elementwise, so the
     # launch shape must not change a single one.
