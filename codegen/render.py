@@ -31,7 +31,15 @@ HEADER_MARK = "DO NOT EDIT."
 SOFTWARE_FUNCTIONS = (sympy.erf,)
 #: moe_utils._kernel_lib helpers that the activation template's skeleton calls; the math's own
 #: (TritonPrinter.kernel_lib) join them in the generated file's import only where it calls them.
-KERNEL_LIB_ALWAYS = ("fp8_decode", "fp8_encode", "gated_inputs", "grid_tile", "load_halves", "store_halves")
+KERNEL_LIB_ALWAYS = (
+    "fp8_decode",
+    "fp8_encode",
+    "gated_inputs",
+    "grid_tile",
+    "half_columns",
+    "load_halves",
+    "store_halves",
+)
 
 
 @dataclass(frozen=True)
