@@ -162,6 +162,33 @@ def check_map_step() -> None:
     assert len(body) <= 240, f"map step [1, 256]: {len(body)} SASS instructions (201 in session 15)"
 
 
+def check_activation_sass() -> None:
+    """Two properties of the generated activations' SASS that their speed depends on (session 28).
+
+    exact GEGLU's forward calls _kernel_lib.erf, both of erff's polynomials and a select: 616
+    instructions at [8, 256] x 4 warps, where tl.erf (each coefficient picked per element) took 736
+    and was 4% behind Inductor at 16384 x 768. In the interleaved layout the tiles that meet the
+    split of x's pairs (_kernel_lib.half_columns) take its layout: the weighted backward and the
+    forward go through shared memory no more than in the split layout (the backward had 8 shared
+    loads, 8 stores and 9 barriers against 2, 2 and 3, and was 8-11% slower)."""
+    exact = importlib.import_module("moe_utils.generated.exact_geglu")
+    swiglu = importlib.import_module("moe_utils.generated.swiglu")
+    flags = dict(HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, NATIVE_FP8=True, BLOCK_R=8, BLOCK_H=256)
+    fwd = dict(flags, STORE_FP8=False, INTERLEAVED=False, X_POLICY="")
+    lines, _ = sass(exact._exact_geglu_fwd, fwd, 4, floats=("clamp_value",))
+    assert len(lines) <= 650, f"exact GEGLU forward [8, 256] x 4: {len(lines)} SASS instructions (616 in session 28)"
+
+    def shared(kernel, cx):
+        lines, _ = sass(kernel, cx, 4, floats=("clamp_value",))
+        return sum(1 for line in lines if re.search(r"\b(STS|LDS|BAR)\b", line))
+
+    bwd = dict(flags, LOAD_FP8=False, BLOCK_R=1, BLOCK_H=1024)
+    split, inter = (shared(swiglu._swiglu_bwd, dict(bwd, INTERLEAVED=on)) for on in (False, True))
+    assert inter <= split, f"interleaved backward: {inter} shared-memory instructions, split {split}"
+    split, inter = (shared(swiglu._swiglu_fwd, dict(fwd, INTERLEAVED=on)) for on in (False, True))
+    assert inter <= split, f"interleaved forward: {inter} shared-memory instructions, split {split}"
+
+
 def compile_activation(name: str) -> None:
     """The forward and backward kernels of one generated activation, every switch off, then on."""
     spec = next(s for s in REGISTRY if s.name == name)
@@ -231,5 +258,10 @@ def test_map_kernel_step_stays_in_registers():
     _run_child("map_step", "fails its SASS check")
 
 
+def test_activation_kernels_keep_their_sass():
+    _run_child("activation_sass", "fails its SASS check")
+
+
 if __name__ == "__main__":
-    {"routing": compile_routing, "map_step": check_map_step}.get(sys.argv[1], lambda: compile_activation(sys.argv[1]))()
+    checks = {"routing": compile_routing, "map_step": check_map_step, "activation_sass": check_activation_sass}
+    checks.get(sys.argv[1], lambda: compile_activation(sys.argv[1]))()
