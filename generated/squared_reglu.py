@@ -155,10 +155,6 @@ def _squared_reglu_bwd(
     else:
         weight = 1.0
     d_weight_acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    # Interleaved, x's pair tile spreads the warps along the columns, so a row sum each step would
-    # cross warps through shared memory; there the steps add d_weight elementwise and the row is
-    # summed once, after the loop (a different summation order than the split layout's).
-    d_weight_tile = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32)
     for start in range(0, H, BLOCK_H):
         cols = half_columns(start, x_ptr, INTERLEAVED, BLOCK_H)
         mask = row_ok[:, None] & (cols < H)[None, :]
@@ -185,13 +181,8 @@ def _squared_reglu_bwd(
             INTERLEAVED, BLOCK_R, BLOCK_H,
         )  # fmt: skip
         if HAS_WEIGHT:
-            if INTERLEAVED:
-                d_weight_tile += tl.where(mask, d_weight, 0.0)
-            else:
-                d_weight_acc += tl.sum(tl.where(mask, d_weight, 0.0), axis=1)
+            d_weight_acc += tl.sum(tl.where(mask, d_weight, 0.0), axis=1)
     if HAS_WEIGHT:
-        if INTERLEAVED:
-            d_weight_acc = tl.sum(d_weight_tile, axis=1)
         tl.store(d_weight_ptr + rows, d_weight_acc.to(d_weight_ptr.dtype.element_ty), mask=row_ok)
 
 
