@@ -213,6 +213,7 @@ def sweep_blocks(
     bwd_tiles=((1024, 4), (2048, 4), (2048, 8)),
     fwd_tiles=((4096, 8),),
     acts=("swiglu", "geglu", "quick_geglu"),
+    interleaved=False,
 ):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
     block of the weighted forward (fp8 store or not; tiles of ``fwd_tiles`` (elements, warps[,
@@ -226,7 +227,8 @@ def sweep_blocks(
     "fwd", "bwd" or both; ``bwd_tiles``: (elements, warps) of the backward's tiles;
     ``shipped_block``: only the column block forward_config picks, for both parts (to time tiles
     alone); ``acts``: bench.py's three, "quick_geglu_noclamp" (its offset, no clamp), or any
-    activation without parameters (reglu, squared_reglu)."""
+    activation without parameters (reglu, squared_reglu); ``interleaved``: x in the interleaved
+    layout (kinds ending in _il)."""
     from bench import activation_params
 
     saved = _rt.forward_config, _rt.backward_config
@@ -239,7 +241,8 @@ def sweep_blocks(
                 x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
                 w = torch.rand(n_rows, 1, dtype=torch.float32, device=DEVICE)
                 g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
-                x8 = impl.launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
+                il, tag = interleaved, "_il" if interleaved else ""
+                x8 = impl.launch_forward(x, None, w, True, clamp, il, *params)[1].view(torch.float8_e4m3fn)
                 e = n_rows * h
                 ships = {fp8: saved[0](n_rows, h, generated._HEAVY_FORWARD, fp8) for fp8 in (False, True)}
                 shipped = ships[False]  # its column block and streaming are the store's too
@@ -252,8 +255,8 @@ def sweep_blocks(
                         _rt.forward_config = lambda n, hh, heavy=False, fp8=False, c=fcfg: c
                         for fp8 in (False, True):
                             nbytes = e * 2 * 2 + e * 2 + n_rows * 4 + (e * 2 if fp8 else 0)
-                            us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, False, *params))
-                            kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}"
+                            us = bench(lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, il, *params))
+                            kind = f"blocks_fwd{'_fp8' if fp8 else ''}_{name}{tag}"
                             row = dict(shape=[n_rows, h], config=[fcfg.block_r, bh, f_warps, *evict], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
                             ship = ships[fp8]
@@ -268,10 +271,8 @@ def sweep_blocks(
                         for fp8 in (False, True):
                             src = x8 if fp8 else x
                             nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
-                            us = bench(
-                                lambda src=src: impl.launch_backward(g, src, None, w, clamp, False, DTYPE, *params)
-                            )
-                            kind = f"blocks_bwd{'_fp8' if fp8 else ''}_{name}"
+                            us = bench(lambda src=src: impl.launch_backward(g, src, None, w, clamp, il, DTYPE, *params))
+                            kind = f"blocks_bwd{'_fp8' if fp8 else ''}_{name}{tag}"
                             row = dict(shape=[n_rows, h], config=[bcfg.block_r, bh, nw], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
                             print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
@@ -541,6 +542,7 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--acts", nargs="*", default=None, help="activations of --only blocks (sweep_blocks)")
     ap.add_argument("--shipped-block", action="store_true", help="--only blocks: forward_config's column block only")
+    ap.add_argument("--interleaved", action="store_true", help="--only blocks: x in the interleaved layout")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -575,6 +577,7 @@ def main() -> None:
         blocks = [(3, 48)] if DRY else [(65536, 1408), (65536, 768), (65536, 2880)]
         tiles = {k: v for k, v in (("bwd_tiles", args.bwd_tiles), ("fwd_tiles", args.fwd_tiles)) if v}
         acts = {"acts": tuple(args.acts)} if args.acts else {}
+        acts["interleaved"] = args.interleaved
         groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, args.shipped_block, **tiles, **acts))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
