@@ -29,17 +29,6 @@ HEADER_MARK = "DO NOT EDIT."
 #: exp2 per element; exp, log, sqrt and sigmoid are one or two MUFU instructions). A forward that
 #: calls one is heavy for _runtime.forward_config.
 SOFTWARE_FUNCTIONS = (sympy.erf,)
-#: moe_utils._kernel_lib helpers that the activation template's skeleton calls; the math's own
-#: (TritonPrinter.kernel_lib) join them in the generated file's import only where it calls them.
-KERNEL_LIB_ALWAYS = (
-    "fp8_decode",
-    "fp8_encode",
-    "gated_inputs",
-    "grid_tile",
-    "half_columns",
-    "load_halves",
-    "store_halves",
-)
 
 
 @dataclass(frozen=True)
@@ -140,7 +129,7 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
         "triton_bwd": triton_bwd,
         "backward_ops": backward_ops,
         "heavy_forward": heavy_forward,
-        "kernel_lib_imports": ", ".join(sorted({*KERNEL_LIB_ALWAYS, *helpers})),
+        "math_helpers": ", ".join(helpers),  # the _kernel_lib helpers the math calls (erf)
         "torch_fwd_lines": torch_fwd_lines,
         "torch_fwd": torch_fwd,
         "torch_bwd_lines": torch_bwd_lines,

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from moe_utils import _runtime as _rt
-from moe_utils._kernel_lib import erf, fp8_decode, fp8_encode, gated_inputs, grid_tile, half_columns, load_halves, store_halves
+from moe_utils._kernel_lib import fp8_decode, fp8_encode, gated_inputs, grid_tile, half_columns, load_halves, store_halves
+from moe_utils._kernel_lib import erf
 
 __all__ = [
     "WeightedBiasExactGEGLUFunction",
