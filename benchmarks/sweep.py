@@ -267,7 +267,7 @@ def sweep_blocks(
                             print(kind, n_rows, h, row["config"], f"{us:.1f} us{mark}", flush=True)
                     for tile, nw in bwd_tiles if bh <= 1024 and "bwd" in parts else ():
                         bcfg = _rt.BlockConfig(max(1, tile // bh), bh, nw)
-                        _rt.backward_config = lambda n, hh, weighted, heavy, fp8=False, c=bcfg: c
+                        _rt.backward_config = lambda n, hh, weighted, heavy, fp8=False, *rule, c=bcfg: c
                         for fp8 in (False, True):
                             src = x8 if fp8 else x
                             nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8

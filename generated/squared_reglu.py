@@ -277,7 +277,9 @@ def _launch_backward(
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
     if _rt.use_triton(d_x):
         heavy = _rt.heavy_backward(clamp_value, fp8, _BACKWARD_OPS)
-        cfg = _rt.backward_config(n_rows, h, weight is not None, heavy, fp8)
+        cfg = _rt.backward_config(
+            n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS
+        )
         _squared_reglu_bwd[(triton.cdiv(n_rows, cfg.block_r),)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,

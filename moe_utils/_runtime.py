@@ -269,6 +269,9 @@ _SMALL_BELOW = 1 << 22
 #: Backward math of more operations than this (the generated ``_BACKWARD_OPS``: SwiGLU 12,
 #: Quick-GEGLU 14, exact GEGLU 21, clamped SwiGLU 24, GEGLU 30) counts as heavy with the fp8 copy.
 _LIGHT_BACKWARD_OPS = 16
+#: The interleaved layout's weighted backward takes its own tiles (backward_config) for math of at
+#: least this many operations: SwiGLU's (12); ReGLU (9) and squared ReGLU (11) keep the split's.
+_INTERLEAVED_MATH_OPS = 12
 
 
 def heavy_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> bool:
@@ -279,7 +282,16 @@ def heavy_backward(clamp_value: float | None, fp8: bool, backward_ops: int) -> b
 
 
 @functools.lru_cache(maxsize=1024)
-def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, fp8: bool = False) -> BlockConfig:
+def backward_config(
+    n_rows: int,
+    h: int,
+    weighted: bool,
+    heavy: bool = False,
+    fp8: bool = False,
+    interleaved: bool = False,
+    clamp: bool = False,
+    backward_ops: int = 0,
+) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in column steps.
 
@@ -289,6 +301,9 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, fp
     the least (above 2048 columns only from 32768 rows); the others, and every row from 4096
     columns, the widest. A backward that reads the fp8 copy (``fp8``) and is not heavy (no clamp,
     light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns.
+    In the ``interleaved`` layout, without the fp8 copy, below 4096 columns and with math of at
+    least SwiGLU's ``backward_ops``: 2 warps, on steps of 256-512 columns past 1024 columns, and
+    at 256-column steps unless ``clamp``ed.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -337,6 +352,25 @@ def backward_config(n_rows: int, h: int, weighted: bool, heavy: bool = False, fp
         # nothing: SwiGLU 2048 / 2880 -0.8% / -0.3% (sweep; level in session 18 call 8's package
         # A/B), Quick-GEGLU 2048 +1.1% (sweep) and +1.1% / +2.9% (A/B), 16384 x 7168 level.
         warps = 2
+    if weighted and interleaved and not fp8 and h < 4096 and backward_ops >= _INTERLEAVED_MATH_OPS:
+        # The interleaved layout, bf16 x, math of SwiGLU's operations or more: 2 warps, on steps of
+        # 256 or 512 columns past 1024 (the fewer padded columns; 512 on a tie), and at 256-column
+        # steps unless clamped. The pair tile [R, 2 * BLOCK_H] spreads 4 warps over both axes, so
+        # d_weight's row sum crosses warps each step; 2 warps keep more of it in one warp. H200,
+        # sweep.py --only blocks --parts bwd --interleaved (session 29 calls 1-2), against the split
+        # layout's config: 16384 x 768 SwiGLU [4, 256] 36.2 -> 33.3 µs (the split layout: 32.5),
+        # GEGLU 36.6 -> 33.5, exact GEGLU 37.5 -> 35.2 (65536 x 768 157.7 -> 130.9); Quick-GEGLU
+        # with its clamp in [2, 512] at 1408 70.8 -> 61.1, 16384 x 2880 135.7 -> 123.4, 65536 x
+        # 2048 373.3 -> 327.6; GEGLU 2880 127.6 -> 121.7, 2048 345.4 -> 321.2; SwiGLU level
+        # there (2048 323.0 -> 321.7). Slower, so left as they were: the clamp at 256-column steps
+        # (Quick-GEGLU 768 37.9 -> 41.6), ReGLU's lighter math (768 32.5 -> 33.7), [1, 1024] in 2
+        # warps with GEGLU's math (2880 131.5), and the fp8 copy (its own rule above).
+        if h > 1024:
+            block_h = least_padding_block(h, 256, 512)
+            block_r = min(1024 // block_h, _pow2(n_rows))
+            warps = 2
+        elif block_h == 256 and not clamp:
+            warps = 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 

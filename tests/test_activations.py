@@ -722,6 +722,82 @@ def test_light_fp8_backward_rule():
         assert (warps(None, True, n) == 2) != heavy_backward(None, True, n), (name, n)
 
 
+def test_interleaved_backward_rule():
+    # The interleaved layout's weighted backward without the fp8 copy, below 4096 columns, with math
+    # of at least SwiGLU's operations: 2 warps, on 256- or 512-column steps (the fewer padded
+    # columns, 512 on a tie) past 1024 columns, and at 256-column steps unless clamped (measured:
+    # benchmarks/NOTES.md, session 29). ReGLU and squared ReGLU, the fp8 copy, the split layout
+    # and 4096 columns and more keep the split layout's config.
+    from moe_utils._runtime import backward_config, heavy_backward
+
+    def config(name, n_rows, h, clamp, fp8=False, interleaved=True):
+        n = _module(name)._BACKWARD_OPS
+        heavy = heavy_backward(3.0 if clamp else None, fp8, n)
+        return backward_config(n_rows, h, True, heavy, fp8, interleaved, clamp, n)
+
+    for name in SPECS:
+        own = name not in ("reglu", "squared_reglu")
+        for n_rows, h, clamp in [(16384, 768, False), (16384, 768, True), (65536, 1408, False), (16384, 1408, True),
+                                 (16384, 2880, True), (65536, 2048, False), (65536, 1100, False)]:  # fmt: skip
+            split = config(name, n_rows, h, clamp, interleaved=False)
+            got = config(name, n_rows, h, clamp)
+            assert config(name, n_rows, h, clamp, fp8=True) == config(name, n_rows, h, clamp, True, False)
+            if not own or (h <= 1024 and clamp):
+                assert got == split, (name, h, clamp)
+            elif h <= 1024:
+                assert (got.block_r, got.block_h, got.num_warps) == (split.block_r, split.block_h, 2), (name, got)
+            else:
+                block_h = 256 if h == 1100 else 512  # 1100: 1280 columns in 256s, 1536 in 512s
+                assert (got.block_r, got.block_h, got.num_warps) == (1024 // block_h, block_h, 2), (name, h, got)
+        for h in (4096, 7168):
+            assert config(name, 65536, h, False) == config(name, 65536, h, False, interleaved=False)
+    assert config("swiglu", 3, 1408, False).block_r == 2  # never more rows than the rows' power of two
+    assert config("swiglu", 1, 1408, False).block_r == 1
+
+
+@pytest.mark.parametrize("name", ["swiglu", "geglu", "quick_geglu", "reglu"])
+@pytest.mark.parametrize("h", [200, 1300])
+def test_interleaved_backward_tiles_match_float64(backend, monkeypatch, name, h):
+    """The interleaved weighted backward on the tiles of its own rule (2 warps; [2, 512] at 1300
+    columns, whose 256- and 512-column steps pad alike) against float64, bf16, with bias, clamp."""
+    from moe_utils import _runtime as rt
+
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(zlib.crc32(f"interleaved-tiles{name}{h}".encode()))
+    y = (torch.randn(5, 2 * h, generator=gen) * 3).to(torch.bfloat16).to(DEVICE).requires_grad_(True)
+    bias = torch.randn(2 * h, generator=gen).to(torch.bfloat16).to(DEVICE).requires_grad_(True)
+    w = torch.rand(5, 1, generator=gen).add_(0.1).to(DEVICE).requires_grad_(True)
+    g = torch.randn(5, h, generator=gen).to(torch.bfloat16).to(DEVICE)
+    params = _params(spec, gen)
+    clamp = 2.5 if spec.clamp else None
+    configs = []
+    real = rt.backward_config
+
+    def spy(*args):
+        configs.append(real(*args))
+        return configs[-1]
+
+    monkeypatch.setattr(rt, "backward_config", spy)
+    out = getattr(mod, f"_{spec.class_stem}Function").apply("t", y, bias, w, False, clamp, True, *params)
+    d_y, d_b, d_w = torch.autograd.grad(out, (y, bias, w), g)
+    reference = SpecReference(spec)
+    ref = reference.forward_backward(y, bias, w, g, params, clamp_value=clamp, interleaved=True)
+    for got, want, what in zip((out, d_y, d_b), ref, ("out", "d_y", "d_bias"), strict=False):
+        assert_close_to_ref(got, want, torch.bfloat16, f"interleaved {what}")
+    assert_close_to_ref(d_w, ref[3], torch.bfloat16, "interleaved d_weights", bound=reference.d_w_bound)
+    if backend == "triton":
+        (cfg,) = configs
+        split = real(5, h, True, rt.heavy_backward(clamp, False, mod._BACKWARD_OPS))
+        if name == "reglu":
+            assert cfg == split, cfg
+        elif h > 1024:
+            assert (cfg.block_r, cfg.block_h, cfg.num_warps) == (2, 512, 2), cfg
+        else:  # 256-column steps: 2 warps unless clamped
+            warps = 4 if clamp is not None else 2
+            assert split.block_h == 256 and (cfg.block_r, cfg.block_h, cfg.num_warps) == (4, 256, warps), cfg
+
+
 @pytest.mark.parametrize("fp8", [True, False])
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "exact_geglu"])
 @pytest.mark.parametrize("h", [300, 600])
