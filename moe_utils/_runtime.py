@@ -303,7 +303,8 @@ def backward_config(
     light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns.
     In the ``interleaved`` layout, without the fp8 copy, below 4096 columns and with math of at
     least SwiGLU's ``backward_ops``: 2 warps, on steps of 256-512 columns past 1024 columns, and
-    at 256-column steps unless ``clamp``ed.
+    at 256-column steps unless ``clamp``ed; with the fp8 copy and light math, 512-element tiles of
+    2 warps at 256-column steps.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -371,6 +372,15 @@ def backward_config(
             warps = 2
         elif block_h == 256 and not clamp:
             warps = 2
+    if weighted and interleaved and fp8 and not heavy and block_h == 256:
+        # The interleaved layout with the fp8 copy and light math (not ``heavy``): 512-element
+        # tiles of 2 warps at 256-column steps. H200, sweep.py (session 29 call 1: SwiGLU 16384 x
+        # 768 [4, 256, 4] 29.3 µs, [4, 256, 2] 34.4, [2, 256, 2] 27.5; the split layout 27.6
+        # either way), then experiments.py --only ops against c23e2d0, three processes each (call
+        # 5): SwiGLU 16384 x 768 28.9-29.0 -> 27.3, 65536 x 768 104.1-110.9 -> 99.3-100.3, 4096 x
+        # 768 7.2 -> 6.7-6.8; Quick-GEGLU without the clamp the same; ReGLU and squared ReGLU level
+        # (27.1-27.2 at 16384 x 768), 4096 x 768 5.4-5.6 -> 5.2-5.4.
+        block_r, warps = min(2, _pow2(n_rows)), 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 
