@@ -356,16 +356,19 @@ def backward_config(
     if weighted and interleaved and not fp8 and h < 4096 and backward_ops >= _INTERLEAVED_MATH_OPS:
         # The interleaved layout, bf16 x, math of SwiGLU's operations or more: 2 warps, on steps of
         # 256 or 512 columns past 1024 (the fewer padded columns; 512 on a tie), and at 256-column
-        # steps unless clamped. The pair tile [R, 2 * BLOCK_H] spreads 4 warps over both axes, so
-        # d_weight's row sum crosses warps each step; 2 warps keep more of it in one warp. H200,
-        # sweep.py --only blocks --parts bwd --interleaved (session 29 calls 1-2), against the split
-        # layout's config: 16384 x 768 SwiGLU [4, 256] 36.2 -> 33.3 µs (the split layout: 32.5),
-        # GEGLU 36.6 -> 33.5, exact GEGLU 37.5 -> 35.2 (65536 x 768 157.7 -> 130.9); Quick-GEGLU
-        # with its clamp in [2, 512] at 1408 70.8 -> 61.1, 16384 x 2880 135.7 -> 123.4, 65536 x
-        # 2048 373.3 -> 327.6; GEGLU 2880 127.6 -> 121.7, 2048 345.4 -> 321.2; SwiGLU level
-        # there (2048 323.0 -> 321.7). Slower, so left as they were: the clamp at 256-column steps
-        # (Quick-GEGLU 768 37.9 -> 41.6), ReGLU's lighter math (768 32.5 -> 33.7), [1, 1024] in 2
-        # warps with GEGLU's math (2880 131.5), and the fp8 copy (its own rule above).
+        # steps unless clamped. H200, sweep.py --only blocks --parts bwd --interleaved (session 29
+        # calls 1-2), against the split layout's config: 16384 x 768 SwiGLU [4, 256] 36.2 -> 33.3
+        # µs (the split layout: 32.5), GEGLU 36.6 -> 33.5, exact GEGLU 37.5 -> 35.2 (65536 x 768
+        # 157.7 -> 130.9); Quick-GEGLU with its clamp in [2, 512] at 1408 70.8 -> 61.1, 16384 x
+        # 2880 135.7 -> 123.4, 65536 x 2048 373.3 -> 327.6; GEGLU 2880 127.6 -> 121.7, 2048 345.4
+        # -> 321.2; SwiGLU level there (2048 323.0 -> 321.7). Slower, so left as they were: the
+        # clamp at 256-column steps (Quick-GEGLU 768 37.9 -> 41.6), ReGLU's lighter math (768
+        # 32.5 -> 33.7), [1, 1024] in 2 warps with GEGLU's math (2880 131.5), and the fp8 copy
+        # (its own rules, above and below). Why is not settled: in sm_90 SASS the 2-warp loops
+        # still sum d_weight's row across warps through shared memory ([4, 256]: 5 LDS, 5 STS, 3
+        # BAR a step against 3, 3, 3 in 4 warps; [2, 512]: 3, 3, 3 either way), and [8, 128] x 4,
+        # whose rows stay in one warp (none), was slower (36.4 µs); each thread holds twice the
+        # elements and each barrier waits for 2 warps, not 4.
         if h > 1024:
             block_h = least_padding_block(h, 256, 512)
             block_r = min(1024 // block_h, _pow2(n_rows))
