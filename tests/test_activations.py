@@ -805,6 +805,44 @@ def test_interleaved_backward_tiles_match_float64(backend, monkeypatch, name, h)
             assert split.block_h == 256 and (cfg.block_r, cfg.block_h, cfg.num_warps) == (4, 256, warps), cfg
 
 
+@pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "geglu", "reglu"])
+def test_interleaved_fp8_backward_tiles_match_float64(backend, monkeypatch, name):
+    """The interleaved weighted backward from the fp8 copy at 256-column steps against float64 of
+    the fp8-rounded input: light math (no clamp: SwiGLU, Quick-GEGLU, ReGLU) on 512-element tiles
+    of 2 warps, GEGLU (heavy with the copy) on the split layout's tiles."""
+    from moe_utils import _runtime as rt
+
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(zlib.crc32(f"interleaved-fp8-tiles{name}".encode()))
+    y = (torch.randn(5, 2 * 200, generator=gen) * 3).to(torch.bfloat16).to(DEVICE).requires_grad_(True)
+    w = torch.rand(5, 1, generator=gen).add_(0.1).to(DEVICE).requires_grad_(True)
+    g = torch.randn(5, 200, generator=gen).to(torch.bfloat16).to(DEVICE)
+    params = _params(spec, gen)
+    configs = []
+    real = rt.backward_config
+
+    def spy(*args):
+        configs.append(real(*args))
+        return configs[-1]
+
+    monkeypatch.setattr(rt, "backward_config", spy)
+    out = getattr(mod, f"_{spec.class_stem}Function").apply("t", y, None, w, True, None, True, *params)
+    d_y, d_w = torch.autograd.grad(out, (y, w), g)
+    y8 = torch.clamp(y.detach().float(), -448, 448).to(torch.float8_e4m3fn).to(torch.float64)
+    reference = SpecReference(spec)
+    ref = reference.forward_backward(y8, None, w, g, params, interleaved=True)
+    assert_close_to_ref(d_y, ref[1], torch.bfloat16, "interleaved fp8 d_y")
+    assert_close_to_ref(d_w, ref[3], torch.bfloat16, "interleaved fp8 d_weights", bound=reference.d_w_bound)
+    if backend == "triton":
+        (cfg,) = configs
+        heavy = rt.heavy_backward(None, True, mod._BACKWARD_OPS)
+        assert heavy == (name == "geglu")
+        split = real(5, 200, True, heavy, True)
+        assert split.block_h == 256
+        assert cfg == (split if heavy else rt.BlockConfig(2, 256, 2)), cfg
+
+
 @pytest.mark.parametrize("fp8", [True, False])
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "exact_geglu"])
 @pytest.mark.parametrize("h", [300, 600])
