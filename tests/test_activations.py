@@ -762,6 +762,21 @@ def test_interleaved_backward_rule():
     assert config("swiglu", 1, 1408, False).block_r == 1
 
 
+def _spy_backward_config(monkeypatch) -> list:
+    """Record every config _runtime.backward_config returns (the generated launchers call it
+    through the module) in the list returned."""
+    from moe_utils import _runtime as rt
+
+    configs, real = [], rt.backward_config
+
+    def spy(*args):
+        configs.append(real(*args))
+        return configs[-1]
+
+    monkeypatch.setattr(rt, "backward_config", spy)
+    return configs
+
+
 @pytest.mark.parametrize("name", ["swiglu", "geglu", "quick_geglu", "reglu"])
 @pytest.mark.parametrize("h", [200, 1300])
 def test_interleaved_backward_tiles_match_float64(backend, monkeypatch, name, h):
@@ -778,14 +793,8 @@ def test_interleaved_backward_tiles_match_float64(backend, monkeypatch, name, h)
     g = torch.randn(5, h, generator=gen).to(torch.bfloat16).to(DEVICE)
     params = _params(spec, gen)
     clamp = 2.5 if spec.clamp else None
-    configs = []
     real = rt.backward_config
-
-    def spy(*args):
-        configs.append(real(*args))
-        return configs[-1]
-
-    monkeypatch.setattr(rt, "backward_config", spy)
+    configs = _spy_backward_config(monkeypatch)
     out = getattr(mod, f"_{spec.class_stem}Function").apply("t", y, bias, w, False, clamp, True, *params)
     d_y, d_b, d_w = torch.autograd.grad(out, (y, bias, w), g)
     reference = SpecReference(spec)
@@ -819,14 +828,8 @@ def test_interleaved_fp8_backward_tiles_match_float64(backend, monkeypatch, name
     w = torch.rand(5, 1, generator=gen).add_(0.1).to(DEVICE).requires_grad_(True)
     g = torch.randn(5, 200, generator=gen).to(torch.bfloat16).to(DEVICE)
     params = _params(spec, gen)
-    configs = []
     real = rt.backward_config
-
-    def spy(*args):
-        configs.append(real(*args))
-        return configs[-1]
-
-    monkeypatch.setattr(rt, "backward_config", spy)
+    configs = _spy_backward_config(monkeypatch)
     out = getattr(mod, f"_{spec.class_stem}Function").apply("t", y, None, w, True, None, True, *params)
     d_y, d_w = torch.autograd.grad(out, (y, w), g)
     y8 = torch.clamp(y.detach().float(), -448, 448).to(torch.float8_e4m3fn).to(torch.float64)
