@@ -163,9 +163,13 @@ OURS = {
 def activation_params(name: str) -> tuple[str, tuple, float | None]:
     """(module, parameters, clamp) of an activation as the tuning scripts name it: bench.py's three
     with their parameters (Quick-GEGLU: offset and clamp), NAME_noclamp for the same without the
-    clamp, or any activation without parameters (reglu, squared_reglu)."""
+    clamp, or any other registered activation with its parameters' defaults (reglu, squared_reglu,
+    clamped_swiglu: limit 7)."""
+    from moe_utils.codegen.specs import REGISTRY
+
     module = name.removesuffix("_noclamp")
-    _, params, clamp = OURS.get(module, (None, (), None))
+    defaults = next((tuple(p.default for p in s.params) for s in REGISTRY if s.name == module), ())
+    _, params, clamp = OURS.get(module, (None, defaults, None))
     return module, params, None if name.endswith("_noclamp") else clamp
 
 

@@ -301,10 +301,11 @@ def backward_config(
     the least (above 2048 columns only from 32768 rows); the others, and every row from 4096
     columns, the widest. A backward that reads the fp8 copy (``fp8``) and is not heavy (no clamp,
     light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns.
-    In the ``interleaved`` layout, without the fp8 copy, below 4096 columns and with math of at
-    least SwiGLU's ``backward_ops``: 2 warps, on steps of 256-512 columns past 1024 columns, and
-    at 256-column steps unless ``clamp``ed; with the fp8 copy and light math, 512-element tiles of
-    2 warps at 256-column steps.
+    In the ``interleaved`` layout, without the fp8 copy, with math of at least SwiGLU's
+    ``backward_ops`` (from 4096 columns: a ``clamp`` or math of more than _LIGHT_BACKWARD_OPS
+    operations): 2 warps, on steps of 256-512 columns past 1024 columns, and at 256-column steps
+    unless ``clamp``ed; with the fp8 copy and light math, 512-element tiles of 2 warps at
+    256-column steps.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -353,10 +354,12 @@ def backward_config(
         # nothing: SwiGLU 2048 / 2880 -0.8% / -0.3% (sweep; level in session 18 call 8's package
         # A/B), Quick-GEGLU 2048 +1.1% (sweep) and +1.1% / +2.9% (A/B), 16384 x 7168 level.
         warps = 2
-    if weighted and interleaved and not fp8 and h < 4096 and backward_ops >= _INTERLEAVED_MATH_OPS:
-        # The interleaved layout, bf16 x, math of SwiGLU's operations or more: 2 warps, on steps of
-        # 256 or 512 columns past 1024 (the fewer padded columns; 512 on a tie), and at 256-column
-        # steps unless clamped. H200, sweep.py --only blocks --parts bwd --interleaved (session 29
+    heavier = clamp or backward_ops > _LIGHT_BACKWARD_OPS  # than SwiGLU and Quick-GEGLU unclamped
+    if weighted and interleaved and not fp8 and backward_ops >= _INTERLEAVED_MATH_OPS and (h < 4096 or heavier):
+        # The interleaved layout, bf16 x, math of SwiGLU's operations or more (from 4096 columns:
+        # the clamp, or math of more than _LIGHT_BACKWARD_OPS): 2 warps, on steps of 256 or 512
+        # columns past 1024 (the fewer padded columns; 512 on a tie), and at 256-column steps
+        # unless clamped. H200, sweep.py --only blocks --parts bwd --interleaved (session 29
         # calls 1-2), against the split layout's config: 16384 x 768 SwiGLU [4, 256] 36.2 -> 33.3
         # µs (the split layout: 32.5), GEGLU 36.6 -> 33.5, exact GEGLU 37.5 -> 35.2 (65536 x 768
         # 157.7 -> 130.9); Quick-GEGLU with its clamp in [2, 512] at 1408 70.8 -> 61.1, 16384 x
@@ -364,16 +367,22 @@ def backward_config(
         # -> 321.2; SwiGLU level there (2048 323.0 -> 321.7). Slower, so left as they were: the
         # clamp at 256-column steps (Quick-GEGLU 768 37.9 -> 41.6), ReGLU's lighter math (768
         # 32.5 -> 33.7), [1, 1024] in 2 warps with GEGLU's math (2880 131.5), and the fp8 copy
-        # (its own rules, above and below). Why is not settled: in sm_90 SASS the 2-warp loops
-        # still sum d_weight's row across warps through shared memory ([4, 256]: 5 LDS, 5 STS, 3
-        # BAR a step against 3, 3, 3 in 4 warps; [2, 512]: 3, 3, 3 either way), and [8, 128] x 4,
-        # whose rows stay in one warp (none), was slower (36.4 µs); each thread holds twice the
-        # elements and each barrier waits for 2 warps, not 4.
+        # (its own rules, above and below). From 4096 columns (session 30: the sweep at 16384 and
+        # 65536 x 4096 and 7168, then experiments.py --only ops against e579835, three processes
+        # each) [2, 512] in 2 warps against the split's [1, 1024] in 4: Quick-GEGLU with its clamp
+        # -4.8 to -7.0% (65536 x 4096 700 -> 652 µs), GEGLU -0.4 to -4.2% (675 -> 647), exact GEGLU
+        # level (-1.9 to +1.7%); SwiGLU 1.6-2.5% slower in the sweep, so it (and Quick-GEGLU
+        # without the clamp, not measured there) keeps the split's. At 256-column steps the clamp
+        # keeps 4 warps at any width: Quick-GEGLU [4, 256] in 2 warps 4-7% slower than in 4 there.
+        # Why is not settled: in sm_90 SASS the 2-warp loops still sum d_weight's row across warps
+        # through shared memory ([4, 256]: 5 LDS, 5 STS, 3 BAR a step against 3, 3, 3 in 4 warps;
+        # [2, 512]: 3, 3, 3 either way), and [8, 128] x 4, whose rows stay in one warp (none), was
+        # slower (36.4 µs); each thread holds twice the elements and each barrier waits for 2
+        # warps, not 4.
         if h > 1024:
             block_h = least_padding_block(h, 256, 512)
             block_r = min(1024 // block_h, _pow2(n_rows))
-            warps = 2
-        elif block_h == 256 and not clamp:
+        if (block_h == 512 and h > 1024) or (block_h == 256 and not clamp):
             warps = 2
     if weighted and interleaved and fp8 and not heavy and block_h == 256:
         # The interleaved layout with the fp8 copy and light math (not ``heavy``): 512-element

@@ -723,13 +723,14 @@ def test_light_fp8_backward_rule():
 
 
 def test_interleaved_backward_rule():
-    # The interleaved layout's weighted backward without the fp8 copy, below 4096 columns, with math
-    # of at least SwiGLU's operations: 2 warps, on 256- or 512-column steps (the fewer padded
-    # columns, 512 on a tie) past 1024 columns, and at 256-column steps unless clamped (measured:
-    # benchmarks/NOTES.md, session 29). With the fp8 copy and light math: 512-element tiles of 2
-    # warps at 256-column steps. Otherwise ReGLU and squared ReGLU, the fp8 copy, the split layout
-    # and 4096 columns and more keep the split layout's config.
-    from moe_utils._runtime import backward_config, heavy_backward
+    # The interleaved layout's weighted backward without the fp8 copy, with math of at least
+    # SwiGLU's operations (from 4096 columns: clamped, or math of more than _LIGHT_BACKWARD_OPS):
+    # 2 warps, on 256- or 512-column steps (the fewer padded columns, 512 on a tie) past 1024
+    # columns, and at 256-column steps unless clamped (measured: benchmarks/NOTES.md, sessions
+    # 29-30). With the fp8 copy and light math: 512-element tiles of 2 warps at 256-column steps.
+    # Otherwise ReGLU and squared ReGLU, the fp8 copy, the split layout, and SwiGLU and unclamped
+    # Quick-GEGLU from 4096 columns keep the split layout's config.
+    from moe_utils._runtime import _LIGHT_BACKWARD_OPS, backward_config, heavy_backward
 
     def config(name, n_rows, h, clamp, fp8=False, interleaved=True):
         n = _module(name)._BACKWARD_OPS
@@ -756,8 +757,18 @@ def test_interleaved_backward_rule():
             else:
                 block_h = 256 if h == 1100 else 512  # 1100: 1280 columns in 256s, 1536 in 512s
                 assert (got.block_r, got.block_h, got.num_warps) == (1024 // block_h, block_h, 2), (name, h, got)
-        for h in (4096, 7168):
-            assert config(name, 65536, h, False) == config(name, 65536, h, False, interleaved=False)
+        for h, clamp in [(4096, False), (7168, False), (7168, True), (4100, False), (4100, True)]:
+            split = config(name, 65536, h, clamp, interleaved=False)
+            got = config(name, 65536, h, clamp)
+            heavier = clamp or _module(name)._BACKWARD_OPS > _LIGHT_BACKWARD_OPS
+            if not own or not heavier:
+                assert got == split, (name, h, clamp)
+            elif h == 4100:  # 4352 columns in 256s, 4608 in 512s: 2 warps unless clamped
+                assert (got.block_r, got.block_h, got.num_warps) == (4, 256, 4 if clamp else 2), (name, clamp, got)
+            else:
+                assert (got.block_r, got.block_h, got.num_warps) == (2, 512, 2), (name, h, clamp, got)
+        assert config("swiglu", 65536, 7168, False) == type(split)(1, 1024, 4)
+        assert config("quick_geglu", 65536, 7168, False) == type(split)(1, 1024, 4)  # no clamp: light
     assert config("swiglu", 3, 1408, False).block_r == 2  # never more rows than the rows' power of two
     assert config("swiglu", 1, 1408, False).block_r == 1
 
@@ -778,10 +789,11 @@ def _spy_backward_config(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("name", ["swiglu", "geglu", "quick_geglu", "reglu"])
-@pytest.mark.parametrize("h", [200, 1300])
+@pytest.mark.parametrize("h", [200, 1300, 4608])
 def test_interleaved_backward_tiles_match_float64(backend, monkeypatch, name, h):
     """The interleaved weighted backward on the tiles of its own rule (2 warps; [2, 512] at 1300
-    columns, whose 256- and 512-column steps pad alike) against float64, bf16, with bias, clamp."""
+    and 4608 columns, whose 256- and 512-column steps pad alike; from 4096 columns only GEGLU's
+    math and Quick-GEGLU's clamp) against float64, bf16, with bias, clamp."""
     from moe_utils import _runtime as rt
 
     spec = SPECS[name]
@@ -805,8 +817,9 @@ def test_interleaved_backward_tiles_match_float64(backend, monkeypatch, name, h)
     if backend == "triton":
         (cfg,) = configs
         split = real(5, h, True, rt.heavy_backward(clamp, False, mod._BACKWARD_OPS))
-        if name == "reglu":
-            assert cfg == split, cfg
+        heavier = clamp is not None or mod._BACKWARD_OPS > rt._LIGHT_BACKWARD_OPS
+        if name == "reglu" or (h >= 4096 and not heavier):
+            assert cfg == split and (h < 4096 or cfg.num_warps == 4), cfg
         elif h > 1024:
             assert (cfg.block_r, cfg.block_h, cfg.num_warps) == (2, 512, 2), cfg
         else:  # 256-column steps: 2 warps unless clamped
