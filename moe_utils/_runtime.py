@@ -304,8 +304,8 @@ def backward_config(
     In the ``interleaved`` layout, without the fp8 copy, with math of at least SwiGLU's
     ``backward_ops`` (from 4096 columns: a ``clamp`` or math of more than _LIGHT_BACKWARD_OPS
     operations): 2 warps, on steps of 256-512 columns past 1024 columns, and at 256-column steps
-    unless ``clamp``ed; with the fp8 copy and light math, 512-element tiles of 2 warps at
-    256-column steps.
+    unless ``clamp``ed; with the fp8 copy, 512-element tiles of 2 warps at 256-column steps where
+    the math is light, and on 256-512-column steps from 4096 columns where it is ``heavy``.
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -393,6 +393,14 @@ def backward_config(
         # 768 7.2 -> 6.7-6.8; Quick-GEGLU without the clamp the same; ReGLU and squared ReGLU level
         # (27.1-27.2 at 16384 x 768), 4096 x 768 5.4-5.6 -> 5.2-5.4.
         block_r, warps = min(2, _pow2(n_rows)), 2
+    if weighted and interleaved and fp8 and heavy and h >= 4096:
+        # The interleaved layout with the fp8 copy and heavy math (the clamp, or more than
+        # _LIGHT_BACKWARD_OPS operations) from 4096 columns: 512-element tiles of 2 warps, on steps
+        # of 256 or 512 columns (the fewer padded). H200, session 30: experiments.py --only ops
+        # against 790c608 (call 4, three processes each) at 16384 / 65536 x 4096 / 7168: GEGLU
+        # -0.4 to -2.7%, Quick-GEGLU with its clamp -0.2 to -2.0%, exact GEGLU -1.8 to +0.3%.
+        block_h = least_padding_block(h, 256, 512)
+        block_r, warps = min(512 // block_h, _pow2(n_rows)), 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 

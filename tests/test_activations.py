@@ -767,6 +767,15 @@ def test_interleaved_backward_rule():
                 assert (got.block_r, got.block_h, got.num_warps) == (4, 256, 4 if clamp else 2), (name, clamp, got)
             else:
                 assert (got.block_r, got.block_h, got.num_warps) == (2, 512, 2), (name, h, clamp, got)
+            # with the fp8 copy: heavy math on 512-element tiles of 2 warps, light as below 4096
+            fp8_split, got8 = config(name, 65536, h, clamp, True, False), config(name, 65536, h, clamp, True)
+            if heavy_backward(3.0 if clamp else None, True, _module(name)._BACKWARD_OPS):
+                block_h = 256 if h == 4100 else 512
+                assert (got8.block_r, got8.block_h, got8.num_warps) == (512 // block_h, block_h, 2), (name, h, got8)
+            elif fp8_split.block_h == 256:
+                assert got8 == type(fp8_split)(2, 256, 2), (name, h, clamp, got8)
+            else:
+                assert got8 == fp8_split, (name, h, clamp, got8)
         assert config("swiglu", 65536, 7168, False) == type(split)(1, 1024, 4)
         assert config("quick_geglu", 65536, 7168, False) == type(split)(1, 1024, 4)  # no clamp: light
     assert config("swiglu", 3, 1408, False).block_r == 2  # never more rows than the rows' power of two
@@ -828,18 +837,21 @@ def test_interleaved_backward_tiles_match_float64(backend, monkeypatch, name, h)
 
 
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "geglu", "reglu"])
-def test_interleaved_fp8_backward_tiles_match_float64(backend, monkeypatch, name):
-    """The interleaved weighted backward from the fp8 copy at 256-column steps against float64 of
-    the fp8-rounded input: light math (no clamp: SwiGLU, Quick-GEGLU, ReGLU) on 512-element tiles
-    of 2 warps, GEGLU (heavy with the copy) on the split layout's tiles."""
+@pytest.mark.parametrize("h", [200, 4608])
+def test_interleaved_fp8_backward_tiles_match_float64(backend, monkeypatch, name, h):
+    """The interleaved weighted backward from the fp8 copy against float64 of the fp8-rounded
+    input: at 256-column steps (200 columns) light math (no clamp: SwiGLU, Quick-GEGLU, ReGLU) on
+    512-element tiles of 2 warps, GEGLU (heavy with the copy) on the split layout's tiles; from
+    4096 columns (4608: 512-column steps) GEGLU on 512-element tiles of 2 warps, the others on the
+    split layout's."""
     from moe_utils import _runtime as rt
 
     spec = SPECS[name]
     mod = _module(name)
-    gen = make_generator(zlib.crc32(f"interleaved-fp8-tiles{name}".encode()))
-    y = (torch.randn(5, 2 * 200, generator=gen) * 3).to(torch.bfloat16).to(DEVICE).requires_grad_(True)
+    gen = make_generator(zlib.crc32(f"interleaved-fp8-tiles{name}{h}".encode()))
+    y = (torch.randn(5, 2 * h, generator=gen) * 3).to(torch.bfloat16).to(DEVICE).requires_grad_(True)
     w = torch.rand(5, 1, generator=gen).add_(0.1).to(DEVICE).requires_grad_(True)
-    g = torch.randn(5, 200, generator=gen).to(torch.bfloat16).to(DEVICE)
+    g = torch.randn(5, h, generator=gen).to(torch.bfloat16).to(DEVICE)
     params = _params(spec, gen)
     real = rt.backward_config
     configs = _spy_backward_config(monkeypatch)
@@ -854,9 +866,13 @@ def test_interleaved_fp8_backward_tiles_match_float64(backend, monkeypatch, name
         (cfg,) = configs
         heavy = rt.heavy_backward(None, True, mod._BACKWARD_OPS)
         assert heavy == (name == "geglu")
-        split = real(5, 200, True, heavy, True)
-        assert split.block_h == 256
-        assert cfg == (split if heavy else rt.BlockConfig(2, 256, 2)), cfg
+        split = real(5, h, True, heavy, True)
+        if h < 4096:
+            assert split.block_h == 256
+            assert cfg == (split if heavy else rt.BlockConfig(2, 256, 2)), cfg
+        else:
+            assert split.block_h == 512 and split != rt.BlockConfig(1, 512, 2)
+            assert cfg == (rt.BlockConfig(1, 512, 2) if heavy else split), cfg
 
 
 @pytest.mark.parametrize("fp8", [True, False])
