@@ -397,8 +397,10 @@ def backward_config(
         # The interleaved layout with the fp8 copy and heavy math (the clamp, or more than
         # _LIGHT_BACKWARD_OPS operations) from 4096 columns: 512-element tiles of 2 warps, on steps
         # of 256 or 512 columns (the fewer padded). H200, session 30: experiments.py --only ops
-        # against 790c608 (call 4, three processes each) at 16384 / 65536 x 4096 / 7168: GEGLU
-        # -0.4 to -2.7%, Quick-GEGLU with its clamp -0.2 to -2.0%, exact GEGLU -1.8 to +0.3%.
+        # against 790c608 (calls 4-5, three processes each) at 16384 / 65536 x 4096 / 7168 against
+        # the split's [1, 1024] in 4 warps: GEGLU -2.7 to +1.1%, Quick-GEGLU with its clamp -0.2 to
+        # -2.7%, exact GEGLU -2.1 to +0.3%; at 65536 x 4352 (256-column steps, against [4, 256] in
+        # 4 warps) GEGLU -6.0%, Quick-GEGLU -4.6%, exact GEGLU -1.3%.
         block_h = least_padding_block(h, 256, 512)
         block_r, warps = min(512 // block_h, _pow2(n_rows)), 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
