@@ -371,8 +371,8 @@ def backward_config(
         # 65536 x 4096 and 7168, then experiments.py --only ops against e579835, three processes
         # each) [2, 512] in 2 warps against the split's [1, 1024] in 4: Quick-GEGLU with its clamp
         # -4.8 to -7.0% (65536 x 4096 700 -> 652 µs), GEGLU -0.4 to -4.2% (675 -> 647), exact GEGLU
-        # level (-1.9 to +1.7%); SwiGLU 1.6-2.5% slower in the sweep, so it (and Quick-GEGLU
-        # without the clamp, not measured there) keeps the split's. At 256-column steps the clamp
+        # level (-1.9 to +1.7%); SwiGLU 1.6-2.5% slower in the sweep and Quick-GEGLU without the
+        # clamp -0.3 to +2.0% (call 4), so those two keep the split's. At 256-column steps the clamp
         # keeps 4 warps at any width: Quick-GEGLU [4, 256] in 2 warps 4-7% slower than in 4 there.
         # Why is not settled: in sm_90 SASS the 2-warp loops still sum d_weight's row across warps
         # through shared memory ([4, 256]: 5 LDS, 5 STS, 3 BAR a step against 3, 3, 3 in 4 warps;
