@@ -1321,9 +1321,9 @@ def ops_experiments(results, route_shapes, act_shapes, interleaved: bool = False
     """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
     permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
     the probs gradient), and the weighted activations forward and backward with and without the
-    fp8 copy (interleaved: in the interleaved layout, their kinds ending in _il). Run once with an
-    older copy of the package first on PYTHONPATH and once without to time a change on one
-    machine; the first line says which package was loaded."""
+    fp8 copy (interleaved: in the interleaved layout, their kinds ending in _il). To time a change
+    on one machine, ab.py runs it in processes alternating with an older copy of the package; the
+    first line says which package was loaded."""
     from bench import activation_params
 
     import moe_utils
