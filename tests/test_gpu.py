@@ -6,8 +6,19 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from moe_utils.codegen.specs import REGISTRY
+from reference import SpecReference
 
-from moe_utils import _kernel_lib, permute, unpermute, weighted_bias_quick_geglu_impl, weighted_bias_swiglu_impl
+from moe_utils import (
+    _kernel_lib,
+    permute,
+    unpermute,
+    weighted_bias_geglu_impl,
+    weighted_bias_quick_geglu_impl,
+    weighted_bias_swiglu_impl,
+)
+
+SPECS = {s.name: s for s in REGISTRY}
 
 pytestmark = [
     pytest.mark.gpu,
@@ -145,45 +156,72 @@ def _rows_close(got, ref64, tol):
     torch.testing.assert_close(got.double(), ref64, rtol=tol, atol=tol)
 
 
-def test_weighted_activation_past_2_31_elements():
-    n_rows, h = (1 << 31) // 2048 + 64, 1024  # x has 2**31 + 131072 elements
+# (activation, half width, interleaved, fp8_input_store): every layout and copy of the weighted
+# kernels past 2**31 elements of x, each on the tiles its launch rule gives it there: split bf16
+# [1, 1024] (one row a tile); interleaved bf16 [2, 512] in 2 warps; GEGLU's fp8 copy (heavy) with
+# 128-column forward blocks of 8 rows and [4, 256] backward steps; interleaved SwiGLU's fp8 copy
+# (light) on [2, 256] in 2 warps.
+_PAST_2_31 = [("swiglu", 1024, False, False), ("swiglu", 2048, True, False), ("geglu", 1408, False, True),
+              ("swiglu", 768, True, True)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "h", "interleaved", "fp8"), _PAST_2_31)
+def test_weighted_activation_past_2_31_elements(name, h, interleaved, fp8):
+    n_rows = (1 << 31) // (2 * h) + 64  # x has more than 2**31 elements
     x = torch.randn(n_rows, 2 * h, device="cuda", dtype=torch.bfloat16)
+    assert x.numel() > 2**31
     w = torch.rand(n_rows, 1, device="cuda")
     x.requires_grad_(True)
     w.requires_grad_(True)
-    out = weighted_bias_swiglu_impl(x, w)
-    g = torch.ones_like(out)
+    impl = {"swiglu": weighted_bias_swiglu_impl, "geglu": weighted_bias_geglu_impl}[name]
+    out = impl(x, w, fp8, interleaved=interleaved)
+    g = torch.randn_like(out)
     d_x, d_w = torch.autograd.grad(out, (x, w), g)
+    reference = SpecReference(SPECS[name])
     for start in (0, n_rows // 2, n_rows - 8):
         sl = slice(start, start + 8)
-        xx = x[sl].detach().double().requires_grad_(True)
-        ww = w[sl].detach().double().requires_grad_(True)
-        gate, up = xx.chunk(2, -1)
-        ref = torch.nn.functional.silu(gate) * up * ww
-        rdx, rdw = torch.autograd.grad(ref, (xx, ww), g[sl].double())
-        _rows_close(out[sl], ref, 2e-2)
-        _rows_close(d_x[sl], rdx, 2e-2)
-        torch.testing.assert_close(d_w[sl].double(), rdw, rtol=1e-2, atol=0.5)
+        xx = x[sl].detach()
+        ref_out = reference.forward_backward(xx, weights=w[sl], interleaved=interleaved)[0]
+        # With fp8_input_store the backward sees x through its fp8 copy.
+        saved = _kernel_lib.to_fp8_saturated(xx).to(torch.float32) if fp8 else xx
+        _, ref_dx, _, ref_dw = reference.forward_backward(saved, weights=w[sl], g=g[sl], interleaved=interleaved)
+        _rows_close(out[sl].cpu(), ref_out, 2e-2)
+        _rows_close(d_x[sl].cpu(), ref_dx, 2e-2)
+        torch.testing.assert_close(d_w[sl].double().cpu(), ref_dw.reshape(d_w[sl].shape), rtol=1e-2, atol=0.5)
 
 
 def test_permute_unpermute_past_2_31_elements():
+    """Both ops forward and backward (the gather with the probs gradient, the scatter-dot) on
+    permuted rows of more than 2**31 elements, checked at tokens whose rows lie past that line."""
     n_tokens, n_experts, k, hidden = 65536, 64, 8, 4160  # rows: 524288 x 4160 > 2**31 elements
     x = torch.randn(n_tokens, hidden, device="cuda", dtype=torch.bfloat16)
     scores = torch.rand(n_tokens, n_experts, device="cuda")
     top = scores.topk(k, dim=1).indices
     m = torch.zeros(n_tokens, n_experts, device="cuda", dtype=torch.bool).scatter_(1, top, True)
-    p = torch.rand(n_tokens, n_experts, device="cuda") * m
-    rows, _, plan = permute(x, m, p, num_out_tokens=n_tokens * k, fused=True)
+    p = torch.rand(n_tokens, n_experts, device="cuda") * m  # permute's probs
+    merge = torch.rand(n_tokens, n_experts, device="cuda") * m  # unpermute's
+    x.requires_grad_(True)
+    p.requires_grad_(True)
+    merge.requires_grad_(True)
+    rows, perm_probs, plan = permute(x, m, p, num_out_tokens=n_tokens * k, fused=True)
     assert rows.numel() > 2**31
     src = plan[: rows.shape[0]]
     for start in (0, rows.shape[0] // 2, rows.shape[0] - 4):
         sl = slice(start, start + 4)
         assert torch.equal(rows[sl], x[src[sl]])
-    out = unpermute(rows, plan, x.shape, p, m, fused=True)
-    for start in (0, n_tokens // 2, n_tokens - 4):
-        sl = slice(start, start + 4)
-        ref = x[sl].double() * p[sl].sum(1, keepdim=True).double()
-        _rows_close(out[sl], ref, 3e-2)
+    out = unpermute(rows, plan, x.shape, merge, m, fused=True)
+    g = torch.randn_like(out)
+    d_x, d_p, d_merge = torch.autograd.grad((out, perm_probs), (x, p, merge), (g, torch.ones_like(perm_probs)))
+    # The source tokens of the first, middle and last rows (the last past 2**31 elements of rows).
+    n_rows = rows.shape[0]
+    tokens = torch.cat([src[:4], src[n_rows // 2 : n_rows // 2 + 4], src[-4:]]).unique()
+    xt, gt, mt = x[tokens].detach().double(), g[tokens].double(), m[tokens]
+    _rows_close(out[tokens], xt * merge[tokens].sum(1, keepdim=True).double(), 3e-2)
+    # d_x[t] = sum over t's rows of g[t] * merge[t, e]; d_merge[t, e] = <g[t], x[t]> where routed.
+    _rows_close(d_x[tokens], gt * merge[tokens].sum(1, keepdim=True).double(), 3e-2)
+    want = torch.where(mt, (gt * xt).sum(1, keepdim=True), 0.0)
+    torch.testing.assert_close(d_merge[tokens].double(), want, rtol=1e-3, atol=1e-2)
+    assert torch.equal(d_p, m.to(d_p.dtype))  # each routed probability's gradient: its row's 1
 
 
 @pytest.mark.parametrize("fp8", [False, True])
