@@ -12,6 +12,8 @@ from reference import SpecReference
 from moe_utils import (
     _kernel_lib,
     permute,
+    swiglu,
+    swiglu_back,
     unpermute,
     weighted_bias_geglu_impl,
     weighted_bias_quick_geglu_impl,
@@ -188,6 +190,21 @@ def test_weighted_activation_past_2_31_elements(name, h, interleaved, fp8):
         _rows_close(out[sl].cpu(), ref_out, 2e-2)
         _rows_close(d_x[sl].cpu(), ref_dx, 2e-2)
         torch.testing.assert_close(d_w[sl].double().cpu(), ref_dw.reshape(d_w[sl].shape), rtol=1e-2, atol=0.5)
+
+
+def test_unweighted_activation_past_2_31_elements():
+    """The unweighted forward and backward (whole-row steps) past 2**31 elements of y."""
+    h = 2048
+    n_rows = (1 << 31) // (2 * h) + 64
+    y = torch.randn(n_rows, 2 * h, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(n_rows, h, device="cuda", dtype=torch.bfloat16)
+    out, d_y = swiglu(y), swiglu_back(g, y)
+    reference = SpecReference(SPECS["swiglu"])
+    for start in (0, n_rows // 2, n_rows - 8):
+        sl = slice(start, start + 8)
+        ref_out, ref_dy, _, _ = reference.forward_backward(y[sl], g=g[sl])
+        _rows_close(out[sl].cpu(), ref_out, 2e-2)
+        _rows_close(d_y[sl].cpu(), ref_dy, 2e-2)
 
 
 def test_permute_unpermute_past_2_31_elements():
