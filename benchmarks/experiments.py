@@ -1623,6 +1623,18 @@ def main() -> None:
         inductor = torch.compile(lambda: out.copy_(baselines.make_weighted(baselines.swiglu, None)[0](x, w[:, None])))
         variants["inductor (copy into out)"] = inductor
         variants["inductor"] = torch.compile(lambda: baselines.make_weighted(baselines.swiglu, None)[0](x, w[:, None]))
+        if COLD[0]:
+            # The forward followed by the next expert GEMM (out @ w2), as in a training step: does
+            # x kept in L2 (evict-last) cost the GEMM the room its input wants?
+            w2 = torch.randn(h, 2048, device=DEVICE, dtype=torch.bfloat16) / h**0.5
+            y = torch.empty(n_rows, 2048, device=DEVICE, dtype=torch.bfloat16)
+            shipped_tile = (cfg.block_r, cfg.block_h, cfg.num_warps)
+            for pair_policy in ("", "evict_last"):
+                launch = forward_launch(x, w, out, out, shipped_tile, False, pair_policy)
+                variants[f"pair {pair_policy or 'plain'} + gemm"] = lambda launch=launch: (
+                    launch(),
+                    torch.mm(out, w2, out=y),
+                )
         for name, fn in variants.items():
             out.fill_(float("nan"))
             got = fn()
@@ -1630,9 +1642,9 @@ def main() -> None:
                 out.copy_(got)
             if name != "shipped":  # the same math, maybe in another order of fp32 operations
                 torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
-            us = bench(fn)
-            results.append(dict(kind="fwd", shape=[n_rows, h], variant=name, us=us))
-            print(f"fwd {n_rows}x{h} {name:28s} {us:8.1f} us", flush=True)
+            row, times = _timed(fn, kind="fwd", shape=[n_rows, h], variant=name)
+            results.append(row)
+            print(f"fwd {n_rows}x{h} {name:28s} {times}", flush=True)
     for n_rows, h in bwd_shapes:
         x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
         w = torch.rand(n_rows, device=DEVICE)
