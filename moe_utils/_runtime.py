@@ -20,6 +20,14 @@ import torch
 
 from ._kernel_lib import HAS_PDL, to_fp8_saturated
 
+try:
+    from torch.fx.experimental.symbolic_shapes import guard_or_false
+except ImportError:  # torch < 2.8: data-dependent sizes fail to trace, as they did before
+
+    def guard_or_false(cond: Any) -> bool:
+        return bool(cond)
+
+
 __all__ = [
     "INTERPRET",
     "NATIVE_FP8",
@@ -421,6 +429,24 @@ def _check_device(fn: str, arg: str, t: torch.Tensor, ref: torch.Tensor) -> None
         raise ValueError(f"{fn}: {arg} is on {t.device} but the input is on {ref.device}; move both to one device")
 
 
+def shapes_differ(arg: str, got: Sequence[Any], want: Sequence[Any]) -> bool:
+    """Whether a shape provably differs from the expected one (the argument checks' test).
+
+    Eagerly the sizes are ints and this is `tuple(got) != tuple(want)`. Under torch.compile they may
+    be symbolic, and a check must not specialise the graph to them. Where a size is data-dependent
+    (rows split by a count read from the device) the comparison cannot be decided while tracing:
+    the sizes are taken as equal and the compiled graph asserts it when it runs (torch._check).
+    """
+    if len(got) != len(want):
+        return True
+    if any(guard_or_false(a != b) for a, b in zip(got, want, strict=True)):
+        return True
+    message = f"{arg} does not have the expected shape (a data-dependent size, checked as the graph runs)"
+    for a, b in zip(got, want, strict=True):
+        torch._check(a == b, lambda: message)  # dynamo needs a closure of constants
+    return False
+
+
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     """Kernels need unit stride along the last dimension; rows may have any stride."""
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
@@ -463,8 +489,9 @@ def prepare(fn: str, y: torch.Tensor, bias: torch.Tensor | None, weights: torch.
     if weights is not None:
         _check_float(fn, "weights", weights)
         _check_device(fn, "weights", weights, y)
-        accepted = {(n_rows, 1), (*lead, 1)}
-        if tuple(weights.shape) not in accepted:
+        # Compared, not hashed into a set: under torch.compile the sizes are symbolic, and hashing
+        # one specialises the graph to that row count.
+        if shapes_differ("weights", weights.shape, (n_rows, 1)) and shapes_differ("weights", weights.shape, (*lead, 1)):
             raise ValueError(
                 f"{fn}: weights has shape {tuple(weights.shape)}; expected [T, 1] with T = "
                 f"{n_rows} rows of input {tuple(y.shape)}" + (f" (or {(*lead, 1)})" if len(lead) > 1 else "")
@@ -673,7 +700,7 @@ def backward_helper(
     rows = prepare(fn, y, bias, weights)
     _check_float(fn, "g", g)
     _check_device(fn, "g", g, y)
-    if tuple(g.shape) != rows.out_shape:
+    if shapes_differ("g", g.shape, rows.out_shape):
         raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {rows.out_shape} (input {tuple(y.shape)})")
     params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
     n_rows = rows.x.shape[0]

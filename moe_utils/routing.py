@@ -577,8 +577,11 @@ def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
             f"(a 1-D int64 routing plan), got {type(plan).__name__} "
             f"{getattr(plan, 'dtype', '')} {tuple(getattr(plan, 'shape', ()))}"
         )
-    sizes = {plan_numel(n_tokens, n_rows, False): False, plan_numel(n_tokens, n_rows, True): True}
-    if plan.numel() not in sizes:
+    # Compared, not hashed: under torch.compile the sizes are symbolic, and hashing one
+    # specialises the graph to that token count.
+    numel = plan.numel()
+    padded = numel == plan_numel(n_tokens, n_rows, True)
+    if not padded and numel != plan_numel(n_tokens, n_rows, False):
         raise ValueError(
             f"{fn}: sorted_indices has {plan.numel()} elements, which is not a routing plan for "
             f"{n_tokens} tokens (restore_shape) and {n_rows} permuted rows (permuted_tokens); pass the "
@@ -589,7 +592,7 @@ def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
         src_token=plan[:n],
         token_ptr=plan[n : n + t + 1],
         entry=plan[n + t + 1 : 2 * n + t + 1],
-        padded=sizes[plan.numel()],
+        padded=padded,
     )
 
 
@@ -599,7 +602,7 @@ def check_routing_map(fn: str, routing_map: torch.Tensor, n_tokens: int, device:
         raise TypeError(f"{fn}: routing_map must be a torch.Tensor, got {type(routing_map).__name__}")
     if routing_map.dtype.is_floating_point or routing_map.dtype.is_complex:
         raise TypeError(f"{fn}: routing_map has dtype {routing_map.dtype}; expected bool or an integer dtype of 0/1")
-    if routing_map.dim() != 2 or routing_map.shape[0] != n_tokens:
+    if routing_map.dim() != 2 or _rt.shapes_differ("routing_map", routing_map.shape[:1], (n_tokens,)):
         raise ValueError(
             f"{fn}: routing_map has shape {tuple(routing_map.shape)}; expected [num_tokens={n_tokens}, num_experts]"
         )

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import DEVICE, make_generator
 from moe_utils.codegen.specs import REGISTRY
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import moe_utils
 from moe_utils import MoEAuxLossAutoScaler, permute, unpermute, weighted_bias_quick_geglu_impl
@@ -126,3 +127,139 @@ def test_every_public_name_compiles_through_a_function_class():
     for fn in (moe_utils.weighted_swiglu, moe_utils.weighted_geglu, moe_utils.weighted_quick_geglu):
         compiled = torch.compile(fn, fullgraph=True)
         torch.testing.assert_close(compiled(y, w), fn(y, w))
+
+
+# -- dynamic shapes -------------------------------------------------------------------------------
+# In MoE training the rows an expert receives change every step. Compiled with dynamic shapes, a
+# graph must serve every row count (from 2: torch specialises sizes 0 and 1 by itself); one size
+# check that hashed a symbolic size into a set, or took int() of it, made each new count a
+# recompile until the recompile limit (session 32).
+
+_ROW_COUNTS = (5, 7, 9, 12)
+
+
+def _compile_counting(fn):
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    return torch.compile(fn, fullgraph=True, dynamic=True, backend=counter), counter
+
+
+def _activation_case(name, n, gen):
+    y = torch.randn(n, 3, 32, generator=gen).to(DEVICE)
+    w = torch.rand(n * 3, 1, generator=gen).to(DEVICE)
+    g = torch.randn(n * 3, 16, generator=gen).to(DEVICE)
+    b = torch.randn(32, generator=gen).to(DEVICE)
+    if name == "swiglu_impl_fp8":  # 3-D input, [T, 1] weights, the fp8 copy for the backward
+        return (lambda y, w: moe_utils.weighted_bias_swiglu_impl(y, w, True)), (y, w)
+    if name == "quick_geglu_impl_clamp_bias":
+        return (lambda y, b, w: weighted_bias_quick_geglu_impl(y, b, w, False, 0.5, 3.0, 1.702)), (y, b, w)
+    if name == "weighted_swiglu_3d_interleaved":  # [S, B, 1] weights broadcast
+        return (lambda y, w: moe_utils.weighted_swiglu(y, w, interleaved=True)), (y, w.view(n, 3, 1))
+    if name == "weighted_geglu_back":
+        return (lambda g, y, w: moe_utils.weighted_geglu_back(g, y, w)), (g, y.view(n * 3, 32), w)
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["swiglu_impl_fp8", "quick_geglu_impl_clamp_bias", "weighted_swiglu_3d_interleaved", "weighted_geglu_back"]
+)
+def test_compiled_activation_serves_every_row_count(name):
+    gen = make_generator(5)
+    compiled, counter = None, None
+    for n in _ROW_COUNTS:
+        fn, args = _activation_case(name, n, gen)
+        if compiled is None:
+            compiled, counter = _compile_counting(fn)
+        differentiable = not name.endswith("_back")  # the *_back helpers are not differentiated
+        leaves = [a.clone().requires_grad_(differentiable) for a in args]
+        out, ref = compiled(*leaves), fn(*leaves)
+        outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
+        for o, r in zip(outs, refs, strict=True):
+            torch.testing.assert_close(o, r)
+        if differentiable:  # the backward, compiled with the forward, against the eager one
+            g = torch.randn(out.shape, generator=gen).to(DEVICE)
+            got = torch.autograd.grad(out, leaves, g)
+            want = torch.autograd.grad(ref, leaves, g)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times for row counts {_ROW_COUNTS}"
+
+
+def test_compiled_moe_block_serves_every_token_count():
+    """permute (num_out_tokens = T * k), the activation and unpermute: one graph for every T."""
+    torch.manual_seed(0)
+    model = TinyMoE().to(DEVICE)
+    gen = make_generator(6)
+    compiled, counter = _compile_counting(model)
+    for n in _ROW_COUNTS:
+        x = torch.randn(n * 2, 32, generator=gen).to(DEVICE)
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        eager = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
+        for g, e in zip(grads, eager, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times for token counts"
+
+
+def test_compiled_drop_and_pad_serves_every_token_count():
+    """permute/unpermute with drop_and_pad and probs: the plan view accepts symbolic sizes."""
+    gen = make_generator(7)
+
+    def fn(x, m, p):
+        rows, row_probs, plan = permute(x, m, p, num_out_tokens=2 * m.shape[1], fused=True, drop_and_pad=True)
+        out = unpermute(rows, plan, x.shape, probs=p, routing_map=m, fused=True, drop_and_pad=True)
+        return rows, row_probs, out
+
+    compiled, counter = _compile_counting(fn)
+    for n in _ROW_COUNTS:
+        x = torch.randn(n, 24, generator=gen).to(DEVICE)
+        m = torch.zeros(n, 4, dtype=torch.bool)
+        for e in range(4):  # capacity 2: two distinct tokens per expert
+            m[torch.randperm(n, generator=gen)[:2], e] = True
+        m = m.to(DEVICE)
+        p = torch.rand(n, 4, generator=gen).to(DEVICE)
+        for a, b in zip(compiled(x, m, p), fn(x, m, p), strict=True):
+            torch.testing.assert_close(a, b)
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times for token counts"
+
+
+def test_compiled_sequential_experts_with_data_dependent_row_counts():
+    """Megatron's SequentialMLP: rows split per expert by a count read from the device. The
+    activation gets unbacked (data-dependent) row counts, 0 among them, without graph breaks."""
+    torch._dynamo.reset()
+    gen = make_generator(8)
+    n_experts, hidden, ffn = 3, 8, 16
+    w1 = torch.randn(n_experts, hidden, 2 * ffn, generator=gen).to(DEVICE).requires_grad_(True)
+    w2 = torch.randn(n_experts, ffn, hidden, generator=gen).to(DEVICE).requires_grad_(True)
+
+    def experts(x, probs, counts, probs_counts=None):
+        outs = []
+        # Two reads of the counts: the rows and the weights get unrelated data-dependent sizes,
+        # which the weights' shape check cannot compare while tracing (it asserts them at run time).
+        probs_counts = counts if probs_counts is None else probs_counts
+        rows, weights = torch.split(x, counts.tolist()), torch.split(probs, probs_counts.tolist())
+        for e, (xe, pe) in enumerate(zip(rows, weights, strict=True)):
+            h = moe_utils.weighted_bias_swiglu_impl(xe @ w1[e], pe.unsqueeze(-1), True)
+            outs.append(h @ w2[e])
+        return torch.cat(outs)
+
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        compiled = torch.compile(experts, fullgraph=True)
+        for counts in ([3, 0, 4], [5, 2, 1], [1, 6, 2]):
+            x = torch.randn(sum(counts), hidden, generator=gen).to(DEVICE).requires_grad_(True)
+            p = torch.rand(sum(counts), generator=gen).to(DEVICE)
+            c = torch.tensor(counts).to(DEVICE)
+            out, ref = compiled(x, p, c), experts(x, p, c)
+            torch.testing.assert_close(out, ref)
+            got = torch.autograd.grad(out.sum(), (x, w1, w2))
+            want = torch.autograd.grad(ref.sum(), (x, w1, w2))
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b)
+        # Weights that do not match their rows: eagerly the ValueError, compiled the graph's assert.
+        x, p = torch.randn(7, hidden).to(DEVICE), torch.rand(7).to(DEVICE)
+        c, c_probs = torch.tensor([3, 0, 4]).to(DEVICE), torch.tensor([4, 0, 3]).to(DEVICE)
+        with pytest.raises(ValueError, match="weights has shape"):
+            experts(x, p, c, c_probs)
+        with pytest.raises(RuntimeError):
+            compiled(x, p, c, c_probs)
