@@ -437,6 +437,8 @@ def shapes_differ(arg: str, got: Sequence[Any], want: Sequence[Any]) -> bool:
     (rows split by a count read from the device) the comparison cannot be decided while tracing:
     the sizes are taken as equal and the compiled graph asserts it when it runs (torch._check).
     """
+    if not torch.compiler.is_compiling():
+        return tuple(got) != tuple(want)  # eagerly, plain ints: 0.4 us a check, not 6
     if len(got) != len(want):
         return True
     if any(guard_or_false(a != b) for a, b in zip(got, want, strict=True)):
