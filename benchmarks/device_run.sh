@@ -15,10 +15,10 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 status=0
 run_tests() {
   local groups=(
-    "tests/test_activations.py::test_weighted_impl_matches_float64"
+    "tests/test_activations.py::test_weighted_impl_matches_float64 tests/test_compile.py"
     "tests/test_activations.py --deselect tests/test_activations.py::test_weighted_impl_matches_float64"
     "tests/test_properties.py tests/test_user_spec.py tests/test_symbolic.py tests/test_generated_up_to_date.py tests/test_sm90_compile.py"
-    "tests/test_routing.py tests/test_compile.py tests/test_aux_loss.py tests/test_gpu.py"
+    "tests/test_routing.py tests/test_aux_loss.py tests/test_gpu.py"
   )
   local pids=() i=0
   for group in "${groups[@]}"; do
