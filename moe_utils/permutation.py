@@ -536,7 +536,7 @@ def check_probs(fn: str, probs: torch.Tensor, n_tokens: int, n_experts: int, dev
     """probs is a float [T, E] tensor on the tokens' device."""
     if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
         raise TypeError(f"{fn}: probs must be a floating-point tensor, got {getattr(probs, 'dtype', type(probs))}")
-    if _rt.shapes_differ("probs", probs.shape, (n_tokens, n_experts)):
+    if _rt.shapes_differ(probs.shape, (n_tokens, n_experts)):
         raise ValueError(
             f"{fn}: probs has shape {tuple(probs.shape)}; expected [num_tokens, num_experts] = {[n_tokens, n_experts]}"
         )

@@ -602,7 +602,7 @@ def check_routing_map(fn: str, routing_map: torch.Tensor, n_tokens: int, device:
         raise TypeError(f"{fn}: routing_map must be a torch.Tensor, got {type(routing_map).__name__}")
     if routing_map.dtype.is_floating_point or routing_map.dtype.is_complex:
         raise TypeError(f"{fn}: routing_map has dtype {routing_map.dtype}; expected bool or an integer dtype of 0/1")
-    if routing_map.dim() != 2 or _rt.shapes_differ("routing_map", routing_map.shape[:1], (n_tokens,)):
+    if routing_map.dim() != 2 or _rt.shapes_differ(routing_map.shape[:1], (n_tokens,)):
         raise ValueError(
             f"{fn}: routing_map has shape {tuple(routing_map.shape)}; expected [num_tokens={n_tokens}, num_experts]"
         )

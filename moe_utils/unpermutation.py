@@ -548,7 +548,7 @@ def unpermute(
     if len(restore_shape) != 2:
         raise ValueError(f"{fn}: restore_shape must be [num_tokens, hidden], got {restore_shape}")
     n_tokens, hidden = restore_shape
-    if _rt.shapes_differ("permuted_tokens", permuted_tokens.shape[1:], (hidden,)):
+    if _rt.shapes_differ(permuted_tokens.shape[1:], (hidden,)):
         raise ValueError(
             f"{fn}: permuted_tokens has hidden size {permuted_tokens.shape[1]} but restore_shape is {restore_shape}"
         )
@@ -556,7 +556,7 @@ def unpermute(
         check_probs(fn, probs, n_tokens, probs.shape[-1] if probs.dim() == 2 else -1, permuted_tokens.device)
     if routing_map is not None:
         n_experts = check_routing_map(fn, routing_map, n_tokens, permuted_tokens.device)
-        if probs is not None and _rt.shapes_differ("probs", probs.shape[1:], (n_experts,)):
+        if probs is not None and _rt.shapes_differ(probs.shape[1:], (n_experts,)):
             raise ValueError(f"{fn}: probs has {probs.shape[1]} experts but routing_map has {n_experts}")
     if not fused:
         if probs is not None and routing_map is None:
