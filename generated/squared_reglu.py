@@ -219,7 +219,7 @@ def _launch_forward(
         return out, x_fp8
     if _rt.use_triton(x):
         cfg = _rt.forward_config(n_rows, h, _HEAVY_FORWARD, fp8_store)
-        grid = (triton.cdiv(n_rows, cfg.block_r) * triton.cdiv(h, cfg.block_h),)
+        grid = (_rt.cdiv(n_rows, cfg.block_r) * _rt.cdiv(h, cfg.block_h),)
         _squared_reglu_fwd[grid](
             x,
             x if bias is None else bias,
@@ -280,7 +280,7 @@ def _launch_backward(
         cfg = _rt.backward_config(
             n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS
         )
-        _squared_reglu_bwd[(triton.cdiv(n_rows, cfg.block_r),)](
+        _squared_reglu_bwd[(_rt.cdiv(n_rows, cfg.block_r),)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,
             x_saved if bias is None else bias,

@@ -194,8 +194,18 @@ class BlockConfig:
     evict_first: bool = False  # forward: stream the input past L2 (eviction_policy="evict_first")
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), for host-side block sizes."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b), for host-side grid sizes.
+
+    Not triton.cdiv or triton.next_power_of_2: since Triton 3.5 they are constexpr_functions, whose
+    call from host code unwraps its arguments as constexprs, 4 us a call (permute's forward made
+    14 such calls, up to a fifth of its host time; session 32)."""
+    return -(-a // b)
 
 
 # Launch shapes come from benchmarks/sweep.py on an H100 and an H200 (bf16, T = 65536 and 16384, H
@@ -206,7 +216,7 @@ def least_padding_block(h: int, narrowest: int, widest: int, widest_on_tie: bool
     """The column block in narrowest .. widest (powers of two) that pads h the least, the widest of
     those on a tie (or the narrowest): masked lanes still issue their arithmetic. 1408 -> 128 (11
     blocks, none masked), 768 -> 256, 2880 -> 128 (2944 columns), 7168 -> 1024."""
-    widest = min(widest, _pow2(h))
+    widest = min(widest, next_pow2(h))
     blocks = [1 << b for b in range(min(narrowest, widest).bit_length() - 1, widest.bit_length())]
     return min(blocks, key=lambda b: (-(-h // b) * b, -b if widest_on_tie else b))
 
@@ -230,8 +240,8 @@ def forward_config(n_rows: int, h: int, heavy: bool = False, fp8: bool = False) 
     conditions (session 11)."""
     if n_rows * h < _SMALL_BELOW:
         # 4096 x 768 (sweep.py --only small, H100): 16 x 256 tiles 4.80 µs, whole rows 5.44 µs.
-        block_h = min(_pow2(h), 256)
-        return BlockConfig(min(4096 // block_h, _pow2(n_rows)), block_h, 8)
+        block_h = min(next_pow2(h), 256)
+        return BlockConfig(min(4096 // block_h, next_pow2(n_rows)), block_h, 8)
     # Column blocks. H200, 65536 rows, 4096-element tiles then (sweep.py --only blocks, session 9),
     # against the 1024-column blocks of session 8 (which the H100 ran best or within 1% at H =
     # 1408-7168 in sweep.py --only wide): H = 1408 in 128 columns 128 vs 143 µs (SwiGLU), 135 vs
@@ -264,7 +274,7 @@ def forward_config(n_rows: int, h: int, heavy: bool = False, fp8: bool = False) 
     block_h = least_padding_block(h, 128, 1024)
     stream = n_rows * h < _STREAM_BELOW
     warps = 2 if heavy and not fp8 and not stream else 4
-    block_r = min(max(1, 1024 // block_h), _pow2(n_rows))
+    block_r = min(max(1, 1024 // block_h), next_pow2(n_rows))
     return BlockConfig(block_r, block_h, warps, evict_first=stream)
 
 
@@ -348,8 +358,8 @@ def backward_config(
         # 1024 columns), 4 warps up to 2048 columns, one per 512 columns beyond. Against the 8192-
         # element tiles with 16 warps: H = 768 118 vs 131 µs, 1408 214 vs 245, 2880 439 vs 496, 2048
         # 315 vs 316; 7168 unchanged ([1, 8192, 16], the H100's best in session 8: 1544 µs).
-        block_h, tile = min(_pow2(h), 8192), 2048
-    block_r = min(max(1, tile // block_h), _pow2(n_rows))
+        block_h, tile = min(next_pow2(h), 8192), 2048
+    block_r = min(max(1, tile // block_h), next_pow2(n_rows))
     warps = 4 if weighted else min(16, max(4, block_h // 512))
     if weighted and fp8 and not heavy and block_h == 512:
         # H200 (sweep.py --only blocks --parts bwd, session 18, 65536 rows; two runs at 1408):
@@ -389,7 +399,7 @@ def backward_config(
         # warps, not 4.
         if h > 1024:
             block_h = least_padding_block(h, 256, 512)
-            block_r = min(1024 // block_h, _pow2(n_rows))
+            block_r = min(1024 // block_h, next_pow2(n_rows))
         if (block_h == 512 and h > 1024) or (block_h == 256 and not clamp):
             warps = 2
     if weighted and interleaved and fp8 and not heavy and block_h == 256:
@@ -400,7 +410,7 @@ def backward_config(
         # 5): SwiGLU 16384 x 768 28.9-29.0 -> 27.3, 65536 x 768 104.1-110.9 -> 99.3-100.3, 4096 x
         # 768 7.2 -> 6.7-6.8; Quick-GEGLU without the clamp the same; ReGLU and squared ReGLU level
         # (27.1-27.2 at 16384 x 768), 4096 x 768 5.4-5.6 -> 5.2-5.4.
-        block_r, warps = min(2, _pow2(n_rows)), 2
+        block_r, warps = min(2, next_pow2(n_rows)), 2
     if weighted and interleaved and fp8 and heavy and h >= 4096:
         # The interleaved layout with the fp8 copy and heavy math (the clamp, or more than
         # _LIGHT_BACKWARD_OPS operations) from 4096 columns: 512-element tiles of 2 warps, on steps
@@ -410,7 +420,7 @@ def backward_config(
         # -2.7%, exact GEGLU -2.1 to +0.3%; at 65536 x 4352 (256-column steps, against [4, 256] in
         # 4 warps) GEGLU -6.0%, Quick-GEGLU -4.6%, exact GEGLU -1.3%.
         block_h = least_padding_block(h, 256, 512)
-        block_r, warps = min(512 // block_h, _pow2(n_rows)), 2
+        block_r, warps = min(512 // block_h, next_pow2(n_rows)), 2
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 

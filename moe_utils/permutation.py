@@ -279,7 +279,7 @@ def _streaming_stores(k: int, n_rows: int, hidden: int, element_size: int) -> bo
 
 
 def _block_h(hidden: int, cap: int = 1024) -> int:
-    return min(triton.next_power_of_2(max(hidden, 1)), cap)
+    return min(_rt.next_pow2(max(hidden, 1)), cap)
 
 
 def pad_rows_per_program(drop_and_pad: bool) -> int:
@@ -316,7 +316,7 @@ def _launch_scatter(
 ) -> None:
     n_rows, hidden = dst.shape
     pad_rows = pad_rows_per_program(drop_and_pad)
-    pad_programs = triton.cdiv(n_rows, pad_rows) if plan.padded else 0
+    pad_programs = _rt.cdiv(n_rows, pad_rows) if plan.padded else 0
     # Without rows there is nothing to write; without columns only the plan (rest) is.
     if n_rows == 0 or n_tokens + pad_programs == 0 or (hidden == 0 and rest is None):
         return
@@ -327,8 +327,8 @@ def _launch_scatter(
     plan_probs = rest is not None and rest.probs is not None and rest.perm_probs is not None
     scale = probs is not None and rest is None
     table = rest.probs if plan_probs else probs if scale else None
-    n_plan = triton.cdiv(n_tokens, _PLAN_TOKENS) if rest is not None else 0
-    _scatter_rows_kernel[((n_plan + n_tokens + pad_programs) * triton.cdiv(max(hidden, 1), block_h),)](
+    n_plan = _rt.cdiv(n_tokens, _PLAN_TOKENS) if rest is not None else 0
+    _scatter_rows_kernel[((n_plan + n_tokens + pad_programs) * _rt.cdiv(max(hidden, 1), block_h),)](
         src,
         src.stride(0),
         dst,

@@ -626,9 +626,9 @@ def _map_group(block_e: int) -> int:
 
 
 def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
-    block_e = triton.next_power_of_2(max(n_experts, 1))
+    block_e = _rt.next_pow2(max(n_experts, 1))
     block_t = max(1, min(256, _PLAN_TILE // block_e))
-    n_steps = triton.cdiv(n_tokens, block_t)
+    n_steps = _rt.cdiv(n_tokens, block_t)
     warps = _map_warps(block_t, block_e)
     most = _MAX_SEGMENTS
     long_walks = n_steps >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT and n_tokens >= 2 * _MAX_SEGMENTS * _LONG_SEGMENT_TOKENS
@@ -637,17 +637,17 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     if warps >= _MIN_SEGMENT_WARPS:
         most = max(1, min(most, n_tokens // _MIN_SEGMENT_TOKENS))
     fewer = max(1, _MOST_COUNTS // block_e)
-    if fewer < most and triton.cdiv(n_steps, fewer) <= _LONGEST_WALK:
+    if fewer < most and _rt.cdiv(n_steps, fewer) <= _LONGEST_WALK:
         most = fewer
-    steps_per_seg = triton.cdiv(n_steps, most)
+    steps_per_seg = _rt.cdiv(n_steps, most)
     seg_len = steps_per_seg * block_t
-    n_seg = triton.cdiv(n_tokens, seg_len)
+    n_seg = _rt.cdiv(n_tokens, seg_len)
     return seg_len, n_seg, block_t, block_e
 
 
 def block_k(n_rows: int, n_tokens: int) -> int:
     """Entries handled together: the average top-k rounded up to a power of two, at most 8."""
-    return min(8, triton.next_power_of_2(max(1, -(-n_rows // max(n_tokens, 1)))))
+    return min(8, _rt.next_pow2(max(1, -(-n_rows // max(n_tokens, 1)))))
 
 
 def _map_words(m: torch.Tensor, seg_len: int, block_t: int, block_e: int, k: int) -> bool:
@@ -678,7 +678,7 @@ def _count_and_scan(
     expert's count (written by the scan, or with scan_in_map by the map kernel)."""
     n_tokens, n_experts = m.shape
     device = m.device
-    block_s = triton.next_power_of_2(n_seg)
+    block_s = _rt.next_pow2(n_seg)
     # The counts, then the offsets: the scan writes them over the counts (each program reads its
     # whole tile before it writes it); where the map kernel scans (_scan_in_map) they stay counts.
     counts = _rt.empty((n_seg, n_experts), torch.int32, device)
@@ -700,9 +700,9 @@ def _count_and_scan(
     )
     expert_count = _rt.empty((n_experts,), torch.int64, device)
     if not scan_in_map:  # else the map kernel scans
-        experts_per_program = max(1, min(triton.next_power_of_2(n_experts), _SCAN_TILE // block_s))
+        experts_per_program = max(1, min(_rt.next_pow2(n_experts), _SCAN_TILE // block_s))
         scan_warps = max(1, min(8, block_s * experts_per_program // (32 * _SCAN_ENTRIES_PER_THREAD)))
-        _scan_experts_kernel[(triton.cdiv(n_experts, experts_per_program),)](
+        _scan_experts_kernel[(_rt.cdiv(n_experts, experts_per_program),)](
             counts,
             counts,
             expert_count,
@@ -749,7 +749,7 @@ def build_plan(
         return _empty_plan(n_tokens, n_experts, probs, num_out_tokens, device)
     seg_len, n_seg, block_t, block_e = _segments(n_tokens, n_experts)
     warps = _map_warps(block_t, block_e)
-    block_s = triton.next_power_of_2(n_seg)
+    block_s = _rt.next_pow2(n_seg)
     capacity = num_out_tokens // n_experts if drop_and_pad else 0
     padded = num_out_tokens is not None
     m = _map_pointer(routing_map)

@@ -287,7 +287,7 @@ def dot_block_h(hidden: int, k: int) -> int:
 def d_probs_row_store(n_experts: int, k: int) -> bool:
     """Whether permute's backward stores each row of d_probs [T, n_experts] once (BLOCK_K k): up to
     _ROW_STORE_MOST_E experts, and at _ROW_STORE_MANY_K entries a token only at that many."""
-    block_e = triton.next_power_of_2(max(n_experts, 1))
+    block_e = _rt.next_pow2(max(n_experts, 1))
     return block_e <= _ROW_STORE_MOST_E and (k < _ROW_STORE_MANY_K or block_e == _ROW_STORE_MOST_E)
 
 
@@ -308,7 +308,7 @@ def gather_rows(
     probs_grad = row_grad is not None
     k = block_k(src.shape[0], n_tokens)
     block_h = gather_block_h(hidden, ordered, k, n_tokens, probs_grad)
-    n_col_blocks = triton.cdiv(max(hidden, 1), block_h)
+    n_col_blocks = _rt.cdiv(max(hidden, 1), block_h)
     # H200 (experiments.py --only gather; unpermute fwd and permute bwd alike), by source rows N:
     # below 16384 the 2-D grid is faster, 4-12% (session 11: (4096, 256, 2, 2048) 13.9 vs 15.5 µs,
     # (4096, 8, 2, 7168) 45.9 vs 48.9, (2048, 64, 4, 4096) 23.1 vs 24.1); at 16384 level or the 2-D
@@ -334,7 +334,7 @@ def gather_rows(
         PROBS_GRAD=probs_grad,
         ORDERED=ordered,
         BLOCK_H=block_h,
-        BLOCK_E=triton.next_power_of_2(max(d_probs.shape[1], 1)) if probs_grad else 1,
+        BLOCK_E=_rt.next_pow2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=k,
         ROW_STORE=probs_grad and d_probs_row_store(d_probs.shape[1], k),
         num_warps=4,
@@ -384,7 +384,7 @@ def _launch_unpermute_backward(
         # and 2). Top-8 at 2048 columns: [8, 1024] 6-9% faster than [8, 128] (session 13).
         block_h = dot_block_h(hidden, k)
         pad_rows = pad_rows_per_program(drop_and_pad)
-        pad_programs = triton.cdiv(n_rows, pad_rows) if view.padded else 0
+        pad_programs = _rt.cdiv(n_rows, pad_rows) if view.padded else 0
         if n_tokens + pad_programs > 0:
             _scatter_dot_kernel[(n_tokens + pad_programs,)](
                 grad,
@@ -407,7 +407,7 @@ def _launch_unpermute_backward(
                 PAD_ROWS=pad_rows,
                 BLOCK_K=k,
                 BLOCK_H=block_h,
-                BLOCK_E=triton.next_power_of_2(max(probs.shape[1], 1)),
+                BLOCK_E=_rt.next_pow2(max(probs.shape[1], 1)),
                 num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
