@@ -116,6 +116,7 @@ def main() -> int:
             times[name].append(host_us(fn, args.calls))
     card = torch.cuda.get_device_name()
     print(f"{card}; host time per call, median of {args.repeats} x {args.calls} calls (µs)")
+    print(f"package: {pathlib.Path(sys.modules['moe_utils'].__file__).parent}")
     for name, values in times.items():
         print(f"{name:48s} {statistics.median(values):8.1f}   ({min(values):.1f}-{max(values):.1f})")
     if args.out is not None:
