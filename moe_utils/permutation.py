@@ -580,7 +580,7 @@ def permute(
     if num_out_tokens is not None:
         if isinstance(num_out_tokens, torch.Tensor):
             num_out_tokens = int(num_out_tokens.item())  # host sync; pass an int to avoid it
-        if not isinstance(num_out_tokens, int) or num_out_tokens < 0:
+        if not isinstance(num_out_tokens, (int, torch.SymInt)) or num_out_tokens < 0:
             raise ValueError(f"permute: num_out_tokens must be a non-negative int or None, got {num_out_tokens!r}")
         if drop_and_pad and (n_experts == 0 or num_out_tokens % n_experts != 0):
             raise ValueError(

@@ -297,3 +297,16 @@ def test_moe_block_under_activation_checkpointing_and_autocast(use_reentrant, co
             torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
             for g, w in zip(got, want, strict=True):
                 torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_exported_moe_block_serves_every_token_count():
+    """torch.export (non-strict: the Python runs on symbolic sizes, no dynamo) with the token count
+    dynamic: num_out_tokens = T * k reaches permute as a SymInt."""
+    torch.manual_seed(0)
+    model = TinyMoE().to(DEVICE).eval()
+    gen = make_generator(10)
+    x = torch.randn(12, 32, generator=gen).to(DEVICE)
+    exported = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("tokens", min=2)}})
+    for n in (12, 20):
+        x = torch.randn(n, 32, generator=gen).to(DEVICE)
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
