@@ -29,15 +29,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from baselines import activation_baselines  # noqa: E402
+from sweep import routing_map  # noqa: E402
 
 from moe_utils import permute, unpermute, weighted_bias_swiglu_impl  # noqa: E402
-
-
-def routing(n_tokens: int, n_experts: int, k: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = torch.randn(n_tokens, n_experts, device=device)
-    top = logits.topk(k, -1).indices
-    routing_map = torch.zeros(n_tokens, n_experts, device=device, dtype=torch.bool).scatter(1, top, True)
-    return routing_map, torch.softmax(logits, -1) * routing_map
 
 
 def cases(device: str) -> dict[str, Callable[[], object]]:
@@ -58,6 +52,7 @@ def cases(device: str) -> dict[str, Callable[[], object]]:
 
         return call
 
+    gen = torch.Generator(device=device).manual_seed(0)
     out["torch.add (one launch)"] = lambda: torch.add(g, 1)
     out["swiglu_impl fwd 4096x768"] = act(False, False)
     out["swiglu_impl fwd+bwd 4096x768"] = act(False, True)
@@ -66,17 +61,17 @@ def cases(device: str) -> dict[str, Callable[[], object]]:
     for n_tokens, n_experts, k, hidden in ((4096, 8, 2, 2048), (4096, 256, 2, 2048)):
         tag = f"{n_tokens}x{n_experts}x{k}x{hidden}"
         tokens = torch.randn(n_tokens, hidden, device=device, dtype=torch.bfloat16).requires_grad_(True)
-        routing_map, probs = routing(n_tokens, n_experts, k, device)
-        probs.requires_grad_(True)
+        routed = routing_map(n_tokens, n_experts, k, gen)
+        probs = (torch.softmax(torch.rand(n_tokens, n_experts, device=device), -1) * routed).requires_grad_(True)
         n_out = n_tokens * k
 
-        def perm(tokens=tokens, routing_map=routing_map, probs=probs, n_out=n_out):
-            return permute(tokens, routing_map, probs, num_out_tokens=n_out, fused=True)
+        def perm(tokens=tokens, routed=routed, probs=probs, n_out=n_out):
+            return permute(tokens, routed, probs, num_out_tokens=n_out, fused=True)
 
-        def both(tokens=tokens, routing_map=routing_map, probs=probs, n_out=n_out, fused=True):
+        def both(tokens=tokens, routed=routed, probs=probs, n_out=n_out, fused=True):
             # fused=False is the reference's algorithm (it synchronises: data-dependent sizes)
-            rows, _, plan = permute(tokens, routing_map, probs, num_out_tokens=n_out, fused=fused)
-            out = unpermute(rows, plan, tokens.shape, probs, routing_map, fused=fused)
+            rows, _, plan = permute(tokens, routed, probs, num_out_tokens=n_out, fused=fused)
+            out = unpermute(rows, plan, tokens.shape, probs, routed, fused=fused)
             torch.autograd.backward(out, torch.ones_like(out))
 
         out[f"permute fwd {tag}"] = perm
