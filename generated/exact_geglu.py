@@ -199,6 +199,7 @@ _BACKWARD_OPS = 21
 _HEAVY_FORWARD = True
 
 
+@_rt.on_input_device
 def _launch_forward(
     x: torch.Tensor,
     bias: Optional[torch.Tensor],
@@ -255,6 +256,7 @@ def _launch_forward(
     return out, x_fp8
 
 
+@_rt.on_input_device
 def _launch_backward(
     grad_out: torch.Tensor,
     x_saved: torch.Tensor,

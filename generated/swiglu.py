@@ -198,6 +198,7 @@ _BACKWARD_OPS = 12
 _HEAVY_FORWARD = False
 
 
+@_rt.on_input_device
 def _launch_forward(
     x: torch.Tensor,
     bias: Optional[torch.Tensor],
@@ -254,6 +255,7 @@ def _launch_forward(
     return out, x_fp8
 
 
+@_rt.on_input_device
 def _launch_backward(
     grad_out: torch.Tensor,
     x_saved: torch.Tensor,

@@ -89,6 +89,28 @@ def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> tor
     return out
 
 
+def on_input_device(launcher: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a launcher with its first argument's CUDA device as the current device.
+
+    Triton launches on the current device and its current stream, not on the device of its
+    arguments. Tensors on cuda:1 while cuda:0 is current would otherwise be read from cuda:0: an
+    error where peer access is off ("cannot be accessed from Triton"), and where it is on, a
+    kernel on the wrong device and stream, racing the work queued on the tensors' own stream.
+    Every launcher (eager, and the body of each torch.library op) is wrapped; where the device is
+    already current (the common case) the cost is one device query.
+    """
+
+    @functools.wraps(launcher)
+    def run(first: torch.Tensor, *args: Any) -> Any:
+        device = first.device
+        if device.type != "cuda" or device.index == torch.cuda.current_device():
+            return launcher(first, *args)
+        with torch.cuda.device(device.index):
+            return launcher(first, *args)
+
+    return run
+
+
 def triton_device(t: torch.Tensor) -> bool:
     """Triton kernels can run on this tensor's device (CUDA, or the CPU under the interpreter)."""
     return t.device.type == "cuda" or (INTERPRET and t.device.type == "cpu")

@@ -366,6 +366,7 @@ def _launch_scatter(
 # -- the fused op ----------------------------------------------------------------------------------
 
 
+@_rt.on_input_device
 def _launch_permute(
     tokens: torch.Tensor,
     routing_map: torch.Tensor,
@@ -388,6 +389,7 @@ def _launch_permute(
     return out, perm_probs, plan
 
 
+@_rt.on_input_device
 def _launch_permute_backward(
     grad_out: torch.Tensor,
     grad_perm_probs: torch.Tensor | None,

@@ -342,6 +342,7 @@ def gather_rows(
     )
 
 
+@_rt.on_input_device
 def _launch_unpermute(
     permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int, drop_and_pad: bool = False
 ) -> torch.Tensor:
@@ -355,6 +356,7 @@ def _launch_unpermute(
     return out
 
 
+@_rt.on_input_device
 def _launch_unpermute_backward(
     grad: torch.Tensor,
     permuted: torch.Tensor,

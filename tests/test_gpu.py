@@ -341,3 +341,84 @@ def test_kernel_lib_erf_has_the_bits_of_tl_erf_for_every_input():
         off_torch += ((ulps != 0) & subnormal).sum().item()
         far_from_torch += ((ulps > 1) & ~nan).sum().item()
     assert off_torch == 0 and far_from_torch == 0, (off_torch, far_from_torch)
+
+
+def _after_queued_work(dev: torch.device, t: torch.Tensor) -> torch.Tensor:
+    """t, overwritten by a write queued behind about 20 ms of work on dev's current stream: a
+    kernel that does not wait for that stream (one launched on another device) reads the old values."""
+    with torch.cuda.device(dev):
+        torch.cuda._sleep(40_000_000)
+        return t.mul_(-1.5).add_(0.25)
+
+
+def _second_device_step(dev: torch.device, fp8: bool):
+    """Every Triton launch path once, on dev, each input written last on dev's stream: the MoE
+    block eagerly (permute with probs, the Quick-GEGLU activation, unpermute, gradients),
+    drop_and_pad routing, fp8_input_store SwiGLU and a *_back helper. Returns every output and
+    gradient."""
+    from test_compile import TinyMoE
+
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    model = TinyMoE(hidden=192, ffn=160, n_experts=8, k=2).to(dev)
+    x = _after_queued_work(dev, torch.randn(300, 192, generator=gen).to(dev))
+    out = model(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    n_tokens, n_experts, capacity = 96, 4, 40
+    m = torch.zeros(n_tokens, n_experts, dtype=torch.bool)
+    for e in range(n_experts):
+        m[torch.randperm(n_tokens, generator=gen)[:capacity], e] = True
+    m = m.to(dev)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(dev).requires_grad_(True)
+    tokens = torch.randn(n_tokens, 136, generator=gen).to(dev, torch.bfloat16)
+    tokens = _after_queued_work(dev, tokens).requires_grad_(True)
+    rows, row_probs, plan = permute(tokens, m, p, num_out_tokens=capacity * n_experts, fused=True, drop_and_pad=True)
+    merged = unpermute(rows * 2, plan, tokens.shape, p, m, fused=True, drop_and_pad=True)
+    d_tokens, d_p = torch.autograd.grad((merged.float().square().sum(), row_probs.sum()), (tokens, p))
+    y = _after_queued_work(dev, torch.randn(70, 2 * 100, generator=gen).to(dev, torch.bfloat16)).requires_grad_(True)
+    w = torch.rand(70, 1, generator=gen).to(dev).requires_grad_(True)
+    g = torch.randn(70, 100, generator=gen).to(dev, torch.bfloat16)
+    act = weighted_bias_swiglu_impl(y, w, fp8)
+    d_y, d_w = torch.autograd.grad(act, (y, w), g)
+    back = swiglu_back(_after_queued_work(dev, g), y.detach())
+    return (out, *grads, rows, row_probs, plan, merged, d_tokens, d_p, act, d_y, d_w, back)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (device tool: nvidia-h200-x2)")
+@pytest.mark.parametrize("fp8", [False, True])
+def test_ops_run_on_their_inputs_device_when_another_is_current(fp8):
+    """Triton launches on the current device and stream: with tensors on cuda:1 and cuda:0 current,
+    every op must still run on cuda:1, after the work queued on its stream, and give the bits it
+    gives with cuda:1 current."""
+    dev = torch.device("cuda", 1)
+    with torch.cuda.device(dev):
+        want = _second_device_step(dev, fp8)
+    with torch.cuda.device(0):
+        got = _second_device_step(dev, fp8)
+    torch.cuda.synchronize(dev)
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.device == dev, f"output {i} is on {a.device}"
+        assert torch.equal(a, b), f"output {i} differs"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (device tool: nvidia-h200-x2)")
+def test_compiled_block_runs_on_its_inputs_device_when_another_is_current():
+    """The same under torch.compile: the torch.library ops' bodies launch on the inputs' device."""
+    from test_compile import TinyMoE
+
+    dev = torch.device("cuda", 1)
+    torch.manual_seed(0)
+    model = TinyMoE(hidden=128, ffn=96, n_experts=8, k=2).to(dev)
+    x = torch.randn(200, 128, device=dev)
+    with torch.cuda.device(dev):
+        want = model(x * -1.5 + 0.25)  # the values _after_queued_work writes
+        want_grads = torch.autograd.grad(want.square().sum(), list(model.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.cuda.device(0):
+        out = compiled(_after_queued_work(dev, x.clone()))
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    assert out.device == dev
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
