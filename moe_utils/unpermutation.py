@@ -516,6 +516,36 @@ def _unpermute_reference(permuted_tokens, sorted_indices, restore_shape, probs, 
     return output_tokens.to(dtype=input_dtype)
 
 
+def _check_sorted_indices(fn: str, sorted_indices, permuted_tokens: torch.Tensor, fused: bool) -> None:
+    """sorted_indices is on permuted_tokens' device; with fused=False (the reference's row
+    indices) also 1-D, integer, one per permuted row: the reference's scatter_add_ would drop the
+    rows past a shorter index without an error. (With fused=True plan_view checks the plan's layout.)"""
+    if not isinstance(sorted_indices, torch.Tensor):
+        if fused:
+            return  # plan_view's error names what a plan is
+        raise TypeError(
+            f"{fn}: sorted_indices must be the second output of permute(..., fused=False) (a torch.Tensor), "
+            f"got {type(sorted_indices).__name__}"
+        )
+    if sorted_indices.device != permuted_tokens.device:
+        raise ValueError(
+            f"{fn}: sorted_indices is on {sorted_indices.device} but permuted_tokens is on "
+            f"{permuted_tokens.device}; pass permute's output on the device of the rows"
+        )
+    if fused:
+        return
+    if sorted_indices.dtype not in (torch.int32, torch.int64) or sorted_indices.dim() != 1:
+        raise ValueError(
+            f"{fn}: with fused=False, sorted_indices must be a 1-D int64 (or int32) tensor of row indices, got "
+            f"{sorted_indices.dtype} {tuple(sorted_indices.shape)}"
+        )
+    if _rt.shapes_differ(sorted_indices.shape, permuted_tokens.shape[:1]):
+        raise ValueError(
+            f"{fn}: sorted_indices has {sorted_indices.shape[0]} entries but permuted_tokens has "
+            f"{permuted_tokens.shape[0]} rows; expected one index per row (permute's output for these rows)"
+        )
+
+
 def unpermute(
     permuted_tokens: torch.Tensor,
     sorted_indices: torch.Tensor,
@@ -560,6 +590,7 @@ def unpermute(
         n_experts = check_routing_map(fn, routing_map, n_tokens, permuted_tokens.device)
         if probs is not None and _rt.shapes_differ(probs.shape[1:], (n_experts,)):
             raise ValueError(f"{fn}: probs has {probs.shape[1]} experts but routing_map has {n_experts}")
+    _check_sorted_indices(fn, sorted_indices, permuted_tokens, fused)
     if not fused:
         if probs is not None and routing_map is None:
             raise ValueError(f"{fn}: routing_map is required with probs (to select each row's prob)")

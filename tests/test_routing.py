@@ -481,6 +481,20 @@ def test_bad_routing_input_raises_clear_errors():
         unpermute(perm, torch.arange(6, device=DEVICE), x.shape, fused=True)
     with pytest.raises(ValueError, match="num_out_tokens = 4"):
         permute(x, m, num_out_tokens=4, fused=False)
+    with pytest.raises(ValueError, match="sorted_indices is on meta but permuted_tokens is on"):
+        unpermute(perm, plan.to("meta"), x.shape, fused=True)
+    rows, _, idx = permute(x, m, fused=False)
+    with pytest.raises(ValueError, match="sorted_indices is on meta but permuted_tokens is on"):
+        unpermute(rows, idx.to("meta"), x.shape, fused=False)
+    # the reference's scatter_add_ would drop the rows past a shorter index without an error
+    with pytest.raises(ValueError, match="sorted_indices has 5 entries but permuted_tokens has 6 rows"):
+        unpermute(rows, idx[:5], x.shape, fused=False)
+    with pytest.raises(ValueError, match=r"1-D int64 .* got torch.float32 \(6,\)"):
+        unpermute(rows, idx.float(), x.shape, fused=False)
+    with pytest.raises(ValueError, match=r"got torch.int64 \(6, 1\)"):
+        unpermute(rows, idx[:, None], x.shape, fused=False)
+    with pytest.raises(TypeError, match=r"sorted_indices must be .* got list"):
+        unpermute(rows, idx.tolist(), x.shape, fused=False)
     with pytest.raises(ValueError, match="capacity \\* num_experts"):
         permute(x, m, num_out_tokens=7, fused=True, drop_and_pad=True)
     # 2^31 tokens (stride-0 views: nothing allocated): the plan's per-expert counts are int32.
