@@ -26,7 +26,7 @@ from .permutation import (
     pad_rows_per_program,
     scatter_rows,
 )
-from .routing import PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
+from .routing import MAX_EXPERTS, PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
 
 __all__ = ["gather_rows", "unpermute"]
 
@@ -65,12 +65,15 @@ def _gather_entry(
     SCALE: tl.constexpr,
     PROBS_GRAD: tl.constexpr,
     ROW_STORE: tl.constexpr,
+    CHECK_EXPERTS: tl.constexpr,
 ):
     """One entry of _gather_rows_kernel: (acc + its row (times its probability), d_row), and with
     PROBS_GRAD the entry's probability gradient (row_grad of its row) into d_probs, or with
     ROW_STORE into d_row at its expert."""
     row = entry_row(entry)
     placed = row >= 0
+    if CHECK_EXPERTS:
+        tl.device_assert(~placed | (entry_expert(entry) < E), "unpermute: probs has fewer experts than the plan")
     x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & placed, other=0.0).to(tl.float32)
     if SCALE:
         p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=placed, other=0.0)
@@ -100,9 +103,10 @@ def _gather_rows_kernel(
     entry_ptr,  # [N] int64 plan: (row << EXPERT_BITS) | expert of each entry (row -1: not placed)
     n_rows,  # N
     hidden,  # row width
-    E,  # experts
+    E,  # experts: of d_probs (PROBS_GRAD), of probs (CHECK_EXPERTS)
     SCALE: tl.constexpr,  # multiply each row by its probability
     PROBS_GRAD: tl.constexpr,  # also scatter row_grad into d_probs (permute's backward)
+    CHECK_EXPERTS: tl.constexpr,  # SCALE: assert that each entry's expert is a column of probs (debug=True)
     ORDERED: tl.constexpr,  # the grid in memory order (1-D), else 2-D with tokens on the fast axis
     BLOCK_H: tl.constexpr,  # columns per program
     BLOCK_E: tl.constexpr,  # >= E (PROBS_GRAD)
@@ -126,7 +130,7 @@ def _gather_rows_kernel(
         if not ROW_STORE:
             _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
     args = (src_ptr, src_row_stride, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E)
-    flags = (SCALE, PROBS_GRAD, ROW_STORE)
+    flags = (SCALE, PROBS_GRAD, ROW_STORE, CHECK_EXPERTS)
     # The first BLOCK_K entries unrolled: their loads depend only on `first`, so all their rows are
     # in flight at once; a loop walks entry -> row -> next entry with one row in flight per
     # program. H200 (session 13; results/history/experiments-gather-unrolled-pdl-s13-call1-*):
@@ -298,12 +302,27 @@ def gather_rows(
     probs: torch.Tensor | None = None,
     row_grad: torch.Tensor | None = None,
     d_probs: torch.Tensor | None = None,
+    check_experts: bool = False,
 ) -> None:
     """out[t] = sum over t's rows of src[row] (* probs[t, e]); optionally d_probs[t, e] = row_grad[row]
-    and 0 where t has no row for e (every element of d_probs is written)."""
+    and 0 where t has no row for e (every element of d_probs is written).
+
+    check_experts (with probs): fail if an entry's expert is not a column of probs, where nothing
+    else checked that probs has the plan's experts (unpermute without routing_map): a ValueError on
+    the CPU, a device-side assertion on the GPU (no read past a row of probs either way)."""
     n_tokens, hidden = out.shape
     if n_tokens == 0:
         return
+    check_experts = check_experts and probs is not None
+    if check_experts and out.device.type != "cuda":  # the CPU: the host reads the plan for free
+        placed = plan.entry >= 0
+        most = int((plan.entry[placed] & (MAX_EXPERTS - 1)).max()) + 1 if bool(placed.any()) else 0
+        if most > probs.shape[1]:
+            raise ValueError(
+                f"unpermute: probs has {probs.shape[1]} experts but the plan routes tokens to expert {most - 1}; "
+                "pass the probs given to permute (and routing_map, which checks it without reading the plan)"
+            )
+        check_experts = False
     ordered = src.shape[0] > _ORDERED_GATHER_ABOVE
     probs_grad = row_grad is not None
     k = block_k(src.shape[0], n_tokens)
@@ -329,30 +348,40 @@ def gather_rows(
         plan.entry,
         src.shape[0],
         hidden,
-        d_probs.shape[1] if probs_grad else 0,
+        d_probs.shape[1] if probs_grad else probs.shape[1] if check_experts else 0,
         SCALE=probs is not None,
         PROBS_GRAD=probs_grad,
+        CHECK_EXPERTS=check_experts,
         ORDERED=ordered,
         BLOCK_H=block_h,
         BLOCK_E=_rt.next_pow2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=k,
         ROW_STORE=probs_grad and d_probs_row_store(d_probs.shape[1], k),
         num_warps=4,
+        # the assertion needs debug=True (without Triton's int32 overflow checks, which debug would add)
+        **({"debug": True, "sanitize_overflow": False} if check_experts else {}),
         **_rt.pdl_args(src.device, "gather"),
     )
 
 
 @_rt.on_input_device
 def _launch_unpermute(
-    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int, drop_and_pad: bool = False
+    permuted: torch.Tensor,
+    plan: torch.Tensor,
+    probs: torch.Tensor | None,
+    n_tokens: int,
+    drop_and_pad: bool = False,
+    check_experts: bool = False,
 ) -> torch.Tensor:
     # drop_and_pad is not read here: it is in the signature of the op (for its backward), which this mirrors.
+    # check_experts: nothing checked that probs has the plan's experts (gather_rows). The backward
+    # needs no check: it runs only after this forward, on the same plan and probs.
     permuted = _rt.unit_column_stride(permuted)
     n_rows, hidden = permuted.shape
     view = plan_view("unpermute", plan, n_tokens, n_rows)
     out = _rt.empty((n_tokens, hidden), permuted.dtype, permuted.device)
     if hidden > 0:
-        gather_rows(permuted, out, view, probs=probs)
+        gather_rows(permuted, out, view, probs=probs, check_experts=check_experts)
     return out
 
 
@@ -420,14 +449,19 @@ def _launch_unpermute_backward(
 
 @torch.library.custom_op(f"moe_utils::unpermute_fwd_plan{PLAN_LAYOUT}", mutates_args=())
 def _unpermute_op(
-    permuted: torch.Tensor, plan: torch.Tensor, probs: torch.Tensor | None, n_tokens: int, drop_and_pad: bool
+    permuted: torch.Tensor,
+    plan: torch.Tensor,
+    probs: torch.Tensor | None,
+    n_tokens: int,
+    drop_and_pad: bool,
+    check_experts: bool,
 ) -> torch.Tensor:
     # drop_and_pad is for the backward only (setup_context reads it from the inputs).
-    return _launch_unpermute(permuted, plan, probs, n_tokens, drop_and_pad)
+    return _launch_unpermute(permuted, plan, probs, n_tokens, drop_and_pad, check_experts)
 
 
 @_unpermute_op.register_fake
-def _(permuted, plan, probs, n_tokens, drop_and_pad):
+def _(permuted, plan, probs, n_tokens, drop_and_pad, check_experts):
     return permuted.new_empty((n_tokens, permuted.shape[1]))
 
 
@@ -452,7 +486,7 @@ def _(grad, permuted, plan, probs, need_d_probs, drop_and_pad):
 
 
 def _unpermute_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    permuted, plan, probs, _, drop_and_pad = inputs
+    permuted, plan, probs, _, drop_and_pad, _ = inputs
     ctx.save_for_backward(permuted, plan, probs)
     ctx.drop_and_pad = drop_and_pad
 
@@ -461,7 +495,7 @@ def _unpermute_op_backward(ctx: Any, grad):
     permuted, plan, probs = ctx.saved_tensors
     need = probs is not None and ctx.needs_input_grad[2]
     d_perm, d_probs = _unpermute_backward_op(grad, permuted, plan, probs, need, ctx.drop_and_pad)
-    return d_perm, None, (d_probs if need else None), None, None
+    return d_perm, None, (d_probs if need else None), None, None, None
 
 
 _unpermute_op.register_autograd(_unpermute_op_backward, setup_context=_unpermute_setup)
@@ -471,8 +505,9 @@ class _FusedUnpermute(torch.autograd.Function):
     """Eager fast path around the same launchers; under torch.compile it calls the ops instead."""
 
     @staticmethod
-    def forward(ctx, permuted, plan, probs, n_tokens, drop_and_pad):
-        out = _rt.call(_unpermute_op, _launch_unpermute, permuted, plan, probs, n_tokens, drop_and_pad)
+    def forward(ctx, permuted, plan, probs, n_tokens, drop_and_pad, check_experts):
+        args = (permuted, plan, probs, n_tokens, drop_and_pad, check_experts)
+        out = _rt.call(_unpermute_op, _launch_unpermute, *args)
         # permuted is needed only for the probs gradient.
         keep = permuted if probs is not None and probs.requires_grad else None
         ctx.save_for_backward(keep, plan, probs)
@@ -489,7 +524,7 @@ class _FusedUnpermute(torch.autograd.Function):
         permuted = kept if kept is not None else torch.empty((1, 1), dtype=dtype, device=device).expand(shape)
         args = (grad, permuted, plan, probs, need, ctx.drop_and_pad)
         d_perm, d_probs = _rt.call(_unpermute_backward_op, _launch_unpermute_backward, *args)
-        return d_perm, None, (d_probs if need else None), None, None
+        return d_perm, None, (d_probs if need else None), None, None, None
 
 
 def _unpermute_reference(permuted_tokens, sorted_indices, restore_shape, probs, routing_map, drop_and_pad):
@@ -598,4 +633,6 @@ def unpermute(
             permuted_tokens, sorted_indices, torch.Size(restore_shape), probs, routing_map, drop_and_pad
         )
     plan_view(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])  # checks the plan's layout
-    return _FusedUnpermute.apply(permuted_tokens, sorted_indices, probs, n_tokens, bool(drop_and_pad))
+    # Without routing_map nothing has checked probs' experts against the plan's: the gather does.
+    check_experts = probs is not None and routing_map is None
+    return _FusedUnpermute.apply(permuted_tokens, sorted_indices, probs, n_tokens, bool(drop_and_pad), check_experts)

@@ -54,7 +54,8 @@ def test_opcheck_routing_ops():
         _permute_backward_op, (torch.randn_like(out), torch.randn_like(perm_probs), plan, 10, 4, p.dtype)
     )
     rows = out.clone().requires_grad_(True)
-    torch.library.opcheck(_unpermute_op, (rows, plan, p, 10, False))
+    torch.library.opcheck(_unpermute_op, (rows, plan, p, 10, False, False))
+    torch.library.opcheck(_unpermute_op, (rows, plan, p, 10, False, True))
     torch.library.opcheck(_unpermute_backward_op, (torch.randn(10, 24).to(DEVICE), out, plan, p.detach(), True, False))
 
 

@@ -289,7 +289,7 @@ def test_padding_programs_of_any_size_give_the_same_bits(monkeypatch):
                     return unpermute(r, plan, x.shape, pp, capacity_m, fused=True, drop_and_pad=drop_and_pad)
 
                 if path == "op":
-                    out = unpermutation._unpermute_op(r, plan, pp, n_tokens, drop_and_pad)
+                    out = unpermutation._unpermute_op(r, plan, pp, n_tokens, drop_and_pad, False)
                 else:
                     out = (torch.compile(fn, fullgraph=True) if path == "compiled" else fn)(r, pp)
                 asked.clear()
@@ -528,6 +528,61 @@ def test_too_small_num_out_tokens_fails_loudly_on_the_gpu(drop_and_pad):
         "print('NO ERROR')\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "NO ERROR" not in proc.stdout
+    assert "device-side assert" in proc.stderr or "Assertion" in proc.stderr, proc.stderr[-2000:]
+
+
+def _six_expert_routing():
+    gen = make_generator(21)
+    x = torch.randn(12, 16, generator=gen).to(DEVICE)
+    m = torch.zeros(12, 6, dtype=torch.bool)
+    m[torch.arange(12), torch.arange(12) % 6] = True
+    m[torch.arange(12), (torch.arange(12) + 1) % 6] = True
+    p = torch.rand(12, 6, generator=gen).to(DEVICE)
+    return x, m.to(DEVICE), p, gen
+
+
+def test_unpermute_without_routing_map_checks_probs_against_the_plan():
+    """fused=True reads probs[t, e] at each entry's expert: probs narrower than the plan's experts
+    would be read past its rows (and the backward would write past d_probs' rows). With routing_map
+    the shapes are compared; without it the gather checks each entry (the CPU here; on the GPU a
+    device-side assertion, the next test)."""
+    x, m, p, gen = _six_expert_routing()
+    rows, _, plan = permute(x, m, p, num_out_tokens=24, fused=True)
+    want = unpermute(rows, plan, x.shape, p, m, fused=True)
+    assert torch.equal(unpermute(rows, plan, x.shape, p, fused=True), want)
+    wider = torch.cat([p, torch.rand(12, 3, generator=gen).to(DEVICE)], 1)  # columns past the plan's: not read
+    assert torch.equal(unpermute(rows, plan, x.shape, wider, fused=True), want)
+    with pytest.raises(ValueError, match="probs has 4 experts but routing_map has 6"):
+        unpermute(rows, plan, x.shape, p[:, :4], m, fused=True)
+    if DEVICE.type == "cpu":
+        with pytest.raises(ValueError, match="probs has 4 experts but the plan routes tokens to expert 5"):
+            unpermute(rows, plan, x.shape, p[:, :4], fused=True)
+        with pytest.raises(ValueError, match="probs has 4 experts but the plan routes tokens to expert 5"):
+            torch.compile(lambda r, q: unpermute(r, plan, x.shape, q, fused=True), fullgraph=True)(rows, p[:, :4])
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the device-side assertion exists only on the GPU")
+def test_unpermute_with_narrower_probs_fails_loudly_on_the_gpu():
+    """The GPU side of the previous test, in a child process (the assertion poisons the CUDA context)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, moe_utils\n"
+        "x = torch.randn(12, 16, device='cuda')\n"
+        "m = torch.zeros(12, 6, dtype=torch.bool, device='cuda')\n"
+        "t = torch.arange(12, device='cuda'); m[t, t % 6] = True; m[t, (t + 1) % 6] = True\n"
+        "p = torch.rand(12, 6, device='cuda')\n"
+        "rows, _, plan = moe_utils.permute(x, m, p, num_out_tokens=24, fused=True)\n"
+        "ok = moe_utils.unpermute(rows, plan, x.shape, p, fused=True)\n"
+        "torch.cuda.synchronize(); print('CHECKED PATH RUNS')\n"
+        "out = moe_utils.unpermute(rows, plan, x.shape, p[:, :4].contiguous(), fused=True)\n"
+        "torch.cuda.synchronize()\n"
+        "print('NO ERROR')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "CHECKED PATH RUNS" in proc.stdout, proc.stderr[-2000:]
     assert proc.returncode != 0 and "NO ERROR" not in proc.stdout
     assert "device-side assert" in proc.stderr or "Assertion" in proc.stderr, proc.stderr[-2000:]
 
