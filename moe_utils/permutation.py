@@ -376,13 +376,12 @@ def _launch_permute(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(permuted tokens [N, hidden], permuted probs [N] (empty without probs), plan)."""
     tokens = _rt.unit_column_stride(tokens)
-    n_tokens, hidden = tokens.shape
+    hidden = tokens.shape[1]
     plan, rest, n_rows = build_plan(
         "permute", routing_map, probs, None if num_out_tokens < 0 else num_out_tokens, drop_and_pad
     )
-    view = plan_view("permute", plan, n_tokens, n_rows)
     out = _rt.empty((n_rows, hidden), tokens.dtype, tokens.device)
-    scatter_rows(tokens, out, view, rest=rest)  # padding rows, src_token and the permuted probs too
+    scatter_rows(tokens, out, rest.view, rest=rest)  # padding rows, src_token and the permuted probs too
     perm_probs = rest.perm_probs
     if perm_probs is None:
         perm_probs = torch.empty((0,), dtype=torch.float32, device=tokens.device)

@@ -562,6 +562,7 @@ class PlanRest:
     total: torch.Tensor  # [1] int64: routed (token, expert) pairs in all
     capacity: int  # rows per expert with drop_and_pad, else 0
     drop_and_pad: bool  # rows are laid out capacity per expert
+    view: Plan  # the plan's views (plan_view), for the scatter
 
 
 def plan_numel(n_tokens: int, n_rows: int, padded: bool) -> int:
@@ -569,8 +570,9 @@ def plan_numel(n_tokens: int, n_rows: int, padded: bool) -> int:
     return 2 * n_rows + n_tokens + 1 + int(padded)
 
 
-def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
-    """Slice a plan made by permute(..., fused=True); anything else is a clear error."""
+def plan_layout(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> bool:
+    """Check that plan is a plan made by permute(..., fused=True) for these sizes (anything else is
+    a clear error); return whether it is padded. Cheaper than plan_view: no views are made."""
     if not isinstance(plan, torch.Tensor) or plan.dtype != torch.int64 or plan.dim() != 1:
         raise ValueError(
             f"{fn}: with fused=True, sorted_indices must be the third output of permute(..., fused=True) "
@@ -587,13 +589,15 @@ def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
             f"{n_tokens} tokens (restore_shape) and {n_rows} permuted rows (permuted_tokens); pass the "
             "third output of permute(..., fused=True) from the same routing"
         )
-    n, t = n_rows, n_tokens
-    return Plan(
-        src_token=plan[:n],
-        token_ptr=plan[n : n + t + 1],
-        entry=plan[n + t + 1 : 2 * n + t + 1],
-        padded=padded,
-    )
+    return padded
+
+
+def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
+    """Slice a plan made by permute(..., fused=True) (checked by plan_layout). One split_with_sizes
+    (3.0 µs on the 2-CPU machine) instead of three slices (4.4 µs): the launchers call it eagerly."""
+    padded = plan_layout(fn, plan, n_tokens, n_rows)
+    src_token, token_ptr, entry, _ = plan.split_with_sizes((n_rows, n_tokens + 1, n_rows, int(padded)))
+    return Plan(src_token=src_token, token_ptr=token_ptr, entry=entry, padded=padded)
 
 
 def check_routing_map(fn: str, routing_map: torch.Tensor, n_tokens: int, device: torch.device) -> int:
@@ -804,7 +808,7 @@ def build_plan(
     total = view.token_ptr[n_tokens:]  # the map kernel's last program writes it
     if padded and not check:
         _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad)
-    return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad), n_rows
+    return plan, PlanRest(probs, perm_probs, expert_count, total, capacity, drop_and_pad, view), n_rows
 
 
 def _empty_plan(
@@ -818,7 +822,8 @@ def _empty_plan(
     plan[:n_rows] = -1
     perm_probs = None if probs is None else torch.zeros((n_rows,), dtype=probs.dtype, device=device)
     counts = torch.zeros((n_experts + 1,), dtype=torch.int64, device=device)
-    return plan, PlanRest(None, perm_probs, counts[:n_experts], counts[n_experts:], 0, False), n_rows
+    view = plan_view("permute", plan, n_tokens, n_rows)
+    return plan, PlanRest(None, perm_probs, counts[:n_experts], counts[n_experts:], 0, False, view), n_rows
 
 
 def _check_fits(fn, fits, total, expert_count, n_rows, capacity, drop_and_pad) -> None:

@@ -26,7 +26,16 @@ from .permutation import (
     pad_rows_per_program,
     scatter_rows,
 )
-from .routing import MAX_EXPERTS, PLAN_LAYOUT, Plan, check_routing_map, entry_expert, entry_row, plan_view
+from .routing import (
+    MAX_EXPERTS,
+    PLAN_LAYOUT,
+    Plan,
+    check_routing_map,
+    entry_expert,
+    entry_row,
+    plan_layout,
+    plan_view,
+)
 
 __all__ = ["gather_rows", "unpermute"]
 
@@ -632,7 +641,7 @@ def unpermute(
         return _unpermute_reference(
             permuted_tokens, sorted_indices, torch.Size(restore_shape), probs, routing_map, drop_and_pad
         )
-    plan_view(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])  # checks the plan's layout
+    plan_layout(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])
     # Without routing_map nothing has checked probs' experts against the plan's: the gather does.
     check_experts = probs is not None and routing_map is None
     return _FusedUnpermute.apply(permuted_tokens, sorted_indices, probs, n_tokens, bool(drop_and_pad), check_experts)
