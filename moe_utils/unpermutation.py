@@ -563,10 +563,10 @@ def _unpermute_reference(permuted_tokens, sorted_indices, restore_shape, probs, 
 def _check_sorted_indices(fn: str, sorted_indices, permuted_tokens: torch.Tensor, fused: bool) -> None:
     """sorted_indices is on permuted_tokens' device; with fused=False (the reference's row
     indices) also 1-D, integer, one per permuted row: the reference's scatter_add_ would drop the
-    rows past a shorter index without an error. (With fused=True plan_view checks the plan's layout.)"""
+    rows past a shorter index without an error. (With fused=True plan_layout checks the plan's layout.)"""
     if not isinstance(sorted_indices, torch.Tensor):
         if fused:
-            return  # plan_view's error names what a plan is
+            return  # plan_layout's error names what a plan is
         raise TypeError(
             f"{fn}: sorted_indices must be the second output of permute(..., fused=False) (a torch.Tensor), "
             f"got {type(sorted_indices).__name__}"
