@@ -605,6 +605,14 @@ def check_flag(fn: str, name: str, value: Any) -> bool:
     return value
 
 
+def fp8_flag(fn: str, value: Any) -> bool:
+    """fp8_input_store as the reference reads it (any truth value, e.g. a config's 0/1), but never a
+    tensor: a tensor there is an argument in the wrong place (a bias passed to a *_impl without one)."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}: fp8_input_store must be a bool, got a tensor of shape {tuple(value.shape)}")
+    return bool(value)
+
+
 def eager_inputs(
     x: torch.Tensor, bias: torch.Tensor | None, clamp_value: float | None, dtype: torch.dtype, interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -684,7 +692,7 @@ def function_forward(
     rows = prepare(fn, y, bias, weights)
     clamp_value = check_clamp(fn, clamp_value)
     params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
-    fp8_input_store = bool(fp8_input_store)
+    fp8_input_store = fp8_flag(fn, fp8_input_store)
     interleaved = check_flag(fn, "interleaved", interleaved)
     ctx.impl = impl
     out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, interleaved, params)
@@ -704,9 +712,33 @@ def function_forward(
     return out.view(rows.out_shape)
 
 
+#: first_order_only's hint for the routing ops, whose fused=False path is plain PyTorch.
+FUSED_ONLY_HINT = ", or fused=False (plain PyTorch, differentiable twice)"
+
+
+def first_order_only(fn: str, grads: Sequence[torch.Tensor | None], reads_inputs: bool, hint: str = "") -> None:
+    """Refuse to build a graph of a kernel backward (create_graph=True, the only time autograd runs a
+    backward in grad mode): kernel outputs carry no graph, so a second derivative through them would
+    be silently missing, or wrong where the incoming gradient carries a graph.
+
+    reads_inputs: the gradients depend on the forward's differentiable inputs, not only linearly on
+    the incoming gradients (which alone make the result a constant when they carry no graph).
+    Under torch.compile the check is left to AOTAutograd, which refuses double backward itself.
+    """
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return
+    if reads_inputs or any(g is not None and g.requires_grad for g in grads):
+        raise RuntimeError(
+            f"{fn}: backward called with create_graph=True (double backward: a gradient penalty, a "
+            "Hessian-vector product); moe_utils' kernels give first derivatives only, so a second "
+            f"derivative through them would be lost. Expected create_graph=False{hint}."
+        )
+
+
 def function_backward(ctx: Any, grad_out: torch.Tensor):
     """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights)."""
     impl = ctx.impl
+    first_order_only(ctx.meta[0], (grad_out,), reads_inputs=True)
     x_saved, bias, weight = ctx.saved_tensors
     _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
     n_rows = x_saved.shape[0]
@@ -729,7 +761,46 @@ def backward_helper(
     clamp_value: float | None = None,
     interleaved: bool = False,
 ):
-    """The *_back helpers: gradients without autograd. Returns (d_y, d_bias or None, d_weights or None)."""
+    """The *_back helpers: gradients without autograd. Returns (d_y, d_bias or None, d_weights or None).
+
+    Their results are not differentiable; called on tensors that require grad (grad mode on), they
+    come from _KernelGradients, whose backward says so instead of giving no gradient."""
+    tensors = (g, y, bias, weights)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if any(t is not None and t.requires_grad for t in tensors):
+            kwargs = {"params": params, "clamp_value": clamp_value, "interleaved": interleaved}
+            return _KernelGradients.apply(fn, functools.partial(_backward_helper, impl, fn, **kwargs), *tensors)
+    return _backward_helper(impl, fn, *tensors, params, clamp_value, interleaved)
+
+
+class _KernelGradients(torch.autograd.Function):
+    """A *_back helper called on tensors that require grad: its results raise when differentiated."""
+
+    @staticmethod
+    def forward(ctx, fn, body, g, y, bias, weights):
+        ctx.fn = fn
+        return body(g, y, bias, weights)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{ctx.fn}: its gradients are computed by kernels and are not differentiable again; "
+            "got a backward through them, expected none (the autograd Functions give first derivatives)."
+        )
+
+
+def _backward_helper(
+    impl: ActivationImpl,
+    fn: str,
+    g: torch.Tensor,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    params: Sequence[float],
+    clamp_value: float | None = None,
+    interleaved: bool = False,
+):
+    """backward_helper's work, outside autograd."""
     interleaved = check_flag(fn, "interleaved", interleaved)
     y = lift_1d(y, weights)
     rows = prepare(fn, y, bias, weights)
@@ -768,6 +839,7 @@ def fake_backward(
 
 def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> None:
     """Make <name>_fwd differentiable through <name>_bwd, so the op alone works under autograd."""
+    op_name = getattr(forward_op, "_qualname", "moe_utils op")  # e.g. moe_utils::swiglu_fwd
 
     def setup_context(ctx, inputs, output):
         x, bias, weight, fp8_store, clamp_value, interleaved, *params = inputs
@@ -779,6 +851,7 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
         ctx.params = params
 
     def backward(ctx, grad_out, _grad_x_fp8):
+        first_order_only(op_name, (grad_out,), reads_inputs=True)
         x_saved, bias, weight = ctx.saved_tensors
         args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params)
         d_x, d_w = backward_op(grad_out, x_saved, bias, weight, *args)

@@ -461,6 +461,8 @@ def _permute_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 
 def _permute_op_backward(ctx: Any, grad_out, grad_perm_probs, _grad_plan):
+    # Linear in the incoming gradients: a graph is needed only where they carry one.
+    _rt.first_order_only("permute", (grad_out, grad_perm_probs), reads_inputs=False, hint=_rt.FUSED_ONLY_HINT)
     (plan,) = ctx.saved_tensors
     n_tokens, n_experts, probs_dtype = ctx.meta
     d_tokens, d_probs = _permute_backward_op(grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)
@@ -485,6 +487,7 @@ class _FusedPermute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_perm_probs, _grad_plan):
+        _rt.first_order_only("permute", (grad_out, grad_perm_probs), reads_inputs=False, hint=_rt.FUSED_ONLY_HINT)
         (plan,) = ctx.saved_tensors
         n_tokens, n_experts, probs_dtype, out_shape = ctx.meta
         if grad_out is None:  # only the permuted probs were used

@@ -503,6 +503,8 @@ def _unpermute_setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 def _unpermute_op_backward(ctx: Any, grad):
     permuted, plan, probs = ctx.saved_tensors
     need = probs is not None and ctx.needs_input_grad[2]
+    # With probs that require grad, d_permuted reads probs and d_probs the rows; else linear in grad.
+    _rt.first_order_only("unpermute", (grad,), reads_inputs=need, hint=_rt.FUSED_ONLY_HINT)
     d_perm, d_probs = _unpermute_backward_op(grad, permuted, plan, probs, need, ctx.drop_and_pad)
     return d_perm, None, (d_probs if need else None), None, None, None
 
@@ -528,6 +530,7 @@ class _FusedUnpermute(torch.autograd.Function):
     def backward(ctx, grad):
         kept, plan, probs = ctx.saved_tensors
         need = probs is not None and ctx.needs_input_grad[2]
+        _rt.first_order_only("unpermute", (grad,), reads_inputs=need, hint=_rt.FUSED_ONLY_HINT)
         shape, dtype, device = ctx.perm_meta
         # Without a probs gradient the rows' values are not read: a zero-stride stand-in carries the shape.
         permuted = kept if kept is not None else torch.empty((1, 1), dtype=dtype, device=device).expand(shape)
