@@ -430,7 +430,7 @@ def _(tokens, routing_map, probs, num_out_tokens, drop_and_pad):
     n_rows = num_out_tokens if padded else torch.library.get_ctx().new_dynamic_size()
     out = tokens.new_empty((n_rows, hidden))
     perm_probs = probs.new_empty((n_rows,)) if probs is not None else tokens.new_empty((0,), dtype=torch.float32)
-    plan = tokens.new_empty((plan_numel(n_tokens, n_rows, padded),), dtype=torch.int64)
+    plan = tokens.new_empty((plan_numel(n_tokens, n_rows),), dtype=torch.int64)
     return out, perm_probs, plan
 
 

@@ -34,7 +34,13 @@ The plan is one int64 tensor, returned by ``permute(..., fused=True)`` in place 
     entry        [N]      each entry (token-major, ascending expert): (row << 10) | expert, with
                           row its permuted row, -1 if dropped (entry < 0 then); rows fit in the
                           53 bits left (N < 2^53, far past any tensor that fits in memory)
-    (marker)     [0 or 1] present when rows may be padding (num_out_tokens was given)
+
+Its length, 2N + T + 1, gives T for a known N: a plan passed with another restore_shape is an
+error. (Until session 34 (layout 2) a padded plan carried one more element, a marker, so that a
+padded plan for T tokens had the length of an unpadded one for T + 1 and was misread, silently.)
+Whether rows may be padding is not in the layout: permute's own scatter knows (num_out_tokens
+was given), and a plan given back to unpermute is taken as padded: its backward runs the padding
+programs, which find no padding rows in an unpadded plan (as fast as none, session 24 call 3).
 
 N is the number of permuted rows. The layout is private to this package: pass the tensor to
 ``unpermute(..., fused=True)`` and nowhere else. ``build_plan`` returns it with ``src_token`` not
@@ -74,7 +80,7 @@ _EXPERT_MASK = tl.constexpr(MAX_EXPERTS - 1)
 #: (``moe_utils::permute_fwd_plan2``, ...). Inductor's on-disk cache keys a compiled graph by its
 #: code, which names the ops, not by their fake kernels: a graph compiled against another layout
 #: (another plan length) would be replayed. Bump it with every change of the layout.
-PLAN_LAYOUT = 2
+PLAN_LAYOUT = 3
 #: Segments of tokens (programs of the count and map kernels). At most _MAX_SEGMENTS, so that the
 #: scan stays one tile tall, except where the map kernel runs one warp per program and twice as
 #: many segments would still be _LONG_SEGMENT steps and _LONG_SEGMENT_TOKENS tokens long: there
@@ -393,7 +399,6 @@ def _map_kernel(
     seg_expert_off_ptr,  # [n_seg, E] int32 rows of each expert in earlier segments
     expert_count_ptr,  # [E] int64 routed tokens per expert
     fits_ptr,  # [1] int32 out: 1 when every routed pair got a row (program 0 or the last)
-    marker_ptr,  # [1] int64 out (PADDED): set to 1, the plan's "rows may be padding" marker
     token_ptr_ptr,  # [T + 1] int64 out: first entry of each token, and the total at T
     entry_ptr,  # [N] int64 out: (row << EXPERT_BITS) | expert of each entry; row -1 when it would not fit
     T,  # tokens
@@ -403,7 +408,6 @@ def _map_kernel(
     capacity,  # DROP_AND_PAD: rows per expert
     n_seg,  # segments (SCAN)
     DROP_AND_PAD: tl.constexpr,
-    PADDED: tl.constexpr,  # the plan carries the padding marker
     CHECK: tl.constexpr,  # assert on the device that the routing fits (compiled with debug=True)
     BLOCK_T: tl.constexpr,  # tokens per step
     BLOCK_E: tl.constexpr,  # experts per tile (>= E)
@@ -466,8 +470,6 @@ def _map_kernel(
             tl.store(fits_ptr, fits.to(tl.int32))
             if CHECK:
                 tl.device_assert(fits, "permute: drop_and_pad=True allows at most capacity tokens per expert")
-        if PADDED:
-            tl.store(marker_ptr, tl.full([], 1, tl.int64))
     # Next free token-major entry, carried across steps: the segment's first is the routed pairs
     # of earlier segments, over all experts.
     if not SCAN:
@@ -547,7 +549,7 @@ class Plan:
     src_token: torch.Tensor  # [N]
     token_ptr: torch.Tensor  # [T + 1]
     entry: torch.Tensor  # [N] (row << EXPERT_BITS) | expert; row -1 (entry < 0) when not placed
-    padded: bool  # some rows may be padding (no token maps to them)
+    padded: bool  # some rows may be padding (no token maps to them); True for a plan given back
 
 
 @dataclass(frozen=True)
@@ -565,14 +567,14 @@ class PlanRest:
     view: Plan  # the plan's views (plan_view), for the scatter
 
 
-def plan_numel(n_tokens: int, n_rows: int, padded: bool) -> int:
+def plan_numel(n_tokens: int, n_rows: int) -> int:
     """Length of the plan tensor."""
-    return 2 * n_rows + n_tokens + 1 + int(padded)
+    return 2 * n_rows + n_tokens + 1
 
 
-def plan_layout(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> bool:
+def plan_layout(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> None:
     """Check that plan is a plan made by permute(..., fused=True) for these sizes (anything else is
-    a clear error); return whether it is padded. Cheaper than plan_view: no views are made."""
+    a clear error). Cheaper than plan_view: no views are made."""
     if not isinstance(plan, torch.Tensor) or plan.dtype != torch.int64 or plan.dim() != 1:
         raise ValueError(
             f"{fn}: with fused=True, sorted_indices must be the third output of permute(..., fused=True) "
@@ -581,22 +583,20 @@ def plan_layout(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> bool
         )
     # Compared, not hashed: under torch.compile the sizes are symbolic, and hashing one
     # specialises the graph to that token count.
-    numel = plan.numel()
-    padded = numel == plan_numel(n_tokens, n_rows, True)
-    if not padded and numel != plan_numel(n_tokens, n_rows, False):
+    if plan.numel() != plan_numel(n_tokens, n_rows):
         raise ValueError(
             f"{fn}: sorted_indices has {plan.numel()} elements, which is not a routing plan for "
             f"{n_tokens} tokens (restore_shape) and {n_rows} permuted rows (permuted_tokens); pass the "
             "third output of permute(..., fused=True) from the same routing"
         )
-    return padded
 
 
-def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int) -> Plan:
+def plan_view(fn: str, plan: torch.Tensor, n_tokens: int, n_rows: int, padded: bool = True) -> Plan:
     """Slice a plan made by permute(..., fused=True) (checked by plan_layout). One split_with_sizes
-    (3.0 µs on the 2-CPU machine) instead of three slices (4.4 µs): the launchers call it eagerly."""
-    padded = plan_layout(fn, plan, n_tokens, n_rows)
-    src_token, token_ptr, entry, _ = plan.split_with_sizes((n_rows, n_tokens + 1, n_rows, int(padded)))
+    (3.0 µs on the 2-CPU machine) instead of three slices (4.4 µs): the launchers call it eagerly.
+    padded: rows may be padding; only build_plan knows otherwise (see the module docstring)."""
+    plan_layout(fn, plan, n_tokens, n_rows)
+    src_token, token_ptr, entry = plan.split_with_sizes((n_rows, n_tokens + 1, n_rows))
     return Plan(src_token=src_token, token_ptr=token_ptr, entry=entry, padded=padded)
 
 
@@ -763,9 +763,9 @@ def build_plan(
         n_rows = num_out_tokens
     else:  # data-dependent, as in the reference: one host sync
         n_rows = int(expert_count.sum().item())
-    plan = _rt.empty((plan_numel(n_tokens, n_rows, padded),), torch.int64, device)
+    plan = _rt.empty((plan_numel(n_tokens, n_rows),), torch.int64, device)
     perm_probs = None if probs is None else _rt.empty((n_rows,), probs.dtype, device)
-    view = plan_view(fn, plan, n_tokens, n_rows)
+    view = plan_view(fn, plan, n_tokens, n_rows, padded)
     fits = torch.empty((1,), dtype=torch.int32, device=device)
     # On the GPU the map kernel asserts the fit itself (compiled with debug=True for its
     # device_assert, without Triton's int32 overflow checks that debug would also add).
@@ -779,7 +779,6 @@ def build_plan(
         seg_expert_off,
         expert_count,
         fits,
-        plan[-1:],
         view.token_ptr,
         view.entry,
         n_tokens,
@@ -789,7 +788,6 @@ def build_plan(
         capacity,
         n_seg,
         DROP_AND_PAD=drop_and_pad,
-        PADDED=padded,
         CHECK=check,
         BLOCK_T=block_t,
         BLOCK_E=block_e,
@@ -818,11 +816,11 @@ def _empty_plan(
     complete; the scatter only zeroes the padding rows (all rows at or past the total, 0)."""
     n_rows = num_out_tokens or 0
     padded = num_out_tokens is not None
-    plan = torch.zeros((plan_numel(n_tokens, n_rows, padded),), dtype=torch.int64, device=device)
+    plan = torch.zeros((plan_numel(n_tokens, n_rows),), dtype=torch.int64, device=device)
     plan[:n_rows] = -1
     perm_probs = None if probs is None else torch.zeros((n_rows,), dtype=probs.dtype, device=device)
     counts = torch.zeros((n_experts + 1,), dtype=torch.int64, device=device)
-    view = plan_view("permute", plan, n_tokens, n_rows)
+    view = plan_view("permute", plan, n_tokens, n_rows, padded)
     return plan, PlanRest(None, perm_probs, counts[:n_experts], counts[n_experts:], 0, False, view), n_rows
 
 

@@ -464,6 +464,31 @@ def test_determinism_of_fused_unpermute_and_backward():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("num_out_tokens", [None, 9, 12], ids=["unpadded", "exact", "padded"])
+def test_plan_with_another_token_count_raises(num_out_tokens):
+    """restore_shape is checked against the plan's length. Until session 34 a padded plan for T
+    tokens had the length of an unpadded one for T + 1: unpermute accepted restore_shape (T + 1, H)
+    and misread the plan, every row wrong (no error)."""
+    gen = make_generator(34)
+    n_tokens, hidden = 6, 5
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    m = torch.zeros(n_tokens, 3, dtype=torch.bool)
+    m[torch.arange(n_tokens), torch.arange(n_tokens) % 3] = True
+    m[torch.arange(0, n_tokens, 2), (torch.arange(0, n_tokens, 2) + 1) % 3] = True  # 9 routed pairs
+    m = m.to(DEVICE)
+    probs = torch.rand(n_tokens, 3, generator=gen).to(DEVICE)
+    rows, _, plan = permute(x, m, num_out_tokens=num_out_tokens, fused=True)
+    for wrong in (n_tokens - 1, n_tokens + 1, n_tokens + 2):
+        with pytest.raises(ValueError, match=f"not a routing plan for {wrong} tokens"):
+            unpermute(rows, plan, (wrong, hidden), fused=True)
+        # With probs, their shape against restore_shape is checked first.
+        with pytest.raises(ValueError, match=rf"probs has shape \(6, 3\); expected .* = \[{wrong}, 3\]"):
+            unpermute(rows, plan, (wrong, hidden), probs=probs, routing_map=m, fused=True)
+    # The right shape still round-trips, padding rows and all.
+    want = unpermute(*permute(x, m, fused=False)[::2], x.shape, probs=probs, routing_map=m, fused=False)
+    torch.testing.assert_close(unpermute(rows, plan, x.shape, probs=probs, routing_map=m, fused=True), want)
+
+
 def test_bad_routing_input_raises_clear_errors():
     x = torch.randn(6, 16).to(DEVICE)
     m = torch.zeros(6, 4, dtype=torch.bool, device=DEVICE)

@@ -41,7 +41,6 @@ POINTERS = {
 INT64_POINTERS = {
     "total_ptr",
     "expert_count_ptr",
-    "marker_ptr",
     "src_token_ptr",
     "token_ptr_ptr",
     "entry_ptr",
