@@ -1305,7 +1305,9 @@ def pad_rows_experiments(results, shapes) -> None:
     after the tokens' (2T at top-8 with 16 rows), which mostly find no padding and exit; the same
     with drop_and_pad and a fifth of the rows padding. Then unpermute's backward on a plan without
     the marker (no padding programs at all): what they cost at most. Session 24 call 3: 64 rows
-    3.3-3.6% faster than 16 in unpermute's backward at top-8, as fast as no padding programs."""
+    3.3-3.6% faster than 16 in unpermute's backward at top-8, as fast as no padding programs.
+    Since session 34 (plan layout 3, no marker) unpermute takes every plan as padded: the second
+    part then times the padding programs on a plan with and without padding rows."""
     from sweep import routing_map
 
     import moe_utils
@@ -1341,7 +1343,7 @@ def pad_rows_experiments(results, shapes) -> None:
             m = routing_map(n_tokens, n_experts, k, g)
             p = torch.softmax(torch.rand(n_tokens, n_experts, device=DEVICE, generator=g), -1) * m
             rows, _, marked = moe_utils.permute(x, m, p, num_out_tokens=n_tokens * k, fused=True)
-            _, _, plain = moe_utils.permute(x, m, p, fused=True)  # no marker: no padding programs
+            _, _, plain = moe_utils.permute(x, m, p, fused=True)  # no padding rows (layout 2: no programs)
             g_out = torch.randn_like(x)
             want = None
             for name, plan in (("marked plan", marked), ("plan without the marker", plain)):
