@@ -140,7 +140,7 @@ def map_step(
     steps, or two with pairs; its loop holds both branches of each token's placement)."""
     from moe_utils import routing
 
-    cx = dict(DROP_AND_PAD=False, PADDED=True, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
+    cx = dict(DROP_AND_PAD=False, CHECK=False, BLOCK_T=block_t, BLOCK_E=block_e, PREFETCH=prefetch)
     cx.update(SCAN=False, BLOCK_S=1, WORDS=words, WORDS_PAIRS=pairs)
     cx.update(PDL=1, map_stride_e=1, GROUP=routing._map_group(block_e))
     ints = {"T", "N", "seg_len"} | ({"E"} if block_e >= 16 else set())
@@ -216,7 +216,7 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(routing._scan_experts_kernel, dict(BLOCK_S=1024, BLOCK_E=8, **pdl))
     # With CHECK the launch compiles the map kernel with debug=True for its device_assert.
     check = dict(debug=True, sanitize_overflow=False) if on else None
-    map_flags = dict(DROP_AND_PAD=on, PADDED=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), WORDS=False)
+    map_flags = dict(DROP_AND_PAD=on, CHECK=on, PREFETCH=on, GROUP=routing._map_group(256), WORDS=False)
     map_flags.update(WORDS_PAIRS=on)  # the word walk in two-token steps
     map_flags.update(SCAN=on, BLOCK_S=4 if on else 1, **blocks)
     compile_sm90(routing._map_kernel, map_flags, options=check)
