@@ -77,7 +77,7 @@ MAX_EXPERTS = 1 << EXPERT_BITS
 _EXPERT_BITS = tl.constexpr(EXPERT_BITS)  # the same, for the kernels
 _EXPERT_MASK = tl.constexpr(MAX_EXPERTS - 1)
 #: The plan layout's number, part of the name of every custom op that takes or returns a plan
-#: (``moe_utils::permute_fwd_plan2``, ...). Inductor's on-disk cache keys a compiled graph by its
+#: (``moe_utils::permute_fwd_plan3``, ...). Inductor's on-disk cache keys a compiled graph by its
 #: code, which names the ops, not by their fake kernels: a graph compiled against another layout
 #: (another plan length) would be replayed. Bump it with every change of the layout.
 PLAN_LAYOUT = 3
