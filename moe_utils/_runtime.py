@@ -750,29 +750,6 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     return d_x.view(y_shape), d_bias, (d_w.view(w_shape) if weight is not None else None)
 
 
-def backward_helper(
-    impl: ActivationImpl,
-    fn: str,
-    g: torch.Tensor,
-    y: torch.Tensor,
-    bias: torch.Tensor | None,
-    weights: torch.Tensor | None,
-    params: Sequence[float],
-    clamp_value: float | None = None,
-    interleaved: bool = False,
-):
-    """The *_back helpers: gradients without autograd. Returns (d_y, d_bias or None, d_weights or None).
-
-    Their results are not differentiable; called on tensors that require grad (grad mode on), they
-    come from _KernelGradients, whose backward says so instead of giving no gradient."""
-    tensors = (g, y, bias, weights)
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        if any(t is not None and t.requires_grad for t in tensors):
-            kwargs = {"params": params, "clamp_value": clamp_value, "interleaved": interleaved}
-            return _KernelGradients.apply(fn, functools.partial(_backward_helper, impl, fn, **kwargs), *tensors)
-    return _backward_helper(impl, fn, *tensors, params, clamp_value, interleaved)
-
-
 class _KernelGradients(torch.autograd.Function):
     """A *_back helper called on tensors that require grad: its results raise when differentiated."""
 
@@ -789,7 +766,7 @@ class _KernelGradients(torch.autograd.Function):
         )
 
 
-def _backward_helper(
+def backward_helper(
     impl: ActivationImpl,
     fn: str,
     g: torch.Tensor,
@@ -800,7 +777,16 @@ def _backward_helper(
     clamp_value: float | None = None,
     interleaved: bool = False,
 ):
-    """backward_helper's work, outside autograd."""
+    """The *_back helpers: gradients without autograd. Returns (d_y, d_bias or None, d_weights or None).
+
+    Their results are not differentiable; called on tensors that require grad (grad mode on), they
+    come from _KernelGradients (whose forward calls this again, without grad mode), whose backward
+    says so instead of giving no gradient."""
+    tensors = (g, y, bias, weights)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if any(t is not None and t.requires_grad for t in tensors):
+            kwargs = {"params": params, "clamp_value": clamp_value, "interleaved": interleaved}
+            return _KernelGradients.apply(fn, functools.partial(backward_helper, impl, fn, **kwargs), *tensors)
     interleaved = check_flag(fn, "interleaved", interleaved)
     y = lift_1d(y, weights)
     rows = prepare(fn, y, bias, weights)
