@@ -695,6 +695,9 @@ def function_forward(
     fp8_input_store = fp8_flag(fn, fp8_input_store)
     interleaved = check_flag(fn, "interleaved", interleaved)
     ctx.impl = impl
+    # The gradients read the input (and bias) nonlinearly: a graph of them is needed wherever either
+    # requires grad. With only the weights requiring grad, d_weights is linear in the incoming gradient.
+    ctx.reads_inputs = y.requires_grad or (bias is not None and bias.requires_grad)
     out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, interleaved, params)
     # Only what the backward reads: the fp8 copy instead of the input when asked for.
     saved_x = x_fp8.view(torch.float8_e4m3fn) if fp8_input_store else rows.x
@@ -738,7 +741,7 @@ def first_order_only(fn: str, grads: Sequence[torch.Tensor | None], reads_inputs
 def function_backward(ctx: Any, grad_out: torch.Tensor):
     """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights)."""
     impl = ctx.impl
-    first_order_only(ctx.meta[0], (grad_out,), reads_inputs=True)
+    first_order_only(ctx.meta[0], (grad_out,), ctx.reads_inputs)
     x_saved, bias, weight = ctx.saved_tensors
     _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
     n_rows = x_saved.shape[0]
@@ -835,9 +838,10 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
         ctx.clamp_value = clamp_value
         ctx.interleaved = interleaved
         ctx.params = params
+        ctx.reads_inputs = x.requires_grad or (bias is not None and bias.requires_grad)  # as function_forward
 
     def backward(ctx, grad_out, _grad_x_fp8):
-        first_order_only(op_name, (grad_out,), reads_inputs=True)
+        first_order_only(op_name, (grad_out,), ctx.reads_inputs)
         x_saved, bias, weight = ctx.saved_tensors
         args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params)
         d_x, d_w = backward_op(grad_out, x_saved, bias, weight, *args)

@@ -57,6 +57,19 @@ def test_activation_double_backward_raises_naming_the_op(name, fn):
     assert d_y.shape == y.shape and torch.isfinite(d_y).all()
 
 
+def test_activation_weights_alone_are_linear_in_the_incoming_gradient():
+    """With only the weights requiring grad, d_weights = sum(f(y) * g) is linear in g: a graph is
+    refused only where g carries one."""
+    y, w = torch.randn(5, 6, dtype=F64, device=DEVICE), _leaf(5, 1, positive=True)
+    out = moe_utils.weighted_bias_swiglu_impl(y, w)
+    (got,) = torch.autograd.grad(out.sum(), w, create_graph=True, retain_graph=True)
+    (want,) = torch.autograd.grad(out.sum(), w, retain_graph=True)
+    assert got.grad_fn is None
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="weighted_bias_swiglu_impl: backward called with create_graph=True"):
+        torch.autograd.grad(out.square().sum(), w, create_graph=True)
+
+
 def test_activation_op_double_backward_raises():
     swiglu_mod = importlib.import_module("moe_utils.generated.swiglu")
     y, w = _leaf(4, 8), _leaf(4, positive=True)
