@@ -24,6 +24,7 @@ from .routing import (  # block_k: unpermutation imports it from here too
     block_k,
     build_plan,
     check_routing_map,
+    compute_dtype,
     entry_expert,
     entry_row,
     plan_numel,
@@ -158,6 +159,7 @@ def _scatter_rows_kernel(
     BLOCK_H: tl.constexpr,  # columns per program
     EARLY_SRC: tl.constexpr,  # load the source row before waiting (_runtime.PDL_EARLY_SOURCE)
     STORE_CACHE: tl.constexpr,  # cache modifier of the copies' stores: "" or ".cs" (_streaming_stores)
+    ACC: tl.constexpr,  # SCALE: compute dtype (routing.compute_dtype): fp32, or fp64 for fp64 data
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # dst[row of entry j] = src[t] (* probs[t, expert of entry j]) for every entry j of token t.
@@ -219,7 +221,7 @@ def _scatter_rows_kernel(
             if SCALE:
                 experts = entry_expert(entry)
                 p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=rows >= 0, other=0.0)
-                value = (x.to(tl.float32)[None, :] * p.to(tl.float32)[:, None]).to(dst_ptr.dtype.element_ty)
+                value = (x.to(ACC)[None, :] * p.to(ACC)[:, None]).to(dst_ptr.dtype.element_ty)
             else:
                 value = tl.broadcast_to(x[None, :], (BLOCK_K, BLOCK_H))
             tl.store(dst_ptr + rows[:, None] * hidden + cols[None, :], value, mask=ok, cache_modifier=STORE_CACHE)
@@ -358,6 +360,7 @@ def _launch_scatter(
         BLOCK_H=block_h,
         EARLY_SRC=rest is not None and _rt.PDL_EARLY_SOURCE,
         STORE_CACHE=".cs" if _streaming_stores(k, n_rows, hidden, dst.element_size()) else "",
+        ACC=compute_dtype(src, table),
         num_warps=4,
         **_rt.pdl_args(dst.device, "scatter"),
     )

@@ -67,6 +67,7 @@ __all__ = [
     "PlanRest",
     "build_plan",
     "check_routing_map",
+    "compute_dtype",
     "plan_view",
 ]
 
@@ -647,6 +648,17 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     seg_len = steps_per_seg * block_t
     n_seg = _rt.cdiv(n_tokens, seg_len)
     return seg_len, n_seg, block_t, block_e
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> tl.dtype:
+    """What the routing kernels multiply and sum in: fp64 where the data (rows, probs, their
+    gradients) are fp64 and fp32 only, as the reference computes (float64 gradcheck needs it: in
+    fp32 the fused unpermute was 3e-8 off, session 34); else fp32. A 16-bit tensor among them
+    keeps fp32: its rounding dwarfs fp32's, and Triton's interpreter converts bf16 to and from fp64
+    wrongly (numpy has no bf16)."""
+    dtypes = {t.dtype for t in tensors if t is not None}
+    narrow = torch.float16 in dtypes or torch.bfloat16 in dtypes
+    return tl.float64 if torch.float64 in dtypes and not narrow else tl.float32
 
 
 def block_k(n_rows: int, n_tokens: int) -> int:

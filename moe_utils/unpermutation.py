@@ -31,6 +31,7 @@ from .routing import (
     PLAN_LAYOUT,
     Plan,
     check_routing_map,
+    compute_dtype,
     entry_expert,
     entry_row,
     plan_layout,
@@ -75,6 +76,7 @@ def _gather_entry(
     PROBS_GRAD: tl.constexpr,
     ROW_STORE: tl.constexpr,
     CHECK_EXPERTS: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """One entry of _gather_rows_kernel: (acc + its row (times its probability), d_row), and with
     PROBS_GRAD the entry's probability gradient (row_grad of its row) into d_probs, or with
@@ -83,14 +85,14 @@ def _gather_entry(
     placed = row >= 0
     if CHECK_EXPERTS:
         tl.device_assert(~placed | (entry_expert(entry) < E), "unpermute: probs has fewer experts than the plan")
-    x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & placed, other=0.0).to(tl.float32)
+    x = tl.load(src_ptr + row * src_row_stride + cols, mask=col_ok & placed, other=0.0).to(ACC)
     if SCALE:
         p = tl.load(probs_ptr + token * probs_stride_t + entry_expert(entry) * probs_stride_e, mask=placed, other=0.0)
-        x = x * p.to(tl.float32)
+        x = x * p.to(ACC)
     if PROBS_GRAD:
         if ROW_STORE:
             grad = tl.load(row_grad_ptr + row, mask=first_block & placed, other=0.0)
-            d_row = tl.where((e_range == entry_expert(entry)) & placed, grad.to(tl.float32), d_row)
+            d_row = tl.where((e_range == entry_expert(entry)) & placed, grad.to(ACC), d_row)
         else:
             if first_block & placed:
                 grad = tl.load(row_grad_ptr + row)
@@ -121,25 +123,26 @@ def _gather_rows_kernel(
     BLOCK_E: tl.constexpr,  # >= E (PROBS_GRAD)
     BLOCK_K: tl.constexpr,  # entries of each token unrolled (the average top-k, rounded up)
     ROW_STORE: tl.constexpr,  # PROBS_GRAD: d_probs's row built in registers, stored once (d_probs_row_store)
+    ACC: tl.constexpr,  # compute dtype (routing.compute_dtype): fp32, or fp64 for fp64 data
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
-    # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in fp32, written once, in
+    # out[t] = sum_j src[row of entry j] (* probs[t, expert of entry j]), in ACC, written once, in
     # entry order: deterministic, no atomics. One row per step: a [BLOCK_K, BLOCK_H] tile summed
     # over its first axis went through shared memory and ran at half the copy rate on the H100.
     pdl_start(PDL)
     token, col_block = grid_tile(hidden, BLOCK_H, ORDERED)
     cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < hidden
-    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H], dtype=ACC)
     first = tl.load(token_ptr_ptr + token)
     last = tl.minimum(tl.load(token_ptr_ptr + token + 1), n_rows)
     e_range = tl.arange(0, BLOCK_E)
-    d_row = tl.zeros([BLOCK_E], dtype=tl.float32)
+    d_row = tl.zeros([BLOCK_E], dtype=ACC)
     if PROBS_GRAD:
         if not ROW_STORE:
             _zero_d_probs_row(d_probs_ptr, token, E, col_block == 0, BLOCK_E)
     args = (src_ptr, src_row_stride, probs_ptr, probs_stride_t, probs_stride_e, row_grad_ptr, d_probs_ptr, E)
-    flags = (SCALE, PROBS_GRAD, ROW_STORE, CHECK_EXPERTS)
+    flags = (SCALE, PROBS_GRAD, ROW_STORE, CHECK_EXPERTS)  # ACC on its own: a dtype in a tuple fails to compile
     # The first BLOCK_K entries unrolled: their loads depend only on `first`, so all their rows are
     # in flight at once; a loop walks entry -> row -> next entry with one row in flight per
     # program. H200 (session 13; results/history/experiments-gather-unrolled-pdl-s13-call1-*):
@@ -148,10 +151,10 @@ def _gather_rows_kernel(
     # they add 0.
     for i in tl.static_range(BLOCK_K):
         entry = tl.load(entry_ptr + first + i, mask=first + i < last, other=-1)
-        acc, d_row = _gather_entry(acc, d_row, e_range, entry, token, cols, col_ok, col_block == 0, *args, *flags)
+        acc, d_row = _gather_entry(acc, d_row, e_range, entry, token, cols, col_ok, col_block == 0, *args, *flags, ACC)
     for j in range(first + BLOCK_K, last):  # tokens with more than BLOCK_K entries
         entry = tl.load(entry_ptr + j)
-        acc, d_row = _gather_entry(acc, d_row, e_range, entry, token, cols, col_ok, col_block == 0, *args, *flags)
+        acc, d_row = _gather_entry(acc, d_row, e_range, entry, token, cols, col_ok, col_block == 0, *args, *flags, ACC)
     tl.store(out_ptr + token * hidden + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
     if PROBS_GRAD:
         if ROW_STORE:
@@ -182,6 +185,7 @@ def _scatter_dot_kernel(
     BLOCK_K: tl.constexpr,  # entries handled together
     BLOCK_H: tl.constexpr,  # columns per step
     BLOCK_E: tl.constexpr,  # >= E
+    ACC: tl.constexpr,  # compute dtype (routing.compute_dtype): fp32, or fp64 for fp64 data
     PDL: tl.constexpr,  # programmatic dependent launch (_runtime.pdl_args)
 ):
     # d_perm[row] = grad[t] * p and d_probs[t, e] = sum_h grad[t, h] * perm[row, h], with
@@ -212,17 +216,17 @@ def _scatter_dot_kernel(
             placed = rows >= 0
             experts = entry_expert(entry)
             p = tl.load(probs_ptr + token * probs_stride_t + experts * probs_stride_e, mask=placed, other=0.0)
-            p = p.to(tl.float32)
-            dot = tl.zeros([BLOCK_K], dtype=tl.float32)
+            p = p.to(ACC)
+            dot = tl.zeros([BLOCK_K], dtype=ACC)
             for col_start in range(0, hidden, BLOCK_H):
                 cols = col_start + tl.arange(0, BLOCK_H)
                 col_ok = cols < hidden
                 ok = placed[:, None] & col_ok[None, :]
-                g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+                g = tl.load(grad_ptr + token * grad_row_stride + cols, mask=col_ok, other=0.0).to(ACC)
                 x = tl.load(perm_ptr + rows[:, None] * perm_row_stride + cols[None, :], mask=ok, other=0.0)
                 d_rows = (g[None, :] * p[:, None]).to(d_perm_ptr.dtype.element_ty)
                 tl.store(d_perm_ptr + rows[:, None] * hidden + cols[None, :], d_rows, mask=ok)
-                dot += tl.sum(g[None, :] * x.to(tl.float32), axis=1)
+                dot += tl.sum(g[None, :] * x.to(ACC), axis=1)
             tl.store(d_probs_ptr + token * E + experts, dot.to(d_probs_ptr.dtype.element_ty), mask=placed)
 
 
@@ -366,6 +370,7 @@ def gather_rows(
         BLOCK_E=_rt.next_pow2(max(d_probs.shape[1], 1)) if probs_grad else 1,
         BLOCK_K=k,
         ROW_STORE=probs_grad and d_probs_row_store(d_probs.shape[1], k),
+        ACC=compute_dtype(src, probs, row_grad),
         num_warps=4,
         # the assertion needs debug=True (without Triton's int32 overflow checks, which debug would add)
         **({"debug": True, "sanitize_overflow": False} if check_experts else {}),
@@ -448,6 +453,7 @@ def _launch_unpermute_backward(
                 BLOCK_K=k,
                 BLOCK_H=block_h,
                 BLOCK_E=_rt.next_pow2(max(probs.shape[1], 1)),
+                ACC=compute_dtype(grad, permuted, probs),
                 num_warps=4,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )

@@ -464,6 +464,28 @@ def test_determinism_of_fused_unpermute_and_backward():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("pad", [0, 3])
+def test_float64_routing_passes_gradcheck(pad):
+    """float64 rows and probs are multiplied and summed in float64 (routing.compute_dtype), as the
+    reference does: until session 34 the kernels did it in fp32, 3e-8 off, and gradcheck failed."""
+    gen = make_generator(64)
+    n_tokens, n_experts, hidden = 5, 3, 3  # gradcheck perturbs every input: few, under the interpreter
+    m = topk_map(n_tokens, n_experts, 2, gen)
+    tokens = torch.randn(n_tokens, hidden, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    probs = torch.rand(n_tokens, n_experts, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    n_rows = int(m.sum()) + pad
+
+    def round_trip(t, p, fused=True):
+        rows, row_probs, plan = permute(t, m, p, num_out_tokens=n_rows, fused=fused)
+        rows = rows * 1.5 + row_probs.unsqueeze(-1)
+        return unpermute(rows, plan, t.shape, probs=p, routing_map=m, fused=fused)
+
+    assert torch.autograd.gradcheck(round_trip, (tokens, probs))
+    # and the same numbers as the reference's path, to float64 rounding
+    want = round_trip(tokens, probs, fused=False)
+    torch.testing.assert_close(round_trip(tokens, probs), want, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("num_out_tokens", [None, 9, 12], ids=["unpadded", "exact", "padded"])
 def test_plan_with_another_token_count_raises(num_out_tokens):
     """restore_shape is checked against the plan's length. Until session 34 a padded plan for T

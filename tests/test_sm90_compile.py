@@ -210,6 +210,8 @@ def compile_routing() -> None:
 
 
 def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
+    import triton.language as tl
+
     pdl = dict(PDL=2 if on else 0)  # programmatic dependent launch: wait and trigger, or neither
     blocks = dict(BLOCK_T=16, BLOCK_E=256, **pdl)
     compile_sm90(routing._count_kernel, blocks)
@@ -222,7 +224,8 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     compile_sm90(routing._map_kernel, map_flags, options=check)
     # the word walk's one-token steps (switches off), then its two-token steps (on)
     compile_sm90(routing._map_kernel, dict(map_flags, BLOCK_T=1, WORDS=True), options=check)
-    scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **pdl)
+    acc = dict(ACC=tl.float64 if on else tl.float32)  # compute dtype: fp64 for fp64 data (routing.compute_dtype)
+    scatter = dict(PAD=on, PAD_ROWS=64, PLAN_TOKENS=64, BLOCK_K=8, BLOCK_H=2048, **acc, **pdl)
     off = dict(WRITE_PLAN=False, HAS_PROBS=False, DROP_AND_PAD=False)
     # unpermute's backward without the probs gradient, then permute
     compile_sm90(permutation._scatter_rows_kernel, dict(scatter, SCALE=on, EARLY_SRC=False, STORE_CACHE="", **off))
@@ -231,8 +234,8 @@ def compile_routing_once(permutation, routing, unpermutation, on: bool) -> None:
     # the gather on the 2-D grid at top-2, then in memory order at top-8 (its widest tile)
     gather = dict(ORDERED=on, BLOCK_H=2048, BLOCK_K=8) if on else dict(ORDERED=on, BLOCK_H=1024, BLOCK_K=2)
     flags = dict(SCALE=on, PROBS_GRAD=on, BLOCK_E=256, ROW_STORE=on)
-    compile_sm90(unpermutation._gather_rows_kernel, dict(flags, **gather, **pdl))
-    dot = dict(PAD=on, PAD_ROWS=64, BLOCK_K=8, BLOCK_H=2048, BLOCK_E=1024, **pdl)
+    compile_sm90(unpermutation._gather_rows_kernel, dict(flags, **gather, **acc, **pdl))
+    dot = dict(PAD=on, PAD_ROWS=64, BLOCK_K=8, BLOCK_H=2048, BLOCK_E=1024, **acc, **pdl)
     compile_sm90(unpermutation._scatter_dot_kernel, dot)
 
 
