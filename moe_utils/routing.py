@@ -655,10 +655,12 @@ def compute_dtype(*tensors: torch.Tensor | None) -> tl.dtype:
     gradients) are fp64 and fp32 only, as the reference computes (float64 gradcheck needs it: in
     fp32 the fused unpermute was 3e-8 off, session 34); else fp32. A 16-bit tensor among them
     keeps fp32: its rounding dwarfs fp32's, and Triton's interpreter converts bf16 to and from fp64
-    wrongly (numpy has no bf16)."""
-    dtypes = {t.dtype for t in tensors if t is not None}
-    narrow = torch.float16 in dtypes or torch.bfloat16 in dtypes
-    return tl.float64 if torch.float64 in dtypes and not narrow else tl.float32
+    wrongly (numpy has no bf16). Called at every routing launch: a list and early exit, 0.55 µs on
+    the 2-CPU machine against 1.1 with a set."""
+    dtypes = [t.dtype for t in tensors if t is not None]
+    if torch.float64 not in dtypes or torch.float16 in dtypes or torch.bfloat16 in dtypes:
+        return tl.float32
+    return tl.float64
 
 
 def block_k(n_rows: int, n_tokens: int) -> int:
