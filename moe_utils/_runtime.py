@@ -558,13 +558,33 @@ def lift_1d(y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return y
 
 
+def _read_constant(fn: str, name: str, value: torch.Tensor) -> Any:
+    """A one-element tensor given as an activation constant, read on the host (a sync on the GPU:
+    pass a Python float to avoid it). The kernels take the value as a constant and return no
+    gradient for it, so a tensor that requires grad is refused: its gradient would be silently
+    dropped (the reference's plain `quick_geglu` differentiates a tensor `linear_offset`)."""
+    if value.numel() != 1:
+        raise ValueError(f"{fn}: {name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+    if value.requires_grad:
+        raise ValueError(
+            f"{fn}: {name} is a tensor that requires grad; moe_utils takes {name} as a constant and "
+            f"returns no gradient for it: pass a float (or {name}.detach()) to train without one"
+        )
+    return float(value)
+
+
 def check_clamp(fn: str, clamp_value: float | None) -> float | None:
     """clamp_value is a non-negative float or None."""
     if clamp_value is None:
         return None
     if isinstance(clamp_value, torch.Tensor):
-        clamp_value = float(clamp_value)  # host sync; pass a Python float to avoid it
-    if not isinstance(clamp_value, (int, float)) or math.isnan(clamp_value) or clamp_value < 0:
+        clamp_value = _read_constant(fn, "clamp_value", clamp_value)
+    if (
+        not isinstance(clamp_value, (int, float))
+        or isinstance(clamp_value, bool)
+        or math.isnan(clamp_value)
+        or clamp_value < 0
+    ):
         raise ValueError(f"{fn}: clamp_value must be a non-negative float or None, got {clamp_value!r}")
     return float(clamp_value)
 
@@ -572,9 +592,7 @@ def check_clamp(fn: str, clamp_value: float | None) -> float | None:
 def scalar(fn: str, name: str, value: Any) -> float:
     """Activation parameters are Python floats (a tensor is read once, which syncs with the host)."""
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{fn}: {name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        return float(value)
+        value = _read_constant(fn, name, value)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{fn}: {name} must be a float, got {type(value).__name__}")
     return float(value)

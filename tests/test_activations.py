@@ -464,9 +464,26 @@ def test_bad_input_raises_for_every_activation(name):
     for param in spec.params:
         with pytest.raises(TypeError, match=rf"{param.name} must be a float, got str"):
             call_impl(y, w, **{param.name: "1.0"})
+        # The kernels take parameters as constants: a tensor that requires grad would have its
+        # gradient dropped without a word (the reference's plain helpers differentiate it).
+        learnable = torch.tensor(0.75, device=DEVICE, requires_grad=True)
+        with pytest.raises(ValueError, match=rf"{param.name} is a tensor that requires grad"):
+            call_impl(y, w, **{param.name: learnable})
+        with pytest.raises(ValueError, match=rf"{param.name} is a tensor that requires grad"):
+            getattr(mod, name)(y, **{param.name: learnable})
+        with pytest.raises(ValueError, match=rf"{param.name} must be a scalar, got a tensor of shape \(2,\)"):
+            call_impl(y, w, **{param.name: torch.ones(2, device=DEVICE)})
+        # Read once as a constant: a detached tensor gives the float's result.
+        assert torch.equal(call_impl(y, w, **{param.name: learnable.detach()}), call_impl(y, w, **{param.name: 0.75}))
     if spec.clamp:
         with pytest.raises(ValueError, match=r"clamp_value must be a non-negative float"):
             call_impl(y, w, clamp_value=-1.0)
+        with pytest.raises(ValueError, match=r"clamp_value is a tensor that requires grad"):
+            call_impl(y, w, clamp_value=torch.tensor(2.0, device=DEVICE, requires_grad=True))
+        with pytest.raises(ValueError, match=r"clamp_value must be a scalar, got a tensor of shape \(2,\)"):
+            call_impl(y, w, clamp_value=torch.ones(2, device=DEVICE))
+        with pytest.raises(ValueError, match=r"clamp_value must be a non-negative float or None, got True"):
+            call_impl(y, w, clamp_value=True)
 
 
 def test_inputs_are_not_modified():
