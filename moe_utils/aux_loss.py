@@ -6,11 +6,6 @@ import torch
 
 __all__ = ["MoEAuxLossAutoScaler"]
 
-# torch.compile cannot read data attributes of an autograd.Function while it traces one, so the
-# compiled backward reads this mirror of MoEAuxLossAutoScaler.main_loss_backward_scale, which
-# set_loss_scale (and every eager backward) keeps in step. Eager code reads the class attribute.
-_MIRROR: dict[str, torch.Tensor | None] = {"scale": None}
-
 
 class MoEAuxLossAutoScaler(torch.autograd.Function):
     """Returns ``output`` unchanged; in the backward pass ``aux_loss`` receives
@@ -19,7 +14,7 @@ class MoEAuxLossAutoScaler(torch.autograd.Function):
     ``main_loss_backward_scale`` is a class attribute (a tensor, possibly a 0-dim CPU tensor while
     aux_loss is on the GPU). ``set_loss_scale`` copies into the existing tensor once there is one,
     so a CUDA graph that captured the backward sees new values; the caller's tensor is never
-    modified. Under torch.compile, set the scale with set_loss_scale (not by assignment).
+    modified. Assigning the attribute works as well, eagerly and compiled.
     """
 
     main_loss_backward_scale: torch.Tensor | None = None
@@ -32,11 +27,7 @@ class MoEAuxLossAutoScaler(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (aux_loss,) = ctx.saved_tensors
-        if torch.compiler.is_compiling():
-            scale = _MIRROR["scale"]
-        else:
-            scale = MoEAuxLossAutoScaler.main_loss_backward_scale
-            _MIRROR["scale"] = scale  # catches direct assignments to the class attribute
+        scale = _SCALER_DICT["main_loss_backward_scale"]
         if scale is None:
             scale = torch.ones((), dtype=torch.float32, device=aux_loss.device)
         if scale.dim() > 0 and scale.device != aux_loss.device:
@@ -54,4 +45,12 @@ class MoEAuxLossAutoScaler(torch.autograd.Function):
             MoEAuxLossAutoScaler.main_loss_backward_scale = current
         else:
             current.copy_(scale)  # in place (across devices too): captured graphs see the new value
-        _MIRROR["scale"] = current
+
+
+# The class's attribute dict, read by the backward. torch.compile cannot read a data attribute of an
+# autograd.Function while it traces one (MoEAuxLossAutoScaler.main_loss_backward_scale fails with
+# "Unsupported python_type() call"), but it reads this mapping, and guards on it: an assignment to
+# the attribute reaches compiled backwards too. Until session 35 the compiled backward read a
+# mirror that only set_loss_scale and eager backwards updated: after `main_loss_backward_scale = t`
+# (or `= None`) a compiled backward that ran before any eager one used the previous scale.
+_SCALER_DICT = MoEAuxLossAutoScaler.__dict__

@@ -55,3 +55,41 @@ def test_under_bf16_autocast_and_checkpointing():
     assert aux.grad.item() == 2.0  # d(2 * aux)/d aux times the scale 1
     assert x.grad is not None and torch.isfinite(x.grad).all()
     _reset()
+
+
+def test_compiled_backward_reads_the_scale_as_set():
+    """A compiled backward gets the scale however it was set: set_loss_scale, assignment of a new
+    tensor, or None (1.0). Each compiled step runs before any eager backward: until session 35 the
+    compiled path read a mirror of the attribute that only set_loss_scale and eager backwards
+    updated, so after an assignment it used the previous scale. One graph serves every value."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    _reset()
+    counter = CompileCounterWithBackend("aot_eager")  # AOTAutograd traces the backward
+
+    def step(out, aux):
+        return MoEAuxLossAutoScaler.apply(out * 2, aux).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend=counter)
+    out = torch.randn(4, 3, device=DEVICE, requires_grad=True)
+    settings = [
+        ("unset", None, 1.0),
+        ("set", 0.25, 0.25),
+        ("set", torch.tensor(0.75), 0.75),
+        ("assign", torch.tensor(4.0), 4.0),
+        ("assign", torch.tensor(1.5), 1.5),
+        ("assign", None, 1.0),
+        ("set", torch.tensor(2.0), 2.0),
+    ]
+    for how, value, want in settings:
+        if how == "set":
+            MoEAuxLossAutoScaler.set_loss_scale(value)
+        elif how == "assign":
+            MoEAuxLossAutoScaler.main_loss_backward_scale = value
+        for fn in (compiled, step):
+            aux = torch.rand(2, device=DEVICE).requires_grad_(True)
+            fn(out, aux).backward()
+            assert torch.equal(aux.grad, torch.full_like(aux, want)), (how, value, fn is compiled)
+    assert counter.frame_count <= 2  # a new tensor is a graph input; None and a tensor may take one graph each
+    _reset()
