@@ -7,6 +7,8 @@ same specs give the same bytes on every machine and under any PYTHONHASHSEED.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import difflib
 import textwrap
 from collections.abc import Sequence
@@ -19,7 +21,7 @@ import sympy
 
 from .derive import DerivedActivation, derive
 from .printers import TorchPrinter, TritonPrinter
-from .spec import ActivationSpec
+from .spec import ActivationSpec, Param, SpecError
 
 __all__ = ["HEADER_MARK", "RenderedFile", "check", "render_package", "write"]
 
@@ -137,6 +139,46 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
     }
 
 
+def _identifiers(source: str) -> set[str]:
+    """Every name a module binds or reads: variables, arguments, functions, classes, imports."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return names
+
+
+def _check_param_names(spec: ActivationSpec, template: jinja2.Template, op_namespace: str) -> None:
+    """Raise SpecError if a parameter's name is a name the generated module uses for something else.
+
+    The parameters travel under their own names through every signature, launcher and kernel, so a
+    parameter called ``start`` or ``mask`` was overwritten by the kernel's local of that name before
+    the math read it: silently wrong numbers (session 35); ``H`` or ``y`` made a duplicate argument
+    that failed only at import. The module is rendered once more with each parameter renamed to a
+    name nothing else uses; any name of that module is taken. The check follows the templates by
+    itself: no list of their locals to keep in step."""
+    stand_ins = {p.name: f"moe_param_{i}_" for i, p in enumerate(spec.params)}
+    renamed = dataclasses.replace(
+        spec,
+        params=tuple(Param(stand_ins[p.name], p.default, p.doc) for p in spec.params),
+        expr=spec.expr.xreplace({p.symbol: sympy.Symbol(stand_ins[p.name], real=True) for p in spec.params}),
+        impl_keywords=tuple(stand_ins.get(k, k) for k in spec.impl_keywords),
+    )
+    taken = _identifiers(template.render(**_context(derive(renamed), op_namespace)))
+    clashes = [p.name for p in spec.params if p.name in taken]
+    if clashes:
+        raise SpecError(
+            f"spec {spec.name!r}: parameter name(s) {clashes} are used by the generated code for other "
+            f"things (arguments, locals, modules); choose other names"
+        )
+
+
 def render_package(
     specs: Sequence[ActivationSpec], *, source: str = "codegen/specs.py", op_namespace: str = "moe_utils"
 ) -> list[RenderedFile]:
@@ -146,6 +188,8 @@ def render_package(
     files = []
     modules = []
     for spec in sorted(specs, key=lambda s: s.name):
+        if spec.params:
+            _check_param_names(spec, activation, op_namespace)
         derived = derive(spec)
         text = activation.render(**_context(derived, op_namespace))
         header = _header(source, spec.constant_name, "activation.py.jinja")

@@ -55,6 +55,16 @@ BAD_FUNCTION = ActivationSpec(name="bad_func", expr=sympy.sin(GATE) * UP, doc=""
 BAD_DERIVATIVE = ActivationSpec(
     name="bad_deriv", expr=sympy.Function("opaque")(GATE) * UP, doc="", class_stem="BadDeriv"
 )
+# Names the generated code uses: a kernel local (start: silently wrong numbers until session 35),
+# a kernel argument (H: a duplicate argument at import), a module (tl); shift is free.
+START, WIDTH, TL, SHIFT = (Param(n, 0.5, "") for n in ("start", "H", "tl", "shift"))
+BAD_PARAM_NAMES = ActivationSpec(
+    name="bad_names",
+    expr=GATE * sigmoid(GATE) * (UP + START.symbol + WIDTH.symbol * TL.symbol + SHIFT.symbol),
+    doc="",
+    class_stem="BadNames",
+    params=(START, WIDTH, TL, SHIFT),
+)
 '''
 
 
@@ -158,6 +168,7 @@ def test_user_ops_compile_without_graph_breaks(user_package):
         ("BAD_FREE_SYMBOL", r"spec 'bad_free': free symbols \['theta'\]"),
         ("BAD_FUNCTION", r"bad_func.*sin has no Triton mapping"),
         ("BAD_DERIVATIVE", r"while deriving bad_deriv.*unevaluated derivative"),
+        ("BAD_PARAM_NAMES", r"spec 'bad_names': parameter name\(s\) \['start', 'H', 'tl'\] are used by the generated"),
     ],
 )
 def test_bad_user_specs_fail_at_generation_time(user_package, attr, message):
