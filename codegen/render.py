@@ -110,7 +110,8 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
     return {
         "name": spec.name,
         "stem": spec.class_stem,
-        "doc": spec.doc,
+        # The docstring shows the doc as written: backslashes and triple quotes escaped.
+        "doc": spec.doc.replace("\\", "\\\\").replace('"""', '\\"""'),
         "spec_constant": spec.constant_name,
         "math_lines": _math_lines(derived),
         "exports": exports(spec),
@@ -188,10 +189,18 @@ def render_package(
     files = []
     modules = []
     for spec in sorted(specs, key=lambda s: s.name):
+        spec.validate()  # before the renamed copy's derivation, so errors name the spec's own parameters
         if spec.params:
             _check_param_names(spec, activation, op_namespace)
         derived = derive(spec)
         text = activation.render(**_context(derived, op_namespace))
+        try:
+            ast.parse(text)
+        except SyntaxError as exc:  # never write a module that cannot be imported
+            raise SpecError(
+                f"spec {spec.name!r}: the generated module does not parse (line {exc.lineno}: {exc.msg}): "
+                f"{exc.text!r}"
+            ) from None
         header = _header(source, spec.constant_name, "activation.py.jinja")
         files.append(RenderedFile(name=f"{spec.name}.py", text=header + text, spec=spec.constant_name))
         modules.append({"name": spec.name, "exports": exports(spec)})

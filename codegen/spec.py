@@ -76,6 +76,11 @@ class ActivationSpec:
         for p in self.params:
             if not p.name.isidentifier() or p.name in reserved or p.name.startswith("tmp"):
                 raise SpecError(f"{where}: parameter name {p.name!r} is reserved or not an identifier")
+        for p in self.params:
+            if not isinstance(p.doc, str) or "\n" in p.doc or "\r" in p.doc:
+                raise SpecError(f"{where}: parameter {p.name!r}: doc must be one line (it is a comment), got {p.doc!r}")
+        if not isinstance(self.doc, str):
+            raise SpecError(f"{where}: doc must be a str, got {type(self.doc).__name__}")
         if len(set(names)) != len(names):
             raise SpecError(f"{where}: duplicate parameter names {names}")
         allowed = {GATE, UP} | {p.symbol for p in self.params}

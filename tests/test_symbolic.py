@@ -157,3 +157,30 @@ def test_render_is_identical_under_any_hash_seed(tmp_path):
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
         digests.add(out.stdout.strip())
     assert len(digests) == 1, digests
+
+
+def test_docs_render_as_written_or_fail_at_generation():
+    """A spec's doc is the generated module's docstring, shown as written (backslashes and triple
+    quotes escaped); a parameter's doc is a comment, so it must be one line. Before session 35 both
+    wrote a module that failed only at import (a SyntaxError); every rendered module is parsed now."""
+    import ast
+
+    from moe_utils.codegen.render import render_package
+
+    beta = Param("beta", 1.0, 'slope, "quoted"')
+    for doc in ('Uses """triple quotes""" and "quotes"', "LaTeX \\sigma, \\u and a trailing \\", 'ends "quoted"'):
+        spec = ActivationSpec(
+            name="doc_act", expr=GATE * sigmoid(beta.symbol * GATE) * UP, doc=doc, class_stem="DocAct", params=(beta,)
+        )
+        module = render_package([spec])[0]
+        assert ast.get_docstring(ast.parse(module.text), clean=False).startswith(doc + "\n")
+    two_lines = Param("beta", 1.0, "slope of\nthe gate")
+    spec = ActivationSpec(
+        name="doc_act",
+        expr=GATE * sigmoid(two_lines.symbol * GATE) * UP,
+        doc="",
+        class_stem="DocAct",
+        params=(two_lines,),
+    )
+    with pytest.raises(SpecError, match=r"spec 'doc_act': parameter 'beta': doc must be one line"):
+        render_package([spec])
