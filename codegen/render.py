@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import sympy
 
 from .derive import DerivedActivation, derive
 from .printers import TorchPrinter, TritonPrinter
-from .spec import ActivationSpec, Param, SpecError
+from .spec import ActivationSpec, Param, SpecError, make_registry
 
 __all__ = ["HEADER_MARK", "RenderedFile", "check", "render_package", "write"]
 
@@ -62,20 +63,14 @@ def _header(source: str, what: str, template: str) -> str:
 
 def exports(spec: ActivationSpec) -> list[str]:
     """Public names of one generated module, sorted."""
-    n, s = spec.name, spec.class_stem
-    return sorted(
-        [
-            n,
-            f"{n}_back",
-            f"weighted_{n}",
-            f"weighted_{n}_back",
-            f"weighted_bias_{n}",
-            f"weighted_bias_{n}_back",
-            f"weighted_bias_{n}_impl",
-            f"Weighted{s}Function",
-            f"WeightedBias{s}Function",
-        ]
-    )
+    return spec.public_names()
+
+
+def _float_literal(value: float) -> str:
+    """A Python expression for a float default: repr, but inf and nan (whose reprs are not
+    literals: the module failed at import with a NameError) as float("inf") / float("nan")."""
+    value = float(value)
+    return repr(value) if math.isfinite(value) else f'float("{value!r}")'
 
 
 def _math_lines(derived: DerivedActivation) -> list[str]:
@@ -93,7 +88,7 @@ def _math_lines(derived: DerivedActivation) -> list[str]:
 def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]:
     spec = derived.spec
     names = [p.name for p in spec.params]
-    defaults = {p.name: repr(float(p.default)) for p in spec.params}
+    defaults = {p.name: _float_literal(p.default) for p in spec.params}
     triton_fwd_lines, triton_fwd = TritonPrinter(f"{spec.name} forward").program(derived.forward)
     triton_bwd_lines, triton_bwd = TritonPrinter(f"{spec.name} backward").program(derived.backward)
     backward_ops = TritonPrinter(f"{spec.name} backward").op_count(derived.backward)
@@ -184,13 +179,13 @@ def render_package(
     specs: Sequence[ActivationSpec], *, source: str = "codegen/specs.py", op_namespace: str = "moe_utils"
 ) -> list[RenderedFile]:
     """Render one module per spec plus the package __init__, in a fixed order."""
+    specs = make_registry(specs)  # each valid, no name of two specs
     env = _environment()
     activation = env.get_template("activation.py.jinja")
     files = []
     modules = []
-    for spec in sorted(specs, key=lambda s: s.name):
-        spec.validate()  # before the renamed copy's derivation, so errors name the spec's own parameters
-        if spec.params:
+    for spec in specs:
+        if spec.params:  # validated: errors name the spec's own parameters, not the stand-ins
             _check_param_names(spec, activation, op_namespace)
         derived = derive(spec)
         text = activation.render(**_context(derived, op_namespace))

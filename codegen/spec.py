@@ -55,6 +55,23 @@ class ActivationSpec:
         """The spec's name as a module-level constant in codegen/specs.py, e.g. QUICK_GEGLU."""
         return self.name.upper()
 
+    def public_names(self) -> list[str]:
+        """Names the generated module exports, sorted."""
+        n, s = self.name, self.class_stem
+        return sorted(
+            [
+                n,
+                f"{n}_back",
+                f"weighted_{n}",
+                f"weighted_{n}_back",
+                f"weighted_bias_{n}",
+                f"weighted_bias_{n}_back",
+                f"weighted_bias_{n}_impl",
+                f"Weighted{s}Function",
+                f"WeightedBias{s}Function",
+            ]
+        )
+
     def impl_keyword_order(self) -> tuple[str, ...]:
         """The keyword arguments of the *_impl entry point, in signature order."""
         if self.impl_keywords:
@@ -101,13 +118,23 @@ class ActivationSpec:
 
 
 def make_registry(specs: Iterable[ActivationSpec]) -> tuple[ActivationSpec, ...]:
-    """Validate specs and return them sorted by name; duplicate names or class stems are errors."""
+    """Validate specs and return them sorted by name; duplicate names or class stems are errors, and
+    so is a public name of two specs (a spec named ``weighted_act`` beside one named ``act``: the
+    package would export one ``weighted_act`` and silently drop the other)."""
     ordered = tuple(sorted(specs, key=lambda s: s.name))
     seen: dict[str, str] = {}
+    exported: dict[str, str] = {}
     for spec in ordered:
         spec.validate()
         for key in (spec.name, spec.class_stem):
             if key in seen:
                 raise SpecError(f"spec {spec.name!r}: {key!r} is already used by spec {seen[key]!r}")
             seen[key] = spec.name
+        for public in spec.public_names():
+            if public in exported:
+                raise SpecError(
+                    f"spec {spec.name!r}: its public name {public!r} is also a name of spec {exported[public]!r}; "
+                    "rename one of them"
+                )
+            exported[public] = spec.name
     return ordered

@@ -184,3 +184,31 @@ def test_docs_render_as_written_or_fail_at_generation():
     )
     with pytest.raises(SpecError, match=r"spec 'doc_act': parameter 'beta': doc must be one line"):
         render_package([spec])
+
+
+def test_public_names_of_two_specs_and_non_finite_defaults():
+    """A spec named weighted_act beside one named act would both export weighted_act (the package
+    kept one and silently dropped the other): an error at generation. A default of inf or nan
+    rendered as a bare name (a NameError at import): now float("inf") / float("nan")."""
+    import ast
+    import math
+
+    from moe_utils.codegen import make_registry
+    from moe_utils.codegen.render import render_package
+
+    act = ActivationSpec(name="act", expr=GATE * sigmoid(GATE) * UP, doc="", class_stem="Act")
+    clash = ActivationSpec(name="weighted_act", expr=GATE * UP, doc="", class_stem="WeightedPlain")
+    for build in (make_registry, render_package):
+        with pytest.raises(
+            SpecError, match=r"spec 'weighted_act': its public name 'weighted_act' is also a name of spec 'act'"
+        ):
+            build([act, clash])
+    for default in (float("inf"), float("-inf"), float("nan")):
+        limit = Param("limit", default, "bound")
+        spec = ActivationSpec(
+            name="lim", expr=GATE * sigmoid(GATE) * UP * limit.symbol, doc="", class_stem="Lim", params=(limit,)
+        )
+        tree = ast.parse(render_package([spec])[0].text)
+        plain = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "lim")
+        value = eval(compile(ast.Expression(plain.args.defaults[0]), "<default>", "eval"), {})
+        assert math.isnan(value) if math.isnan(default) else value == default
