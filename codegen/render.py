@@ -150,28 +150,47 @@ def _identifiers(source: str) -> set[str]:
     return names
 
 
-def _check_param_names(spec: ActivationSpec, template: jinja2.Template, op_namespace: str) -> None:
-    """Raise SpecError if a parameter's name is a name the generated module uses for something else.
+#: Stand-ins for a spec's own names in _check_names' second rendering: names no template uses.
+_NAME_STAND_IN, _STEM_STAND_IN = "moe_spec_stand_in_", "MoeSpecStandIn"
 
-    The parameters travel under their own names through every signature, launcher and kernel, so a
-    parameter called ``start`` or ``mask`` was overwritten by the kernel's local of that name before
-    the math read it: silently wrong numbers (session 35); ``H`` or ``y`` made a duplicate argument
-    that failed only at import. The module is rendered once more with each parameter renamed to a
-    name nothing else uses; any name of that module is taken. The check follows the templates by
-    itself: no list of their locals to keep in step."""
+
+def _check_names(spec: ActivationSpec, template: jinja2.Template, op_namespace: str) -> None:
+    """Raise SpecError if a name the spec puts into its module (a parameter, or a name made from
+    the spec's name or class stem) is a name the module uses for something else.
+
+    The parameters travel under their own names through every signature, launcher and kernel: a
+    parameter called ``start`` or ``mask`` was overwritten by the kernel's local of that name
+    before the math read it, silently wrong numbers (session 35); ``H`` or ``y`` made a duplicate
+    argument that failed only at import. A spec named ``tl`` or ``torch`` defines a function that
+    hides the module of that name. The module is rendered once more with the spec's name, class
+    stem and parameters replaced by stand-ins that nothing else uses: the names holding a stand-in
+    are the spec's, the rest the templates'. The check follows the templates by itself: no list of
+    their locals to keep in step."""
     stand_ins = {p.name: f"moe_param_{i}_" for i, p in enumerate(spec.params)}
     renamed = dataclasses.replace(
         spec,
+        name=_NAME_STAND_IN,
+        class_stem=_STEM_STAND_IN,
         params=tuple(Param(stand_ins[p.name], p.default, p.doc) for p in spec.params),
         expr=spec.expr.xreplace({p.symbol: sympy.Symbol(stand_ins[p.name], real=True) for p in spec.params}),
         impl_keywords=tuple(stand_ins.get(k, k) for k in spec.impl_keywords),
     )
-    taken = _identifiers(template.render(**_context(derive(renamed), op_namespace)))
-    clashes = [p.name for p in spec.params if p.name in taken]
+    back = {_NAME_STAND_IN: spec.name, _STEM_STAND_IN: spec.class_stem, **{v: k for k, v in stand_ins.items()}}
+
+    def real(name: str) -> str:
+        for stand_in, original in back.items():
+            name = name.replace(stand_in, original)
+        return name
+
+    names = _identifiers(template.render(**_context(derive(renamed), op_namespace)))
+    own = {n for n in names if any(stand_in in n for stand_in in back)}
+    clashes = sorted(real(n) for n in own if real(n) in names - own)
     if clashes:
+        params = [p.name for p in spec.params if p.name in clashes]
+        what = f"parameter name(s) {params}" if params else f"the names {clashes} made from its name"
         raise SpecError(
-            f"spec {spec.name!r}: parameter name(s) {clashes} are used by the generated code for other "
-            f"things (arguments, locals, modules); choose other names"
+            f"spec {spec.name!r}: {what} are used by the generated code for other things (arguments, "
+            "locals, modules); choose other names"
         )
 
 
@@ -185,16 +204,14 @@ def render_package(
     files = []
     modules = []
     for spec in specs:
-        if spec.params:  # validated: errors name the spec's own parameters, not the stand-ins
-            _check_param_names(spec, activation, op_namespace)
         derived = derive(spec)
         text = activation.render(**_context(derived, op_namespace))
+        _check_names(spec, activation, op_namespace)  # after the spec's own rendering, whose errors name it
         try:
             ast.parse(text)
         except SyntaxError as exc:  # never write a module that cannot be imported
             raise SpecError(
-                f"spec {spec.name!r}: the generated module does not parse (line {exc.lineno}: {exc.msg}): "
-                f"{exc.text!r}"
+                f"spec {spec.name!r}: the generated module does not parse (line {exc.lineno}: {exc.msg}): {exc.text!r}"
             ) from None
         header = _header(source, spec.constant_name, "activation.py.jinja")
         files.append(RenderedFile(name=f"{spec.name}.py", text=header + text, spec=spec.constant_name))

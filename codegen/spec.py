@@ -91,7 +91,7 @@ class ActivationSpec:
         reserved = {"gate", "up", "weight", "grad_out", "x", "bias", "clamp_value", "input", "weights"}
         names = [p.name for p in self.params]
         for p in self.params:
-            if not p.name.isidentifier() or p.name in reserved or p.name.startswith("tmp"):
+            if not p.name.isidentifier() or keyword.iskeyword(p.name) or p.name in reserved or p.name.startswith("tmp"):
                 raise SpecError(f"{where}: parameter name {p.name!r} is reserved or not an identifier")
         for p in self.params:
             if not isinstance(p.doc, str) or "\n" in p.doc or "\r" in p.doc:

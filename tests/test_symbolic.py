@@ -203,6 +203,11 @@ def test_public_names_of_two_specs_and_non_finite_defaults():
             SpecError, match=r"spec 'weighted_act': its public name 'weighted_act' is also a name of spec 'act'"
         ):
             build([act, clash])
+    # A spec named like a module its code uses would hide it (def tl(...) and every kernel broke).
+    for name in ("tl", "torch"):
+        hides = ActivationSpec(name=name, expr=GATE * sigmoid(GATE) * UP, doc="", class_stem="Hides")
+        with pytest.raises(SpecError, match=rf"spec '{name}': the names \['{name}'\] made from its name are used"):
+            render_package([hides])
     for default in (float("inf"), float("-inf"), float("nan")):
         limit = Param("limit", default, "bound")
         spec = ActivationSpec(
