@@ -12,6 +12,7 @@ become exp(r * log(x)).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -113,7 +114,9 @@ class _Printer:
 
     def _precedence(self, expr: sympy.Basic) -> int:
         if isinstance(expr, sympy.Expr) and expr.is_number:
-            return _PREC_ADD if float(expr) < 0 else _PREC_ATOM
+            # is_extended_negative, not float(expr) < 0: a complex constant reaches _print_number's
+            # error (float() raised a TypeError), and -oo is negative.
+            return _PREC_ADD if expr.is_extended_negative else _PREC_ATOM
         if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and expr.exp > 1:
             return _PREC_MUL  # printed as a product
         if isinstance(expr, sympy.Pow) and expr.exp.is_number and expr.exp < 0:
@@ -124,10 +127,15 @@ class _Printer:
 
     # -- atoms ------------------------------------------------------------------------------
     def _print_number(self, expr: sympy.Expr) -> str:
+        if expr is sympy.nan:
+            return 'float("nan")'
         value = complex(expr.evalf(30))
-        if value.imag != 0:
+        if value.imag != 0 or expr.has(sympy.zoo):
             raise self._fail(expr, "a complex constant")
-        return repr(float(value.real))
+        real = float(value.real)
+        # Python, Triton's compiler and its interpreter all read float("inf"); repr's bare inf and
+        # nan are undefined names (until session 35 the module failed at import or first launch).
+        return repr(real) if math.isfinite(real) else f'float("{real!r}")'
 
     def _print_Symbol(self, expr: sympy.Symbol) -> str:
         return expr.name

@@ -108,6 +108,10 @@ class ActivationSpec:
                 f"{where}: free symbols {extra} are neither gate, up nor declared parameters "
                 f"{names}; declare them as Param or use codegen.functions.GATE/UP (real symbols)"
             )
+        if self.expr.has(sympy.I, sympy.zoo):
+            raise SpecError(
+                f"{where}: expression has a complex constant (I or zoo); the kernels compute in real floats"
+            )
         if GATE not in free and UP not in free:
             raise SpecError(f"{where}: expression depends on neither gate nor up")
         if self.impl_keywords:

@@ -106,6 +106,23 @@ def test_printers_translate_powers_and_piecewise():
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
 
 
+def test_printers_write_non_finite_constants_as_floats():
+    """oo, -oo and nan print as float("inf") / float("-inf") / float("nan"), which Python, Triton's
+    interpreter and its sm_90 compiler read (checked by hand in session 35); a bare inf was an
+    undefined name. Complex constants are refused when the spec is validated."""
+    expr = sympy.Piecewise((sympy.oo, _X > 2), (-sympy.oo, _X < -2), (sympy.nan, sympy.Eq(_X, 0)), (_X, True))
+    tri = TritonPrinter("test").doprint(expr)
+    tor = TorchPrinter("test").doprint(expr)
+    assert 'float("inf")' in tri and 'float("-inf")' in tri and 'float("nan")' in tri, tri
+    x = torch.tensor([3.0, -3.0, 0.0, 0.5], dtype=torch.float64)
+    got = eval(tor, {"torch": torch, "x": x})
+    assert got[0] == float("inf") and got[1] == float("-inf") and got[2].isnan() and got[3] == 0.5
+    for constant in (sympy.I, sympy.zoo):
+        spec = ActivationSpec(name="cplx", expr=GATE * UP * (1 + constant), doc="", class_stem="Cplx")
+        with pytest.raises(SpecError, match=r"spec 'cplx': expression has a complex constant"):
+            spec.validate()
+
+
 def test_rewrite_sign_and_heaviside_are_explicit():
     expr = apply_rewrites(sympy.sign(_X) + sympy.Heaviside(_X), COMMON_REWRITES)
     assert not expr.has(sympy.sign) and not expr.has(sympy.Heaviside)
