@@ -385,6 +385,42 @@ def test_non_contiguous_inputs_give_the_contiguous_results(backend, view, name):
     assert_close_to_ref(results[0][1], ref[1], torch.bfloat16, f"{view} d_y")
 
 
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t one element into its storage: a base address that is not a multiple
+    of 16 bytes (Triton specialises pointers on that; the kernels must not assume it)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % 16 != 0 and torch.equal(out, t)
+    return out
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
+def test_misaligned_inputs_give_the_aligned_results(name, fp8):
+    """Input, bias, weights and incoming gradient each one element into their storage: the same
+    bits as aligned copies, forward and backward, with and without the fp8 copy (on the GPU these
+    compile without 16-byte pointer alignment)."""
+    if not TRITON:
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(41)
+    y = (torch.randn(19, 2 * 56, generator=gen) * 2).to(torch.bfloat16).to(DEVICE)
+    b = torch.randn(2 * 56, generator=gen).to(torch.bfloat16).to(DEVICE)
+    w = torch.rand(19, 1, generator=gen).to(DEVICE)
+    g = torch.randn(19, 56, generator=gen).to(torch.bfloat16).to(DEVICE)
+    params = _params(spec, gen)
+    impl = getattr(mod, f"weighted_bias_{name}_impl")
+    results = []
+    for args in ((y, b, w, g), tuple(_misaligned(t) for t in (y, b, w, g))):
+        yy, bb, ww = (t.detach().requires_grad_(True) for t in args[:3])
+        out = impl(yy, bb, ww, fp8, *params) if spec.impl_bias else impl(yy + bb, ww, fp8)
+        results.append((out, *torch.autograd.grad(out, (yy, bb, ww), args[3])))
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_transposed_3d_input(backend):
     """[B, S, 2H] viewed as [S, B, 2H] (transpose(0, 1)) with [S, B, 1] weights."""
     gen = make_generator(37)
