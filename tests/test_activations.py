@@ -400,7 +400,9 @@ def _misaligned(t: torch.Tensor) -> torch.Tensor:
 def test_misaligned_inputs_give_the_aligned_results(name, fp8):
     """Input, bias, weights and incoming gradient each one element into their storage: the same
     bits as aligned copies, forward and backward, with and without the fp8 copy (on the GPU these
-    compile without 16-byte pointer alignment)."""
+    compile without 16-byte pointer alignment), but for the weight gradient's row sums. Their
+    order follows the layout Triton picks from the pointers' alignment: on the H200 Quick-GEGLU's
+    differed in the last bits (session 35), so those are compared to fp32 rounding."""
     if not TRITON:
         pytest.skip("no GPU and TRITON_INTERPRET is not 1")
     spec = SPECS[name]
@@ -417,8 +419,9 @@ def test_misaligned_inputs_give_the_aligned_results(name, fp8):
         yy, bb, ww = (t.detach().requires_grad_(True) for t in args[:3])
         out = impl(yy, bb, ww, fp8, *params) if spec.impl_bias else impl(yy + bb, ww, fp8)
         results.append((out, *torch.autograd.grad(out, (yy, bb, ww), args[3])))
-    for got, want in zip(*results, strict=True):
-        assert torch.equal(got, want)
+    (out, d_y, d_b, d_w), (out_a, d_y_a, d_b_a, d_w_a) = results[1], results[0]
+    assert torch.equal(out, out_a) and torch.equal(d_y, d_y_a) and torch.equal(d_b, d_b_a)
+    torch.testing.assert_close(d_w, d_w_a, rtol=2e-6, atol=2e-6 * d_w_a.abs().max().item())
 
 
 def test_transposed_3d_input(backend):
