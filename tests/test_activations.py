@@ -16,6 +16,7 @@ from reference import SpecReference
 
 import moe_utils
 from moe_utils import _kernel_lib
+from moe_utils import _runtime as rt
 
 SPECS = {s.name: s for s in REGISTRY}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -650,6 +651,41 @@ def test_saved_tensor_budget(fp8, with_bias):
     budget = x_bytes + n_rows * 4 + (2 * h * 2 if with_bias else 0)
     assert nbytes == budget, (nbytes, budget, [(t.dtype, tuple(t.shape)) for t in saved])
     out.float().sum().backward()
+
+
+def test_fp8_copy_is_written_only_where_a_backward_can_run(monkeypatch):
+    """fp8_input_store's copy serves the backward alone: with no input requiring grad (evaluation
+    under no_grad, whose activations and weights do not) the forward does not write it, and the
+    output is the same bits; with any input requiring grad (the weights alone too) it does."""
+
+    from moe_utils import WeightedQuickGeGLUFunction, weighted_bias_swiglu_impl
+
+    forward_ops = {_module(name)._IMPL.forward_op for name in ("swiglu", "quick_geglu")}
+    stores = []
+    call = rt.call
+
+    def spy(op, launcher, *args):
+        if op in forward_ops:
+            stores.append(args[3])  # the forward's fp8_store switch
+        return call(op, launcher, *args)
+
+    monkeypatch.setattr(rt, "call", spy)
+    gen = make_generator(47)
+    y = torch.randn(12, 2 * 40, generator=gen).to(torch.bfloat16).to(DEVICE)
+    w = torch.rand(12, 1, generator=gen).to(DEVICE)
+    plain = weighted_bias_swiglu_impl(y, w, False)
+    with torch.no_grad():
+        assert torch.equal(weighted_bias_swiglu_impl(y, w, True), plain)
+    assert torch.equal(weighted_bias_swiglu_impl(y, w, True), plain)  # nothing requires grad
+    assert torch.equal(
+        WeightedQuickGeGLUFunction.apply(y, w, True, 0.5), WeightedQuickGeGLUFunction.apply(y, w, False, 0.5)
+    )
+    assert stores == [False] * 5
+    stores.clear()
+    for yy, ww in ((y.requires_grad_(True), w), (y.detach(), w.requires_grad_(True))):
+        out = weighted_bias_swiglu_impl(yy, ww, True)
+        out.float().sum().backward()
+    assert stores == [True, True]
 
 
 @pytest.mark.parametrize("h", [1, 3, 48, 100, 300, 768, 1408, 2048, 2880, 5000, 7168])
