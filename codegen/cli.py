@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or DEFAULT_OUT
     try:
         specs = make_registry(specs_in)
-        files = render_package(specs, source=source, op_namespace=args.namespace or "moe_utils")
+        namespace = "moe_utils" if args.namespace is None else args.namespace  # "" is an error, not ours
+        files = render_package(specs, source=source, op_namespace=namespace)
     except SpecError as exc:
         print(f"regenerate-kernels: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import keyword
 import math
 import textwrap
 from collections.abc import Sequence
@@ -198,6 +199,10 @@ def render_package(
     specs: Sequence[ActivationSpec], *, source: str = "codegen/specs.py", op_namespace: str = "moe_utils"
 ) -> list[RenderedFile]:
     """Render one module per spec plus the package __init__, in a fixed order."""
+    if not op_namespace.isidentifier() or keyword.iskeyword(op_namespace):
+        # The modules name their ops torch.ops.<namespace>.<op>: "my-pkg" or "a.b" rendered a module
+        # that failed at import (or referred to another object).
+        raise SpecError(f"the op namespace must be a Python identifier (--namespace), got {op_namespace!r}")
     specs = make_registry(specs)  # each valid, no name of two specs
     env = _environment()
     activation = env.get_template("activation.py.jinja")

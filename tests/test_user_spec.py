@@ -187,3 +187,14 @@ def test_cli_reports_missing_modules_and_names(tmp_path):
     assert done.returncode != 0 and "has no attribute 'Y'" in done.stderr
     done = _run(["--spec", "acts:X", "--out", "o", "--namespace", "n"], tmp_path)
     assert done.returncode != 0 and "not a moe_utils.codegen.ActivationSpec" in done.stderr
+
+
+@pytest.mark.parametrize("namespace", ["my-pkg", "a.b", "", "class"])
+def test_cli_refuses_a_namespace_that_is_not_an_identifier(user_package, namespace):
+    """The modules call their ops torch.ops.<namespace>.<op>: "my-pkg" rendered a module that failed
+    at import, "a.b" one that named another object, and "" fell back to moe_utils' own namespace."""
+    root = user_package[0]
+    done = _run(["--spec", "user_acts:MISH_GLU", "--out", "ns/generated", "--namespace", namespace], root)
+    assert done.returncode == 2
+    assert f"the op namespace must be a Python identifier (--namespace), got {namespace!r}" in done.stderr
+    assert not (root / "ns" / "generated").exists()
