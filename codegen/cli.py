@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"regenerate-kernels --check: {out_dir} is in step with {len(specs)} spec(s)")
         return 0
 
-    statuses = dict(write(out_dir, files))
+    try:
+        statuses = dict(write(out_dir, files))
+    except FileExistsError as exc:
+        print(f"regenerate-kernels: {exc}", file=sys.stderr)
+        return 2
     print(f"{'activation':<14} {'derived':<70} file")
     for spec in specs:
         d = derive(spec)

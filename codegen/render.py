@@ -235,14 +235,19 @@ def _is_generated(path: Path) -> bool:
 
 def write(out_dir: Path, files: Sequence[RenderedFile]) -> list[tuple[str, str]]:
     """Write files that changed; delete stale generated files. Returns (name, status) pairs."""
+    # Every file is checked before any is written: a hand-written file among the targets (an
+    # --out that is the user's own package, whose __init__.py comes last) left the modules before
+    # it written and the package half-generated.
+    for f in files:
+        path = out_dir / f.name
+        if path.exists() and not _is_generated(path):
+            raise FileExistsError(f"{path} was not generated (no '{HEADER_MARK}' header); not touching it")
     out_dir.mkdir(parents=True, exist_ok=True)
     statuses = []
     wanted = {f.name for f in files}
     for f in files:
         path = out_dir / f.name
         if path.exists():
-            if not _is_generated(path):
-                raise FileExistsError(f"{path} was not generated (no '{HEADER_MARK}' header); not touching it")
             if path.read_bytes() == f.text.encode("utf-8"):
                 statuses.append((f.name, "unchanged"))
                 continue

@@ -198,3 +198,16 @@ def test_cli_refuses_a_namespace_that_is_not_an_identifier(user_package, namespa
     assert done.returncode == 2
     assert f"the op namespace must be a Python identifier (--namespace), got {namespace!r}" in done.stderr
     assert not (root / "ns" / "generated").exists()
+
+
+def test_cli_writes_nothing_beside_a_hand_written_file(user_package):
+    """--out pointing at the user's own package: its __init__.py (written last) has no header. Every
+    target is checked before any file is written, so the modules are not left half-generated."""
+    root = user_package[0]
+    own = root / "own_pkg"
+    own.mkdir()
+    (own / "__init__.py").write_text("VERSION = 1\n")
+    done = _run(["--spec", "user_acts:MISH_GLU", "--out", "own_pkg", "--namespace", "own"], root)
+    assert done.returncode == 2 and "own_pkg/__init__.py was not generated" in done.stderr
+    assert sorted(p.name for p in own.iterdir()) == ["__init__.py"]
+    assert (own / "__init__.py").read_text() == "VERSION = 1\n"
