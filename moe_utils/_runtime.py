@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -580,7 +581,7 @@ def check_clamp(fn: str, clamp_value: float | None) -> float | None:
     if isinstance(clamp_value, torch.Tensor):
         clamp_value = _read_constant(fn, "clamp_value", clamp_value)
     if (
-        not isinstance(clamp_value, (int, float))
+        not isinstance(clamp_value, numbers.Real)  # numpy scalars too (a config read through numpy)
         or isinstance(clamp_value, bool)
         or math.isnan(clamp_value)
         or clamp_value < 0
@@ -593,7 +594,7 @@ def scalar(fn: str, name: str, value: Any) -> float:
     """Activation parameters are Python floats (a tensor is read once, which syncs with the host)."""
     if isinstance(value, torch.Tensor):
         value = _read_constant(fn, name, value)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy scalars too
         raise TypeError(f"{fn}: {name} must be a float, got {type(value).__name__}")
     return float(value)
 

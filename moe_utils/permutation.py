@@ -9,6 +9,7 @@ token and probability) and zeroes the padding rows. Its backward gathers the row
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -587,6 +588,8 @@ def permute(
     if num_out_tokens is not None:
         if isinstance(num_out_tokens, torch.Tensor):
             num_out_tokens = int(num_out_tokens.item())  # host sync; pass an int to avoid it
+        elif isinstance(num_out_tokens, numbers.Integral) and not isinstance(num_out_tokens, (bool, int)):
+            num_out_tokens = int(num_out_tokens)  # a numpy integer (capacity computed with numpy)
         if not isinstance(num_out_tokens, (int, torch.SymInt)) or num_out_tokens < 0:
             raise ValueError(f"permute: num_out_tokens must be a non-negative int or None, got {num_out_tokens!r}")
         if drop_and_pad and (n_experts == 0 or num_out_tokens % n_experts != 0):

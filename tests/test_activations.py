@@ -6,6 +6,7 @@ import importlib
 import inspect
 import zlib
 
+import numpy as np
 import pytest
 import torch
 import triton
@@ -513,8 +514,10 @@ def test_bad_input_raises_for_every_activation(name):
             getattr(mod, name)(y, **{param.name: learnable})
         with pytest.raises(ValueError, match=rf"{param.name} must be a scalar, got a tensor of shape \(2,\)"):
             call_impl(y, w, **{param.name: torch.ones(2, device=DEVICE)})
-        # Read once as a constant: a detached tensor gives the float's result.
-        assert torch.equal(call_impl(y, w, **{param.name: learnable.detach()}), call_impl(y, w, **{param.name: 0.75}))
+        # Read once as a constant: a detached tensor, or a numpy scalar, gives the float's result.
+        want = call_impl(y, w, **{param.name: 0.75})
+        for same in (learnable.detach(), np.float32(0.75), np.float64(0.75)):
+            assert torch.equal(call_impl(y, w, **{param.name: same}), want)
     if spec.clamp:
         with pytest.raises(ValueError, match=r"clamp_value must be a non-negative float"):
             call_impl(y, w, clamp_value=-1.0)
@@ -524,6 +527,8 @@ def test_bad_input_raises_for_every_activation(name):
             call_impl(y, w, clamp_value=torch.ones(2, device=DEVICE))
         with pytest.raises(ValueError, match=r"clamp_value must be a non-negative float or None, got True"):
             call_impl(y, w, clamp_value=True)
+        assert torch.equal(call_impl(y, w, clamp_value=np.float32(2.0)), call_impl(y, w, clamp_value=2.0))
+        assert torch.equal(call_impl(y, w, clamp_value=np.int64(2)), call_impl(y, w, clamp_value=2.0))
 
 
 def test_inputs_are_not_modified():

@@ -354,6 +354,23 @@ def test_zero_tokens():
         assert back.shape == (0, 16)
 
 
+def test_num_out_tokens_from_numpy_or_a_tensor():
+    """num_out_tokens as a numpy integer (a capacity computed with numpy) or a 0-dim tensor (read on
+    the host) gives the int's result; a bool or a float is refused."""
+    import numpy as np
+
+    gen = make_generator(49)
+    x = torch.randn(12, 24, generator=gen).to(DEVICE)
+    m = topk_map(12, 4, 2, gen)
+    n = int(m.sum())
+    for fused in (False, True):
+        want = permute(x, m, num_out_tokens=n + 2, fused=fused)[0]
+        for same in (np.int64(n + 2), np.int32(n + 2), torch.tensor(n + 2)):
+            assert torch.equal(permute(x, m, num_out_tokens=same, fused=fused)[0], want)
+        with pytest.raises(ValueError, match=r"num_out_tokens must be a non-negative int or None, got 26.5"):
+            permute(x, m, num_out_tokens=26.5, fused=fused)
+
+
 def test_integer_routing_map_and_strided_inputs():
     gen = make_generator(9)
     x_wide = torch.randn(20, 64, generator=gen).to(DEVICE)
