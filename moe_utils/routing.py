@@ -650,6 +650,15 @@ def _segments(n_tokens: int, n_experts: int) -> tuple[int, int, int, int]:
     return seg_len, n_seg, block_t, block_e
 
 
+def require_triton_device(fn: str, t: torch.Tensor) -> None:
+    """fused=True needs tensors the Triton kernels can run on: CUDA, or the CPU under the interpreter."""
+    if not _rt.triton_device(t):
+        raise RuntimeError(
+            f"{fn}: fused=True runs Triton kernels and needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
+            f"got tensors on {t.device}. Use fused=False there."
+        )
+
+
 def compute_dtype(*tensors: torch.Tensor | None) -> tl.dtype:
     """What the routing kernels multiply and sum in: fp64 where the data (rows, probs, their
     gradients) are fp64 and fp32 only, as the reference computes (float64 gradcheck needs it: in
@@ -751,11 +760,7 @@ def build_plan(
     """
     n_tokens, n_experts = routing_map.shape
     device = routing_map.device
-    if not _rt.triton_device(routing_map):
-        raise RuntimeError(
-            f"{fn}: fused=True runs Triton kernels and needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
-            f"got tensors on {device}. Use fused=False there."
-        )
+    require_triton_device(fn, routing_map)
     if n_experts > MAX_EXPERTS:
         raise ValueError(f"{fn}: fused=True supports at most {MAX_EXPERTS} experts, got {n_experts}; use fused=False")
     if n_tokens >= 2**31:

@@ -36,6 +36,7 @@ from .routing import (
     entry_row,
     plan_layout,
     plan_view,
+    require_triton_device,
 )
 
 __all__ = ["gather_rows", "unpermute"]
@@ -650,6 +651,8 @@ def unpermute(
         return _unpermute_reference(
             permuted_tokens, sorted_indices, torch.Size(restore_shape), probs, routing_map, drop_and_pad
         )
+    # A plan made on the GPU and moved to the CPU: Triton's own error there is "0 active drivers".
+    require_triton_device(fn, permuted_tokens)
     plan_layout(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])
     # Without routing_map nothing has checked probs' experts against the plan's: the gather does.
     check_experts = probs is not None and routing_map is None

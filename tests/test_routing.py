@@ -354,6 +354,23 @@ def test_zero_tokens():
         assert back.shape == (0, 16)
 
 
+def test_fused_on_tensors_triton_cannot_run_on_raises(monkeypatch):
+    """fused=True on CPU tensors without the interpreter (a plan made on the GPU and moved to the
+    CPU, say): permute and unpermute say what is needed; unpermute raised Triton's "0 active
+    drivers ([]). There should only be one." until session 35."""
+    from moe_utils import _runtime as rt
+
+    gen = make_generator(51)
+    x = torch.randn(10, 16, generator=gen).to(DEVICE)
+    m = topk_map(10, 4, 2, gen)
+    rows, _, plan = permute(x, m, num_out_tokens=20, fused=True)
+    monkeypatch.setattr(rt, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match=r"permute: fused=True runs Triton kernels and needs a CUDA device"):
+        permute(x.cpu(), m.cpu(), num_out_tokens=20, fused=True)
+    with pytest.raises(RuntimeError, match=r"unpermute: fused=True runs Triton kernels and needs a CUDA device"):
+        unpermute(rows.cpu(), plan.cpu(), (10, 16), fused=True)
+
+
 def test_num_out_tokens_from_numpy_or_a_tensor():
     """num_out_tokens as a numpy integer (a capacity computed with numpy) or a 0-dim tensor (read on
     the host) gives the int's result; a bool or a float is refused."""
