@@ -46,7 +46,12 @@ KITCHEN_SINK = ActivationSpec(
     params=(BETA, LIMIT),
 )
 
-SPECS = [MISH_GLU, KITCHEN_SINK]
+# Reads the gate alone: df/dup is the constant 0 (the eager path's torch.cat refused it until session 35)
+GATE_SILU = ActivationSpec(
+    name="gate_silu", expr=GATE * sigmoid(GATE), doc="silu(gate); up unused.", class_stem="GateSilu"
+)
+
+SPECS = [MISH_GLU, KITCHEN_SINK, GATE_SILU]
 
 BAD_FREE_SYMBOL = ActivationSpec(
     name="bad_free", expr=GATE * sympy.Symbol("theta") * UP, doc="", class_stem="BadFree"
@@ -100,8 +105,8 @@ def user_package(tmp_path_factory):
 
 def test_generated_files_are_marked_and_in_step(user_package):
     root, _, generated, namespace = user_package
-    assert set(generated.ACTIVATIONS) == {"kitchen_sink", "mish_glu"}
-    for name in ("mish_glu.py", "kitchen_sink.py", "__init__.py"):
+    assert set(generated.ACTIVATIONS) == {"gate_silu", "kitchen_sink", "mish_glu"}
+    for name in ("mish_glu.py", "kitchen_sink.py", "gate_silu.py", "__init__.py"):
         assert "DO NOT EDIT" in (root / "userpkg" / "generated" / name).read_text().splitlines()[0]
     check = _run(["--check", "--spec", "user_acts:SPECS", "--out", "userpkg/generated", "--namespace", namespace], root)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -123,7 +128,7 @@ def test_user_spec_launch_heuristics(user_package):
     assert sink._BACKWARD_OPS > mish._BACKWARD_OPS > 0
 
 
-@pytest.mark.parametrize("which", ["MISH_GLU", "KITCHEN_SINK"])
+@pytest.mark.parametrize("which", ["MISH_GLU", "KITCHEN_SINK", "GATE_SILU"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
 def test_user_activation_matches_float64(backend, user_package, which, dtype, interleaved):
