@@ -101,3 +101,13 @@ def backend(request):
 
 def make_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t one element into its storage: a base address that is not a multiple
+    of 16 bytes (Triton specialises pointers on that; the kernels must not assume it)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % 16 != 0 and torch.equal(out, t)
+    return out

@@ -11,7 +11,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from conftest import DEVICE, TRITON, assert_close_to_ref, make_generator
+from conftest import DEVICE, TRITON, assert_close_to_ref, make_generator, misaligned
 from moe_utils.codegen.specs import REGISTRY
 from reference import SpecReference
 
@@ -387,16 +387,6 @@ def test_non_contiguous_inputs_give_the_contiguous_results(backend, view, name):
     assert_close_to_ref(results[0][1], ref[1], torch.bfloat16, f"{view} d_y")
 
 
-def _misaligned(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of t one element into its storage: a base address that is not a multiple
-    of 16 bytes (Triton specialises pointers on that; the kernels must not assume it)."""
-    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-    out = buf[1:].view(t.shape)
-    out.copy_(t)
-    assert out.data_ptr() % 16 != 0 and torch.equal(out, t)
-    return out
-
-
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
 def test_misaligned_inputs_give_the_aligned_results(name, fp8):
@@ -417,7 +407,7 @@ def test_misaligned_inputs_give_the_aligned_results(name, fp8):
     params = _params(spec, gen)
     impl = getattr(mod, f"weighted_bias_{name}_impl")
     results = []
-    for args in ((y, b, w, g), tuple(_misaligned(t) for t in (y, b, w, g))):
+    for args in ((y, b, w, g), tuple(misaligned(t) for t in (y, b, w, g))):
         yy, bb, ww = (t.detach().requires_grad_(True) for t in args[:3])
         out = impl(yy, bb, ww, fp8, *params) if spec.impl_bias else impl(yy + bb, ww, fp8)
         results.append((out, *torch.autograd.grad(out, (yy, bb, ww), args[3])))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import DEVICE, make_generator
+from conftest import DEVICE, make_generator, misaligned
 
 from moe_utils import permute, unpermute
 
@@ -399,15 +399,6 @@ def test_integer_routing_map_and_strided_inputs():
     assert torch.equal(a, b) and torch.equal(ap, bp)
 
 
-def _misaligned(t):
-    """A contiguous copy of t one element into its storage (a base address not 16-byte aligned)."""
-    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-    out = buf[1:].view(t.shape)
-    out.copy_(t)
-    assert out.data_ptr() % 16 != 0 and torch.equal(out, t)
-    return out
-
-
 @pytest.mark.parametrize("n_experts", [8, 256])
 def test_misaligned_inputs_give_the_aligned_results(n_experts):
     """Tokens, routing map, probs, expert rows and gradients one element into their storage: the
@@ -421,10 +412,10 @@ def test_misaligned_inputs_give_the_aligned_results(n_experts):
     g = torch.randn(n_tokens, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
     n = int(m.sum())
     results = []
-    for xx, mm, pp, gg in ((x, m, p, g), tuple(_misaligned(t) for t in (x, m, p, g))):
+    for xx, mm, pp, gg in ((x, m, p, g), tuple(misaligned(t) for t in (x, m, p, g))):
         xx, pp = xx.detach().requires_grad_(True), pp.detach().requires_grad_(True)
         rows, row_probs, plan = permute(xx, mm, pp, num_out_tokens=n + 3, fused=True)
-        h = _misaligned(rows * 2) if xx.data_ptr() % 16 else rows * 2
+        h = misaligned(rows * 2) if xx.data_ptr() % 16 else rows * 2
         out = unpermute(h, plan, (n_tokens, hidden), pp, mm, fused=True)
         grads = torch.autograd.grad((out, row_probs), (xx, pp), (gg, torch.ones_like(row_probs)))
         results.append((rows, row_probs, out, *grads))
