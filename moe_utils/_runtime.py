@@ -591,7 +591,7 @@ def check_clamp(fn: str, clamp_value: float | None) -> float | None:
 
 
 def scalar(fn: str, name: str, value: Any) -> float:
-    """Activation parameters are Python floats (a tensor is read once, which syncs with the host)."""
+    """Activation parameters are Python or numpy numbers, or one-element tensors read once on the host."""
     if isinstance(value, torch.Tensor):
         value = _read_constant(fn, name, value)
     if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy scalars too
