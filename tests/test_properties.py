@@ -93,3 +93,52 @@ def test_routing_matches_reference(n_tokens, n_experts, hidden, density, with_pr
     out = unpermute(rows, plan, x.shape, p, m, fused=True)
     ref = unpermute(rows[:routed].double(), idx, x.shape, None if p is None else p.double(), m)
     assert_close_to_ref(out, ref, dtype, "unpermute")
+
+
+@SETTINGS
+@given(
+    n_tokens=st.integers(0, 20),
+    n_experts=st.integers(1, 12),
+    hidden=st.integers(1, 33),
+    density=st.floats(0.0, 1.0),
+    drop_and_pad=st.booleans(),
+    pad=st.integers(0, 3),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_routing_gradients_match_float64(n_tokens, n_experts, hidden, density, drop_and_pad, pad, dtype, seed):
+    """permute -> a nonlinear function of the rows -> unpermute with probs, forward and backward
+    (d_tokens, d_probs through both ops), fused against the reference in float64: random maps with
+    padding rows, or drop_and_pad maps of exactly `capacity` tokens an expert."""
+    gen = torch.Generator().manual_seed(seed)
+    if drop_and_pad:
+        capacity = int(torch.randint(0, n_tokens + 1, (), generator=gen))
+        m = torch.zeros(n_tokens, n_experts, dtype=torch.bool)
+        for e in range(n_experts):
+            m[torch.randperm(n_tokens, generator=gen)[:capacity], e] = True
+        n_out = capacity * n_experts
+    else:
+        m = torch.rand(n_tokens, n_experts, generator=gen) < density
+        n_out = int(m.sum()) + pad
+    m = m.to(DEVICE)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(dtype).to(DEVICE)
+    p = torch.rand(n_tokens, n_experts, generator=gen).to(DEVICE)
+    g = torch.randn(n_tokens, hidden, generator=gen).to(dtype).to(DEVICE)
+
+    def run(xx, pp, fused):
+        xx, pp = xx.detach().requires_grad_(True), pp.detach().requires_grad_(True)
+        rows, row_probs, plan = permute(xx, m, pp, num_out_tokens=n_out, fused=fused, drop_and_pad=drop_and_pad)
+        # Nonlinear without cancellation (rows * rows + rows cancels near -1 in 16-bit storage)
+        out = unpermute(rows * rows * 0.5 + 2, plan, xx.shape, pp, m, fused=fused, drop_and_pad=drop_and_pad)
+        loss = (out.double() * g.double()).sum() + row_probs.double().square().sum()
+        return (out, *torch.autograd.grad(loss, (xx, pp)))
+
+    got = run(x, p, True)
+    want = run(x.double(), p.double(), False)
+    assert_close_to_ref(got[0], want[0], dtype, "out")
+    assert_close_to_ref(got[1], want[1], dtype, "d_tokens")
+    # d_probs[t, e] = sum over the row of g * h + 2 p: the row sum cancels, so its error (from the
+    # 16-bit rows) is relative to the sum of absolute terms.
+    h = x.double() * x.double() * 0.5 + 2
+    bound = ((g.double().abs() * h).sum(1, keepdim=True) + 2 * p.double()) * m
+    assert_close_to_ref(got[2], want[2], dtype, "d_probs", bound=bound)
