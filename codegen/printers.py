@@ -51,6 +51,15 @@ def apply_rewrites(expr: sympy.Expr, rewrites: tuple[Rewrite, ...]) -> sympy.Exp
     return expr
 
 
+def float_literal(value: float) -> str:
+    """Python source for a float, in generated code and its kernels alike: repr, but inf and nan as
+    float("inf") / float("nan"), which Python, Triton's compiler and its interpreter read (repr's
+    bare inf and nan are undefined names: until session 35 such a module failed at import or at
+    its first launch)."""
+    value = float(value)
+    return repr(value) if math.isfinite(value) else f'float("{value!r}")'
+
+
 class _Printer:
     """Shared machinery: dispatch, precedence, numbers, arithmetic."""
 
@@ -128,14 +137,11 @@ class _Printer:
     # -- atoms ------------------------------------------------------------------------------
     def _print_number(self, expr: sympy.Expr) -> str:
         if expr is sympy.nan:
-            return 'float("nan")'
+            return float_literal(math.nan)
         value = complex(expr.evalf(30))
         if value.imag != 0 or expr.has(sympy.zoo):
             raise self._fail(expr, "a complex constant")
-        real = float(value.real)
-        # Python, Triton's compiler and its interpreter all read float("inf"); repr's bare inf and
-        # nan are undefined names (until session 35 the module failed at import or first launch).
-        return repr(real) if math.isfinite(real) else f'float("{real!r}")'
+        return float_literal(value.real)
 
     def _print_Symbol(self, expr: sympy.Symbol) -> str:
         return expr.name

@@ -610,14 +610,8 @@ def split_halves(x: torch.Tensor, interleaved: bool) -> tuple[torch.Tensor, torc
     return gate, up
 
 
-def join_halves(gate: torch.Tensor | float, up: torch.Tensor | float, interleaved: bool) -> torch.Tensor:
-    """Inverse of split_halves. A half may be a number: the eager backward of an activation that
-    does not read one half (f = silu(gate)) derives that half's gradient as the constant 0, which
-    torch.cat refused (a spec without up failed on the eager path until session 35)."""
-    if not isinstance(gate, torch.Tensor):
-        gate = torch.full_like(up, gate)
-    elif not isinstance(up, torch.Tensor):
-        up = torch.full_like(gate, up)
+def join_halves(gate: torch.Tensor, up: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Inverse of split_halves."""
     if interleaved:
         return torch.stack([gate, up], dim=-1).flatten(-2)
     return torch.cat([gate, up], dim=-1)
