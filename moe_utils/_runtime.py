@@ -716,11 +716,14 @@ def function_forward(
     # The fp8 copy serves the backward alone: where no input requires grad (inference, evaluation
     # under no_grad, whose activations and routing weights do not) none runs, so the forward does
     # not write it (with bf16 input, a quarter of the forward's traffic; session 35).
-    fp8_input_store = fp8_input_store and any(ctx.needs_input_grad)
+    # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
+    # positions differ between the Functions that call this (fn comes first in the generic one).
+    ctx.needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
+    fp8_input_store = fp8_input_store and any(ctx.needs_grad)
     ctx.impl = impl
     # The gradients read the input (and bias) nonlinearly: a graph of them is needed wherever either
     # requires grad. With only the weights requiring grad, d_weights is linear in the incoming gradient.
-    ctx.reads_inputs = y.requires_grad or (bias is not None and bias.requires_grad)
+    ctx.reads_inputs = ctx.needs_grad[0] or ctx.needs_grad[1]
     out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, interleaved, params)
     # Only what the backward reads: the fp8 copy instead of the input when asked for.
     saved_x = x_fp8.view(torch.float8_e4m3fn) if fp8_input_store else rows.x
@@ -771,7 +774,7 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     g = _last_dim_contiguous(grad_out.reshape(n_rows, x_saved.shape[1] // 2))
     d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, interleaved, y_dtype, params)
     d_bias = None
-    if bias is not None and ctx.needs_input_grad[1]:
+    if bias is not None and ctx.needs_grad[1]:
         d_bias = _reduce_bias_grad(d_x, bias, y_shape, bias_meta[0], bias_meta[1])
     return d_x.view(y_shape), d_bias, (d_w.view(w_shape) if weight is not None else None)
 

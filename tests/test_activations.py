@@ -100,6 +100,43 @@ def test_bias_forms_match_float64(backend, name, dtype, shape):
     assert_close_to_ref(back[2], ref[3], dtype, "back d_weights", bound=reference.d_w_bound)
 
 
+#: Every non-empty subset of (input, bias, weights) requiring grad, as flags.
+GRAD_SUBSETS = [(a, b, c) for a in (False, True) for b in (False, True) for c in (False, True) if a or b or c]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("needs", GRAD_SUBSETS, ids=lambda n: "-".join(k for k, f in zip("ybw", n, strict=True) if f))
+def test_every_subset_of_inputs_requiring_grad(backend, name, needs):
+    """Whichever of input, bias and weights require grad get their gradients, whatever the others
+    do (a frozen input with a trained bias, the router trained alone), through the functional form
+    and the seed classes alike. Until session 36 the functional form read the bias's flag at the
+    input's position (its Function takes the op's name first): a bias trained on a frozen input
+    got no gradient, silently."""
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(zlib.crc32(f"{name}{needs}".encode()))
+    y, w, g = _inputs(7, 24, torch.float32, gen)
+    bias = torch.randn(48, generator=gen).to(DEVICE)
+    params = _params(spec, gen)
+    reference = SpecReference(spec)
+    ref = reference.forward_backward(y, bias, w, g, params)
+    forms = [("functional", getattr(mod, f"weighted_bias_{name}"), lambda yy, bb, ww: (yy, bb, ww, *params))]
+    cls = getattr(mod, f"WeightedBias{spec.class_stem}Function", None)
+    if cls is not None:
+        forms.append(("class", cls.apply, lambda yy, bb, ww: (yy, bb, ww, False, *params)))
+    for form, fn, args in forms:
+        leaves = [t.clone().requires_grad_(f) for t, f in zip((y, bias, w), needs, strict=True)]
+        out = fn(*args(*leaves))
+        wanted = [t for t in leaves if t.requires_grad]
+        got = torch.autograd.grad(out, wanted, g)
+        want = [r for r, f in zip(ref[1:], needs, strict=True) if f]
+        for what, a, b in zip(
+            [k for k, f in zip(("d_y", "d_bias", "d_w"), needs, strict=True) if f], got, want, strict=True
+        ):
+            bound = reference.d_w_bound if what == "d_w" else None
+            assert_close_to_ref(a, b, torch.float32, f"{form} {what}", bound=bound)
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("h", [48, 4100])  # 4100: two column blocks forward, two steps backward
