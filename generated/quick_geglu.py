@@ -137,7 +137,7 @@ def _quick_geglu_bwd(
     x_ptr,  # [n_rows, 2 * H] saved input, or the uint8 view of its fp8 copy (LOAD_FP8)
     bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias in the layout of x (HAS_BIAS)
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
-    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x
+    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x (STORE_DX)
     d_weight_ptr,  # [n_rows] weight gradient (HAS_WEIGHT)
     n_rows,  # rows T
     H,  # width of one half
@@ -151,6 +151,7 @@ def _quick_geglu_bwd(
     HAS_WEIGHT: tl.constexpr,
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
+    STORE_DX: tl.constexpr,  # False: d_weight alone (nothing reads d_x: only the weights require grad)
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
@@ -186,11 +187,12 @@ def _quick_geglu_bwd(
         if CLAMP:
             d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
             d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
-        d_type = d_x_ptr.dtype.element_ty
-        store_halves(
-            d_x_ptr, rows * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
-            INTERLEAVED, BLOCK_R, BLOCK_H,
-        )  # fmt: skip
+        if STORE_DX:
+            d_type = d_x_ptr.dtype.element_ty
+            store_halves(
+                d_x_ptr, rows * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
+                INTERLEAVED, BLOCK_R, BLOCK_H,
+            )  # fmt: skip
         if HAS_WEIGHT:
             d_weight_acc += tl.sum(tl.where(mask, d_weight, 0.0), axis=1)
     if HAS_WEIGHT:
@@ -279,22 +281,26 @@ def _launch_backward(
     x_dtype: torch.dtype,
     linear_offset: float,
     alpha: float,
+    store_dx: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H]."""
+    """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H].
+
+    store_dx=False: d_x is empty, not computed (where only the weights require grad).
+    """
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
     bias = _rt.unit_column_stride(bias)
     n_rows, two_h = x_saved.shape
     h = two_h // 2
-    d_x = _rt.empty((n_rows, two_h), x_dtype, x_saved.device)
+    d_x = _rt.empty((n_rows, two_h) if store_dx else (0,), x_dtype, x_saved.device)
     w_dtype = weight.dtype if weight is not None else torch.float32
     d_w = _rt.empty((n_rows,) if weight is not None else (0,), w_dtype, x_saved.device)
-    if n_rows == 0:
+    if n_rows == 0 or not (store_dx or weight is not None):
         return d_x, d_w
     if h == 0:
         return d_x, d_w.zero_()
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
-    if _rt.use_triton(d_x):
+    if _rt.use_triton(x_saved):
         heavy = _rt.heavy_backward(clamp_value, fp8, _BACKWARD_OPS)
         cfg = _rt.backward_config(
             n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS
@@ -304,8 +310,8 @@ def _launch_backward(
             x_saved.view(torch.uint8) if fp8 else x_saved,
             x_saved if bias is None else bias,
             x_saved if weight is None else weight,
-            d_x,
-            d_x if weight is None else d_w,
+            d_x if store_dx else grad_out,
+            grad_out if weight is None else d_w,
             n_rows,
             h,
             grad_out.stride(0),
@@ -318,6 +324,7 @@ def _launch_backward(
             HAS_WEIGHT=weight is not None,
             CLAMP=clamp_value is not None,
             LOAD_FP8=fp8,
+            STORE_DX=store_dx,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
@@ -333,7 +340,8 @@ def _launch_backward(
     if clamp_value is not None:
         d_gate = torch.where(gate_pass, d_gate, 0.0)
         d_up = torch.where(up_pass, d_up, 0.0)
-    d_x.copy_(_rt.join_halves(d_gate, d_up, interleaved))
+    if store_dx:
+        d_x.copy_(_rt.join_halves(d_gate, d_up, interleaved))
     if weight is not None:
         d_w.copy_(d_weight.sum(dim=-1))
     return d_x, d_w
@@ -372,13 +380,16 @@ def _backward_op(
     x_dtype: torch.dtype,
     linear_offset: float,
     alpha: float,
+    store_dx: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_backward(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha)
+    return _launch_backward(
+        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha, store_dx
+    )
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha):
-    return _rt.fake_backward(x_saved, weight, x_dtype)
+def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha, store_dx=True):
+    return _rt.fake_backward(x_saved, weight, x_dtype, store_dx)
 
 
 _rt.register_op_autograd(_forward_op, _backward_op, n_params=2)

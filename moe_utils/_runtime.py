@@ -675,9 +675,10 @@ class ActivationImpl:
         args = (x, bias, weight, fp8_store, clamp_value, interleaved, *params)
         return call(self.forward_op, self.launch_forward, *args)
 
-    def backward(self, grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, params):
-        """d_x [T, 2H] in x_dtype and d_weight [T] in the weight's dtype (empty without weight)."""
-        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params)
+    def backward(self, grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, params, store_dx=True):
+        """d_x [T, 2H] in x_dtype (empty unless store_dx) and d_weight [T] in the weight's dtype (empty
+        without weight)."""
+        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params, store_dx)
         return call(self.backward_op, self.launch_backward, *args)
 
 
@@ -772,11 +773,17 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
     n_rows = x_saved.shape[0]
     g = _last_dim_contiguous(grad_out.reshape(n_rows, x_saved.shape[1] // 2))
-    d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, interleaved, y_dtype, params)
+    # d_x is written only where something reads it: the input's gradient, or the bias's (a sum of it).
+    # With only the routing weights requiring grad (the router trained alone) the kernel stores
+    # d_weights alone (4H of its 10H bytes a row with 16-bit input, 4H of 8H from the fp8 copy) and
+    # allocates no T x 2H buffer.
+    needs_y, needs_bias, _ = ctx.needs_grad
+    d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, interleaved, y_dtype, params, needs_y or needs_bias)
     d_bias = None
-    if bias is not None and ctx.needs_grad[1]:
+    if needs_bias:
         d_bias = _reduce_bias_grad(d_x, bias, y_shape, bias_meta[0], bias_meta[1])
-    return d_x.view(y_shape), d_bias, (d_w.view(w_shape) if weight is not None else None)
+    d_y = d_x.view(y_shape) if needs_y else None
+    return d_y, d_bias, (d_w.view(w_shape) if weight is not None else None)
 
 
 class _KernelGradients(torch.autograd.Function):
@@ -844,10 +851,10 @@ def fake_forward(x: torch.Tensor, fp8_store: bool) -> tuple[torch.Tensor, torch.
 
 
 def fake_backward(
-    x: torch.Tensor, weight: torch.Tensor | None, x_dtype: torch.dtype
+    x: torch.Tensor, weight: torch.Tensor | None, x_dtype: torch.dtype, store_dx: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Meta function of every <name>_bwd op."""
-    d_x = x.new_empty(x.shape, dtype=x_dtype)
+    d_x = x.new_empty(x.shape if store_dx else (0,), dtype=x_dtype)
     d_w = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,), dtype=torch.float32)
     return d_x, d_w
 
@@ -869,9 +876,12 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
     def backward(ctx, grad_out, _grad_x_fp8):
         first_order_only(op_name, (grad_out,), ctx.reads_inputs)
         x_saved, bias, weight = ctx.saved_tensors
-        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params)
+        needs_bias = bias is not None and ctx.needs_input_grad[1]
+        store_dx = ctx.needs_input_grad[0] or needs_bias  # as function_backward
+        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx)
         d_x, d_w = backward_op(grad_out, x_saved, bias, weight, *args)
-        d_bias = bias_grad(d_x, bias) if bias is not None else None
+        d_bias = bias_grad(d_x, bias) if needs_bias else None
+        d_x = d_x if ctx.needs_input_grad[0] else None
         return (d_x, d_bias, d_w if weight is not None else None, None, None, None) + (None,) * n_params
 
     forward_op.register_autograd(backward, setup_context=setup_context)

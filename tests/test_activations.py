@@ -106,14 +106,30 @@ GRAD_SUBSETS = [(a, b, c) for a in (False, True) for b in (False, True) for c in
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("needs", GRAD_SUBSETS, ids=lambda n: "-".join(k for k, f in zip("ybw", n, strict=True) if f))
-def test_every_subset_of_inputs_requiring_grad(backend, name, needs):
+def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs):
     """Whichever of input, bias and weights require grad get their gradients, whatever the others
-    do (a frozen input with a trained bias, the router trained alone), through the functional form
-    and the seed classes alike. Until session 36 the functional form read the bias's flag at the
-    input's position (its Function takes the op's name first): a bias trained on a frozen input
-    got no gradient, silently."""
+    do (a frozen input with a trained bias, the router trained alone), through the functional form,
+    the seed class and the torch.library op alike. Until session 36 the functional form read the
+    bias's flag at the input's position (its Function takes the op's name first): a bias trained on
+    a frozen input got no gradient, silently. The backward writes d_x only where the input's or the
+    bias's gradient reads it (its last argument, store_dx)."""
     spec = SPECS[name]
     mod = _module(name)
+    store_dx = []
+    call = rt.call
+
+    def spy(op, launcher, *args):
+        if op is mod._IMPL.backward_op:
+            store_dx.append(args[-1])
+        return call(op, launcher, *args)
+
+    def spy_launch(*args):  # the op's body (the op path)
+        store_dx.append(args[-1])
+        return launch(*args)
+
+    launch = mod._launch_backward
+    monkeypatch.setattr(rt, "call", spy)
+    monkeypatch.setattr(mod, "_launch_backward", spy_launch)
     gen = make_generator(zlib.crc32(f"{name}{needs}".encode()))
     y, w, g = _inputs(7, 24, torch.float32, gen)
     bias = torch.randn(48, generator=gen).to(DEVICE)
@@ -124,17 +140,25 @@ def test_every_subset_of_inputs_requiring_grad(backend, name, needs):
     cls = getattr(mod, f"WeightedBias{spec.class_stem}Function", None)
     if cls is not None:
         forms.append(("class", cls.apply, lambda yy, bb, ww: (yy, bb, ww, False, *params)))
+    # The op alone (its own autograd registration): weights [T], a [T, H] output first.
+    forms.append(
+        ("op", lambda *a: mod._forward_op(*a)[0], lambda yy, bb, ww: (yy, bb, ww, False, None, False, *params))
+    )
     for form, fn, args in forms:
         leaves = [t.clone().requires_grad_(f) for t, f in zip((y, bias, w), needs, strict=True)]
+        if form == "op":
+            leaves[2] = w.view(-1).clone().requires_grad_(needs[2])
+        store_dx.clear()
         out = fn(*args(*leaves))
         wanted = [t for t in leaves if t.requires_grad]
         got = torch.autograd.grad(out, wanted, g)
+        assert store_dx == [needs[0] or needs[1]], (form, store_dx)
         want = [r for r, f in zip(ref[1:], needs, strict=True) if f]
         for what, a, b in zip(
             [k for k, f in zip(("d_y", "d_bias", "d_w"), needs, strict=True) if f], got, want, strict=True
         ):
             bound = reference.d_w_bound if what == "d_w" else None
-            assert_close_to_ref(a, b, torch.float32, f"{form} {what}", bound=bound)
+            assert_close_to_ref(a.view(b.shape), b, torch.float32, f"{form} {what}", bound=bound)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

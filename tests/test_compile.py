@@ -35,6 +35,7 @@ def test_opcheck_activation_ops(spec):
     for interleaved in (False, True):
         args = (g, x.detach(), b.detach(), w.detach(), clamp, interleaved, torch.float32, *params)
         torch.library.opcheck(bwd, args)
+        torch.library.opcheck(bwd, (*args, False))  # store_dx=False: d_weights alone
 
 
 def test_opcheck_routing_ops():
@@ -118,6 +119,42 @@ def test_compiled_activation_keeps_fp32_scalars(fp8):
         ga = torch.autograd.grad(a.float().sum(), (y, w))
         gb = torch.autograd.grad(b.float().sum(), (y, w))
         assert all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))
+
+
+@pytest.mark.parametrize(
+    "needs", [(False, False, True), (False, True, False), (False, True, True), (True, False, True)]
+)
+def test_compiled_gradients_of_any_subset_of_inputs(monkeypatch, needs):
+    """Compiled, as eager: whichever of input, bias and weights require grad get their gradients
+    (bit for bit), and the backward writes d_x only where the input's or the bias's reads it."""
+    mod = importlib.import_module("moe_utils.generated.quick_geglu")
+    store_dx = []
+    launch = mod._launch_backward
+
+    def spy_launch(*args):
+        store_dx.append(args[-1])
+        return launch(*args)
+
+    monkeypatch.setattr(mod, "_launch_backward", spy_launch)
+    gen = make_generator(9)
+    y = torch.randn(12, 48, generator=gen).to(torch.bfloat16).to(DEVICE)
+    b = torch.randn(48, generator=gen).to(torch.bfloat16).to(DEVICE)
+    w = torch.rand(12, 1, generator=gen).to(DEVICE)
+
+    def fn(y, b, w):
+        return mod.weighted_bias_quick_geglu_impl(y, b, w, True, 0.5, 3.0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    results = []
+    for f in (fn, compiled):
+        leaves = [t.clone().requires_grad_(n) for t, n in zip((y, b, w), needs, strict=True)]
+        out = f(*leaves)
+        results.append((out, torch.autograd.grad(out.float().sum(), [t for t in leaves if t.requires_grad])))
+    (eager_out, eager_grads), (out, grads) = results
+    assert torch.equal(out, eager_out)
+    assert len(grads) == sum(needs) and all(torch.equal(u, v) for u, v in zip(grads, eager_grads, strict=True))
+    assert store_dx == [needs[0] or needs[1]]  # the compiled op's body (eager calls the launcher itself)
 
 
 def test_every_public_name_compiles_through_a_function_class():

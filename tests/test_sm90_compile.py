@@ -181,9 +181,14 @@ def check_activation_sass() -> None:
         lines, _ = sass(kernel, cx, 4, floats=("clamp_value",))
         return sum(1 for line in lines if re.search(r"\b(STS|LDS|BAR)\b", line))
 
-    bwd = dict(flags, LOAD_FP8=False, BLOCK_R=1, BLOCK_H=1024)
+    bwd = dict(flags, LOAD_FP8=False, STORE_DX=True, BLOCK_R=1, BLOCK_H=1024)
     split, inter = (shared(swiglu._swiglu_bwd, dict(bwd, INTERLEAVED=on)) for on in (False, True))
     assert inter <= split, f"interleaved backward: {inter} shared-memory instructions, split {split}"
+    # Without STORE_DX (only the weights require grad) the backward's one global store is d_weights'.
+    for layout in (False, True):
+        lines, _ = sass(swiglu._swiglu_bwd, dict(bwd, STORE_DX=False, INTERLEAVED=layout), 4, floats=("clamp_value",))
+        stores = [line for line in lines if re.search(r"\bSTG\b", line)]
+        assert len(stores) == 1, "backward without STORE_DX stores more than d_weights:\n" + "\n".join(stores)
     split, inter = (shared(swiglu._swiglu_fwd, dict(fwd, INTERLEAVED=on)) for on in (False, True))
     assert inter <= split, f"interleaved forward: {inter} shared-memory instructions, split {split}"
 
@@ -198,7 +203,11 @@ def compile_activation(name: str) -> None:
         fwd = dict(flags, STORE_FP8=on, X_POLICY="evict_first" if on else "")
         compile_sm90(getattr(mod, f"_{name}_fwd"), fwd, floats)
         saved = {"x_ptr": "*u8" if on else "*bf16"}  # the backward reads the fp8 copy's bits
-        compile_sm90(getattr(mod, f"_{name}_bwd"), dict(flags, LOAD_FP8=on), floats, saved)
+        compile_sm90(getattr(mod, f"_{name}_bwd"), dict(flags, LOAD_FP8=on, STORE_DX=True), floats, saved)
+        # d_weights alone (only the weights require grad)
+        compile_sm90(
+            getattr(mod, f"_{name}_bwd"), dict(flags, HAS_WEIGHT=True, LOAD_FP8=on, STORE_DX=False), floats, saved
+        )
 
 
 def compile_routing() -> None:
