@@ -21,6 +21,8 @@ uses them):
 ``--only scatter``: permute's scatter with several tokens per program, cache policies, and on a
 1-D grid in memory order (``ordered``) against the shipped 2-D grid.
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
+``--only wonly``: the weighted backward with d_x stored (the shipped default) and without (store_dx=False:
+only the routing weights require grad), SwiGLU and Quick-GEGLU, from bf16 input and its fp8 copy.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
 ``--only ops``: the shipped routing plan, permute/unpermute and weighted activations alone; run it with an older
 copy of the package first on PYTHONPATH too, to time a change of the package on one machine
@@ -150,6 +152,7 @@ Each variant is checked against the shipped op (same bits) before it is timed. W
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import json
@@ -511,6 +514,40 @@ def inplace_experiments(results, shapes) -> None:
             us = bench(fn)
             results.append(dict(kind="bwd_unweighted", shape=[n_rows, h], variant=name, us=us))
             print(f"bwd unweighted {n_rows}x{h} {name:24s} {us:8.1f} us", flush=True)
+
+
+def weights_only_experiments(results, shapes, copy: float) -> None:
+    """The weighted backward (launcher alone, CUDA-graph replays) with store_dx True and False: the
+    weight gradients must be the same bits; GB/s from each form's own byte model (x or its fp8
+    copy, g and w read, d_x (if stored) and d_w written) and its share of the copy rate."""
+    from bench import activation_params
+
+    for name in ("swiglu", "quick_geglu"):
+        module, params, clamp = activation_params(name)
+        mod = importlib.import_module(f"moe_utils.generated.{module}")
+        for n_rows, h in shapes:
+            x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
+            g = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16)
+            w = torch.rand(n_rows, device=DEVICE)
+            x8 = mod._launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
+            for fp8 in (False, True):
+                args = (g, x8 if fp8 else x, None, w, clamp, False, x.dtype, *params)
+                forms = {store: functools.partial(mod._launch_backward, *args, store) for store in (True, False)}
+                full, alone = forms[True](), forms[False]()
+                assert alone[0].numel() == 0 and torch.equal(full[1], alone[1]), "d_w differs without d_x"
+                for store, fn in forms.items():
+                    us = bench(fn)
+                    moved = n_rows * (2 * h * (1 if fp8 else 2) + 2 * h + 8 + (4 * h if store else 0))
+                    gbs = moved / us / 1e3
+                    label = f"{'fp8' if fp8 else 'bf16'} {'d_x+d_w' if store else 'd_w alone'}"
+                    results.append(
+                        dict(kind="bwd_weights_only", name=name, shape=[n_rows, h], variant=label, us=us, gbs=gbs)
+                    )
+                    share = 100 * gbs / copy
+                    print(
+                        f"bwd {name:11s} {n_rows}x{h} {label:16s} {us:8.1f} us {gbs:6.0f} GB/s {share:5.1f}%",
+                        flush=True,
+                    )
 
 
 def liger_experiments(results, shapes) -> None:
@@ -1497,7 +1534,7 @@ def main() -> None:
         "--realloc-captured-once", action="store_true",
         help="--only realloc: capture every graph before timing, then replay (no allocation between timings)",
     )  # fmt: skip
-    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", *_FORMS_KINDS)
+    kinds = ("act", "scatter", "plan", "inplace", "liger", "order", "ops", "gather", "wonly", *_FORMS_KINDS)
     ap.add_argument("--only", nargs="*", choices=kinds, default=kinds[:3])
     ap.add_argument(
         "--act-names", nargs="*", default=("swiglu", "quick_geglu"),
@@ -1568,6 +1605,12 @@ def main() -> None:
         if kind in args.only:
             extra = {"captured_once": args.realloc_captured_once} if kind == "realloc" else {}
             run(results, dry_shapes if DRY else forms_shapes or shapes, **extra)
+    if "wonly" in args.only:
+        copy = sweep_copy_gbs()
+        print(f"copy {copy:.0f} GB/s", flush=True)
+        weights_only_experiments(results, [(4, 24), (3, 40)] if DRY else args.act_shapes or [
+            (16384, 768), (16384, 2048), (65536, 1408), (65536, 2880), (65536, 7168), (262144, 2048),
+        ], copy)  # fmt: skip
     if "inplace" in args.only:
         inplace_experiments(results, [(4, 24), (3, 40)] if DRY else [(65536, 2048), (65536, 7168), (16384, 7168)])
     if "act" not in args.only:
