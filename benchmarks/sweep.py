@@ -214,6 +214,7 @@ def sweep_blocks(
     fwd_tiles=((4096, 8),),
     acts=("swiglu", "geglu", "quick_geglu"),
     interleaved=False,
+    store_dx=True,
 ):
     """Per activation (swiglu, geglu, quick_geglu with bench.py's offset and clamp): the column
     block of the weighted forward (fp8 store or not; tiles of ``fwd_tiles`` (elements, warps[,
@@ -228,7 +229,8 @@ def sweep_blocks(
     ``shipped_block``: only the column block forward_config picks, for both parts (to time tiles
     alone); ``acts``: bench.py's three, "quick_geglu_noclamp" (its offset, no clamp), or any
     activation without parameters (reglu, squared_reglu); ``interleaved``: x in the interleaved
-    layout (kinds ending in _il)."""
+    layout (kinds ending in _il); ``store_dx=False``: the backward without d_x, as where only the
+    routing weights require grad (kinds ending in _nodx)."""
     from bench import activation_params
 
     saved = _rt.forward_config, _rt.backward_config
@@ -241,7 +243,7 @@ def sweep_blocks(
                 x = torch.randn(n_rows, 2 * h, dtype=DTYPE, device=DEVICE)
                 w = torch.rand(n_rows, 1, dtype=torch.float32, device=DEVICE)
                 g = torch.randn(n_rows, h, dtype=DTYPE, device=DEVICE)
-                il, tag = interleaved, "_il" if interleaved else ""
+                il, tag = interleaved, ("_il" if interleaved else "") + ("" if store_dx else "_nodx")
                 x8 = impl.launch_forward(x, None, w, True, clamp, il, *params)[1].view(torch.float8_e4m3fn)
                 e = n_rows * h
                 ships = {fp8: saved[0](n_rows, h, generated._HEAVY_FORWARD, fp8) for fp8 in (False, True)}
@@ -270,12 +272,21 @@ def sweep_blocks(
                         _rt.backward_config = lambda n, hh, weighted, heavy, fp8=False, *rule, c=bcfg: c
                         for fp8 in (False, True):
                             src = x8 if fp8 else x
-                            nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + e * 2 * 2 + n_rows * 8
-                            us = bench(lambda src=src: impl.launch_backward(g, src, None, w, clamp, il, DTYPE, *params))
+                            nbytes = e * 2 * (1 if fp8 else 2) + e * 2 + (e * 2 * 2 if store_dx else 0) + n_rows * 8
+                            args = (g, src, None, w, clamp, il, DTYPE, *params, store_dx)
+                            us = bench(lambda args=args: impl.launch_backward(*args))
                             kind = f"blocks_bwd{'_fp8' if fp8 else ''}_{name}{tag}"
                             row = dict(shape=[n_rows, h], config=[bcfg.block_r, bh, nw], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
-                            print(kind, n_rows, h, row["config"], f"{us:.1f} us", flush=True)
+                            ship = saved[1](
+                                n_rows, h, True, _rt.heavy_backward(clamp, fp8, generated._BACKWARD_OPS), fp8
+                            )
+                            mark = (
+                                " (shipped)"
+                                if (ship.block_r, ship.block_h, ship.num_warps) == (bcfg.block_r, bh, nw)
+                                else ""
+                            )
+                            print(kind, n_rows, h, row["config"], f"{us:.1f} us{mark}", flush=True)
                 _rt.forward_config, _rt.backward_config = saved
                 yield
     finally:
@@ -543,6 +554,7 @@ def main() -> None:
     ap.add_argument("--acts", nargs="*", default=None, help="activations of --only blocks (sweep_blocks)")
     ap.add_argument("--shipped-block", action="store_true", help="--only blocks: forward_config's column block only")
     ap.add_argument("--interleaved", action="store_true", help="--only blocks: x in the interleaved layout")
+    ap.add_argument("--no-dx", action="store_true", help="--only blocks: the backward without d_x (store_dx=False)")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -578,6 +590,7 @@ def main() -> None:
         tiles = {k: v for k, v in (("bwd_tiles", args.bwd_tiles), ("fwd_tiles", args.fwd_tiles)) if v}
         acts = {"acts": tuple(args.acts)} if args.acts else {}
         acts["interleaved"] = args.interleaved
+        acts["store_dx"] = not args.no_dx
         groups.append(sweep_blocks(results, copy, shapes or blocks, args.parts, args.shipped_block, **tiles, **acts))
     if "small" in only:
         groups.append(sweep_small_forward(results, copy, small))
