@@ -332,7 +332,6 @@ def backward_config(
     interleaved: bool = False,
     clamp: bool = False,
     backward_ops: int = 0,
-    store_dx: bool = True,
 ) -> BlockConfig:
     """Backward: each program owns whole rows (the weight gradient is a row sum, kept in fp32
     registers, so the result is deterministic) and walks them in column steps.
@@ -349,26 +348,12 @@ def backward_config(
     unless ``clamp``ed; with the fp8 copy, 512-element tiles of 2 warps at 256-column steps where
     the math is light, and on 256-512-column steps from 4096 columns where it is ``heavy``.
 
-    Without ``store_dx`` (d_weights alone: only the routing weights require grad), steps of 128
-    columns in tiles of 1024 elements, 4 warps, whatever the math or the saved input.
-
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
     the weighted one up to 30% slower (1604 -> 1866 µs at 65536 x 7168; Quick-GEGLU and the fp8
     copy worst). Session 8 (sweep.py --only unweighted, 65536 rows): 8192-element tiles with 16
     warps took H = 7168 from 1580 to 1544 µs (Liger-Kernel: 1554), 2880 629 -> 624, 2048 448 -> 442.
     """
-    if weighted and not store_dx:
-        # H200, sweep.py --only blocks --parts bwd --no-dx (session 36 call 2; SwiGLU, Quick-GEGLU
-        # with its clamp; bf16 and the fp8 copy; 16384 x 768, 65536 x 1408 / 2880, 262144 x 2048):
-        # [8, 128] x 4 against the store's tiles -0.5 to -10.7% at 13 of 16, +0.7 / +0.8 / +1.6% at
-        # 16384 x 768 (Quick-GEGLU fp8 65536 x 1408 116.8 -> 104.3 µs, SwiGLU fp8 262144 x 2048
-        # 585.5 -> 528.0, SwiGLU 65536 x 1408 139.0 -> 127.2). At 128-column steps a row lies in
-        # one warp: its sum takes no shared memory (sm_90 SASS of SwiGLU's step: none, against 7
-        # shared loads, stores and barriers at [1, 1024] x 4), and no width in the grid is padded
-        # by more than 64 columns.
-        block_h = min(128, next_pow2(h))
-        return BlockConfig(min(max(1, 1024 // block_h), next_pow2(n_rows)), block_h, 4)
     if weighted:
         # H200, 65536 rows (sweep.py --only blocks, session 10), against session 9's 2048-element
         # tiles: Quick-GEGLU with clamp (heavy) at H = 1408 in [4, 256] 224 vs 296 µs, fp8 copy

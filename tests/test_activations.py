@@ -791,22 +791,6 @@ def test_backward_config_shapes(h, n_rows):
             assert configs[0] == configs[1]
 
 
-@pytest.mark.parametrize("h", [1, 5, 96, 300, 768, 1408, 2880, 7168])
-@pytest.mark.parametrize("n_rows", [1, 3, 4096, 65536])
-def test_backward_config_without_d_x(h, n_rows):
-    # d_weights alone: 128-column steps (fewer only where h is narrower) in tiles of at most 1024
-    # elements, 4 warps, whatever the math, the clamp, the fp8 copy or the layout.
-    from moe_utils._runtime import backward_config
-
-    pow2 = lambda n: 1 << max(0, (n - 1).bit_length())  # noqa: E731
-    want = min(128, pow2(h))
-    want = (min(1024 // want, pow2(n_rows)), want, 4)
-    for heavy, fp8, interleaved, clamp, ops in ((False, False, False, False, 12), (True, True, True, True, 30)):
-        cfg = backward_config(n_rows, h, True, heavy, fp8, interleaved, clamp, ops, False)
-        assert (cfg.block_r, cfg.block_h, cfg.num_warps) == want, cfg
-        assert backward_config(n_rows, h, True, heavy, fp8, interleaved, clamp, ops, True) != cfg or h <= 128
-
-
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("heavy", [False, True])
 @pytest.mark.parametrize("h", [1, 5, 96, 768, 1408, 2048, 2880, 7168, 20000])
@@ -959,35 +943,6 @@ def _spy_backward_config(monkeypatch) -> list:
 
     monkeypatch.setattr(rt, "backward_config", spy)
     return configs
-
-
-@pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "clamped_swiglu"])
-@pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
-def test_weights_only_backward_tiles_match_float64(backend, monkeypatch, name, interleaved):
-    """The backward without d_x (only the weights require grad) on its own tiles ([8, 128] x 4 at
-    300 columns: three steps, the last padded) against float64, bf16, with a bias, from bf16 input
-    and from the fp8 copy (against the fp8-rounded input's reference)."""
-    spec = SPECS[name]
-    mod = _module(name)
-    configs = _spy_backward_config(monkeypatch)
-    gen = make_generator(zlib.crc32(f"weights-only{name}{interleaved}".encode()))
-    h = 300
-    y = (torch.randn(9, 2 * h, generator=gen) * 3).to(torch.bfloat16).to(DEVICE)
-    bias = torch.randn(2 * h, generator=gen).to(torch.bfloat16).to(DEVICE)
-    w = torch.rand(9, 1, generator=gen).add_(0.1).to(DEVICE).requires_grad_(True)
-    g = torch.randn(9, h, generator=gen).to(torch.bfloat16).to(DEVICE)
-    params = _params(spec, gen)
-    for fp8 in (False, True):
-        configs.clear()
-        function = getattr(mod, f"_{spec.class_stem}Function")  # every form's Function, fp8 included
-        result = function.apply("weights-only", y, bias, w, fp8, None, interleaved, *params)
-        (d_w,) = torch.autograd.grad(result, (w,), g)
-        if backend == "triton":
-            assert [(c.block_r, c.block_h, c.num_warps) for c in configs] == [(8, 128, 4)], configs
-        x = rt.to_fp8_saturated(y).to(torch.bfloat16) if fp8 else y
-        reference = SpecReference(spec)
-        ref = reference.forward_backward(x, bias, w, g, params, interleaved=interleaved)
-        assert_close_to_ref(d_w, ref[3], torch.bfloat16, f"d_w fp8={fp8}", bound=reference.d_w_bound)
 
 
 @pytest.mark.parametrize("name", ["swiglu", "geglu", "quick_geglu", "reglu"])
