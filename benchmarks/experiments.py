@@ -22,7 +22,8 @@ uses them):
 1-D grid in memory order (``ordered``) against the shipped 2-D grid.
 ``--only inplace``: the unweighted SwiGLU backward writing d_x over its input, as Liger does.
 ``--only wonly``: the weighted backward with d_x stored (the shipped default) and without (store_dx=False:
-only the routing weights require grad), SwiGLU and Quick-GEGLU, from bf16 input and its fp8 copy.
+only the routing weights require grad), SwiGLU and Quick-GEGLU, from bf16 input and its fp8 copy, both
+layouts.
 ``--only liger``: the unweighted SwiGLU forward and backward, ours and Liger-Kernel's, each alone.
 ``--only ops``: the shipped routing plan, permute/unpermute and weighted activations alone; run it with an older
 copy of the package first on PYTHONPATH too, to time a change of the package on one machine
@@ -517,9 +518,11 @@ def inplace_experiments(results, shapes) -> None:
 
 
 def weights_only_experiments(results, shapes, copy: float) -> None:
-    """The weighted backward (launcher alone, CUDA-graph replays) with store_dx True and False: the
-    weight gradients must be the same bits; GB/s from each form's own byte model (x or its fp8
-    copy, g and w read, d_x (if stored) and d_w written) and its share of the copy rate."""
+    """The weighted backward (launcher alone, CUDA-graph replays) with store_dx True and False, in
+    both layouts: the weight gradients must be the same bits (the same tiles, the same row sums);
+    GB/s from each form's own byte model (x or its fp8 copy, g and w read, d_x (if stored) and d_w
+    written) and its share of the copy rate. (Session 36 call 5 timed [8, 128] x 4 tiles for the
+    form without d_x here against the store's: -8% to +10%, not taken; NOTES, Next 11.)"""
     from bench import activation_params
 
     for name in ("swiglu", "quick_geglu"):
@@ -529,9 +532,9 @@ def weights_only_experiments(results, shapes, copy: float) -> None:
             x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
             g = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16)
             w = torch.rand(n_rows, device=DEVICE)
-            x8 = mod._launch_forward(x, None, w, True, clamp, False, *params)[1].view(torch.float8_e4m3fn)
-            for fp8 in (False, True):
-                args = (g, x8 if fp8 else x, None, w, clamp, False, x.dtype, *params)
+            for il, fp8 in ((False, False), (False, True), (True, False), (True, True)):
+                x8 = mod._launch_forward(x, None, w, True, clamp, il, *params)[1].view(torch.float8_e4m3fn)
+                args = (g, x8 if fp8 else x, None, w, clamp, il, x.dtype, *params)
                 forms = {store: functools.partial(mod._launch_backward, *args, store) for store in (True, False)}
                 full, alone = forms[True](), forms[False]()
                 assert alone[0].numel() == 0 and torch.equal(full[1], alone[1]), "d_w differs without d_x"
@@ -539,13 +542,14 @@ def weights_only_experiments(results, shapes, copy: float) -> None:
                     us = bench(fn)
                     moved = n_rows * (2 * h * (1 if fp8 else 2) + 2 * h + 8 + (4 * h if store else 0))
                     gbs = moved / us / 1e3
-                    label = f"{'fp8' if fp8 else 'bf16'} {'d_x+d_w' if store else 'd_w alone'}"
+                    form = "d_x+d_w" if store else "d_w alone"
+                    label = f"{'interleaved ' if il else ''}{'fp8' if fp8 else 'bf16'} {form}"
                     results.append(
                         dict(kind="bwd_weights_only", name=name, shape=[n_rows, h], variant=label, us=us, gbs=gbs)
                     )
                     share = 100 * gbs / copy
                     print(
-                        f"bwd {name:11s} {n_rows}x{h} {label:16s} {us:8.1f} us {gbs:6.0f} GB/s {share:5.1f}%",
+                        f"bwd {name:11s} {n_rows}x{h} {label:28s} {us:8.1f} us {gbs:6.0f} GB/s {share:5.1f}%",
                         flush=True,
                     )
 
