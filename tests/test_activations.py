@@ -109,10 +109,10 @@ GRAD_SUBSETS = [(a, b, c) for a in (False, True) for b in (False, True) for c in
 def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs):
     """Whichever of input, bias and weights require grad get their gradients, whatever the others
     do (a frozen input with a trained bias, the router trained alone), through the functional form,
-    the seed class and the torch.library op alike. Until session 36 the functional form read the
-    bias's flag at the input's position (its Function takes the op's name first): a bias trained on
-    a frozen input got no gradient, silently. The backward writes d_x only where the input's or the
-    bias's gradient reads it (its last argument, store_dx)."""
+    the seed class (with fp8_input_store too) and the torch.library op alike. Until session 36 the
+    functional form read the bias's flag at the input's position (its Function takes the op's name
+    first): a bias trained on a frozen input got no gradient, silently. The backward writes d_x
+    only where the input's or the bias's gradient reads it (its last argument, store_dx)."""
     spec = SPECS[name]
     mod = _module(name)
     store_dx = []
@@ -135,11 +135,13 @@ def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs
     bias = torch.randn(48, generator=gen).to(DEVICE)
     params = _params(spec, gen)
     reference = SpecReference(spec)
-    ref = reference.forward_backward(y, bias, w, g, params)
+    refs = {False: reference.forward_backward(y, bias, w, g, params)}
+    # With fp8_input_store the gradients are those of the input rounded to fp8 (saturated).
+    refs[True] = reference.forward_backward(rt.to_fp8_saturated(y).to(y.dtype), bias, w, g, params)
     forms = [("functional", getattr(mod, f"weighted_bias_{name}"), lambda yy, bb, ww: (yy, bb, ww, *params))]
-    cls = getattr(mod, f"WeightedBias{spec.class_stem}Function", None)
-    if cls is not None:
-        forms.append(("class", cls.apply, lambda yy, bb, ww: (yy, bb, ww, False, *params)))
+    cls = getattr(mod, f"WeightedBias{spec.class_stem}Function")
+    forms.append(("class", cls.apply, lambda yy, bb, ww: (yy, bb, ww, False, *params)))
+    forms.append(("class fp8", cls.apply, lambda yy, bb, ww: (yy, bb, ww, True, *params)))
     # The op alone (its own autograd registration): weights [T], a [T, H] output first.
     forms.append(
         ("op", lambda *a: mod._forward_op(*a)[0], lambda yy, bb, ww: (yy, bb, ww, False, None, False, *params))
@@ -153,7 +155,7 @@ def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs
         wanted = [t for t in leaves if t.requires_grad]
         got = torch.autograd.grad(out, wanted, g)
         assert store_dx == [needs[0] or needs[1]], (form, store_dx)
-        want = [r for r, f in zip(ref[1:], needs, strict=True) if f]
+        want = [r for r, f in zip(refs[form.endswith("fp8")][1:], needs, strict=True) if f]
         for what, a, b in zip(
             [k for k, f in zip(("d_y", "d_bias", "d_w"), needs, strict=True) if f], got, want, strict=True
         ):
