@@ -382,6 +382,7 @@ _IMPL = _rt.ActivationImpl(
     launch_backward=_launch_backward,
     forward_op=_forward_op,
     backward_op=_backward_op,
+    abi=2,  # _runtime.GENERATED_ABI of these templates
 )
 
 
