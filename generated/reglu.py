@@ -283,7 +283,7 @@ def _launch_backward(
     if h == 0:
         return d_x, d_w.zero_()
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
-    if _rt.use_triton(x_saved):
+    if _rt.use_triton(d_x):  # by x's dtype (float64 runs eagerly) and device; d_x may be empty
         heavy = _rt.heavy_backward(clamp_value, fp8, _BACKWARD_OPS)
         cfg = _rt.backward_config(
             n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS
