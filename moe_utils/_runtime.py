@@ -508,8 +508,38 @@ class Rows:
     out_shape: tuple[int, ...]  # shape of the output, y.shape[:-1] + (H,)
 
 
+def plain(fn: str, name: str, t: Any) -> Any:
+    """t as the launchers need it: a tensor whose memory they read directly.
+
+    Tensor subclasses without memory of their own used to reach Triton, which failed with "Attempted
+    to access the data pointer on an invalid python storage". A functional collective's result
+    (AsyncCollectiveTensor, e.g. an all-to-all of the token dispatch in torch.distributed's functional
+    API) is waited on and unwrapped, as any PyTorch op would; called inside the autograd Functions'
+    forward and backward, the graph runs through the wrapper as before. A DTensor is refused: the
+    kernels would see its local shard only, which is the op's result for some placements and not
+    for others. Other subclasses (the fake and functional tensors of tracing) pass unchanged.
+    """
+    if type(t) is torch.Tensor or type(t) is torch.nn.Parameter or not isinstance(t, torch.Tensor):
+        return t
+    if torch.compiler.is_compiling() or not torch.distributed.is_available():
+        return t
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, AsyncCollectiveTensor):
+        return t.wait()
+    if isinstance(t, DTensor):
+        raise TypeError(
+            f"{fn}: {name} is a DTensor (placements {tuple(t.placements)}); moe_utils' kernels take plain "
+            f"tensors. Expected {name}.to_local() where the op on the local shard is the op you want (the "
+            "activations work row by row: rows sharded or replicated), or the full tensor."
+        )
+    return t
+
+
 def prepare(fn: str, y: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor | None) -> Rows:
     """Check the arguments of a gated activation and flatten them to rows."""
+    y, bias, weights = plain(fn, "input", y), plain(fn, "bias", bias), plain(fn, "weights", weights)
     _check_float(fn, "input", y)
     if y.dim() == 0:
         raise ValueError(f"{fn}: input must have at least one dimension [..., 2H], got a scalar")
@@ -790,6 +820,7 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     x_saved, bias, weight = ctx.saved_tensors
     _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
     n_rows = x_saved.shape[0]
+    grad_out = plain(ctx.meta[0], "the incoming gradient", grad_out)
     g = _last_dim_contiguous(grad_out.reshape(n_rows, x_saved.shape[1] // 2))
     # d_x is written only where something reads it: the input's gradient, or the bias's (a sum of it).
     # With only the routing weights requiring grad (the router trained alone) the kernel stores
@@ -844,6 +875,7 @@ def backward_helper(
     interleaved = check_flag(fn, "interleaved", interleaved)
     y = lift_1d(y, weights)
     rows = prepare(fn, y, bias, weights)
+    g = plain(fn, "g", g)
     _check_float(fn, "g", g)
     _check_device(fn, "g", g, y)
     if shapes_differ(g.shape, rows.out_shape):

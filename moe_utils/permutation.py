@@ -481,6 +481,8 @@ class _FusedPermute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tokens, routing_map, probs, num_out_tokens, drop_and_pad):
+        tokens, routing_map = _rt.plain("permute", "tokens", tokens), _rt.plain("permute", "routing_map", routing_map)
+        probs = _rt.plain("permute", "probs", probs)
         args = (tokens, routing_map, probs, num_out_tokens, drop_and_pad)
         out, perm_probs, plan = _rt.call(_permute_op, _launch_permute, *args)
         ctx.mark_non_differentiable(plan)
@@ -496,6 +498,8 @@ class _FusedPermute(torch.autograd.Function):
         n_tokens, n_experts, probs_dtype, out_shape = ctx.meta
         if grad_out is None:  # only the permuted probs were used
             grad_out = torch.zeros(out_shape, dtype=ctx.tokens_dtype, device=plan.device)
+        grad_out = _rt.plain("permute", "the incoming gradient", grad_out)
+        grad_perm_probs = _rt.plain("permute", "the incoming probs gradient", grad_perm_probs)
         args = (grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)
         d_tokens, d_probs = _rt.call(_permute_backward_op, _launch_permute_backward, *args)
         return d_tokens, None, (d_probs if probs_dtype is not None and d_probs.numel() else None), None, None

@@ -524,6 +524,8 @@ class _FusedUnpermute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, permuted, plan, probs, n_tokens, drop_and_pad, check_experts):
+        permuted, probs = _rt.plain("unpermute", "permuted_tokens", permuted), _rt.plain("unpermute", "probs", probs)
+        plan = _rt.plain("unpermute", "sorted_indices", plan)
         args = (permuted, plan, probs, n_tokens, drop_and_pad, check_experts)
         out = _rt.call(_unpermute_op, _launch_unpermute, *args)
         # permuted is needed only for the probs gradient.
@@ -536,6 +538,7 @@ class _FusedUnpermute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         kept, plan, probs = ctx.saved_tensors
+        grad = _rt.plain("unpermute", "the incoming gradient", grad)
         need = probs is not None and ctx.needs_input_grad[2]
         _rt.first_order_only("unpermute", (grad,), reads_inputs=need, hint=_rt.FUSED_ONLY_HINT)
         shape, dtype, device = ctx.perm_meta
