@@ -24,6 +24,21 @@ def _collective(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class _CollectiveGradient(torch.autograd.Function):
+    """Identity whose backward hands on the gradient as a collective's result, as a functional
+    all-to-all's backward after the op would."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        from torch.distributed._functional_collectives import AsyncCollectiveTensor
+
+        return AsyncCollectiveTensor(g.detach().clone())
+
+
 def _twins(*tensors):
     """(plain leaves, collective leaves) with the same values."""
     plain = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
@@ -38,9 +53,9 @@ def test_activation_takes_a_collective_result():
     w = torch.rand(6, 1, generator=gen).to(DEVICE)
     g = torch.randn(6, 20, generator=gen).to(DEVICE)
     results = []
-    for leaves in _twins(y, b, w):
+    for collective, leaves in enumerate(_twins(y, b, w)):
         out = moe_utils.weighted_bias_quick_geglu_impl(*leaves, True, 0.5, 3.0)  # fp8 copy, offset, clamp
-        grads = torch.autograd.grad(out, leaves, g)
+        grads = torch.autograd.grad(_CollectiveGradient.apply(out) if collective else out, leaves, g)
         back = moe_utils.weighted_bias_quick_geglu_back(g, *(t.detach() for t in leaves), 0.5, 3.0)
         results.append((out, grads, back))
     (out, grads, back), (out_c, grads_c, back_c) = results
@@ -72,8 +87,10 @@ def test_routing_takes_collective_results():
         expert_in = _collective(expert_out) if collective else expert_out
         out = moe_utils.unpermute(expert_in, plan, tokens.shape, probs=p, fused=True)
         cotangents = (g_rows, torch.arange(row_probs.numel(), dtype=row_probs.dtype, device=DEVICE))
+        if collective:  # permute's backward gets collective results too
+            rows, row_probs = _CollectiveGradient.apply(rows), _CollectiveGradient.apply(row_probs)
         d_rows, d_probs_rows = torch.autograd.grad((rows, row_probs), (t, p), cotangents)
-        grads = torch.autograd.grad(out, (expert_in, p), g)
+        grads = torch.autograd.grad(_CollectiveGradient.apply(out) if collective else out, (expert_in, p), g)
         results.append((rows, row_probs, out, d_rows, d_probs_rows, *grads))
     for a, b in zip(*results, strict=True):
         assert type(b) is torch.Tensor and torch.equal(a, b)
