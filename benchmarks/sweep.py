@@ -278,9 +278,8 @@ def sweep_blocks(
                             kind = f"blocks_bwd{'_fp8' if fp8 else ''}_{name}{tag}"
                             row = dict(shape=[n_rows, h], config=[bcfg.block_r, bh, nw], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
-                            ship = saved[1](
-                                n_rows, h, True, _rt.heavy_backward(clamp, fp8, generated._BACKWARD_OPS), fp8
-                            )
+                            heavy = _rt.heavy_backward(clamp, fp8, generated._BACKWARD_OPS)  # as the launcher
+                            ship = saved[1](n_rows, h, True, heavy, fp8, il, clamp is not None, generated._BACKWARD_OPS)
                             mark = (
                                 " (shipped)"
                                 if (ship.block_r, ship.block_h, ship.num_warps) == (bcfg.block_r, bh, nw)

@@ -762,12 +762,12 @@ def function_forward(
     params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
     fp8_input_store = fp8_flag(fn, fp8_input_store)
     interleaved = check_flag(fn, "interleaved", interleaved)
-    # The fp8 copy serves the backward alone: where no input requires grad (inference, evaluation
-    # under no_grad, whose activations and routing weights do not) none runs, so the forward does
-    # not write it (with bf16 input, a quarter of the forward's traffic; session 35).
     # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
     # positions differ between the Functions that call this (fn comes first in the generic one).
     ctx.needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
+    # The fp8 copy serves the backward alone: where no input requires grad (inference, evaluation
+    # under no_grad, whose activations and routing weights do not) none runs, so the forward does
+    # not write it (with bf16 input, a quarter of the forward's traffic; session 35).
     fp8_input_store = fp8_input_store and any(ctx.needs_grad)
     ctx.impl = impl
     # The gradients read the input (and bias) nonlinearly: a graph of them is needed wherever either
@@ -818,9 +818,9 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     impl = ctx.impl
     first_order_only(ctx.meta[0], (grad_out,), ctx.reads_inputs)
     x_saved, bias, weight = ctx.saved_tensors
-    _fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
+    fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
     n_rows = x_saved.shape[0]
-    grad_out = plain(ctx.meta[0], "the incoming gradient", grad_out)
+    grad_out = plain(fn, "the incoming gradient", grad_out)
     g = _last_dim_contiguous(grad_out.reshape(n_rows, x_saved.shape[1] // 2))
     # d_x is written only where something reads it: the input's gradient, or the bias's (a sum of it).
     # With only the routing weights requiring grad (the router trained alone) the kernel stores
