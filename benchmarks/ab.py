@@ -55,7 +55,8 @@ def summary(out: pathlib.Path, only_kinds: str = "") -> list[str]:
         pkg = "new" if "-ab-new" in path.name else "old"
         for row in json.loads(path.read_text()):
             if only_kinds in row["kind"]:
-                times[(row["kind"], tuple(row["shape"]))][pkg].append(row["us"])
+                kind = " ".join(filter(None, (row["kind"], row.get("name"))))
+                times[(kind, tuple(row["shape"]))][pkg].append(row["us"])
     lines = []
     for (kind, shape), by in times.items():
         if by["old"] and by["new"]:

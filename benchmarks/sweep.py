@@ -279,7 +279,9 @@ def sweep_blocks(
                             row = dict(shape=[n_rows, h], config=[bcfg.block_r, bh, nw], us=us)
                             results.setdefault(kind, []).append({**row, "pct": 100 * nbytes / us / 1e3 / copy})
                             heavy = _rt.heavy_backward(clamp, fp8, generated._BACKWARD_OPS)  # as the launcher
-                            ship = saved[1](n_rows, h, True, heavy, fp8, il, clamp is not None, generated._BACKWARD_OPS)
+                            ship = saved[1](
+                                n_rows, h, True, heavy, fp8, il, clamp is not None, generated._BACKWARD_OPS, store_dx
+                            )
                             mark = (
                                 " (shipped)"
                                 if (ship.block_r, ship.block_h, ship.num_warps) == (bcfg.block_r, bh, nw)

@@ -303,7 +303,7 @@ def _launch_backward(
     if _rt.use_triton(d_x):  # by x's dtype (float64 runs eagerly) and device; d_x may be empty
         heavy = _rt.heavy_backward(clamp_value, fp8, _BACKWARD_OPS)
         cfg = _rt.backward_config(
-            n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS
+            n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS, store_dx
         )
         _quick_geglu_bwd[(_rt.cdiv(n_rows, cfg.block_r),)](
             grad_out,

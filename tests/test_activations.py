@@ -1025,6 +1025,70 @@ def test_interleaved_fp8_backward_tiles_match_float64(backend, monkeypatch, name
             assert cfg == (rt.BlockConfig(1, 512, 2) if heavy else split), cfg
 
 
+def test_weights_only_backward_config():
+    """d_weights alone (store_dx=False) takes [8, 128] tiles of 4 warps where 128-column steps pad
+    a row less: 1408 columns from bf16 and the fp8 copy, 2880 from the fp8 copy only (4.4% of the
+    row saved: level from bf16 on the H200); elsewhere (768, 2048, 7168: nothing to save) the
+    store's tiles, in every layout, with and without the clamp, at 16384 and 65536 rows."""
+    from moe_utils import _runtime as rt
+
+    for n_rows in (16384, 65536):
+        for fp8 in (False, True):
+            for interleaved in (False, True):
+                for clamp, ops in ((False, 12), (False, 14), (True, 14), (False, 30)):
+                    heavy = rt.heavy_backward(1.0 if clamp else None, fp8, ops)
+                    for h in (768, 1408, 2048, 2880, 7168):
+                        store = rt.backward_config(n_rows, h, True, heavy, fp8, interleaved, clamp, ops)
+                        alone = rt.backward_config(n_rows, h, True, heavy, fp8, interleaved, clamp, ops, False)
+                        case = (n_rows, h, fp8, interleaved, clamp, ops, store, alone)
+                        if h == 1408 or (h == 2880 and fp8):
+                            assert alone == rt.BlockConfig(8, 128, 4), case
+                            assert -(-h // store.block_h) * store.block_h > -(-h // 128) * 128, case
+                        else:
+                            assert alone == store, case
+    assert rt.backward_config(3, 1408, True, False, False, False, False, 12, False) == rt.BlockConfig(4, 128, 4)
+    assert rt.backward_config(4096, 1408, False, store_dx=False) == rt.backward_config(4096, 1408, False)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("name", ["swiglu", "quick_geglu"])
+@pytest.mark.parametrize("h", [300, 2100])
+def test_weights_only_backward_tiles_match_float64(backend, monkeypatch, name, h, fp8, interleaved):
+    """The router trained alone (only the weights require grad): the backward writes d_weights on
+    its own tiles where 128-column steps pad less (300 columns from either input, 2100 from the
+    fp8 copy only), against float64 and, to fp32 rounding (another order of the row sum), the
+    d_weights of the backward that also writes d_x."""
+    from moe_utils import _runtime as rt
+
+    spec = SPECS[name]
+    mod = _module(name)
+    gen = make_generator(zlib.crc32(f"weights-only-tiles{name}{h}{fp8}{interleaved}".encode()))
+    y = (torch.randn(5, 2 * h, generator=gen) * 3).to(torch.bfloat16).to(DEVICE)
+    w = torch.rand(5, 1, generator=gen).add_(0.1).to(DEVICE)
+    g = torch.randn(5, h, generator=gen).to(torch.bfloat16).to(DEVICE)
+    params = _params(spec, gen)
+    clamp = 2.5 if spec.clamp else None
+    fn = getattr(mod, f"_{spec.class_stem}Function")
+    configs = _spy_backward_config(monkeypatch)
+    grads = {}
+    for y_grad in (False, True):
+        yy, ww = y.clone().requires_grad_(y_grad), w.clone().requires_grad_(True)
+        out = fn.apply("t", yy, None, ww, fp8, clamp, interleaved, *params)
+        grads[y_grad] = torch.autograd.grad(out, (yy, ww) if y_grad else (ww,), g)[-1]
+    y_ref = torch.clamp(y.float(), -448, 448).to(torch.float8_e4m3fn).to(torch.float64) if fp8 else y
+    reference = SpecReference(spec)
+    ref = reference.forward_backward(y_ref, None, w, g, params, clamp_value=clamp, interleaved=interleaved)
+    assert_close_to_ref(grads[False], ref[3], torch.bfloat16, "d_weights alone", bound=reference.d_w_bound)
+    torch.testing.assert_close(grads[False], grads[True], rtol=1e-5, atol=1e-5 * ref[3].abs().max().item())
+    if backend == "triton":
+        alone, store = configs
+        if h == 300 or fp8:
+            assert alone == rt.BlockConfig(8, 128, 4) and store.block_h > 128, configs
+        else:
+            assert alone == store, configs
+
+
 @pytest.mark.parametrize("fp8", [True, False])
 @pytest.mark.parametrize("name", ["swiglu", "quick_geglu", "exact_geglu"])
 @pytest.mark.parametrize("h", [300, 600])
