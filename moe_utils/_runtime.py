@@ -350,8 +350,8 @@ def backward_config(
     the math is light, and on 256-512-column steps from 4096 columns where it is ``heavy``.
 
     Without ``store_dx`` (d_weights alone: only the routing weights require grad), [8, 128] tiles
-    of 4 warps where 128-column steps pad a row less than the above, from the fp8 copy, and from
-    16-bit input where they save more than 1/16 of the row (1408 columns, not 2880).
+    of 4 warps where 128-column steps pad a row less than the above: up to 2048 columns (1408),
+    beyond only from the fp8 copy and from 32768 rows (2880).
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
@@ -449,31 +449,31 @@ def backward_config(
         # 4 warps) GEGLU -6.0%, Quick-GEGLU -4.6%, exact GEGLU -1.3%.
         block_h = least_padding_block(h, 256, 512)
         block_r, warps = min(512 // block_h, next_pow2(n_rows)), 2
-    if weighted and not store_dx and _narrow_steps_pay(h, block_h, fp8):
+    if weighted and not store_dx and _narrow_steps_pay(n_rows, h, block_h, fp8):
         # d_weights alone (store_dx=False: only the routing weights require grad) where 128-column
         # steps pad a row less than the steps above: [8, 128] tiles of 4 warps, whose step sums
-        # each row inside one warp (no shared memory in sm_90 SASS). H200, session 36 call 5
-        # (experiments.py --only wonly, these tiles against the store's, two processes, both
-        # layouts, SwiGLU and Quick-GEGLU with its clamp): where neither pads, 2-5% slower from
-        # bf16 input (SwiGLU 16384 x 2048 +4.7 / +4.3%, 65536 x 7168 +3.7 / +2.7%) and level or
-        # ahead from the fp8 copy (65536 x 7168 -0.2 to -3.6%). Where they pad less: at 1408
-        # columns (9% of the row saved) from bf16 SwiGLU -7.5 / -8.1% split, +0.3 / -2.7%
-        # interleaved, Quick-GEGLU -2.4 to -4.0%; from the fp8 copy SwiGLU -0.4 / -0.8% split, -7.5
-        # / -6.8% interleaved, Quick-GEGLU -7.6 to +10.5% (its noisiest rows). At 2880 (4.4% saved)
-        # from bf16 -4.6 to +4.2%, level on the whole; from the fp8 copy -0.9 to -5.6%, ahead in 7
-        # of 8. Hence: from the fp8 copy wherever they pad less, from bf16 where they save more
-        # than 1/16 of the row.
+        # each row inside one warp (no shared memory in sm_90 SASS). H200, experiments.py --only
+        # wonly, SwiGLU and Quick-GEGLU with its clamp, both layouts. Session 36 call 5 (these tiles
+        # everywhere against the store's, two processes): where neither pads, 2-5% slower from
+        # bf16 input (SwiGLU 16384 x 2048 +4.7 / +4.3%, 65536 x 7168 +3.7 / +2.7%), level or ahead
+        # from the fp8 copy; at 2880 from bf16 (128 of 3072 columns saved) -4.6 to +4.2%, level on
+        # the whole. Session 37 call 2 (this rule without the row bound against the store's tiles,
+        # ab.py, three processes each; the unchanged d_x + d_w forms moved -1.5 to +0.6%): at 1408
+        # from bf16 SwiGLU -8.0 to -10.8% split, -1.8 to +0.3% interleaved, Quick-GEGLU -3.0 to
+        # -5.3%; from the fp8 copy -3.2 to -10.8% but SwiGLU interleaved at 16384 rows +3.0%; at
+        # 2880 from the fp8 copy at 65536 rows -3.5 to -7.0%, at 16384 rows -0.2 to +8.5% (2048
+        # programs walking 23 steps: the last wave's tail, as for the heavy narrow steps above).
         block_r, block_h, warps = min(8, next_pow2(n_rows)), 128, 4
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 
-def _narrow_steps_pay(h: int, block_h: int, fp8: bool) -> bool:
-    """Whether 128-column steps pad a row of h columns less than block_h-column steps do, by any
-    margin from the fp8 copy (``fp8``), by more than 1/16 of the row from 16-bit input
-    (backward_config's rule for the weights-only backward): 1408 columns from either, 2880 from
-    the fp8 copy only."""
-    saved = cdiv(h, block_h) * block_h - cdiv(h, 128) * 128
-    return saved > 0 and (fp8 or 16 * saved > h)
+def _narrow_steps_pay(n_rows: int, h: int, block_h: int, fp8: bool) -> bool:
+    """backward_config's rule for the weights-only backward: whether 128-column steps pad a row of
+    h columns less than block_h-column steps (by 128 columns: both pad least in their range), up
+    to 2048 columns (1408: 128 of 1536 saved) and beyond only from the fp8 copy (``fp8``) and
+    32768 rows (2880: 128 of 3072)."""
+    saves = cdiv(h, block_h) * block_h > cdiv(h, 128) * 128
+    return saves and (h <= 2048 or (fp8 and n_rows >= 32768))
 
 
 # -- argument checks ---------------------------------------------------------------------------
