@@ -576,7 +576,9 @@ def permute(
         fused: run the Triton kernels (deterministic, no atomics).
         drop_and_pad: every expert column of routing_map holds exactly capacity = num_out_tokens //
             num_experts ones; rows are [num_experts, capacity]. No data-dependent shapes: the fused
-            path can be captured in a CUDA graph.
+            path can be captured in a CUDA graph. An expert with fewer tokens: fused=True fills the
+            rest of its rows with zeros (probs 0), fused=False (the reference's algorithm) with the
+            first tokens not routed to it, carrying their probs[t, e].
 
     Returns:
         (permuted_tokens [N, hidden], permuted_probs [N] or None, sorted_indices). With fused=False,

@@ -755,6 +755,51 @@ def test_drop_and_pad_pads_short_experts():
     torch.testing.assert_close(back, x * (p * m).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)
 
 
+def test_drop_and_pad_short_experts_fused_against_reference():
+    """An expert short of capacity (README, "Experts short of capacity"): the fused path zero-pads
+    its rows, the reference's algorithm (fused=False) fills them with the first tokens not routed to
+    it, carrying their probs[t, e], and its unpermute adds those rows back. Where every expert has
+    exactly capacity tokens the two agree bit for bit; short, they agree on the routed rows, and
+    the unpermuted outputs agree where probs are zero off the map (Megatron's router)."""
+    gen = make_generator(23)
+    n_tokens, n_experts, capacity, hidden = 20, 4, 5, 24
+    m = capacity_map(n_tokens, n_experts, capacity, gen)
+    x = torch.randn(n_tokens, hidden, generator=gen).to(DEVICE)
+    p = torch.rand(n_tokens, n_experts, generator=gen).add_(0.1).to(DEVICE)
+    n_out = capacity * n_experts
+    full = [permute(x, m, p, num_out_tokens=n_out, fused=f, drop_and_pad=True) for f in (False, True)]
+    for a, b in zip(full[0][:2], full[1][:2], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(full[0][2], full[1][2][:n_out])
+    short = m.clone()
+    short[short[:, 1].nonzero().flatten()[2:], 1] = False  # expert 1 keeps 2 of its 5 tokens
+    kept = short[:, 1].nonzero().flatten()
+    unrouted = (~short[:, 1]).nonzero().flatten()[: capacity - 2]  # the reference's fill, ascending
+    ref, ref_p, ref_i = permute(x, short, p, num_out_tokens=n_out, fused=False, drop_and_pad=True)
+    got, got_p, plan = permute(x, short, p, num_out_tokens=n_out, fused=True, drop_and_pad=True)
+    rows, pad = slice(capacity, capacity + 2), slice(capacity + 2, 2 * capacity)
+    routed = torch.ones(n_out, dtype=torch.bool, device=x.device)
+    routed[pad] = False
+    assert torch.equal(got[routed], ref[routed]) and torch.equal(got_p[routed], ref_p[routed])
+    assert torch.equal(ref_i[rows], kept) and torch.equal(ref_i[pad], unrouted)
+    assert torch.equal(ref[pad], x[unrouted]) and torch.equal(ref_p[pad], p[unrouted, 1])
+    assert torch.all(got[pad] == 0) and torch.all(got_p[pad] == 0) and torch.all(plan[pad] == -1)
+    expert_out = torch.randn(n_out, hidden, generator=gen).to(DEVICE)
+    zero_off = p * short  # probs zero off the map
+    back = [
+        unpermute(expert_out, i, x.shape, zero_off, short, fused=f, drop_and_pad=True)
+        for f, i in ((False, ref_i), (True, plan))
+    ]
+    torch.testing.assert_close(back[1], back[0], rtol=1e-6, atol=1e-6)
+    # With probs non-zero off the map, the reference adds the fill rows back to their tokens.
+    ref_back = unpermute(expert_out, ref_i, x.shape, p, short, fused=False, drop_and_pad=True)
+    got_back = unpermute(expert_out, plan, x.shape, p, short, fused=True, drop_and_pad=True)
+    fill = torch.zeros(n_tokens, hidden, device=x.device).index_add_(
+        0, unrouted, expert_out[pad] * p[unrouted, 1, None]
+    )
+    torch.testing.assert_close(ref_back - got_back, fill, rtol=1e-5, atol=1e-5)
+
+
 def test_permute_same_under_every_launch_order(monkeypatch):
     # The count and map kernels letting the next launch at their start, the scatter reading its
     # source rows before it waits for the map kernel, the scan kernel letting the map kernel
