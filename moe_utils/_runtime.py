@@ -773,6 +773,15 @@ def _reduce_bias_grad(d_x: torch.Tensor, bias_norm: torch.Tensor, y_shape, bias_
     return d_x.reshape(y_shape).to(acc).sum_to_size(bias_shape).to(dtype)
 
 
+def graph_recorded(ctx: Any) -> bool:
+    """Whether autograd records the Function call whose forward holds ``ctx``, so that a backward
+    can run: grad mode on and an input requiring grad. ``ctx.needs_input_grad`` reads only the
+    inputs' flags (True for a parameter under no_grad); the node gets its edges to the inputs'
+    gradient functions, one per tensor argument, before the forward runs, and none where nothing
+    is recorded. Under torch.compile the graph is traced, not recorded here: True."""
+    return torch.compiler.is_compiling() or len(ctx.next_functions) > 0
+
+
 def function_forward(
     ctx: Any,
     impl: ActivationImpl,
@@ -794,10 +803,11 @@ def function_forward(
     # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
     # positions differ between the Functions that call this (fn comes first in the generic one).
     ctx.needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
-    # The fp8 copy serves the backward alone: where no input requires grad (inference, evaluation
-    # under no_grad, whose activations and routing weights do not) none runs, so the forward does
-    # not write it (with bf16 input, a quarter of the forward's traffic; session 35).
-    fp8_input_store = fp8_input_store and any(ctx.needs_grad)
+    # The fp8 copy serves the backward alone: where autograd records no graph of this call (no
+    # input requires grad, or grad mode is off: evaluation under no_grad or inference_mode, even
+    # with a bias parameter that requires grad) none runs, so the forward does not write it (with
+    # bf16 input, a quarter of the forward's traffic; session 35, grad mode session 37).
+    fp8_input_store = fp8_input_store and any(ctx.needs_grad) and graph_recorded(ctx)
     ctx.impl = impl
     # The gradients read the input (and bias) nonlinearly: a graph of them is needed wherever either
     # requires grad. With only the weights requiring grad, d_weights is linear in the incoming gradient.

@@ -712,11 +712,17 @@ def test_saved_tensor_budget(fp8, with_bias):
 
 
 def test_fp8_copy_is_written_only_where_a_backward_can_run(monkeypatch):
-    """fp8_input_store's copy serves the backward alone: with no input requiring grad (evaluation
-    under no_grad, whose activations and weights do not) the forward does not write it, and the
-    output is the same bits; with any input requiring grad (the weights alone too) it does."""
+    """fp8_input_store's copy serves the backward alone: where autograd records no graph of the
+    call (no input requiring grad; or grad mode off, under no_grad or inference_mode, even with a
+    bias parameter or an input that requires grad) the forward does not write it, and the output is
+    the same bits; with grad mode on and any input requiring grad (the weights alone too) it does."""
 
-    from moe_utils import WeightedQuickGeGLUFunction, weighted_bias_swiglu_impl
+    from moe_utils import (
+        WeightedBiasQuickGeGLUFunction,
+        WeightedQuickGeGLUFunction,
+        weighted_bias_quick_geglu_impl,
+        weighted_bias_swiglu_impl,
+    )
 
     forward_ops = {_module(name)._IMPL.forward_op for name in ("swiglu", "quick_geglu")}
     stores = []
@@ -739,6 +745,18 @@ def test_fp8_copy_is_written_only_where_a_backward_can_run(monkeypatch):
         WeightedQuickGeGLUFunction.apply(y, w, True, 0.5), WeightedQuickGeGLUFunction.apply(y, w, False, 0.5)
     )
     assert stores == [False] * 5
+    stores.clear()
+    # Evaluation of a block whose bias (a parameter) requires grad; a leaf input that requires grad.
+    bias = torch.randn(2 * 40, generator=gen).to(DEVICE).requires_grad_(True)
+    leaf = y.clone().requires_grad_(True)
+    want = WeightedBiasQuickGeGLUFunction.apply(y, bias.detach(), w, False).detach()
+    stores.clear()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            for form in (WeightedBiasQuickGeGLUFunction.apply, weighted_bias_quick_geglu_impl):
+                assert torch.equal(form(y, bias, w, True), want)
+            assert torch.equal(weighted_bias_swiglu_impl(leaf, w, True), plain)
+    assert stores == [False] * 6
     stores.clear()
     for yy, ww in ((y.requires_grad_(True), w), (y.detach(), w.requires_grad_(True))):
         out = weighted_bias_swiglu_impl(yy, ww, True)
