@@ -513,13 +513,14 @@ def weighted_bias_geglu_impl(
     backward pass; the forward output is unchanged.
     With interleaved=True, gate and up are the even and odd positions of the last dimension.
     """
+    fn = "weighted_bias_geglu_impl"
     input = _rt.lift_1d(input, weights)
     return _GEGLUFunction.apply(
-        "weighted_bias_geglu_impl",
+        fn,
         input,
         None,
         weights,
-        fp8_input_store,
+        _rt.fp8_store_wanted(fn, fp8_input_store),
         None,
         interleaved,
     )

@@ -538,13 +538,14 @@ def weighted_bias_quick_geglu_impl(
     before the bias is added; the gradient is zero where a value was clamped.
     With interleaved=True, gate and up are the even and odd positions of the last dimension.
     """
+    fn = "weighted_bias_quick_geglu_impl"
     input = _rt.lift_1d(input, weights)
     return _QuickGeGLUFunction.apply(
-        "weighted_bias_quick_geglu_impl",
+        fn,
         input,
         bias,
         weights,
-        fp8_input_store,
+        _rt.fp8_store_wanted(fn, fp8_input_store),
         clamp_value,
         interleaved, linear_offset, alpha,
     )

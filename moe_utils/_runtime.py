@@ -691,6 +691,15 @@ def fp8_flag(fn: str, value: Any) -> bool:
     return bool(value)
 
 
+def fp8_store_wanted(fn: str, value: Any) -> bool:
+    """fp8_input_store at a functional form's call site: off where grad mode is off (evaluation under
+    no_grad or inference_mode), where no backward can run. The Function's forward reads whether
+    autograd records its call (graph_recorded), which a traced forward cannot: under torch.compile
+    it runs in no-grad mode with or without a graph, and its ctx has no edges. The call site sees
+    the caller's grad mode, on which torch.compile guards."""
+    return fp8_flag(fn, value) and torch.is_grad_enabled()
+
+
 def eager_inputs(
     x: torch.Tensor, bias: torch.Tensor | None, clamp_value: float | None, dtype: torch.dtype, interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

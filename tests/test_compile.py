@@ -157,6 +157,39 @@ def test_compiled_gradients_of_any_subset_of_inputs(monkeypatch, needs):
     assert store_dx == [needs[0] or needs[1]]  # the compiled op's body (eager calls the launcher itself)
 
 
+@pytest.mark.parametrize("spec", REGISTRY, ids=lambda s: s.name)
+def test_compiled_evaluation_skips_the_fp8_copy(spec):
+    """Compiled in evaluation (no_grad, inference_mode) with a bias parameter (or, without a bias
+    argument, an input) that requires grad, weighted_bias_<name>_impl's forward op is traced without
+    the fp8 copy, which no backward reads; with grad mode on, the same compiled function retraces
+    (torch.compile guards on grad mode) and writes it. The traced Function's forward cannot see grad
+    mode; the call site reads it."""
+    mod = importlib.import_module(f"moe_utils.generated.{spec.name}")
+    impl = getattr(mod, f"weighted_bias_{spec.name}_impl")
+    traced = []
+
+    def backend(gm, example_inputs):
+        op = mod._IMPL.forward_op._opoverload
+        graphs = [m.graph for m in gm.modules() if isinstance(m, torch.fx.GraphModule)]  # the Function's too
+        traced.append([n.args[3] for g in graphs for n in g.nodes if n.target == op])  # the op's fp8_store
+        return gm
+
+    gen = make_generator(61)
+    y = torch.randn(10, 2 * 24, generator=gen).to(torch.bfloat16).to(DEVICE)
+    b = torch.randn(2 * 24, generator=gen).to(torch.bfloat16).to(DEVICE).requires_grad_(True)
+    w = torch.rand(10, 1, generator=gen).to(DEVICE)
+    # Without a bias argument, a leaf input that requires grad.
+    args = (y, b, w) if spec.impl_bias else ((y + b.detach()).requires_grad_(True), w)
+    want = impl(*args, False).detach()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: impl(*a, True), fullgraph=True, backend=backend)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert torch.equal(compiled(*args), want)
+    assert torch.equal(compiled(*args).detach(), want)
+    assert traced == [[False], [False], [True]], traced
+
+
 def test_every_public_name_compiles_through_a_function_class():
     """The activations' public functional forms are torch.autograd.Functions: dynamo traces them."""
     y = torch.randn(8, 32).to(DEVICE).requires_grad_(True)
