@@ -463,17 +463,21 @@ def backward_config(
         # -5.3%; from the fp8 copy -3.2 to -10.8% but SwiGLU interleaved at 16384 rows +3.0%; at
         # 2880 from the fp8 copy at 65536 rows -3.5 to -7.0%, at 16384 rows -0.2 to +8.5% (2048
         # programs walking 23 steps: the last wave's tail, as for the heavy narrow steps above).
+        # Session 38 call 1 (from the fp8 copy at 32768 rows or more, any width, against the rule
+        # before it, ab.py, three processes each; the unchanged forms moved -4.4 to +2.8%, most
+        # within 1%): SwiGLU 65536 x 2048 -7.0 / -7.6%, 262144 x 2048 -6.9 / -7.8%, the other 20
+        # cases at 768-7168 columns -4.4 to +1.1% (at 16384 x 2048, session 37 call 6: 3-7% slower).
         block_r, block_h, warps = min(8, next_pow2(n_rows)), 128, 4
     return BlockConfig(block_r=block_r, block_h=block_h, num_warps=warps)
 
 
 def _narrow_steps_pay(n_rows: int, h: int, block_h: int, fp8: bool) -> bool:
-    """backward_config's rule for the weights-only backward: whether 128-column steps pad a row of
-    h columns less than block_h-column steps (by 128 columns: both pad least in their range), up
-    to 2048 columns (1408: 128 of 1536 saved) and beyond only from the fp8 copy (``fp8``) and
-    32768 rows (2880: 128 of 3072)."""
+    """backward_config's rule for the weights-only backward: up to 2048 columns, where 128-column
+    steps pad a row of h columns less than block_h-column steps (by 128 columns: both pad least in
+    their range; 1408: 128 of 1536 saved); and from the fp8 copy (``fp8``) at 32768 rows or more,
+    at any width (2880: 128 of 3072 saved; 768, 2048, 7168: nothing to save, shorter steps)."""
     saves = cdiv(h, block_h) * block_h > cdiv(h, 128) * 128
-    return saves and (h <= 2048 or (fp8 and n_rows >= 32768))
+    return (saves and h <= 2048) or (fp8 and n_rows >= 32768)
 
 
 # -- argument checks ---------------------------------------------------------------------------
