@@ -350,8 +350,8 @@ def backward_config(
     the math is light, and on 256-512-column steps from 4096 columns where it is ``heavy``.
 
     Without ``store_dx`` (d_weights alone: only the routing weights require grad), [8, 128] tiles
-    of 4 warps where 128-column steps pad a row less than the above: up to 2048 columns (1408),
-    beyond only from the fp8 copy and from 32768 rows (2880).
+    of 4 warps where 128-column steps pad a row less than the above up to 2048 columns (1408), and
+    from the fp8 copy at 32768 rows or more at every width (_narrow_steps_pay).
 
     Without weights: whole rows of up to 8192 columns per step, 4 to 16 warps. H100: the wide steps made
     the unweighted backward 2.4% (H = 2048) to 5% (2880) faster at 4096 columns (session 3), but
