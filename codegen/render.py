@@ -22,7 +22,7 @@ import sympy
 
 from .derive import DerivedActivation, derive
 from .printers import TorchPrinter, TritonPrinter, float_literal
-from .spec import ActivationSpec, Param, SpecError, make_registry
+from .spec import ActivationSpec, SpecError, make_registry
 
 __all__ = ["HEADER_MARK", "RenderedFile", "check", "render_package", "write"]
 
@@ -108,6 +108,9 @@ def _context(derived: DerivedActivation, op_namespace: str) -> dict[str, object]
         "param_args": "".join(f", {n}" for n in names),
         "param_tuple": "".join(f"{n}, " for n in names).rstrip(" "),
         "param_names_tuple": "".join(f'"{n}", ' for n in names).rstrip(" "),
+        "param_minimums_tuple": "".join(
+            f"{'None' if p.minimum is None else float_literal(p.minimum)}, " for p in spec.params
+        ).rstrip(" "),
         "param_nones": ", None" * len(names),
         "param_defaults": "".join(f", {n}={defaults[n]}" for n in names),
         "param_sig": "".join(f", {n}: float = {defaults[n]}" for n in names),
@@ -164,7 +167,7 @@ def _check_names(spec: ActivationSpec, template: jinja2.Template, op_namespace: 
         spec,
         name=_NAME_STAND_IN,
         class_stem=_STEM_STAND_IN,
-        params=tuple(Param(stand_ins[p.name], p.default, p.doc) for p in spec.params),
+        params=tuple(dataclasses.replace(p, name=stand_ins[p.name]) for p in spec.params),
         expr=spec.expr.xreplace({p.symbol: sympy.Symbol(stand_ins[p.name], real=True) for p in spec.params}),
         impl_keywords=tuple(stand_ins.get(k, k) for k in spec.impl_keywords),
     )

@@ -24,6 +24,9 @@ class Param:
     name: str  # Python identifier used in every signature and kernel argument list
     default: float  # default value in every public signature
     doc: str  # one line for the docstrings
+    # Smallest value the public API accepts (a ValueError names the argument below it); None: any.
+    # NaN is refused for every parameter.
+    minimum: float | None = None
 
     @property
     def symbol(self) -> sympy.Symbol:
@@ -96,6 +99,9 @@ class ActivationSpec:
         for p in self.params:
             if not isinstance(p.doc, str) or "\n" in p.doc or "\r" in p.doc:
                 raise SpecError(f"{where}: parameter {p.name!r}: doc must be one line (it is a comment), got {p.doc!r}")
+        for p in self.params:
+            if p.minimum is not None and not p.default >= p.minimum:
+                raise SpecError(f"{where}: parameter {p.name!r}: default {p.default} is below its minimum {p.minimum}")
         if not isinstance(self.doc, str):
             raise SpecError(f"{where}: doc must be a str, got {type(self.doc).__name__}")
         if len(set(names)) != len(names):

@@ -65,7 +65,7 @@ EXACT_GEGLU = ActivationSpec(
     class_stem="ExactGEGLU",
 )
 
-_LIMIT = Param("limit", 7.0, "gate is clamped to <= limit and up to [-limit, limit]")
+_LIMIT = Param("limit", 7.0, "gate is clamped to <= limit and up to [-limit, limit]", minimum=0.0)
 
 CLAMPED_SWIGLU = ActivationSpec(
     name="clamped_swiglu",

@@ -403,6 +403,7 @@ _rt.register_op_autograd(_forward_op, _backward_op, n_params=1)
 _IMPL = _rt.ActivationImpl(
     name="clamped_swiglu",
     param_names=("limit",),
+    param_minimums=(0.0,),
     launch_forward=_launch_forward,
     launch_backward=_launch_backward,
     forward_op=_forward_op,

@@ -378,6 +378,7 @@ _rt.register_op_autograd(_forward_op, _backward_op, n_params=0)
 _IMPL = _rt.ActivationImpl(
     name="geglu",
     param_names=(),
+    param_minimums=(),
     launch_forward=_launch_forward,
     launch_backward=_launch_backward,
     forward_op=_forward_op,

@@ -397,6 +397,7 @@ _rt.register_op_autograd(_forward_op, _backward_op, n_params=2)
 _IMPL = _rt.ActivationImpl(
     name="quick_geglu",
     param_names=("linear_offset", "alpha",),
+    param_minimums=(None, None,),
     launch_forward=_launch_forward,
     launch_backward=_launch_backward,
     forward_op=_forward_op,

@@ -617,7 +617,9 @@ def prepare(fn: str, y: torch.Tensor, bias: torch.Tensor | None, weights: torch.
 
 def lift_1d(y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """A 1-D [2H] input with [0, 1] weights means zero rows: view it as [0, 2H] (differentiably)."""
-    if y.dim() == 1 and weights is not None and weights.dim() == 2 and weights.shape[0] == 0:
+    if not (isinstance(y, torch.Tensor) and isinstance(weights, torch.Tensor)):
+        return y  # prepare names the argument that is not a tensor
+    if y.dim() == 1 and weights.dim() == 2 and weights.shape[0] == 0:
         return y.unsqueeze(0)[:0]
     return y
 
@@ -653,13 +655,24 @@ def check_clamp(fn: str, clamp_value: float | None) -> float | None:
     return float(clamp_value)
 
 
-def scalar(fn: str, name: str, value: Any) -> float:
-    """Activation parameters are Python or numpy numbers, or one-element tensors read once on the host."""
+def scalar(fn: str, name: str, value: Any, minimum: float | None = None) -> float:
+    """Activation parameters are Python or numpy numbers, or one-element tensors read once on the host;
+    never NaN, and at least the spec's ``minimum`` where it sets one (clamped SwiGLU's limit >= 0)."""
     if isinstance(value, torch.Tensor):
         value = _read_constant(fn, name, value)
     if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy scalars too
         raise TypeError(f"{fn}: {name} must be a float, got {type(value).__name__}")
-    return float(value)
+    value = float(value)
+    if math.isnan(value) or (minimum is not None and value < minimum):
+        expected = "a number" if minimum is None else f"a number >= {minimum}"
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+    return value
+
+
+def scalars(fn: str, impl: ActivationImpl, params: Sequence[Any]) -> tuple[float, ...]:
+    """The activation parameters of one call, checked (`scalar`) in signature order."""
+    minimums = impl.param_minimums or (None,) * len(impl.param_names)
+    return tuple(scalar(fn, n, v, m) for n, v, m in zip(impl.param_names, params, minimums, strict=True))
 
 
 # -- eager twin of the kernel skeleton ---------------------------------------------------------
@@ -749,6 +762,9 @@ class ActivationImpl:
     forward_op: Any  # torch.ops.<ns>.<name>_fwd, used under torch.compile
     backward_op: Any  # torch.ops.<ns>.<name>_bwd
     abi: int = 1  # GENERATED_ABI of the templates that rendered the module (absent before 2)
+    # Each parameter's smallest accepted value or None (Param.minimum); absent (modules generated
+    # before session 39): no bounds.
+    param_minimums: tuple[float | None, ...] = ()
 
     def __post_init__(self):
         if self.abi != GENERATED_ABI:
@@ -810,7 +826,7 @@ def function_forward(
     """Body of every generated autograd Function's forward."""
     rows = prepare(fn, y, bias, weights)
     clamp_value = check_clamp(fn, clamp_value)
-    params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
+    params = scalars(fn, impl, params)
     fp8_input_store = fp8_flag(fn, fp8_input_store)
     interleaved = check_flag(fn, "interleaved", interleaved)
     # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
@@ -921,7 +937,7 @@ def backward_helper(
     says so instead of giving no gradient."""
     tensors = (g, y, bias, weights)
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        if any(t is not None and t.requires_grad for t in tensors):
+        if any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
             kwargs = {"params": params, "clamp_value": clamp_value, "interleaved": interleaved}
             return _KernelGradients.apply(fn, functools.partial(backward_helper, impl, fn, **kwargs), *tensors)
     interleaved = check_flag(fn, "interleaved", interleaved)
@@ -932,7 +948,7 @@ def backward_helper(
     _check_device(fn, "g", g, y)
     if shapes_differ(g.shape, rows.out_shape):
         raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {rows.out_shape} (input {tuple(y.shape)})")
-    params = tuple(scalar(fn, n, v) for n, v in zip(impl.param_names, params, strict=True))
+    params = scalars(fn, impl, params)
     n_rows = rows.x.shape[0]
     g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
     clamp_value = check_clamp(fn, clamp_value)

@@ -544,14 +544,16 @@ def _check_tokens(fn: str, tokens: torch.Tensor) -> None:
         raise ValueError(f"{fn}: tokens has shape {tuple(tokens.shape)}; expected [num_tokens, hidden]")
 
 
-def check_probs(fn: str, probs: torch.Tensor, n_tokens: int, n_experts: int, device: torch.device) -> None:
-    """probs is a float [T, E] tensor on the tokens' device."""
-    if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
-        raise TypeError(f"{fn}: probs must be a floating-point tensor, got {getattr(probs, 'dtype', type(probs))}")
-    if _rt.shapes_differ(probs.shape, (n_tokens, n_experts)):
-        raise ValueError(
-            f"{fn}: probs has shape {tuple(probs.shape)}; expected [num_tokens, num_experts] = {[n_tokens, n_experts]}"
-        )
+def check_probs(fn: str, probs: torch.Tensor, n_tokens: int, n_experts: int | None, device: torch.device) -> None:
+    """probs is a float [T, E] tensor on the tokens' device (any E where n_experts is None)."""
+    if not isinstance(probs, torch.Tensor):
+        raise TypeError(f"{fn}: probs must be a floating-point tensor, got {type(probs).__name__}")
+    if not probs.is_floating_point():
+        raise TypeError(f"{fn}: probs must be a floating-point tensor, got {probs.dtype}")
+    expected = (n_tokens, probs.shape[-1] if n_experts is None and probs.dim() == 2 else n_experts)
+    if probs.dim() != 2 or _rt.shapes_differ(probs.shape, expected):
+        shown = f"[{n_tokens}, {'E' if n_experts is None else n_experts}]"
+        raise ValueError(f"{fn}: probs has shape {tuple(probs.shape)}; expected [num_tokens, num_experts] = {shown}")
     if probs.device != device:
         raise ValueError(f"{fn}: probs is on {probs.device} but the tokens are on {device}")
 

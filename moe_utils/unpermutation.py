@@ -9,6 +9,7 @@ probs need a gradient, takes the row dot products in the same pass.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -603,6 +604,30 @@ def _check_sorted_indices(fn: str, sorted_indices, permuted_tokens: torch.Tensor
         )
 
 
+def _check_restore_shape(fn: str, restore_shape: Any) -> tuple[Any, Any]:
+    """restore_shape as (num_tokens, hidden): two non-negative integers (Python, numpy or one-element
+    integer tensors), or SymInts under torch.compile, kept symbolic (int() of one would specialise
+    the graph to it). Floats are refused, as torch.zeros refuses them: int() would truncate 6.5."""
+    expected = "[num_tokens, hidden] (a torch.Size or a sequence of two non-negative ints)"
+    try:
+        dims = tuple(restore_shape)
+    except TypeError:
+        raise TypeError(f"{fn}: restore_shape must be {expected}, got {type(restore_shape).__name__}") from None
+    if len(dims) != 2:
+        raise ValueError(f"{fn}: restore_shape must be {expected}, got {len(dims)} sizes {dims}")
+    out = []
+    for d in dims:
+        if not isinstance(d, torch.SymInt):
+            try:
+                d = operator.index(d)
+            except TypeError:
+                raise TypeError(f"{fn}: restore_shape must be {expected}, got {dims}") from None
+            if d < 0:
+                raise ValueError(f"{fn}: restore_shape must be {expected}, got {dims}")
+        out.append(d)
+    return out[0], out[1]
+
+
 def unpermute(
     permuted_tokens: torch.Tensor,
     sorted_indices: torch.Tensor,
@@ -632,17 +657,14 @@ def unpermute(
         raise TypeError(f"{fn}: permuted_tokens must be a floating-point tensor")
     if permuted_tokens.dim() != 2:
         raise ValueError(f"{fn}: permuted_tokens has shape {tuple(permuted_tokens.shape)}; expected [N, hidden]")
-    # Sizes stay symbolic under torch.compile (int() of one would specialise the graph to it).
-    restore_shape = tuple(s if isinstance(s, torch.SymInt) else int(s) for s in restore_shape)
-    if len(restore_shape) != 2:
-        raise ValueError(f"{fn}: restore_shape must be [num_tokens, hidden], got {restore_shape}")
+    restore_shape = _check_restore_shape(fn, restore_shape)
     n_tokens, hidden = restore_shape
     if _rt.shapes_differ(permuted_tokens.shape[1:], (hidden,)):
         raise ValueError(
             f"{fn}: permuted_tokens has hidden size {permuted_tokens.shape[1]} but restore_shape is {restore_shape}"
         )
     if probs is not None:
-        check_probs(fn, probs, n_tokens, probs.shape[-1] if probs.dim() == 2 else -1, permuted_tokens.device)
+        check_probs(fn, probs, n_tokens, None, permuted_tokens.device)
     if routing_map is not None:
         n_experts = check_routing_map(fn, routing_map, n_tokens, permuted_tokens.device)
         if probs is not None and _rt.shapes_differ(probs.shape[1:], (n_experts,)):

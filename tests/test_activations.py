@@ -528,6 +528,11 @@ def test_bad_input_raises_clear_errors():
         weighted_bias_quick_geglu_impl(y, None, w, clamp_value=-1.0)
     with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not broadcast"):
         weighted_bias_quick_geglu_impl(y, torch.randn(3).to(DEVICE), w)
+    # Not a tensor at all: the argument is named (until session 39 an AttributeError from inside).
+    with pytest.raises(TypeError, match=r"weighted_bias_swiglu_impl: input must be a torch.Tensor, got list"):
+        weighted_bias_swiglu_impl(y.tolist(), w)
+    with pytest.raises(TypeError, match=r"weighted_swiglu: weights must be a torch.Tensor, got list"):
+        weighted_swiglu(y, w.tolist())
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -553,6 +558,12 @@ def test_bad_input_raises_for_every_activation(name):
         getattr(mod, f"weighted_bias_{name}")(y, torch.randn(3).to(DEVICE), w)
     with pytest.raises(ValueError, match=r"g has shape \(6, 7\)"):
         getattr(mod, f"weighted_{name}_back")(torch.randn(6, 7).to(DEVICE), y, w)
+    for back in (f"{name}_back", f"weighted_{name}_back", f"weighted_bias_{name}_back"):
+        args = {f"{name}_back": (y,), f"weighted_{name}_back": (y, w), f"weighted_bias_{name}_back": (y, b, w)}[back]
+        with pytest.raises(TypeError, match=rf"{back}: g must be a torch.Tensor, got list"):
+            getattr(mod, back)(torch.randn(6, 8).tolist(), *args)
+        with pytest.raises(TypeError, match=rf"{back}: input must be a torch.Tensor, got list"):
+            getattr(mod, back)(torch.randn(6, 8).to(DEVICE), y.tolist(), *args[1:])
     with pytest.raises(TypeError, match=r"interleaved must be a bool"):
         getattr(mod, f"weighted_bias_{name}")(y, b, w, interleaved=None)
     for param in spec.params:
@@ -571,6 +582,17 @@ def test_bad_input_raises_for_every_activation(name):
         want = call_impl(y, w, **{param.name: 0.75})
         for same in (learnable.detach(), np.float32(0.75), np.float64(0.75)):
             assert torch.equal(call_impl(y, w, **{param.name: same}), want)
+        # NaN is never a constant anyone means (the outputs would all be NaN); below the spec's
+        # minimum (clamped SwiGLU's limit: [-limit, limit] empty) neither.
+        bad = [float("nan"), torch.tensor(float("nan"), device=DEVICE)]
+        if param.minimum is not None:
+            bad += [param.minimum - 0.5, np.float32(param.minimum - 1.0)]
+            assert call_impl(y, w, **{param.name: param.minimum}).isfinite().all()  # the bound itself is fine
+        for value in bad:
+            with pytest.raises(ValueError, match=rf"{impl.__name__}: {param.name} must be a number.*got"):
+                call_impl(y, w, **{param.name: value})
+            with pytest.raises(ValueError, match=rf"{param.name} must be a number"):
+                getattr(mod, f"weighted_{name}_back")(torch.randn(6, 8).to(DEVICE), y, w, **{param.name: value})
     if spec.clamp:
         with pytest.raises(ValueError, match=r"clamp_value must be a non-negative float"):
             call_impl(y, w, clamp_value=-1.0)

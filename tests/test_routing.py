@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICE, make_generator, misaligned
@@ -600,6 +601,20 @@ def test_bad_routing_input_raises_clear_errors():
         unpermute(rows, idx[:, None], x.shape, fused=False)
     with pytest.raises(TypeError, match=r"sorted_indices must be .* got list"):
         unpermute(rows, idx.tolist(), x.shape, fused=False)
+    # restore_shape: two non-negative ints (numpy and one-element integer tensors too). Until
+    # session 39 None gave "'NoneType' object is not iterable", and int() truncated floats.
+    for fused, (out_rows, index) in ((True, (perm, plan)), (False, (rows, idx))):
+        want = unpermute(out_rows, index, x.shape, fused=fused)
+        for same in ((np.int64(6), np.int32(16)), torch.tensor([6, 16]), [6, 16]):
+            assert torch.equal(unpermute(out_rows, index, same, fused=fused), want)
+        for bad, error in ((None, TypeError), (6, TypeError), ((6.0, 16.0), TypeError), ((6.5, 16), TypeError),
+                           ((-6, 16), ValueError), ((6, 16, 1), ValueError)):  # fmt: skip
+            with pytest.raises(error, match=r"unpermute: restore_shape must be \[num_tokens, hidden\]"):
+                unpermute(out_rows, index, bad, fused=fused)
+        with pytest.raises(TypeError, match=r"unpermute: probs must be a floating-point tensor, got list"):
+            unpermute(out_rows, index, x.shape, probs=torch.rand(6, 4).tolist(), routing_map=m, fused=fused)
+        with pytest.raises(ValueError, match=r"unpermute: probs has shape \(6,\); expected .* = \[6, E\]"):
+            unpermute(out_rows, index, x.shape, probs=torch.rand(6).to(DEVICE), fused=fused)
     with pytest.raises(ValueError, match="capacity \\* num_experts"):
         permute(x, m, num_out_tokens=7, fused=True, drop_and_pad=True)
     # 2^31 tokens (stride-0 views: nothing allocated): the plan's per-expert counts are int32.

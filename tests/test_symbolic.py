@@ -146,6 +146,9 @@ def test_spec_errors_name_the_spec_and_the_problem():
         derive(undiff)
     with pytest.raises(SpecError, match="reserved"):
         ActivationSpec(name="p", expr=GATE * UP, doc="", class_stem="P", params=(Param("weight", 1.0, ""),)).validate()
+    below = Param("limit", -1.0, "", minimum=0.0)
+    with pytest.raises(SpecError, match=r"'limit': default -1.0 is below its minimum 0.0"):
+        ActivationSpec(name="p", expr=GATE * UP * below.symbol, doc="", class_stem="P", params=(below,)).validate()
 
 
 def test_derive_is_pure():
