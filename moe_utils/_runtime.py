@@ -648,7 +648,7 @@ def check_clamp(fn: str, clamp_value: float | None) -> float | None:
     if (
         not isinstance(clamp_value, numbers.Real)  # numpy scalars too (a config read through numpy)
         or isinstance(clamp_value, bool)
-        or math.isnan(clamp_value)
+        or clamp_value != clamp_value  # NaN; not math.isnan: see scalar
         or clamp_value < 0
     ):
         raise ValueError(f"{fn}: clamp_value must be a non-negative float or None, got {clamp_value!r}")
@@ -663,7 +663,9 @@ def scalar(fn: str, name: str, value: Any, minimum: float | None = None) -> floa
     if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy scalars too
         raise TypeError(f"{fn}: {name} must be a float, got {type(value).__name__}")
     value = float(value)
-    if math.isnan(value) or (minimum is not None and value < minimum):
+    # Comparisons, not math.isnan: torch.compile makes a float that changes between calls symbolic
+    # (a 0-d tensor inside), and math.isnan of one fails to trace; comparisons of it become guards.
+    if value != value or (minimum is not None and value < minimum):  # NaN, or below the minimum
         expected = "a number" if minimum is None else f"a number >= {minimum}"
         raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
     return value

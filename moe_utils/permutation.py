@@ -550,8 +550,9 @@ def check_probs(fn: str, probs: torch.Tensor, n_tokens: int, n_experts: int | No
         raise TypeError(f"{fn}: probs must be a floating-point tensor, got {type(probs).__name__}")
     if not probs.is_floating_point():
         raise TypeError(f"{fn}: probs must be a floating-point tensor, got {probs.dtype}")
-    expected = (n_tokens, probs.shape[-1] if n_experts is None and probs.dim() == 2 else n_experts)
-    if probs.dim() != 2 or _rt.shapes_differ(probs.shape, expected):
+    if n_experts is None and probs.dim() == 2:
+        n_experts = probs.shape[1]
+    if probs.dim() != 2 or _rt.shapes_differ(probs.shape, (n_tokens, n_experts)):
         shown = f"[{n_tokens}, {'E' if n_experts is None else n_experts}]"
         raise ValueError(f"{fn}: probs has shape {tuple(probs.shape)}; expected [num_tokens, num_experts] = {shown}")
     if probs.device != device:

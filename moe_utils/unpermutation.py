@@ -615,15 +615,18 @@ def _check_restore_shape(fn: str, restore_shape: Any) -> tuple[Any, Any]:
         raise TypeError(f"{fn}: restore_shape must be {expected}, got {type(restore_shape).__name__}") from None
     if len(dims) != 2:
         raise ValueError(f"{fn}: restore_shape must be {expected}, got {len(dims)} sizes {dims}")
+    if torch.compiler.is_compiling():
+        # int() keeps a symbolic size symbolic; operator.index or a comparison would specialise the
+        # graph to one token count. The eager call checks what tracing cannot.
+        return tuple(d if isinstance(d, torch.SymInt) else int(d) for d in dims)
     out = []
     for d in dims:
-        if not isinstance(d, torch.SymInt):
-            try:
-                d = operator.index(d)
-            except TypeError:
-                raise TypeError(f"{fn}: restore_shape must be {expected}, got {dims}") from None
-            if d < 0:
-                raise ValueError(f"{fn}: restore_shape must be {expected}, got {dims}")
+        try:
+            d = operator.index(d)
+        except TypeError:
+            raise TypeError(f"{fn}: restore_shape must be {expected}, got {dims}") from None
+        if d < 0:
+            raise ValueError(f"{fn}: restore_shape must be {expected}, got {dims}")
         out.append(d)
     return out[0], out[1]
 

@@ -102,23 +102,36 @@ def test_compiled_moe_block_has_no_graph_breaks_and_matches_eager():
 
 @pytest.mark.parametrize("fp8", [False, True])
 def test_compiled_activation_keeps_fp32_scalars(fp8):
-    """alpha, linear_offset and clamp reach the kernel as fp32 scalars: compiled == eager, bit for bit."""
+    """alpha, linear_offset, clamp_value and limit reach the kernel as fp32 scalars: compiled == eager,
+    bit for bit, also once they change between calls and torch.compile makes them symbolic (until
+    session 39 the argument checks' math.isnan failed to trace there: a changing clamp_value broke
+    the graph). A bad value still fails loudly, compiled too."""
+    from moe_utils import weighted_bias_clamped_swiglu_impl
+
     gen = make_generator(4)
     y = torch.randn(16, 64, generator=gen).to(torch.bfloat16).to(DEVICE).requires_grad_(True)
     w = torch.rand(16, 1, generator=gen).to(DEVICE).requires_grad_(True)
 
-    def fn(y, w, offset, alpha):
-        return weighted_bias_quick_geglu_impl(y, None, w, fp8, offset, 3.0, alpha)
+    def fn(y, w, offset, alpha, clamp):
+        return weighted_bias_quick_geglu_impl(y, None, w, fp8, offset, clamp, alpha)
+
+    def clamped(y, w, limit):
+        return weighted_bias_clamped_swiglu_impl(y, None, w, fp8, limit)
 
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True)
-    for offset, alpha in ((0.5, 1.3), (0.25, 2.1)):
-        a = fn(y, w, offset, alpha)
-        b = compiled(y, w, offset, alpha)
-        assert torch.equal(a, b)
-        ga = torch.autograd.grad(a.float().sum(), (y, w))
-        gb = torch.autograd.grad(b.float().sum(), (y, w))
-        assert all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))
+    compiled_clamped = torch.compile(clamped, fullgraph=True)
+    for offset, alpha, clamp in ((0.5, 1.3, 3.0), (0.25, 2.1, 2.5), (0.75, 1.7, 1.5)):
+        for a, b in ((fn(y, w, offset, alpha, clamp), compiled(y, w, offset, alpha, clamp)),
+                     (clamped(y, w, 2 * clamp), compiled_clamped(y, w, 2 * clamp))):  # fmt: skip
+            assert torch.equal(a, b)
+            ga = torch.autograd.grad(a.float().sum(), (y, w))
+            gb = torch.autograd.grad(b.float().sum(), (y, w))
+            assert all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))
+    with pytest.raises(Exception, match=r"clamp_value must be a non-negative float"):
+        compiled(y, w, 0.5, 1.3, -1.0)
+    with pytest.raises(Exception, match=r"limit must be a number >= 0.0, got -1.0"):
+        compiled_clamped(y, w, -1.0)
 
 
 @pytest.mark.parametrize(
