@@ -38,10 +38,12 @@ class MoEAuxLossAutoScaler(torch.autograd.Function):
     @staticmethod
     def set_loss_scale(scale: torch.Tensor | float) -> None:
         """Set the gradient scale of the auxiliary loss (e.g. 1 / num_microbatches)."""
-        scale = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale))
+        # Detached: a scale that requires grad would otherwise tie every later backward to its graph
+        # (copy_ into the stored tensor gave it a grad_fn until session 39).
+        scale = scale.detach() if isinstance(scale, torch.Tensor) else torch.tensor(float(scale))
         current = MoEAuxLossAutoScaler.main_loss_backward_scale
         if current is None or current.shape != scale.shape:
-            current = scale.detach().clone()
+            current = scale.clone()
             MoEAuxLossAutoScaler.main_loss_backward_scale = current
         else:
             current.copy_(scale)  # in place (across devices too): captured graphs see the new value

@@ -36,6 +36,15 @@ def test_set_loss_scale_does_not_modify_the_callers_tensor():
     MoEAuxLossAutoScaler.set_loss_scale(first)
     MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(2.0))
     assert first.item() == 0.5 and MoEAuxLossAutoScaler.main_loss_backward_scale.item() == 2.0
+    # A scale that requires grad is taken as its value: the stored tensor stays a plain constant,
+    # so no backward is tied to the caller's graph.
+    learnable = torch.tensor(0.25, requires_grad=True)
+    MoEAuxLossAutoScaler.set_loss_scale(learnable * 1)
+    stored = MoEAuxLossAutoScaler.main_loss_backward_scale
+    assert stored.item() == 0.25 and not stored.requires_grad and stored.grad_fn is None
+    _reset()
+    MoEAuxLossAutoScaler.set_loss_scale(learnable)
+    assert not MoEAuxLossAutoScaler.main_loss_backward_scale.requires_grad
     _reset()
 
 
