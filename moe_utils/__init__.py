@@ -10,6 +10,7 @@ even while ``generated/`` is being rewritten.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
@@ -24,7 +25,22 @@ _HAND_WRITTEN = {
 
 
 def _generated() -> Any:
-    return importlib.import_module("moe_utils.generated")
+    try:
+        return importlib.import_module("moe_utils.generated")
+    except ModuleNotFoundError as error:
+        # The source tree's moe_utils/ holds the hand-written modules only; generated/, codegen/ and
+        # templates/ sit beside it and join the namespace through the install (pyproject's
+        # package-dir). Imported from the checkout's root without an editable install (`pip
+        # install .`, then `python -m pytest` from the root), Python finds the folder first.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if error.name == "moe_utils.generated" and os.path.isfile(os.path.join(root, "generated", "__init__.py")):
+            raise ModuleNotFoundError(
+                f"moe_utils was imported from the source checkout {root} (the current directory or "
+                "sys.path), where moe_utils.generated is not a subfolder: install the checkout with "
+                "`pip install -e .`, or run from another directory to use the installed package",
+                name=error.name,
+            ) from error
+        raise
 
 
 def __getattr__(name: str) -> Any:
