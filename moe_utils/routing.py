@@ -50,6 +50,7 @@ tokens, and -1 in the padding rows (with the permuted probabilities: theirs, and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,23 @@ EXPERT_BITS = 10
 MAX_EXPERTS = 1 << EXPERT_BITS
 _EXPERT_BITS = tl.constexpr(EXPERT_BITS)  # the same, for the kernels
 _EXPERT_MASK = tl.constexpr(MAX_EXPERTS - 1)
+
+
+def _triton_version() -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", triton.__version__)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+#: The map kernel's entry stores scatter its tiles to data-dependent addresses, so Triton's
+#: coalescing pass picks their layout from the tile's shape alone. Each thread holds a group of
+#: GROUP experts along the tile's last axis. Triton 3.6 lays the store out with that axis inside a
+#: thread too; from 3.7 it spreads the threads over it, a conversion through shared memory in every
+#: step (49 shared-memory instructions, +35% instructions a step at E = 256 on 3.7-3.9). Stored
+#: with that axis first (a permute, free in registers), 3.7-3.9 keep it in the thread and 3.6 does
+#: not: so the order follows the version (tests/test_sm90_compile.py checks the step's SASS).
+_GROUP_AXIS_FIRST = tl.constexpr(_triton_version() >= (3, 7))
+
+
 #: The plan layout's number, part of the name of every custom op that takes or returns a plan
 #: (``moe_utils::permute_fwd_plan3``, ...). Inductor's on-disk cache keys a compiled graph by its
 #: code, which names the ops, not by their fake kernels: a graph compiled against another layout
@@ -283,7 +301,12 @@ def _word_token(
         ranks = ((used_word[:, None] >> shifts[None, :]) & 0xFF).to(tl.int32)
         place = tl.cumsum(m_all, axis=1) - m_all + group_first[:, None]
         entries = tl.where(ranks < room, entry_base + (ranks.to(tl.int64) << _EXPERT_BITS), unplaced)
-        tl.store(entry_ptr + entry_at + place, entries, mask=(m_all != 0) & (place < limit))
+        if _GROUP_AXIS_FIRST:  # the same store, laid out to stay in registers (see there)
+            ptrs = tl.permute(entry_ptr + entry_at + place, (1, 0))
+            keep = tl.permute((m_all != 0) & (place < limit), (1, 0))
+            tl.store(ptrs, tl.permute(entries, (1, 0)), mask=keep)
+        else:
+            tl.store(entry_ptr + entry_at + place, entries, mask=(m_all != 0) & (place < limit))
 
 
 @triton.jit
@@ -528,7 +551,11 @@ def _map_kernel(
             # One store per entry: its row and expert packed. Two (row, then expert) made the stores
             # the map kernel's limit: L1/TEX 75% busy at 2048 segments (Nsight Compute, session 6).
             entry = tl.where(routed, entry_base[None, :, :] + (rank.to(tl.int64) << _EXPERT_BITS), unplaced[None, :, :])
-            tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
+            if _GROUP_AXIS_FIRST:  # the same store, laid out to stay in registers (see there)
+                ptrs = tl.permute((entry_ptr + token_first)[:, None, None] + place, (2, 0, 1))
+                tl.store(ptrs, tl.permute(entry, (2, 0, 1)), mask=tl.permute(listed, (2, 0, 1)))
+            else:
+                tl.store((entry_ptr + token_first)[:, None, None] + place, entry, mask=listed)
             used += tl.sum(m, axis=0)
             next_entry += tl.sum(per_token, axis=0).to(tl.int64)
     # The last segment's walk ends at the total number of routed pairs. (Summed over the expert

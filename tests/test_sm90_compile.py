@@ -153,10 +153,15 @@ def check_map_step() -> None:
     tiles are laid out so that the entry store (data-dependent addresses) needs no layout
     conversion (routing._map_kernel). Session 14's flat tiles spent 48 of 345 instructions a
     one-token step at E = 256 converting; the step is 201 since session 15."""
-    for block_t, block_e in ((1, 256), (2, 128), (4, 64), (32, 8), (64, 4)):
-        body, _ = map_step(block_t, block_e)
+    # The word walk too (its per-expert branch stores a [groups, GROUP] tile). On Triton 3.7-3.9 both
+    # walks took 19-49 shared-memory instructions a step until session 39 (routing._GROUP_AXIS_FIRST).
+    walks = [(block_t, block_e, False, False) for block_t, block_e in ((1, 256), (2, 128), (4, 64), (32, 8), (64, 4))]
+    walks += [(1, 256, True, False), (1, 256, True, True), (1, 64, True, True)]
+    for block_t, block_e, words, pairs in walks:
+        body, _ = map_step(block_t, block_e, words=words, pairs=pairs)
         shared = [line for line in body if re.search(r"\b(STS|LDS|BAR)\b", line)]
-        assert not shared, f"map step [{block_t}, {block_e}] goes through shared memory:\n" + "\n".join(shared)
+        what = f"map step [{block_t}, {block_e}]" + (" (word walk" + (", pairs)" if pairs else ")") if words else "")
+        assert not shared, f"{what} goes through shared memory:\n" + "\n".join(shared)
     body, _ = map_step(1, 256)
     assert len(body) <= 240, f"map step [1, 256]: {len(body)} SASS instructions (201 in session 15)"
 
