@@ -606,8 +606,8 @@ def _check_sorted_indices(fn: str, sorted_indices, permuted_tokens: torch.Tensor
 
 def _check_restore_shape(fn: str, restore_shape: Any) -> tuple[Any, Any]:
     """restore_shape as (num_tokens, hidden): two non-negative integers (Python, numpy or one-element
-    integer tensors), or SymInts under torch.compile, kept symbolic (int() of one would specialise
-    the graph to it). Floats are refused, as torch.zeros refuses them: int() would truncate 6.5."""
+    integer tensors). Floats are refused, as torch.zeros refuses them (int() truncated 6.5 until
+    session 39). Under torch.compile the sizes are taken as before the check, symbolic ones kept."""
     expected = "[num_tokens, hidden] (a torch.Size or a sequence of two non-negative ints)"
     try:
         dims = tuple(restore_shape)
@@ -616,8 +616,8 @@ def _check_restore_shape(fn: str, restore_shape: Any) -> tuple[Any, Any]:
     if len(dims) != 2:
         raise ValueError(f"{fn}: restore_shape must be {expected}, got {len(dims)} sizes {dims}")
     if torch.compiler.is_compiling():
-        # int() keeps a symbolic size symbolic; operator.index or a comparison would specialise the
-        # graph to one token count. The eager call checks what tracing cannot.
+        # As before session 39: operator.index and the sign check specialised the compiled graph to
+        # one token count (test_compiled_moe_block_serves_every_token_count). Eager calls check.
         return tuple(d if isinstance(d, torch.SymInt) else int(d) for d in dims)
     out = []
     for d in dims:
