@@ -96,7 +96,8 @@ def main() -> None:
                     cx = dict(common, STORE_FP8=fp8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh)
                     types = {}
                 else:
-                    cx = dict(common, LOAD_FP8=fp8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh)
+                    cx = dict(common, LOAD_FP8=fp8, STORE_DX=True, MASK_CLAMPED=True, INTERLEAVED=False)
+                    cx.update(BLOCK_R=br, BLOCK_H=bh)
                     types = {"x_ptr": "*u8"} if fp8 else {}
                 lines, regs = sass(kernel, cx, warps, FLOATS, types=types)
                 body = lines if args.forward else loop_body(lines)

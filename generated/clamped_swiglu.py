@@ -164,6 +164,7 @@ def _clamped_swiglu_bwd(
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
     STORE_DX: tl.constexpr,  # False: d_weight alone (nothing reads d_x: only the weights require grad)
+    MASK_CLAMPED: tl.constexpr,  # CLAMP: d_x zero where the clamp changed a value (False: the bias's gradient)
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
@@ -196,7 +197,7 @@ def _clamped_swiglu_bwd(
             HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
         )  # fmt: skip
         d_gate, d_up, d_weight = _clamped_swiglu_bwd_math(gate, up, grad_out, weight, limit)
-        if CLAMP:
+        if CLAMP and MASK_CLAMPED:
             d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
             d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
         if STORE_DX:
@@ -271,10 +272,8 @@ def _launch_forward(
             num_warps=cfg.num_warps,
         )
         return out, x_fp8
-    dtype = _rt.compute_dtype(x.dtype)
-    gate, up, _, _ = _rt.eager_inputs(x, bias, clamp_value, dtype, interleaved)
-    w = weight.to(dtype)[:, None] if weight is not None else 1.0
-    out.copy_(_clamped_swiglu_fwd_eager(gate, up, w, limit))
+    params = (limit,)
+    out.copy_(_rt.eager_forward_rows(_clamped_swiglu_fwd_eager, x, bias, weight, clamp_value, interleaved, params))
     if fp8_store:
         x_fp8.copy_(_rt.eager_fp8_copy(x).view(torch.uint8))
     return out, x_fp8
@@ -291,10 +290,13 @@ def _launch_backward(
     x_dtype: torch.dtype,
     limit: float,
     store_dx: bool = True,
+    mask_clamped: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H].
 
     store_dx=False: d_x is empty, not computed (where only the weights require grad).
+    mask_clamped=False (with clamp_value): d_x also where the clamp changed a value, the gradient of
+    the bias added after the clamp (the input's is zero there: _runtime.zero_clamped).
     """
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
@@ -333,6 +335,7 @@ def _launch_backward(
             CLAMP=clamp_value is not None,
             LOAD_FP8=fp8,
             STORE_DX=store_dx,
+            MASK_CLAMPED=mask_clamped,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
@@ -340,18 +343,15 @@ def _launch_backward(
             num_warps=cfg.num_warps,
         )
         return d_x, d_w
-    dtype = _rt.compute_dtype(x_dtype)
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
-    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype, interleaved)
-    w = weight.to(dtype)[:, None] if weight is not None else 1.0
-    d_gate, d_up, d_weight = _clamped_swiglu_bwd_eager(gate, up, grad_out.to(dtype), w, limit)
-    if clamp_value is not None:
-        d_gate = torch.where(gate_pass, d_gate, 0.0)
-        d_up = torch.where(up_pass, d_up, 0.0)
+    params = (limit,)
+    d_x_values, d_w_values = _rt.eager_backward_rows(
+        _clamped_swiglu_bwd_eager, grad_out, x_values, bias, weight, clamp_value, interleaved, params, x_dtype, mask_clamped
+    )
     if store_dx:
-        d_x.copy_(_rt.join_halves(d_gate, d_up, interleaved))
+        d_x.copy_(d_x_values)
     if weight is not None:
-        d_w.copy_(d_weight.sum(dim=-1))
+        d_w.copy_(d_w_values)
     return d_x, d_w
 
 
@@ -387,14 +387,15 @@ def _backward_op(
     x_dtype: torch.dtype,
     limit: float,
     store_dx: bool = True,
+    mask_clamped: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_backward(
-        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx
+        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx, mask_clamped
     )
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx=True):
+def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx=True, mask_clamped=True):
     return _rt.fake_backward(x_saved, weight, x_dtype, store_dx)
 
 
@@ -408,7 +409,9 @@ _IMPL = _rt.ActivationImpl(
     launch_backward=_launch_backward,
     forward_op=_forward_op,
     backward_op=_backward_op,
-    abi=2,  # _runtime.GENERATED_ABI of these templates
+    eager_forward=_clamped_swiglu_fwd_eager,
+    eager_backward=_clamped_swiglu_bwd_eager,
+    abi=3,  # _runtime.GENERATED_ABI of these templates
 )
 
 
@@ -473,7 +476,7 @@ class WeightedBiasClampedSwiGLUFunction(torch.autograd.Function):
 
 def clamped_swiglu(y: torch.Tensor, limit: float = 7.0, *, interleaved: bool = False) -> torch.Tensor:
     """clamped_swiglu(y) = f(gate, up) with gate, up = y.chunk(2, -1); y [..., 2H] -> [..., H]."""
-    return _ClampedSwiGLUFunction.apply("clamped_swiglu", y, None, None, False, None, interleaved, limit)
+    return _rt.apply_gated(_ClampedSwiGLUFunction, _IMPL, "clamped_swiglu", y, None, None, False, None, interleaved, limit)
 
 
 def clamped_swiglu_back(g: torch.Tensor, y: torch.Tensor, limit: float = 7.0, *, interleaved: bool = False) -> torch.Tensor:
@@ -488,7 +491,7 @@ def weighted_clamped_swiglu(
     """clamped_swiglu(y) * weights, row-wise; y [..., 2H], weights [T, 1] (or [..., 1]) -> [..., H]."""
     y = _rt.lift_1d(y, weights)
     fn = "weighted_clamped_swiglu"
-    return _ClampedSwiGLUFunction.apply(fn, y, None, weights, False, None, interleaved, limit)
+    return _rt.apply_gated(_ClampedSwiGLUFunction, _IMPL, fn, y, None, weights, False, None, interleaved, limit)
 
 
 def weighted_clamped_swiglu_back(
@@ -507,7 +510,7 @@ def weighted_bias_clamped_swiglu(
     """clamped_swiglu(y + bias) * weights; bias broadcasts to y (typically [2H]) and shares its layout."""
     y = _rt.lift_1d(y, weights)
     fn = "weighted_bias_clamped_swiglu"
-    return _ClampedSwiGLUFunction.apply(fn, y, bias, weights, False, None, interleaved, limit)
+    return _rt.apply_gated(_ClampedSwiGLUFunction, _IMPL, fn, y, bias, weights, False, None, interleaved, limit)
 
 
 def weighted_bias_clamped_swiglu_back(
@@ -543,7 +546,9 @@ def weighted_bias_clamped_swiglu_impl(
     """
     fn = "weighted_bias_clamped_swiglu_impl"
     input = _rt.lift_1d(input, weights)
-    return _ClampedSwiGLUFunction.apply(
+    return _rt.apply_gated(
+        _ClampedSwiGLUFunction,
+        _IMPL,
         fn,
         input,
         bias,

@@ -152,6 +152,7 @@ def _quick_geglu_bwd(
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
     STORE_DX: tl.constexpr,  # False: d_weight alone (nothing reads d_x: only the weights require grad)
+    MASK_CLAMPED: tl.constexpr,  # CLAMP: d_x zero where the clamp changed a value (False: the bias's gradient)
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
@@ -184,7 +185,7 @@ def _quick_geglu_bwd(
             HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
         )  # fmt: skip
         d_gate, d_up, d_weight = _quick_geglu_bwd_math(gate, up, grad_out, weight, linear_offset, alpha)
-        if CLAMP:
+        if CLAMP and MASK_CLAMPED:
             d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
             d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
         if STORE_DX:
@@ -261,10 +262,8 @@ def _launch_forward(
             num_warps=cfg.num_warps,
         )
         return out, x_fp8
-    dtype = _rt.compute_dtype(x.dtype)
-    gate, up, _, _ = _rt.eager_inputs(x, bias, clamp_value, dtype, interleaved)
-    w = weight.to(dtype)[:, None] if weight is not None else 1.0
-    out.copy_(_quick_geglu_fwd_eager(gate, up, w, linear_offset, alpha))
+    params = (linear_offset, alpha,)
+    out.copy_(_rt.eager_forward_rows(_quick_geglu_fwd_eager, x, bias, weight, clamp_value, interleaved, params))
     if fp8_store:
         x_fp8.copy_(_rt.eager_fp8_copy(x).view(torch.uint8))
     return out, x_fp8
@@ -282,10 +281,13 @@ def _launch_backward(
     linear_offset: float,
     alpha: float,
     store_dx: bool = True,
+    mask_clamped: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H].
 
     store_dx=False: d_x is empty, not computed (where only the weights require grad).
+    mask_clamped=False (with clamp_value): d_x also where the clamp changed a value, the gradient of
+    the bias added after the clamp (the input's is zero there: _runtime.zero_clamped).
     """
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
@@ -325,6 +327,7 @@ def _launch_backward(
             CLAMP=clamp_value is not None,
             LOAD_FP8=fp8,
             STORE_DX=store_dx,
+            MASK_CLAMPED=mask_clamped,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
@@ -332,18 +335,15 @@ def _launch_backward(
             num_warps=cfg.num_warps,
         )
         return d_x, d_w
-    dtype = _rt.compute_dtype(x_dtype)
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
-    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype, interleaved)
-    w = weight.to(dtype)[:, None] if weight is not None else 1.0
-    d_gate, d_up, d_weight = _quick_geglu_bwd_eager(gate, up, grad_out.to(dtype), w, linear_offset, alpha)
-    if clamp_value is not None:
-        d_gate = torch.where(gate_pass, d_gate, 0.0)
-        d_up = torch.where(up_pass, d_up, 0.0)
+    params = (linear_offset, alpha,)
+    d_x_values, d_w_values = _rt.eager_backward_rows(
+        _quick_geglu_bwd_eager, grad_out, x_values, bias, weight, clamp_value, interleaved, params, x_dtype, mask_clamped
+    )
     if store_dx:
-        d_x.copy_(_rt.join_halves(d_gate, d_up, interleaved))
+        d_x.copy_(d_x_values)
     if weight is not None:
-        d_w.copy_(d_weight.sum(dim=-1))
+        d_w.copy_(d_w_values)
     return d_x, d_w
 
 
@@ -381,14 +381,15 @@ def _backward_op(
     linear_offset: float,
     alpha: float,
     store_dx: bool = True,
+    mask_clamped: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_backward(
-        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha, store_dx
+        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha, store_dx, mask_clamped
     )
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha, store_dx=True):
+def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, linear_offset, alpha, store_dx=True, mask_clamped=True):
     return _rt.fake_backward(x_saved, weight, x_dtype, store_dx)
 
 
@@ -402,7 +403,9 @@ _IMPL = _rt.ActivationImpl(
     launch_backward=_launch_backward,
     forward_op=_forward_op,
     backward_op=_backward_op,
-    abi=2,  # _runtime.GENERATED_ABI of these templates
+    eager_forward=_quick_geglu_fwd_eager,
+    eager_backward=_quick_geglu_bwd_eager,
+    abi=3,  # _runtime.GENERATED_ABI of these templates
 )
 
 
@@ -467,7 +470,7 @@ class WeightedBiasQuickGeGLUFunction(torch.autograd.Function):
 
 def quick_geglu(y: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702, *, interleaved: bool = False) -> torch.Tensor:
     """quick_geglu(y) = f(gate, up) with gate, up = y.chunk(2, -1); y [..., 2H] -> [..., H]."""
-    return _QuickGeGLUFunction.apply("quick_geglu", y, None, None, False, None, interleaved, linear_offset, alpha)
+    return _rt.apply_gated(_QuickGeGLUFunction, _IMPL, "quick_geglu", y, None, None, False, None, interleaved, linear_offset, alpha)
 
 
 def quick_geglu_back(g: torch.Tensor, y: torch.Tensor, linear_offset: float = 0.0, alpha: float = 1.702, *, interleaved: bool = False) -> torch.Tensor:
@@ -482,7 +485,7 @@ def weighted_quick_geglu(
     """quick_geglu(y) * weights, row-wise; y [..., 2H], weights [T, 1] (or [..., 1]) -> [..., H]."""
     y = _rt.lift_1d(y, weights)
     fn = "weighted_quick_geglu"
-    return _QuickGeGLUFunction.apply(fn, y, None, weights, False, None, interleaved, linear_offset, alpha)
+    return _rt.apply_gated(_QuickGeGLUFunction, _IMPL, fn, y, None, weights, False, None, interleaved, linear_offset, alpha)
 
 
 def weighted_quick_geglu_back(
@@ -501,7 +504,7 @@ def weighted_bias_quick_geglu(
     """quick_geglu(y + bias) * weights; bias broadcasts to y (typically [2H]) and shares its layout."""
     y = _rt.lift_1d(y, weights)
     fn = "weighted_bias_quick_geglu"
-    return _QuickGeGLUFunction.apply(fn, y, bias, weights, False, None, interleaved, linear_offset, alpha)
+    return _rt.apply_gated(_QuickGeGLUFunction, _IMPL, fn, y, bias, weights, False, None, interleaved, linear_offset, alpha)
 
 
 def weighted_bias_quick_geglu_back(
@@ -541,7 +544,9 @@ def weighted_bias_quick_geglu_impl(
     """
     fn = "weighted_bias_quick_geglu_impl"
     input = _rt.lift_1d(input, weights)
-    return _QuickGeGLUFunction.apply(
+    return _rt.apply_gated(
+        _QuickGeGLUFunction,
+        _IMPL,
         fn,
         input,
         bias,

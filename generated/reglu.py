@@ -141,6 +141,7 @@ def _reglu_bwd(
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
     STORE_DX: tl.constexpr,  # False: d_weight alone (nothing reads d_x: only the weights require grad)
+    MASK_CLAMPED: tl.constexpr,  # CLAMP: d_x zero where the clamp changed a value (False: the bias's gradient)
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
@@ -173,7 +174,7 @@ def _reglu_bwd(
             HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
         )  # fmt: skip
         d_gate, d_up, d_weight = _reglu_bwd_math(gate, up, grad_out, weight)
-        if CLAMP:
+        if CLAMP and MASK_CLAMPED:
             d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
             d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
         if STORE_DX:
@@ -246,10 +247,8 @@ def _launch_forward(
             num_warps=cfg.num_warps,
         )
         return out, x_fp8
-    dtype = _rt.compute_dtype(x.dtype)
-    gate, up, _, _ = _rt.eager_inputs(x, bias, clamp_value, dtype, interleaved)
-    w = weight.to(dtype)[:, None] if weight is not None else 1.0
-    out.copy_(_reglu_fwd_eager(gate, up, w))
+    params = ()
+    out.copy_(_rt.eager_forward_rows(_reglu_fwd_eager, x, bias, weight, clamp_value, interleaved, params))
     if fp8_store:
         x_fp8.copy_(_rt.eager_fp8_copy(x).view(torch.uint8))
     return out, x_fp8
@@ -265,10 +264,13 @@ def _launch_backward(
     interleaved: bool,
     x_dtype: torch.dtype,
     store_dx: bool = True,
+    mask_clamped: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H].
 
     store_dx=False: d_x is empty, not computed (where only the weights require grad).
+    mask_clamped=False (with clamp_value): d_x also where the clamp changed a value, the gradient of
+    the bias added after the clamp (the input's is zero there: _runtime.zero_clamped).
     """
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
@@ -306,6 +308,7 @@ def _launch_backward(
             CLAMP=clamp_value is not None,
             LOAD_FP8=fp8,
             STORE_DX=store_dx,
+            MASK_CLAMPED=mask_clamped,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
@@ -313,18 +316,15 @@ def _launch_backward(
             num_warps=cfg.num_warps,
         )
         return d_x, d_w
-    dtype = _rt.compute_dtype(x_dtype)
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
-    gate, up, gate_pass, up_pass = _rt.eager_inputs(x_values, bias, clamp_value, dtype, interleaved)
-    w = weight.to(dtype)[:, None] if weight is not None else 1.0
-    d_gate, d_up, d_weight = _reglu_bwd_eager(gate, up, grad_out.to(dtype), w)
-    if clamp_value is not None:
-        d_gate = torch.where(gate_pass, d_gate, 0.0)
-        d_up = torch.where(up_pass, d_up, 0.0)
+    params = ()
+    d_x_values, d_w_values = _rt.eager_backward_rows(
+        _reglu_bwd_eager, grad_out, x_values, bias, weight, clamp_value, interleaved, params, x_dtype, mask_clamped
+    )
     if store_dx:
-        d_x.copy_(_rt.join_halves(d_gate, d_up, interleaved))
+        d_x.copy_(d_x_values)
     if weight is not None:
-        d_w.copy_(d_weight.sum(dim=-1))
+        d_w.copy_(d_w_values)
     return d_x, d_w
 
 
@@ -358,14 +358,15 @@ def _backward_op(
     interleaved: bool,
     x_dtype: torch.dtype,
     store_dx: bool = True,
+    mask_clamped: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_backward(
-        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx
+        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx, mask_clamped
     )
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx=True):
+def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx=True, mask_clamped=True):
     return _rt.fake_backward(x_saved, weight, x_dtype, store_dx)
 
 
@@ -379,7 +380,9 @@ _IMPL = _rt.ActivationImpl(
     launch_backward=_launch_backward,
     forward_op=_forward_op,
     backward_op=_backward_op,
-    abi=2,  # _runtime.GENERATED_ABI of these templates
+    eager_forward=_reglu_fwd_eager,
+    eager_backward=_reglu_bwd_eager,
+    abi=3,  # _runtime.GENERATED_ABI of these templates
 )
 
 
@@ -444,7 +447,7 @@ class WeightedBiasReGLUFunction(torch.autograd.Function):
 
 def reglu(y: torch.Tensor, *, interleaved: bool = False) -> torch.Tensor:
     """reglu(y) = f(gate, up) with gate, up = y.chunk(2, -1); y [..., 2H] -> [..., H]."""
-    return _ReGLUFunction.apply("reglu", y, None, None, False, None, interleaved)
+    return _rt.apply_gated(_ReGLUFunction, _IMPL, "reglu", y, None, None, False, None, interleaved)
 
 
 def reglu_back(g: torch.Tensor, y: torch.Tensor, *, interleaved: bool = False) -> torch.Tensor:
@@ -459,7 +462,7 @@ def weighted_reglu(
     """reglu(y) * weights, row-wise; y [..., 2H], weights [T, 1] (or [..., 1]) -> [..., H]."""
     y = _rt.lift_1d(y, weights)
     fn = "weighted_reglu"
-    return _ReGLUFunction.apply(fn, y, None, weights, False, None, interleaved)
+    return _rt.apply_gated(_ReGLUFunction, _IMPL, fn, y, None, weights, False, None, interleaved)
 
 
 def weighted_reglu_back(
@@ -478,7 +481,7 @@ def weighted_bias_reglu(
     """reglu(y + bias) * weights; bias broadcasts to y (typically [2H]) and shares its layout."""
     y = _rt.lift_1d(y, weights)
     fn = "weighted_bias_reglu"
-    return _ReGLUFunction.apply(fn, y, bias, weights, False, None, interleaved)
+    return _rt.apply_gated(_ReGLUFunction, _IMPL, fn, y, bias, weights, False, None, interleaved)
 
 
 def weighted_bias_reglu_back(
@@ -513,7 +516,9 @@ def weighted_bias_reglu_impl(
     """
     fn = "weighted_bias_reglu_impl"
     input = _rt.lift_1d(input, weights)
-    return _ReGLUFunction.apply(
+    return _rt.apply_gated(
+        _ReGLUFunction,
+        _IMPL,
         fn,
         input,
         bias,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from ._kernel_lib import HAS_PDL, to_fp8_saturated
 
@@ -695,6 +696,50 @@ def join_halves(gate: torch.Tensor, up: torch.Tensor, interleaved: bool) -> torc
     return torch.cat([gate, up], dim=-1)
 
 
+def eager_forward_rows(
+    math_fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    clamp_value: float | None,
+    interleaved: bool,
+    params: Sequence[float],
+) -> torch.Tensor:
+    """out [T, H] in x's dtype from rows x [T, 2H], by a spec's eager forward (``_<name>_fwd_eager``)
+    in PyTorch ops: the launchers' path where Triton does not run, and the differentiable path of
+    torch.func transforms (eager_gated). weight is [T] or None."""
+    dtype = compute_dtype(x.dtype)
+    gate, up, _, _ = eager_inputs(x, bias, clamp_value, dtype, interleaved)
+    w = weight.to(dtype)[:, None] if weight is not None else 1.0
+    return math_fn(gate, up, w, *params).to(x.dtype)
+
+
+def eager_backward_rows(
+    math_fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    clamp_value: float | None,
+    interleaved: bool,
+    params: Sequence[float],
+    x_dtype: torch.dtype,
+    mask_clamped: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(d_x [T, 2H] in x_dtype, d_weight [T] in weight's dtype or None) by a spec's eager backward
+    (``_<name>_bwd_eager``) in PyTorch ops. x holds the saved values (the fp8 copy as float8).
+    mask_clamped=False: d_x also where the clamp changed a value (the bias's gradient)."""
+    dtype = compute_dtype(x_dtype)
+    gate, up, gate_pass, up_pass = eager_inputs(x, bias, clamp_value, dtype, interleaved)
+    w = weight.to(dtype)[:, None] if weight is not None else 1.0
+    d_gate, d_up, d_weight = math_fn(gate, up, grad_out.to(dtype), w, *params)
+    if clamp_value is not None and mask_clamped:
+        d_gate = torch.where(gate_pass, d_gate, 0.0)
+        d_up = torch.where(up_pass, d_up, 0.0)
+    d_x = join_halves(d_gate, d_up, interleaved).to(x_dtype)
+    return d_x, (d_weight.sum(dim=-1).to(weight.dtype) if weight is not None else None)
+
+
 def check_flag(fn: str, name: str, value: Any) -> bool:
     """Boolean switches (fp8_input_store, interleaved) are Python bools."""
     if not isinstance(value, bool):
@@ -749,8 +794,9 @@ def call(op: Any, launcher: Callable[..., Any], *args: Any) -> Any:
 #: The interface between generated modules and this runtime (the calls each makes of the other).
 #: Bump it with any change of them; a module generated for another one is refused at import
 #: (ActivationImpl), with the command that regenerates it. 1: until session 36 (no store_dx, no
-#: abi argument); 2: the backward's store_dx.
-GENERATED_ABI = 2
+#: abi argument); 2: the backward's store_dx; 3 (session 40): the backward's mask_clamped, and the
+#: eager math passed on (eager_forward, eager_backward).
+GENERATED_ABI = 3
 
 
 @dataclass(frozen=True)
@@ -767,6 +813,11 @@ class ActivationImpl:
     # Each parameter's smallest accepted value or None (Param.minimum); absent (modules generated
     # before session 39): no bounds.
     param_minimums: tuple[float | None, ...] = ()
+    # The spec's forward and backward math in PyTorch ops (``_<name>_fwd_eager``, ``_<name>_bwd_eager``),
+    # which torch.func transforms differentiate (eager_gated); None: the functional forms refuse
+    # the transforms.
+    eager_forward: Callable[..., torch.Tensor] | None = None
+    eager_backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def __post_init__(self):
         if self.abi != GENERATED_ABI:
@@ -783,10 +834,22 @@ class ActivationImpl:
         args = (x, bias, weight, fp8_store, clamp_value, interleaved, *params)
         return call(self.forward_op, self.launch_forward, *args)
 
-    def backward(self, grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, params, store_dx=True):
+    def backward(
+        self,
+        grad_out,
+        x_saved,
+        bias,
+        weight,
+        clamp_value,
+        interleaved,
+        x_dtype,
+        params,
+        store_dx=True,
+        mask_clamped=True,
+    ):
         """d_x [T, 2H] in x_dtype (empty unless store_dx) and d_weight [T] in the weight's dtype (empty
-        without weight)."""
-        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params, store_dx)
+        without weight). mask_clamped=False: d_x not zeroed where the clamp changed a value."""
+        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params, store_dx, mask_clamped)
         return call(self.backward_op, self.launch_backward, *args)
 
 
@@ -795,6 +858,24 @@ def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     if bias.dim() == 1:
         return d_x.sum(0, dtype=torch.float32 if d_x.dtype != torch.float64 else torch.float64).to(bias.dtype)
     return d_x.to(bias.dtype)
+
+
+def unmasked_for_bias(clamp_value: float | None, bias_needs_grad: bool) -> bool:
+    """Whether the backward kernel writes d_x where the clamp changed a value too. The bias is added
+    after the clamp, so its gradient there is the activation's, not zero (the input's is zero): the
+    bias's gradient sums that d_x, the input's is zero_clamped of it. Until session 40 the bias's
+    gradient summed the input's, silently wrong wherever a value was clamped."""
+    return clamp_value is not None and bias_needs_grad
+
+
+def zero_clamped(d_x: torch.Tensor, x_saved: torch.Tensor, clamp_value: float, interleaved: bool) -> torch.Tensor:
+    """d_x [T, 2H] with zeros where the clamp changed the input, compared as the kernels compare it: in
+    fp32 (fp64 for fp64), on the saved values (the input, or its fp8 copy). NaN counts as changed."""
+    if x_saved.dtype == torch.uint8:
+        x_saved = x_saved.view(torch.float8_e4m3fn)
+    gate, up = split_halves(x_saved.to(compute_dtype(d_x.dtype)), interleaved)
+    kept = join_halves(gate <= clamp_value, (up >= -clamp_value) & (up <= clamp_value), interleaved)
+    return torch.where(kept, d_x, 0.0)
 
 
 def _reduce_bias_grad(d_x: torch.Tensor, bias_norm: torch.Tensor, y_shape, bias_shape, dtype) -> torch.Tensor:
@@ -897,12 +978,94 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     # d_weights alone (4H of its 10H bytes a row with 16-bit input, 4H of 8H from the fp8 copy) and
     # allocates no T x 2H buffer.
     needs_y, needs_bias, _ = ctx.needs_grad
-    d_x, d_w = impl.backward(g, x_saved, bias, weight, clamp_value, interleaved, y_dtype, params, needs_y or needs_bias)
+    unmasked = unmasked_for_bias(clamp_value, needs_bias)
+    args = (clamp_value, interleaved, y_dtype, params, needs_y or needs_bias, not unmasked)
+    d_x, d_w = impl.backward(g, x_saved, bias, weight, *args)
     d_bias = None
     if needs_bias:
         d_bias = _reduce_bias_grad(d_x, bias, y_shape, bias_meta[0], bias_meta[1])
+    if unmasked and needs_y:
+        d_x = zero_clamped(d_x, x_saved, clamp_value, interleaved)
     d_y = d_x.view(y_shape) if needs_y else None
     return d_y, d_bias, (d_w.view(w_shape) if weight is not None else None)
+
+
+# -- torch.func transforms and forward-mode AD ---------------------------------------------------
+
+
+def transforms_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, jvp, vmap, jacrev, hessian, ...) runs this call, or a
+    forward-mode AD level (torch.autograd.forward_ad.dual_level) is open. The autograd Functions, whose
+    kernels read memory, run under neither (PyTorch refuses them); the reference's functional forms
+    are PyTorch ops and run under both. Dynamo traces both reads (a transform inside a compiled
+    function takes the PyTorch ops too, and Inductor fuses them)."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def _eager_math(impl: ActivationImpl, fn: str, math_fn: Callable[..., Any] | None) -> Callable[..., Any]:
+    if math_fn is None:
+        module = getattr(impl.launch_forward, "__module__", impl.name)
+        raise RuntimeError(
+            f"{fn}: called under a torch.func transform or forward-mode AD, which needs the spec's eager "
+            f"math; {module} was generated before moe_utils passed it on. Regenerate it "
+            "(regenerate-kernels with the same --spec, --out and --namespace)."
+        )
+    return math_fn
+
+
+def eager_gated(
+    impl: ActivationImpl,
+    fn: str,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    fp8_input_store: bool,
+    clamp_value: float | None,
+    interleaved: bool,
+    params: Sequence[Any],
+) -> torch.Tensor:
+    """A functional form in PyTorch ops from the spec's eager forward, for torch.func transforms and
+    forward-mode AD: they differentiate it as they do the reference's PyTorch functions (any order,
+    batched by vmap). Same checks and shapes as the kernels' path; slower (unfused).
+
+    With fp8_input_store the value is the forward of the input, as the kernels', and the derivatives
+    are taken at the saturated fp8 copy, as the kernels' backward takes them:
+    ``value(f(x)) + f(copy + x - x.detach()) - value(f(copy))``."""
+    math_fn = _eager_math(impl, fn, impl.eager_forward)
+    rows = prepare(fn, y, bias, weights)
+    clamp_value = check_clamp(fn, clamp_value)
+    params = scalars(fn, impl, params)
+    fp8_input_store = fp8_flag(fn, fp8_input_store)
+    interleaved = check_flag(fn, "interleaved", interleaved)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return eager_forward_rows(math_fn, x, rows.bias, rows.weight, clamp_value, interleaved, params)
+
+    out = forward(rows.x)
+    if fp8_input_store:
+        x_value = rows.x.detach()
+        at_copy = forward(eager_fp8_copy(x_value).to(x_value.dtype) + (rows.x - x_value))
+        out = out.detach() + (at_copy - at_copy.detach())
+    return out.view(rows.out_shape)
+
+
+def apply_gated(
+    function: type[torch.autograd.Function],
+    impl: ActivationImpl,
+    fn: str,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    fp8_input_store: bool,
+    clamp_value: float | None,
+    interleaved: bool,
+    *params: Any,
+) -> torch.Tensor:
+    """A functional form's call of its autograd Function, or of eager_gated under a torch.func
+    transform or forward-mode AD (where the Function cannot run)."""
+    if transforms_active():
+        return eager_gated(impl, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
+    return function.apply(fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, *params)
 
 
 class _KernelGradients(torch.autograd.Function):
@@ -938,7 +1101,10 @@ def backward_helper(
     come from _KernelGradients (whose forward calls this again, without grad mode), whose backward
     says so instead of giving no gradient."""
     tensors = (g, y, bias, weights)
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    # Under a torch.func transform or forward-mode AD: the spec's eager backward in PyTorch ops, which
+    # the transforms differentiate (as they do the reference's helpers).
+    functional = transforms_active()
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not functional:
         if any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
             kwargs = {"params": params, "clamp_value": clamp_value, "interleaved": interleaved}
             return _KernelGradients.apply(fn, functools.partial(backward_helper, impl, fn, **kwargs), *tensors)
@@ -954,10 +1120,19 @@ def backward_helper(
     n_rows = rows.x.shape[0]
     g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
     clamp_value = check_clamp(fn, clamp_value)
-    d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, clamp_value, interleaved, y.dtype, params)
+    unmasked = unmasked_for_bias(clamp_value, bias is not None)
+    if functional:
+        math_fn = _eager_math(impl, fn, impl.eager_backward)
+        args = (clamp_value, interleaved, params, y.dtype, not unmasked)
+        d_x, d_w = eager_backward_rows(math_fn, g2, rows.x, rows.bias, rows.weight, *args)
+    else:
+        args = (clamp_value, interleaved, y.dtype, params, True, not unmasked)
+        d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, *args)
     d_bias = None
     if bias is not None:
         d_bias = _reduce_bias_grad(d_x, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype)
+    if unmasked:
+        d_x = zero_clamped(d_x, rows.x, clamp_value, interleaved)
     d_w = d_w.view(weights.shape) if weights is not None else None
     return d_x.view(y.shape), d_bias, d_w
 
@@ -998,9 +1173,12 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
         x_saved, bias, weight = ctx.saved_tensors
         needs_bias = bias is not None and ctx.needs_input_grad[1]
         store_dx = ctx.needs_input_grad[0] or needs_bias  # as function_backward
-        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx)
+        unmasked = unmasked_for_bias(ctx.clamp_value, needs_bias)
+        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx, not unmasked)
         d_x, d_w = backward_op(grad_out, x_saved, bias, weight, *args)
         d_bias = bias_grad(d_x, bias) if needs_bias else None
+        if unmasked and ctx.needs_input_grad[0]:
+            d_x = zero_clamped(d_x, x_saved, ctx.clamp_value, ctx.interleaved)
         d_x = d_x if ctx.needs_input_grad[0] else None
         return (d_x, d_bias, d_w if weight is not None else None, None, None, None) + (None,) * n_params
 

@@ -30,6 +30,7 @@ from .routing import (  # block_k: unpermutation imports it from here too
     entry_row,
     plan_numel,
     plan_view,
+    refuse_transforms,
 )
 
 __all__ = ["permute", "scatter_rows"]
@@ -615,6 +616,7 @@ def permute(
                     f"permute: routing_map routes {routed} (token, expert) pairs but num_out_tokens = {num_out_tokens}"
                 )
         return _permute_reference(tokens, routing_map, probs, num_out_tokens, drop_and_pad)
+    refuse_transforms("permute")
     return _FusedPermute.apply(
         tokens, routing_map, probs, -1 if num_out_tokens is None else num_out_tokens, drop_and_pad
     )

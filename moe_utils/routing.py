@@ -686,6 +686,18 @@ def require_triton_device(fn: str, t: torch.Tensor) -> None:
         )
 
 
+def refuse_transforms(fn: str) -> None:
+    """fused=True's autograd Functions launch kernels that read memory, which PyTorch refuses under
+    torch.func transforms and forward-mode AD (as it refuses the reference's fused ops, themselves
+    autograd Functions); the message names the way out."""
+    if _rt.transforms_active():
+        raise RuntimeError(
+            f"{fn}: fused=True runs Triton kernels from an autograd Function, which no torch.func transform "
+            "(grad, vjp, jvp, vmap, ...) and no forward-mode AD can run; got a call under one. Expected "
+            "fused=False there (plain PyTorch, which they differentiate)."
+        )
+
+
 def compute_dtype(*tensors: torch.Tensor | None) -> tl.dtype:
     """What the routing kernels multiply and sum in: fp64 where the data (rows, probs, their
     gradients) are fp64 and fp32 only, as the reference computes (float64 gradcheck needs it: in

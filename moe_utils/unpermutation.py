@@ -37,6 +37,7 @@ from .routing import (
     entry_row,
     plan_layout,
     plan_view,
+    refuse_transforms,
     require_triton_device,
 )
 
@@ -681,6 +682,7 @@ def unpermute(
         )
     # A plan made on the GPU and moved to the CPU: Triton's own error there is "0 active drivers".
     require_triton_device(fn, permuted_tokens)
+    refuse_transforms(fn)
     plan_layout(fn, sorted_indices, n_tokens, permuted_tokens.shape[0])
     # Without routing_map nothing has checked probs' experts against the plan's: the gather does.
     check_experts = probs is not None and routing_map is None

@@ -78,13 +78,17 @@ class SpecReference:
         if g is None:
             return out, None, None, None
         g = g.detach().to(torch.float64).cpu().numpy().reshape(f.shape)
-        d_gate = g * w * self._call(self.d_gate, gate, up, params) * gate_pass
-        d_up = g * w * self._call(self.d_up, gate, up, params) * up_pass
-        if interleaved:
-            d_x = np.stack([d_gate, d_up], axis=-1).reshape(x.shape)
-        else:
-            d_x = np.concatenate([d_gate, d_up], axis=-1)
-        d_y = torch.from_numpy(d_x.reshape(y.shape).copy())
+        # The derivatives at the activation's inputs; the input's gradient is zero where the clamp
+        # changed a value, the bias's (added after the clamp) is not.
+        d_gate_act = g * w * self._call(self.d_gate, gate, up, params)
+        d_up_act = g * w * self._call(self.d_up, gate, up, params)
+
+        def joined(d_gate, d_up):
+            if interleaved:
+                return np.stack([d_gate, d_up], axis=-1).reshape(x.shape)
+            return np.concatenate([d_gate, d_up], axis=-1)
+
+        d_y = torch.from_numpy(joined(d_gate_act * gate_pass, d_up_act * up_pass).reshape(y.shape).copy())
         d_w = torch.from_numpy((g * f).sum(-1, keepdims=True))
         f_magnitude = self._call(self.f_magnitude, gate, up, params)
         self.d_w_bound = torch.from_numpy((np.abs(g) * np.maximum(np.abs(f), f_magnitude)).sum(-1, keepdims=True))
@@ -93,5 +97,5 @@ class SpecReference:
             self.d_w_bound = self.d_w_bound.reshape(weights.shape)
         d_bias = None
         if bias is not None:
-            d_bias = d_y.sum_to_size(bias.shape)
+            d_bias = torch.from_numpy(joined(d_gate_act, d_up_act).reshape(y.shape).copy()).sum_to_size(bias.shape)
         return out, d_y, d_bias, d_w

@@ -118,13 +118,13 @@ def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs
     store_dx = []
     call = rt.call
 
-    def spy(op, launcher, *args):
+    def spy(op, launcher, *args):  # the backward's arguments end (..., store_dx, mask_clamped)
         if op is mod._IMPL.backward_op:
-            store_dx.append(args[-1])
+            store_dx.append(args[-2])
         return call(op, launcher, *args)
 
     def spy_launch(*args):  # the op's body (the op path)
-        store_dx.append(args[-1])
+        store_dx.append(args[-2])
         return launch(*args)
 
     launch = mod._launch_backward
@@ -272,25 +272,85 @@ def test_quick_geglu_alpha_and_offset_are_honoured(backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_quick_geglu_clamp_with_bias(backend, dtype):
+@pytest.mark.parametrize("grads", ["input+bias", "bias", "input"])
+@pytest.mark.parametrize("bias_shape", ["row", "full"])
+def test_quick_geglu_clamp_with_bias(backend, dtype, grads, bias_shape):
+    """The clamp comes before the bias: the input's gradient is zero where a value was clamped, the
+    bias's is not (until session 40 it summed the input's, which gradcheck refuses)."""
     from moe_utils import weighted_bias_quick_geglu_impl
 
     gen = make_generator(19)
     y, w, g = _inputs(33, 96, dtype, gen)
-    y = (y * 4).detach().requires_grad_(True)  # many values beyond the clamp
-    bias = torch.randn(192, generator=gen).to(dtype).to(DEVICE).requires_grad_(True)
+    y = (y * 4).detach().requires_grad_("input" in grads)  # many values beyond the clamp
+    bias = torch.randn(192 if bias_shape == "row" else (33, 192), generator=gen).to(dtype).to(DEVICE)
+    bias.requires_grad_("bias" in grads)
     clamp = 3.0
     out = weighted_bias_quick_geglu_impl(y, bias, w, False, 0.5, clamp, 1.5)
-    d_y, d_b = torch.autograd.grad(out, (y, bias), g)
+    wanted = [t for t in (y, bias) if t.requires_grad]
+    got = dict(zip([id(t) for t in wanted], torch.autograd.grad(out, wanted, g), strict=True))
     r = SpecReference(SPECS["quick_geglu"]).forward_backward(y, bias, w, g, (0.5, 1.5), clamp_value=clamp)
     assert_close_to_ref(out, r[0], dtype, "clamped out")
-    assert_close_to_ref(d_y, r[1], dtype, "clamped d_y")
-    assert_close_to_ref(d_b, r[2], dtype, "clamped d_bias")
     gate, up = y.detach().chunk(2, -1)
-    d_gate, d_up = d_y.chunk(2, -1)
     assert (gate > clamp).any() and (up.abs() > clamp).any()
-    assert torch.all(d_gate[gate > clamp] == 0) and torch.all(d_up[up.abs() > clamp] == 0)
-    assert torch.any(d_gate[gate <= clamp] != 0)
+    if bias.requires_grad:
+        assert_close_to_ref(got[id(bias)], r[2], dtype, "clamped d_bias")
+        # the clamped elements count: the masked sum is far off
+        masked = r[1].sum_to_size(bias.shape)
+        assert (masked - r[2]).norm() > 0.1 * r[2].norm()
+    if y.requires_grad:
+        d_y = got[id(y)]
+        assert_close_to_ref(d_y, r[1], dtype, "clamped d_y")
+        d_gate, d_up = d_y.chunk(2, -1)
+        assert torch.all(d_gate[gate > clamp] == 0) and torch.all(d_up[up.abs() > clamp] == 0)
+        assert torch.any(d_gate[gate <= clamp] != 0)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
+def test_quick_geglu_clamp_with_bias_gradcheck(interleaved):
+    """float64 gradcheck of input and bias through the clamp (the eager path: float64 runs eagerly),
+    and the fp8 copy's bias gradient against the reference at the copy (the kernels' path)."""
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    gen = make_generator(23)
+    y = (torch.randn(6, 8, generator=gen, dtype=torch.float64) * 3).to(DEVICE).requires_grad_(True)
+    bias = torch.randn(8, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    w = torch.rand(6, 1, generator=gen, dtype=torch.float64).to(DEVICE)
+
+    def f(y, bias):
+        return weighted_bias_quick_geglu_impl(y, bias, w, False, 0.5, 1.0, 1.5, interleaved=interleaved)
+
+    assert torch.autograd.gradcheck(f, (y, bias))
+    # the clamp mattered: some values beyond it
+    assert (y.detach().abs() > 1.0).sum() > 10
+    y16 = (y.detach() * 40).to(torch.bfloat16).requires_grad_(True)  # past the fp8 range too
+    b16 = bias.detach().to(torch.bfloat16).requires_grad_(True)
+    out = weighted_bias_quick_geglu_impl(y16, b16, w.float(), True, 0.5, 20.0, 1.5, interleaved=interleaved)
+    g = torch.randn(out.shape, generator=gen).to(out)
+    d_y, d_b = torch.autograd.grad(out, (y16, b16), g)
+    copy = rt.to_fp8_saturated(y16.detach()).to(torch.float64)
+    ref = SpecReference(SPECS["quick_geglu"]).forward_backward(
+        copy, b16, w, g, (0.5, 1.5), clamp_value=20.0, interleaved=interleaved
+    )
+    assert_close_to_ref(d_y, ref[1], torch.bfloat16, "d_y from the fp8 copy")
+    assert_close_to_ref(d_b, ref[2], torch.bfloat16, "d_bias from the fp8 copy")
+
+
+def test_op_autograd_clamp_with_bias():
+    """The torch.library op differentiated alone (register_op_autograd) gives the same bias gradient."""
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    gen = make_generator(29)
+    y, w, g = _inputs(9, 16, torch.float32, gen)
+    y = (y * 3).requires_grad_(True)
+    bias = torch.randn(32, generator=gen).to(DEVICE).requires_grad_(True)
+    op = _module("quick_geglu")._forward_op
+    out = op(y, bias, w.reshape(-1), False, 1.0, False, 0.5, 1.5)[0]
+    d_y, d_b = torch.autograd.grad(out, (y, bias), g)
+    expected = torch.autograd.grad(weighted_bias_quick_geglu_impl(y, bias, w, False, 0.5, 1.0, 1.5), (y, bias), g)
+    torch.testing.assert_close(d_y, expected[0])
+    torch.testing.assert_close(d_b, expected[1])
+    r = SpecReference(SPECS["quick_geglu"]).forward_backward(y, bias, w, g, (0.5, 1.5), clamp_value=1.0)
+    assert_close_to_ref(d_b, r[2], torch.float32, "op d_bias")
 
 
 def test_clamp_lets_nan_through_and_saturates_inf(backend):

@@ -144,8 +144,8 @@ def test_compiled_gradients_of_any_subset_of_inputs(monkeypatch, needs):
     store_dx = []
     launch = mod._launch_backward
 
-    def spy_launch(*args):
-        store_dx.append(args[-1])
+    def spy_launch(*args):  # (..., store_dx, mask_clamped)
+        store_dx.append(args[-2])
         return launch(*args)
 
     monkeypatch.setattr(mod, "_launch_backward", spy_launch)
