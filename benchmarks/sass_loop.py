@@ -96,7 +96,7 @@ def main() -> None:
                     cx = dict(common, STORE_FP8=fp8, INTERLEAVED=False, X_POLICY="", BLOCK_R=br, BLOCK_H=bh)
                     types = {}
                 else:
-                    cx = dict(common, LOAD_FP8=fp8, STORE_DX=True, MASK_CLAMPED=True, INTERLEAVED=False)
+                    cx = dict(common, LOAD_FP8=fp8, STORE_DX=True, CLAMPED_DX="zero", INTERLEAVED=False)
                     cx.update(BLOCK_R=br, BLOCK_H=bh)
                     types = {"x_ptr": "*u8"} if fp8 else {}
                 lines, regs = sass(kernel, cx, warps, FLOATS, types=types)

@@ -134,7 +134,7 @@ def backward_launch(g, src, w, dx, dw, config, load_fp8):
         gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
             g, src, dx, dx if w is None else w, dx, dx if dw is None else dw, n_rows, h, g.stride(0),
             src.stride(0), 0, 0.0, HAS_BIAS=False, HAS_WEIGHT=w is not None, CLAMP=False, LOAD_FP8=load_fp8,
-            STORE_DX=True, MASK_CLAMPED=True, NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh,
+            STORE_DX=True, CLAMPED_DX="zero", NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh,
             num_warps=nw,
         )  # fmt: skip
 

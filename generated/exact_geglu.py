@@ -131,7 +131,7 @@ def _exact_geglu_bwd(
     x_ptr,  # [n_rows, 2 * H] saved input, or the uint8 view of its fp8 copy (LOAD_FP8)
     bias_ptr,  # [2 * H] or [n_rows, 2 * H] bias in the layout of x (HAS_BIAS)
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
-    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x (STORE_DX)
+    d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x (STORE_DX; CLAMPED_DX)
     d_weight_ptr,  # [n_rows] weight gradient (HAS_WEIGHT)
     n_rows,  # rows T
     H,  # width of one half
@@ -144,7 +144,9 @@ def _exact_geglu_bwd(
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
     STORE_DX: tl.constexpr,  # False: d_weight alone (nothing reads d_x: only the weights require grad)
-    MASK_CLAMPED: tl.constexpr,  # CLAMP: d_x zero where the clamp changed a value (False: the bias's gradient)
+    CLAMPED_DX: tl.constexpr,  # CLAMP: d_x zero where the clamp changed a value ("zero", the input's gradient),
+    # not zero ("keep", the bias's: it is added after the clamp), or both ("both": the input's in rows
+    # [0, n_rows), the bias's in rows [n_rows, 2 n_rows))
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
     BLOCK_R: tl.constexpr,  # rows per program
@@ -177,7 +179,13 @@ def _exact_geglu_bwd(
             HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
         )  # fmt: skip
         d_gate, d_up, d_weight = _exact_geglu_bwd_math(gate, up, grad_out, weight)
-        if CLAMP and MASK_CLAMPED:
+        if STORE_DX and CLAMP and CLAMPED_DX == "both":
+            d_type = d_x_ptr.dtype.element_ty
+            store_halves(
+                d_x_ptr, (rows + n_rows) * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
+                INTERLEAVED, BLOCK_R, BLOCK_H,
+            )  # fmt: skip
+        if CLAMP and CLAMPED_DX != "keep":
             d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
             d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
         if STORE_DX:
@@ -267,20 +275,22 @@ def _launch_backward(
     interleaved: bool,
     x_dtype: torch.dtype,
     store_dx: bool = True,
-    mask_clamped: bool = True,
+    clamped_dx: str = "zero",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H].
 
     store_dx=False: d_x is empty, not computed (where only the weights require grad).
-    mask_clamped=False (with clamp_value): d_x also where the clamp changed a value, the gradient of
-    the bias added after the clamp (the input's is zero there: _runtime.zero_clamped).
+    clamped_dx, with clamp_value: d_x is zero where the clamp changed a value ("zero": the input's
+    gradient), not zero there ("keep": the gradient of the bias, added after the clamp), or both
+    ("both": d_x is [2T, 2H], the input's rows then the bias's; _runtime.clamped_dx).
     """
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
     bias = _rt.unit_column_stride(bias)
     n_rows, two_h = x_saved.shape
     h = two_h // 2
-    d_x = _rt.empty((n_rows, two_h) if store_dx else (0,), x_dtype, x_saved.device)
+    dx_rows = 2 * n_rows if clamped_dx == "both" and clamp_value is not None else n_rows
+    d_x = _rt.empty((dx_rows, two_h) if store_dx else (0,), x_dtype, x_saved.device)
     w_dtype = weight.dtype if weight is not None else torch.float32
     d_w = _rt.empty((n_rows,) if weight is not None else (0,), w_dtype, x_saved.device)
     if n_rows == 0 or not (store_dx or weight is not None):
@@ -311,7 +321,7 @@ def _launch_backward(
             CLAMP=clamp_value is not None,
             LOAD_FP8=fp8,
             STORE_DX=store_dx,
-            MASK_CLAMPED=mask_clamped,
+            CLAMPED_DX=clamped_dx,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
@@ -322,7 +332,7 @@ def _launch_backward(
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
     params = ()
     d_x_values, d_w_values = _rt.eager_backward_rows(
-        _exact_geglu_bwd_eager, grad_out, x_values, bias, weight, clamp_value, interleaved, params, x_dtype, mask_clamped
+        _exact_geglu_bwd_eager, grad_out, x_values, bias, weight, clamp_value, interleaved, params, x_dtype, clamped_dx
     )
     if store_dx:
         d_x.copy_(d_x_values)
@@ -361,16 +371,16 @@ def _backward_op(
     interleaved: bool,
     x_dtype: torch.dtype,
     store_dx: bool = True,
-    mask_clamped: bool = True,
+    clamped_dx: str = "zero",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_backward(
-        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx, mask_clamped
+        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx, clamped_dx
     )
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx=True, mask_clamped=True):
-    return _rt.fake_backward(x_saved, weight, x_dtype, store_dx)
+def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, store_dx=True, clamped_dx="zero"):
+    return _rt.fake_backward(x_saved, weight, x_dtype, store_dx, clamped_dx if clamp_value is not None else "zero")
 
 
 _rt.register_op_autograd(_forward_op, _backward_op, n_params=0)

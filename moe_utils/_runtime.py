@@ -724,20 +724,22 @@ def eager_backward_rows(
     interleaved: bool,
     params: Sequence[float],
     x_dtype: torch.dtype,
-    mask_clamped: bool = True,
+    clamped_dx: str = "zero",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(d_x [T, 2H] in x_dtype, d_weight [T] in weight's dtype or None) by a spec's eager backward
     (``_<name>_bwd_eager``) in PyTorch ops. x holds the saved values (the fp8 copy as float8).
-    mask_clamped=False: d_x also where the clamp changed a value (the bias's gradient)."""
+    clamped_dx as the kernels take it (clamped_dx_mode): "both" gives d_x [2T, 2H]."""
     dtype = compute_dtype(x_dtype)
     gate, up, gate_pass, up_pass = eager_inputs(x, bias, clamp_value, dtype, interleaved)
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     d_gate, d_up, d_weight = math_fn(gate, up, grad_out.to(dtype), w, *params)
-    if clamp_value is not None and mask_clamped:
-        d_gate = torch.where(gate_pass, d_gate, 0.0)
-        d_up = torch.where(up_pass, d_up, 0.0)
-    d_x = join_halves(d_gate, d_up, interleaved).to(x_dtype)
-    return d_x, (d_weight.sum(dim=-1).to(weight.dtype) if weight is not None else None)
+    d_w = d_weight.sum(dim=-1).to(weight.dtype) if weight is not None else None
+    if clamp_value is None:
+        return join_halves(d_gate, d_up, interleaved).to(x_dtype), d_w
+    kept = join_halves(d_gate, d_up, interleaved).to(x_dtype)
+    zeroed = join_halves(torch.where(gate_pass, d_gate, 0.0), torch.where(up_pass, d_up, 0.0), interleaved).to(x_dtype)
+    d_x = {"zero": zeroed, "keep": kept}.get(clamped_dx)
+    return (torch.cat([zeroed, kept]) if d_x is None else d_x), d_w
 
 
 def check_flag(fn: str, name: str, value: Any) -> bool:
@@ -794,7 +796,7 @@ def call(op: Any, launcher: Callable[..., Any], *args: Any) -> Any:
 #: The interface between generated modules and this runtime (the calls each makes of the other).
 #: Bump it with any change of them; a module generated for another one is refused at import
 #: (ActivationImpl), with the command that regenerates it. 1: until session 36 (no store_dx, no
-#: abi argument); 2: the backward's store_dx; 3 (session 40): the backward's mask_clamped, and the
+#: abi argument); 2: the backward's store_dx; 3 (session 40): the backward's clamped_dx, and the
 #: eager math passed on (eager_forward, eager_backward).
 GENERATED_ABI = 3
 
@@ -845,11 +847,11 @@ class ActivationImpl:
         x_dtype,
         params,
         store_dx=True,
-        mask_clamped=True,
+        clamped_dx="zero",
     ):
-        """d_x [T, 2H] in x_dtype (empty unless store_dx) and d_weight [T] in the weight's dtype (empty
-        without weight). mask_clamped=False: d_x not zeroed where the clamp changed a value."""
-        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params, store_dx, mask_clamped)
+        """d_x [T, 2H] in x_dtype (empty unless store_dx; [2T, 2H] with clamped_dx "both") and d_weight
+        [T] in the weight's dtype (empty without weight). clamped_dx: see clamped_dx_mode."""
+        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params, store_dx, clamped_dx)
         return call(self.backward_op, self.launch_backward, *args)
 
 
@@ -860,22 +862,22 @@ def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return d_x.to(bias.dtype)
 
 
-def unmasked_for_bias(clamp_value: float | None, bias_needs_grad: bool) -> bool:
-    """Whether the backward kernel writes d_x where the clamp changed a value too. The bias is added
-    after the clamp, so its gradient there is the activation's, not zero (the input's is zero): the
-    bias's gradient sums that d_x, the input's is zero_clamped of it. Until session 40 the bias's
-    gradient summed the input's, silently wrong wherever a value was clamped."""
-    return clamp_value is not None and bias_needs_grad
+def clamped_dx_mode(clamp_value: float | None, input_grad: bool, bias_grad: bool) -> str:
+    """How the backward writes d_x where the clamp changed a value. The input's gradient is zero
+    there; the bias is added after the clamp, so its gradient there is the activation's, not zero:
+    "zero" (no bias gradient, or no clamp), "keep" (the bias's alone) or "both" (d_x [2T, 2H]: the
+    input's rows, then the bias's; split_dx). Until session 40 the bias's gradient summed the
+    input's, silently wrong wherever a value was clamped."""
+    if clamp_value is None or not bias_grad:
+        return "zero"
+    return "both" if input_grad else "keep"
 
 
-def zero_clamped(d_x: torch.Tensor, x_saved: torch.Tensor, clamp_value: float, interleaved: bool) -> torch.Tensor:
-    """d_x [T, 2H] with zeros where the clamp changed the input, compared as the kernels compare it: in
-    fp32 (fp64 for fp64), on the saved values (the input, or its fp8 copy). NaN counts as changed."""
-    if x_saved.dtype == torch.uint8:
-        x_saved = x_saved.view(torch.float8_e4m3fn)
-    gate, up = split_halves(x_saved.to(compute_dtype(d_x.dtype)), interleaved)
-    kept = join_halves(gate <= clamp_value, (up >= -clamp_value) & (up <= clamp_value), interleaved)
-    return torch.where(kept, d_x, 0.0)
+def split_dx(d_x: torch.Tensor, mode: str, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the input's gradient rows, the bias's) of the backward's d_x in clamped_dx mode."""
+    if mode == "both":
+        return d_x[:n_rows], d_x[n_rows:]
+    return d_x, d_x
 
 
 def _reduce_bias_grad(d_x: torch.Tensor, bias_norm: torch.Tensor, y_shape, bias_shape, dtype) -> torch.Tensor:
@@ -978,14 +980,13 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     # d_weights alone (4H of its 10H bytes a row with 16-bit input, 4H of 8H from the fp8 copy) and
     # allocates no T x 2H buffer.
     needs_y, needs_bias, _ = ctx.needs_grad
-    unmasked = unmasked_for_bias(clamp_value, needs_bias)
-    args = (clamp_value, interleaved, y_dtype, params, needs_y or needs_bias, not unmasked)
+    mode = clamped_dx_mode(clamp_value, needs_y, needs_bias)
+    args = (clamp_value, interleaved, y_dtype, params, needs_y or needs_bias, mode)
     d_x, d_w = impl.backward(g, x_saved, bias, weight, *args)
+    d_x, d_x_bias = split_dx(d_x, mode, n_rows)
     d_bias = None
     if needs_bias:
-        d_bias = _reduce_bias_grad(d_x, bias, y_shape, bias_meta[0], bias_meta[1])
-    if unmasked and needs_y:
-        d_x = zero_clamped(d_x, x_saved, clamp_value, interleaved)
+        d_bias = _reduce_bias_grad(d_x_bias, bias, y_shape, bias_meta[0], bias_meta[1])
     d_y = d_x.view(y_shape) if needs_y else None
     return d_y, d_bias, (d_w.view(w_shape) if weight is not None else None)
 
@@ -1120,19 +1121,18 @@ def backward_helper(
     n_rows = rows.x.shape[0]
     g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
     clamp_value = check_clamp(fn, clamp_value)
-    unmasked = unmasked_for_bias(clamp_value, bias is not None)
+    mode = clamped_dx_mode(clamp_value, True, bias is not None)
     if functional:
         math_fn = _eager_math(impl, fn, impl.eager_backward)
-        args = (clamp_value, interleaved, params, y.dtype, not unmasked)
+        args = (clamp_value, interleaved, params, y.dtype, mode)
         d_x, d_w = eager_backward_rows(math_fn, g2, rows.x, rows.bias, rows.weight, *args)
     else:
-        args = (clamp_value, interleaved, y.dtype, params, True, not unmasked)
+        args = (clamp_value, interleaved, y.dtype, params, True, mode)
         d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, *args)
+    d_x, d_x_bias = split_dx(d_x, mode, n_rows)
     d_bias = None
     if bias is not None:
-        d_bias = _reduce_bias_grad(d_x, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype)
-    if unmasked:
-        d_x = zero_clamped(d_x, rows.x, clamp_value, interleaved)
+        d_bias = _reduce_bias_grad(d_x_bias, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype)
     d_w = d_w.view(weights.shape) if weights is not None else None
     return d_x.view(y.shape), d_bias, d_w
 
@@ -1146,10 +1146,11 @@ def fake_forward(x: torch.Tensor, fp8_store: bool) -> tuple[torch.Tensor, torch.
 
 
 def fake_backward(
-    x: torch.Tensor, weight: torch.Tensor | None, x_dtype: torch.dtype, store_dx: bool = True
+    x: torch.Tensor, weight: torch.Tensor | None, x_dtype: torch.dtype, store_dx: bool = True, clamped_dx: str = "zero"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Meta function of every <name>_bwd op."""
-    d_x = x.new_empty(x.shape if store_dx else (0,), dtype=x_dtype)
+    """Meta function of every <name>_bwd op (clamped_dx "zero" without a clamp)."""
+    n_rows, two_h = x.shape
+    d_x = x.new_empty(((2 * n_rows if clamped_dx == "both" else n_rows), two_h) if store_dx else (0,), dtype=x_dtype)
     d_w = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,), dtype=torch.float32)
     return d_x, d_w
 
@@ -1173,12 +1174,11 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
         x_saved, bias, weight = ctx.saved_tensors
         needs_bias = bias is not None and ctx.needs_input_grad[1]
         store_dx = ctx.needs_input_grad[0] or needs_bias  # as function_backward
-        unmasked = unmasked_for_bias(ctx.clamp_value, needs_bias)
-        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx, not unmasked)
+        mode = clamped_dx_mode(ctx.clamp_value, ctx.needs_input_grad[0], needs_bias)
+        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx, mode)
         d_x, d_w = backward_op(grad_out, x_saved, bias, weight, *args)
-        d_bias = bias_grad(d_x, bias) if needs_bias else None
-        if unmasked and ctx.needs_input_grad[0]:
-            d_x = zero_clamped(d_x, x_saved, ctx.clamp_value, ctx.interleaved)
+        d_x, d_x_bias = split_dx(d_x, mode, grad_out.shape[0])
+        d_bias = bias_grad(d_x_bias, bias) if needs_bias else None
         d_x = d_x if ctx.needs_input_grad[0] else None
         return (d_x, d_bias, d_w if weight is not None else None, None, None, None) + (None,) * n_params
 

@@ -36,6 +36,8 @@ def test_opcheck_activation_ops(spec):
         args = (g, x.detach(), b.detach(), w.detach(), clamp, interleaved, torch.float32, *params)
         torch.library.opcheck(bwd, args)
         torch.library.opcheck(bwd, (*args, False))  # store_dx=False: d_weights alone
+        for clamped_dx in ("keep", "both"):  # the bias's gradient where the clamp changed a value
+            torch.library.opcheck(bwd, (*args, True, clamped_dx))
 
 
 def test_opcheck_routing_ops():

@@ -186,7 +186,7 @@ def check_activation_sass() -> None:
         lines, _ = sass(kernel, cx, 4, floats=("clamp_value",))
         return sum(1 for line in lines if re.search(r"\b(STS|LDS|BAR)\b", line))
 
-    bwd = dict(flags, LOAD_FP8=False, STORE_DX=True, MASK_CLAMPED=True, BLOCK_R=1, BLOCK_H=1024)
+    bwd = dict(flags, LOAD_FP8=False, STORE_DX=True, CLAMPED_DX="zero", BLOCK_R=1, BLOCK_H=1024)
     split, inter = (shared(swiglu._swiglu_bwd, dict(bwd, INTERLEAVED=on)) for on in (False, True))
     assert inter <= split, f"interleaved backward: {inter} shared-memory instructions, split {split}"
     # Without STORE_DX (only the weights require grad) the backward's one global store is d_weights'.
@@ -208,11 +208,11 @@ def compile_activation(name: str) -> None:
         fwd = dict(flags, STORE_FP8=on, X_POLICY="evict_first" if on else "")
         compile_sm90(getattr(mod, f"_{name}_fwd"), fwd, floats)
         saved = {"x_ptr": "*u8" if on else "*bf16"}  # the backward reads the fp8 copy's bits
-        # with the clamp on, d_x where it changed a value too (the bias's gradient)
-        bwd = dict(flags, LOAD_FP8=on, STORE_DX=True, MASK_CLAMPED=not on)
+        # with the clamp on, also d_x where it changed a value (the bias's gradient) in rows T to 2T
+        bwd = dict(flags, LOAD_FP8=on, STORE_DX=True, CLAMPED_DX="both" if on else "zero")
         compile_sm90(getattr(mod, f"_{name}_bwd"), bwd, floats, saved)
         # d_weights alone (only the weights require grad)
-        bwd = dict(flags, HAS_WEIGHT=True, LOAD_FP8=on, STORE_DX=False, MASK_CLAMPED=True)
+        bwd = dict(flags, HAS_WEIGHT=True, LOAD_FP8=on, STORE_DX=False, CLAMPED_DX="zero")
         compile_sm90(getattr(mod, f"_{name}_bwd"), bwd, floats, saved)
 
 
