@@ -35,8 +35,15 @@ class SpecReference:
         # |f| before cancellation: the sum of the absolute values of the additive terms of f
         # expanded (0.5 gate up + 0.5 gate up erf(..) for GELU: 1 + erf(z) cancels for z << 0 in
         # any fp32 implementation, the reference's included). Bounds the error of d_weights.
-        terms = sympy.Add.make_args(sympy.expand(d.act))
-        self.f_magnitude = sympy.lambdify(args, sympy.Add(*(sympy.Abs(t) for t in terms)), modules=_MODULES)
+        self.f_magnitude = sympy.lambdify(args, self._magnitude(d.act), modules=_MODULES)
+        # the same for the derivatives: elementwise error bounds of the gradients (bound_elementwise)
+        self.d_gate_magnitude = sympy.lambdify(args, self._magnitude(d.d_gate), modules=_MODULES)
+        self.d_up_magnitude = sympy.lambdify(args, self._magnitude(d.d_up), modules=_MODULES)
+
+    @staticmethod
+    def _magnitude(expr):
+        """Sum of the absolute values of the additive terms of expr expanded."""
+        return sympy.Add(*(sympy.Abs(t) for t in sympy.Add.make_args(sympy.expand(expr))))
 
     @staticmethod
     def _call(fn, gate, up, params):
@@ -92,10 +99,23 @@ class SpecReference:
         d_w = torch.from_numpy((g * f).sum(-1, keepdims=True))
         f_magnitude = self._call(self.f_magnitude, gate, up, params)
         self.d_w_bound = torch.from_numpy((np.abs(g) * np.maximum(np.abs(f), f_magnitude)).sum(-1, keepdims=True))
+        # Elementwise bounds (sums of absolute terms, for cancellation in fp32: GELU's 1 + erf(z) at z << 0)
+        out_mag = np.abs(w) * np.maximum(np.abs(f), f_magnitude)
+        self.out_bound = torch.from_numpy(out_mag.reshape(*y.shape[:-1], y.shape[-1] // 2).copy())
+        d_gate_mag = np.abs(g * w) * np.maximum(
+            np.abs(self._call(self.d_gate, gate, up, params)), self._call(self.d_gate_magnitude, gate, up, params)
+        )
+        d_up_mag = np.abs(g * w) * np.maximum(
+            np.abs(self._call(self.d_up, gate, up, params)), self._call(self.d_up_magnitude, gate, up, params)
+        )
+        self.d_y_bound = torch.from_numpy(joined(d_gate_mag * gate_pass, d_up_mag * up_pass).reshape(y.shape).copy())
+        self.d_bias_bound = None
         if weights is not None:
             d_w = d_w.reshape(weights.shape)
             self.d_w_bound = self.d_w_bound.reshape(weights.shape)
         d_bias = None
         if bias is not None:
             d_bias = torch.from_numpy(joined(d_gate_act, d_up_act).reshape(y.shape).copy()).sum_to_size(bias.shape)
+            bias_mag = torch.from_numpy(joined(d_gate_mag, d_up_mag).reshape(y.shape).copy())
+            self.d_bias_bound = bias_mag.sum_to_size(bias.shape)
         return out, d_y, d_bias, d_w
