@@ -279,7 +279,7 @@ def _launch_backward(
     store_dx=False: d_x is empty, not computed (where only the weights require grad).
     clamped_dx, with clamp_value: d_x is zero where the clamp changed a value ("zero": the input's
     gradient), not zero there ("keep": the gradient of the bias, added after the clamp), or both
-    ("both": d_x is [2T, 2H], the input's rows then the bias's; _runtime.clamped_dx).
+    ("both": d_x is [2T, 2H], the input's rows then the bias's; _runtime.clamped_dx_mode).
     """
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)

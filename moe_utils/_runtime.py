@@ -734,12 +734,13 @@ def eager_backward_rows(
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     d_gate, d_up, d_weight = math_fn(gate, up, grad_out.to(dtype), w, *params)
     d_w = d_weight.sum(dim=-1).to(weight.dtype) if weight is not None else None
-    if clamp_value is None:
-        return join_halves(d_gate, d_up, interleaved).to(x_dtype), d_w
-    kept = join_halves(d_gate, d_up, interleaved).to(x_dtype)
+    kept = None  # d_x without the clamp's zeros: the bias's gradient
+    if clamp_value is None or clamped_dx != "zero":
+        kept = join_halves(d_gate, d_up, interleaved).to(x_dtype)
+        if clamp_value is None or clamped_dx == "keep":
+            return kept, d_w
     zeroed = join_halves(torch.where(gate_pass, d_gate, 0.0), torch.where(up_pass, d_up, 0.0), interleaved).to(x_dtype)
-    d_x = {"zero": zeroed, "keep": kept}.get(clamped_dx)
-    return (torch.cat([zeroed, kept]) if d_x is None else d_x), d_w
+    return (zeroed if kept is None else torch.cat([zeroed, kept])), d_w
 
 
 def check_flag(fn: str, name: str, value: Any) -> bool:
