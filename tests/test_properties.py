@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from moe_utils.codegen.specs import REGISTRY
 from reference import SpecReference
 
+from moe_utils import _runtime as rt
 from moe_utils import permute, unpermute
 
 SETTINGS = settings(
@@ -88,8 +89,6 @@ def test_kernel_gradients_match_autodiff_of_the_forward(
     """The kernels' gradients (sympy's derivatives, our masks and sums) against PyTorch autograd of the
     spec's forward in float64 (rt.eager_gated: no sympy derivative, no mask of ours), for every
     subset of trained tensors and bias shape. This oracle found the clamp's bias gradient (session 40)."""
-    from moe_utils import _runtime as rt
-
     gen = torch.Generator().manual_seed(seed)
     mod = importlib.import_module(f"moe_utils.generated.{spec.name}")
     n_rows = 1
@@ -201,7 +200,12 @@ def test_routing_gradients_match_float64(n_tokens, n_experts, hidden, density, d
     got = run(x, p, True)
     want = run(x.double(), p.double(), False)
     assert_close_to_ref(got[0], want[0], dtype, "out")
-    assert_close_to_ref(got[1], want[1], dtype, "d_tokens")
+    # The interpreter's fp32 -> bf16 stores truncate (FACTS.md), three of them on d_tokens' way (the
+    # unpermute backward's, the product's, the permute backward's sum), each biased low: with one
+    # element the norm reached 1.03e-2 > 1e-2 (2000 examples, session 40: 1 token of width 1 in 9
+    # experts). On the GPU they round to nearest (400 examples passed), and bf16 keeps its 1e-2.
+    truncating = rt.INTERPRET and dtype == torch.bfloat16
+    assert_close_to_ref(got[1], want[1], dtype, "d_tokens", rel_tol=2e-2 if truncating else None)
     # d_probs[t, e] = sum over the row of g * h + 2 p: the row sum cancels, so its error (from the
     # 16-bit rows) is relative to the sum of absolute terms.
     h = x.double() * x.double() * 0.5 + 2
