@@ -897,6 +897,25 @@ def graph_recorded(ctx: Any) -> bool:
     return torch.compiler.is_compiling() or len(ctx.next_functions) > 0
 
 
+def checked_call(
+    fn: str,
+    impl: ActivationImpl,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    fp8_input_store: Any,
+    clamp_value: Any,
+    interleaved: Any,
+    params: Sequence[Any],
+) -> tuple[Rows, float | None, tuple[float, ...], bool, bool]:
+    """The checks of one activation call, on the kernels' path (function_forward) and the transforms'
+    (eager_gated) alike: (rows, clamp_value, params, fp8_input_store, interleaved)."""
+    rows = prepare(fn, y, bias, weights)
+    clamp_value = check_clamp(fn, clamp_value)
+    params = scalars(fn, impl, params)
+    return rows, clamp_value, params, fp8_flag(fn, fp8_input_store), check_flag(fn, "interleaved", interleaved)
+
+
 def function_forward(
     ctx: Any,
     impl: ActivationImpl,
@@ -910,11 +929,9 @@ def function_forward(
     params: Sequence[float],
 ) -> torch.Tensor:
     """Body of every generated autograd Function's forward."""
-    rows = prepare(fn, y, bias, weights)
-    clamp_value = check_clamp(fn, clamp_value)
-    params = scalars(fn, impl, params)
-    fp8_input_store = fp8_flag(fn, fp8_input_store)
-    interleaved = check_flag(fn, "interleaved", interleaved)
+    rows, clamp_value, params, fp8_input_store, interleaved = checked_call(
+        fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params
+    )
     # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
     # positions differ between the Functions that call this (fn comes first in the generic one).
     ctx.needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
@@ -1034,11 +1051,9 @@ def eager_gated(
     are taken at the saturated fp8 copy, as the kernels' backward takes them:
     ``value(f(x)) + f(copy + x - x.detach()) - value(f(copy))``."""
     math_fn = _eager_math(impl, fn, impl.eager_forward)
-    rows = prepare(fn, y, bias, weights)
-    clamp_value = check_clamp(fn, clamp_value)
-    params = scalars(fn, impl, params)
-    fp8_input_store = fp8_flag(fn, fp8_input_store)
-    interleaved = check_flag(fn, "interleaved", interleaved)
+    rows, clamp_value, params, fp8_input_store, interleaved = checked_call(
+        fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params
+    )
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return eager_forward_rows(math_fn, x, rows.bias, rows.weight, clamp_value, interleaved, params)
