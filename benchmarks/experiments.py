@@ -491,7 +491,7 @@ def inplace_experiments(results, shapes) -> None:
     for n_rows, h in shapes:
         x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
         g = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16)
-        want, _ = gen._launch_backward(g, x, None, None, None, False, x.dtype)
+        want, _, _ = gen._launch_backward(g, x, None, None, None, False, x.dtype)
         over = x.clone()
         fresh = gen._rt.empty
 
@@ -505,7 +505,7 @@ def inplace_experiments(results, shapes) -> None:
             finally:
                 gen._rt.empty = fresh
 
-        got, _ = run_in_place()
+        got, _, _ = run_in_place()
         assert got.data_ptr() == over.data_ptr() and torch.equal(got, want), "in-place d_x differs"
         variants = {
             "shipped (fresh d_x)": lambda: gen._launch_backward(g, x, None, None, None, False, x.dtype),
@@ -1713,7 +1713,7 @@ def main() -> None:
         x = torch.randn(n_rows, 2 * h, device=DEVICE, dtype=torch.bfloat16)
         w = torch.rand(n_rows, device=DEVICE)
         g = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16)
-        want_dx, want_dw = gen._launch_backward(g, x, None, w, None, False, x.dtype)
+        want_dx, want_dw, _ = gen._launch_backward(g, x, None, w, None, False, x.dtype)
         cfg = _rt.backward_config(n_rows, h, True)
         dx, dw = torch.empty_like(want_dx), torch.empty_like(want_dw)
         variants = {"shipped": lambda: gen._launch_backward(g, x, None, w, None, False, x.dtype)}

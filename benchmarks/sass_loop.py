@@ -97,7 +97,7 @@ def main() -> None:
                     types = {}
                 else:
                     cx = dict(common, LOAD_FP8=fp8, STORE_DX=True, CLAMPED_DX="zero", INTERLEAVED=False)
-                    cx.update(BLOCK_R=br, BLOCK_H=bh)
+                    cx.update(BIAS_SUM=False, ROW_STEPS=1, BLOCK_R=br, BLOCK_H=bh)
                     types = {"x_ptr": "*u8"} if fp8 else {}
                 lines, regs = sass(kernel, cx, warps, FLOATS, types=types)
                 body = lines if args.forward else loop_body(lines)

@@ -132,10 +132,10 @@ def backward_launch(g, src, w, dx, dw, config, load_fp8):
 
     def run():
         gen._swiglu_bwd[(triton.cdiv(n_rows, br),)](
-            g, src, dx, dx if w is None else w, dx, dx if dw is None else dw, n_rows, h, g.stride(0),
+            g, src, dx, dx if w is None else w, dx, dx if dw is None else dw, dx, n_rows, h, g.stride(0),
             src.stride(0), 0, 0.0, HAS_BIAS=False, HAS_WEIGHT=w is not None, CLAMP=False, LOAD_FP8=load_fp8,
-            STORE_DX=True, CLAMPED_DX="zero", NATIVE_FP8=_rt.NATIVE_FP8, INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh,
-            num_warps=nw,
+            STORE_DX=True, CLAMPED_DX="zero", BIAS_SUM=False, ROW_STEPS=1, NATIVE_FP8=_rt.NATIVE_FP8,
+            INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
         )  # fmt: skip
 
     return run

@@ -145,6 +145,72 @@ def _clamped_swiglu_fwd(
 
 
 @triton.jit
+def _clamped_swiglu_bwd_tile(
+    grad_out_ptr,
+    x_ptr,
+    bias_ptr,
+    d_x_ptr,
+    rows,  # [BLOCK_R] int64 row indices
+    row_ok,  # [BLOCK_R] rows < n_rows
+    weight,  # [BLOCK_R, 1] fp32 routing weights, or 1.0
+    start,  # first column (of each half) of the tile
+    n_rows,
+    H,
+    grad_out_row_stride,
+    x_row_stride,
+    bias_row_stride,
+    clamp_value,
+    limit,
+    HAS_BIAS: tl.constexpr,
+    CLAMP: tl.constexpr,
+    LOAD_FP8: tl.constexpr,
+    STORE_DX: tl.constexpr,
+    CLAMPED_DX: tl.constexpr,
+    NATIVE_FP8: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """One [BLOCK_R, BLOCK_H] tile of the backward (_clamped_swiglu_bwd's arguments): stores its d_x
+    (STORE_DX; CLAMPED_DX) and returns (d_gate, d_up) without the clamp's zeros (the bias's gradient)
+    and the tile's row sums of d_weight."""
+    cols = half_columns(start, x_ptr, INTERLEAVED, BLOCK_H)
+    mask = row_ok[:, None] & (cols < H)[None, :]
+    gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
+    if LOAD_FP8:
+        gate_in = fp8_decode(gate_in, NATIVE_FP8)
+        up_in = fp8_decode(up_in, NATIVE_FP8)
+    else:
+        gate_in = gate_in.to(tl.float32)
+        up_in = up_in.to(tl.float32)
+    g_offs = rows[:, None] * grad_out_row_stride + cols[None, :]
+    grad_out = tl.load(grad_out_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
+    gate, up = gated_inputs(
+        gate_in, up_in, bias_ptr, rows * bias_row_stride, start, H, row_ok, clamp_value,
+        HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
+    )  # fmt: skip
+    d_gate, d_up, d_weight = _clamped_swiglu_bwd_math(gate, up, grad_out, weight, limit)
+    kept_gate = d_gate
+    kept_up = d_up
+    if STORE_DX and CLAMP and CLAMPED_DX == "both":
+        d_type = d_x_ptr.dtype.element_ty
+        store_halves(
+            d_x_ptr, (rows + n_rows) * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
+            INTERLEAVED, BLOCK_R, BLOCK_H,
+        )  # fmt: skip
+    if CLAMP and CLAMPED_DX != "keep":
+        d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
+        d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
+    if STORE_DX:
+        d_type = d_x_ptr.dtype.element_ty
+        store_halves(
+            d_x_ptr, rows * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
+            INTERLEAVED, BLOCK_R, BLOCK_H,
+        )  # fmt: skip
+    return kept_gate, kept_up, tl.sum(tl.where(mask, d_weight, 0.0), axis=1)
+
+
+@triton.jit
 def _clamped_swiglu_bwd(
     grad_out_ptr,  # [n_rows, H] incoming gradient
     x_ptr,  # [n_rows, 2 * H] saved input, or the uint8 view of its fp8 copy (LOAD_FP8)
@@ -152,6 +218,7 @@ def _clamped_swiglu_bwd(
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
     d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x (STORE_DX; CLAMPED_DX)
     d_weight_ptr,  # [n_rows] weight gradient (HAS_WEIGHT)
+    d_bias_ptr,  # [programs, 2 * H] fp32 column sums of the shared bias's gradient, a row per program (BIAS_SUM)
     n_rows,  # rows T
     H,  # width of one half
     grad_out_row_stride,  # elements between rows of grad_out
@@ -163,61 +230,74 @@ def _clamped_swiglu_bwd(
     HAS_WEIGHT: tl.constexpr,
     CLAMP: tl.constexpr,
     LOAD_FP8: tl.constexpr,
-    STORE_DX: tl.constexpr,  # False: d_weight alone (nothing reads d_x: only the weights require grad)
+    STORE_DX: tl.constexpr,  # False: no d_x (nothing reads it: only the weights, or the shared bias, require grad)
     CLAMPED_DX: tl.constexpr,  # CLAMP: d_x zero where the clamp changed a value ("zero", the input's gradient),
     # not zero ("keep", the bias's: it is added after the clamp), or both ("both": the input's in rows
     # [0, n_rows), the bias's in rows [n_rows, 2 n_rows))
+    BIAS_SUM: tl.constexpr,  # the shared bias's gradient (without the clamp's zeros) summed over each program's rows
+    ROW_STEPS: tl.constexpr,  # BIAS_SUM: blocks of BLOCK_R rows per program (1 otherwise)
     NATIVE_FP8: tl.constexpr,  # hardware fp8 conversions (False under the interpreter)
     INTERLEAVED: tl.constexpr,  # gate at even positions of a row, up at odd ones
-    BLOCK_R: tl.constexpr,  # rows per program
+    BLOCK_R: tl.constexpr,  # rows per block
     BLOCK_H: tl.constexpr,  # columns of each half per loop step
 ):
     # d_x = [grad_out * weight * df/dgate, grad_out * weight * df/dup] and
     # d_weight[r] = sum_c grad_out[r, c] * f[r, c]. Each program owns whole rows, so the row sum
     # stays in fp32 registers: deterministic, no atomics.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < n_rows
-    if HAS_WEIGHT:
-        weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    else:
-        weight = 1.0
-    d_weight_acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for start in range(0, H, BLOCK_H):
-        cols = half_columns(start, x_ptr, INTERLEAVED, BLOCK_H)
-        mask = row_ok[:, None] & (cols < H)[None, :]
-        gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, start, H, row_ok, INTERLEAVED, "", BLOCK_R, BLOCK_H)
-        if LOAD_FP8:
-            gate_in = fp8_decode(gate_in, NATIVE_FP8)
-            up_in = fp8_decode(up_in, NATIVE_FP8)
-        else:
-            gate_in = gate_in.to(tl.float32)
-            up_in = up_in.to(tl.float32)
-        g_offs = rows[:, None] * grad_out_row_stride + cols[None, :]
-        grad_out = tl.load(grad_out_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
-        gate, up = gated_inputs(
-            gate_in, up_in, bias_ptr, rows * bias_row_stride, start, H, row_ok, clamp_value,
-            HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
-        )  # fmt: skip
-        d_gate, d_up, d_weight = _clamped_swiglu_bwd_math(gate, up, grad_out, weight, limit)
-        if STORE_DX and CLAMP and CLAMPED_DX == "both":
-            d_type = d_x_ptr.dtype.element_ty
+    if BIAS_SUM:
+        # ROW_STEPS blocks of rows per program, column steps outside, so that the bias's column sums
+        # over the program's rows stay in registers; one fp32 row of partial sums per program, which
+        # the launcher sums (deterministic). d_weight's row sums wait in a [ROW_STEPS, BLOCK_R] tile.
+        program = tl.program_id(0).to(tl.int64)
+        first = program * (ROW_STEPS * BLOCK_R)
+        steps = tl.arange(0, ROW_STEPS)
+        d_weight_acc = tl.zeros([ROW_STEPS, BLOCK_R], dtype=tl.float32)
+        one_row = tl.zeros([1], dtype=tl.int64)
+        for start in range(0, H, BLOCK_H):
+            gate_acc = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32)
+            up_acc = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32)
+            for step in range(ROW_STEPS):
+                rows = first + step * BLOCK_R + tl.arange(0, BLOCK_R)
+                row_ok = rows < n_rows
+                if HAS_WEIGHT:
+                    weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+                else:
+                    weight = 1.0
+                d_gate, d_up, d_weight_rows = _clamped_swiglu_bwd_tile(
+                    grad_out_ptr, x_ptr, bias_ptr, d_x_ptr, rows, row_ok, weight, start, n_rows, H,
+                    grad_out_row_stride, x_row_stride, bias_row_stride, clamp_value, limit,
+                    HAS_BIAS, CLAMP, LOAD_FP8, STORE_DX, CLAMPED_DX, NATIVE_FP8, INTERLEAVED, BLOCK_R, BLOCK_H,
+                )  # fmt: skip
+                # rows past n_rows read zeros; kept out of the sums all the same
+                gate_acc += tl.where(row_ok[:, None], d_gate, 0.0)
+                up_acc += tl.where(row_ok[:, None], d_up, 0.0)
+                if HAS_WEIGHT:
+                    d_weight_acc += tl.where(steps[:, None] == step, d_weight_rows[None, :], 0.0)
             store_halves(
-                d_x_ptr, (rows + n_rows) * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
-                INTERLEAVED, BLOCK_R, BLOCK_H,
-            )  # fmt: skip
-        if CLAMP and CLAMPED_DX != "keep":
-            d_gate = tl.where(gate_in <= clamp_value, d_gate, 0.0)
-            d_up = tl.where((up_in >= -clamp_value) & (up_in <= clamp_value), d_up, 0.0)
-        if STORE_DX:
-            d_type = d_x_ptr.dtype.element_ty
-            store_halves(
-                d_x_ptr, rows * (2 * H), start, H, row_ok, d_gate.to(d_type), d_up.to(d_type),
-                INTERLEAVED, BLOCK_R, BLOCK_H,
+                d_bias_ptr, program * (2 * H) + one_row, start, H, one_row == 0,
+                tl.sum(gate_acc, axis=0)[None, :], tl.sum(up_acc, axis=0)[None, :], INTERLEAVED, 1, BLOCK_H,
             )  # fmt: skip
         if HAS_WEIGHT:
-            d_weight_acc += tl.sum(tl.where(mask, d_weight, 0.0), axis=1)
-    if HAS_WEIGHT:
-        tl.store(d_weight_ptr + rows, d_weight_acc.to(d_weight_ptr.dtype.element_ty), mask=row_ok)
+            w_rows = first + steps[:, None] * BLOCK_R + tl.arange(0, BLOCK_R)[None, :]
+            tl.store(d_weight_ptr + w_rows, d_weight_acc.to(d_weight_ptr.dtype.element_ty), mask=w_rows < n_rows)
+    else:
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_ok = rows < n_rows
+        if HAS_WEIGHT:
+            weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        else:
+            weight = 1.0
+        d_weight_acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for start in range(0, H, BLOCK_H):
+            _, _, d_weight_rows = _clamped_swiglu_bwd_tile(
+                grad_out_ptr, x_ptr, bias_ptr, d_x_ptr, rows, row_ok, weight, start, n_rows, H,
+                grad_out_row_stride, x_row_stride, bias_row_stride, clamp_value, limit,
+                HAS_BIAS, CLAMP, LOAD_FP8, STORE_DX, CLAMPED_DX, NATIVE_FP8, INTERLEAVED, BLOCK_R, BLOCK_H,
+            )  # fmt: skip
+            if HAS_WEIGHT:
+                d_weight_acc += d_weight_rows
+        if HAS_WEIGHT:
+            tl.store(d_weight_ptr + rows, d_weight_acc.to(d_weight_ptr.dtype.element_ty), mask=row_ok)
 
 
 # -- launchers ----------------------------------------------------------------------------------
@@ -299,40 +379,52 @@ def _launch_backward(
     limit: float,
     store_dx: bool = True,
     clamped_dx: str = "zero",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty) from grad_out [T, H].
+    bias_sum: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d_x [T, 2H] in x_dtype and x's layout, d_weight [T] in weight.dtype or empty, d_bias [2H] or
+    empty) from grad_out [T, H].
 
-    store_dx=False: d_x is empty, not computed (where only the weights require grad).
+    store_dx=False: d_x is empty, not computed (where only the weights, or the shared bias, require grad).
     clamped_dx, with clamp_value: d_x is zero where the clamp changed a value ("zero": the input's
     gradient), not zero there ("keep": the gradient of the bias, added after the clamp), or both
     ("both": d_x is [2T, 2H], the input's rows then the bias's; _runtime.clamped_dx_mode).
+    bias_sum, with a shared [2H] bias: d_bias is its gradient (without the clamp's zeros) summed over
+    the rows inside the kernel, in fp32 (float64 for float64 input); clamped_dx is then "zero".
     """
     grad_out = _rt.unit_column_stride(grad_out)
     x_saved = _rt.unit_column_stride(x_saved)
     bias = _rt.unit_column_stride(bias)
+    _rt.check_bias_sum(bias, clamped_dx, bias_sum)
     n_rows, two_h = x_saved.shape
     h = two_h // 2
     dx_rows = 2 * n_rows if clamped_dx == "both" and clamp_value is not None else n_rows
     d_x = _rt.empty((dx_rows, two_h) if store_dx else (0,), x_dtype, x_saved.device)
     w_dtype = weight.dtype if weight is not None else torch.float32
     d_w = _rt.empty((n_rows,) if weight is not None else (0,), w_dtype, x_saved.device)
-    if n_rows == 0 or not (store_dx or weight is not None):
-        return d_x, d_w
-    if h == 0:
-        return d_x, d_w.zero_()
+    d_b = _rt.empty((two_h,) if bias_sum else (0,), _rt.sum_dtype(x_dtype), x_saved.device)
+    if n_rows == 0 or h == 0:
+        return d_x, d_w.zero_(), d_b.zero_()
+    if not (store_dx or weight is not None or bias_sum):
+        return d_x, d_w, d_b
     fp8 = x_saved.dtype in (torch.float8_e4m3fn, torch.uint8)  # the fp8 copy, or its bits
     if _rt.use_triton(d_x):  # by x's dtype (float64 runs eagerly) and device; d_x may be empty
         heavy = _rt.heavy_backward(clamp_value, fp8, _BACKWARD_OPS)
         cfg = _rt.backward_config(
             n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS, store_dx
         )
-        _clamped_swiglu_bwd[(_rt.cdiv(n_rows, cfg.block_r),)](
+        steps = 1
+        if bias_sum:
+            cfg, steps = _rt.bias_sum_config(cfg, n_rows, h, heavy)
+        programs = _rt.cdiv(n_rows, cfg.block_r * steps)
+        partials = _rt.empty((programs, two_h) if bias_sum else (0,), torch.float32, x_saved.device)
+        _clamped_swiglu_bwd[(programs,)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,
             x_saved if bias is None else bias,
             x_saved if weight is None else weight,
             d_x if store_dx else grad_out,
             grad_out if weight is None else d_w,
+            partials if bias_sum else grad_out,
             n_rows,
             h,
             grad_out.stride(0),
@@ -346,23 +438,30 @@ def _launch_backward(
             LOAD_FP8=fp8,
             STORE_DX=store_dx,
             CLAMPED_DX=clamped_dx,
+            BIAS_SUM=bias_sum,
+            ROW_STEPS=steps,
             NATIVE_FP8=_rt.NATIVE_FP8,
             INTERLEAVED=interleaved,
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
         )
-        return d_x, d_w
+        if bias_sum:
+            torch.sum(partials, 0, out=d_b)
+        return d_x, d_w, d_b
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
     params = (limit,)
-    d_x_values, d_w_values = _rt.eager_backward_rows(
-        _clamped_swiglu_bwd_eager, grad_out, x_values, bias, weight, clamp_value, interleaved, params, x_dtype, clamped_dx
-    )
+    d_x_values, d_w_values, d_b_values = _rt.eager_backward_rows(
+        _clamped_swiglu_bwd_eager, grad_out, x_values, bias, weight, clamp_value, interleaved, params, x_dtype, clamped_dx,
+        store_dx, bias_sum,
+    )  # fmt: skip
     if store_dx:
         d_x.copy_(d_x_values)
     if weight is not None:
         d_w.copy_(d_w_values)
-    return d_x, d_w
+    if bias_sum:
+        d_b.copy_(d_b_values)
+    return d_x, d_w, d_b
 
 
 # -- torch.library ops (what torch.compile sees; opaque, so no graph breaks) ---------------------
@@ -398,15 +497,20 @@ def _backward_op(
     limit: float,
     store_dx: bool = True,
     clamped_dx: str = "zero",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    bias_sum: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _launch_backward(
-        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx, clamped_dx
+        grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx, clamped_dx, bias_sum
     )
 
 
 @_backward_op.register_fake
-def _(grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx=True, clamped_dx="zero"):
-    return _rt.fake_backward(x_saved, weight, x_dtype, store_dx, clamped_dx if clamp_value is not None else "zero")
+def _(
+    grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, limit, store_dx=True, clamped_dx="zero",
+    bias_sum=False,
+):  # fmt: skip
+    clamped_dx = clamped_dx if clamp_value is not None else "zero"
+    return _rt.fake_backward(x_saved, bias, weight, x_dtype, store_dx, clamped_dx, bias_sum)
 
 
 _rt.register_op_autograd(_forward_op, _backward_op, n_params=1)
@@ -421,7 +525,7 @@ _IMPL = _rt.ActivationImpl(
     backward_op=_backward_op,
     eager_forward=_clamped_swiglu_fwd_eager,
     eager_backward=_clamped_swiglu_bwd_eager,
-    abi=3,  # _runtime.GENERATED_ABI of these templates
+    abi=4,  # _runtime.GENERATED_ABI of these templates
 )
 
 

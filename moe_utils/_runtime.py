@@ -725,22 +725,29 @@ def eager_backward_rows(
     params: Sequence[float],
     x_dtype: torch.dtype,
     clamped_dx: str = "zero",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(d_x [T, 2H] in x_dtype, d_weight [T] in weight's dtype or None) by a spec's eager backward
-    (``_<name>_bwd_eager``) in PyTorch ops. x holds the saved values (the fp8 copy as float8).
-    clamped_dx as the kernels take it (clamped_dx_mode): "both" gives d_x [2T, 2H]."""
+    store_dx: bool = True,
+    bias_sum: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(d_x [T, 2H] in x_dtype or None without store_dx, d_weight [T] in weight's dtype or None,
+    d_bias [2H] or None) by a spec's eager backward (``_<name>_bwd_eager``) in PyTorch ops. x holds
+    the saved values (the fp8 copy as float8). clamped_dx as the kernels take it (clamped_dx_mode):
+    "both" gives d_x [2T, 2H]. bias_sum: d_bias is the column sum of the gradient without the
+    clamp's zeros (the shared bias's), in the compute dtype before any rounding, as the kernels sum it."""
     dtype = compute_dtype(x_dtype)
     gate, up, gate_pass, up_pass = eager_inputs(x, bias, clamp_value, dtype, interleaved)
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     d_gate, d_up, d_weight = math_fn(gate, up, grad_out.to(dtype), w, *params)
     d_w = d_weight.sum(dim=-1).to(weight.dtype) if weight is not None else None
+    d_b = join_halves(d_gate, d_up, interleaved).sum(0) if bias_sum else None
+    if not store_dx:
+        return None, d_w, d_b
     kept = None  # d_x without the clamp's zeros: the bias's gradient
     if clamp_value is None or clamped_dx != "zero":
         kept = join_halves(d_gate, d_up, interleaved).to(x_dtype)
         if clamp_value is None or clamped_dx == "keep":
-            return kept, d_w
+            return kept, d_w, d_b
     zeroed = join_halves(torch.where(gate_pass, d_gate, 0.0), torch.where(up_pass, d_up, 0.0), interleaved).to(x_dtype)
-    return (zeroed if kept is None else torch.cat([zeroed, kept])), d_w
+    return (zeroed if kept is None else torch.cat([zeroed, kept])), d_w, d_b
 
 
 def check_flag(fn: str, name: str, value: Any) -> bool:
@@ -798,8 +805,9 @@ def call(op: Any, launcher: Callable[..., Any], *args: Any) -> Any:
 #: Bump it with any change of them; a module generated for another one is refused at import
 #: (ActivationImpl), with the command that regenerates it. 1: until session 36 (no store_dx, no
 #: abi argument); 2: the backward's store_dx; 3 (session 40): the backward's clamped_dx, and the
-#: eager math passed on (eager_forward, eager_backward).
-GENERATED_ABI = 3
+#: eager math passed on (eager_forward, eager_backward); 4 (session 41): the backward's bias_sum and
+#: third output (the shared bias's gradient, summed in the kernel).
+GENERATED_ABI = 4
 
 
 @dataclass(frozen=True)
@@ -809,7 +817,7 @@ class ActivationImpl:
     name: str  # spec name, e.g. "swiglu"
     param_names: tuple[str, ...]  # scalar parameters, in signature order
     launch_forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # eager launcher
-    launch_backward: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # eager launcher
+    launch_backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # eager launcher
     forward_op: Any  # torch.ops.<ns>.<name>_fwd, used under torch.compile
     backward_op: Any  # torch.ops.<ns>.<name>_bwd
     abi: int = 1  # GENERATED_ABI of the templates that rendered the module (absent before 2)
@@ -849,17 +857,88 @@ class ActivationImpl:
         params,
         store_dx=True,
         clamped_dx="zero",
+        bias_sum=False,
     ):
-        """d_x [T, 2H] in x_dtype (empty unless store_dx; [2T, 2H] with clamped_dx "both") and d_weight
-        [T] in the weight's dtype (empty without weight). clamped_dx: see clamped_dx_mode."""
-        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params, store_dx, clamped_dx)
-        return call(self.backward_op, self.launch_backward, *args)
+        """d_x [T, 2H] in x_dtype (empty unless store_dx; [2T, 2H] with clamped_dx "both"), d_weight
+        [T] in the weight's dtype (empty without weight) and d_bias [2H] in sum_dtype(x_dtype) (empty
+        unless bias_sum: the shared bias's gradient, summed in the kernel). clamped_dx: see
+        clamped_dx_mode."""
+        args = (grad_out, x_saved, bias, weight, clamp_value, interleaved, x_dtype, *params)
+        return call(self.backward_op, self.launch_backward, *args, store_dx, clamped_dx, bias_sum)
+
+
+def sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the bias's column sum for input of ``dtype``: fp32, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_bias_sum(bias: torch.Tensor | None, clamped_dx: str, bias_sum: bool) -> None:
+    """The backward's bias_sum needs one bias row shared by every row; the bias's gradient then
+    leaves the kernel summed, so d_x, if stored, is the input's (clamped_dx "zero")."""
+    if not bias_sum:
+        return
+    if bias is None or bias.dim() != 1:
+        got = "no bias" if bias is None else f"a bias of shape {tuple(bias.shape)}"
+        raise ValueError(f"backward: bias_sum=True needs a shared bias of shape [2H], got {got}")
+    if clamped_dx != "zero":
+        raise ValueError(
+            f'backward: bias_sum=True takes clamped_dx="zero" (d_x is the input\'s gradient), got {clamped_dx!r}'
+        )
+
+
+#: Whether the backward sums a shared [2H] bias's gradient itself (bias_sum, session 41). False:
+#: session 40's path (d_x written, then summed in PyTorch), for benchmarks/bias.py's side-by-side.
+BIAS_SUM = True
+
+
+def sums_bias(bias: torch.Tensor | None, needs_bias: bool) -> bool:
+    """Whether the backward sums the bias's gradient (bias_sum): a normalised shared [2H] bias that
+    requires grad. A [T, 2H] bias's gradient is d_x itself; other shapes are summed from it."""
+    return BIAS_SUM and needs_bias and bias is not None and bias.dim() == 1
+
+
+def _floor_pow2(n: int) -> int:
+    """The largest power of two <= n (1 for n <= 1)."""
+    return next_pow2(n + 1) // 2 if n > 1 else 1
+
+
+def bias_sum_rows(n_rows: int, heavy: bool = False) -> int:
+    """Rows a backward program sums the shared bias's gradient over (bias_sum): n_rows / 1024 rounded
+    down to a power of two, 1 to 64; with ``heavy`` math (heavy_backward: the clamp, ...) n_rows /
+    2048, at least n_rows / 1024 up to 4 and at most 32. The partial sums weigh 4 / (2 * rows) of
+    d_x's bf16 bytes, and the launcher reads them once more: fewer rows leave more of them to write
+    and read, more leave too few programs to fill the GPU.
+
+    H200, fwd+bwd with the input and the bias trained (benchmarks/bias.py). Session 41 call 1, 1 to 64
+    rows a program, SwiGLU on [1, 1024] tiles: 4096 x 2880 76.2 µs at 4 rows (8: 89.6, 16: 102.4,
+    32: 150.1), 16384 x 2880 223.8 at 16 (8: 236.6, 32: 266.1), 16384 x 7168 516.9 at 16 (8: 542.1,
+    32: 587.6), 65536 x 2880 822.6 at 64 (32: 842.6, 16: 854.9). Call 3, Quick-GEGLU with its clamp
+    at 768, 1408, 2880 and 7168 columns: 16384 rows 88.7, 154.9, 269.6, 605.2 at 8 against 93.4,
+    163.5, 278.7, 632.0 at 16; 65536 rows 288.9, 541.9, 973.8, 2299.6 at 32 against 307.2, 583.8,
+    1020.2, 2359.8 at 64; 4096 rows 32.7, 54.9, 88.7, 191.8 at 4 (2: 36.3, 8: 35.4 at 768)."""
+    if heavy:
+        return min(32, max(min(4, _floor_pow2(n_rows // 1024)), _floor_pow2(n_rows // 2048)))
+    return min(64, _floor_pow2(n_rows // 1024))
+
+
+def bias_sum_config(cfg: BlockConfig, n_rows: int, h: int, heavy: bool = False) -> tuple[BlockConfig, int]:
+    """The backward's launch shape with bias_sum, from its shape without (cfg), and its ROW_STEPS.
+
+    One row a block, as wide as cfg's tile (not past the row's power of two), in cfg's warps: the
+    column sums then stay in each thread until a program's last block, and the block's sum over its
+    rows needs no exchange between warps. H200, session 41 call 1: on [4, 256] tiles (rows on
+    different warps: 16 barriers and 37 shared-memory stores a column step against 1 and 1) the
+    backward kernel alone at 16384 x 768 took 237.7 µs at 4 rows a program and 59.5 at 32,
+    against 57.7 for fwd+bwd with the input alone trained; on [1, 1024] tiles (SwiGLU, 2880
+    columns) the kernel took 418.1 µs at 4 rows and 407.3 at 32 (65536 rows)."""
+    block_h = min(cfg.block_r * cfg.block_h, max(cfg.block_h, next_pow2(h)))
+    return BlockConfig(1, block_h, cfg.num_warps), bias_sum_rows(n_rows, heavy)
 
 
 def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Gradient of a normalised bias ([2H] shared, or [T, 2H]) from d_x [T, 2H], summed in fp32."""
     if bias.dim() == 1:
-        return d_x.sum(0, dtype=torch.float32 if d_x.dtype != torch.float64 else torch.float64).to(bias.dtype)
+        return d_x.sum(0, dtype=sum_dtype(d_x.dtype)).to(bias.dtype)
     return d_x.to(bias.dtype)
 
 
@@ -998,12 +1077,16 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     # d_weights alone (4H of its 10H bytes a row with 16-bit input, 4H of 8H from the fp8 copy) and
     # allocates no T x 2H buffer.
     needs_y, needs_bias, _ = ctx.needs_grad
-    mode = clamped_dx_mode(clamp_value, needs_y, needs_bias)
-    args = (clamp_value, interleaved, y_dtype, params, needs_y or needs_bias, mode)
-    d_x, d_w = impl.backward(g, x_saved, bias, weight, *args)
+    # A shared [2H] bias's gradient is summed in the kernel (bias_sum): d_x is then the input's alone.
+    summed = sums_bias(bias, needs_bias)
+    mode = clamped_dx_mode(clamp_value, needs_y, needs_bias and not summed)
+    args = (clamp_value, interleaved, y_dtype, params, needs_y or (needs_bias and not summed), mode, summed)
+    d_x, d_w, d_b = impl.backward(g, x_saved, bias, weight, *args)
     d_x, d_x_bias = split_dx(d_x, mode, n_rows)
     d_bias = None
-    if needs_bias:
+    if summed:
+        d_bias = d_b.to(bias_meta[1]).reshape(bias_meta[0])
+    elif needs_bias:
         d_bias = _reduce_bias_grad(d_x_bias, bias, y_shape, bias_meta[0], bias_meta[1])
     d_y = d_x.view(y_shape) if needs_y else None
     return d_y, d_bias, (d_w.view(w_shape) if weight is not None else None)
@@ -1137,17 +1220,22 @@ def backward_helper(
     n_rows = rows.x.shape[0]
     g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
     clamp_value = check_clamp(fn, clamp_value)
-    mode = clamped_dx_mode(clamp_value, True, bias is not None)
+    # Under a transform the bias's sum is taken in PyTorch ops (differentiable); else a shared [2H]
+    # bias's is summed in the kernel (bias_sum).
+    summed = sums_bias(rows.bias, bias is not None) and not functional
+    mode = clamped_dx_mode(clamp_value, True, bias is not None and not summed)
     if functional:
         math_fn = _eager_math(impl, fn, impl.eager_backward)
         args = (clamp_value, interleaved, params, y.dtype, mode)
-        d_x, d_w = eager_backward_rows(math_fn, g2, rows.x, rows.bias, rows.weight, *args)
+        d_x, d_w, _ = eager_backward_rows(math_fn, g2, rows.x, rows.bias, rows.weight, *args)
     else:
-        args = (clamp_value, interleaved, y.dtype, params, True, mode)
-        d_x, d_w = impl.backward(g2, rows.x, rows.bias, rows.weight, *args)
+        args = (clamp_value, interleaved, y.dtype, params, True, mode, summed)
+        d_x, d_w, d_b = impl.backward(g2, rows.x, rows.bias, rows.weight, *args)
     d_x, d_x_bias = split_dx(d_x, mode, n_rows)
     d_bias = None
-    if bias is not None:
+    if summed:
+        d_bias = d_b.to(bias.dtype).reshape(bias.shape)
+    elif bias is not None:
         d_bias = _reduce_bias_grad(d_x_bias, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype)
     d_w = d_w.view(weights.shape) if weights is not None else None
     return d_x.view(y.shape), d_bias, d_w
@@ -1162,13 +1250,21 @@ def fake_forward(x: torch.Tensor, fp8_store: bool) -> tuple[torch.Tensor, torch.
 
 
 def fake_backward(
-    x: torch.Tensor, weight: torch.Tensor | None, x_dtype: torch.dtype, store_dx: bool = True, clamped_dx: str = "zero"
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    x_dtype: torch.dtype,
+    store_dx: bool = True,
+    clamped_dx: str = "zero",
+    bias_sum: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Meta function of every <name>_bwd op (clamped_dx "zero" without a clamp)."""
+    check_bias_sum(bias, clamped_dx, bias_sum)
     n_rows, two_h = x.shape
     d_x = x.new_empty(((2 * n_rows if clamped_dx == "both" else n_rows), two_h) if store_dx else (0,), dtype=x_dtype)
     d_w = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,), dtype=torch.float32)
-    return d_x, d_w
+    d_b = x.new_empty((two_h,) if bias_sum else (0,), dtype=sum_dtype(x_dtype))
+    return d_x, d_w, d_b
 
 
 def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> None:
@@ -1189,12 +1285,17 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
         first_order_only(op_name, (grad_out,), ctx.reads_inputs)
         x_saved, bias, weight = ctx.saved_tensors
         needs_bias = bias is not None and ctx.needs_input_grad[1]
-        store_dx = ctx.needs_input_grad[0] or needs_bias  # as function_backward
-        mode = clamped_dx_mode(ctx.clamp_value, ctx.needs_input_grad[0], needs_bias)
-        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx, mode)
-        d_x, d_w = backward_op(grad_out, x_saved, bias, weight, *args)
+        summed = sums_bias(bias, needs_bias)  # as function_backward
+        store_dx = ctx.needs_input_grad[0] or (needs_bias and not summed)
+        mode = clamped_dx_mode(ctx.clamp_value, ctx.needs_input_grad[0], needs_bias and not summed)
+        args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx, mode, summed)
+        d_x, d_w, d_b = backward_op(grad_out, x_saved, bias, weight, *args)
         d_x, d_x_bias = split_dx(d_x, mode, grad_out.shape[0])
-        d_bias = bias_grad(d_x_bias, bias) if needs_bias else None
+        d_bias = None
+        if summed:
+            d_bias = d_b.to(bias.dtype)
+        elif needs_bias:
+            d_bias = bias_grad(d_x_bias, bias)
         d_x = d_x if ctx.needs_input_grad[0] else None
         return (d_x, d_bias, d_w if weight is not None else None, None, None, None) + (None,) * n_params
 

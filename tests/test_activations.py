@@ -112,19 +112,20 @@ def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs
     the seed class (with fp8_input_store too) and the torch.library op alike. Until session 36 the
     functional form read the bias's flag at the input's position (its Function takes the op's name
     first): a bias trained on a frozen input got no gradient, silently. The backward writes d_x
-    only where the input's or the bias's gradient reads it (its last argument, store_dx)."""
+    only where the input's gradient reads it (its argument store_dx), and sums the shared bias's
+    gradient itself where that is trained (bias_sum, its last)."""
     spec = SPECS[name]
     mod = _module(name)
     store_dx = []
     call = rt.call
 
-    def spy(op, launcher, *args):  # the backward's arguments end (..., store_dx, mask_clamped)
+    def spy(op, launcher, *args):  # the backward's arguments end (..., store_dx, clamped_dx, bias_sum)
         if op is mod._IMPL.backward_op:
-            store_dx.append(args[-2])
+            store_dx.append((args[-3], args[-1]))
         return call(op, launcher, *args)
 
     def spy_launch(*args):  # the op's body (the op path)
-        store_dx.append(args[-2])
+        store_dx.append((args[-3], args[-1]))
         return launch(*args)
 
     launch = mod._launch_backward
@@ -154,7 +155,7 @@ def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs
         out = fn(*args(*leaves))
         wanted = [t for t in leaves if t.requires_grad]
         got = torch.autograd.grad(out, wanted, g)
-        assert store_dx == [needs[0] or needs[1]], (form, store_dx)
+        assert store_dx == [(needs[0], needs[1])], (form, store_dx)
         want = [r for r, f in zip(refs[form.endswith("fp8")][1:], needs, strict=True) if f]
         for what, a, b in zip(
             [k for k, f in zip(("d_y", "d_bias", "d_w"), needs, strict=True) if f], got, want, strict=True
@@ -351,6 +352,58 @@ def test_op_autograd_clamp_with_bias():
     torch.testing.assert_close(d_b, expected[1])
     r = SpecReference(SPECS["quick_geglu"]).forward_backward(y, bias, w, g, (0.5, 1.5), clamp_value=1.0)
     assert_close_to_ref(d_b, r[2], torch.float32, "op d_bias")
+
+
+@pytest.mark.parametrize("rows_per_program", [1, 2, 8, 32])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
+@pytest.mark.parametrize("fp8", [False, True], ids=["x", "fp8"])
+def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_program, interleaved, fp8):
+    """A shared [2H] bias's gradient leaves the backward summed (bias_sum, session 41): each program
+    sums its rows' gradient, without the clamp's zeros, in fp32 registers over ROW_STEPS blocks of
+    rows, and the launcher sums the programs' rows. For each grouping (1 to 32 rows a program; 45
+    rows leave the last program short; 1100 columns take two column steps), with the bias trained
+    alone (no d_x written) and with the input: d_bias, d_y and d_weights against float64, and the
+    same bits run to run."""
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    monkeypatch.setattr(rt, "bias_sum_rows", lambda n_rows, heavy: rows_per_program)
+    gen = make_generator(31 + rows_per_program)
+    y, w, g = _inputs(45, 1100, torch.bfloat16, gen)
+    y = y * 3  # values beyond the clamp
+    bias = torch.randn(2200, generator=gen).to(torch.bfloat16).to(DEVICE)
+    clamp, params = 4.0, (0.5, 1.5)
+    saved = rt.to_fp8_saturated(y).to(y.dtype) if fp8 else y
+    ref = SpecReference(SPECS["quick_geglu"])
+    r = ref.forward_backward(saved, bias, w, g, params, clamp_value=clamp, interleaved=interleaved)
+    for trained in ("bias", "input+bias"):
+        results = []
+        for _ in range(2):
+            yy, bb, ww = y.clone().requires_grad_("input" in trained), bias.clone().requires_grad_(), w.clone()
+            ww.requires_grad_()
+            out = weighted_bias_quick_geglu_impl(yy, bb, ww, fp8, params[0], clamp, params[1], interleaved=interleaved)
+            leaves = [t for t in (yy, bb, ww) if t.requires_grad]
+            results.append(torch.autograd.grad(out, leaves, g))
+        assert all(torch.equal(a, b) for a, b in zip(*results, strict=True)), f"{trained}: not deterministic"
+        *d_y, d_b, d_w = results[0]
+        assert d_b.dtype == bias.dtype and d_b.shape == bias.shape
+        assert_close_to_ref(d_b, r[2], torch.bfloat16, f"{trained} d_bias", bound=ref.d_bias_bound)
+        assert_close_to_ref(d_w, r[3], torch.bfloat16, f"{trained} d_weights", bound=ref.d_w_bound)
+        if d_y:
+            assert_close_to_ref(d_y[0], r[1], torch.bfloat16, f"{trained} d_y")
+
+
+def test_bias_sum_refuses_what_it_cannot_sum():
+    """The backward's bias_sum (a direct op call) names what it got where it cannot sum the bias."""
+    mod = _module("swiglu")
+    gen = make_generator(37)
+    g, x = torch.randn(3, 4, generator=gen), torch.randn(3, 8, generator=gen)
+    launch = mod._launch_backward
+    with pytest.raises(ValueError, match=r"bias_sum=True needs a shared bias of shape \[2H\], got no bias"):
+        launch(g, x, None, None, None, False, torch.float32, True, "zero", True)
+    with pytest.raises(ValueError, match=r"got a bias of shape \(3, 8\)"):
+        launch(g, x, torch.randn(3, 8, generator=gen), None, None, False, torch.float32, True, "zero", True)
+    with pytest.raises(ValueError, match=r'bias_sum=True takes clamped_dx="zero".*got \'both\''):
+        launch(g, x, torch.randn(8, generator=gen), None, 1.0, False, torch.float32, True, "both", True)
 
 
 def test_clamp_lets_nan_through_and_saturates_inf(backend):
@@ -891,6 +944,27 @@ def test_backward_config_shapes(h, n_rows):
         assert light.num_warps == (2 if weighted and light.block_h == 512 else configs[0].num_warps), light
         if not weighted:
             assert configs[0] == configs[1]
+
+
+@pytest.mark.parametrize("h", [1, 5, 96, 300, 768, 1408, 2048, 2880, 5000, 7168, 20000])
+@pytest.mark.parametrize("n_rows", [1, 3, 1000, 3000, 4096, 16384, 65536, 1 << 20])
+def test_bias_sum_config_shapes(h, n_rows):
+    """The backward with bias_sum: one row a block (the column sums need no exchange between warps;
+    session 41 measured [4, 256] tiles 2-4x slower), as wide as the tile without it but not past the
+    row's power of two, the same warps; a power of two of rows a program: about 1024 programs where
+    the rows allow (n_rows / 1024 rounded down, 1 to 64), with heavy math about 2048 (at least 4 rows
+    where 1024 programs have them, at most 32)."""
+    from moe_utils._runtime import backward_config, bias_sum_config, next_pow2
+
+    for weighted in (False, True):
+        for heavy, args in ((False, (False,)), (True, (True, True)), (True, (True, False, True, True, True, 24))):
+            cfg = backward_config(n_rows, h, weighted, *args)
+            summed, steps = bias_sum_config(cfg, n_rows, h, heavy)
+            assert summed.block_r == 1 and summed.num_warps == cfg.num_warps
+            assert summed.block_h == min(cfg.block_r * cfg.block_h, max(cfg.block_h, next_pow2(h))), (cfg, summed)
+            assert steps == next_pow2(steps) and 1 <= steps <= (32 if heavy else 64)
+            programs = 2048 if heavy and n_rows >= 4 * 2048 else 1024
+            assert steps <= max(1, n_rows // programs) < 2 * steps or steps == (32 if heavy else 64), (n_rows, steps)
 
 
 @pytest.mark.parametrize("fp8", [False, True])

@@ -38,6 +38,8 @@ def test_opcheck_activation_ops(spec):
         torch.library.opcheck(bwd, (*args, False))  # store_dx=False: d_weights alone
         for clamped_dx in ("keep", "both"):  # the bias's gradient where the clamp changed a value
             torch.library.opcheck(bwd, (*args, True, clamped_dx))
+        for store_dx in (True, False):  # the shared bias's gradient summed in the kernel, d_x or not
+            torch.library.opcheck(bwd, (*args, store_dx, "zero", True))
 
 
 def test_opcheck_routing_ops():
@@ -141,13 +143,14 @@ def test_compiled_activation_keeps_fp32_scalars(fp8):
 )
 def test_compiled_gradients_of_any_subset_of_inputs(monkeypatch, needs):
     """Compiled, as eager: whichever of input, bias and weights require grad get their gradients
-    (bit for bit), and the backward writes d_x only where the input's or the bias's reads it."""
+    (bit for bit), and the backward writes d_x only where the input's gradient reads it, and sums the
+    shared bias's itself (bias_sum)."""
     mod = importlib.import_module("moe_utils.generated.quick_geglu")
     store_dx = []
     launch = mod._launch_backward
 
-    def spy_launch(*args):  # (..., store_dx, mask_clamped)
-        store_dx.append(args[-2])
+    def spy_launch(*args):  # (..., store_dx, clamped_dx, bias_sum)
+        store_dx.append((args[-3], args[-1]))
         return launch(*args)
 
     monkeypatch.setattr(mod, "_launch_backward", spy_launch)
@@ -169,7 +172,7 @@ def test_compiled_gradients_of_any_subset_of_inputs(monkeypatch, needs):
     (eager_out, eager_grads), (out, grads) = results
     assert torch.equal(out, eager_out)
     assert len(grads) == sum(needs) and all(torch.equal(u, v) for u, v in zip(grads, eager_grads, strict=True))
-    assert store_dx == [needs[0] or needs[1]]  # the compiled op's body (eager calls the launcher itself)
+    assert store_dx == [(needs[0], needs[1])]  # the compiled op's body (eager calls the launcher itself)
 
 
 @pytest.mark.parametrize("spec", REGISTRY, ids=lambda s: s.name)

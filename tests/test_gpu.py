@@ -45,7 +45,10 @@ def _graph(fn):
 
 
 @pytest.mark.parametrize("fp8", [False, True])
-def test_activation_forward_backward_replays_in_a_cuda_graph(fp8):
+@pytest.mark.parametrize("train_bias", [False, True])
+def test_activation_forward_backward_replays_in_a_cuda_graph(fp8, train_bias):
+    """A training step's activation replays in a CUDA graph, bit for bit as eager; with the bias
+    trained, its gradient is summed in the backward kernel and the partial sums by the launcher."""
     x = torch.randn(512, 2 * 320, device="cuda", dtype=torch.bfloat16)
     w = torch.rand(512, 1, device="cuda")
     b = torch.randn(640, device="cuda", dtype=torch.bfloat16)
@@ -54,8 +57,9 @@ def test_activation_forward_backward_replays_in_a_cuda_graph(fp8):
     def step():
         xx = x.detach().requires_grad_(True)
         ww = w.detach().requires_grad_(True)
-        out = weighted_bias_quick_geglu_impl(xx, b, ww, fp8, 0.5, 6.0, 1.702)
-        return (out, *torch.autograd.grad(out, (xx, ww), g))
+        bb = b.detach().requires_grad_(train_bias)
+        out = weighted_bias_quick_geglu_impl(xx, bb, ww, fp8, 0.5, 6.0, 1.702)
+        return (out, *torch.autograd.grad(out, [t for t in (xx, bb, ww) if t.requires_grad], g))
 
     graph, outs = _graph(step)
     for _ in range(2):  # new inputs in the captured buffers, then replay
@@ -190,6 +194,26 @@ def test_weighted_activation_past_2_31_elements(name, h, interleaved, fp8):
         _rows_close(out[sl].cpu(), ref_out, 2e-2)
         _rows_close(d_x[sl].cpu(), ref_dx, 2e-2)
         torch.testing.assert_close(d_w[sl].double().cpu(), ref_dw.reshape(d_w[sl].shape), rtol=1e-2, atol=0.5)
+
+
+def test_bias_gradient_summed_past_2_31_elements():
+    """A shared bias's gradient summed inside the backward (bias_sum) past 2**31 elements of x, with
+    the input's gradient beside it: against the float64 column sum of that gradient (no clamp, so the
+    two agree but for d_x's bf16 rounding). The programs' rows of partial sums start past 2**31
+    bytes of x's rows."""
+    from moe_utils.generated.swiglu import weighted_bias_swiglu
+
+    h = 1024
+    n_rows = (1 << 31) // (2 * h) + 64
+    x = torch.randn(n_rows, 2 * h, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
+    assert x.numel() > 2**31
+    b = torch.randn(2 * h, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
+    w = torch.rand(n_rows, 1, device="cuda")
+    out = weighted_bias_swiglu(x, b, w)
+    d_x, d_b = torch.autograd.grad(out, (x, b), torch.randn_like(out))
+    want = d_x.sum(0, dtype=torch.float64)
+    assert torch.isfinite(d_b).all()
+    assert ((d_b.double() - want).norm() / want.norm()).item() < 1e-2
 
 
 def test_unweighted_activation_past_2_31_elements():

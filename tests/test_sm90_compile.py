@@ -28,6 +28,7 @@ POINTERS = {
     "x_fp8_ptr": "*u8",
     "weight_ptr": "*fp32",
     "d_weight_ptr": "*fp32",
+    "d_bias_ptr": "*fp32",
     "map_ptr": "*u8",
     "probs_ptr": "*fp32",
     "perm_probs_ptr": "*fp32",
@@ -186,7 +187,8 @@ def check_activation_sass() -> None:
         lines, _ = sass(kernel, cx, 4, floats=("clamp_value",))
         return sum(1 for line in lines if re.search(r"\b(STS|LDS|BAR)\b", line))
 
-    bwd = dict(flags, LOAD_FP8=False, STORE_DX=True, CLAMPED_DX="zero", BLOCK_R=1, BLOCK_H=1024)
+    bwd = dict(flags, LOAD_FP8=False, STORE_DX=True, CLAMPED_DX="zero", BIAS_SUM=False, ROW_STEPS=1)
+    bwd.update(BLOCK_R=1, BLOCK_H=1024)
     split, inter = (shared(swiglu._swiglu_bwd, dict(bwd, INTERLEAVED=on)) for on in (False, True))
     assert inter <= split, f"interleaved backward: {inter} shared-memory instructions, split {split}"
     # Without STORE_DX (only the weights require grad) the backward's one global store is d_weights'.
@@ -209,10 +211,13 @@ def compile_activation(name: str) -> None:
         compile_sm90(getattr(mod, f"_{name}_fwd"), fwd, floats)
         saved = {"x_ptr": "*u8" if on else "*bf16"}  # the backward reads the fp8 copy's bits
         # with the clamp on, also d_x where it changed a value (the bias's gradient) in rows T to 2T
-        bwd = dict(flags, LOAD_FP8=on, STORE_DX=True, CLAMPED_DX="both" if on else "zero")
+        bwd = dict(flags, LOAD_FP8=on, STORE_DX=True, CLAMPED_DX="both" if on else "zero", BIAS_SUM=False, ROW_STEPS=1)
         compile_sm90(getattr(mod, f"_{name}_bwd"), bwd, floats, saved)
         # d_weights alone (only the weights require grad)
-        bwd = dict(flags, HAS_WEIGHT=True, LOAD_FP8=on, STORE_DX=False, CLAMPED_DX="zero")
+        bwd = dict(bwd, HAS_WEIGHT=True, STORE_DX=False, CLAMPED_DX="zero")
+        compile_sm90(getattr(mod, f"_{name}_bwd"), bwd, floats, saved)
+        # the shared bias's gradient summed over 4 blocks of rows a program, with d_x or without
+        bwd = dict(bwd, HAS_BIAS=True, HAS_WEIGHT=on, STORE_DX=on, BIAS_SUM=True, ROW_STEPS=4)
         compile_sm90(getattr(mod, f"_{name}_bwd"), bwd, floats, saved)
 
 
