@@ -10,7 +10,8 @@ Two forms with a [2H] bias shared by every row (bf16, fp32 weights):
 - "swiglu": ``weighted_bias_swiglu``, no clamp.
 Each per subset of trained tensors (input+bias, bias, input), three ways:
 - "ours": the backward kernel sums the bias's gradient over its rows itself (bias_sum, session 41):
-  an fp32 row of partial sums per program, summed by the launcher. d_x is written only for the input.
+  an fp32 row of partial sums per program, summed by the launcher; d_x is written only for the
+  input. Below ``_runtime.BIAS_SUM_MIN_ROWS`` (4096) rows, session 40's path (next).
 - "ours, sum in PyTorch": the same package with ``_runtime.BIAS_SUM`` off, session 40's path: d_x
   written (twice with the clamp and the input trained: with and without the clamp's zeros), then
   PyTorch's column sum reads it again.
@@ -20,7 +21,8 @@ Times are CUDA-graph replays (bench.timed: medians of triton.testing.do_bench). 
 model of what any implementation must move: forward, read x and write out (6H bytes a row); backward,
 read g and x (6H), write d_x where the input is trained (4H); the bias's sum adds nothing to it. It is
 a percentage of a device-to-device copy measured in the same run. --rows-per-program also times
-"ours" at each grouping of rows a backward program sums (``_runtime.bias_sum_rows``), to pick it.
+"ours" at each grouping of rows a backward program sums (``_runtime.bias_sum_rows``), to pick it,
+the kernel's sum at any row count.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def main() -> None:
     copy = copy_bandwidth()
     card = torch.cuda.get_device_name()
     print(f"{card}: copy {copy:.0f} GB/s")
-    rule = rt.bias_sum_rows
+    rule, least = rt.bias_sum_rows, rt.BIAS_SUM_MIN_ROWS
     rows_out = []
     for form in args.forms:
         ours, reference = FORMS[form]
@@ -94,7 +96,8 @@ def main() -> None:
                 ways.append(("compiled reference", compiled, True, None))
             for impl, fn, in_kernel, rows_per_program in ways:
                 rt.BIAS_SUM = in_kernel
-                rt.bias_sum_rows = rule if rows_per_program is None else (lambda n, r=rows_per_program: r)
+                rt.bias_sum_rows = rule if rows_per_program is None else (lambda n, heavy=False, r=rows_per_program: r)
+                rt.BIAS_SUM_MIN_ROWS = least if rows_per_program is None else 0  # the kernel's sum at any row count
                 for trained in ("input+bias", "bias", "input"):
                     yy = y.detach().requires_grad_("input" in trained)
                     bb = bias.detach().requires_grad_("bias" in trained)
@@ -110,7 +113,7 @@ def main() -> None:
                     rows_out.append(row)
                     what = f"{form} {n_rows}x{h} {impl:28s} {trained:11s}"
                     print(f"{what} {ms * 1e3:8.1f} us  {row['pct_copy']:5.1f}% of copy")
-            rt.BIAS_SUM, rt.bias_sum_rows = True, rule
+            rt.BIAS_SUM, rt.bias_sum_rows, rt.BIAS_SUM_MIN_ROWS = True, rule, least
             # ours against the reference's numbers once per shape: the gradients agree to bf16 rounding
             yy, bb = y.detach().requires_grad_(True), bias.detach().requires_grad_(True)
             got = torch.autograd.grad(ours(yy, bb, w), (yy, bb), g)

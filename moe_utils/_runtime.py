@@ -889,12 +889,19 @@ def check_bias_sum(bias: torch.Tensor | None, clamped_dx: str, bias_sum: bool) -
 #: Whether the backward sums a shared [2H] bias's gradient itself (bias_sum, session 41). False:
 #: session 40's path (d_x written, then summed in PyTorch), for benchmarks/bias.py's side-by-side.
 BIAS_SUM = True
+#: Fewer rows than this take session 40's path with BIAS_SUM too. Below it a program sums one or two
+#: rows, so the partial sums weigh as much as d_x or twice (H200, session 41 calls 5 and 8, fwd+bwd
+#: with the input and the bias trained, in the kernel against PyTorch's sum: 1024 x 2880 SwiGLU 36.1
+#: against 29.2 µs, Quick-GEGLU with its clamp 35.6 against 31.8; 2048 x 2880 55.2 / 49.1 and 57.9 /
+#: 55.0; 2048 x 768 SwiGLU 24.7 / 21.5; from 4096 rows the kernel's sum is ahead: 0.5-18% there).
+BIAS_SUM_MIN_ROWS = 4096
 
 
-def sums_bias(bias: torch.Tensor | None, needs_bias: bool) -> bool:
+def sums_bias(bias: torch.Tensor | None, needs_bias: bool, n_rows: int) -> bool:
     """Whether the backward sums the bias's gradient (bias_sum): a normalised shared [2H] bias that
-    requires grad. A [T, 2H] bias's gradient is d_x itself; other shapes are summed from it."""
-    return BIAS_SUM and needs_bias and bias is not None and bias.dim() == 1
+    requires grad, from BIAS_SUM_MIN_ROWS rows. A [T, 2H] bias's gradient is d_x itself; other shapes,
+    and fewer rows, are summed from it."""
+    return BIAS_SUM and needs_bias and bias is not None and bias.dim() == 1 and n_rows >= BIAS_SUM_MIN_ROWS
 
 
 def _floor_pow2(n: int) -> int:
@@ -1077,8 +1084,9 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     # d_weights alone (4H of its 10H bytes a row with 16-bit input, 4H of 8H from the fp8 copy) and
     # allocates no T x 2H buffer.
     needs_y, needs_bias, _ = ctx.needs_grad
-    # A shared [2H] bias's gradient is summed in the kernel (bias_sum): d_x is then the input's alone.
-    summed = sums_bias(bias, needs_bias)
+    # A shared [2H] bias's gradient is summed in the kernel (bias_sum, from BIAS_SUM_MIN_ROWS rows): d_x
+    # is then the input's alone.
+    summed = sums_bias(bias, needs_bias, n_rows)
     mode = clamped_dx_mode(clamp_value, needs_y, needs_bias and not summed)
     args = (clamp_value, interleaved, y_dtype, params, needs_y or (needs_bias and not summed), mode, summed)
     d_x, d_w, d_b = impl.backward(g, x_saved, bias, weight, *args)
@@ -1222,7 +1230,7 @@ def backward_helper(
     clamp_value = check_clamp(fn, clamp_value)
     # Under a transform the bias's sum is taken in PyTorch ops (differentiable); else a shared [2H]
     # bias's is summed in the kernel (bias_sum).
-    summed = sums_bias(rows.bias, bias is not None) and not functional
+    summed = sums_bias(rows.bias, bias is not None, n_rows) and not functional
     mode = clamped_dx_mode(clamp_value, True, bias is not None and not summed)
     if functional:
         math_fn = _eager_math(impl, fn, impl.eager_backward)
@@ -1285,7 +1293,7 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
         first_order_only(op_name, (grad_out,), ctx.reads_inputs)
         x_saved, bias, weight = ctx.saved_tensors
         needs_bias = bias is not None and ctx.needs_input_grad[1]
-        summed = sums_bias(bias, needs_bias)  # as function_backward
+        summed = sums_bias(bias, needs_bias, grad_out.shape[0])  # as function_backward
         store_dx = ctx.needs_input_grad[0] or (needs_bias and not summed)
         mode = clamped_dx_mode(ctx.clamp_value, ctx.needs_input_grad[0], needs_bias and not summed)
         args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx, mode, summed)

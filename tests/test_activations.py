@@ -113,9 +113,10 @@ def test_every_subset_of_inputs_requiring_grad(backend, monkeypatch, name, needs
     functional form read the bias's flag at the input's position (its Function takes the op's name
     first): a bias trained on a frozen input got no gradient, silently. The backward writes d_x
     only where the input's gradient reads it (its argument store_dx), and sums the shared bias's
-    gradient itself where that is trained (bias_sum, its last)."""
+    gradient itself where that is trained (bias_sum, its last; from rt.BIAS_SUM_MIN_ROWS rows, here 0)."""
     spec = SPECS[name]
     mod = _module(name)
+    monkeypatch.setattr(rt, "BIAS_SUM_MIN_ROWS", 0)
     store_dx = []
     call = rt.call
 
@@ -367,6 +368,7 @@ def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_progr
     from moe_utils import weighted_bias_quick_geglu_impl
 
     monkeypatch.setattr(rt, "bias_sum_rows", lambda n_rows, heavy: rows_per_program)
+    monkeypatch.setattr(rt, "BIAS_SUM_MIN_ROWS", 0)
     gen = make_generator(31 + rows_per_program)
     y, w, g = _inputs(45, 1100, torch.bfloat16, gen)
     y = y * 3  # values beyond the clamp
@@ -390,6 +392,37 @@ def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_progr
         assert_close_to_ref(d_w, r[3], torch.bfloat16, f"{trained} d_weights", bound=ref.d_w_bound)
         if d_y:
             assert_close_to_ref(d_y[0], r[1], torch.bfloat16, f"{trained} d_y")
+
+
+@pytest.mark.parametrize("least", [8, 9])
+def test_bias_sum_from_its_row_count(backend, monkeypatch, least):
+    """Below rt.BIAS_SUM_MIN_ROWS rows the shared bias's gradient is summed from d_x in PyTorch
+    (session 40's path: a program would sum one or two rows, partial sums as large as d_x); from
+    there in the kernel. The gradients agree either way."""
+    from moe_utils import weighted_bias_quick_geglu_impl
+
+    mod = _module("quick_geglu")
+    calls = []
+    call = rt.call
+
+    def spy(op, launcher, *args):  # the backward's arguments end (..., store_dx, clamped_dx, bias_sum)
+        if op is mod._IMPL.backward_op:
+            calls.append(args[-3:])
+        return call(op, launcher, *args)
+
+    monkeypatch.setattr(rt, "call", spy)
+    monkeypatch.setattr(rt, "BIAS_SUM_MIN_ROWS", least)
+    gen = make_generator(41)
+    y, w, g = _inputs(8, 24, torch.float32, gen)
+    y = (y * 3).requires_grad_(True)
+    bias = torch.randn(48, generator=gen).to(DEVICE).requires_grad_(True)
+    out = weighted_bias_quick_geglu_impl(y, bias, w, False, 0.5, 2.0, 1.5)
+    d_y, d_b = torch.autograd.grad(out, (y, bias), g)
+    summed = least <= 8
+    assert calls == [(True, "zero" if summed else "both", summed)]
+    r = SpecReference(SPECS["quick_geglu"]).forward_backward(y, bias, w, g, (0.5, 1.5), clamp_value=2.0)
+    assert_close_to_ref(d_y, r[1], torch.float32, "d_y")
+    assert_close_to_ref(d_b, r[2], torch.float32, "d_bias")
 
 
 def test_bias_sum_refuses_what_it_cannot_sum():

@@ -81,14 +81,26 @@ def test_activations_match_float64(spec, dtype, n_rows, h, with_bias, fp8, clamp
     fp8=st.booleans(),
     clamp=st.one_of(st.none(), st.floats(0.5, 4.0)),
     interleaved=st.booleans(),
+    kernel_sum=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_kernel_gradients_match_autodiff_of_the_forward(
-    spec, dtype, lead, h, bias_kind, trained, fp8, clamp, interleaved, seed
+    spec, dtype, lead, h, bias_kind, trained, fp8, clamp, interleaved, kernel_sum, seed
 ):
     """The kernels' gradients (sympy's derivatives, our masks and sums) against PyTorch autograd of the
     spec's forward in float64 (rt.eager_gated: no sympy derivative, no mask of ours), for every
-    subset of trained tensors and bias shape. This oracle found the clamp's bias gradient (session 40)."""
+    subset of trained tensors and bias shape. This oracle found the clamp's bias gradient (session 40).
+    kernel_sum: a shared bias's gradient summed in the kernel (bias_sum, rt.BIAS_SUM_MIN_ROWS at 0)
+    or, as at these row counts by default, from d_x in PyTorch."""
+    least = rt.BIAS_SUM_MIN_ROWS
+    rt.BIAS_SUM_MIN_ROWS = 0 if kernel_sum else least
+    try:
+        _gradients_match_autodiff(spec, dtype, lead, h, bias_kind, trained, fp8, clamp, interleaved, seed)
+    finally:
+        rt.BIAS_SUM_MIN_ROWS = least
+
+
+def _gradients_match_autodiff(spec, dtype, lead, h, bias_kind, trained, fp8, clamp, interleaved, seed):
     gen = torch.Generator().manual_seed(seed)
     mod = importlib.import_module(f"moe_utils.generated.{spec.name}")
     n_rows = 1
