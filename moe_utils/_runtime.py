@@ -738,7 +738,7 @@ def eager_backward_rows(
     w = weight.to(dtype)[:, None] if weight is not None else 1.0
     d_gate, d_up, d_weight = math_fn(gate, up, grad_out.to(dtype), w, *params)
     d_w = d_weight.sum(dim=-1).to(weight.dtype) if weight is not None else None
-    d_b = join_halves(d_gate, d_up, interleaved).sum(0) if bias_sum else None
+    d_b = join_halves(d_gate.sum(0), d_up.sum(0), interleaved) if bias_sum else None
     if not store_dx:
         return None, d_w, d_b
     kept = None  # d_x without the clamp's zeros: the bias's gradient
@@ -967,7 +967,29 @@ def split_dx(d_x: torch.Tensor, mode: str, n_rows: int) -> tuple[torch.Tensor, t
     return d_x, d_x
 
 
-def _reduce_bias_grad(d_x: torch.Tensor, bias_norm: torch.Tensor, y_shape, bias_shape, dtype) -> torch.Tensor:
+def backward_plan(
+    clamp_value: float | None,
+    bias: torch.Tensor | None,
+    needs_input: bool,
+    needs_bias: bool,
+    n_rows: int,
+    in_kernel: bool = True,
+) -> tuple[bool, str, bool]:
+    """(store_dx, clamped_dx, bias_sum) of a backward call, for every caller (the Functions, the ops'
+    own autograd, the *_back helpers): d_x where the input's gradient, or a bias's summed from it,
+    reads it; a shared bias's sum in the kernel (sums_bias; not where in_kernel is False, the
+    differentiable path of torch.func transforms); clamped_dx_mode for the rest."""
+    summed = in_kernel and sums_bias(bias, needs_bias, n_rows)
+    from_dx = needs_bias and not summed
+    return needs_input or from_dx, clamped_dx_mode(clamp_value, needs_input, from_dx), summed
+
+
+def _reduce_bias_grad(
+    d_x: torch.Tensor, d_b: torch.Tensor | None, bias_norm: torch.Tensor, y_shape, bias_shape, dtype
+) -> torch.Tensor:
+    """The bias's gradient in its own shape and dtype: the kernel's sum d_b (bias_sum), or summed from d_x."""
+    if d_b is not None:
+        return d_b.to(dtype).reshape(bias_shape)
     if bias_norm.dim() == 1:
         return bias_grad(d_x, bias_norm).reshape(bias_shape)
     acc = torch.float64 if d_x.dtype == torch.float64 else torch.float32
@@ -1086,16 +1108,13 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     needs_y, needs_bias, _ = ctx.needs_grad
     # A shared [2H] bias's gradient is summed in the kernel (bias_sum, from BIAS_SUM_MIN_ROWS rows): d_x
     # is then the input's alone.
-    summed = sums_bias(bias, needs_bias, n_rows)
-    mode = clamped_dx_mode(clamp_value, needs_y, needs_bias and not summed)
-    args = (clamp_value, interleaved, y_dtype, params, needs_y or (needs_bias and not summed), mode, summed)
+    store_dx, mode, summed = backward_plan(clamp_value, bias, needs_y, needs_bias, n_rows)
+    args = (clamp_value, interleaved, y_dtype, params, store_dx, mode, summed)
     d_x, d_w, d_b = impl.backward(g, x_saved, bias, weight, *args)
     d_x, d_x_bias = split_dx(d_x, mode, n_rows)
     d_bias = None
-    if summed:
-        d_bias = d_b.to(bias_meta[1]).reshape(bias_meta[0])
-    elif needs_bias:
-        d_bias = _reduce_bias_grad(d_x_bias, bias, y_shape, bias_meta[0], bias_meta[1])
+    if needs_bias:
+        d_bias = _reduce_bias_grad(d_x_bias, d_b if summed else None, bias, y_shape, bias_meta[0], bias_meta[1])
     d_y = d_x.view(y_shape) if needs_y else None
     return d_y, d_bias, (d_w.view(w_shape) if weight is not None else None)
 
@@ -1230,21 +1249,20 @@ def backward_helper(
     clamp_value = check_clamp(fn, clamp_value)
     # Under a transform the bias's sum is taken in PyTorch ops (differentiable); else a shared [2H]
     # bias's is summed in the kernel (bias_sum).
-    summed = sums_bias(rows.bias, bias is not None, n_rows) and not functional
-    mode = clamped_dx_mode(clamp_value, True, bias is not None and not summed)
+    _, mode, summed = backward_plan(clamp_value, rows.bias, True, bias is not None, n_rows, not functional)
     if functional:
         math_fn = _eager_math(impl, fn, impl.eager_backward)
         args = (clamp_value, interleaved, params, y.dtype, mode)
-        d_x, d_w, _ = eager_backward_rows(math_fn, g2, rows.x, rows.bias, rows.weight, *args)
+        d_x, d_w, d_b = eager_backward_rows(math_fn, g2, rows.x, rows.bias, rows.weight, *args)  # d_b None
     else:
         args = (clamp_value, interleaved, y.dtype, params, True, mode, summed)
         d_x, d_w, d_b = impl.backward(g2, rows.x, rows.bias, rows.weight, *args)
     d_x, d_x_bias = split_dx(d_x, mode, n_rows)
     d_bias = None
-    if summed:
-        d_bias = d_b.to(bias.dtype).reshape(bias.shape)
-    elif bias is not None:
-        d_bias = _reduce_bias_grad(d_x_bias, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype)
+    if bias is not None:
+        d_bias = _reduce_bias_grad(
+            d_x_bias, d_b if summed else None, rows.bias, tuple(y.shape), tuple(bias.shape), bias.dtype
+        )
     d_w = d_w.view(weights.shape) if weights is not None else None
     return d_x.view(y.shape), d_bias, d_w
 
@@ -1293,9 +1311,8 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
         first_order_only(op_name, (grad_out,), ctx.reads_inputs)
         x_saved, bias, weight = ctx.saved_tensors
         needs_bias = bias is not None and ctx.needs_input_grad[1]
-        summed = sums_bias(bias, needs_bias, grad_out.shape[0])  # as function_backward
-        store_dx = ctx.needs_input_grad[0] or (needs_bias and not summed)
-        mode = clamped_dx_mode(ctx.clamp_value, ctx.needs_input_grad[0], needs_bias and not summed)
+        plan = backward_plan(ctx.clamp_value, bias, ctx.needs_input_grad[0], needs_bias, grad_out.shape[0])
+        store_dx, mode, summed = plan
         args = (ctx.clamp_value, ctx.interleaved, ctx.x_dtype, *ctx.params, store_dx, mode, summed)
         d_x, d_w, d_b = backward_op(grad_out, x_saved, bias, weight, *args)
         d_x, d_x_bias = split_dx(d_x, mode, grad_out.shape[0])
