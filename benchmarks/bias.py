@@ -65,66 +65,99 @@ def byte_model(n_rows: int, h: int, trained: str) -> int:
     return n_rows * (6 * h + 6 * h + (4 * h if "input" in trained else 0))
 
 
+def overrides(args) -> list[tuple[str, dict]]:
+    """The extra ways to time "ours": (label, _runtime attributes to set for it)."""
+    ways = []
+    for r in args.rows_per_program:  # whole rows a program (session 41's grid) at r rows, any row count
+        rule = {"bias_sum_rows": lambda n, heavy=False, r=r: r, "BIAS_SUM_SPLIT_BELOW": 0, "BIAS_SUM_MIN_ROWS": 0}
+        ways.append((f"ours, whole rows, {r} rows a program", rule))
+    if args.whole_rows:  # session 41's grid with its own rows a program
+        ways.append(("ours, whole rows", {"BIAS_SUM_SPLIT_BELOW": 0}))
+    for spec in args.split:  # the column split at a block width and rows a program: "256:32"
+        block_h, rows = (int(v) for v in spec.split(":"))
+
+        def config(cfg, n, h, heavy=False, block_h=block_h, rows=rows):
+            return rt.bias_sum_split(n, h, heavy, block_h, rows)
+
+        rule = {"bias_sum_config": config, "BIAS_SUM_MIN_ROWS": 0}
+        ways.append((f"ours, split {block_h} columns, {rows} rows", rule))
+    return ways
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[4096, 16384, 65536])
-    parser.add_argument("--width", type=int, default=2880)
+    parser.add_argument("--width", type=int, nargs="+", default=[2880])
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
     parser.add_argument("--rows-per-program", type=int, nargs="*", default=[])
+    parser.add_argument("--whole-rows", action="store_true", help="also time session 41's grid (whole rows)")
+    parser.add_argument("--split", nargs="*", default=[], help="also time column splits, BLOCK_H:ROWS each")
+    parser.add_argument("--train-weights", action="store_true", help="the routing weights trained as well")
+    parser.add_argument("--subsets", nargs="+", default=["input+bias", "bias", "input"])
     parser.add_argument("--no-reference", action="store_true", help="leave the compiled reference out")
+    parser.add_argument("--no-pytorch-sum", action="store_true", help="leave session 40's path out")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     copy = copy_bandwidth()
     card = torch.cuda.get_device_name()
     print(f"{card}: copy {copy:.0f} GB/s")
-    rule, least = rt.bias_sum_rows, rt.BIAS_SUM_MIN_ROWS
     rows_out = []
     for form in args.forms:
         ours, reference = FORMS[form]
         compiled = None if args.no_reference else torch.compile(reference)
-        for n_rows in args.rows:
-            h = args.width
-            gen = torch.Generator(device="cuda").manual_seed(n_rows)
-            y = torch.randn(n_rows, 2 * h, device="cuda", generator=gen).mul_(4).to(torch.bfloat16)
-            bias = torch.randn(2 * h, device="cuda", generator=gen).to(torch.bfloat16)
-            w = torch.rand(n_rows, 1, device="cuda", generator=gen)
-            g = torch.randn(n_rows, h, device="cuda", generator=gen).to(torch.bfloat16)
-            ways = [("ours", ours, True, None), ("ours, sum in PyTorch", ours, False, None)]
-            ways += [(f"ours, {r} rows a program", ours, True, r) for r in args.rows_per_program]
-            if compiled is not None:
-                ways.append(("compiled reference", compiled, True, None))
-            for impl, fn, in_kernel, rows_per_program in ways:
-                rt.BIAS_SUM = in_kernel
-                rt.bias_sum_rows = rule if rows_per_program is None else (lambda n, heavy=False, r=rows_per_program: r)
-                rt.BIAS_SUM_MIN_ROWS = least if rows_per_program is None else 0  # the kernel's sum at any row count
-                for trained in ("input+bias", "bias", "input"):
-                    yy = y.detach().requires_grad_("input" in trained)
-                    bb = bias.detach().requires_grad_("bias" in trained)
-                    wanted = [t for t in (yy, bb) if t.requires_grad]
-
-                    def step(i, fn=fn, yy=yy, bb=bb, wanted=wanted):
-                        torch.autograd.grad(fn(yy, bb, w), wanted, g)
-
-                    step(0)
-                    ms, _ = timed(step)
-                    row = dict(card=card, form=form, impl=impl, trained=trained, shape=[n_rows, h], us=ms * 1e3)
-                    row["pct_copy"] = 100 * byte_model(n_rows, h, trained) / ms / 1e6 / copy
-                    rows_out.append(row)
-                    what = f"{form} {n_rows}x{h} {impl:28s} {trained:11s}"
-                    print(f"{what} {ms * 1e3:8.1f} us  {row['pct_copy']:5.1f}% of copy")
-            rt.BIAS_SUM, rt.bias_sum_rows, rt.BIAS_SUM_MIN_ROWS = True, rule, least
-            # ours against the reference's numbers once per shape: the gradients agree to bf16 rounding
-            yy, bb = y.detach().requires_grad_(True), bias.detach().requires_grad_(True)
-            got = torch.autograd.grad(ours(yy, bb, w), (yy, bb), g)
-            want = torch.autograd.grad(reference(yy.double(), bb.double(), w.double()), (yy, bb), g.double())
-            for name, a, b in zip(("d_input", "d_bias"), got, want, strict=True):
-                rel = ((a.double() - b).norm() / b.norm()).item()
-                print(f"  {name}: relative error against float64 {rel:.2e}")
-                assert rel < 1e-2, name
+        for h in args.width:
+            for n_rows in args.rows:
+                time_shape(args, form, ours, reference, compiled, n_rows, h, copy, card, rows_out)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"bias-{card.replace(' ', '_')}{args.tag}.json").write_text(json.dumps(rows_out, indent=1))
+
+
+def time_shape(args, form, ours, reference, compiled, n_rows, h, copy, card, rows_out) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(n_rows)
+    y = torch.randn(n_rows, 2 * h, device="cuda", generator=gen).mul_(4).to(torch.bfloat16)
+    bias = torch.randn(2 * h, device="cuda", generator=gen).to(torch.bfloat16)
+    w = torch.rand(n_rows, 1, device="cuda", generator=gen)
+    g = torch.randn(n_rows, h, device="cuda", generator=gen).to(torch.bfloat16)
+    ways = [("ours", ours, {})]
+    if not args.no_pytorch_sum:
+        ways.append(("ours, sum in PyTorch", ours, {"BIAS_SUM": False}))
+    ways += [(label, ours, rule) for label, rule in overrides(args)]
+    if compiled is not None:
+        ways.append(("compiled reference", compiled, {}))
+    for impl, fn, rule in ways:
+        saved = {name: getattr(rt, name) for name in rule}
+        for name, value in rule.items():
+            setattr(rt, name, value)
+        try:
+            for trained in args.subsets:
+                yy = y.detach().requires_grad_("input" in trained)
+                bb = bias.detach().requires_grad_("bias" in trained)
+                ww = w.detach().requires_grad_(args.train_weights)
+                wanted = [t for t in (yy, bb, ww) if t.requires_grad]
+
+                def step(i, fn=fn, yy=yy, bb=bb, ww=ww, wanted=wanted):
+                    torch.autograd.grad(fn(yy, bb, ww), wanted, g)
+
+                step(0)
+                ms, _ = timed(step)
+                label = trained + ("+weights" if args.train_weights else "")
+                row = dict(card=card, form=form, impl=impl, trained=label, shape=[n_rows, h], us=ms * 1e3)
+                row["pct_copy"] = 100 * byte_model(n_rows, h, trained) / ms / 1e6 / copy
+                rows_out.append(row)
+                print(f"{form} {n_rows}x{h} {impl:36s} {label:19s} {ms * 1e3:8.1f} us  {row['pct_copy']:5.1f}% of copy")
+        finally:
+            for name, value in saved.items():
+                setattr(rt, name, value)
+    # ours against the reference's numbers once per shape: the gradients agree to bf16 rounding
+    yy, bb, ww = y.detach().requires_grad_(True), bias.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    got = torch.autograd.grad(ours(yy, bb, ww), (yy, bb, ww), g)
+    want = torch.autograd.grad(reference(yy.double(), bb.double(), ww.double()), (yy, bb, ww), g.double())
+    for name, a, b in zip(("d_input", "d_bias", "d_weights"), got, want, strict=True):
+        rel = ((a.double() - b).norm() / b.norm()).item()
+        print(f"  {name}: relative error against float64 {rel:.2e}")
+        assert rel < 1e-2, name
 
 
 if __name__ == "__main__":
