@@ -68,19 +68,17 @@ def byte_model(n_rows: int, h: int, trained: str) -> int:
 def overrides(args) -> list[tuple[str, dict]]:
     """The extra ways to time "ours": (label, _runtime attributes to set for it)."""
     ways = []
-    for r in args.rows_per_program:  # whole rows a program (session 41's grid) at r rows, any row count
-        rule = {"bias_sum_rows": lambda n, heavy=False, r=r: r, "BIAS_SUM_SPLIT_BELOW": 0, "BIAS_SUM_MIN_ROWS": 0}
-        ways.append((f"ours, whole rows, {r} rows a program", rule))
-    if args.whole_rows:  # session 41's grid with its own rows a program
-        ways.append(("ours, whole rows", {"BIAS_SUM_SPLIT_BELOW": 0}))
-    for spec in args.split:  # the column split at a block width and rows a program: "256:32"
-        block_h, rows = (int(v) for v in spec.split(":"))
+    for r in args.rows_per_program:  # r rows a program, at any row count
+        rule = {"bias_sum_rows": lambda n, heavy=False, r=r: r, "BIAS_SUM_MIN_ROWS": 0}
+        ways.append((f"ours, {r} rows a program", rule))
+    for spec in args.tile:  # the backward's launch shape with bias_sum: "BLOCK_R:BLOCK_H:WARPS:ROWS"
+        block_r, block_h, warps, rows = (int(v) for v in spec.split(":"))
 
-        def config(cfg, n, h, heavy=False, block_h=block_h, rows=rows):
-            return rt.bias_sum_split(n, h, heavy, block_h, rows)
+        def config(cfg, n, h, heavy=False, shape=(block_r, block_h, warps), rows=rows):
+            return rt.BlockConfig(*shape), max(1, rows // shape[0])
 
         rule = {"bias_sum_config": config, "BIAS_SUM_MIN_ROWS": 0}
-        ways.append((f"ours, split {block_h} columns, {rows} rows", rule))
+        ways.append((f"ours, [{block_r}, {block_h}] x {warps}, {rows} rows", rule))
     return ways
 
 
@@ -90,8 +88,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, nargs="+", default=[2880])
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
     parser.add_argument("--rows-per-program", type=int, nargs="*", default=[])
-    parser.add_argument("--whole-rows", action="store_true", help="also time session 41's grid (whole rows)")
-    parser.add_argument("--split", nargs="*", default=[], help="also time column splits, BLOCK_H:ROWS each")
+    parser.add_argument("--tile", nargs="*", default=[], help="also time launch shapes, BLOCK_R:BLOCK_H:WARPS:ROWS")
     parser.add_argument("--train-weights", action="store_true", help="the routing weights trained as well")
     parser.add_argument("--subsets", nargs="+", default=["input+bias", "bias", "input"])
     parser.add_argument("--no-reference", action="store_true", help="leave the compiled reference out")

@@ -195,11 +195,9 @@ def _squared_reglu_bwd(
     weight_ptr,  # [n_rows] routing weights (HAS_WEIGHT)
     d_x_ptr,  # [n_rows, 2 * H] input gradient, contiguous, in the layout of x (STORE_DX; CLAMPED_DX)
     d_weight_ptr,  # [n_rows] weight gradient (HAS_WEIGHT)
-    d_bias_ptr,  # [row groups, 2 * H] fp32 column sums of the shared bias's gradient, a row per group of rows (BIAS_SUM)
+    d_bias_ptr,  # [programs, 2 * H] fp32 column sums of the shared bias's gradient, a row per program (BIAS_SUM)
     n_rows,  # rows T
     H,  # width of one half
-    n_chunks,  # BIAS_SUM: column chunks a group of rows is split into (1 otherwise)
-    chunk_h,  # BIAS_SUM: columns of each half a chunk holds, a multiple of BLOCK_H (the last chunk may hold fewer)
     grad_out_row_stride,  # elements between rows of grad_out
     x_row_stride,  # elements between rows of x
     bias_row_stride,  # elements between rows of bias; 0 when one bias row is shared
@@ -223,19 +221,15 @@ def _squared_reglu_bwd(
     # d_weight[r] = sum_c grad_out[r, c] * f[r, c]. Each program owns whole rows, so the row sum
     # stays in fp32 registers: deterministic, no atomics.
     if BIAS_SUM:
-        # A grid of row groups x column chunks (the chunks of a group adjacent): a program takes
-        # ROW_STEPS blocks of rows in the column steps of its chunk, column steps outside, so that the
-        # bias's column sums over its rows stay in registers; one fp32 row of partial sums per group
-        # of rows, which the launcher sums (deterministic). d_weight's row sums wait in a
-        # [ROW_STEPS, BLOCK_R] tile, stored per chunk (fp32 rows the launcher sums where n_chunks > 1).
+        # ROW_STEPS blocks of rows per program, column steps outside, so that the bias's column sums
+        # over the program's rows stay in registers; one fp32 row of partial sums per program, which
+        # the launcher sums (deterministic). d_weight's row sums wait in a [ROW_STEPS, BLOCK_R] tile.
         program = tl.program_id(0).to(tl.int64)
-        group = program // n_chunks
-        col0 = (program % n_chunks).to(tl.int32) * chunk_h
-        first = group * (ROW_STEPS * BLOCK_R)
+        first = program * (ROW_STEPS * BLOCK_R)
         steps = tl.arange(0, ROW_STEPS)
         d_weight_acc = tl.zeros([ROW_STEPS, BLOCK_R], dtype=tl.float32)
         one_row = tl.zeros([1], dtype=tl.int64)
-        for start in range(col0, tl.minimum(col0 + chunk_h, H), BLOCK_H):
+        for start in range(0, H, BLOCK_H):
             gate_acc = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32)
             up_acc = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32)
             for step in range(ROW_STEPS):
@@ -256,13 +250,12 @@ def _squared_reglu_bwd(
                 if HAS_WEIGHT:
                     d_weight_acc += tl.where(steps[:, None] == step, d_weight_rows[None, :], 0.0)
             store_halves(
-                d_bias_ptr, group * (2 * H) + one_row, start, H, one_row == 0,
+                d_bias_ptr, program * (2 * H) + one_row, start, H, one_row == 0,
                 tl.sum(gate_acc, axis=0)[None, :], tl.sum(up_acc, axis=0)[None, :], INTERLEAVED, 1, BLOCK_H,
             )  # fmt: skip
         if HAS_WEIGHT:
             w_rows = first + steps[:, None] * BLOCK_R + tl.arange(0, BLOCK_R)[None, :]
-            w_out = d_weight_ptr + (program % n_chunks) * n_rows + w_rows
-            tl.store(w_out, d_weight_acc.to(d_weight_ptr.dtype.element_ty), mask=w_rows < n_rows)
+            tl.store(d_weight_ptr + w_rows, d_weight_acc.to(d_weight_ptr.dtype.element_ty), mask=w_rows < n_rows)
     else:
         rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
         row_ok = rows < n_rows
@@ -392,25 +385,21 @@ def _launch_backward(
         cfg = _rt.backward_config(
             n_rows, h, weight is not None, heavy, fp8, interleaved, clamp_value is not None, _BACKWARD_OPS, store_dx
         )
-        steps, chunk_h = 1, h
+        steps = 1
         if bias_sum:
-            cfg, steps, chunk_h = _rt.bias_sum_config(cfg, n_rows, h, heavy)
-        groups, chunks = _rt.cdiv(n_rows, cfg.block_r * steps), _rt.cdiv(h, chunk_h)
-        partials = _rt.empty((groups, two_h) if bias_sum else (0,), torch.float32, x_saved.device)
-        # d_weight's row sums, one fp32 row per column chunk where a row is split into several
-        w_parts = d_w if chunks == 1 or weight is None else _rt.empty((chunks, n_rows), torch.float32, d_w.device)
-        _squared_reglu_bwd[(groups * chunks,)](
+            cfg, steps = _rt.bias_sum_config(cfg, n_rows, h, heavy)
+        programs = _rt.cdiv(n_rows, cfg.block_r * steps)
+        partials = _rt.empty((programs, two_h) if bias_sum else (0,), torch.float32, x_saved.device)
+        _squared_reglu_bwd[(programs,)](
             grad_out,
             x_saved.view(torch.uint8) if fp8 else x_saved,
             x_saved if bias is None else bias,
             x_saved if weight is None else weight,
             d_x if store_dx else grad_out,
-            grad_out if weight is None else w_parts,
+            grad_out if weight is None else d_w,
             partials if bias_sum else grad_out,
             n_rows,
             h,
-            chunks,
-            chunk_h,
             grad_out.stride(0),
             x_saved.stride(0),
             _rt.row_stride(bias),
@@ -431,8 +420,6 @@ def _launch_backward(
         )
         if bias_sum:
             torch.sum(partials, 0, out=d_b)
-        if w_parts is not d_w:
-            _rt.sum_rows_into(w_parts, d_w)
         return d_x, d_w, d_b
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
     params = ()
@@ -508,7 +495,7 @@ _IMPL = _rt.ActivationImpl(
     backward_op=_backward_op,
     eager_forward=_squared_reglu_fwd_eager,
     eager_backward=_squared_reglu_bwd_eager,
-    abi=5,  # _runtime.GENERATED_ABI of these templates
+    abi=4,  # _runtime.GENERATED_ABI of these templates
 )
 
 

@@ -806,9 +806,8 @@ def call(op: Any, launcher: Callable[..., Any], *args: Any) -> Any:
 #: (ActivationImpl), with the command that regenerates it. 1: until session 36 (no store_dx, no
 #: abi argument); 2: the backward's store_dx; 3 (session 40): the backward's clamped_dx, and the
 #: eager math passed on (eager_forward, eager_backward); 4 (session 41): the backward's bias_sum and
-#: third output (the shared bias's gradient, summed in the kernel); 5 (session 42): bias_sum_config's
-#: column chunks (a third value).
-GENERATED_ABI = 5
+#: third output (the shared bias's gradient, summed in the kernel).
+GENERATED_ABI = 4
 
 
 @dataclass(frozen=True)
@@ -929,62 +928,18 @@ def bias_sum_rows(n_rows: int, heavy: bool = False) -> int:
     return min(64, _floor_pow2(n_rows // 1024))
 
 
-#: Fewer rows than this split the bias's sum by columns as well (bias_sum_config); from it each
-#: program takes whole rows (session 41's rule).
-BIAS_SUM_SPLIT_BELOW = 65536
+def bias_sum_config(cfg: BlockConfig, n_rows: int, h: int, heavy: bool = False) -> tuple[BlockConfig, int]:
+    """The backward's launch shape with bias_sum, from its shape without (cfg), and its ROW_STEPS.
 
-
-def bias_sum_config(cfg: BlockConfig, n_rows: int, h: int, heavy: bool = False) -> tuple[BlockConfig, int, int]:
-    """The backward's launch shape with bias_sum, from its shape without (cfg): (tile, ROW_STEPS,
-    columns of each half a program takes). The grid is then cdiv(n_rows, tile rows x ROW_STEPS)
-    groups of rows times cdiv(h, chunk) column chunks; each group of rows leaves one fp32 row of
-    partial sums of the bias's gradient, and each chunk beyond the first one fp32 row of d_weight's.
-
-    From BIAS_SUM_SPLIT_BELOW rows, whole rows a program (one chunk): one row a block, as wide as
-    cfg's tile (not past the row's power of two), in cfg's warps, and bias_sum_rows rows. The column
-    sums then stay in each thread until a program's last block, and the block's sum over its rows
-    needs no exchange between warps. H200, session 41 call 1: on [4, 256] tiles (rows on different
-    warps: 16 barriers and 37 shared-memory stores a column step against 1 and 1) the backward
-    kernel alone at 16384 x 768 took 237.7 µs at 4 rows a program and 59.5 at 32, against 57.7 for
-    fwd+bwd with the input alone trained; on [1, 1024] tiles (SwiGLU, 2880 columns) the kernel took
-    418.1 µs at 4 rows and 407.3 at 32 (65536 rows).
-
-    Fewer rows split each row into chunks of one column step (bias_sum_split): the grid keeps its
-    programs with many rows each, so the partial sums stay small."""
-    if n_rows < BIAS_SUM_SPLIT_BELOW:
-        return bias_sum_split(n_rows, h, heavy)
+    One row a block, as wide as cfg's tile (not past the row's power of two), in cfg's warps: the
+    column sums then stay in each thread until a program's last block, and the block's sum over its
+    rows needs no exchange between warps. H200, session 41 call 1: on [4, 256] tiles (rows on
+    different warps: 16 barriers and 37 shared-memory stores a column step against 1 and 1) the
+    backward kernel alone at 16384 x 768 took 237.7 µs at 4 rows a program and 59.5 at 32,
+    against 57.7 for fwd+bwd with the input alone trained; on [1, 1024] tiles (SwiGLU, 2880
+    columns) the kernel took 418.1 µs at 4 rows and 407.3 at 32 (65536 rows)."""
     block_h = min(cfg.block_r * cfg.block_h, max(cfg.block_h, next_pow2(h)))
-    return BlockConfig(1, block_h, cfg.num_warps), bias_sum_rows(n_rows, heavy), h
-
-
-def bias_sum_split(
-    n_rows: int, h: int, heavy: bool = False, block_h: int | None = None, rows: int | None = None
-) -> tuple[BlockConfig, int, int]:
-    """bias_sum_config's shape split by columns: tiles of 1024 elements in 4 warps, ``block_h``
-    columns wide (the least padding of 128 and 256 unless given), a chunk of one column step a
-    program, over ``rows`` rows (a power of two; bias_sum_split_rows unless given). Each program sums
-    its rows' bias gradient across warps once, at its end."""
-    if block_h is None:
-        block_h = least_padding_block(h, 128, 256)
-    block_r = min(max(1, 1024 // block_h), next_pow2(n_rows))
-    if rows is None:
-        rows = bias_sum_split_rows(n_rows, cdiv(h, block_h), heavy)
-    return BlockConfig(block_r, block_h, 4), max(1, rows // block_r), block_h
-
-
-def bias_sum_split_rows(n_rows: int, chunks: int, heavy: bool = False) -> int:
-    """Rows a program of the split grid takes: enough for about 2048 programs (4096 with ``heavy``
-    math) over ``chunks`` column chunks, a power of two from 16 to 256."""
-    programs = 4096 if heavy else 2048
-    return min(256, max(16, _floor_pow2(n_rows * chunks // programs)))
-
-
-def sum_rows_into(parts: torch.Tensor, out: torch.Tensor) -> None:
-    """out = the sum of parts' fp32 rows (deterministic), in out's dtype (one rounding)."""
-    if out.dtype == parts.dtype:
-        torch.sum(parts, 0, out=out)
-    else:
-        out.copy_(parts.sum(0))
+    return BlockConfig(1, block_h, cfg.num_warps), bias_sum_rows(n_rows, heavy)
 
 
 def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -355,44 +355,21 @@ def test_op_autograd_clamp_with_bias():
     assert_close_to_ref(d_b, r[2], torch.float32, "op d_bias")
 
 
-#: bias_sum's launch shapes under test: whole rows a program at 1 to 32 rows (session 41's grid), or
-#: the column split at (BLOCK_H, rows a program, column steps a chunk).
-BIAS_SUM_GRIDS = [("rows", r) for r in (1, 2, 8, 32)] + [("split", 128, 8, 1), ("split", 128, 16, 1)]
-BIAS_SUM_GRIDS += [("split", 256, 64, 1), ("split", 128, 32, 3)]
-
-
-def _pin_bias_sum_grid(monkeypatch, grid) -> None:
-    """bias_sum at any row count, on the launch shape ``grid`` (BIAS_SUM_GRIDS)."""
-    monkeypatch.setattr(rt, "BIAS_SUM_MIN_ROWS", 0)
-    if grid[0] == "rows":
-        monkeypatch.setattr(rt, "BIAS_SUM_SPLIT_BELOW", 0)
-        monkeypatch.setattr(rt, "bias_sum_rows", lambda n_rows, heavy: grid[1])
-        return
-    _, block_h, rows, chunk_steps = grid
-
-    def config(cfg, n_rows, h, heavy=False):
-        tile, steps, chunk_h = rt.bias_sum_split(n_rows, h, heavy, block_h, rows)
-        return tile, steps, chunk_h * chunk_steps
-
-    monkeypatch.setattr(rt, "bias_sum_config", config)
-
-
-@pytest.mark.parametrize("grid", BIAS_SUM_GRIDS, ids=["-".join(map(str, g)) for g in BIAS_SUM_GRIDS])
+@pytest.mark.parametrize("rows_per_program", [1, 2, 8, 32])
 @pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
 @pytest.mark.parametrize("fp8", [False, True], ids=["x", "fp8"])
-def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, grid, interleaved, fp8):
+def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_program, interleaved, fp8):
     """A shared [2H] bias's gradient leaves the backward summed (bias_sum, session 41): each program
     sums its rows' gradient, without the clamp's zeros, in fp32 registers over ROW_STEPS blocks of
-    rows, and the launcher sums the groups' rows (and, where a row is split into column chunks,
-    d_weights' rows of the chunks, session 42). For each launch shape (whole rows at 1 to 32 rows a
-    program; column chunks of 128 or 256 columns, or of three 128-column steps, at 8 to 64 rows;
-    45 rows leave the last group short; 1100 columns take two column steps, or nine chunks whose
-    last is short), with the bias trained alone (no d_x written) and with the input: d_bias, d_y and
-    d_weights against float64, and the same bits run to run."""
+    rows, and the launcher sums the programs' rows. For each grouping (1 to 32 rows a program; 45
+    rows leave the last program short; 1100 columns take two column steps), with the bias trained
+    alone (no d_x written) and with the input: d_bias, d_y and d_weights against float64, and the
+    same bits run to run."""
     from moe_utils import weighted_bias_quick_geglu_impl
 
-    _pin_bias_sum_grid(monkeypatch, grid)
-    gen = make_generator(31 + BIAS_SUM_GRIDS.index(grid))
+    monkeypatch.setattr(rt, "bias_sum_rows", lambda n_rows, heavy: rows_per_program)
+    monkeypatch.setattr(rt, "BIAS_SUM_MIN_ROWS", 0)
+    gen = make_generator(31 + rows_per_program)
     y, w, g = _inputs(45, 1100, torch.bfloat16, gen)
     y = y * 3  # values beyond the clamp
     bias = torch.randn(2200, generator=gen).to(torch.bfloat16).to(DEVICE)
@@ -1005,41 +982,22 @@ def test_backward_config_shapes(h, n_rows):
 @pytest.mark.parametrize("h", [1, 5, 96, 300, 768, 1408, 2048, 2880, 5000, 7168, 20000])
 @pytest.mark.parametrize("n_rows", [1, 3, 1000, 3000, 4096, 16384, 65536, 1 << 20])
 def test_bias_sum_config_shapes(h, n_rows):
-    """The backward with bias_sum. From rt.BIAS_SUM_SPLIT_BELOW rows, whole rows a program: one row a
-    block (the column sums need no exchange between warps; session 41 measured [4, 256] tiles 2-4x
-    slower), as wide as the tile without it but not past the row's power of two, the same warps; a
-    power of two of rows a program: about 1024 programs where the rows allow (n_rows / 1024 rounded
-    down, 1 to 64), with heavy math about 2048 (at least 4 rows where 1024 programs have them, at
-    most 32). Fewer rows: chunks of one column step of 128 or 256 columns (the least padding), tiles
-    of 1024 elements in 4 warps, 16 to 256 rows a program (a power of two), about 2048 programs
-    (4096 with heavy math) where that allows."""
-    from moe_utils._runtime import BIAS_SUM_SPLIT_BELOW, backward_config, bias_sum_config, cdiv, next_pow2
+    """The backward with bias_sum: one row a block (the column sums need no exchange between warps;
+    session 41 measured [4, 256] tiles 2-4x slower), as wide as the tile without it but not past the
+    row's power of two, the same warps; a power of two of rows a program: about 1024 programs where
+    the rows allow (n_rows / 1024 rounded down, 1 to 64), with heavy math about 2048 (at least 4 rows
+    where 1024 programs have them, at most 32)."""
+    from moe_utils._runtime import backward_config, bias_sum_config, next_pow2
 
     for weighted in (False, True):
         for heavy, args in ((False, (False,)), (True, (True, True)), (True, (True, False, True, True, True, 24))):
             cfg = backward_config(n_rows, h, weighted, *args)
-            summed, steps, chunk_h = bias_sum_config(cfg, n_rows, h, heavy)
-            assert steps == next_pow2(steps)
-            if n_rows >= BIAS_SUM_SPLIT_BELOW:
-                assert summed.block_r == 1 and summed.num_warps == cfg.num_warps and chunk_h == h
-                assert summed.block_h == min(cfg.block_r * cfg.block_h, max(cfg.block_h, next_pow2(h))), (cfg, summed)
-                assert 1 <= steps <= (32 if heavy else 64)
-                programs, cap = (2048, 32) if heavy and n_rows >= 4 * 2048 else (1024, 32 if heavy else 64)
-                assert steps <= max(1, n_rows // programs) < 2 * steps or steps == cap, (n_rows, steps)
-                continue
-            assert chunk_h == summed.block_h and summed.num_warps == 4
-            if next_pow2(h) < 128:  # narrow rows: one block as wide as the row's power of two
-                assert summed.block_h == next_pow2(h)
-            else:
-                padded = {b: cdiv(h, b) * b for b in (128, 256)}
-                assert padded[summed.block_h] == min(padded.values()), (h, summed)
-            assert summed.block_r == min(1024 // summed.block_h, next_pow2(n_rows))
-            rows = steps * summed.block_r
-            assert rows == next_pow2(rows) and (16 <= rows <= 256 or rows == summed.block_r), (n_rows, h, summed)
-            programs = cdiv(n_rows, rows) * cdiv(h, chunk_h)
-            wanted = 4096 if heavy else 2048
-            if 16 < rows < 256 and rows > summed.block_r:
-                assert wanted <= programs * (1 + (n_rows % rows > 0)) and programs < 2 * wanted, (n_rows, h, rows)
+            summed, steps = bias_sum_config(cfg, n_rows, h, heavy)
+            assert summed.block_r == 1 and summed.num_warps == cfg.num_warps
+            assert summed.block_h == min(cfg.block_r * cfg.block_h, max(cfg.block_h, next_pow2(h))), (cfg, summed)
+            assert steps == next_pow2(steps) and 1 <= steps <= (32 if heavy else 64)
+            programs = 2048 if heavy and n_rows >= 4 * 2048 else 1024
+            assert steps <= max(1, n_rows // programs) < 2 * steps or steps == (32 if heavy else 64), (n_rows, steps)
 
 
 @pytest.mark.parametrize("fp8", [False, True])
