@@ -71,6 +71,10 @@ def overrides(args) -> list[tuple[str, dict]]:
     for r in args.rows_per_program:  # r rows a program, at any row count
         rule = {"bias_sum_rows": lambda n, heavy=False, r=r: r, "BIAS_SUM_MIN_ROWS": 0}
         ways.append((f"ours, {r} rows a program", rule))
+    if args.all_rows:  # the kernel's sum below BIAS_SUM_MIN_ROWS too
+        ways.append(("ours, kernel's sum at any rows", {"BIAS_SUM_MIN_ROWS": 0}))
+    if args.torch_sum:  # the partial sums added by torch.sum (session 41), not _kernel_lib.column_sums
+        ways.append(("ours, partials by torch.sum", {"COLUMN_SUMS": False}))
     for spec in args.tile:  # the backward's launch shape with bias_sum: "BLOCK_R:BLOCK_H:WARPS:ROWS"
         block_r, block_h, warps, rows = (int(v) for v in spec.split(":"))
 
@@ -89,6 +93,9 @@ def main() -> None:
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
     parser.add_argument("--rows-per-program", type=int, nargs="*", default=[])
     parser.add_argument("--tile", nargs="*", default=[], help="also time launch shapes, BLOCK_R:BLOCK_H:WARPS:ROWS")
+    parser.add_argument("--torch-sum", action="store_true", help="also time the partials added by torch.sum")
+    parser.add_argument("--all-rows", action="store_true", help="also time the kernel's sum below its threshold")
+    parser.add_argument("--partials", action="store_true", help="time the partials' sum alone, then exit")
     parser.add_argument("--train-weights", action="store_true", help="the routing weights trained as well")
     parser.add_argument("--subsets", nargs="+", default=["input+bias", "bias", "input"])
     parser.add_argument("--no-reference", action="store_true", help="leave the compiled reference out")
@@ -99,6 +106,9 @@ def main() -> None:
     copy = copy_bandwidth()
     card = torch.cuda.get_device_name()
     print(f"{card}: copy {copy:.0f} GB/s")
+    if args.partials:
+        time_partials(card)
+        return
     rows_out = []
     for form in args.forms:
         ours, reference = FORMS[form]
@@ -109,6 +119,24 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"bias-{card.replace(' ', '_')}{args.tag}.json").write_text(json.dumps(rows_out, indent=1))
+
+
+def time_partials(card: str) -> None:
+    """The backward's partial sums [programs, 2H] fp32 added up: _runtime.sum_partials
+    (_kernel_lib.column_sums) against torch.sum, graph replays, at the row counts the rule gives."""
+    for parts in (512, 1024, 2048, 4096):
+        for h in (768, 1408, 2048, 2880, 7168):
+            partials = torch.randn(parts, 2 * h, device="cuda")
+            out = torch.empty(2 * h, device="cuda")
+            times = {}
+            for name, column_sums in (("column_sums", True), ("torch.sum", False)):
+                rt.COLUMN_SUMS = column_sums
+                times[name] = timed(lambda i: rt.sum_partials(partials, out))[0] * 1e3
+            rt.COLUMN_SUMS = True
+            assert torch.allclose(out, partials.sum(0), rtol=1e-4, atol=1e-3)
+            mb = partials.numel() * 4 / 1e6
+            spans = "  ".join(f"{k} {v:6.1f} us" for k, v in times.items())
+            print(f"{card} partials [{parts}, {2 * h}] {mb:6.1f} MB  {spans}")
 
 
 def time_shape(args, form, ours, reference, compiled, n_rows, h, copy, card, rows_out) -> None:

@@ -422,7 +422,7 @@ def _launch_backward(
             num_warps=cfg.num_warps,
         )
         if bias_sum:
-            torch.sum(partials, 0, out=d_b)
+            _rt.sum_partials(partials, d_b)
         return d_x, d_w, d_b
     x_values = x_saved.view(torch.float8_e4m3fn) if fp8 else x_saved
     params = ()

@@ -8,6 +8,7 @@
 layout: split (gate = row[:H], up = row[H:], the default) or interleaved (gate at even positions,
 up at odd ones); ``half_columns`` gives the column indices of the tiles that meet them.
 ``gated_inputs`` applies the optional clamp and bias to the two halves.
+``column_sums`` adds up the rows of a matrix of partial sums (the backward's bias_sum).
 
 float8_e4m3fn encode/decode, exact on the GPU and in Triton's interpreter:
 
@@ -292,3 +293,17 @@ def gated_inputs(
         gate = gate + bias_gate.to(tl.float32)
         up = up + bias_up.to(tl.float32)
     return gate, up
+
+
+@triton.jit
+def column_sums(src_ptr, dst_ptr, n_parts, n_cols, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dst[c] = sum over p of src[p, c] for a contiguous fp32 src [n_parts, n_cols]: one program per
+    BLOCK_C columns, each taking every row in the same order, so the result is deterministic."""
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < n_cols
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for first in range(0, n_parts, BLOCK_P):
+        parts = first + tl.arange(0, BLOCK_P).to(tl.int64)
+        mask = (parts < n_parts)[:, None] & col_ok[None, :]
+        acc += tl.load(src_ptr + parts[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+    tl.store(dst_ptr + cols, tl.sum(acc, axis=0).to(dst_ptr.dtype.element_ty), mask=col_ok)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.autograd import forward_ad
 
-from ._kernel_lib import HAS_PDL, to_fp8_saturated
+from ._kernel_lib import HAS_PDL, column_sums, to_fp8_saturated
 
 try:
     from torch.fx.experimental.symbolic_shapes import guard_or_false
@@ -940,6 +940,24 @@ def bias_sum_config(cfg: BlockConfig, n_rows: int, h: int, heavy: bool = False) 
     columns) the kernel took 418.1 µs at 4 rows and 407.3 at 32 (65536 rows)."""
     block_h = min(cfg.block_r * cfg.block_h, max(cfg.block_h, next_pow2(h)))
     return BlockConfig(1, block_h, cfg.num_warps), bias_sum_rows(n_rows, heavy)
+
+
+#: Whether sum_partials adds the backward's partial sums with _kernel_lib.column_sums (False:
+#: torch.sum, session 41's, for benchmarks/bias.py's side-by-side).
+COLUMN_SUMS = True
+
+
+def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
+    """out = partials.sum(0) for the backward's fp32 partial sums of the bias's gradient, [programs,
+    2H] contiguous: one launch of _kernel_lib.column_sums, a program per 16 columns (32 from 8192),
+    deterministic. torch.sum's column reduction of such a matrix, few columns over many rows,
+    took 13-18 µs at [512-4096, 1536] on the H200 (session 41 call 3), longer than reading it."""
+    n_parts, n_cols = partials.shape
+    if not COLUMN_SUMS or not use_triton(partials):
+        torch.sum(partials, 0, out=out)
+        return
+    block_c = 16 if n_cols < 8192 else 32
+    column_sums[(cdiv(n_cols, block_c),)](partials, out, n_parts, n_cols, BLOCK_P=128, BLOCK_C=block_c, num_warps=4)
 
 
 def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -394,6 +394,35 @@ def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_progr
             assert_close_to_ref(d_y[0], r[1], torch.bfloat16, f"{trained} d_y")
 
 
+@pytest.mark.skipif(not TRITON, reason="no GPU and TRITON_INTERPRET is not 1")
+@pytest.mark.parametrize("shape", [(1, 5), (3, 16), (130, 40), (257, 8200)])
+def test_sum_partials_adds_every_row(shape):
+    """rt.sum_partials (the backward's partial sums of the bias's gradient, added by
+    _kernel_lib.column_sums: 16- or 32-column programs over 128-row steps): against the float64 sum
+    of every row, at one row, part-filled row steps and column blocks, both column widths; the
+    output poisoned first, the same bits run to run; with rt.COLUMN_SUMS off, torch.sum's, within the
+    same bound."""
+    gen = make_generator(43 + shape[0])
+    partials = (torch.randn(shape, generator=gen) * 10).to(DEVICE)
+    want = partials.double().sum(0)
+    got = []
+    for _ in range(2):
+        out = torch.full((shape[1],), float("nan"), device=DEVICE)
+        rt.sum_partials(partials, out)
+        got.append(out)
+    assert torch.equal(got[0], got[1])
+    # fp32 summation: error within n_parts rounding steps of the absolute values' sum
+    bound = shape[0] * 2**-23 * partials.double().abs().sum(0) + 1e-30
+    assert ((got[0].double() - want).abs() <= bound).all(), (got[0] - want).abs().max()
+    old, rt.COLUMN_SUMS = rt.COLUMN_SUMS, False
+    try:
+        plain = torch.empty(shape[1], device=DEVICE)
+        rt.sum_partials(partials, plain)
+    finally:
+        rt.COLUMN_SUMS = old
+    assert ((plain.double() - want).abs() <= bound).all()
+
+
 @pytest.mark.parametrize("least", [8, 9])
 def test_bias_sum_from_its_row_count(backend, monkeypatch, least):
     """Below rt.BIAS_SUM_MIN_ROWS rows the shared bias's gradient is summed from d_x in PyTorch

@@ -221,6 +221,15 @@ def compile_activation(name: str) -> None:
         compile_sm90(getattr(mod, f"_{name}_bwd"), bwd, floats, saved)
 
 
+def compile_column_sums() -> None:
+    """_kernel_lib.column_sums (the partial sums of the bias's gradient) at both column widths."""
+    from moe_utils import _kernel_lib
+
+    for block_c in (16, 32):
+        types = {"src_ptr": "*fp32", "dst_ptr": "*fp32"}
+        compile_sm90(_kernel_lib.column_sums, dict(BLOCK_P=128, BLOCK_C=block_c), types=types)
+
+
 def compile_routing() -> None:
     """permute / unpermute kernels, every switch off, then on."""
     from moe_utils import permutation, routing, unpermutation
@@ -276,6 +285,10 @@ def test_routing_kernels_compile_for_sm90():
     _run_child("routing")
 
 
+def test_column_sums_compiles_for_sm90():
+    _run_child("column_sums")
+
+
 def test_map_kernel_step_stays_in_registers():
     _run_child("map_step", "fails its SASS check")
 
@@ -285,5 +298,10 @@ def test_activation_kernels_keep_their_sass():
 
 
 if __name__ == "__main__":
-    checks = {"routing": compile_routing, "map_step": check_map_step, "activation_sass": check_activation_sass}
+    checks = {
+        "routing": compile_routing,
+        "column_sums": compile_column_sums,
+        "map_step": check_map_step,
+        "activation_sass": check_activation_sass,
+    }
     checks.get(sys.argv[1], lambda: compile_activation(sys.argv[1]))()
