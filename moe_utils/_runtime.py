@@ -945,15 +945,26 @@ def bias_sum_config(cfg: BlockConfig, n_rows: int, h: int, heavy: bool = False) 
 #: Whether sum_partials adds the backward's partial sums with _kernel_lib.column_sums (False:
 #: torch.sum, session 41's, for benchmarks/bias.py's side-by-side).
 COLUMN_SUMS = True
+#: More partial sums than this take torch.sum (sum_partials).
+COLUMN_SUMS_MAX_PARTS = 1024
 
 
 def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
     """out = partials.sum(0) for the backward's fp32 partial sums of the bias's gradient, [programs,
-    2H] contiguous: one launch of _kernel_lib.column_sums, a program per 16 columns (32 from 8192),
-    deterministic. torch.sum's column reduction of such a matrix, few columns over many rows,
-    took 13-18 µs at [512-4096, 1536] on the H200 (session 41 call 3), longer than reading it."""
+    2H] contiguous. Up to COLUMN_SUMS_MAX_PARTS rows (every bias_sum_rows program count but the heavy
+    math's from 16384 rows and any from 131072): one launch of _kernel_lib.column_sums, a program
+    per 16 columns (32 from 8192), deterministic; more rows: torch.sum.
+
+    H200, session 42 call 3 (benchmarks/bias.py --partials: the sum alone, graph replays): [1024,
+    1536 / 5760 / 14336] 4.7 / 5.6 / 17.0 µs against torch.sum's 8.3 / 10.8 / 23.0; [512, 1536] 2.8
+    against 8.5. From 2048 rows it is ahead alone ([2048, 1536] 7.9 against 9.8) but not in the
+    backward (fwd+bwd, bias.py --torch-sum: Quick-GEGLU with its clamp at 16384 x 768, 2048 rows of
+    partial sums, 93.5 against 88.7 µs; its 96 programs read what L2 no longer holds), and from
+    4096 behind alone ([4096, 5760] 38.8 against 34.1). At 1024 rows, fwd+bwd with the bias and the
+    weights trained: 4096 x 768 9-12% faster (SwiGLU 27.3 against 31.0 µs), 16384 x 768 4%, level
+    to 4% faster at 2880 and 7168 columns."""
     n_parts, n_cols = partials.shape
-    if not COLUMN_SUMS or not use_triton(partials):
+    if not COLUMN_SUMS or n_parts > COLUMN_SUMS_MAX_PARTS or not use_triton(partials):
         torch.sum(partials, 0, out=out)
         return
     block_c = 16 if n_cols < 8192 else 32

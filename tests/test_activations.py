@@ -395,13 +395,23 @@ def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_progr
 
 
 @pytest.mark.skipif(not TRITON, reason="no GPU and TRITON_INTERPRET is not 1")
-@pytest.mark.parametrize("shape", [(1, 5), (3, 16), (130, 40), (257, 8200)])
-def test_sum_partials_adds_every_row(shape):
+@pytest.mark.parametrize("shape", [(1, 5), (3, 16), (130, 40), (150, 8200), (257, 40)])
+def test_sum_partials_adds_every_row(shape, monkeypatch):
     """rt.sum_partials (the backward's partial sums of the bias's gradient, added by
-    _kernel_lib.column_sums: 16- or 32-column programs over 128-row steps): against the float64 sum
-    of every row, at one row, part-filled row steps and column blocks, both column widths; the
-    output poisoned first, the same bits run to run; with rt.COLUMN_SUMS off, torch.sum's, within the
-    same bound."""
+    _kernel_lib.column_sums: 16- or 32-column programs over 128-row steps; torch.sum past
+    rt.COLUMN_SUMS_MAX_PARTS rows, here 200): against the float64 sum of every row, at one row,
+    part-filled row steps and column blocks, both column widths; the output poisoned first, the same
+    bits run to run; with rt.COLUMN_SUMS off, torch.sum's, within the same bound."""
+    launches = []
+    kernel = rt.column_sums
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(rt, "column_sums", Spy())
+    monkeypatch.setattr(rt, "COLUMN_SUMS_MAX_PARTS", 200)
     gen = make_generator(43 + shape[0])
     partials = (torch.randn(shape, generator=gen) * 10).to(DEVICE)
     want = partials.double().sum(0)
@@ -411,16 +421,15 @@ def test_sum_partials_adds_every_row(shape):
         rt.sum_partials(partials, out)
         got.append(out)
     assert torch.equal(got[0], got[1])
+    assert launches == ([] if shape[0] > 200 else [(-(-shape[1] // (16 if shape[1] < 8192 else 32)),)] * 2)
     # fp32 summation: error within n_parts rounding steps of the absolute values' sum
     bound = shape[0] * 2**-23 * partials.double().abs().sum(0) + 1e-30
     assert ((got[0].double() - want).abs() <= bound).all(), (got[0] - want).abs().max()
-    old, rt.COLUMN_SUMS = rt.COLUMN_SUMS, False
-    try:
-        plain = torch.empty(shape[1], device=DEVICE)
-        rt.sum_partials(partials, plain)
-    finally:
-        rt.COLUMN_SUMS = old
+    monkeypatch.setattr(rt, "COLUMN_SUMS", False)
+    plain = torch.empty(shape[1], device=DEVICE)
+    rt.sum_partials(partials, plain)
     assert ((plain.double() - want).abs() <= bound).all()
+    assert len(launches) == (0 if shape[0] > 200 else 2)
 
 
 @pytest.mark.parametrize("least", [8, 9])
