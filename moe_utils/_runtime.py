@@ -952,7 +952,7 @@ COLUMN_SUMS_MAX_PARTS = 1024
 def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
     """out = partials.sum(0) for the backward's fp32 partial sums of the bias's gradient, [programs,
     2H] contiguous. Up to COLUMN_SUMS_MAX_PARTS rows (every bias_sum_rows program count but the heavy
-    math's from 16384 rows and any from 131072): one launch of _kernel_lib.column_sums, a program
+    math's from 8192 rows and any from 131072): one launch of _kernel_lib.column_sums, a program
     per 16 columns (32 from 8192), deterministic; more rows: torch.sum.
 
     H200, session 42 call 3 (benchmarks/bias.py --partials: the sum alone, graph replays): [1024,
