@@ -22,6 +22,11 @@ from torch.autograd import forward_ad
 
 from ._kernel_lib import HAS_PDL, column_sums, to_fp8_saturated
 
+try:  # numpy numbers as activation constants (traced_constant); numpy itself is not required
+    import numpy as _np
+except ImportError:  # pragma: no cover - without numpy no constant is a numpy number
+    _np = None
+
 try:
     from torch.fx.experimental.symbolic_shapes import guard_or_false
 except ImportError:  # torch < 2.8: data-dependent sizes fail to trace, as they did before
@@ -640,10 +645,49 @@ def _read_constant(fn: str, name: str, value: torch.Tensor) -> Any:
     return float(value)
 
 
-def check_clamp(fn: str, clamp_value: float | None) -> float | None:
-    """clamp_value is a non-negative float or None."""
+def traced_constant(value: Any) -> bool:
+    """Whether an activation constant is a value torch.compile traces rather than knows: a tensor, or
+    a numpy number (dynamo traces numpy as arrays of tensors). Reading it on the host would break
+    the graph, so the call takes the spec's math in PyTorch ops with the constant as a 0-d tensor
+    (apply_gated, backward_helper), which Inductor fuses. Python numbers stay constants (or
+    symbolic floats) and take the kernels."""
+    if not torch.compiler.is_compiling():
+        return False
+    return isinstance(value, torch.Tensor) or (_np is not None and isinstance(value, _np.ndarray))
+
+
+def traced_constants(clamp_value: Any, params: Sequence[Any]) -> bool:
+    """Whether any constant of one call is a traced_constant (a loop: dynamo under a torch.func
+    transform does not trace a generator expression)."""
+    if not torch.compiler.is_compiling():
+        return False
+    for value in (clamp_value, *params):
+        if traced_constant(value):
+            return True
+    return False
+
+
+def _traced_scalar(fn: str, name: str, value: Any) -> torch.Tensor:
+    """A traced_constant as a 0-d tensor: one element and no gradient, as _read_constant asks; its
+    value is not checked (NaN, the minimum), which would read it."""
+    t = torch.as_tensor(value)
+    if t.numel() != 1:
+        raise ValueError(f"{fn}: {name} must be a scalar, got a tensor of shape {tuple(t.shape)}")
+    if t.requires_grad:
+        raise ValueError(
+            f"{fn}: {name} is a tensor that requires grad; moe_utils takes {name} as a constant and "
+            f"returns no gradient for it: pass a float (or {name}.detach()) to train without one"
+        )
+    return t.reshape(())
+
+
+def check_clamp(fn: str, clamp_value: float | None, traced: bool = False) -> float | None:
+    """clamp_value is a non-negative float or None; with ``traced`` (the PyTorch ops' path) a
+    traced_constant is a 0-d tensor, unchecked."""
     if clamp_value is None:
         return None
+    if traced and traced_constant(clamp_value):
+        return _traced_scalar(fn, "clamp_value", clamp_value)
     if isinstance(clamp_value, torch.Tensor):
         clamp_value = _read_constant(fn, "clamp_value", clamp_value)
     if (
@@ -656,9 +700,13 @@ def check_clamp(fn: str, clamp_value: float | None) -> float | None:
     return float(clamp_value)
 
 
-def scalar(fn: str, name: str, value: Any, minimum: float | None = None) -> float:
+def scalar(fn: str, name: str, value: Any, minimum: float | None = None, traced: bool = False) -> float:
     """Activation parameters are Python or numpy numbers, or one-element tensors read once on the host;
-    never NaN, and at least the spec's ``minimum`` where it sets one (clamped SwiGLU's limit >= 0)."""
+    never NaN, and at least the spec's ``minimum`` where it sets one (clamped SwiGLU's limit >= 0).
+    With ``traced`` (the PyTorch ops' path) a traced_constant is a 0-d tensor, unchecked; elsewhere
+    (the autograd Functions' kernels) it is read on the host, which breaks torch.compile's graph there."""
+    if traced and traced_constant(value):
+        return _traced_scalar(fn, name, value)
     if isinstance(value, torch.Tensor):
         value = _read_constant(fn, name, value)
     if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy scalars too
@@ -672,10 +720,11 @@ def scalar(fn: str, name: str, value: Any, minimum: float | None = None) -> floa
     return value
 
 
-def scalars(fn: str, impl: ActivationImpl, params: Sequence[Any]) -> tuple[float, ...]:
+def scalars(fn: str, impl: ActivationImpl, params: Sequence[Any], traced: bool = False) -> tuple[float, ...]:
     """The activation parameters of one call, checked (`scalar`) in signature order."""
     minimums = impl.param_minimums or (None,) * len(impl.param_names)
-    return tuple(scalar(fn, n, v, m) for n, v, m in zip(impl.param_names, params, minimums, strict=True))
+    names = impl.param_names
+    return tuple(scalar(fn, n, v, m, traced) for n, v, m in zip(names, params, minimums, strict=True))
 
 
 # -- eager twin of the kernel skeleton ---------------------------------------------------------
@@ -1044,12 +1093,13 @@ def checked_call(
     clamp_value: Any,
     interleaved: Any,
     params: Sequence[Any],
+    traced: bool = False,
 ) -> tuple[Rows, float | None, tuple[float, ...], bool, bool]:
     """The checks of one activation call, on the kernels' path (function_forward) and the transforms'
-    (eager_gated) alike: (rows, clamp_value, params, fp8_input_store, interleaved)."""
+    (eager_gated, ``traced``: see scalar) alike: (rows, clamp_value, params, fp8_input_store, interleaved)."""
     rows = prepare(fn, y, bias, weights)
-    clamp_value = check_clamp(fn, clamp_value)
-    params = scalars(fn, impl, params)
+    clamp_value = check_clamp(fn, clamp_value, traced)
+    params = scalars(fn, impl, params, traced)
     return rows, clamp_value, params, fp8_flag(fn, fp8_input_store), check_flag(fn, "interleaved", interleaved)
 
 
@@ -1184,14 +1234,15 @@ def eager_gated(
 ) -> torch.Tensor:
     """A functional form in PyTorch ops from the spec's eager forward, for torch.func transforms and
     forward-mode AD: they differentiate it as they do the reference's PyTorch functions (any order,
-    batched by vmap). Same checks and shapes as the kernels' path; slower (unfused).
+    batched by vmap). Same checks and shapes as the kernels' path; slower (unfused). Also the path
+    of constants torch.compile traces (traced_constant), as 0-d tensors: Inductor fuses it.
 
     With fp8_input_store the value is the forward of the input, as the kernels', and the derivatives
     are taken at the saturated fp8 copy, as the kernels' backward takes them:
     ``value(f(x)) + f(copy + x - x.detach()) - value(f(copy))``."""
     math_fn = _eager_math(impl, fn, impl.eager_forward)
     rows, clamp_value, params, fp8_input_store, interleaved = checked_call(
-        fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params
+        fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params, traced=True
     )
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -1218,8 +1269,9 @@ def apply_gated(
     *params: Any,
 ) -> torch.Tensor:
     """A functional form's call of its autograd Function, or of eager_gated under a torch.func
-    transform or forward-mode AD (where the Function cannot run)."""
-    if transforms_active():
+    transform or forward-mode AD (where the Function cannot run), or with a constant torch.compile
+    traces (traced_constants: the kernels take numbers)."""
+    if transforms_active() or traced_constants(clamp_value, params):
         return eager_gated(impl, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
     return function.apply(fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, *params)
 
@@ -1258,8 +1310,9 @@ def backward_helper(
     says so instead of giving no gradient."""
     tensors = (g, y, bias, weights)
     # Under a torch.func transform or forward-mode AD: the spec's eager backward in PyTorch ops, which
-    # the transforms differentiate (as they do the reference's helpers).
-    functional = transforms_active()
+    # the transforms differentiate (as they do the reference's helpers); the same with a constant
+    # torch.compile traces (the kernels take numbers).
+    functional = transforms_active() or traced_constants(clamp_value, params)
     if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not functional:
         if any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
             kwargs = {"params": params, "clamp_value": clamp_value, "interleaved": interleaved}
@@ -1272,10 +1325,10 @@ def backward_helper(
     _check_device(fn, "g", g, y)
     if shapes_differ(g.shape, rows.out_shape):
         raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {rows.out_shape} (input {tuple(y.shape)})")
-    params = scalars(fn, impl, params)
+    params = scalars(fn, impl, params, functional)
     n_rows = rows.x.shape[0]
     g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
-    clamp_value = check_clamp(fn, clamp_value)
+    clamp_value = check_clamp(fn, clamp_value, functional)
     # Under a transform the bias's sum is taken in PyTorch ops (differentiable); else a shared [2H]
     # bias's is summed in the kernel (bias_sum).
     _, mode, summed = backward_plan(clamp_value, rows.bias, True, bias is not None, n_rows, not functional)

@@ -139,6 +139,67 @@ def test_compiled_activation_keeps_fp32_scalars(fp8):
         compiled_clamped(y, w, -1.0)
 
 
+def test_compiled_constants_traced_from_numpy_and_tensors():
+    """Activation constants that torch.compile traces instead of knowing (numpy numbers, which dynamo
+    traces as arrays, and tensors; given as arguments or read from a closure) take the spec's math in
+    PyTorch ops with the constant as a 0-d tensor, which Inductor fuses: no graph break under
+    fullgraph=True (until session 42: "Unsupported repr() on tensor"), and the outputs and gradients
+    of the kernels' path with the same numbers as Python floats, to fp32 rounding. A tensor constant
+    that requires grad is still refused."""
+    import numpy as np
+
+    from moe_utils import quick_geglu, weighted_bias_clamped_swiglu_impl, weighted_bias_quick_geglu_back
+
+    gen = make_generator(6)
+    y = (torch.randn(12, 48, generator=gen) * 3).to(DEVICE).requires_grad_(True)
+    w = torch.rand(12, 1, generator=gen).to(DEVICE).requires_grad_(True)
+    b = torch.randn(48, generator=gen).to(DEVICE)
+    g = torch.randn(12, 24, generator=gen).to(DEVICE)
+    offset, clamp, alpha, limit = np.float32(0.5), np.float64(2.0), np.float32(1.5), np.float64(1.25)
+
+    def impl(y, w, offset, clamp, alpha):
+        return weighted_bias_quick_geglu_impl(y, b, w, False, offset, clamp, alpha)
+
+    def from_closure(y, w):
+        return weighted_bias_quick_geglu_impl(y, b, w, False, offset, clamp, alpha)
+
+    def clamped(y, w, limit):
+        return weighted_bias_clamped_swiglu_impl(y, None, w, False, limit)
+
+    def plain(y, offset):
+        return quick_geglu(y, offset)
+
+    def back(g, y, w, offset):
+        return weighted_bias_quick_geglu_back(g, y, b, w, offset)
+
+    floats = (0.5, 2.0, 1.5)
+    cases = [
+        (impl, (y, w, offset, clamp, alpha), impl(y, w, *floats)),
+        (impl, (y, w, torch.tensor(0.5), torch.tensor(2.0), torch.tensor(1.5)), impl(y, w, *floats)),
+        (from_closure, (y, w), impl(y, w, *floats)),
+        (clamped, (y, w, limit), clamped(y, w, 1.25)),
+        (clamped, (y, w, torch.tensor(1.25, device=DEVICE)), clamped(y, w, 1.25)),
+        (plain, (y, offset), plain(y, 0.5)),
+    ]
+    for fn, args, want in cases:
+        torch._dynamo.reset()
+        got = torch.compile(fn, fullgraph=True)(*args)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        leaves = (y, w) if fn is not plain else (y,)
+        grads = torch.autograd.grad(got, leaves, g)
+        expected = torch.autograd.grad(want, leaves, g)
+        for a, e in zip(grads, expected, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    got = torch.compile(back, fullgraph=True)(g, y.detach(), w.detach(), offset)
+    want = back(g, y.detach(), w.detach(), 0.5)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="linear_offset is a tensor that requires grad"):
+        torch.compile(impl, fullgraph=True)(y, w, torch.tensor(0.5, requires_grad=True), clamp, alpha)
+
+
 @pytest.mark.parametrize(
     "needs", [(False, False, True), (False, True, False), (False, True, True), (True, False, True)]
 )
