@@ -681,6 +681,13 @@ def _traced_scalar(fn: str, name: str, value: Any) -> torch.Tensor:
     return t.reshape(())
 
 
+def traced_on(device: torch.device, clamp_value: Any, params: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
+    """(clamp_value, params) with the traced constants (0-d tensors; a numpy number's is on the CPU)
+    moved to the input's device, beside which the PyTorch ops take them."""
+    params = tuple(p.to(device) if isinstance(p, torch.Tensor) else p for p in params)
+    return (clamp_value.to(device) if isinstance(clamp_value, torch.Tensor) else clamp_value), params
+
+
 def check_clamp(fn: str, clamp_value: float | None, traced: bool = False) -> float | None:
     """clamp_value is a non-negative float or None; with ``traced`` (the PyTorch ops' path) a
     traced_constant is a 0-d tensor, unchecked."""
@@ -1100,6 +1107,8 @@ def checked_call(
     rows = prepare(fn, y, bias, weights)
     clamp_value = check_clamp(fn, clamp_value, traced)
     params = scalars(fn, impl, params, traced)
+    if traced:
+        clamp_value, params = traced_on(rows.x.device, clamp_value, params)
     return rows, clamp_value, params, fp8_flag(fn, fp8_input_store), check_flag(fn, "interleaved", interleaved)
 
 
@@ -1329,6 +1338,8 @@ def backward_helper(
     n_rows = rows.x.shape[0]
     g2 = _last_dim_contiguous(g.reshape(n_rows, rows.x.shape[1] // 2))
     clamp_value = check_clamp(fn, clamp_value, functional)
+    if functional:
+        clamp_value, params = traced_on(rows.x.device, clamp_value, params)
     # Under a transform the bias's sum is taken in PyTorch ops (differentiable); else a shared [2H]
     # bias's is summed in the kernel (bias_sum).
     _, mode, summed = backward_plan(clamp_value, rows.bias, True, bias is not None, n_rows, not functional)
