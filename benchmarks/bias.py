@@ -1,7 +1,9 @@
 """A trained shared bias: forward+backward of the weighted activations, ours against the compiled reference.
 
-    python benchmarks/bias.py [--rows 4096 16384 65536] [--width 2880] [--rows-per-program 8 16 32 64]
-        [--forms quick_geglu_clamp swiglu] [--no-reference] [--tag _suffix]
+    python benchmarks/bias.py [--rows 4096 16384 65536] [--width 2880 ...] [--forms quick_geglu_clamp swiglu]
+        [--subsets input+bias bias input] [--train-weights] [--no-reference] [--no-pytorch-sum] [--tag _suffix]
+        [--rows-per-program 8 16 ...] [--tile BLOCK_R:BLOCK_H:WARPS:ROWS ...] [--torch-sum] [--all-rows]
+    python benchmarks/bias.py --partials   # the partial sums' sum alone: column_sums against torch.sum
 
 Two forms with a [2H] bias shared by every row (bf16, fp32 weights):
 - "quick_geglu_clamp": ``weighted_bias_quick_geglu_impl`` with GPT-OSS's constants (clamp 7, offset 1,
@@ -129,10 +131,12 @@ def time_partials(card: str) -> None:
             partials = torch.randn(parts, 2 * h, device="cuda")
             out = torch.empty(2 * h, device="cuda")
             times = {}
+            saved = rt.COLUMN_SUMS, rt.COLUMN_SUMS_MAX_PARTS
             for name, column_sums in (("column_sums", True), ("torch.sum", False)):
-                rt.COLUMN_SUMS = column_sums
+                # column_sums at every row count, past the threshold sum_partials keeps it under
+                rt.COLUMN_SUMS, rt.COLUMN_SUMS_MAX_PARTS = column_sums, parts
                 times[name] = timed(lambda i: rt.sum_partials(partials, out))[0] * 1e3
-            rt.COLUMN_SUMS = True
+            rt.COLUMN_SUMS, rt.COLUMN_SUMS_MAX_PARTS = saved
             assert torch.allclose(out, partials.sum(0), rtol=1e-4, atol=1e-3)
             mb = partials.numel() * 4 / 1e6
             spans = "  ".join(f"{k} {v:6.1f} us" for k, v in times.items())

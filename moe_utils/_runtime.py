@@ -630,19 +630,26 @@ def lift_1d(y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return y
 
 
-def _read_constant(fn: str, name: str, value: torch.Tensor) -> Any:
-    """A one-element tensor given as an activation constant, read on the host (a sync on the GPU:
-    pass a Python float to avoid it). The kernels take the value as a constant and return no
+def _constant_tensor(fn: str, name: str, value: Any) -> torch.Tensor:
+    """A tensor (or a numpy number traced by torch.compile) given as an activation constant, as a 0-d
+    tensor: one element, and no gradient. The kernels take the value as a constant and return no
     gradient for it, so a tensor that requires grad is refused: its gradient would be silently
     dropped (the reference's plain `quick_geglu` differentiates a tensor `linear_offset`)."""
-    if value.numel() != 1:
-        raise ValueError(f"{fn}: {name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-    if value.requires_grad:
+    t = torch.as_tensor(value)
+    if t.numel() != 1:
+        raise ValueError(f"{fn}: {name} must be a scalar, got a tensor of shape {tuple(t.shape)}")
+    if t.requires_grad:
         raise ValueError(
             f"{fn}: {name} is a tensor that requires grad; moe_utils takes {name} as a constant and "
             f"returns no gradient for it: pass a float (or {name}.detach()) to train without one"
         )
-    return float(value)
+    return t.reshape(())
+
+
+def _read_constant(fn: str, name: str, value: torch.Tensor) -> Any:
+    """A one-element tensor given as an activation constant, read on the host (a sync on the GPU:
+    pass a Python float to avoid it); _constant_tensor's checks."""
+    return float(_constant_tensor(fn, name, value))
 
 
 def traced_constant(value: Any) -> bool:
@@ -667,20 +674,6 @@ def traced_constants(clamp_value: Any, params: Sequence[Any]) -> bool:
     return False
 
 
-def _traced_scalar(fn: str, name: str, value: Any) -> torch.Tensor:
-    """A traced_constant as a 0-d tensor: one element and no gradient, as _read_constant asks; its
-    value is not checked (NaN, the minimum), which would read it."""
-    t = torch.as_tensor(value)
-    if t.numel() != 1:
-        raise ValueError(f"{fn}: {name} must be a scalar, got a tensor of shape {tuple(t.shape)}")
-    if t.requires_grad:
-        raise ValueError(
-            f"{fn}: {name} is a tensor that requires grad; moe_utils takes {name} as a constant and "
-            f"returns no gradient for it: pass a float (or {name}.detach()) to train without one"
-        )
-    return t.reshape(())
-
-
 def traced_on(device: torch.device, clamp_value: Any, params: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
     """(clamp_value, params) with the traced constants (0-d tensors; a numpy number's is on the CPU)
     moved to the input's device, beside which the PyTorch ops take them."""
@@ -690,11 +683,11 @@ def traced_on(device: torch.device, clamp_value: Any, params: Sequence[Any]) -> 
 
 def check_clamp(fn: str, clamp_value: float | None, traced: bool = False) -> float | None:
     """clamp_value is a non-negative float or None; with ``traced`` (the PyTorch ops' path) a
-    traced_constant is a 0-d tensor, unchecked."""
+    traced_constant is a 0-d tensor, its value unchecked (NaN, the sign: a read would break the graph)."""
     if clamp_value is None:
         return None
     if traced and traced_constant(clamp_value):
-        return _traced_scalar(fn, "clamp_value", clamp_value)
+        return _constant_tensor(fn, "clamp_value", clamp_value)
     if isinstance(clamp_value, torch.Tensor):
         clamp_value = _read_constant(fn, "clamp_value", clamp_value)
     if (
@@ -710,10 +703,10 @@ def check_clamp(fn: str, clamp_value: float | None, traced: bool = False) -> flo
 def scalar(fn: str, name: str, value: Any, minimum: float | None = None, traced: bool = False) -> float:
     """Activation parameters are Python or numpy numbers, or one-element tensors read once on the host;
     never NaN, and at least the spec's ``minimum`` where it sets one (clamped SwiGLU's limit >= 0).
-    With ``traced`` (the PyTorch ops' path) a traced_constant is a 0-d tensor, unchecked; elsewhere
+    With ``traced`` (the PyTorch ops' path) a traced_constant is a 0-d tensor, its value unchecked; elsewhere
     (the autograd Functions' kernels) it is read on the host, which breaks torch.compile's graph there."""
     if traced and traced_constant(value):
-        return _traced_scalar(fn, name, value)
+        return _constant_tensor(fn, name, value)
     if isinstance(value, torch.Tensor):
         value = _read_constant(fn, name, value)
     if not isinstance(value, numbers.Real) or isinstance(value, bool):  # numpy scalars too
