@@ -3,7 +3,8 @@
     python benchmarks/bias.py [--rows 4096 16384 65536] [--width 2880 ...] [--forms quick_geglu_clamp swiglu]
         [--subsets input+bias bias input] [--train-weights] [--no-reference] [--no-pytorch-sum] [--tag _suffix]
         [--rows-per-program 8 16 ...] [--tile BLOCK_R:BLOCK_H:WARPS:ROWS ...] [--torch-sum] [--all-rows]
-    python benchmarks/bias.py --partials   # the partial sums' sum alone: column_sums against torch.sum
+        [--sum-plan BLOCK_P:WARPS:SPLIT ...]
+    python benchmarks/bias.py --partials [--sum-plan ...]   # the partial sums' sum alone: column_sums against torch.sum
 
 Two forms with a [2H] bias shared by every row (bf16, fp32 weights):
 - "quick_geglu_clamp": ``weighted_bias_quick_geglu_impl`` with GPT-OSS's constants (clamp 7, offset 1,
@@ -77,6 +78,8 @@ def overrides(args) -> list[tuple[str, dict]]:
         ways.append(("ours, kernel's sum at any rows", {"BIAS_SUM_MIN_ROWS": 0}))
     if args.torch_sum:  # the partial sums added by torch.sum (session 41), not _kernel_lib.column_sums
         ways.append(("ours, partials by torch.sum", {"COLUMN_SUMS": False}))
+    for spec in args.sum_plan:  # column_sums' launch shape: "BLOCK_P:WARPS:SPLIT" (0: one pass)
+        ways.append((f"ours, sum {spec}", {"column_sums_plan": sum_plan(spec)}))
     for spec in args.tile:  # the backward's launch shape with bias_sum: "BLOCK_R:BLOCK_H:WARPS:ROWS"
         block_r, block_h, warps, rows = (int(v) for v in spec.split(":"))
 
@@ -88,6 +91,17 @@ def overrides(args) -> list[tuple[str, dict]]:
     return ways
 
 
+def sum_plan(spec: str):
+    """A column_sums_plan that gives "BLOCK_P:WARPS:SPLIT" at every size (SPLIT 0: a single pass)."""
+    block_p, warps, split = (int(v) for v in spec.split(":"))
+
+    def plan(n_parts, n_cols):
+        block_c = 16 if n_cols < 8192 else 32
+        return rt.SumPlan(block_c, block_p, warps, split or max(n_parts, 1))
+
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[4096, 16384, 65536])
@@ -96,6 +110,7 @@ def main() -> None:
     parser.add_argument("--rows-per-program", type=int, nargs="*", default=[])
     parser.add_argument("--tile", nargs="*", default=[], help="also time launch shapes, BLOCK_R:BLOCK_H:WARPS:ROWS")
     parser.add_argument("--torch-sum", action="store_true", help="also time the partials added by torch.sum")
+    parser.add_argument("--sum-plan", nargs="*", default=[], help="also time column_sums plans, BLOCK_P:WARPS:SPLIT")
     parser.add_argument("--all-rows", action="store_true", help="also time the kernel's sum below its threshold")
     parser.add_argument("--partials", action="store_true", help="time the partials' sum alone, then exit")
     parser.add_argument("--train-weights", action="store_true", help="the routing weights trained as well")
@@ -109,7 +124,7 @@ def main() -> None:
     card = torch.cuda.get_device_name()
     print(f"{card}: copy {copy:.0f} GB/s")
     if args.partials:
-        time_partials(card)
+        time_partials(card, args.sum_plan)
         return
     rows_out = []
     for form in args.forms:
@@ -123,21 +138,23 @@ def main() -> None:
     (out / f"bias-{card.replace(' ', '_')}{args.tag}.json").write_text(json.dumps(rows_out, indent=1))
 
 
-def time_partials(card: str) -> None:
+def time_partials(card: str, specs: list[str]) -> None:
     """The backward's partial sums [programs, 2H] fp32 added up: _runtime.sum_partials
-    (_kernel_lib.column_sums) against torch.sum, graph replays, at the row counts the rule gives."""
+    (_kernel_lib.column_sums, its plan and each of ``specs``) against torch.sum, graph replays."""
     for parts in (512, 1024, 2048, 4096):
         for h in (768, 1408, 2048, 2880, 7168):
             partials = torch.randn(parts, 2 * h, device="cuda")
             out = torch.empty(2 * h, device="cuda")
             times = {}
-            saved = rt.COLUMN_SUMS, rt.COLUMN_SUMS_MAX_PARTS
-            for name, column_sums in (("column_sums", True), ("torch.sum", False)):
-                # column_sums at every row count, past the threshold sum_partials keeps it under
-                rt.COLUMN_SUMS, rt.COLUMN_SUMS_MAX_PARTS = column_sums, parts
+            saved = rt.COLUMN_SUMS, rt.column_sums_plan
+            ways = [("column_sums", True, saved[1]), ("torch.sum", False, saved[1])]
+            ways += [(spec, True, sum_plan(spec)) for spec in specs]
+            for name, column_sums, plan in ways:
+                rt.COLUMN_SUMS, rt.column_sums_plan = column_sums, plan
+                out.fill_(float("nan"))
                 times[name] = timed(lambda i: rt.sum_partials(partials, out))[0] * 1e3
-            rt.COLUMN_SUMS, rt.COLUMN_SUMS_MAX_PARTS = saved
-            assert torch.allclose(out, partials.sum(0), rtol=1e-4, atol=1e-3)
+                assert torch.allclose(out, partials.sum(0), rtol=1e-4, atol=1e-3), name
+            rt.COLUMN_SUMS, rt.column_sums_plan = saved
             mb = partials.numel() * 4 / 1e6
             spans = "  ".join(f"{k} {v:6.1f} us" for k, v in times.items())
             print(f"{card} partials [{parts}, {2 * h}] {mb:6.1f} MB  {spans}")

@@ -296,14 +296,26 @@ def gated_inputs(
 
 
 @triton.jit
-def column_sums(src_ptr, dst_ptr, n_parts, n_cols, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dst[c] = sum over p of src[p, c] for a contiguous fp32 src [n_parts, n_cols]: one program per
-    BLOCK_C columns, each taking every row in the same order, so the result is deterministic."""
+def column_sums(
+    src_ptr,  # fp32 [n_parts, n_cols], contiguous: the partial sums
+    dst_ptr,  # [splits, n_cols], contiguous: row s of it sums src's rows of split s
+    n_parts,  # rows of src
+    n_cols,  # columns of src and dst
+    parts_per_split,  # rows of src a program sums (split s: rows s * parts_per_split onwards)
+    BLOCK_P: tl.constexpr,  # rows a step
+    BLOCK_C: tl.constexpr,  # columns a program
+):
+    """dst[s, c] = sum of src[p, c] over the rows p of split s (program (c, s)); one split: dst[c] =
+    the sum of every row. Each program takes its rows in the same order, so the result is
+    deterministic. Offsets are int64: src may pass 2**31 elements."""
     cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < n_cols
+    split = tl.program_id(1).to(tl.int64)
+    first = split * parts_per_split
+    end = tl.minimum(first + parts_per_split, n_parts)
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for first in range(0, n_parts, BLOCK_P):
-        parts = first + tl.arange(0, BLOCK_P).to(tl.int64)
-        mask = (parts < n_parts)[:, None] & col_ok[None, :]
+    for step in range(0, tl.cdiv(end - first, BLOCK_P)):
+        parts = first + step * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+        mask = (parts < end)[:, None] & col_ok[None, :]
         acc += tl.load(src_ptr + parts[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
-    tl.store(dst_ptr + cols, tl.sum(acc, axis=0).to(dst_ptr.dtype.element_ty), mask=col_ok)
+    tl.store(dst_ptr + split * n_cols + cols, tl.sum(acc, axis=0).to(dst_ptr.dtype.element_ty), mask=col_ok)

@@ -994,30 +994,61 @@ def bias_sum_config(cfg: BlockConfig, n_rows: int, h: int, heavy: bool = False) 
 #: Whether sum_partials adds the backward's partial sums with _kernel_lib.column_sums (False:
 #: torch.sum, session 41's, for benchmarks/bias.py's side-by-side).
 COLUMN_SUMS = True
-#: More partial sums than this take torch.sum (sum_partials).
-COLUMN_SUMS_MAX_PARTS = 1024
+#: More partial sums than this are added in two passes (column_sums_plan).
+COLUMN_SUMS_ONE_PASS = 1024
+#: Rows a program of the first pass sums, past COLUMN_SUMS_ONE_PASS.
+COLUMN_SUMS_SPLIT = 256
+
+
+@dataclass(frozen=True)
+class SumPlan:
+    """Launch shape of sum_partials' _kernel_lib.column_sums."""
+
+    block_c: int  # columns a program
+    block_p: int  # rows a step
+    num_warps: int  # warps a program
+    parts_per_split: int  # rows a program of the first pass sums; n_parts or more: a single pass
+
+
+def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
+    """sum_partials' launch shape: 16 columns a program (32 from 8192), [128, 16] steps, 4 warps;
+    up to COLUMN_SUMS_ONE_PASS rows one pass, each program taking every row, and past it a first
+    pass over COLUMN_SUMS_SPLIT rows a program, whose sums a second pass adds."""
+    block_c = 16 if n_cols < 8192 else 32
+    split = n_parts if n_parts <= COLUMN_SUMS_ONE_PASS else COLUMN_SUMS_SPLIT
+    return SumPlan(block_c, 128, 4, split)
 
 
 def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
     """out = partials.sum(0) for the backward's fp32 partial sums of the bias's gradient, [programs,
-    2H] contiguous. Up to COLUMN_SUMS_MAX_PARTS rows (every bias_sum_rows program count but the heavy
-    math's from 8192 rows and any from 131072): one launch of _kernel_lib.column_sums, a program
-    per 16 columns (32 from 8192), deterministic; more rows: torch.sum.
+    2H] contiguous, with _kernel_lib.column_sums (column_sums_plan): deterministic, the same bits
+    run to run.
 
     H200, session 42 call 3 (benchmarks/bias.py --partials: the sum alone, graph replays): [1024,
     1536 / 5760 / 14336] 4.7 / 5.6 / 17.0 µs against torch.sum's 8.3 / 10.8 / 23.0; [512, 1536] 2.8
-    against 8.5. From 2048 rows it is ahead alone ([2048, 1536] 7.9 against 9.8) but not in the
-    backward (fwd+bwd, bias.py --torch-sum: Quick-GEGLU with its clamp at 16384 x 768, 2048 rows of
-    partial sums, 93.5 against 88.7 µs; its 96 programs read what L2 no longer holds), and from
+    against 8.5. In one pass from 2048 rows it was ahead alone ([2048, 1536] 7.9 against 9.8) but
+    not in the backward (fwd+bwd, bias.py --torch-sum: Quick-GEGLU with its clamp at 16384 x 768,
+    2048 rows of partial sums, 93.5 against 88.7 µs; its 96 programs walk 2048 rows each), and from
     4096 behind alone ([4096, 5760] 38.8 against 34.1). At 1024 rows, fwd+bwd with the bias and the
     weights trained: 4096 x 768 9-12% faster (SwiGLU 27.3 against 31.0 µs), 16384 x 768 4%, level
     to 4% faster at 2880 and 7168 columns."""
     n_parts, n_cols = partials.shape
-    if not COLUMN_SUMS or n_parts > COLUMN_SUMS_MAX_PARTS or not use_triton(partials):
+    if not COLUMN_SUMS or not use_triton(partials):
         torch.sum(partials, 0, out=out)
         return
-    block_c = 16 if n_cols < 8192 else 32
-    column_sums[(cdiv(n_cols, block_c),)](partials, out, n_parts, n_cols, BLOCK_P=128, BLOCK_C=block_c, num_warps=4)
+    plan = column_sums_plan(n_parts, n_cols)
+    grid_c = cdiv(n_cols, plan.block_c)
+    if n_parts > plan.parts_per_split:  # first pass: a row of sums per split, added below
+        splits = cdiv(n_parts, plan.parts_per_split)
+        firsts = torch.empty((splits, n_cols), dtype=torch.float32, device=partials.device)
+        column_sums[(grid_c, splits)](
+            partials, firsts, n_parts, n_cols, plan.parts_per_split,
+            BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=plan.num_warps,
+        )  # fmt: skip
+        partials, n_parts = firsts, splits
+    column_sums[(grid_c, 1)](
+        partials, out, n_parts, n_cols, n_parts, BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=plan.num_warps
+    )
 
 
 def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -395,12 +395,13 @@ def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_progr
 
 
 @pytest.mark.skipif(not TRITON, reason="no GPU and TRITON_INTERPRET is not 1")
-@pytest.mark.parametrize("shape", [(1, 5), (3, 16), (130, 40), (150, 8200), (257, 40)])
+@pytest.mark.parametrize("shape", [(1, 5), (3, 16), (130, 40), (150, 8200), (200, 40), (257, 40), (513, 24)])
 def test_sum_partials_adds_every_row(shape, monkeypatch):
     """rt.sum_partials (the backward's partial sums of the bias's gradient, added by
-    _kernel_lib.column_sums: 16- or 32-column programs over 128-row steps; torch.sum past
-    rt.COLUMN_SUMS_MAX_PARTS rows, here 200): against the float64 sum of every row, at one row,
-    part-filled row steps and column blocks, both column widths; the output poisoned first, the same
+    _kernel_lib.column_sums: 16- or 32-column programs over 128-row steps, in one pass up to
+    rt.COLUMN_SUMS_ONE_PASS rows, here 200, and past it in two, here 64 rows a program of the
+    first): against the float64 sum of every row, at one row, part-filled row steps, splits and
+    column blocks, a last split of one row, both column widths; the output poisoned first, the same
     bits run to run; with rt.COLUMN_SUMS off, torch.sum's, within the same bound."""
     launches = []
     kernel = rt.column_sums
@@ -411,7 +412,8 @@ def test_sum_partials_adds_every_row(shape, monkeypatch):
             return kernel[grid]
 
     monkeypatch.setattr(rt, "column_sums", Spy())
-    monkeypatch.setattr(rt, "COLUMN_SUMS_MAX_PARTS", 200)
+    monkeypatch.setattr(rt, "COLUMN_SUMS_ONE_PASS", 200)
+    monkeypatch.setattr(rt, "COLUMN_SUMS_SPLIT", 64)
     gen = make_generator(43 + shape[0])
     partials = (torch.randn(shape, generator=gen) * 10).to(DEVICE)
     want = partials.double().sum(0)
@@ -421,7 +423,9 @@ def test_sum_partials_adds_every_row(shape, monkeypatch):
         rt.sum_partials(partials, out)
         got.append(out)
     assert torch.equal(got[0], got[1])
-    assert launches == ([] if shape[0] > 200 else [(-(-shape[1] // (16 if shape[1] < 8192 else 32)),)] * 2)
+    grid_c = -(-shape[1] // (16 if shape[1] < 8192 else 32))
+    passes = [(grid_c, -(-shape[0] // 64))] if shape[0] > 200 else []
+    assert launches == (passes + [(grid_c, 1)]) * 2
     # fp32 summation: error within n_parts rounding steps of the absolute values' sum
     bound = shape[0] * 2**-23 * partials.double().abs().sum(0) + 1e-30
     assert ((got[0].double() - want).abs() <= bound).all(), (got[0] - want).abs().max()
@@ -429,7 +433,7 @@ def test_sum_partials_adds_every_row(shape, monkeypatch):
     plain = torch.empty(shape[1], device=DEVICE)
     rt.sum_partials(partials, plain)
     assert ((plain.double() - want).abs() <= bound).all()
-    assert len(launches) == (0 if shape[0] > 200 else 2)
+    assert len(launches) == 2 * (len(passes) + 1)
 
 
 @pytest.mark.parametrize("least", [8, 9])
