@@ -314,8 +314,11 @@ def column_sums(
     first = split * parts_per_split
     end = tl.minimum(first + parts_per_split, n_parts)
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for step in range(0, tl.cdiv(end - first, BLOCK_P)):
-        parts = first + step * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    # An int32 loop as in one pass (range(0, n_parts, BLOCK_P)): ptxas then issues a step's loads
+    # together. Over int64 bounds (cdiv(end - first, BLOCK_P)) it waited for each of them before the
+    # next, and [1024, 1536] took 7.6 µs in place of 4.7 (H200, session 43 call 2).
+    for step in range(0, parts_per_split, BLOCK_P):
+        parts = first + step + tl.arange(0, BLOCK_P).to(tl.int64)
         mask = (parts < end)[:, None] & col_ok[None, :]
         acc += tl.load(src_ptr + parts[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
     tl.store(dst_ptr + split * n_cols + cols, tl.sum(acc, axis=0).to(dst_ptr.dtype.element_ty), mask=col_ok)
