@@ -1011,12 +1011,22 @@ class SumPlan:
 
 
 def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
-    """sum_partials' launch shape: 16 columns a program (32 from 8192), [128, 16] steps, 4 warps;
-    up to COLUMN_SUMS_ONE_PASS rows one pass, each program taking every row, and past it a first
-    pass over COLUMN_SUMS_SPLIT rows a program, whose sums a second pass adds."""
+    """sum_partials' launch shape: 16 columns a program (32 from 8192). Up to COLUMN_SUMS_ONE_PASS
+    rows, one pass of [512, 16] steps in 8 warps, each program taking every row; past it, a first
+    pass of [128, 16] steps in 4 warps over COLUMN_SUMS_SPLIT rows a program, whose sums a second
+    pass of the same shape adds.
+
+    H200, session 43 call 3 (benchmarks/bias.py, fwd+bwd with the bias and the weights trained,
+    against torch.sum's partials): at 1024 rows of partial sums [512, 16] x 8 was 1-5% faster than
+    [128, 16] x 4 at 16384 x 768 and at 2880 and 7168 columns (SwiGLU 4096 x 2880 72.9 against 76.5
+    µs, 16384 x 768 68.4 against 71.6), within 0.7 µs at 4096 x 768 either way. At 2048 rows (the
+    clamp's heavy math from 8192 rows, every form from 131072) one pass of either lost to two:
+    Quick-GEGLU with its clamp at 16384 x 768 82.6 µs in two passes, 88.3 in one of [512, 16] x 8,
+    87.6 by torch.sum."""
     block_c = 16 if n_cols < 8192 else 32
-    split = n_parts if n_parts <= COLUMN_SUMS_ONE_PASS else COLUMN_SUMS_SPLIT
-    return SumPlan(block_c, 128, 4, split)
+    if n_parts <= COLUMN_SUMS_ONE_PASS:
+        return SumPlan(block_c, 512, 8, n_parts)
+    return SumPlan(block_c, 128, 4, COLUMN_SUMS_SPLIT)
 
 
 def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
@@ -1024,14 +1034,15 @@ def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
     2H] contiguous, with _kernel_lib.column_sums (column_sums_plan): deterministic, the same bits
     run to run.
 
-    H200, session 42 call 3 (benchmarks/bias.py --partials: the sum alone, graph replays): [1024,
-    1536 / 5760 / 14336] 4.7 / 5.6 / 17.0 µs against torch.sum's 8.3 / 10.8 / 23.0; [512, 1536] 2.8
-    against 8.5. In one pass from 2048 rows it was ahead alone ([2048, 1536] 7.9 against 9.8) but
-    not in the backward (fwd+bwd, bias.py --torch-sum: Quick-GEGLU with its clamp at 16384 x 768,
-    2048 rows of partial sums, 93.5 against 88.7 µs; its 96 programs walk 2048 rows each), and from
-    4096 behind alone ([4096, 5760] 38.8 against 34.1). At 1024 rows, fwd+bwd with the bias and the
-    weights trained: 4096 x 768 9-12% faster (SwiGLU 27.3 against 31.0 µs), 16384 x 768 4%, level
-    to 4% faster at 2880 and 7168 columns."""
+    H200 (benchmarks/bias.py --partials: the sum alone, graph replays), session 43 call 3: [1024,
+    1536 / 5760 / 14336] 4.8 / 5.5 / 19.1 µs in one pass of [128, 16] x 4 (3.8 / 5.4 / 17.7 in
+    [512, 16] x 8) against torch.sum's 8.2 / 10.5 / 22.8; [2048, 1536 / 5760] 5.3 / 15.2 in two
+    passes (8.2 / 18.9 in one) against 9.8 / 19.2; [4096, 1536 / 5760] 7.2 / 28.3 (15.0 / 40.6)
+    against 13.3 / 34.3. In the backward (fwd+bwd with the bias and the weights trained) two
+    passes at 2048 rows were 1-7% faster than torch.sum (Quick-GEGLU with its clamp at 16384 x 768
+    82.6 against 87.6 µs), where session 42's one pass was 5% slower than torch.sum (93.5 against
+    88.7). Session 42, at 1024 rows: 4096 x 768 9-12% faster than torch.sum (SwiGLU 27.3 against
+    31.0 µs), 16384 x 768 4%, level to 4% faster at 2880 and 7168 columns."""
     n_parts, n_cols = partials.shape
     if not COLUMN_SUMS or not use_triton(partials):
         torch.sum(partials, 0, out=out)

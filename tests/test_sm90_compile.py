@@ -222,12 +222,15 @@ def compile_activation(name: str) -> None:
 
 
 def compile_column_sums() -> None:
-    """_kernel_lib.column_sums (the partial sums of the bias's gradient) at both column widths."""
+    """_kernel_lib.column_sums (the partial sums of the bias's gradient) at both column widths, in
+    both of _runtime.column_sums_plan's step shapes."""
     from moe_utils import _kernel_lib
 
+    types = {"src_ptr": "*fp32", "dst_ptr": "*fp32"}
     for block_c in (16, 32):
-        types = {"src_ptr": "*fp32", "dst_ptr": "*fp32"}
-        compile_sm90(_kernel_lib.column_sums, dict(BLOCK_P=128, BLOCK_C=block_c), types=types)
+        for block_p, warps in ((128, 4), (512, 8)):
+            constexprs = dict(BLOCK_P=block_p, BLOCK_C=block_c)
+            compile_sm90(_kernel_lib.column_sums, constexprs, types=types, options=dict(num_warps=warps))
 
 
 def compile_routing() -> None:
