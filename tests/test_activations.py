@@ -425,7 +425,7 @@ def test_sum_partials_adds_every_row(shape, monkeypatch):
     assert torch.equal(got[0], got[1])
     grid_c = -(-shape[1] // (16 if shape[1] < 8192 else 32))
     passes = [(grid_c, -(-shape[0] // 64))] if shape[0] > 200 else []
-    assert launches == (passes + [(grid_c, 1)]) * 2
+    assert launches == [*passes, (grid_c, 1)] * 2
     # fp32 summation: error within n_parts rounding steps of the absolute values' sum
     bound = shape[0] * 2**-23 * partials.double().abs().sum(0) + 1e-30
     assert ((got[0].double() - want).abs() <= bound).all(), (got[0] - want).abs().max()
