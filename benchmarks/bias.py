@@ -3,7 +3,7 @@
     python benchmarks/bias.py [--rows 4096 16384 65536] [--width 2880 ...] [--forms quick_geglu_clamp swiglu]
         [--subsets input+bias bias input] [--train-weights] [--no-reference] [--no-pytorch-sum] [--tag _suffix]
         [--rows-per-program 8 16 ...] [--tile BLOCK_R:BLOCK_H:WARPS:ROWS ...] [--torch-sum] [--all-rows]
-        [--sum-plan BLOCK_P:WARPS:SPLIT ...]
+        [--sum-plan BLOCK_P:WARPS:SPLIT[:STAGES] ...]
     python benchmarks/bias.py --partials [--sum-plan ...]   # the partial sums' sum alone: column_sums against torch.sum
 
 Two forms with a [2H] bias shared by every row (bf16, fp32 weights):
@@ -78,7 +78,7 @@ def overrides(args) -> list[tuple[str, dict]]:
         ways.append(("ours, kernel's sum at any rows", {"BIAS_SUM_MIN_ROWS": 0}))
     if args.torch_sum:  # the partial sums added by torch.sum (session 41), not _kernel_lib.column_sums
         ways.append(("ours, partials by torch.sum", {"COLUMN_SUMS": False}))
-    for spec in args.sum_plan:  # column_sums' launch shape: "BLOCK_P:WARPS:SPLIT" (0: one pass)
+    for spec in args.sum_plan:  # column_sums' launch shape: "BLOCK_P:WARPS:SPLIT[:STAGES]" (0: one pass)
         ways.append((f"ours, sum {spec}", {"column_sums_plan": sum_plan(spec)}))
     for spec in args.tile:  # the backward's launch shape with bias_sum: "BLOCK_R:BLOCK_H:WARPS:ROWS"
         block_r, block_h, warps, rows = (int(v) for v in spec.split(":"))
@@ -92,12 +92,13 @@ def overrides(args) -> list[tuple[str, dict]]:
 
 
 def sum_plan(spec: str):
-    """A column_sums_plan that gives "BLOCK_P:WARPS:SPLIT" at every size (SPLIT 0: a single pass)."""
-    block_p, warps, split = (int(v) for v in spec.split(":"))
+    """A column_sums_plan that gives "BLOCK_P:WARPS:SPLIT[:STAGES]" at every size (SPLIT 0: a single
+    pass; STAGES: steps in flight, 1 unless given)."""
+    block_p, warps, split, stages = ([int(v) for v in spec.split(":")] + [1])[:4]
 
     def plan(n_parts, n_cols):
         block_c = 16 if n_cols < 8192 else 32
-        return rt.SumPlan(block_c, block_p, warps, split or max(n_parts, 1))
+        return rt.SumPlan(block_c, block_p, warps, split or max(n_parts, 1), stages)
 
     return plan
 
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--rows-per-program", type=int, nargs="*", default=[])
     parser.add_argument("--tile", nargs="*", default=[], help="also time launch shapes, BLOCK_R:BLOCK_H:WARPS:ROWS")
     parser.add_argument("--torch-sum", action="store_true", help="also time the partials added by torch.sum")
-    parser.add_argument("--sum-plan", nargs="*", default=[], help="also time column_sums plans, BLOCK_P:WARPS:SPLIT")
+    parser.add_argument("--sum-plan", nargs="*", default=[], help="column_sums plans, BLOCK_P:WARPS:SPLIT[:STAGES]")
     parser.add_argument("--all-rows", action="store_true", help="also time the kernel's sum below its threshold")
     parser.add_argument("--partials", action="store_true", help="time the partials' sum alone, then exit")
     parser.add_argument("--train-weights", action="store_true", help="the routing weights trained as well")

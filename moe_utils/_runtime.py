@@ -1008,25 +1008,27 @@ class SumPlan:
     block_p: int  # rows a step
     num_warps: int  # warps a program
     parts_per_split: int  # rows a program of the first pass sums; n_parts or more: a single pass
+    stages: int = 1  # column_sums' STAGES: >1 loads stages - 1 steps ahead into shared memory
 
 
 def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
-    """sum_partials' launch shape: 16 columns a program (32 from 8192). Up to COLUMN_SUMS_ONE_PASS
-    rows, one pass of [512, 16] steps in 8 warps, each program taking every row; past it, a first
-    pass of [128, 16] steps in 4 warps over COLUMN_SUMS_SPLIT rows a program, whose sums a second
-    pass of the same shape adds.
+    """sum_partials' launch shape: 16 columns a program (32 from 8192), 4 warps, steps of 16 KB
+    ([256, 16] or [128, 32]), the next two loaded ahead into shared memory (STAGES=3: 32 KB, which
+    every CUDA GPU since Volta has). Up to COLUMN_SUMS_ONE_PASS rows one pass, each program taking every row; past it,
+    a first pass over COLUMN_SUMS_SPLIT rows a program, whose sums a second pass adds.
 
     H200, session 43 call 3 (benchmarks/bias.py, fwd+bwd with the bias and the weights trained,
-    against torch.sum's partials): at 1024 rows of partial sums [512, 16] x 8 was 1-5% faster than
-    [128, 16] x 4 at 16384 x 768 and at 2880 and 7168 columns (SwiGLU 4096 x 2880 72.9 against 76.5
-    µs, 16384 x 768 68.4 against 71.6), within 0.7 µs at 4096 x 768 either way. At 2048 rows (the
-    clamp's heavy math from 8192 rows, every form from 131072) one pass of either lost to two:
-    Quick-GEGLU with its clamp at 16384 x 768 82.6 µs in two passes, 88.3 in one of [512, 16] x 8,
-    87.6 by torch.sum."""
+    against torch.sum's partials; one step in flight): at 1024 rows of partial sums [512, 16] x 8
+    was 1-5% faster than [128, 16] x 4 at 16384 x 768 and at 2880 and 7168 columns (SwiGLU 4096 x
+    2880 72.9 against 76.5 µs, 16384 x 768 68.4 against 71.6), within 0.7 µs at 4096 x 768 either
+    way. At 2048 rows (the clamp's heavy math from 8192 rows, every form from 131072) one pass of
+    either lost to two: Quick-GEGLU with its clamp at 16384 x 768 82.6 µs in two passes, 88.3 in
+    one of [512, 16] x 8, 87.6 by torch.sum."""
     block_c = 16 if n_cols < 8192 else 32
+    block_p = 4096 // block_c
     if n_parts <= COLUMN_SUMS_ONE_PASS:
-        return SumPlan(block_c, 512, 8, n_parts)
-    return SumPlan(block_c, 128, 4, COLUMN_SUMS_SPLIT)
+        return SumPlan(block_c, block_p, 4, n_parts, 3)
+    return SumPlan(block_c, block_p, 4, COLUMN_SUMS_SPLIT, 3)
 
 
 def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
@@ -1054,12 +1056,13 @@ def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
         firsts = torch.empty((splits, n_cols), dtype=torch.float32, device=partials.device)
         column_sums[(grid_c, splits)](
             partials, firsts, n_parts, n_cols, plan.parts_per_split,
-            BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=plan.num_warps,
+            BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, STAGES=plan.stages, num_warps=plan.num_warps,
         )  # fmt: skip
         partials, n_parts = firsts, splits
     column_sums[(grid_c, 1)](
-        partials, out, n_parts, n_cols, n_parts, BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=plan.num_warps
-    )
+        partials, out, n_parts, n_cols, n_parts,
+        BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, STAGES=plan.stages, num_warps=plan.num_warps,
+    )  # fmt: skip
 
 
 def bias_grad(d_x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

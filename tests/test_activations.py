@@ -398,9 +398,9 @@ def test_bias_gradient_summed_in_the_kernel(backend, monkeypatch, rows_per_progr
 @pytest.mark.parametrize("shape", [(1, 5), (3, 16), (130, 40), (150, 8200), (200, 40), (257, 40), (513, 24)])
 def test_sum_partials_adds_every_row(shape, monkeypatch):
     """rt.sum_partials (the backward's partial sums of the bias's gradient, added by
-    _kernel_lib.column_sums: 16- or 32-column programs, in one pass of 512-row steps up to
-    rt.COLUMN_SUMS_ONE_PASS rows, here 200, and past it in two of 128-row steps, here 64 rows a
-    program of the first): against the float64 sum of every row, at one row, part-filled row steps, splits and
+    _kernel_lib.column_sums in rt.column_sums_plan's shape: 16- or 32-column programs, one pass up
+    to rt.COLUMN_SUMS_ONE_PASS rows, here 200, and past it two, here 64 rows a program of the
+    first): against the float64 sum of every row, at one row, part-filled row steps, splits and
     column blocks, a last split of one row, both column widths; the output poisoned first, the same
     bits run to run; with rt.COLUMN_SUMS off, torch.sum's, within the same bound."""
     launches = []

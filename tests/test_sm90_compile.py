@@ -223,13 +223,14 @@ def compile_activation(name: str) -> None:
 
 def compile_column_sums() -> None:
     """_kernel_lib.column_sums (the partial sums of the bias's gradient) at both column widths, in
-    both of _runtime.column_sums_plan's step shapes."""
+    _runtime.column_sums_plan's shape (16 KB steps, two loaded ahead into 32 KB of shared memory) and
+    in one step at a time."""
     from moe_utils import _kernel_lib
 
     types = {"src_ptr": "*fp32", "dst_ptr": "*fp32"}
     for block_c in (16, 32):
-        for block_p, warps in ((128, 4), (512, 8)):
-            constexprs = dict(BLOCK_P=block_p, BLOCK_C=block_c)
+        for block_p, warps, stages in ((4096 // block_c, 4, 3), (128, 4, 1), (512, 8, 1)):
+            constexprs = dict(BLOCK_P=block_p, BLOCK_C=block_c, STAGES=stages)
             compile_sm90(_kernel_lib.column_sums, constexprs, types=types, options=dict(num_warps=warps))
 
 
