@@ -995,7 +995,7 @@ def bias_sum_config(cfg: BlockConfig, n_rows: int, h: int, heavy: bool = False) 
 #: torch.sum, session 41's, for benchmarks/bias.py's side-by-side).
 COLUMN_SUMS = True
 #: More partial sums than this are added in two passes (column_sums_plan).
-COLUMN_SUMS_ONE_PASS = 1024
+COLUMN_SUMS_ONE_PASS = 4096
 #: Rows a program of the first pass sums, past COLUMN_SUMS_ONE_PASS.
 COLUMN_SUMS_SPLIT = 256
 
@@ -1014,16 +1014,18 @@ class SumPlan:
 def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
     """sum_partials' launch shape: 16 columns a program (32 from 8192), 4 warps, steps of 16 KB
     ([256, 16] or [128, 32]), the next two loaded ahead into shared memory (STAGES=3: 32 KB, which
-    every CUDA GPU since Volta has). Up to COLUMN_SUMS_ONE_PASS rows one pass, each program taking every row; past it,
-    a first pass over COLUMN_SUMS_SPLIT rows a program, whose sums a second pass adds.
+    every CUDA GPU since Volta has). Up to COLUMN_SUMS_ONE_PASS rows one pass, each program taking
+    every row; past it (unmeasured: 4096 rows were the most timed) a first pass over
+    COLUMN_SUMS_SPLIT rows a program, whose sums a second pass adds.
 
-    H200, session 43 call 3 (benchmarks/bias.py, fwd+bwd with the bias and the weights trained,
-    against torch.sum's partials; one step in flight): at 1024 rows of partial sums [512, 16] x 8
-    was 1-5% faster than [128, 16] x 4 at 16384 x 768 and at 2880 and 7168 columns (SwiGLU 4096 x
-    2880 72.9 against 76.5 µs, 16384 x 768 68.4 against 71.6), within 0.7 µs at 4096 x 768 either
-    way. At 2048 rows (the clamp's heavy math from 8192 rows, every form from 131072) one pass of
-    either lost to two: Quick-GEGLU with its clamp at 16384 x 768 82.6 µs in two passes, 88.3 in
-    one of [512, 16] x 8, 87.6 by torch.sum."""
+    H200, session 43 call 5 (benchmarks/bias.py, fwd+bwd with the bias and the weights trained):
+    against one step in flight ([512, 16] x 8, call 3's best), 9-14% faster at 4096 x 768 (SwiGLU
+    23.0 / 23.0 against 25.3 / 24.7 µs, input+bias / bias; Quick-GEGLU with its clamp 26.6 / 24.3
+    against 30.9 / 27.0), 3-4% at 4096 x 2880, 0-4% at 16384 x 768, within 1% from 16384 x 2880;
+    at 2048 rows of partial sums one pass of these steps was level with or faster than two (the
+    clamp at 16384 x 768: 84.1 / 70.8 against 85.0 / 72.3 µs, at 16384 x 2880 262.4 / 210.5
+    against 266.6 / 212.8). Alone (--partials), one pass was the fastest plan timed at 2048 and
+    4096 rows but at 14336 columns ([4096, 2816] 11.2 µs; two passes 14.5, torch.sum 20.5)."""
     block_c = 16 if n_cols < 8192 else 32
     block_p = 4096 // block_c
     if n_parts <= COLUMN_SUMS_ONE_PASS:
@@ -1036,15 +1038,12 @@ def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
     2H] contiguous, with _kernel_lib.column_sums (column_sums_plan): deterministic, the same bits
     run to run.
 
-    H200 (benchmarks/bias.py --partials: the sum alone, graph replays), session 43 call 3: [1024,
-    1536 / 5760 / 14336] 4.8 / 5.5 / 19.1 µs in one pass of [128, 16] x 4 (3.8 / 5.4 / 17.7 in
-    [512, 16] x 8) against torch.sum's 8.2 / 10.5 / 22.8; [2048, 1536 / 5760] 5.3 / 15.2 in two
-    passes (8.2 / 18.9 in one) against 9.8 / 19.2; [4096, 1536 / 5760] 7.2 / 28.3 (15.0 / 40.6)
-    against 13.3 / 34.3. In the backward (fwd+bwd with the bias and the weights trained) two
-    passes at 2048 rows were 1-7% faster than torch.sum (Quick-GEGLU with its clamp at 16384 x 768
-    82.6 against 87.6 µs), where session 42's one pass was 5% slower than torch.sum (93.5 against
-    88.7). Session 42, at 1024 rows: 4096 x 768 9-12% faster than torch.sum (SwiGLU 27.3 against
-    31.0 µs), 16384 x 768 4%, level to 4% faster at 2880 and 7168 columns."""
+    H200, session 43 call 5 (benchmarks/bias.py --partials: the sum alone, graph replays): [1024,
+    1536 / 5760 / 14336] 3.1 / 5.3 / 16.3 µs against torch.sum's 8.1 / 10.5 / 22.8; [2048, 1536 /
+    5760] 4.2 / 10.5 against 9.7 / 19.5; [4096, 1536 / 5760 / 14336] 6.4 / 26.0 / 60.4 against
+    13.5 / 34.3 / 63.8. Session 42's one pass of one step in flight was 5% slower than torch.sum
+    in the backward at 2048 rows (Quick-GEGLU with its clamp at 16384 x 768, 93.5 against 88.7
+    µs): its 96 programs walked 2048 rows, a memory latency a step."""
     n_parts, n_cols = partials.shape
     if not COLUMN_SUMS or not use_triton(partials):
         torch.sum(partials, 0, out=out)
