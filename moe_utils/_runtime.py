@@ -1161,9 +1161,15 @@ def function_forward(
     interleaved: bool,
     params: Sequence[float],
 ) -> torch.Tensor:
-    """Body of every generated autograd Function's forward."""
+    """Body of every generated autograd Function's forward.
+
+    A constant torch.compile traces (traced_constant: a tensor, or a numpy number, which dynamo traces
+    as an array) takes the spec's math in PyTorch ops here and in the backward, with the constant as a
+    0-d tensor, as the functional forms do (apply_gated): no host read, so no graph break, and
+    Inductor fuses the ops."""
+    traced = traced_constants(clamp_value, params)
     rows, clamp_value, params, fp8_input_store, interleaved = checked_call(
-        fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params
+        fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params, traced
     )
     # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
     # positions differ between the Functions that call this (fn comes first in the generic one).
@@ -1177,10 +1183,24 @@ def function_forward(
     # The gradients read the input (and bias) nonlinearly: a graph of them is needed wherever either
     # requires grad. With only the weights requiring grad, d_weights is linear in the incoming gradient.
     ctx.reads_inputs = ctx.needs_grad[0] or ctx.needs_grad[1]
-    out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, interleaved, params)
-    # Only what the backward reads: the fp8 copy instead of the input when asked for.
-    saved_x = x_fp8.view(torch.float8_e4m3fn) if fp8_input_store else rows.x
-    ctx.save_for_backward(saved_x, rows.bias, rows.weight)
+    constants: list[torch.Tensor] = []
+    if traced:
+        math_fn = _eager_math(impl, fn, impl.eager_forward)
+        out = eager_forward_rows(math_fn, rows.x, rows.bias, rows.weight, clamp_value, interleaved, params)
+        saved_x = eager_fp8_copy(rows.x) if fp8_input_store else rows.x
+        # The 0-d tensors travel to the backward as saved tensors; ctx.traced marks their places,
+        # which hold None in ctx.meta.
+        values = (clamp_value, *params)
+        ctx.traced = tuple(isinstance(v, torch.Tensor) for v in values)
+        constants = [v for v in values if isinstance(v, torch.Tensor)]
+        kept = [None if t else v for t, v in zip(ctx.traced, values, strict=True)]
+        clamp_value, params = kept[0], tuple(kept[1:])
+    else:
+        ctx.traced = None
+        out, x_fp8 = impl.forward(rows.x, rows.bias, rows.weight, fp8_input_store, clamp_value, interleaved, params)
+        # Only what the backward reads: the fp8 copy instead of the input when asked for.
+        saved_x = x_fp8.view(torch.float8_e4m3fn) if fp8_input_store else rows.x
+    ctx.save_for_backward(saved_x, rows.bias, rows.weight, *constants)
     ctx.meta = (
         fn,
         tuple(y.shape),
@@ -1221,7 +1241,7 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights)."""
     impl = ctx.impl
     first_order_only(ctx.meta[0], (grad_out,), ctx.reads_inputs)
-    x_saved, bias, weight = ctx.saved_tensors
+    x_saved, bias, weight, *constants = ctx.saved_tensors
     fn, y_shape, y_dtype, bias_meta, w_shape, clamp_value, interleaved, params = ctx.meta
     n_rows = x_saved.shape[0]
     grad_out = plain(fn, "the incoming gradient", grad_out)
@@ -1231,11 +1251,20 @@ def function_backward(ctx: Any, grad_out: torch.Tensor):
     # d_weights alone (4H of its 10H bytes a row with 16-bit input, 4H of 8H from the fp8 copy) and
     # allocates no T x 2H buffer.
     needs_y, needs_bias, _ = ctx.needs_grad
-    # A shared [2H] bias's gradient is summed in the kernel (bias_sum, from BIAS_SUM_MIN_ROWS rows): d_x
-    # is then the input's alone.
-    store_dx, mode, summed = backward_plan(clamp_value, bias, needs_y, needs_bias, n_rows)
-    args = (clamp_value, interleaved, y_dtype, params, store_dx, mode, summed)
-    d_x, d_w, d_b = impl.backward(g, x_saved, bias, weight, *args)
+    if ctx.traced is not None:  # traced constants: the spec's backward in PyTorch ops (function_forward)
+        saved = iter(constants)
+        values = [next(saved) if t else v for t, v in zip(ctx.traced, (clamp_value, *params), strict=True)]
+        clamp_value, params = values[0], tuple(values[1:])
+        store_dx, mode, summed = backward_plan(clamp_value, bias, needs_y, needs_bias, n_rows, in_kernel=False)
+        math_fn = _eager_math(impl, fn, impl.eager_backward)
+        args = (clamp_value, interleaved, params, y_dtype, mode, store_dx)
+        d_x, d_w, d_b = eager_backward_rows(math_fn, g, x_saved, bias, weight, *args)
+    else:
+        # A shared [2H] bias's gradient is summed in the kernel (bias_sum, from BIAS_SUM_MIN_ROWS rows):
+        # d_x is then the input's alone.
+        store_dx, mode, summed = backward_plan(clamp_value, bias, needs_y, needs_bias, n_rows)
+        args = (clamp_value, interleaved, y_dtype, params, store_dx, mode, summed)
+        d_x, d_w, d_b = impl.backward(g, x_saved, bias, weight, *args)
     d_x, d_x_bias = split_dx(d_x, mode, n_rows)
     d_bias = None
     if needs_bias:

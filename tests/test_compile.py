@@ -200,6 +200,41 @@ def test_compiled_constants_traced_from_numpy_and_tensors():
         torch.compile(impl, fullgraph=True)(y, w, torch.tensor(0.5, requires_grad=True), clamp, alpha)
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_compiled_seed_functions_trace_their_constants(fp8):
+    """The seed API's autograd Functions with constants torch.compile traces (a tensor or a numpy
+    number as an argument, a numpy number made inside the compiled function) take the spec's math in
+    PyTorch ops in forward and backward: no graph break under fullgraph=True (until session 43 a
+    host read, which failed there: "RuntimeError when making fake tensor call"; a numpy number made
+    inside raised "alpha must be a float, got ndarray" even without fullgraph), and the outputs and
+    gradients of the kernels' path with Python floats, to fp32 rounding, the fp8 copy's too."""
+    import numpy as np
+
+    from moe_utils import WeightedBiasQuickGeGLUFunction, WeightedQuickGeGLUFunction
+
+    gen = make_generator(43)
+    y = (torch.randn(10, 40, generator=gen) * 3).to(DEVICE).requires_grad_(True)
+    w = torch.rand(10, 1, generator=gen).to(DEVICE).requires_grad_(True)
+    b = torch.randn(40, generator=gen).to(DEVICE).requires_grad_(True)
+    g = torch.randn(10, 20, generator=gen).to(DEVICE)
+
+    def weighted(y, b, w, offset):
+        return WeightedQuickGeGLUFunction.apply(y, w, fp8, offset, np.float64(1.5))
+
+    def with_bias(y, b, w, offset):
+        return WeightedBiasQuickGeGLUFunction.apply(y, b, w, fp8, offset, 1.5)
+
+    for fn, offset in ((weighted, torch.tensor(0.5)), (weighted, np.float32(0.5)), (with_bias, torch.tensor(0.5))):
+        leaves = (y, w) if fn is weighted else (y, b, w)
+        want = fn(y, b, w, 0.5)  # eager, Python floats: the kernels
+        expected = torch.autograd.grad(want, leaves, g)
+        torch._dynamo.reset()
+        got = torch.compile(fn, fullgraph=True)(y, b, w, offset)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for a, e in zip(torch.autograd.grad(got, leaves, g), expected, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "needs", [(False, False, True), (False, True, False), (False, True, True), (True, False, True)]
 )
