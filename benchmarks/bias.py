@@ -4,7 +4,7 @@
         [--subsets input+bias bias input] [--train-weights] [--no-reference] [--no-pytorch-sum] [--tag _suffix]
         [--rows-per-program 8 16 ...] [--tile BLOCK_R:BLOCK_H:WARPS:ROWS ...] [--torch-sum] [--all-rows]
         [--sum-plan BLOCK_P:WARPS:SPLIT[:STAGES] ...]
-    python benchmarks/bias.py --partials [--sum-plan ...]   # the partial sums' sum alone: column_sums against torch.sum
+    python benchmarks/bias.py --partials [--parts 512 ...] [--sum-plan ...]   # the partials' sum alone
 
 Two forms with a [2H] bias shared by every row (bf16, fp32 weights):
 - "quick_geglu_clamp": ``weighted_bias_quick_geglu_impl`` with GPT-OSS's constants (clamp 7, offset 1,
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--sum-plan", nargs="*", default=[], help="column_sums plans, BLOCK_P:WARPS:SPLIT[:STAGES]")
     parser.add_argument("--all-rows", action="store_true", help="also time the kernel's sum below its threshold")
     parser.add_argument("--partials", action="store_true", help="time the partials' sum alone, then exit")
+    parser.add_argument("--parts", type=int, nargs="+", default=[512, 1024, 2048, 4096], help="with --partials: rows")
     parser.add_argument("--train-weights", action="store_true", help="the routing weights trained as well")
     parser.add_argument("--subsets", nargs="+", default=["input+bias", "bias", "input"])
     parser.add_argument("--no-reference", action="store_true", help="leave the compiled reference out")
@@ -125,7 +126,7 @@ def main() -> None:
     card = torch.cuda.get_device_name()
     print(f"{card}: copy {copy:.0f} GB/s")
     if args.partials:
-        time_partials(card, args.sum_plan)
+        time_partials(card, args.parts, args.sum_plan)
         return
     rows_out = []
     for form in args.forms:
@@ -139,10 +140,11 @@ def main() -> None:
     (out / f"bias-{card.replace(' ', '_')}{args.tag}.json").write_text(json.dumps(rows_out, indent=1))
 
 
-def time_partials(card: str, specs: list[str]) -> None:
+def time_partials(card: str, counts: list[int], specs: list[str]) -> None:
     """The backward's partial sums [programs, 2H] fp32 added up: _runtime.sum_partials
-    (_kernel_lib.column_sums, its plan and each of ``specs``) against torch.sum, graph replays."""
-    for parts in (512, 1024, 2048, 4096):
+    (_kernel_lib.column_sums, its plan and each of ``specs``) against torch.sum, graph replays, at
+    ``counts`` rows of partial sums (past _runtime.COLUMN_SUMS_ONE_PASS the plan takes two passes)."""
+    for parts in counts:
         for h in (768, 1408, 2048, 2880, 7168):
             partials = torch.randn(parts, 2 * h, device="cuda")
             out = torch.empty(2 * h, device="cuda")
