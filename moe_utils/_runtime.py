@@ -1019,12 +1019,13 @@ def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
     COLUMN_SUMS_SPLIT rows a program, whose sums a second pass adds.
 
     H200, session 43 call 5 (benchmarks/bias.py, fwd+bwd with the bias and the weights trained):
-    against one step in flight ([512, 16] x 8, call 3's best), 9-14% faster at 4096 x 768 (SwiGLU
+    against one step in flight ([512, 16] x 8, call 3's best), 7-14% faster at 4096 x 768 (SwiGLU
     23.0 / 23.0 against 25.3 / 24.7 µs, input+bias / bias; Quick-GEGLU with its clamp 26.6 / 24.3
-    against 30.9 / 27.0), 3-4% at 4096 x 2880, 0-4% at 16384 x 768, within 1% from 16384 x 2880;
-    at 2048 rows of partial sums one pass of these steps was level with or faster than two (the
-    clamp at 16384 x 768: 84.1 / 70.8 against 85.0 / 72.3 µs, at 16384 x 2880 262.4 / 210.5
-    against 266.6 / 212.8). Alone (--partials), one pass was the fastest plan timed at 2048 and
+    against 30.9 / 27.0), 3-5% at 4096 x 2880, level to 4% at 16384 x 768, 3% faster to 2% slower
+    at the rest (single wide shapes move more: 65536 x 7168, bias, 4.6% slower). At 2048 rows of
+    partial sums one pass of these steps was level with or faster than two (the clamp at 16384 x
+    768: 84.1 / 70.8 against 85.0 / 72.3 µs, at 16384 x 2880 262.4 / 210.5 against 266.6 /
+    212.8). Alone (--partials), one pass was the fastest plan timed at 2048 and
     4096 rows but at 14336 columns ([4096, 2816] 11.2 µs; two passes 14.5, torch.sum 20.5)."""
     block_c = 16 if n_cols < 8192 else 32
     block_p = 4096 // block_c
