@@ -1025,13 +1025,11 @@ def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
     at the rest (single wide shapes move more: 65536 x 7168, bias, 4.6% slower). At 2048 rows of
     partial sums one pass of these steps was level with or faster than two (the clamp at 16384 x
     768: 84.1 / 70.8 against 85.0 / 72.3 µs, at 16384 x 2880 262.4 / 210.5 against 266.6 /
-    212.8). Alone (--partials), one pass was the fastest plan timed at 2048 and
-    4096 rows but at 14336 columns ([4096, 2816] 11.2 µs; two passes 14.5, torch.sum 20.5)."""
+    212.8). Alone (--partials), one pass was the fastest plan timed at 2048 and 4096 rows but at
+    14336 columns ([4096, 2816] 11.2 µs; two passes 14.5, torch.sum 20.5)."""
     block_c = 16 if n_cols < 8192 else 32
-    block_p = 4096 // block_c
-    if n_parts <= COLUMN_SUMS_ONE_PASS:
-        return SumPlan(block_c, block_p, 4, n_parts, 3)
-    return SumPlan(block_c, block_p, 4, COLUMN_SUMS_SPLIT, 3)
+    split = n_parts if n_parts <= COLUMN_SUMS_ONE_PASS else COLUMN_SUMS_SPLIT
+    return SumPlan(block_c, 4096 // block_c, 4, split, 3)
 
 
 def sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
