@@ -1015,8 +1015,8 @@ def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
     """sum_partials' launch shape: 16 columns a program (32 from 8192), 4 warps, steps of 16 KB
     ([256, 16] or [128, 32]), the next two loaded ahead into shared memory (STAGES=3: 32 KB, which
     every CUDA GPU since Volta has). Up to COLUMN_SUMS_ONE_PASS rows one pass, each program taking
-    every row; past it (unmeasured: 4096 rows were the most timed) a first pass over
-    COLUMN_SUMS_SPLIT rows a program, whose sums a second pass adds.
+    every row; past it a first pass over COLUMN_SUMS_SPLIT rows a program, whose sums a second
+    pass adds.
 
     H200, session 43 call 5 (benchmarks/bias.py, fwd+bwd with the bias and the weights trained):
     against one step in flight ([512, 16] x 8, call 3's best), 7-14% faster at 4096 x 768 (SwiGLU
@@ -1026,7 +1026,15 @@ def column_sums_plan(n_parts: int, n_cols: int) -> SumPlan:
     partial sums one pass of these steps was level with or faster than two (the clamp at 16384 x
     768: 84.1 / 70.8 against 85.0 / 72.3 µs, at 16384 x 2880 262.4 / 210.5 against 266.6 /
     212.8). Alone (--partials), one pass was the fastest plan timed at 2048 and 4096 rows but at
-    14336 columns ([4096, 2816] 11.2 µs; two passes 14.5, torch.sum 20.5)."""
+    14336 columns ([4096, 2816] 11.2 µs; two passes 14.5, torch.sum 20.5).
+
+    Session 44 call 1, past 4096 rows of partial sums (8192 and 16384, 1536-14336 columns): alone,
+    no plan was fastest everywhere (one pass, splits of 256, 1024 or 4096 rows: each 11-26% behind
+    the best somewhere); the split of 256 was the best or within 13% of it, and 37% to 0% faster
+    than torch.sum (level at 14336 columns). In fwd+bwd (SwiGLU 524288 x 768 / 2880, Quick-GEGLU
+    with its clamp 262144 x 768 / 2880; 8192 rows of partial sums) every plan and torch.sum were
+    within 1% of each other, but for the clamp at 2880 with the bias alone, where two timings of the
+    shipped plan differed by 3% and torch.sum was 1-5% behind them."""
     block_c = 16 if n_cols < 8192 else 32
     split = n_parts if n_parts <= COLUMN_SUMS_ONE_PASS else COLUMN_SUMS_SPLIT
     return SumPlan(block_c, 4096 // block_c, 4, split, 3)
