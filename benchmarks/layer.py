@@ -65,9 +65,16 @@ DEVICE = "cpu" if DRY else "cuda"
 #: further from the exact layer than the GPU's rounding does; its fp16 stores round to nearest.
 DTYPE = torch.float16 if DRY else torch.bfloat16
 #: T:E:K:HIDDEN:FFN. Qwen3-30B-A3B's layer (128 experts, top-8, 2048 / 768), DeepSeek-V2-Lite's
-#: (64 routed experts, top-6, 2048 / 1408), and a 7168-wide layer of 64 experts at top-8 (DeepSeek-V3's
-#: widths, a quarter of its experts: what one GPU holds at expert parallelism 4).
-SHAPES = ("4096:128:8:2048:768", "16384:128:8:2048:768", "16384:64:6:2048:1408", "4096:64:8:7168:2048")
+#: (64 routed experts, top-6, 2048 / 1408), a 7168-wide layer of 64 experts at top-8 (DeepSeek-V3's
+#: widths, a quarter of its experts: what one GPU holds at expert parallelism 4), and Mixtral's top-2
+#: of 8 (4096 / 14336).
+SHAPES = (
+    "4096:128:8:2048:768",
+    "16384:128:8:2048:768",
+    "16384:64:6:2048:1408",
+    "4096:64:8:7168:2048",
+    "16384:8:2:4096:14336",
+)
 DRY_SHAPES = ("24:4:2:32:16", "17:8:3:48:32")
 FP8 = [False]  # --fp8-input-store: both activations save their input as fp8 for the backward
 
@@ -221,9 +228,10 @@ def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
     graph = capture_graph(ours_run, ours_run)
     row["ours_graph_us"] = 1e3 * do_bench(graph.replay, warmup=5, rep=100, return_mode="median")
     del graph
-    # The kernels' split, alternating too (ABBA...): the GEMMs beside ours timed first were 1.4-6.6%
-    # slower than beside the reference's in session 44's call 5, 0.2-0.9% in the alternating order
-    # of call 6 (3% at 7168 columns, whose GEMMs moved by 4% between identical runs).
+    # The kernels' split, alternating too (ABBA...). The GEMMs take longer beside ours than beside
+    # the reference's ops (session 44: 0.2-11%): at the card's power cap the reference's long
+    # memory-bound ops let the SM clock recover between GEMMs (call 8: 1652-1883 against 1558-1634
+    # MHz on average). Timed first, as in call 5, the side also drew the GEMMs' drift.
     split: dict[str, list[tuple[float, float]]] = {"ours": [], "reference": []}
     for r in range(max(2, rounds + rounds % 2)):
         for name in ("ours", "reference")[:: 1 if r % 2 == 0 else -1]:
