@@ -28,7 +28,9 @@ within a process: the median of the rounds). ``graph``: ours as a CUDA graph, GP
 reference syncs with the host, so it has none). The kernels' split (torch.profiler, the sides
 alternating, GPU time of each kernel summed): the grouped GEMMs, and every other kernel, which is
 the ops' share of the layer (with the offsets' sum, the same on both sides). Peak memory is the
-fwd+bwd's allocation above its inputs. Each shape first checks both sides against the layer in
+fwd+bwd's allocation above its inputs (the weight gradients included); held memory what the
+forward leaves for the backward (saved tensors and output), which a training step holds for every
+layer at once. Each shape first checks both sides against the layer in
 float64 (the reference's ops, one matmul per expert) and prints their relative errors. Writes
 ``layer-<card>.json`` and ``layer-<card>.md`` to ``--out``.
 """
@@ -172,6 +174,20 @@ def errors(case: Layer, ours_run: Callable, ref_run: Callable) -> dict[str, dict
     return dict(ours_error=relative(ours_run()), reference_error=relative(ref_run()))
 
 
+def held_mb(case: Layer, forward: Callable) -> float:
+    """What the forward leaves allocated for the backward (the saved tensors and the output), in
+    MiB: a training step holds this for every layer until its backward, so it is the memory that
+    fp8_input_store saves. (peak_mb also counts the weight gradients, which a training step keeps
+    in .grad buffers whatever the ops.)"""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    y = forward(case.x, case.w1, case.w2, case.routing_map, case.probs, case.n_rows)
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - base
+    del y
+    return held / 2**20
+
+
 def peak_mb(fn: Callable[[], object]) -> float:
     """Peak allocation above what was allocated before fn, in MiB (fn's result released)."""
     torch.cuda.synchronize()
@@ -212,7 +228,7 @@ def kernel_us(fn: Callable[[], object], calls: int = 2) -> tuple[float, float]:
 
 def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
     """Eager fwd+bwd of ours and the reference, alternating over rounds (the medians' median: the
-    GEMMs drift within a process), then ours as a CUDA graph, the kernels' split, peak memory."""
+    GEMMs drift within a process), then ours as a CUDA graph, the kernels' split, memory."""
     from sweep import capture_graph
     from triton.testing import do_bench
 
@@ -241,13 +257,16 @@ def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
         row[f"{name}_other_kernels_us"] = statistics.mean(p[1] for p in pairs)
     row["ours_peak_mb"] = peak_mb(ours_run)
     row["reference_peak_mb"] = peak_mb(ref_run)
+    row["ours_held_mb"] = held_mb(case, ours)
+    row["reference_held_mb"] = held_mb(case, ref_forward)
     return row
 
 
 MD_HEADER = (
     "| T:E:k:hidden:ffn | layer fwd+bwd, eager: ours / reference | speedup | ours, CUDA graph | "
-    "GEMM kernels: ours / reference | the other kernels: ours / reference | peak MiB: ours / reference |\n"
-    "|---|---|---|---|---|---|---|"
+    "GEMM kernels: ours / reference | the other kernels: ours / reference | peak MiB: ours / reference | "
+    "held for the backward, MiB: ours / reference |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -257,7 +276,8 @@ def md_row(r: dict) -> str:
         f"{r['reference_eager_us'] / r['ours_eager_us']:.2f}x | {r['ours_graph_us']:.0f} µs | "
         f"{r['ours_gemm_kernels_us']:.0f} / {r['reference_gemm_kernels_us']:.0f} µs | "
         f"{r['ours_other_kernels_us']:.0f} / {r['reference_other_kernels_us']:.0f} µs | "
-        f"{r['ours_peak_mb']:.0f} / {r['reference_peak_mb']:.0f} |"
+        f"{r['ours_peak_mb']:.0f} / {r['reference_peak_mb']:.0f} | "
+        f"{r['ours_held_mb']:.0f} / {r['reference_held_mb']:.0f} |"
     )
 
 
