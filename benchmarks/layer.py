@@ -21,18 +21,18 @@ device) and differ in the three ops only:
   masked_select syncs with the host) and its weighted SwiGLU compiled with ``torch.compile`` (its
   ``jit_fuser``).
 
-Times are medians from ``triton.testing.do_bench`` of fwd+bwd (``torch.autograd.grad`` of x, w1 and
-w2), L2 flushed before each call. ``eager``: the calls as a training step makes them, host included
-(Megatron runs MoE layers eagerly), the two sides alternating over ``--rounds`` (the GEMMs drift
-within a process: the median of the rounds). ``graph``: ours as a CUDA graph, GPU time alone (the
-reference syncs with the host, so it has none). The kernels' split (torch.profiler, the sides
-alternating, GPU time of each kernel summed): the grouped GEMMs, and every other kernel, which is
-the ops' share of the layer (with the offsets' sum, the same on both sides). Peak memory is the
-fwd+bwd's allocation above its inputs (the weight gradients included); held memory what the
-forward leaves for the backward (saved tensors and output), which a training step holds for every
-layer at once. Each shape first checks both sides against the layer in
-float64 (the reference's ops, one matmul per expert) and prints their relative errors. Writes
-``layer-<card>.json`` and ``layer-<card>.md`` to ``--out``.
+Times are medians from ``triton.testing.do_bench`` of fwd+bwd (``torch.autograd.grad`` of x, w1, w2
+and probs: the router is trained through them), L2 flushed before each call. ``eager``: the calls as
+a training step makes them, host included (Megatron runs MoE layers eagerly), the two sides
+alternating over ``--rounds`` (the GEMMs drift within a process: the median of the rounds).
+``graph``: ours as a CUDA graph, GPU time alone (the reference syncs with the host, so it has none).
+The kernels' split (torch.profiler, the sides alternating, GPU time of each kernel summed): the
+grouped GEMMs, and every other kernel, which is the ops' share of the layer (with the offsets' sum,
+the same on both sides). Peak memory is the fwd+bwd's allocation above its inputs (the weight
+gradients included); held memory what the forward leaves for the backward (saved tensors and
+output), which a training step holds for every layer at once. Each shape first checks both sides
+against the layer in float64 (the reference's ops, one matmul per expert) and prints their relative
+errors. Writes ``layer-<card>.json`` and ``layer-<card>.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -138,29 +138,30 @@ class Layer:
 
         self.n_rows = n_tokens * k
         self.routing_map, self.probs = routing(n_tokens, n_experts, k, gen)
+        self.probs.requires_grad_(True)  # the router is trained through them
         self.x = randn(n_tokens, hidden)
         self.w1 = randn(n_experts, hidden, 2 * ffn, scale=hidden**-0.5)
         self.w2 = randn(n_experts, ffn, hidden, scale=ffn**-0.5)
         self.g = randn(n_tokens, hidden).detach()
 
     def fwd_bwd(self, forward: Callable) -> Callable[[], tuple[torch.Tensor, ...]]:
-        """forward's output and the gradients of x, w1 and w2."""
+        """forward's output and the gradients of x, w1, w2 and probs."""
 
         def run():
             y = forward(self.x, self.w1, self.w2, self.routing_map, self.probs, self.n_rows)
-            return (y.detach(), *torch.autograd.grad(y, (self.x, self.w1, self.w2), self.g))
+            return (y.detach(), *torch.autograd.grad(y, (self.x, self.w1, self.w2, self.probs), self.g))
 
         return run
 
     def exact(self) -> tuple[torch.Tensor, ...]:
         """The reference layer in float64 (its SwiGLU eager): what both sides are measured against."""
-        leaves = [t.detach().double().requires_grad_(True) for t in (self.x, self.w1, self.w2)]
+        leaves = [t.detach().double().requires_grad_(True) for t in (self.x, self.w1, self.w2, self.probs)]
         forward = reference(baselines.activation_baselines(compile_fns=False)["swiglu"][0])
-        y = forward(*leaves, self.routing_map, self.probs.double(), self.n_rows)
+        y = forward(*leaves[:3], self.routing_map, leaves[3], self.n_rows)
         return (y.detach(), *torch.autograd.grad(y, leaves, self.g.double()))
 
 
-OUTPUTS = ("y", "dx", "dw1", "dw2")
+OUTPUTS = ("y", "dx", "dw1", "dw2", "dprobs")
 
 
 def errors(case: Layer, ours_run: Callable, ref_run: Callable) -> dict[str, dict[str, float]]:
