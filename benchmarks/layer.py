@@ -326,8 +326,8 @@ def main() -> int:
         print("layer.py needs a CUDA device (or --dry)")
         return 1
     try:
-        probe = torch.ones(16, 16, device=DEVICE, dtype=DTYPE)
-        grouped_mm(probe, probe.expand(2, 16, 16), torch.tensor([8, 16], device=DEVICE, dtype=torch.int32))
+        probe = torch.ones(2, 16, 16, device=DEVICE, dtype=DTYPE)
+        grouped_mm(probe[0], probe, torch.tensor([8, 16], device=DEVICE, dtype=torch.int32))
     except RuntimeError as exc:  # e.g. a GPU older than its kernels
         GROUPED_MM[0] = False
         print(f"torch._grouped_mm does not run here ({str(exc).splitlines()[0]}): one matmul per expert")
