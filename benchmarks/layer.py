@@ -183,7 +183,7 @@ def errors(case: Layer, ours_run: Callable, ref_run: Callable) -> dict[str, dict
 def held_mb(case: Layer, forward: Callable) -> float:
     """What the forward leaves allocated for the backward (the saved tensors and the output), in
     MiB: a training step holds this for every layer until its backward, so it is the memory that
-    fp8_input_store saves. (peak_mb also counts the weight gradients, which a training step keeps
+    fp8_input_store saves. (The peak also counts the weight gradients, which a training step keeps
     in .grad buffers whatever the ops.)"""
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -192,16 +192,6 @@ def held_mb(case: Layer, forward: Callable) -> float:
     held = torch.cuda.memory_allocated() - base
     del y
     return held / 2**20
-
-
-def peak_mb(fn: Callable[[], object]) -> float:
-    """Peak allocation above what was allocated before fn, in MiB (fn's result released)."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 #: Kernel names of the grouped GEMMs (CUTLASS's, through torch._grouped_mm); every other kernel
@@ -235,6 +225,7 @@ def kernel_us(fn: Callable[[], object], calls: int = 2) -> tuple[float, float]:
 def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
     """Eager fwd+bwd of ours and the reference, alternating over rounds (the medians' median: the
     GEMMs drift within a process), then ours as a CUDA graph, the kernels' split, memory."""
+    from bench import peak_memory_mb
     from sweep import capture_graph
     from triton.testing import do_bench
 
@@ -263,8 +254,8 @@ def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
     for name, pairs in split.items():
         row[f"{name}_gemm_kernels_us"] = statistics.mean(p[0] for p in pairs)
         row[f"{name}_other_kernels_us"] = statistics.mean(p[1] for p in pairs)
-    row["ours_peak_mb"] = peak_mb(ours_run)
-    row["reference_peak_mb"] = peak_mb(ref_run)
+    row["ours_peak_mb"] = peak_memory_mb(ours_run)
+    row["reference_peak_mb"] = peak_memory_mb(ref_run)
     row["ours_held_mb"] = held_mb(case, ours)
     row["reference_held_mb"] = held_mb(case, ref_forward)
     return row
