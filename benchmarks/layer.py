@@ -3,6 +3,7 @@ layer the ops this package replaces take, and what replacing them saves.
 
     python benchmarks/layer.py [--out DIR] [--shapes T:E:K:HIDDEN:FFN ...]
     python benchmarks/layer.py --dry      # any machine: tiny fp16 shapes on the CPU, no timing
+    python benchmarks/layer.py --kernels  # each of our kernels inside the layer against it alone
 
 The layer, from the router's output (routing_map [T, E] bool, probs [T, E] fp32: the top-k
 softmax, zero elsewhere) to the layer's output, as Megatron-Core's grouped MLP runs it with its
@@ -26,6 +27,11 @@ and probs: the router is trained through them), L2 flushed before each call. ``e
 a training step makes them, host included (Megatron runs MoE layers eagerly), the two sides
 alternating over ``--rounds`` (the GEMMs drift within a process: the median of the rounds).
 ``graph``: ours as a CUDA graph, GPU time alone (the reference syncs with the host, so it has none).
+At the card's power cap the two move apart (session 45 call 3): in 1.5 s loops the graph ran 4-6%
+faster a call than eager at 4096:128:8 (whose eager host is slower than the GPU) and 0.5% slower to
+3% faster at 16384:128:8, its SM clock averaging 1662-1701 MHz against eager's 1718-1769 at 4096;
+do_bench's short timings put it 3-4% and 9-12% behind eager, in the GEMMs: the graph keeps the GPU
+busy, and eager calls' gaps let the clock recover.
 The kernels' split (torch.profiler, the sides alternating, GPU time of each kernel summed): the
 grouped GEMMs, and every other kernel, which is the ops' share of the layer (with the offsets' sum,
 the same on both sides). Peak memory is the fwd+bwd's allocation above its inputs (the weight
@@ -33,6 +39,11 @@ gradients included); held memory what the forward leaves for the backward (saved
 output), which a training step holds for every layer at once. Each shape first checks both sides
 against the layer in float64 (the reference's ops, one matmul per expert) and prints their relative
 errors. Writes ``layer-<card>.json`` and ``layer-<card>.md`` to ``--out``.
+
+``--kernels`` instead times each kernel of our side by name (torch.profiler) inside the layer and
+in each op's fwd+bwd alone on the same tensors, with L2 flushed before each call ("cold") and back
+to back ("warm", how bench.py's figures are timed): whether a kernel tuned alone runs as fast
+between the GEMMs. Writes ``layer-kernels-<card>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import sys
 from collections.abc import Callable
@@ -261,6 +273,134 @@ def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
     return row
 
 
+# -- --kernels: each of our kernels inside the layer against the same op alone ---------------------
+
+#: The L2 flush before a cold call: 256 MiB (the H200's L2 is 50 MiB), bitwise_not in place, a
+#: kernel none of the ops launches, so its time is told apart by name.
+FLUSH_KERNEL = "bitwise_not"
+#: What kernels_by_name profiles (a check of this script on the CPU swaps in the CPU's ops).
+PROFILED = [torch.profiler.ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA]
+#: GPU cycles slept (torch.cuda._sleep, PyTorch's spin_kernel) before each profiled call, about 12
+#: ms: the host queues the whole call while the GPU waits, so its kernels run back to back as
+#: between a layer's GEMMs. Without it an op alone at 4096 tokens is host-bound (Next 10), and a
+#: kernel launched with PDL, whose time starts when it is let start (its wait for the kernel before
+#: included), looks shorter alone than in the layer (session 45 call 1: the map kernel 3.0 µs alone,
+#: 5.5 in the layer).
+HOST_AHEAD_CYCLES = 20_000_000
+
+
+def kernels_by_name(fn: Callable[[], object], calls: int = 5, flush: torch.Tensor | None = None) -> dict[str, float]:
+    """GPU time a call of each kernel name (µs, summed over its launches), from torch.profiler; the
+    GEMMs' and the flush's left out. With flush, the L2 is overwritten before each call."""
+    from torch.profiler import profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[PROFILED[0]]) as prof:
+        for _ in range(calls):
+            if PROFILED[1] == torch.autograd.DeviceType.CUDA:
+                torch.cuda._sleep(HOST_AHEAD_CYCLES)
+            if flush is not None:
+                flush.bitwise_not_()
+            fn()
+        torch.cuda.synchronize()
+    found: dict[str, float] = {}
+    for event in prof.events():
+        name = event.name
+        if event.device_type != PROFILED[1] or any(tag in name for tag in (FLUSH_KERNEL, "spin_kernel")):
+            continue
+        if any(tag in name.lower() for tag in GEMM_KERNELS):
+            continue
+        cuda = PROFILED[1] == torch.autograd.DeviceType.CUDA
+        found[name] = found.get(name, 0.0) + (event.device_time if cuda else event.self_cpu_time_total) / calls
+    return found
+
+
+def short_kernel_name(name: str) -> str:
+    """A kernel's name for the table: Triton's as they are, PyTorch's C++ templates by their kernel
+    and functor ("vectorized_elementwise_kernel FillFunctor")."""
+    if "<" not in name:
+        return name
+    head, template = name.removeprefix("void ").split("<", 1)
+    kernel = head.split("::")[-1]
+    functor = re.search(r"(\w*(?:Functor|functor|copy_kernel\w*))\b", template)
+    return f"{kernel} {functor.group(1)}" if functor else kernel
+
+
+def standalone_ops(case: Layer) -> dict[str, Callable[[], object]]:
+    """Each of our ops' fwd+bwd alone, on tensors of the layer's shapes and dtypes: permute of the
+    layer's tokens and probs, the weighted SwiGLU of [N, 2 * FFN] rows, unpermute of [N, hidden]
+    rows with the layer's plan."""
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    ffn = case.w1.shape[2] // 2
+    rows, row_probs, plan = moe_utils.permute(
+        case.x, case.routing_map, probs=case.probs, num_out_tokens=case.n_rows, fused=True
+    )
+
+    def like(t: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        shape = (t.shape[0], width) if width is not None else t.shape
+        return torch.randn(*shape, generator=gen, device=DEVICE).to(t.dtype)
+
+    h = like(rows, 2 * ffn).requires_grad_(True)
+    weights = row_probs.detach().unsqueeze(-1).requires_grad_(True)
+    expert_out = like(rows).requires_grad_(True)
+    g_rows, g_row_probs, g_act = like(rows), like(row_probs), like(rows, ffn)
+    plan = plan.detach()
+
+    def permute_run():
+        out, out_probs, _ = moe_utils.permute(
+            case.x, case.routing_map, probs=case.probs, num_out_tokens=case.n_rows, fused=True
+        )
+        return torch.autograd.grad((out, out_probs), (case.x, case.probs), (g_rows, g_row_probs))
+
+    def act_run():
+        a = moe_utils.weighted_bias_swiglu_impl(h, weights, FP8[0])
+        return torch.autograd.grad(a, (h, weights), g_act)
+
+    def unpermute_run():
+        y = moe_utils.unpermute(expert_out, plan, case.x.shape, routing_map=case.routing_map, fused=True)
+        return torch.autograd.grad(y, expert_out, case.g)
+
+    return {"permute": permute_run, "weighted_bias_swiglu_impl": act_run, "unpermute": unpermute_run}
+
+
+def kernel_rows(case: Layer) -> list[dict]:
+    """Each kernel name of our layer's fwd+bwd: µs a step inside the layer, and in the ops alone,
+    cold and warm, summed over the ops that launch it (permute's scatter is unpermute's backward's
+    too); those ops."""
+    flush = torch.empty(2**26, dtype=torch.int32, device=DEVICE)
+    layer = kernels_by_name(case.fwd_bwd(ours), flush=flush)
+    alone = {op: (kernels_by_name(fn, flush=flush), kernels_by_name(fn)) for op, fn in standalone_ops(case).items()}
+    rows = []
+    for name, layer_us in sorted(layer.items(), key=lambda kv: -kv[1]):
+        ops = [op for op, (cold, _) in alone.items() if name in cold]
+        times = dict(layer_us=layer_us, cold_us=None, warm_us=None)
+        if ops:
+            times["cold_us"] = sum(alone[op][0][name] for op in ops)
+            times["warm_us"] = sum(alone[op][1].get(name, 0.0) for op in ops)
+        rows.append(dict(shape=case.shape, ops=ops, kernel=short_kernel_name(name), full_name=name, **times))
+    ours_rows = [r for r in rows if r["ops"]]
+    total = {key: sum(r[key] for r in ours_rows) for key in ("layer_us", "cold_us", "warm_us")}
+    rows.append(dict(shape=case.shape, ops=["all three"], kernel="(the ops' kernels, summed)", full_name="", **total))
+    return rows
+
+
+KERNELS_HEADER = (
+    "| T:E:k:hidden:ffn | ops | kernel | in the layer, µs | alone, L2 cold | alone, warm | layer / cold |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def kernel_md_row(r: dict) -> str:
+    def us(v):
+        return "—" if v is None else f"{v:.1f}"
+
+    ratio = "—" if not r["cold_us"] else f"{r['layer_us'] / r['cold_us']:.2f}"
+    times = " | ".join(us(r[key]) for key in ("layer_us", "cold_us", "warm_us"))
+    ops = " + ".join(r["ops"]) or "— (the GEMMs' offsets, autograd)"
+    return f"| {r['shape']} | {ops} | `{r['kernel']}` | {times} | {ratio} |"
+
+
 MD_HEADER = (
     "| T:E:k:hidden:ffn | layer fwd+bwd, eager: ours / reference | speedup | ours, CUDA graph | "
     "GEMM kernels: ours / reference | the other kernels: ours / reference | peak MiB: ours / reference | "
@@ -309,6 +449,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="eager timings of each side, alternating")
     parser.add_argument("--fp8-input-store", action="store_true", help="both activations' fp8_input_store")
     parser.add_argument("--dry", action="store_true", help="CPU, tiny shapes, ours against the reference; no timing")
+    parser.add_argument("--kernels", action="store_true", help="our kernels inside the layer against each op alone")
     args = parser.parse_args()
     FP8[0] = args.fp8_input_store
     if args.dry:
@@ -322,8 +463,11 @@ def main() -> int:
     except RuntimeError as exc:  # e.g. a GPU older than its kernels
         GROUPED_MM[0] = False
         print(f"torch._grouped_mm does not run here ({str(exc).splitlines()[0]}): one matmul per expert")
-    ref_forward = reference(baselines.activation_baselines(compile_fns=True)["swiglu"][0])
     card = torch.cuda.get_device_name()
+    fp8_tag = "-fp8" if FP8[0] else ""
+    if args.kernels:
+        return kernels_main(args, card, fp8_tag)
+    ref_forward = reference(baselines.activation_baselines(compile_fns=True)["swiglu"][0])
     rows = []
     print(MD_HEADER)
     for shape in args.shapes:
@@ -332,13 +476,32 @@ def main() -> int:
         print(f"  {error_text(rows[-1])}")
         torch.cuda.empty_cache()
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"layer-{card.replace(' ', '_')}" + ("-fp8" if FP8[0] else "")
+    stem = f"layer-{card.replace(' ', '_')}{fp8_tag}"
     meta = dict(card=card, torch=torch.__version__, host=platform.node(), fp8_input_store=FP8[0])
     meta["grouped_mm"] = GROUPED_MM[0]
     (args.out / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows), indent=1) + "\n")
     fp8 = ", fp8_input_store=True on both sides" if FP8[0] else ""
     lines = [f"# One MoE layer, fwd+bwd, on {card}", "", f"torch {torch.__version__}; `benchmarks/layer.py`{fp8}.", ""]
     lines += [MD_HEADER, *map(md_row, rows), ""]
+    (args.out / f"{stem}.md").write_text("\n".join(lines))
+    return 0
+
+
+def kernels_main(args: argparse.Namespace, card: str, fp8_tag: str) -> int:
+    rows = []
+    print(KERNELS_HEADER)
+    for shape in args.shapes:
+        found = kernel_rows(Layer(shape))
+        print("\n".join(map(kernel_md_row, found)), flush=True)
+        rows += found
+        torch.cuda.empty_cache()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"layer-kernels-{card.replace(' ', '_')}{fp8_tag}"
+    meta = dict(card=card, torch=torch.__version__, host=platform.node(), fp8_input_store=FP8[0])
+    (args.out / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows), indent=1) + "\n")
+    lines = [f"# Our kernels inside one MoE layer and alone, on {card}", ""]
+    lines += [f"torch {torch.__version__}; `benchmarks/layer.py --kernels`; µs a fwd+bwd step.", ""]
+    lines += [KERNELS_HEADER, *map(kernel_md_row, rows), ""]
     (args.out / f"{stem}.md").write_text("\n".join(lines))
     return 0
 
