@@ -27,11 +27,12 @@ and probs: the router is trained through them), L2 flushed before each call. ``e
 a training step makes them, host included (Megatron runs MoE layers eagerly), the two sides
 alternating over ``--rounds`` (the GEMMs drift within a process: the median of the rounds).
 ``graph``: ours as a CUDA graph, GPU time alone (the reference syncs with the host, so it has none).
-At the card's power cap the two move apart (session 45 call 3): in 1.5 s loops the graph ran 4-6%
-faster a call than eager at 4096:128:8 (whose eager host is slower than the GPU) and 0.5% slower to
-3% faster at 16384:128:8, its SM clock averaging 1662-1701 MHz against eager's 1718-1769 at 4096;
-do_bench's short timings put it 3-4% and 9-12% behind eager, in the GEMMs: the graph keeps the GPU
-busy, and eager calls' gaps let the clock recover.
+The graph itself has no gaps (session 45 call 4: its kernels fill 99.6-99.9% of its span, eager's
+98.9-99.6%, the rest launch gaps of about 2 µs), but at the card's power cap its timings follow the
+SM clock (call 3): do_bench put it 3-4% (4096:128:8) and 9-12% (16384:128:8) behind eager, in the
+GEMMs, while in 1.5 s loops it ran 4-6% faster than eager at 4096:128:8 (whose host is slower than
+the GPU there) and within 3% at 16384:128:8. Read this column as ours without the host, at a clock
+the eager rounds need not have had.
 The kernels' split (torch.profiler, the sides alternating, GPU time of each kernel summed): the
 grouped GEMMs, and every other kernel, which is the ops' share of the layer (with the offsets' sum,
 the same on both sides). Peak memory is the fwd+bwd's allocation above its inputs (the weight
