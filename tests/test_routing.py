@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -1066,3 +1067,57 @@ def test_programmatic_dependent_launch_is_off_where_it_cannot_run(monkeypatch):
         env = {**os.environ, "MOE_UTILS_PDL": value}
         run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert run.stdout.strip() == want
+
+
+class _FactoryLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every tensor allocation or fill the code under it makes: (op name, shape, dtype)."""
+
+    KINDS = ("empty", "zeros", "zero_", "fill", "full")
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.__name__
+        if any(kind in name for kind in self.KINDS) and isinstance(out, torch.Tensor):
+            self.made.append((name, tuple(out.shape), out.dtype))
+        return out
+
+
+@pytest.mark.parametrize("used", ["both", "rows", "probs"])
+@pytest.mark.parametrize("probs_grad", [True, False])
+def test_permute_backward_makes_only_what_its_gradients_need(used, probs_grad):
+    # Autograd hands a backward zeros for each output without a gradient unless the Function turns
+    # that off: permute's plan (non-differentiable) got a plan-sized int64 fill every backward until
+    # session 45. Now the backward allocates no int64 tensor, computes the probs' gradient only when
+    # the probs require grad, and still gives zeros where only the rows were used.
+    gen = make_generator(45)
+    n_tokens, n_experts, k, hidden = 13, 8, 3, 24
+    m = topk_map(n_tokens, n_experts, k, gen)
+    x64 = torch.randn(n_tokens, hidden, generator=gen, dtype=torch.float64).to(DEVICE)
+    p64 = (torch.rand(n_tokens, n_experts, generator=gen, dtype=torch.float64).to(DEVICE) + 0.5) * m
+    n_rows = int(m.sum())
+    g_rows = torch.randn(n_rows, hidden, generator=gen, dtype=torch.float64).to(DEVICE)
+    g_probs = torch.randn(n_rows, generator=gen, dtype=torch.float64).to(DEVICE)
+    x = x64.float().requires_grad_(True)
+    p = p64.float().requires_grad_(probs_grad)
+    rows, perm_probs, _ = permute(x, m, p, num_out_tokens=n_rows, fused=True)
+    outs = {"both": (rows, perm_probs), "rows": (rows,), "probs": (perm_probs,)}[used]
+    grads_in = {"both": (g_rows, g_probs), "rows": (g_rows,), "probs": (g_probs,)}[used]
+    inputs = (x, p) if probs_grad else (x,)
+    with _FactoryLog() as log:
+        got = torch.autograd.grad(outs, inputs, [g.float() for g in grads_in])
+    made = [(name, shape, dtype) for name, shape, dtype in log.made if math.prod(shape)]
+    assert not [t for t in made if t[2] == torch.int64], made
+    if not probs_grad:
+        assert not [t for t in made if t[1] == (n_tokens, n_experts)], made
+    # float64 autograd of the reference: the rows' and the probs' parts are independent.
+    xr, pr = x64.clone().requires_grad_(True), p64.clone().requires_grad_(True)
+    ref_rows, ref_probs, _ = permute(xr, m, pr, fused=False)
+    want_x = torch.autograd.grad(ref_rows, xr, g_rows)[0] if used != "probs" else torch.zeros_like(x64)
+    want_p = torch.autograd.grad(ref_probs, pr, g_probs)[0] if used != "rows" else torch.zeros_like(p64)
+    torch.testing.assert_close(got[0].double(), want_x, rtol=1e-5, atol=1e-5)
+    if probs_grad:
+        torch.testing.assert_close(got[1].double(), want_p, rtol=1e-5, atol=1e-5)
