@@ -1466,6 +1466,8 @@ def register_op_autograd(forward_op: Any, backward_op: Any, n_params: int) -> No
     def setup_context(ctx, inputs, output):
         x, bias, weight, fp8_store, clamp_value, interleaved, *params = inputs
         ctx.mark_non_differentiable(output[1])  # the fp8 copy is storage, not a result
+        # Else autograd hands backward zeros of the fp8 copy's size for it: a fill of [N, 2H] bytes.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1] if fp8_store else x, bias, weight)
         ctx.x_dtype = x.dtype
         ctx.clamp_value = clamp_value

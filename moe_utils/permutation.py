@@ -461,17 +461,34 @@ def _(grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype):
 
 def _permute_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     tokens, routing_map, probs, _, _ = inputs
+    ctx.set_materialize_grads(False)  # no zeros of the plan's size for the plan (_FusedPermute's note)
     ctx.save_for_backward(output[2])
-    ctx.meta = (tokens.shape[0], routing_map.shape[1], None if probs is None else probs.dtype)
+    ctx.meta = (tokens.shape[0], routing_map.shape[1], None if probs is None else probs.dtype, output[0].shape)
+    ctx.tokens_dtype = tokens.dtype
 
 
 def _permute_op_backward(ctx: Any, grad_out, grad_perm_probs, _grad_plan):
     # Linear in the incoming gradients: a graph is needed only where they carry one.
     _rt.first_order_only("permute", (grad_out, grad_perm_probs), reads_inputs=False, hint=_rt.FUSED_ONLY_HINT)
     (plan,) = ctx.saved_tensors
-    n_tokens, n_experts, probs_dtype = ctx.meta
+    n_tokens, n_experts, probs_dtype, _ = ctx.meta
+    grad_out, grad_perm_probs = _incoming_gradients(ctx, grad_out, grad_perm_probs, plan.device)
     d_tokens, d_probs = _permute_backward_op(grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)
-    return d_tokens, None, (d_probs if probs_dtype is not None else None), None, None
+    return d_tokens, None, (d_probs if probs_dtype is not None and d_probs.numel() else None), None, None
+
+
+def _incoming_gradients(ctx: Any, grad_out, grad_perm_probs, device: torch.device):
+    """permute's incoming gradients without materialized zeros (set_materialize_grads(False)):
+    zeros for the rows where only the permuted probs were used; for the probs, none where their
+    gradient is not wanted, zeros where only the rows were used."""
+    _, _, probs_dtype, out_shape = ctx.meta
+    if grad_out is None:
+        grad_out = torch.zeros(out_shape, dtype=ctx.tokens_dtype, device=device)
+    if not ctx.needs_input_grad[2]:
+        grad_perm_probs = None
+    elif grad_perm_probs is None:
+        grad_perm_probs = torch.zeros(out_shape[:1], dtype=probs_dtype, device=device)
+    return grad_out, grad_perm_probs
 
 
 _permute_op.register_autograd(_permute_op_backward, setup_context=_permute_setup)
@@ -500,13 +517,8 @@ class _FusedPermute(torch.autograd.Function):
     def backward(ctx, grad_out, grad_perm_probs, _grad_plan):
         _rt.first_order_only("permute", (grad_out, grad_perm_probs), reads_inputs=False, hint=_rt.FUSED_ONLY_HINT)
         (plan,) = ctx.saved_tensors
-        n_tokens, n_experts, probs_dtype, out_shape = ctx.meta
-        if grad_out is None:  # only the permuted probs were used
-            grad_out = torch.zeros(out_shape, dtype=ctx.tokens_dtype, device=plan.device)
-        if not ctx.needs_input_grad[2]:  # the probs' gradient is not wanted: not computed
-            grad_perm_probs = None
-        elif grad_perm_probs is None:  # only the rows were used: the probs' gradient is zero
-            grad_perm_probs = torch.zeros(out_shape[:1], dtype=probs_dtype, device=plan.device)
+        n_tokens, n_experts, probs_dtype, _ = ctx.meta
+        grad_out, grad_perm_probs = _incoming_gradients(ctx, grad_out, grad_perm_probs, plan.device)
         grad_out = _rt.plain("permute", "the incoming gradient", grad_out)
         grad_perm_probs = _rt.plain("permute", "the incoming probs gradient", grad_perm_probs)
         args = (grad_out, grad_perm_probs, plan, n_tokens, n_experts, probs_dtype)

@@ -7,6 +7,7 @@ same tests run the compiled kernels on CUDA tensors.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -106,6 +107,25 @@ def backend(request):
     else:
         with rt.eager_backend():
             yield "eager"
+
+
+class FactoryLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every tensor the code under it allocates or fills: (op name, shape, dtype) in .made."""
+
+    KINDS = ("empty", "zeros", "zero_", "fill", "full")
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(kind in func.__name__ for kind in self.KINDS) and isinstance(out, torch.Tensor):
+            self.made.append((func.__name__, tuple(out.shape), out.dtype))
+        return out
+
+    def nonempty(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [made for made in self.made if math.prod(made[1])]
 
 
 def make_generator(seed: int) -> torch.Generator:

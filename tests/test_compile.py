@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 import torch
-from conftest import DEVICE, make_generator
+from conftest import DEVICE, FactoryLog, make_generator
 from moe_utils.codegen.specs import REGISTRY
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -63,6 +63,36 @@ def test_opcheck_routing_ops():
     torch.library.opcheck(_unpermute_op, (rows, plan, p, 10, False, False))
     torch.library.opcheck(_unpermute_op, (rows, plan, p, 10, False, True))
     torch.library.opcheck(_unpermute_backward_op, (torch.randn(10, 24).to(DEVICE), out, plan, p.detach(), True, False))
+
+
+def test_ops_backward_makes_no_zeros_for_their_storage_outputs():
+    # Called directly under autograd, an op's backward got zeros for each output without a
+    # gradient: the fp8 copy's [N, 2H] bytes (an activation with fp8_store), the plan's int64
+    # (permute). Until session 45; now none is made.
+    from moe_utils.permutation import _permute_op
+
+    gen = make_generator(45)
+    fwd, _ = _activation_ops("swiglu")
+    x = torch.randn(6, 32, generator=gen).to(DEVICE).requires_grad_(True)
+    w = torch.rand(6, generator=gen).to(DEVICE).requires_grad_(True)
+    out, x_fp8 = fwd(x, None, w, True, None, False)
+    assert x_fp8.shape == (6, 32)
+    with FactoryLog() as log:
+        d_x, d_w = torch.autograd.grad(out, (x, w), torch.randn(6, 16, generator=gen).to(DEVICE))
+    assert not [made for made in log.nonempty() if made[1] == (6, 32) and made[2] == torch.uint8], log.made
+    assert d_x.shape == x.shape and d_w.shape == w.shape and d_x.abs().sum() > 0
+
+    m = torch.zeros(10, 4, dtype=torch.bool)
+    m[torch.arange(10), torch.arange(10) % 4] = True
+    m = m.to(DEVICE)
+    tokens = torch.randn(10, 24, generator=gen).to(DEVICE).requires_grad_(True)
+    p = torch.rand(10, 4, generator=gen).to(DEVICE).requires_grad_(True)
+    rows, perm_probs, _ = _permute_op(tokens, m, p, 10, False)
+    with FactoryLog() as log:
+        d_tokens, d_p = torch.autograd.grad((rows, perm_probs), (tokens, p), (torch.ones_like(rows), perm_probs))
+    assert not [made for made in log.nonempty() if made[2] == torch.int64], log.made
+    torch.testing.assert_close(d_tokens, torch.ones_like(tokens))  # one expert per token
+    torch.testing.assert_close(d_p, p.detach() * m)
 
 
 class TinyMoE(torch.nn.Module):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE, make_generator, misaligned
+from conftest import DEVICE, FactoryLog, make_generator, misaligned
 
 from moe_utils import permute, unpermute
 
@@ -1069,23 +1068,6 @@ def test_programmatic_dependent_launch_is_off_where_it_cannot_run(monkeypatch):
         assert run.stdout.strip() == want
 
 
-class _FactoryLog(torch.utils._python_dispatch.TorchDispatchMode):
-    """Every tensor allocation or fill the code under it makes: (op name, shape, dtype)."""
-
-    KINDS = ("empty", "zeros", "zero_", "fill", "full")
-
-    def __init__(self):
-        super().__init__()
-        self.made = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = func.__name__
-        if any(kind in name for kind in self.KINDS) and isinstance(out, torch.Tensor):
-            self.made.append((name, tuple(out.shape), out.dtype))
-        return out
-
-
 @pytest.mark.parametrize("used", ["both", "rows", "probs"])
 @pytest.mark.parametrize("probs_grad", [True, False])
 def test_permute_backward_makes_only_what_its_gradients_need(used, probs_grad):
@@ -1107,9 +1089,9 @@ def test_permute_backward_makes_only_what_its_gradients_need(used, probs_grad):
     outs = {"both": (rows, perm_probs), "rows": (rows,), "probs": (perm_probs,)}[used]
     grads_in = {"both": (g_rows, g_probs), "rows": (g_rows,), "probs": (g_probs,)}[used]
     inputs = (x, p) if probs_grad else (x,)
-    with _FactoryLog() as log:
+    with FactoryLog() as log:
         got = torch.autograd.grad(outs, inputs, [g.float() for g in grads_in])
-    made = [(name, shape, dtype) for name, shape, dtype in log.made if math.prod(shape)]
+    made = log.nonempty()
     assert not [t for t in made if t[2] == torch.int64], made
     if not probs_grad:
         assert not [t for t in made if t[1] == (n_tokens, n_experts)], made
