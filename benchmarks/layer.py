@@ -212,27 +212,44 @@ def held_mb(case: Layer, forward: Callable) -> float:
 GEMM_KERNELS = ("cutlass", "gemm", "xmma")
 
 
-def kernel_us(fn: Callable[[], object], calls: int = 2) -> tuple[float, float]:
-    """(GEMM kernels, every other kernel): GPU time a call, µs, from torch.profiler. Measured per
-    kernel, the ops' share does not move with the GEMMs' own variation (5-8% between processes
-    and inputs at 4096:64:8:7168:2048, session 44), which a difference of layer times would carry."""
+def profiled_kernels(
+    fn: Callable[[], object], calls: int, flush: torch.Tensor | None = None, host_ahead: bool = False
+) -> dict[str, float]:
+    """GPU time a call of each kernel name (µs, summed over its launches), from torch.profiler, fn
+    called once before. flush: the L2 overwritten before each call (FLUSH_KERNEL, left out);
+    host_ahead: the GPU kept behind the host (HOST_AHEAD_CYCLES, its spin kernel left out)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
+            if host_ahead:
+                torch.cuda._sleep(HOST_AHEAD_CYCLES)
+            if flush is not None:
+                flush.bitwise_not_()
             fn()
         torch.cuda.synchronize()
-    gemm = other = 0.0
+    found: dict[str, float] = {}
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
-        if any(tag in event.name.lower() for tag in GEMM_KERNELS):
-            gemm += event.device_time
-        else:
-            other += event.device_time
-    return gemm / calls, other / calls
+        if not any(tag in event.name for tag in (FLUSH_KERNEL, "spin_kernel")):
+            found[event.name] = found.get(event.name, 0.0) + event.device_time / calls
+    return found
+
+
+def is_gemm(name: str) -> bool:
+    return any(tag in name.lower() for tag in GEMM_KERNELS)
+
+
+def kernel_us(fn: Callable[[], object], calls: int = 2) -> tuple[float, float]:
+    """(GEMM kernels, every other kernel): GPU time a call, µs. Measured per kernel, the ops' share
+    does not move with the GEMMs' own variation (5-8% between processes and inputs at
+    4096:64:8:7168:2048, session 44), which a difference of layer times would carry."""
+    found = profiled_kernels(fn, calls)
+    gemm = sum(us for name, us in found.items() if is_gemm(name))
+    return gemm, sum(found.values()) - gemm
 
 
 def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
@@ -279,8 +296,6 @@ def time_shape(case: Layer, ref_forward: Callable, rounds: int) -> dict:
 #: The L2 flush before a cold call: 256 MiB (the H200's L2 is 50 MiB), bitwise_not in place, a
 #: kernel none of the ops launches, so its time is told apart by name.
 FLUSH_KERNEL = "bitwise_not"
-#: What kernels_by_name profiles (a check of this script on the CPU swaps in the CPU's ops).
-PROFILED = [torch.profiler.ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA]
 #: GPU cycles slept (torch.cuda._sleep, PyTorch's spin_kernel) before each profiled call, about 12
 #: ms: the host queues the whole call while the GPU waits, so its kernels run back to back as
 #: between a layer's GEMMs. Without it an op alone at 4096 tokens is host-bound (Next 10), and a
@@ -290,31 +305,9 @@ PROFILED = [torch.profiler.ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA
 HOST_AHEAD_CYCLES = 20_000_000
 
 
-def kernels_by_name(fn: Callable[[], object], calls: int = 5, flush: torch.Tensor | None = None) -> dict[str, float]:
-    """GPU time a call of each kernel name (µs, summed over its launches), from torch.profiler; the
-    GEMMs' and the flush's left out. With flush, the L2 is overwritten before each call."""
-    from torch.profiler import profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[PROFILED[0]]) as prof:
-        for _ in range(calls):
-            if PROFILED[1] == torch.autograd.DeviceType.CUDA:
-                torch.cuda._sleep(HOST_AHEAD_CYCLES)
-            if flush is not None:
-                flush.bitwise_not_()
-            fn()
-        torch.cuda.synchronize()
-    found: dict[str, float] = {}
-    for event in prof.events():
-        name = event.name
-        if event.device_type != PROFILED[1] or any(tag in name for tag in (FLUSH_KERNEL, "spin_kernel")):
-            continue
-        if any(tag in name.lower() for tag in GEMM_KERNELS):
-            continue
-        cuda = PROFILED[1] == torch.autograd.DeviceType.CUDA
-        found[name] = found.get(name, 0.0) + (event.device_time if cuda else event.self_cpu_time_total) / calls
-    return found
+def kernels_by_name(fn: Callable[[], object], flush: torch.Tensor | None = None) -> dict[str, float]:
+    """GPU time a call of each kernel name but the GEMMs' (µs), the GPU kept behind the host."""
+    return {n: us for n, us in profiled_kernels(fn, 5, flush, host_ahead=True).items() if not is_gemm(n)}
 
 
 def short_kernel_name(name: str) -> str:
