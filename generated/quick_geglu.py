@@ -349,6 +349,7 @@ def _launch_forward(
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
+            **_rt.COMPILE_OPTIONS,
         )
         return out, x_fp8
     params = (linear_offset, alpha,)
@@ -438,6 +439,7 @@ def _launch_backward(
             BLOCK_R=cfg.block_r,
             BLOCK_H=cfg.block_h,
             num_warps=cfg.num_warps,
+            **_rt.COMPILE_OPTIONS,
         )
         if bias_sum:
             _rt.sum_partials(partials, d_b)

@@ -364,6 +364,7 @@ def _launch_scatter(
         STORE_CACHE=".cs" if _streaming_stores(k, n_rows, hidden, dst.element_size()) else "",
         ACC=compute_dtype(src, table),
         num_warps=4,
+        **_rt.COMPILE_OPTIONS,
         **_rt.pdl_args(dst.device, "scatter"),
     )
 

@@ -762,6 +762,7 @@ def _count_and_scan(
         # 65536 x 256 (one step is one token there: 2 entries per thread), and no faster in wider
         # steps (H100).
         num_warps=_map_warps(block_t, block_e),
+        **_rt.COMPILE_OPTIONS,
         **_rt.pdl_args(device, "count"),
     )
     expert_count = _rt.empty((n_experts,), torch.int64, device)
@@ -777,6 +778,7 @@ def _count_and_scan(
             BLOCK_S=block_s,
             BLOCK_E=experts_per_program,
             num_warps=scan_warps,
+            **_rt.COMPILE_OPTIONS,
             **_rt.pdl_args(device, "scan", _rt.scan_triggers(n_tokens, n_experts)),
         )
     return counts, expert_count
@@ -859,6 +861,7 @@ def build_plan(
         WORDS_PAIRS=_WORDS_PAIRS,
         num_warps=warps,
         **({"debug": True, "sanitize_overflow": False} if check else {}),
+        **_rt.COMPILE_OPTIONS,
         **_rt.pdl_args(device, "map"),
     )
     total = view.token_ptr[n_tokens:]  # the map kernel's last program writes it

@@ -377,6 +377,7 @@ def gather_rows(
         num_warps=4,
         # the assertion needs debug=True (without Triton's int32 overflow checks, which debug would add)
         **({"debug": True, "sanitize_overflow": False} if check_experts else {}),
+        **_rt.COMPILE_OPTIONS,
         **_rt.pdl_args(src.device, "gather"),
     )
 
@@ -458,6 +459,7 @@ def _launch_unpermute_backward(
                 BLOCK_E=_rt.next_pow2(max(probs.shape[1], 1)),
                 ACC=compute_dtype(grad, permuted, probs),
                 num_warps=4,
+                **_rt.COMPILE_OPTIONS,
                 **_rt.pdl_args(grad.device, "scatter_dot"),
             )
     else:

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from moe_utils.codegen.specs import REGISTRY
 
+from moe_utils import _runtime as rt
+
 #: Element type of each pointer argument; any other pointer is bf16 data.
 POINTERS = {
     "x_fp8_ptr": "*u8",
@@ -74,7 +76,8 @@ def compile_sm90(
     aligned_ints=None,
 ):
     """Compile kernel for sm_90 and return it; arguments not in constexprs or types are typed by
-    name; options are compiler options as a launch passes them (debug, ...). With aligned_ints
+    name; options are compiler options as a launch passes them (debug, ...), beside the
+    _runtime.COMPILE_OPTIONS that every launch passes. With aligned_ints
     (sass()), pointers and those integer arguments are declared multiples of 16, as the JIT does
     at an aligned launch."""
     import triton
@@ -92,6 +95,7 @@ def compile_sm90(
     src = ASTSource(
         fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
     )
+    options = {**rt.COMPILE_OPTIONS, **(options or {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
