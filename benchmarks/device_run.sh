@@ -17,7 +17,7 @@ run_tests() {
   local groups=(
     "tests/test_activations.py::test_weighted_impl_matches_float64 tests/test_compile.py"
     "tests/test_activations.py --deselect tests/test_activations.py::test_weighted_impl_matches_float64"
-    "tests/test_properties.py tests/test_user_spec.py tests/test_symbolic.py tests/test_generated_up_to_date.py tests/test_sm90_compile.py"
+    "tests/test_properties.py tests/test_user_spec.py tests/test_symbolic.py tests/test_generated_up_to_date.py tests/test_sm90_compile.py tests/test_launch_options.py"
     "tests/test_routing.py tests/test_layer.py tests/test_aux_loss.py tests/test_gpu.py tests/test_higher_order.py tests/test_tensor_subclasses.py tests/test_func_transforms.py"
   )
   # Every test file in some group: a new file left out would never run on the GPU.
