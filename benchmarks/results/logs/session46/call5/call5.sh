@@ -1,0 +1,5 @@
+set -x
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > /dev/null 2>&1 || exit 1
+mkdir -p $OUT/c5
+TRITON_DEFAULT_FP_FUSION=0 python3 benchmarks/.call5.py > $OUT/c5/fusion.log 2>&1
+tail -40 $OUT/c5/fusion.log
