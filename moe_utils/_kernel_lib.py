@@ -72,7 +72,10 @@ def to_fp8_saturated(x: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def fp8_encode(x, NATIVE: tl.constexpr):
     """fp32 values -> uint8 bit patterns of float8_e4m3fn, saturating at +-448."""
-    x = tl.where(x > 448.0, 448.0, tl.where(x < -448.0, -448.0, x))  # NaN compares false: kept
+    # NaN stays NaN (propagate_nan). sm_90 does the clamp in one min/max a value (FMNMX.NAN.XORSIGN);
+    # the two-sided tl.where it replaced (session 46) took 40 more SASS instructions in SwiGLU's
+    # forward at [32, 128] x 8 warps on Triton 3.6, and 104 more with 16 more registers on 3.8-3.9.
+    x = tl.clamp(x, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
     if NATIVE:
         code = x.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
     else:

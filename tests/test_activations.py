@@ -508,6 +508,30 @@ def test_clamp_lets_nan_through_and_saturates_inf(backend):
     assert out.isnan().any() and (d_y[2:5] == 0).any()  # the NaN reached the output; inf was clamped
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["split", "interleaved"])
+def test_fp8_copy_bits_at_the_edges(backend, dtype, interleaved):
+    """The fp8 copy holds the bits of torch.clamp(x, -448, 448).to(float8_e4m3fn) at the values
+    where a saturating cast can go wrong: NaN stays NaN, +-inf and everything past +-448 saturate
+    (the GPU's plain cast makes |x| >= 480 a NaN), -0.0 keeps its sign, 448 itself, the largest
+    values that round down to it, fp8's smallest subnormal and values that round to zero."""
+    edges = [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 448.0, -448.0, 449.0, -460.0, 464.0]
+    edges += [-479.0, 480.0, -1e4, 2.0**-9, -(2.0**-9), 2.0**-11, -(2.0**-10) * 1.5, 3e-3, 65504.0]
+    gen = make_generator(41)
+    y, w, _ = _inputs(6, 24, dtype, gen)
+    values = torch.tensor(edges, dtype=torch.float32).to(dtype)
+    y.view(-1)[: len(edges)] = values.to(DEVICE)
+    y.view(-1)[-len(edges) :] = values.flip(0).to(DEVICE)  # the last row's up half (or odd columns)
+    yy = y.clone().requires_grad_(True)
+    out = moe_utils.weighted_bias_swiglu_impl(yy, w.requires_grad_(True), True, interleaved=interleaved)
+    copy = next(t for t in out.grad_fn.saved_tensors if t is not None and t.dtype == torch.float8_e4m3fn)
+    want = torch.clamp(y.float(), -448, 448).to(torch.float8_e4m3fn)
+    nan = want.float().isnan()
+    assert torch.equal(copy.float().isnan().cpu(), nan.cpu()), "NaN positions of the fp8 copy"
+    got_bits, want_bits = copy.view(torch.uint8)[~nan], want.view(torch.uint8)[~nan]
+    assert torch.equal(got_bits.cpu(), want_bits.cpu()), f"fp8 copy bits {got_bits.tolist()} != {want_bits.tolist()}"
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("h", [72, 300])  # 300: 512-column steps, 2 warps with the fp8 copy and light math
