@@ -41,6 +41,35 @@ except ImportError:  # pragma: no cover - older Triton; _runtime.pdl_args then k
         pass
 
 
+def interpreter_reads_masks_as_bool() -> None:
+    """Make Triton's interpreter (TRITON_INTERPRET=1) hand its loads and stores bool masks, as
+    Triton 3.6-3.8's took any integer mask; _runtime calls it once under the interpreter.
+
+    Every Triton's interpreter types a comparison like its operands (``pid < n`` of int32 is an
+    int32-typed value holding bools), so a scalar condition broadcast into a tile arrives at a load
+    as int32 zeros and ones. From Triton 3.9 the interpreter's load and store refuse such a mask
+    ("mask has unsupported dtype"), which failed every fused permute and unpermute on the CPU (the
+    kernels combine a tile's column mask with a scalar condition on the program). Only the
+    interpreter's reading of a mask changes: the compiler types comparisons as int1, and the
+    kernels are the same on every version."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    if builder is None or getattr(builder, "_moe_utils_bool_masks", False):
+        return
+    load, store = builder.create_masked_load, builder.create_masked_store
+
+    def as_bool(mask):
+        if mask.data.dtype == np.bool_:
+            return mask
+        return interpreter.TensorHandle(mask.data.astype(np.bool_), tl.int1)
+
+    builder.create_masked_load = lambda self, ptrs, mask, *rest: load(self, ptrs, as_bool(mask), *rest)
+    builder.create_masked_store = lambda self, ptrs, value, mask, *rest: store(self, ptrs, value, as_bool(mask), *rest)
+    builder._moe_utils_bool_masks = True
+
+
 __all__ = [
     "FP8_MAX",
     "HAS_PDL",
@@ -50,6 +79,7 @@ __all__ = [
     "gated_inputs",
     "grid_tile",
     "half_columns",
+    "interpreter_reads_masks_as_bool",
     "load_halves",
     "pdl_start",
     "store_halves",

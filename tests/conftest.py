@@ -30,32 +30,6 @@ import pytest
 from moe_utils import _runtime as rt
 
 
-def _interpreter_reads_masks_as_bool() -> None:
-    """Hand the interpreter's loads and stores bool masks, as Triton 3.6-3.8's accepted any integer
-    mask. Every Triton's interpreter types a comparison like its operands (`pid < n` of int32 is an
-    int32-typed handle holding bools), so a scalar condition broadcast into a tile arrives as int32
-    zeros and ones; from Triton 3.9 its load and store refuse that ("mask has unsupported dtype"),
-    which failed every fused routing test. Only the interpreter's reading of a mask changes: the
-    compiler types comparisons as int1, and the kernels are the same on every version."""
-    import numpy as np
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    load, store = builder.create_masked_load, builder.create_masked_store
-
-    def as_bool(mask):
-        if mask.data.dtype == np.bool_:
-            return mask
-        return interpreter.TensorHandle(mask.data.astype(np.bool_), interpreter.tl.int1)
-
-    builder.create_masked_load = lambda self, ptrs, mask, *rest: load(self, ptrs, as_bool(mask), *rest)
-    builder.create_masked_store = lambda self, ptrs, value, mask, *rest: store(self, ptrs, value, as_bool(mask), *rest)
-
-
-if rt.INTERPRET:
-    _interpreter_reads_masks_as_bool()
-
-
 def pytest_collection_modifyitems(items: list) -> None:
     """Tests marked slow (a minute or more each under the interpreter) run first. With two test
     processes (pytest -n 2 --dist worksteal) a long test collected last ran alone at the end while

@@ -7,8 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import DEVICE, FactoryLog, make_generator, misaligned
 
+from moe_utils import _runtime as rt
 from moe_utils import permute, unpermute
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -1103,3 +1106,23 @@ def test_permute_backward_makes_only_what_its_gradients_need(used, probs_grad):
     torch.testing.assert_close(got[0].double(), want_x, rtol=1e-5, atol=1e-5)
     if probs_grad:
         torch.testing.assert_close(got[1].double(), want_p, rtol=1e-5, atol=1e-5)
+
+
+@triton.jit
+def _masked_copy_kernel(src_ptr, dst_ptr, n_rows, width, BLOCK: tl.constexpr):
+    # The routing kernels' mask shape: a tile's column mask and a scalar condition on the program.
+    row = tl.program_id(0) - 1
+    cols = tl.arange(0, BLOCK)
+    mask = (cols < width) & ((row >= 0) & (row < n_rows))
+    tl.store(dst_ptr + row * width + cols, tl.load(src_ptr + row * width + cols, mask=mask), mask=mask)
+
+
+@pytest.mark.skipif(not rt.INTERPRET, reason="Triton's interpreter only (TRITON_INTERPRET=1)")
+def test_interpreter_takes_a_scalar_condition_in_a_mask():
+    """Triton 3.9's interpreter refused the integer masks that 3.6-3.8's took, failing every fused
+    permute and unpermute on the CPU; _kernel_lib.interpreter_reads_masks_as_bool (applied when
+    moe_utils is imported under the interpreter) hands them bool masks."""
+    src = torch.randn(3, 5)
+    dst = torch.full((3, 5), float("nan"))
+    _masked_copy_kernel[(5,)](src, dst, 3, 5, BLOCK=8)  # programs 0 and 4 have no row
+    assert torch.equal(dst, src)
