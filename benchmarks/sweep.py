@@ -119,7 +119,7 @@ def forward_launch(x, w, out, fp8, config, store_fp8, policy=""):
         gen._swiglu_fwd[grid](
             x, x, w, out, fp8, n_rows, h, x.stride(0), 0, 0.0,
             HAS_BIAS=False, HAS_WEIGHT=True, CLAMP=False, STORE_FP8=store_fp8, NATIVE_FP8=_rt.NATIVE_FP8,
-            INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+            INTERLEAVED=False, X_POLICY=policy, BLOCK_R=br, BLOCK_H=bh, num_warps=nw, **_rt.COMPILE_OPTIONS,
         )  # fmt: skip
 
     return run
@@ -135,7 +135,7 @@ def backward_launch(g, src, w, dx, dw, config, load_fp8):
             g, src, dx, dx if w is None else w, dx, dx if dw is None else dw, dx, n_rows, h, g.stride(0),
             src.stride(0), 0, 0.0, HAS_BIAS=False, HAS_WEIGHT=w is not None, CLAMP=False, LOAD_FP8=load_fp8,
             STORE_DX=True, CLAMPED_DX="zero", BIAS_SUM=False, ROW_STEPS=1, NATIVE_FP8=_rt.NATIVE_FP8,
-            INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw,
+            INTERLEAVED=False, BLOCK_R=br, BLOCK_H=bh, num_warps=nw, **_rt.COMPILE_OPTIONS,
         )  # fmt: skip
 
     return run
@@ -367,7 +367,7 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
                             view.src_token, rest.perm_probs, rest.expert_count, rest.total, n_tokens, n_rows,
                             hidden, 0, n_experts, 0, SCALE=False, PAD=False, WRITE_PLAN=False, HAS_PROBS=False,
                             DROP_AND_PAD=False, PAD_ROWS=16, PLAN_TOKENS=64, BLOCK_K=bk, BLOCK_H=bh,
-                            num_warps=nw, PDL=0, EARLY_SRC=False, STORE_CACHE="",
+                            num_warps=nw, PDL=0, EARLY_SRC=False, STORE_CACHE="", **_rt.COMPILE_OPTIONS,
                         )  # fmt: skip
 
                     us = bench(run)
@@ -389,7 +389,7 @@ def sweep_routing(results, copy, shapes, parts=("pieces", "scatter", "scatter_do
                             grad, grad.stride(0), out, out.stride(0), d_perm, p, p.stride(0), p.stride(1), d_probs,
                             view.token_ptr, view.entry, view.src_token, n_tokens, n_rows, hidden, n_experts,
                             PAD=False, PAD_ROWS=16, BLOCK_K=bk, BLOCK_H=bh,
-                            BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw, PDL=0,
+                            BLOCK_E=triton.next_power_of_2(n_experts), num_warps=nw, PDL=0, **_rt.COMPILE_OPTIONS,
                         )  # fmt: skip
 
                     us = bench(run)
