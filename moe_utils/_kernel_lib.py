@@ -70,6 +70,59 @@ def interpreter_reads_masks_as_bool() -> None:
     builder._moe_utils_bool_masks = True
 
 
+def interpreter_patches_once_a_launch() -> None:
+    """Make Triton's interpreter (TRITON_INTERPRET=1) patch ``triton.language`` once a launch, not
+    again at every call of a ``@triton.jit`` helper inside it; _runtime calls it once under the
+    interpreter.
+
+    The interpreter runs a kernel's Python with ``triton.language``'s builtins swapped for its own
+    (``_patch_lang``, undone when the launch ends). Triton 3.6-3.9 also call ``_patch_lang`` at
+    every device-function call (``InterpretedFunction.__call__``), which walks the language
+    modules' members (``inspect.getmembers``) four times to patch what is already patched: a
+    third of the interpreter's time in the routing kernels, whose walks call helpers at every step.
+    Here a device call patches only where its module sees a language module (``tl``,
+    ``tl.core``) that this launch has not patched yet, which is when the original patches
+    anything new: a repeat finds no builtin left to swap, and swaps the few plain attributes it
+    sets for equal ones. The kernels run the same operations either way. Where the interpreter's
+    internals differ from these Tritons' (no ``_patch_lang``, ``_LangPatchScope`` or
+    ``GridExecutor``) it leaves them alone."""
+    from triton.runtime import interpreter
+
+    patch_lang = getattr(interpreter, "_patch_lang", None)
+    executor = getattr(interpreter, "GridExecutor", None)
+    empty_scope = getattr(interpreter, "_LangPatchScope", None)
+    if patch_lang is None or executor is None or empty_scope is None:
+        return
+    if getattr(executor, "_moe_utils_patch_once", False):
+        return
+    launches: list[frozenset[int]] = []  # one entry per launch in progress: the modules it patched
+
+    def langs(fn) -> frozenset[int]:
+        return frozenset(id(value) for value in fn.__globals__.values() if value is tl or value is tl.core)
+
+    def patch_once(fn):
+        seen = langs(fn)
+        if launches and seen and seen <= launches[-1]:
+            return empty_scope()
+        scope = patch_lang(fn)
+        if launches:
+            launches[-1] |= seen
+        return scope
+
+    launch = executor.__call__
+
+    def launch_once(self, *args, **kwargs):
+        launches.append(frozenset())
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            launches.pop()
+
+    interpreter._patch_lang = patch_once
+    executor.__call__ = launch_once
+    executor._moe_utils_patch_once = True
+
+
 __all__ = [
     "FP8_MAX",
     "HAS_PDL",
@@ -79,6 +132,7 @@ __all__ = [
     "gated_inputs",
     "grid_tile",
     "half_columns",
+    "interpreter_patches_once_a_launch",
     "interpreter_reads_masks_as_bool",
     "load_halves",
     "pdl_start",

@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch.autograd import forward_ad
 
-from ._kernel_lib import HAS_PDL, column_sums, interpreter_reads_masks_as_bool, to_fp8_saturated
+from ._kernel_lib import (
+    HAS_PDL,
+    column_sums,
+    interpreter_patches_once_a_launch,
+    interpreter_reads_masks_as_bool,
+    to_fp8_saturated,
+)
 
 try:  # numpy numbers as activation constants (traced_constant); numpy itself is not required
     import numpy as _np
@@ -54,6 +60,7 @@ __all__ = [
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if INTERPRET:  # Triton 3.9's interpreter refuses the integer masks that 3.6-3.8's took
     interpreter_reads_masks_as_bool()
+    interpreter_patches_once_a_launch()  # a third of its time in the routing kernels' walks
 #: Hardware fp8 conversions are available (everywhere but the interpreter).
 NATIVE_FP8 = not INTERPRET
 #: Compile options that every launch of ours passes beside its warps. The kernels were tuned, timed

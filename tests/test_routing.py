@@ -1126,3 +1126,49 @@ def test_interpreter_takes_a_scalar_condition_in_a_mask():
     dst = torch.full((3, 5), float("nan"))
     _masked_copy_kernel[(5,)](src, dst, 3, 5, BLOCK=8)  # programs 0 and 4 have no row
     assert torch.equal(dst, src)
+
+
+@triton.jit
+def _scaled_step(x, scale):
+    return tl.sigmoid(x) * scale  # tl.sigmoid: a helper of triton.language's own (its module sees tl.core)
+
+
+@triton.jit
+def _helper_loop_kernel(src_ptr, dst_ptr, width, STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    mask = cols < width
+    x = tl.load(src_ptr + cols, mask=mask)
+    for step in range(STEPS):
+        x = _scaled_step(x, step + 1.0)
+    tl.store(dst_ptr + cols, x, mask=mask)
+
+
+@pytest.mark.skipif(not rt.INTERPRET, reason="Triton's interpreter only (TRITON_INTERPRET=1)")
+def test_interpreter_patches_the_language_once_a_launch(monkeypatch):
+    """Triton's interpreter patched triton.language again at every call of a @triton.jit helper (a
+    third of its time in the routing kernels); _kernel_lib.interpreter_patches_once_a_launch
+    (applied when moe_utils is imported under the interpreter) patches each language module once a
+    launch. The patching is the same for 1 and 6 helper calls (in each launch: the kernel's module,
+    then tl.sigmoid's, which sees tl.core, and tl too once the interpreter has rewritten a function
+    of its module: hence a first launch before the counted ones); the results are the float64
+    recurrence's; after a launch tl's builtins are its own again (tl.core's are not, as without
+    the change: the interpreter never undoes a device call's patching)."""
+    from triton.runtime import interpreter
+
+    assert interpreter.GridExecutor._moe_utils_patch_once
+    patched = []
+    walk = interpreter._patch_builtin
+    monkeypatch.setattr(interpreter, "_patch_builtin", lambda pkg, *a: patched.append(pkg) or walk(pkg, *a))
+    src = torch.randn(37)
+    counts = []
+    for steps in (6, 1, 6):
+        dst = torch.full_like(src, float("nan"))
+        patched.clear()
+        _helper_loop_kernel[(1,)](src, dst, 37, STEPS=steps, BLOCK=64)
+        counts.append(len(patched))
+        want = src.double()
+        for step in range(steps):
+            want = torch.sigmoid(want) * (step + 1)
+        torch.testing.assert_close(dst.double(), want, rtol=1e-6, atol=1e-6)
+    assert counts[1] == counts[2] and tl.core in patched, (counts, patched)
+    assert tl.core.is_builtin(tl.load) and tl.core.is_builtin(tl.tensor.__add__)
