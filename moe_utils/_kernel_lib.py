@@ -21,6 +21,8 @@ interpreter the same conversion is done with integer arithmetic: round to neares
 
 from __future__ import annotations
 
+import re
+
 import torch
 import triton
 import triton.language as tl
@@ -124,6 +126,7 @@ def interpreter_patches_once_a_launch() -> None:
 
 
 __all__ = [
+    "ERF_CUDA13",
     "FP8_MAX",
     "HAS_PDL",
     "erf",
@@ -217,6 +220,17 @@ def grid_tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
     return tl.program_id(0).to(tl.int64), tl.program_id(1)
 
 
+def _triton_minor() -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", triton.__version__)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+#: The libdevice that this Triton links is CUDA 13's (Triton 3.9 and later; 3.6-3.8 ship CUDA
+#: 12's): its erff keeps the near branch and takes other coefficients in the far one, so ``erf``
+#: takes them too.
+ERF_CUDA13 = tl.constexpr(_triton_minor() >= (3, 9))
+
+
 @triton.jit
 def erf(x):
     """erf of fp32 x, with the bits of ``tl.erf`` (libdevice's erff, which Inductor's kernels call)
@@ -229,13 +243,14 @@ def erf(x):
     instructions an element in a load-erf-store kernel. Here both polynomials are evaluated (an
     FMA a coefficient, the constants shared by every element) and the branch picks a result: about
     25.5 instructions, and exact GEGLU's forward 5-12% faster on the H200 (benchmarks/NOTES.md,
-    session 28).
+    session 28). q's coefficients are those of the libdevice that Triton links (``ERF_CUDA13``:
+    CUDA 13's from Triton 3.9, CUDA 12's before).
 
     On the H200, over all 2**32 inputs (tests/test_gpu.py): the bits of ``tl.erf`` at every input
     but a subnormal one, which ``tl.erf`` flushes to 0 and this erf, like ``torch.erf``, does not;
-    within 1 ulp of ``torch.erf`` everywhere (its erff rounds differently at 0.17% of inputs, 1.003
-    <= |x| <= 3.92). Under the interpreter the FMAs round twice (a product, then a sum): within a
-    few ulp.
+    within 1 ulp of ``torch.erf`` everywhere (CUDA 12's erff rounds differently at 0.17% of inputs,
+    1.003 <= |x| <= 3.92). Under the interpreter the FMAs round twice (a product, then a sum):
+    within a few ulp.
     """
     t = tl.abs(x)
     s = x * x
@@ -246,12 +261,20 @@ def erf(x):
     p = tl.fma(p, s, -0.37612664699554443)
     p = tl.fma(p, s, 0.12837915122509003)
     below = tl.fma(p, x, x)
-    q = tl.fma(1.6425845387857407e-05, t, -0.0004680210549850017)
-    q = tl.fma(q, t, 0.0052647641859948635)
-    q = tl.fma(q, t, -0.034303076565265656)
-    q = tl.fma(q, t, 0.1532936990261078)
-    q = tl.fma(q, t, 0.9163130521774292)
-    q = tl.fma(q, t, 0.6282998323440552)
+    if ERF_CUDA13:
+        q = tl.fma(0.00011219871521461755, t, -0.0013275252422317863)
+        q = tl.fma(q, t, 0.00839653518050909)
+        q = tl.fma(q, t, -0.04024658352136612)
+        q = tl.fma(q, t, 0.15950430929660797)
+        q = tl.fma(q, t, 0.9129176735877991)
+        q = tl.fma(q, t, 0.6290600299835205)
+    else:
+        q = tl.fma(1.6425845387857407e-05, t, -0.0004680210549850017)
+        q = tl.fma(q, t, 0.0052647641859948635)
+        q = tl.fma(q, t, -0.034303076565265656)
+        q = tl.fma(q, t, 0.1532936990261078)
+        q = tl.fma(q, t, 0.9163130521774292)
+        q = tl.fma(q, t, 0.6282998323440552)
     above = 1.0 - tl.exp2(tl.fma(q, -t, -t))
     above = tl.where(x < 0.0, -above, above)
     return tl.where(t >= 1.002959966659546, above, below)

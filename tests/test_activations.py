@@ -1406,11 +1406,18 @@ def _erf_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 @pytest.mark.skipif(not TRITON, reason="needs the GPU or Triton's interpreter")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # x * x of 1e30 in numpy
-def test_kernel_lib_erf_matches_float64():
+@pytest.mark.parametrize("cuda13", [False, True], ids=["libdevice12", "libdevice13"])
+def test_kernel_lib_erf_matches_float64(monkeypatch, cuda13):
     # _kernel_lib.erf against torch.erf in float64: both branches, both sides of the switch at
     # |x| = 1.00296 (an error in either polynomial's coefficients or order shows there), zeros with
     # their sign, tiny and huge values, infinities and NaN. Within 4 fp32 ulp (the interpreter
-    # rounds each FMA twice; the GPU is bit-exact with tl.erf, tests/test_gpu.py).
+    # rounds each FMA twice; the GPU is bit-exact with tl.erf, tests/test_gpu.py). Both far-branch
+    # polynomials (_kernel_lib.ERF_CUDA13: CUDA 13's libdevice from Triton 3.9, CUDA 12's before)
+    # under the interpreter, which reads the flag at every call; the GPU compiles its Triton's.
+    if bool(cuda13) != bool(_kernel_lib.ERF_CUDA13):
+        if not rt.INTERPRET:
+            pytest.skip("the GPU compiles the erf of its Triton's libdevice (the interpreter checks both)")
+        monkeypatch.setattr(_kernel_lib, "ERF_CUDA13", tl.constexpr(cuda13))
     gen = make_generator(7)
     switch = torch.tensor(1.002959966659546, dtype=torch.float32)
     near = torch.stack([torch.nextafter(switch, torch.tensor(v)) for v in (0.0, 9.0)] + [switch])
