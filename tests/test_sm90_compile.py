@@ -21,8 +21,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import triton
+import triton.language as tl
 from moe_utils.codegen.specs import REGISTRY
 
+from moe_utils import _kernel_lib
 from moe_utils import _runtime as rt
 
 #: Element type of each pointer argument; any other pointer is bf16 data.
@@ -204,6 +207,34 @@ def check_activation_sass() -> None:
     assert inter <= split, f"interleaved forward: {inter} shared-memory instructions, split {split}"
 
 
+@triton.jit
+def _tl_erf_kernel(x_ptr, out_ptr):
+    offs = tl.program_id(0) * 128 + tl.arange(0, 128)
+    tl.store(out_ptr + offs, tl.erf(tl.load(x_ptr + offs)))
+
+
+@triton.jit
+def _our_erf_kernel(x_ptr, out_ptr):
+    offs = tl.program_id(0) * 128 + tl.arange(0, 128)
+    tl.store(out_ptr + offs, _kernel_lib.erf(tl.load(x_ptr + offs)))
+
+
+def check_erf_constants() -> None:
+    """_kernel_lib.erf is libdevice's erff with the coefficients of the libdevice that this Triton
+    links (_kernel_lib.ERF_CUDA13 picks them by version): every fp32 constant of tl.erf's PTX is one
+    of its own. Triton 3.9's libdevice (CUDA 13's) took other far-branch coefficients, and on the GPU
+    erf then missed tl.erf's bits at 7.3 million inputs (session 47); a Triton whose libdevice moves
+    them again fails here, on the CPU, before any GPU run."""
+
+    def constants(kernel) -> set[str]:
+        ptx = compile_sm90(kernel, {}, types={"x_ptr": "*fp32", "out_ptr": "*fp32"}).asm["ptx"]
+        return set(re.findall(r"\b0f[0-9A-F]{8}\b", ptx))
+
+    theirs, ours = constants(_tl_erf_kernel), constants(_our_erf_kernel)
+    assert len(theirs) >= 15, f"tl.erf's PTX has {len(theirs)} fp32 constants, expected erff's 14 and its switch"
+    assert theirs <= ours, f"tl.erf's constants that _kernel_lib.erf lacks: {sorted(theirs - ours)}"
+
+
 def compile_activation(name: str) -> None:
     """The forward and backward kernels of one generated activation, every switch off, then on."""
     spec = next(s for s in REGISTRY if s.name == name)
@@ -305,11 +336,16 @@ def test_activation_kernels_keep_their_sass():
     _run_child("activation_sass", "fails its SASS check")
 
 
+def test_kernel_lib_erf_has_the_constants_of_this_tritons_libdevice():
+    _run_child("erf_constants", "differs from tl.erf")
+
+
 if __name__ == "__main__":
     checks = {
         "routing": compile_routing,
         "column_sums": compile_column_sums,
         "map_step": check_map_step,
         "activation_sass": check_activation_sass,
+        "erf_constants": check_erf_constants,
     }
     checks.get(sys.argv[1], lambda: compile_activation(sys.argv[1]))()
