@@ -141,6 +141,7 @@ __all__ = [
     "pdl_start",
     "store_halves",
     "to_fp8_saturated",
+    "triton_version",
 ]
 
 #: Largest finite float8_e4m3fn value; everything beyond saturates to it.
@@ -220,7 +221,8 @@ def grid_tile(width, BLOCK_H: tl.constexpr, ORDERED: tl.constexpr):
     return tl.program_id(0).to(tl.int64), tl.program_id(1)
 
 
-def _triton_minor() -> tuple[int, int]:
+def triton_version() -> tuple[int, int]:
+    """(major, minor) of the installed Triton, for choices that follow its compiler or libraries."""
     match = re.match(r"(\d+)\.(\d+)", triton.__version__)
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
@@ -228,7 +230,7 @@ def _triton_minor() -> tuple[int, int]:
 #: The libdevice that this Triton links is CUDA 13's (Triton 3.9 and later; 3.6-3.8 ship CUDA
 #: 12's): its erff keeps the near branch and takes other coefficients in the far one, so ``erf``
 #: takes them too.
-ERF_CUDA13 = tl.constexpr(_triton_minor() >= (3, 9))
+ERF_CUDA13 = tl.constexpr(triton_version() >= (3, 9))
 
 
 @triton.jit

@@ -50,7 +50,6 @@ tokens, and -1 in the padding rows (with the permuted probabilities: theirs, and
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +57,7 @@ import triton
 import triton.language as tl
 
 from . import _runtime as _rt
-from ._kernel_lib import pdl_start
+from ._kernel_lib import pdl_start, triton_version
 
 __all__ = [
     "EXPERT_BITS",
@@ -80,11 +79,6 @@ _EXPERT_BITS = tl.constexpr(EXPERT_BITS)  # the same, for the kernels
 _EXPERT_MASK = tl.constexpr(MAX_EXPERTS - 1)
 
 
-def _triton_version() -> tuple[int, int]:
-    match = re.match(r"(\d+)\.(\d+)", triton.__version__)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-
-
 #: The map kernel's entry stores scatter its tiles to data-dependent addresses, so Triton's
 #: coalescing pass picks their layout from the tile's shape alone. Each thread holds a group of
 #: GROUP experts along the tile's last axis. Triton 3.6 lays the store out with that axis inside a
@@ -92,7 +86,7 @@ def _triton_version() -> tuple[int, int]:
 #: step (49 shared-memory instructions, +35% instructions a step at E = 256 on 3.7-3.9). Stored
 #: with that axis first (a permute, free in registers), 3.7-3.9 keep it in the thread and 3.6 does
 #: not: so the order follows the version (tests/test_sm90_compile.py checks the step's SASS).
-_GROUP_AXIS_FIRST = tl.constexpr(_triton_version() >= (3, 7))
+_GROUP_AXIS_FIRST = tl.constexpr(triton_version() >= (3, 7))
 
 
 #: The plan layout's number, part of the name of every custom op that takes or returns a plan
