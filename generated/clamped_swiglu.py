@@ -126,6 +126,12 @@ def _clamped_swiglu_fwd(
     row_ok = rows < n_rows
     mask = row_ok[:, None] & (cols < H)[None, :]
     gate_in, up_in = load_halves(x_ptr, rows * x_row_stride, col0, H, row_ok, INTERLEAVED, X_POLICY, BLOCK_R, BLOCK_H)
+    # The weight is loaded with x, before the fp8 copy's stores: after them it was a second round
+    # trip to memory a program (a load does not pass a store that may alias it; session 48).
+    if HAS_WEIGHT:
+        weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    else:
+        weight = 1.0
     gate_in = gate_in.to(tl.float32)
     up_in = up_in.to(tl.float32)
     if STORE_FP8:
@@ -136,10 +142,6 @@ def _clamped_swiglu_fwd(
         gate_in, up_in, bias_ptr, rows * bias_row_stride, col0, H, row_ok, clamp_value,
         HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
     )  # fmt: skip
-    if HAS_WEIGHT:
-        weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    else:
-        weight = 1.0
     out = _clamped_swiglu_fwd_math(gate, up, weight, limit)
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -26,6 +26,7 @@ from ._kernel_lib import (
     interpreter_patches_once_a_launch,
     interpreter_reads_masks_as_bool,
     to_fp8_saturated,
+    triton_version,
 )
 
 try:  # numpy numbers as activation constants (traced_constant); numpy itself is not required
@@ -330,6 +331,17 @@ _STREAM_BELOW = 1 << 24
 _SMALL_BELOW = 1 << 22
 
 
+#: Whether the light backward from the fp8 copy (backward_config: not ``heavy``) runs 2 warps on
+#: 1024-column steps as on 512-column ones. Triton 3.8 and 3.9 compile its 4-warp loop with 44-46
+#: registers where 3.6 takes 38-40 (ten 4-warp programs an SM, not twelve; the same instructions,
+#: load widths and stores). H200, ab.py, two processes each (session 48 calls 1-2), 2 warps
+#: against 4: under 3.9 SwiGLU 16384 x 2048 -4.0%, 16384 x 2880 -3.9%, 65536 x 2048 -5.4%, 65536
+#: x 2880 -3.3%, Quick-GEGLU without its clamp -3.6 to -4.9% (65536 x 2880 406.4 -> 390.5 µs),
+#: 16384 x 7168 level (-0.4% both); under 3.6 SwiGLU -2.0 to +0.9% but Quick-GEGLU +2.5 to +3.2%
+#: at four of the five shapes (session 18 had +1.1 / +2.9% at 2048), so 3.6 keeps 4 warps. 3.8
+#: is not timed: its SASS is 3.9's (the same counts and registers).
+FP8_WIDE_STEPS_IN_TWO_WARPS = triton_version() >= (3, 8)
+
 #: Backward math of more operations than this (the generated ``_BACKWARD_OPS``: SwiGLU 12,
 #: Quick-GEGLU 14, exact GEGLU 21, clamped SwiGLU 24, GEGLU 30) counts as heavy with the fp8 copy.
 _LIGHT_BACKWARD_OPS = 16
@@ -422,6 +434,9 @@ def backward_config(
         # x 1408 52.0 / 52.2 -> 48.9 / 49.0, 262144 x 1408 -4%. On 1024-column steps 2 warps gain
         # nothing: SwiGLU 2048 / 2880 -0.8% / -0.3% (sweep; level in session 18 call 8's package
         # A/B), Quick-GEGLU 2048 +1.1% (sweep) and +1.1% / +2.9% (A/B), 16384 x 7168 level.
+        warps = 2
+    if weighted and fp8 and not heavy and block_h == 1024 and FP8_WIDE_STEPS_IN_TWO_WARPS:
+        # The same 2 warps on 1024-column steps where Triton is 3.8 or later (session 48).
         warps = 2
     heavier = clamp or backward_ops > _LIGHT_BACKWARD_OPS  # than SwiGLU and Quick-GEGLU unclamped
     if weighted and interleaved and not fp8 and backward_ops >= _INTERLEAVED_MATH_OPS and (h < 4096 or heavier):

@@ -1023,7 +1023,7 @@ def test_backward_config_shapes(h, n_rows):
     # Launch shapes are powers of two, never wider than the rows' power of two (rows: n_rows;
     # columns: below 256 only where h is), and the clamp / fp8 choice only moves a tie: the
     # number of padded columns is the same either way.
-    from moe_utils._runtime import backward_config
+    from moe_utils._runtime import FP8_WIDE_STEPS_IN_TWO_WARPS, backward_config
 
     pow2 = lambda n: 1 << max(0, (n - 1).bit_length())  # noqa: E731
     for weighted in (False, True):
@@ -1037,10 +1037,11 @@ def test_backward_config_shapes(h, n_rows):
         padded = {-(-h // cfg.block_h) * cfg.block_h for cfg in configs}
         assert len(padded) == 1, configs
         # The fp8 copy without heavy math changes only the warps: 2 on weighted steps of 512
-        # columns.
+        # columns, and of 1024 where Triton is 3.8 or later (test_light_fp8_backward_wide_steps).
         light = backward_config(n_rows, h, weighted, False, True)
         assert (light.block_r, light.block_h) == (configs[0].block_r, configs[0].block_h)
-        assert light.num_warps == (2 if weighted and light.block_h == 512 else configs[0].num_warps), light
+        two = weighted and (light.block_h == 512 or (light.block_h == 1024 and FP8_WIDE_STEPS_IN_TWO_WARPS))
+        assert light.num_warps == (2 if two else configs[0].num_warps), light
         if not weighted:
             assert configs[0] == configs[1]
 
@@ -1143,6 +1144,28 @@ def test_light_fp8_backward_rule():
         expected = name in ("swiglu", "reglu", "squared_reglu", "quick_geglu")
         assert (warps(None, True, n) == 2) == expected, (name, n)
         assert (warps(None, True, n) == 2) != heavy_backward(None, True, n), (name, n)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_light_fp8_backward_wide_steps(monkeypatch, wide):
+    # On 1024-column steps the light backward from the fp8 copy runs 2 warps where Triton is 3.8 or
+    # later (FP8_WIDE_STEPS_IN_TWO_WARPS; measured on 3.6 and 3.9, session 48), 4 before; the
+    # tile, bf16 input and heavy math keep their configs either way.
+    from moe_utils import _runtime as rt
+
+    monkeypatch.setattr(rt, "FP8_WIDE_STEPS_IN_TWO_WARPS", wide)
+    rt.backward_config.cache_clear()
+    try:
+        for n_rows, h in [(65536, 2048), (16384, 2880), (16384, 7168), (3, 2048), (65536, 4096)]:
+            light = rt.backward_config(n_rows, h, True, False, True)
+            assert light.block_h == 1024 and light.num_warps == (2 if wide else 4), (n_rows, h, light)
+            bf16 = rt.backward_config(n_rows, h, True, False, False)
+            assert (light.block_r, light.block_h, bf16.num_warps) == (bf16.block_r, bf16.block_h, 4), (n_rows, h)
+            assert rt.backward_config(n_rows, h, True, True, True).num_warps == 4, (n_rows, h)
+        assert rt.backward_config(65536, 1408, True, False, True).num_warps == 2  # 512-column steps
+        assert rt.backward_config(16384, 768, True, False, True).num_warps == 4  # 256-column steps
+    finally:
+        rt.backward_config.cache_clear()
 
 
 def test_interleaved_backward_rule():
