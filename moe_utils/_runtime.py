@@ -377,7 +377,8 @@ def backward_config(
     math of more than _LIGHT_BACKWARD_OPS operations) takes the narrowest of the steps that pad
     the least (above 2048 columns only from 32768 rows); the others, and every row from 4096
     columns, the widest. A backward that reads the fp8 copy (``fp8``) and is not heavy (no clamp,
-    light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns.
+    light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns,
+    and of 1024 where Triton is 3.8 or later (FP8_WIDE_STEPS_IN_TWO_WARPS).
     In the ``interleaved`` layout, without the fp8 copy, with math of at least SwiGLU's
     ``backward_ops`` (from 4096 columns: a ``clamp`` or math of more than _LIGHT_BACKWARD_OPS
     operations): 2 warps, on steps of 256-512 columns past 1024 columns, and at 256-column steps
