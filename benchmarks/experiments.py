@@ -1412,11 +1412,12 @@ def pad_rows_experiments(results, shapes) -> None:
                 print(f"unpermute_bwd  {list(shape)!s:24s} {name:24s} {us:8.1f} us", flush=True)
 
 
-def ops_experiments(results, route_shapes, act_shapes, interleaved: bool = False) -> None:
+def ops_experiments(results, route_shapes, act_shapes, interleaved: bool = False, bias: bool = False) -> None:
     """The shipped ops as bench.py calls them (ours only, no baselines): the routing plan alone,
     permute forward (with probs) and backward, unpermute forward (with probs) and backward (with
     the probs gradient), and the weighted activations forward and backward with and without the
-    fp8 copy (interleaved: in the interleaved layout, their kinds ending in _il). To time a change
+    fp8 copy (interleaved: in the interleaved layout, their kinds ending in _il; bias: with a bf16
+    bias of 2H shared by every row, their kinds ending in _b). To time a change
     on one machine, ab.py runs it in processes alternating with an older copy of the package; the
     first line says which package was loaded."""
     from bench import activation_params
@@ -1442,17 +1443,18 @@ def ops_experiments(results, route_shapes, act_shapes, interleaved: bool = False
             w = torch.rand(n_rows, 1, device=DEVICE, generator=g)
             grad = torch.randn(n_rows, h, device=DEVICE, dtype=torch.bfloat16, generator=g)
             il = interleaved
-            x8 = impl.launch_forward(x, None, w, True, clamp, il, *params)[1].view(torch.float8_e4m3fn)
-            tag = "_il" if il else ""
+            b = torch.randn(2 * h, device=DEVICE, dtype=torch.bfloat16, generator=g) if bias else None
+            x8 = impl.launch_forward(x, b, w, True, clamp, il, *params)[1].view(torch.float8_e4m3fn)
+            tag = ("_il" if il else "") + ("_b" if bias else "")
             for fp8 in (False, True):
                 record(
                     f"{name}_fwd{'_fp8' if fp8 else ''}{tag}", (n_rows, h),
-                    lambda fp8=fp8: impl.launch_forward(x, None, w, fp8, clamp, il, *params),
+                    lambda fp8=fp8: impl.launch_forward(x, b, w, fp8, clamp, il, *params),
                 )  # fmt: skip
                 src = x8 if fp8 else x
                 record(
                     f"{name}_bwd{'_fp8' if fp8 else ''}{tag}", (n_rows, h),
-                    lambda src=src: impl.launch_backward(grad, src, None, w, clamp, il, x.dtype, *params),
+                    lambda src=src: impl.launch_backward(grad, src, b, w, clamp, il, x.dtype, *params),
                 )  # fmt: skip
 
 
@@ -1562,6 +1564,7 @@ def main() -> None:
     ap.add_argument("--act-shapes", nargs="*", type=dims, default=None, help="TxH shapes of --only ops' activations")
     ap.add_argument("--no-routing", action="store_true", help="--only ops without its routing ops")
     ap.add_argument("--act-interleaved", action="store_true", help="--only ops' activations in the interleaved layout")
+    ap.add_argument("--act-bias", action="store_true", help="--only ops' activations with a shared bias")
     ap.add_argument("--plan-shapes", nargs="*", type=dims, default=None, help="TxExK shapes of --only plan")
     ap.add_argument(
         "--forms-shapes",
@@ -1612,7 +1615,7 @@ def main() -> None:
         if DRY:
             sizes = ((4, 24), (3, 40))
         act = [(name, t, h) for name in args.act_names for t, h in sizes]
-        ops_experiments(results, [] if args.no_routing else route, act, args.act_interleaved)
+        ops_experiments(results, [] if args.no_routing else route, act, args.act_interleaved, args.act_bias)
     if "gather" in args.only:
         gather_experiments(results, [(5, 4, 2, 96), (9, 6, 3, 40)] if DRY else forms_shapes or [
             (4096, 64, 2, 4096), (4096, 256, 2, 4096), (4096, 8, 2, 7168), (4096, 256, 2, 2048), (8192, 64, 2, 2048),

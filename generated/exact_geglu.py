@@ -118,11 +118,13 @@ def _exact_geglu_fwd(
     if STORE_FP8:
         gate_fp8 = fp8_encode(gate_in, NATIVE_FP8)
         up_fp8 = fp8_encode(up_in, NATIVE_FP8)
-        store_halves(x_fp8_ptr, rows * (2 * H), col0, H, row_ok, gate_fp8, up_fp8, INTERLEAVED, BLOCK_R, BLOCK_H)
+    # The bias (gated_inputs' load) before the copy's stores too.
     gate, up = gated_inputs(
         gate_in, up_in, bias_ptr, rows * bias_row_stride, col0, H, row_ok, clamp_value,
         HAS_BIAS, CLAMP, INTERLEAVED, BLOCK_R, BLOCK_H,
     )  # fmt: skip
+    if STORE_FP8:
+        store_halves(x_fp8_ptr, rows * (2 * H), col0, H, row_ok, gate_fp8, up_fp8, INTERLEAVED, BLOCK_R, BLOCK_H)
     out = _exact_geglu_fwd_math(gate, up, weight)
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 

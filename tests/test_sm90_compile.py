@@ -205,17 +205,18 @@ def check_activation_sass() -> None:
         assert len(stores) == 1, "backward without STORE_DX stores more than d_weights:\n" + "\n".join(stores)
     split, inter = (shared(swiglu._swiglu_fwd, dict(fwd, INTERLEAVED=on)) for on in (False, True))
     assert inter <= split, f"interleaved forward: {inter} shared-memory instructions, split {split}"
-    # The forward that stores the fp8 copy issues every load (x's halves, the routing weight)
-    # before its first store (session 48): the weight loaded after the copy's stores, as until
-    # then, was a second memory round trip a program (ptxas cannot move a load past a store that
-    # may alias it).
+    # The forward that stores the fp8 copy issues every load (x's halves, the routing weight, the
+    # bias) before its first store (session 48): the weight and the bias loaded after the copy's
+    # stores, as until then, were a second memory round trip a program (ptxas cannot move a load
+    # past a store that may alias it).
     for spec in REGISTRY:
         kernel = getattr(importlib.import_module(f"moe_utils.generated.{spec.name}"), f"_{spec.name}_fwd")
-        for block_r, block_h in ((8, 128), (1, 1024)):
-            cx = dict(fwd, STORE_FP8=True, CLAMP=True, BLOCK_R=block_r, BLOCK_H=block_h)
+        for block_r, block_h, bias in ((8, 128, False), (1, 1024, False), (8, 128, True)):
+            cx = dict(fwd, STORE_FP8=True, CLAMP=True, HAS_BIAS=bias, BLOCK_R=block_r, BLOCK_H=block_h)
             lines, _ = sass(kernel, cx, 4, floats=("clamp_value", "linear_offset", "alpha", "limit"))
             order = "".join("L" if " LDG" in line else "S" for line in lines if re.search(r"\b(LDG|STG)\b", line))
-            assert "SL" not in order, f"{spec.name} fp8 forward [{block_r}, {block_h}]: loads after a store ({order})"
+            what = f"{spec.name} fp8 forward [{block_r}, {block_h}]" + (" with a bias" if bias else "")
+            assert "SL" not in order, f"{what}: loads after a store ({order})"
 
 
 @triton.jit

@@ -1,0 +1,1 @@
+mkdir -p $OUT/x; TEST_TIMEOUT=315 OUT=$OUT/x bash benchmarks/device_run.sh tests > $OUT/x/suite.log 2>&1; cat $OUT/x/tests-*.log > $OUT/x/tests-all.log; rm -f $OUT/x/tests-[0-9].log; echo "suite $SECONDS s"; head -4 $OUT/x/suite.log; grep -h -E "passed|failed|^(FAILED|ERROR)" $OUT/x/tests-all.log | tail -12
