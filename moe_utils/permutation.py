@@ -9,7 +9,8 @@ token and probability) and zeroes the padding rows. Its backward gathers the row
 
 from __future__ import annotations
 
-import numbers
+import contextlib
+import operator
 from typing import Any
 
 import torch
@@ -619,8 +620,12 @@ def permute(
     if num_out_tokens is not None:
         if isinstance(num_out_tokens, torch.Tensor):
             num_out_tokens = int(num_out_tokens.item())  # host sync; pass an int to avoid it
-        elif isinstance(num_out_tokens, numbers.Integral) and not isinstance(num_out_tokens, (bool, int)):
-            num_out_tokens = int(num_out_tokens)  # a numpy integer (capacity computed with numpy)
+        elif not isinstance(num_out_tokens, (int, torch.SymInt)):
+            # A numpy integer (capacity computed with numpy), or a 0-d integer array: what a numpy
+            # number made inside a torch.compile'd function arrives as after dynamo's graph break
+            # (session 48; int() there gave our ValueError, "got array(6)"). Floats stay refused.
+            with contextlib.suppress(TypeError):
+                num_out_tokens = operator.index(num_out_tokens)
         if not isinstance(num_out_tokens, (int, torch.SymInt)) or num_out_tokens < 0:
             raise ValueError(f"permute: num_out_tokens must be a non-negative int or None, got {num_out_tokens!r}")
         if drop_and_pad and (n_experts == 0 or num_out_tokens % n_experts != 0):

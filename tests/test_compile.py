@@ -441,6 +441,32 @@ def test_compiled_drop_and_pad_serves_every_token_count():
     assert counter.frame_count == 1, f"compiled {counter.frame_count} times for token counts"
 
 
+def test_compiled_permute_with_a_numpy_count_made_inside():
+    """A numpy number made inside the compiled function as permute's num_out_tokens (a capacity
+    computed with numpy) sizes the output, so dynamo cannot trace it: it breaks the graph and hands
+    permute a 0-d integer array, which gives the int's result (session 48; until then permute
+    refused it, "got array(...)", where eager PyTorch took the number). With fullgraph=True the
+    break is dynamo's error, not ours."""
+    import numpy as np
+
+    gen = make_generator(50)
+    x = torch.randn(12, 24, generator=gen).to(DEVICE)
+    m = torch.zeros(12, 4, dtype=torch.bool)
+    m[torch.arange(12), torch.arange(12) % 4] = True
+    m = m.to(DEVICE)
+
+    def fn(x, m):
+        rows = permute(x, m, num_out_tokens=np.int64(x.shape[0]) + 2, fused=True)[0]
+        return rows * 2
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(fn)(x, m), fn(x, m), rtol=0, atol=0)
+    torch._dynamo.reset()
+    with pytest.raises(Exception) as info:
+        torch.compile(fn, fullgraph=True)(x, m)
+    assert not isinstance(info.value, ValueError) and "must be a non-negative int" not in str(info.value), info.value
+
+
 def test_compiled_sequential_experts_with_data_dependent_row_counts():
     """Megatron's SequentialMLP: rows split per expert by a count read from the device. The
     activation gets unbacked (data-dependent) row counts, 0 among them, without graph breaks."""

@@ -376,8 +376,9 @@ def test_fused_on_tensors_triton_cannot_run_on_raises(monkeypatch):
 
 
 def test_num_out_tokens_from_numpy_or_a_tensor():
-    """num_out_tokens as a numpy integer (a capacity computed with numpy) or a 0-dim tensor (read on
-    the host) gives the int's result; a bool or a float is refused."""
+    """num_out_tokens as a numpy integer (a capacity computed with numpy), a 0-d integer array (what
+    such a number made inside a torch.compile'd function arrives as after a graph break) or a 0-dim
+    tensor (read on the host) gives the int's result; a float or a 1-element array is refused."""
     import numpy as np
 
     gen = make_generator(49)
@@ -386,10 +387,13 @@ def test_num_out_tokens_from_numpy_or_a_tensor():
     n = int(m.sum())
     for fused in (False, True):
         want = permute(x, m, num_out_tokens=n + 2, fused=fused)[0]
-        for same in (np.int64(n + 2), np.int32(n + 2), torch.tensor(n + 2)):
+        for same in (np.int64(n + 2), np.int32(n + 2), np.array(n + 2), torch.tensor(n + 2)):
             assert torch.equal(permute(x, m, num_out_tokens=same, fused=fused)[0], want)
         with pytest.raises(ValueError, match=r"num_out_tokens must be a non-negative int or None, got 26.5"):
             permute(x, m, num_out_tokens=26.5, fused=fused)
+        for bad in (np.float64(n + 2), np.array([n + 2]), np.array(-1)):
+            with pytest.raises(ValueError, match=r"num_out_tokens must be a non-negative int or None, got"):
+                permute(x, m, num_out_tokens=bad, fused=fused)
 
 
 def test_integer_routing_map_and_strided_inputs():
