@@ -425,7 +425,7 @@ def backward_config(
         block_h, tile = min(next_pow2(h), 8192), 2048
     block_r = min(max(1, tile // block_h), next_pow2(n_rows))
     warps = 4 if weighted else min(16, max(4, block_h // 512))
-    if weighted and fp8 and not heavy and block_h == 512:
+    if weighted and fp8 and not heavy and (block_h == 512 or (block_h == 1024 and FP8_WIDE_STEPS_IN_TWO_WARPS)):
         # H200 (sweep.py --only blocks --parts bwd, session 18, 65536 rows; two runs at 1408):
         # SwiGLU with the fp8 copy in 2 warps, against 4, at 1408 [2, 512] 191.4 -> 181.2 µs and
         # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), but 768 [4, 256] +4.7%. Without the fp8 copy
@@ -434,10 +434,8 @@ def backward_config(
         # session 19 call 1, two runs per package): 1408 200.0 / 200.2 -> 184.4 / 184.4 µs, 16384
         # x 1408 52.0 / 52.2 -> 48.9 / 49.0, 262144 x 1408 -4%. On 1024-column steps 2 warps gain
         # nothing: SwiGLU 2048 / 2880 -0.8% / -0.3% (sweep; level in session 18 call 8's package
-        # A/B), Quick-GEGLU 2048 +1.1% (sweep) and +1.1% / +2.9% (A/B), 16384 x 7168 level.
-        warps = 2
-    if weighted and fp8 and not heavy and block_h == 1024 and FP8_WIDE_STEPS_IN_TWO_WARPS:
-        # The same 2 warps on 1024-column steps where Triton is 3.8 or later (session 48).
+        # A/B), Quick-GEGLU 2048 +1.1% (sweep) and +1.1% / +2.9% (A/B), 16384 x 7168 level: so
+        # 1024-column steps take 2 warps only where Triton is 3.8 or later (session 48, there).
         warps = 2
     heavier = clamp or backward_ops > _LIGHT_BACKWARD_OPS  # than SwiGLU and Quick-GEGLU unclamped
     if weighted and interleaved and not fp8 and backward_ops >= _INTERLEAVED_MATH_OPS and (h < 4096 or heavier):
