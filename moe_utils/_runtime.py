@@ -601,8 +601,9 @@ def plain(fn: str, name: str, t: Any) -> Any:
     if isinstance(t, DTensor):
         raise TypeError(
             f"{fn}: {name} is a DTensor (placements {tuple(t.placements)}); moe_utils' kernels take plain "
-            f"tensors. Expected {name}.to_local() where the op on the local shard is the op you want (the "
-            "activations work row by row: rows sharded or replicated), or the full tensor."
+            f"tensors here. Expected {name}.to_local() where the op on the local shard is the op you want, "
+            "or the full tensor; the activations' functional forms (e.g. weighted_bias_swiglu_impl) take "
+            "DTensors."
         )
     return t
 
@@ -1388,7 +1389,151 @@ def apply_gated(
     traces (traced_constants: the kernels take numbers)."""
     if transforms_active() or traced_constants(clamp_value, params):
         return eager_gated(impl, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
+    mesh = dtensor_mesh(fn, {"input": y, "bias": bias, "weights": weights})
+    if mesh is not None:
+        local = functools.partial(apply_gated, function, impl, fn)
+        return _gated_on_local_rows(
+            fn, mesh, y, bias, weights, local, fp8_input_store, clamp_value, interleaved, params
+        )
     return function.apply(fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, *params)
+
+
+def dtensor_mesh(fn: str, tensors: dict[str, Any]) -> Any:
+    """The device mesh of the DTensors among an activation's tensor arguments, or None where there
+    are none. As in DTensor's own operators, a plain tensor beside a DTensor, or DTensors on two
+    meshes, are refused with a TypeError naming them. Under torch.compile too: dynamo traces the
+    redistributions and the local calls (without this, the trace failed inside DTensor)."""
+    given = {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in given.values()):
+        return None
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    dtensors = {name: t for name, t in given.items() if isinstance(t, DTensor)}
+    if not dtensors:
+        return None
+    plain_ones = [name for name in given if name not in dtensors]
+    if plain_ones:
+        raise TypeError(
+            f"{fn}: {', '.join(dtensors)} {'is a DTensor' if len(dtensors) == 1 else 'are DTensors'} but "
+            f"{', '.join(plain_ones)} {'is' if len(plain_ones) == 1 else 'are'} not; expected every tensor argument "
+            "as a DTensor on one mesh (distribute_tensor, or DTensor.from_local), as DTensor's operators do"
+        )
+    meshes = {name: t.device_mesh for name, t in dtensors.items()}
+    first = next(iter(meshes.values()))
+    if any(mesh != first for mesh in meshes.values()):
+        raise TypeError(f"{fn}: the DTensor arguments are on different device meshes ({meshes}); expected one mesh")
+    return first
+
+
+def _row_placements(placements: Sequence[Any], ndim: int) -> tuple[list[Any], list[Any]]:
+    """(the placements an activation's input of ``ndim`` dimensions [..., 2H] runs in, those of a
+    shared bias's gradient there).
+
+    Each mesh dimension that shards a row dimension (any but the last) keeps its Shard; every other
+    (the last dimension sharded: the gate and up halves would fall on different ranks; Partial: the
+    activation is not linear; a strided shard) is gathered to Replicate. A bias shared by the rows
+    is replicated, and its gradient, summed over each rank's rows, is Partial along the sharded
+    mesh dimensions."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    rows = [p if type(p) is Shard and p.dim < ndim - 1 else Replicate() for p in placements]
+    return rows, [Partial() if type(p) is Shard else Replicate() for p in rows]
+
+
+def _like_rows(t: Any, shape: tuple[int, ...], placements: list[Any]) -> Any:
+    """A DTensor of ``shape`` (t's, or one t reshapes or broadcasts to) in ``placements``: directly
+    where t has that shape, else through Replicate (DTensor cannot flatten or unflatten an unevenly
+    sharded dimension), then sliced locally."""
+    if not shapes_differ(t.shape, shape):
+        return t.redistribute(placements=placements)
+    from torch.distributed.tensor import Replicate
+
+    full = t.redistribute(placements=[Replicate() for _ in placements])
+    full = full.reshape(shape) if t.numel() == math.prod(shape) else full.expand(shape)
+    return full.redistribute(placements=placements)
+
+
+@dataclass
+class LocalRows:
+    """The local tensors of an activation's DTensor arguments (_local_rows)."""
+
+    rows: list[Any]  # placements the rows run in (_row_placements)
+    bias_grad: list[Any]  # those of a shared bias's gradient
+    shared_bias: bool  # one bias row shared by every row
+    y: torch.Tensor
+    bias: torch.Tensor | None
+    weights: torch.Tensor | None
+
+
+def _local_rows(fn: str, y: Any, bias: Any, weights: Any) -> LocalRows:
+    """The local shards of DTensor arguments (an input of at least one dimension, [..., 2H], 2H even)
+    that hold the same rows: input in _row_placements, the weights and a per-row bias brought to
+    its rows, a shared bias replicated (its local gradient Partial along the row shards). The shapes
+    are checked first, as prepare checks them, with the global shapes in the messages."""
+    from torch.distributed.tensor import Replicate
+
+    lead, two_h = tuple(y.shape[:-1]), y.shape[-1]
+    rows, bias_grad = _row_placements(y.placements, y.dim())
+    w = b = None
+    if weights is not None:
+        n_rows = math.prod(lead)
+        if shapes_differ(weights.shape, (*lead, 1)) and shapes_differ(weights.shape, (n_rows, 1)):
+            raise ValueError(
+                f"{fn}: weights has shape {tuple(weights.shape)}; expected [T, 1] with T = {n_rows} rows of "
+                f"input {tuple(y.shape)}" + (f" (or {(*lead, 1)})" if len(lead) > 1 else "")
+            )
+        w = _like_rows(weights, (*lead, 1), rows).to_local()
+    shared = bias is not None and bias.numel() == two_h and bias.shape[-1] == two_h
+    if bias is not None:
+        try:
+            torch.broadcast_shapes(bias.shape, y.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{fn}: bias of shape {tuple(bias.shape)} does not broadcast to input {tuple(y.shape)}"
+            ) from None
+        if bias.dim() > y.dim():
+            raise ValueError(f"{fn}: bias has more dimensions ({bias.dim()}) than input ({y.dim()})")
+        if shared:
+            b = bias.redistribute(placements=[Replicate() for _ in rows]).to_local(grad_placements=bias_grad)
+        else:
+            b = _like_rows(bias, tuple(y.shape), rows).to_local()
+    return LocalRows(rows, bias_grad, shared, y.redistribute(placements=rows).to_local(), b, w)
+
+
+def _from_local(t: torch.Tensor, mesh: Any, placements: Sequence[Any], shape: tuple[int, ...]) -> Any:
+    """A contiguous DTensor of global ``shape`` from its local shard (DTensor.from_local)."""
+    from torch.distributed.tensor import DTensor
+
+    stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+    return DTensor.from_local(t, mesh, placements, run_check=False, shape=shape, stride=stride)
+
+
+def _gated_on_local_rows(
+    fn: str,
+    mesh: Any,
+    y: Any,
+    bias: Any,
+    weights: Any,
+    local: Callable[..., torch.Tensor],
+    fp8_input_store: Any,
+    clamp_value: Any,
+    interleaved: Any,
+    params: Sequence[Any],
+) -> Any:
+    """An activation of DTensors: the kernels on each rank's rows, the result a DTensor.
+
+    The activations work row by row, so with the rows sharded (Shard of any dimension of input but
+    the last, on any mesh dimension) or replicated, each rank's local rows give its rows of the
+    result, in input's placements; other placements are gathered first (_row_placements), the
+    communication DTensor's operators would do. Everything is in DTensor's autograd, so the
+    gradients come back in the arguments' placements, a shared bias's summed over the ranks."""
+    if y.dim() == 0 or y.shape[-1] % 2:
+        return local(y.to_local(), bias, weights, fp8_input_store, clamp_value, interleaved, *params)  # its error
+    args = _local_rows(fn, y, bias, weights)
+    out = local(args.y, args.bias, args.weights, fp8_input_store, clamp_value, interleaved, *params)
+    return _from_local(out, mesh, args.rows, (*y.shape[:-1], y.shape[-1] // 2))
 
 
 class _KernelGradients(torch.autograd.Function):
@@ -1432,6 +1577,12 @@ def backward_helper(
         if any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
             kwargs = {"params": params, "clamp_value": clamp_value, "interleaved": interleaved}
             return _KernelGradients.apply(fn, functools.partial(backward_helper, impl, fn, **kwargs), *tensors)
+    mesh = None if functional else dtensor_mesh(fn, {"g": g, "input": y, "bias": bias, "weights": weights})
+    if mesh is not None:
+        local = functools.partial(
+            backward_helper, impl, fn, params=params, clamp_value=clamp_value, interleaved=interleaved
+        )
+        return _back_on_local_rows(fn, mesh, local, g, y, bias, weights)
     interleaved = check_flag(fn, "interleaved", interleaved)
     y = lift_1d(y, weights)
     rows = prepare(fn, y, bias, weights)
@@ -1464,6 +1615,33 @@ def backward_helper(
         )
     d_w = d_w.view(weights.shape) if weights is not None else None
     return d_x.view(y.shape), d_bias, d_w
+
+
+def _back_on_local_rows(fn: str, mesh: Any, local: Callable[..., Any], g: Any, y: Any, bias: Any, weights: Any):
+    """A *_back helper of DTensors (_local_rows): the kernels on each rank's rows; each gradient a
+    DTensor in its argument's placements (a bias's summed over the rows it broadcasts along and the ranks)."""
+    if y.dim() == 0 or y.shape[-1] % 2:
+        return local(g.to_local(), y.to_local(), bias, weights)  # its error
+    out_shape = (*y.shape[:-1], y.shape[-1] // 2)
+    if shapes_differ(g.shape, out_shape):
+        raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {out_shape} (input {tuple(y.shape)})")
+    args = _local_rows(fn, y, bias, weights)
+    d_y, d_bias, d_w = local(_like_rows(g, out_shape, args.rows).to_local(), args.y, args.bias, args.weights)
+    d_y = _from_local(d_y, mesh, args.rows, tuple(y.shape)).redistribute(placements=y.placements)
+    if d_w is not None:
+        d_w = _from_local(d_w, mesh, args.rows, (*y.shape[:-1], 1))
+        d_w = _like_rows(d_w, tuple(weights.shape), list(weights.placements))
+    if d_bias is not None:
+        if args.shared_bias:
+            d_bias = _from_local(d_bias, mesh, args.bias_grad, tuple(bias.shape))
+        else:  # per-row gradients, summed over the dimensions bias broadcasts along
+            d_bias = _from_local(d_bias, mesh, args.rows, tuple(y.shape))
+            if d_bias.dim() > bias.dim():
+                d_bias = d_bias.sum(dim=tuple(range(d_bias.dim() - bias.dim())))
+            dims = [i for i, (a, b) in enumerate(zip(d_bias.shape, bias.shape, strict=True)) if b == 1 and a != 1]
+            d_bias = d_bias.sum(dim=dims, keepdim=True) if dims else d_bias
+        d_bias = d_bias.redistribute(placements=bias.placements)
+    return d_y, d_bias, d_w
 
 
 def fake_forward(x: torch.Tensor, fp8_store: bool) -> tuple[torch.Tensor, torch.Tensor]:
