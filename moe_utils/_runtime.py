@@ -608,6 +608,29 @@ def plain(fn: str, name: str, t: Any) -> Any:
     return t
 
 
+def _check_row_shapes(fn: str, y: Any, bias: Any, weights: Any) -> None:
+    """The shapes of an activation's weights ([T, 1] or [..., 1] for input [..., 2H]) and bias (one
+    that broadcasts to input), with the global shapes of DTensors in the messages."""
+    lead = tuple(y.shape[:-1])
+    n_rows = math.prod(lead)
+    # Compared, not hashed into a set: under torch.compile the sizes are symbolic, and hashing one
+    # specialises the graph to that row count.
+    if weights is not None and shapes_differ(weights.shape, (n_rows, 1)) and shapes_differ(weights.shape, (*lead, 1)):
+        raise ValueError(
+            f"{fn}: weights has shape {tuple(weights.shape)}; expected [T, 1] with T = "
+            f"{n_rows} rows of input {tuple(y.shape)}" + (f" (or {(*lead, 1)})" if len(lead) > 1 else "")
+        )
+    if bias is not None:
+        try:
+            torch.broadcast_shapes(bias.shape, y.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{fn}: bias of shape {tuple(bias.shape)} does not broadcast to input {tuple(y.shape)}"
+            ) from None
+        if bias.dim() > y.dim():
+            raise ValueError(f"{fn}: bias has more dimensions ({bias.dim()}) than input ({y.dim()})")
+
+
 def prepare(fn: str, y: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor | None) -> Rows:
     """Check the arguments of a gated activation and flatten them to rows."""
     y, bias, weights = plain(fn, "input", y), plain(fn, "bias", bias), plain(fn, "weights", weights)
@@ -626,26 +649,13 @@ def prepare(fn: str, y: torch.Tensor, bias: torch.Tensor | None, weights: torch.
     if weights is not None:
         _check_float(fn, "weights", weights)
         _check_device(fn, "weights", weights, y)
-        # Compared, not hashed into a set: under torch.compile the sizes are symbolic, and hashing
-        # one specialises the graph to that row count.
-        if shapes_differ(weights.shape, (n_rows, 1)) and shapes_differ(weights.shape, (*lead, 1)):
-            raise ValueError(
-                f"{fn}: weights has shape {tuple(weights.shape)}; expected [T, 1] with T = "
-                f"{n_rows} rows of input {tuple(y.shape)}" + (f" (or {(*lead, 1)})" if len(lead) > 1 else "")
-            )
+        _check_row_shapes(fn, y, None, weights)
         w = weights.reshape(n_rows).contiguous()
     b = None
     if bias is not None:
         _check_float(fn, "bias", bias)
         _check_device(fn, "bias", bias, y)
-        try:
-            torch.broadcast_shapes(bias.shape, y.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"{fn}: bias of shape {tuple(bias.shape)} does not broadcast to input {tuple(y.shape)}"
-            ) from None
-        if bias.dim() > y.dim():
-            raise ValueError(f"{fn}: bias has more dimensions ({bias.dim()}) than input ({y.dim()})")
+        _check_row_shapes(fn, y, bias, None)
         if bias.shape[-1] == two_h and bias.numel() == two_h:
             b = bias.reshape(two_h).contiguous()  # one bias row shared by every row
         else:
@@ -1476,25 +1486,12 @@ def _local_rows(fn: str, y: Any, bias: Any, weights: Any) -> LocalRows:
 
     lead, two_h = tuple(y.shape[:-1]), y.shape[-1]
     rows, bias_grad = _row_placements(y.placements, y.dim())
+    _check_row_shapes(fn, y, bias, weights)
     w = b = None
     if weights is not None:
-        n_rows = math.prod(lead)
-        if shapes_differ(weights.shape, (*lead, 1)) and shapes_differ(weights.shape, (n_rows, 1)):
-            raise ValueError(
-                f"{fn}: weights has shape {tuple(weights.shape)}; expected [T, 1] with T = {n_rows} rows of "
-                f"input {tuple(y.shape)}" + (f" (or {(*lead, 1)})" if len(lead) > 1 else "")
-            )
         w = _like_rows(weights, (*lead, 1), rows).to_local()
     shared = bias is not None and bias.numel() == two_h and bias.shape[-1] == two_h
     if bias is not None:
-        try:
-            torch.broadcast_shapes(bias.shape, y.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"{fn}: bias of shape {tuple(bias.shape)} does not broadcast to input {tuple(y.shape)}"
-            ) from None
-        if bias.dim() > y.dim():
-            raise ValueError(f"{fn}: bias has more dimensions ({bias.dim()}) than input ({y.dim()})")
         if shared:
             b = bias.redistribute(placements=[Replicate() for _ in rows]).to_local(grad_placements=bias_grad)
         else:
