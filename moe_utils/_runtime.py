@@ -1440,19 +1440,50 @@ def dtensor_mesh(fn: str, names: tuple[str, ...], *args: Any) -> Any:
     return first
 
 
-def _row_placements(placements: Sequence[Any], ndim: int) -> tuple[list[Any], list[Any]]:
-    """(the placements an activation's input of ``ndim`` dimensions [..., 2H] runs in, those of a
-    shared bias's gradient there).
+@dataclass
+class RowPlacements:
+    """Where an activation of DTensors runs (_row_placements), per mesh dimension."""
 
-    Each mesh dimension that shards a row dimension (any but the last) keeps its Shard; every other
-    (the last dimension sharded: the gate and up halves would fall on different ranks; Partial: the
-    activation is not linear; a strided shard) is gathered to Replicate. A bias shared by the rows
-    is replicated, and its gradient, summed over each rank's rows, is Partial along the sharded
-    mesh dimensions."""
+    x: list[Any]  # input's [..., 2H] (and a per-row bias's, and the output's and g's [..., H])
+    weights: list[Any]  # the weights' [..., 1]: x's, with a column shard replicated
+    weights_grad: list[Any]  # their local gradient's: Partial where the columns are sharded
+    bias: list[Any]  # a shared bias's, of its last dimension (Shard(-1) written as bias.dim() - 1)
+    bias_grad: list[Any]  # its local gradient's: Partial where the rows are sharded
+
+
+def _row_placements(y: Any, interleaved: bool) -> RowPlacements:
+    """The placements an activation of DTensors runs in (input y [..., 2H]).
+
+    Each mesh dimension that shards a row dimension (any but the last) keeps its Shard. In the
+    interleaved layout the last dimension's Shard is kept too where H divides evenly over the mesh
+    dimensions that shard it: each rank then holds whole (gate, up) pairs, and its output columns
+    are its share of the output's. Every other placement (the split layout's columns: gate and up
+    would fall on different ranks; Partial: the activation is not linear; a strided shard) is
+    gathered to Replicate. The weights are replicated over a column shard and their local
+    gradients, sums over the local columns, are Partial there; a shared bias follows the columns and
+    is replicated over the rows, its local gradient (a sum over the local rows) Partial there."""
     from torch.distributed.tensor import Partial, Replicate, Shard
 
-    rows = [p if type(p) is Shard and p.dim < ndim - 1 else Replicate() for p in placements]
-    return rows, [Partial() if type(p) is Shard else Replicate() for p in rows]
+    last = y.dim() - 1
+    half = y.shape[-1] // 2
+    column_dims = [i for i, p in enumerate(y.placements) if type(p) is Shard and p.dim == last]
+    keep_columns = interleaved and column_dims and half % math.prod(y.device_mesh.size(i) for i in column_dims) == 0
+    per_dim = []  # (x, weights, weights_grad, bias, bias_grad) of each mesh dimension
+    for p in y.placements:
+        if type(p) is Shard and p.dim < last:
+            per_dim.append((p, p, p, Replicate(), Partial()))
+        elif type(p) is Shard and p.dim == last and keep_columns:
+            per_dim.append((p, Replicate(), Partial(), Shard(-1), Shard(-1)))
+        else:
+            per_dim.append((Replicate(),) * 5)
+    return RowPlacements(*(list(column) for column in zip(*per_dim, strict=True)))
+
+
+def _last_dim(placements: list[Any], ndim: int) -> list[Any]:
+    """placements with Shard(-1) as the Shard of the last of ndim dimensions."""
+    from torch.distributed.tensor import Shard
+
+    return [Shard(ndim - 1) if type(p) is Shard and p.dim == -1 else p for p in placements]
 
 
 def _like_rows(t: Any, shape: tuple[int, ...], placements: list[Any]) -> Any:
@@ -1472,34 +1503,32 @@ def _like_rows(t: Any, shape: tuple[int, ...], placements: list[Any]) -> Any:
 class LocalRows:
     """The local tensors of an activation's DTensor arguments (_local_rows)."""
 
-    rows: list[Any]  # placements the rows run in (_row_placements)
-    bias_grad: list[Any]  # those of a shared bias's gradient
+    placements: RowPlacements
     shared_bias: bool  # one bias row shared by every row
     y: torch.Tensor
     bias: torch.Tensor | None
     weights: torch.Tensor | None
 
 
-def _local_rows(fn: str, y: Any, bias: Any, weights: Any) -> LocalRows:
+def _local_rows(fn: str, y: Any, bias: Any, weights: Any, interleaved: Any) -> LocalRows:
     """The local shards of DTensor arguments (an input of at least one dimension, [..., 2H], 2H even)
-    that hold the same rows: input in _row_placements, the weights and a per-row bias brought to
-    its rows, a shared bias replicated (its local gradient Partial along the row shards). The shapes
-    are checked first, as prepare checks them, with the global shapes in the messages."""
-    from torch.distributed.tensor import Replicate
-
+    in _row_placements: the weights and a per-row bias brought to input's rows (and columns), a
+    shared bias to its columns. The shapes are checked first, as prepare checks them, with the
+    global shapes in the messages."""
     lead, two_h = tuple(y.shape[:-1]), y.shape[-1]
-    rows, bias_grad = _row_placements(y.placements, y.dim())
+    where = _row_placements(y, interleaved is True)
     _check_row_shapes(fn, y, bias, weights)
     w = b = None
     if weights is not None:
-        w = _like_rows(weights, (*lead, 1), rows).to_local()
+        w = _like_rows(weights, (*lead, 1), where.weights).to_local(grad_placements=where.weights_grad)
     shared = bias is not None and bias.numel() == two_h and bias.shape[-1] == two_h
     if bias is not None:
         if shared:
-            b = bias.redistribute(placements=[Replicate() for _ in rows]).to_local(grad_placements=bias_grad)
+            placements, grads = (_last_dim(p, bias.dim()) for p in (where.bias, where.bias_grad))
+            b = bias.redistribute(placements=placements).to_local(grad_placements=grads)
         else:
-            b = _like_rows(bias, tuple(y.shape), rows).to_local()
-    return LocalRows(rows, bias_grad, shared, y.redistribute(placements=rows).to_local(), b, w)
+            b = _like_rows(bias, tuple(y.shape), where.x).to_local()
+    return LocalRows(where, shared, y.redistribute(placements=where.x).to_local(), b, w)
 
 
 def _from_local(t: torch.Tensor, mesh: Any, placements: Sequence[Any], shape: tuple[int, ...]) -> Any:
@@ -1531,9 +1560,9 @@ def _gated_on_local_rows(
     gradients come back in the arguments' placements, a shared bias's summed over the ranks."""
     if y.dim() == 0 or y.shape[-1] % 2:
         return local(y.to_local(), bias, weights, fp8_input_store, clamp_value, interleaved, *params)  # its error
-    args = _local_rows(fn, y, bias, weights)
+    args = _local_rows(fn, y, bias, weights, interleaved)
     out = local(args.y, args.bias, args.weights, fp8_input_store, clamp_value, interleaved, *params)
-    return _from_local(out, mesh, args.rows, (*y.shape[:-1], y.shape[-1] // 2))
+    return _from_local(out, mesh, args.placements.x, (*y.shape[:-1], y.shape[-1] // 2))
 
 
 class _KernelGradients(torch.autograd.Function):
@@ -1582,7 +1611,7 @@ def backward_helper(
         local = functools.partial(
             backward_helper, impl, fn, params=params, clamp_value=clamp_value, interleaved=interleaved
         )
-        return _back_on_local_rows(fn, mesh, local, g, y, bias, weights)
+        return _back_on_local_rows(fn, mesh, local, g, y, bias, weights, interleaved)
     interleaved = check_flag(fn, "interleaved", interleaved)
     y = lift_1d(y, weights)
     rows = prepare(fn, y, bias, weights)
@@ -1617,7 +1646,9 @@ def backward_helper(
     return d_x.view(y.shape), d_bias, d_w
 
 
-def _back_on_local_rows(fn: str, mesh: Any, local: Callable[..., Any], g: Any, y: Any, bias: Any, weights: Any):
+def _back_on_local_rows(
+    fn: str, mesh: Any, local: Callable[..., Any], g: Any, y: Any, bias: Any, weights: Any, interleaved: Any
+):
     """A *_back helper of DTensors (_local_rows): the kernels on each rank's rows; each gradient a
     DTensor in its argument's placements (a bias's summed over the rows it broadcasts along and the ranks)."""
     if y.dim() == 0 or y.shape[-1] % 2:
@@ -1625,17 +1656,18 @@ def _back_on_local_rows(fn: str, mesh: Any, local: Callable[..., Any], g: Any, y
     out_shape = (*y.shape[:-1], y.shape[-1] // 2)
     if shapes_differ(g.shape, out_shape):
         raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {out_shape} (input {tuple(y.shape)})")
-    args = _local_rows(fn, y, bias, weights)
-    d_y, d_bias, d_w = local(_like_rows(g, out_shape, args.rows).to_local(), args.y, args.bias, args.weights)
-    d_y = _from_local(d_y, mesh, args.rows, tuple(y.shape)).redistribute(placements=y.placements)
+    args = _local_rows(fn, y, bias, weights, interleaved)
+    where = args.placements
+    d_y, d_bias, d_w = local(_like_rows(g, out_shape, where.x).to_local(), args.y, args.bias, args.weights)
+    d_y = _from_local(d_y, mesh, where.x, tuple(y.shape)).redistribute(placements=y.placements)
     if d_w is not None:
-        d_w = _from_local(d_w, mesh, args.rows, (*y.shape[:-1], 1))
+        d_w = _from_local(d_w, mesh, where.weights_grad, (*y.shape[:-1], 1))
         d_w = _like_rows(d_w, tuple(weights.shape), list(weights.placements))
     if d_bias is not None:
         if args.shared_bias:
-            d_bias = _from_local(d_bias, mesh, args.bias_grad, tuple(bias.shape))
+            d_bias = _from_local(d_bias, mesh, _last_dim(where.bias_grad, bias.dim()), tuple(bias.shape))
         else:  # per-row gradients, summed over the dimensions bias broadcasts along
-            d_bias = _from_local(d_bias, mesh, args.rows, tuple(y.shape))
+            d_bias = _from_local(d_bias, mesh, where.x, tuple(y.shape))
             if d_bias.dim() > bias.dim():
                 d_bias = d_bias.sum(dim=tuple(range(d_bias.dim() - bias.dim())))
             dims = [i for i, (a, b) in enumerate(zip(d_bias.shape, bias.shape, strict=True)) if b == 1 and a != 1]

@@ -207,6 +207,36 @@ def _two_ranks(rank: int, store_path: str) -> None:
             for grad, want_grad, arg in zip(got, want, spread[1:], strict=True):
                 assert grad.placements == arg.placements
                 close(grad, want_grad)
+        # The interleaved layout keeps a column shard where H divides over it (whole (gate, up) pairs
+        # on each rank; a shared bias sharded alike, the weights' gradient summed over the ranks),
+        # and gathers it where not (H = 21).
+        y_odd, b_odd = torch.randn(5, 3, 42, generator=gen), torch.randn(42, generator=gen)
+        for inputs, kept in (((y, b, w), True), ((y_odd, b_odd, w), False)):
+            plain = [t.clone().requires_grad_(True) for t in inputs]
+            want = moe_utils.weighted_bias_quick_geglu_impl(*plain, True, 0.5, 3.0, interleaved=True)
+            want_grads = torch.autograd.grad(want, plain, g if kept else torch.ones_like(want))
+            spread = [
+                distribute_tensor(t, mesh, p).requires_grad_(True)
+                for t, p in zip(inputs, ([Shard(2)], [Shard(0)], [Replicate()]), strict=True)
+            ]
+            got = moe_utils.weighted_bias_quick_geglu_impl(*spread, True, 0.5, 3.0, interleaved=True)
+            assert got.placements == ((Shard(2),) if kept else (Replicate(),))
+            close(got, want)
+            cotangent = distribute_tensor(g if kept else torch.ones_like(want), mesh, got.placements)
+            for grad, want_grad, leaf in zip(
+                torch.autograd.grad(got, spread, cotangent), want_grads, spread, strict=True
+            ):
+                assert grad.placements == leaf.placements
+                close(grad, want_grad)
+        want = moe_utils.weighted_bias_swiglu_back(g, y, b_rows, w, interleaved=True)
+        spread = [
+            distribute_tensor(t, mesh, p)
+            for t, p in zip((g, y, b_rows, w), ([Shard(2)],) * 3 + ([Replicate()],), strict=True)
+        ]
+        got = moe_utils.weighted_bias_swiglu_back(*spread, interleaved=True)
+        for grad, want_grad, arg in zip(got, want, spread[1:], strict=True):
+            assert grad.placements == arg.placements
+            close(grad, want_grad)
     finally:
         dist.destroy_process_group()
 
