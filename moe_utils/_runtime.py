@@ -602,8 +602,7 @@ def plain(fn: str, name: str, t: Any) -> Any:
         raise TypeError(
             f"{fn}: {name} is a DTensor (placements {tuple(t.placements)}); moe_utils' kernels take plain "
             f"tensors here. Expected {name}.to_local() where the op on the local shard is the op you want, "
-            "or the full tensor; the activations' functional forms (e.g. weighted_bias_swiglu_impl) take "
-            "DTensors."
+            "or the full tensor; the activations (their functional forms and Function classes) take DTensors."
         )
     return t
 
@@ -1218,13 +1217,42 @@ def function_forward(
     as an array) takes the spec's math in PyTorch ops here and in the backward, with the constant as a
     0-d tensor, as the functional forms do (apply_gated): no host read, so no graph break, and
     Inductor fuses the ops."""
+    # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
+    # positions differ between the Functions that call this (fn comes first in the generic one).
+    ctx.needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
+    ctx.dtensor = None
+    mesh = dtensor_mesh(fn, ("input", "bias", "weights"), y, bias, weights)
+    if mesh is not None and y.dim() > 0 and y.shape[-1] % 2 == 0:
+        # DTensors (the functional forms take them before the Function, in DTensor's autograd): the
+        # kernels on each rank's rows, as there; the backward makes DTensors of the local gradients.
+        args = _local_rows(fn, y, bias, weights, interleaved)
+        ctx.dtensor = LocalGradients.of(mesh, args, y, bias, weights)
+        out = _function_forward_rows(
+            ctx, impl, fn, args.y, args.bias, args.weights, fp8_input_store, clamp_value, interleaved, params
+        )
+        return _from_local(out, mesh, args.placements.x, (*y.shape[:-1], y.shape[-1] // 2))
+    if mesh is not None:  # a 0-d or odd-width input: its error, with the local shape
+        y = y.to_local()
+    return _function_forward_rows(ctx, impl, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
+
+
+def _function_forward_rows(
+    ctx: Any,
+    impl: ActivationImpl,
+    fn: str,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    fp8_input_store: bool,
+    clamp_value: float | None,
+    interleaved: bool,
+    params: Sequence[float],
+) -> torch.Tensor:
+    """function_forward on plain tensors (a DTensor's local rows among them); ctx.needs_grad is set."""
     traced = traced_constants(clamp_value, params)
     rows, clamp_value, params, fp8_input_store, interleaved = checked_call(
         fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params, traced
     )
-    # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
-    # positions differ between the Functions that call this (fn comes first in the generic one).
-    ctx.needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
     # The fp8 copy serves the backward alone: where autograd records no graph of this call (no
     # input requires grad, or grad mode is off: evaluation under no_grad or inference_mode, even
     # with a bias parameter that requires grad) none runs, so the forward does not write it (with
@@ -1290,6 +1318,13 @@ def first_order_only(fn: str, grads: Sequence[torch.Tensor | None], reads_inputs
 
 def function_backward(ctx: Any, grad_out: torch.Tensor):
     """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights)."""
+    if ctx.dtensor is None:
+        return _function_backward_rows(ctx, grad_out)
+    return ctx.dtensor.wrap(*_function_backward_rows(ctx, ctx.dtensor.local_g(ctx.meta[0], grad_out)))
+
+
+def _function_backward_rows(ctx: Any, grad_out: torch.Tensor):
+    """function_backward on plain tensors (a DTensor's local rows among them)."""
     impl = ctx.impl
     first_order_only(ctx.meta[0], (grad_out,), ctx.reads_inputs)
     x_saved, bias, weight, *constants = ctx.saved_tensors
@@ -1646,34 +1681,77 @@ def backward_helper(
     return d_x.view(y.shape), d_bias, d_w
 
 
+@dataclass(frozen=True)
+class LocalGradients:
+    """How the gradients computed on a DTensor activation's local rows (_local_rows) become DTensors
+    in the arguments' placements: what the seed Functions' backward and the *_back helpers need of
+    the forward's DTensors (their metadata only; no tensor is kept)."""
+
+    mesh: Any
+    placements: RowPlacements
+    shared_bias: bool  # one bias row shared by every row
+    y_shape: tuple[int, ...]  # the global shapes and the placements of input, bias and weights
+    y_placements: tuple[Any, ...]
+    bias_shape: tuple[int, ...] | None
+    bias_placements: tuple[Any, ...] | None
+    weights_shape: tuple[int, ...] | None
+    weights_placements: tuple[Any, ...] | None
+
+    @staticmethod
+    def of(mesh: Any, args: LocalRows, y: Any, bias: Any, weights: Any) -> LocalGradients:
+        def meta(t: Any) -> tuple[Any, Any]:
+            return (None, None) if t is None else (tuple(t.shape), tuple(t.placements))
+
+        return LocalGradients(mesh, args.placements, args.shared_bias, *meta(y), *meta(bias), *meta(weights))
+
+    def local_g(self, fn: str, g: Any) -> torch.Tensor:
+        """The local rows of an incoming gradient g of the output, a DTensor of its global shape."""
+        from torch.distributed.tensor import DTensor
+
+        out_shape = (*self.y_shape[:-1], self.y_shape[-1] // 2)
+        if not isinstance(g, DTensor):
+            raise TypeError(
+                f"{fn}: the incoming gradient is a {type(g).__name__}; expected a DTensor of shape {out_shape}, "
+                "as the output is"
+            )
+        if shapes_differ(g.shape, out_shape):
+            raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {out_shape} (input {self.y_shape})")
+        return _like_rows(g, out_shape, self.placements.x).to_local()
+
+    def wrap(self, d_y: Any, d_bias: Any, d_w: Any) -> tuple[Any, Any, Any]:
+        """The local gradients (d_y, d_bias, d_weights; None where not computed) as DTensors: each in
+        its argument's placements, a bias's summed over the rows it broadcasts along and the ranks."""
+        mesh, where = self.mesh, self.placements
+        if d_y is not None:
+            d_y = _from_local(d_y, mesh, where.x, self.y_shape).redistribute(placements=self.y_placements)
+        if d_w is not None:
+            d_w = _from_local(d_w, mesh, where.weights_grad, (*self.y_shape[:-1], 1))
+            d_w = _like_rows(d_w, self.weights_shape, list(self.weights_placements))
+        if d_bias is not None:
+            bias_dim = len(self.bias_shape)
+            if self.shared_bias:
+                d_bias = _from_local(d_bias, mesh, _last_dim(where.bias_grad, bias_dim), self.bias_shape)
+            else:  # per-row gradients, summed over the dimensions bias broadcasts along
+                d_bias = _from_local(d_bias, mesh, where.x, self.y_shape)
+                if d_bias.dim() > bias_dim:
+                    d_bias = d_bias.sum(dim=tuple(range(d_bias.dim() - bias_dim)))
+                pairs = zip(d_bias.shape, self.bias_shape, strict=True)
+                dims = [i for i, (a, b) in enumerate(pairs) if b == 1 and a != 1]
+                d_bias = d_bias.sum(dim=dims, keepdim=True) if dims else d_bias
+            d_bias = d_bias.redistribute(placements=self.bias_placements)
+        return d_y, d_bias, d_w
+
+
 def _back_on_local_rows(
     fn: str, mesh: Any, local: Callable[..., Any], g: Any, y: Any, bias: Any, weights: Any, interleaved: Any
 ):
     """A *_back helper of DTensors (_local_rows): the kernels on each rank's rows; each gradient a
-    DTensor in its argument's placements (a bias's summed over the rows it broadcasts along and the ranks)."""
+    DTensor in its argument's placements (LocalGradients)."""
     if y.dim() == 0 or y.shape[-1] % 2:
         return local(g.to_local(), y.to_local(), bias, weights)  # its error
-    out_shape = (*y.shape[:-1], y.shape[-1] // 2)
-    if shapes_differ(g.shape, out_shape):
-        raise ValueError(f"{fn}: g has shape {tuple(g.shape)}; expected {out_shape} (input {tuple(y.shape)})")
     args = _local_rows(fn, y, bias, weights, interleaved)
-    where = args.placements
-    d_y, d_bias, d_w = local(_like_rows(g, out_shape, where.x).to_local(), args.y, args.bias, args.weights)
-    d_y = _from_local(d_y, mesh, where.x, tuple(y.shape)).redistribute(placements=y.placements)
-    if d_w is not None:
-        d_w = _from_local(d_w, mesh, where.weights_grad, (*y.shape[:-1], 1))
-        d_w = _like_rows(d_w, tuple(weights.shape), list(weights.placements))
-    if d_bias is not None:
-        if args.shared_bias:
-            d_bias = _from_local(d_bias, mesh, _last_dim(where.bias_grad, bias.dim()), tuple(bias.shape))
-        else:  # per-row gradients, summed over the dimensions bias broadcasts along
-            d_bias = _from_local(d_bias, mesh, where.x, tuple(y.shape))
-            if d_bias.dim() > bias.dim():
-                d_bias = d_bias.sum(dim=tuple(range(d_bias.dim() - bias.dim())))
-            dims = [i for i, (a, b) in enumerate(zip(d_bias.shape, bias.shape, strict=True)) if b == 1 and a != 1]
-            d_bias = d_bias.sum(dim=dims, keepdim=True) if dims else d_bias
-        d_bias = d_bias.redistribute(placements=bias.placements)
-    return d_y, d_bias, d_w
+    grads = LocalGradients.of(mesh, args, y, bias, weights)
+    return grads.wrap(*local(grads.local_g(fn, g), args.y, args.bias, args.weights))
 
 
 def fake_forward(x: torch.Tensor, fp8_store: bool) -> tuple[torch.Tensor, torch.Tensor]:

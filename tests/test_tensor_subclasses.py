@@ -117,12 +117,12 @@ def one_process_group():
 
 
 def test_dtensor_refusals_name_the_arguments(one_process_group):
-    """The seed Function classes and the routing ops refuse DTensors (the routing works across
-    shards); the functional forms refuse a DTensor beside a plain tensor, as DTensor's operators do."""
+    """The routing ops refuse DTensors (the routing works across shards); the activations refuse a
+    DTensor beside a plain tensor, as DTensor's operators do."""
     gen = make_generator(63)
     y = _dtensor(torch.randn(6, 40, generator=gen))
     w = torch.rand(6, 1, generator=gen)
-    with pytest.raises(TypeError, match=r"input is a DTensor \(placements \(Shard\(dim=0\),\)\).*functional forms"):
+    with pytest.raises(TypeError, match=r"WeightedSwiGLUFunction: input is a DTensor but weights is not"):
         moe_utils.WeightedSwiGLUFunction.apply(y, w, False)
     with pytest.raises(TypeError, match=r"weighted_bias_swiglu_impl: input is a DTensor but weights is not"):
         moe_utils.weighted_bias_swiglu_impl(y, w)
@@ -137,9 +137,9 @@ def test_dtensor_refusals_name_the_arguments(one_process_group):
 
 
 def _two_ranks(rank: int, store_path: str) -> None:
-    """One of two CPU processes (gloo): the functional forms on DTensors of every placement of a
-    [5, 3, 40] input (rows sharded unevenly by either row dimension, replicated, columns sharded),
-    against the same calls on the full tensors."""
+    """One of two CPU processes (gloo): the functional forms and the seed Function classes on
+    DTensors of every placement of a [5, 3, 40] input (rows sharded unevenly by either row
+    dimension, replicated, columns sharded), against the same calls on the full tensors."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
@@ -165,35 +165,43 @@ def _two_ranks(rank: int, store_path: str) -> None:
                 # (op, its arguments before the tensors' placements, extra arguments)
                 (moe_utils.weighted_bias_quick_geglu_impl, (y, b, w), (True, 0.5, 3.0)),  # fp8 copy, offset, clamp
                 (moe_utils.weighted_bias_swiglu, (y, b_rows, w.reshape(15, 1)), ()),  # per-row bias, [T, 1] weights
+                # the seed Functions: the same local rows in their forward, DTensors made in their backward
+                (moe_utils.WeightedBiasQuickGeGLUFunction.apply, (y, b, w), (True, 0.5)),
+                (moe_utils.WeightedSwiGLUFunction.apply, (y, w.reshape(15, 1)), (False,)),
             ]
             for op, tensors, extra in cases:
                 plain = [t.clone().requires_grad_(True) for t in tensors]
                 want = op(*plain, *extra)
                 want_grads = torch.autograd.grad(want, plain, g)
-                spread = [
-                    distribute_tensor(tensors[0], mesh, placements),
-                    distribute_tensor(tensors[1], mesh, [Replicate()] if tensors[1].dim() == 1 else w_placements),
-                    distribute_tensor(tensors[2], mesh, w_placements if tensors[2].dim() == 3 else [Shard(0)]),
-                ]
+                # a shared bias replicated, [5, 3, ...] weights and bias like the input's rows, [15, 1] by rows
+                others = {1: [Replicate()], 2: [Shard(0)], 3: w_placements}
+                spread = [distribute_tensor(tensors[0], mesh, placements)]
+                spread += [distribute_tensor(t, mesh, others[t.dim()]) for t in tensors[1:]]
                 spread = [t.requires_grad_(True) for t in spread]
                 got = op(*spread, *extra)
                 # the rows stay where they are; a column shard is gathered first
                 assert got.placements == (tuple(placements) if placements != [Shard(2)] else (Replicate(),))
                 close(got, want)
-                grads = torch.autograd.grad(got, spread, distribute_tensor(g, mesh, got.placements))
+                # the Functions' incoming gradient replicated: brought to the output's rows in their backward
+                cotangent = [Replicate()] if op.__name__ == "apply" else got.placements
+                grads = torch.autograd.grad(got, spread, distribute_tensor(g, mesh, cotangent))
                 for grad, want_grad, leaf in zip(grads, want_grads, spread, strict=True):
                     assert grad.placements == leaf.placements
                     close(grad, want_grad)
-            if placements == [Shard(1)]:  # traced by torch.compile: the same numbers and gradients
-                compiled = torch.compile(moe_utils.weighted_bias_quick_geglu_impl)
+            if placements == [Shard(1)]:  # traced by torch.compile in one graph: the same numbers and gradients
+
+                def both(y, b, w):
+                    functional = moe_utils.weighted_bias_quick_geglu_impl(y, b, w, True, 0.5, 3.0)
+                    return functional + moe_utils.WeightedBiasQuickGeGLUFunction.apply(y, b, w, True, 0.25)
+
                 plain = [t.clone().requires_grad_(True) for t in (y, b, w)]
-                want = moe_utils.weighted_bias_quick_geglu_impl(*plain, True, 0.5, 3.0)
+                want = both(*plain)
                 want_grads = torch.autograd.grad(want, plain, g)
                 spread = [
                     distribute_tensor(t, mesh, p).requires_grad_(True)
                     for t, p in zip((y, b, w), (placements, [Replicate()], placements), strict=True)
                 ]
-                got = compiled(*spread, True, 0.5, 3.0)
+                got = torch.compile(both, fullgraph=True)(*spread)
                 assert got.placements == (Shard(1),)
                 close(got, want)
                 grads = torch.autograd.grad(got, spread, distribute_tensor(g, mesh, got.placements))
