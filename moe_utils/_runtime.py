@@ -630,17 +630,22 @@ def _check_row_shapes(fn: str, y: Any, bias: Any, weights: Any) -> None:
             raise ValueError(f"{fn}: bias has more dimensions ({bias.dim()}) than input ({y.dim()})")
 
 
+def _check_input_shape(fn: str, y: Any) -> None:
+    """input is [..., 2H] (a DTensor's global shape in the message)."""
+    if y.dim() == 0:
+        raise ValueError(f"{fn}: input must have at least one dimension [..., 2H], got a scalar")
+    if y.shape[-1] % 2 != 0:
+        raise ValueError(
+            f"{fn}: the last dimension of input must be even (gate and up halves), got shape {tuple(y.shape)}"
+        )
+
+
 def prepare(fn: str, y: torch.Tensor, bias: torch.Tensor | None, weights: torch.Tensor | None) -> Rows:
     """Check the arguments of a gated activation and flatten them to rows."""
     y, bias, weights = plain(fn, "input", y), plain(fn, "bias", bias), plain(fn, "weights", weights)
     _check_float(fn, "input", y)
-    if y.dim() == 0:
-        raise ValueError(f"{fn}: input must have at least one dimension [..., 2H], got a scalar")
+    _check_input_shape(fn, y)
     two_h = y.shape[-1]
-    if two_h % 2 != 0:
-        raise ValueError(
-            f"{fn}: the last dimension of input must be even (gate and up halves), got shape {tuple(y.shape)}"
-        )
     lead = tuple(y.shape[:-1])
     n_rows = math.prod(lead)
     x = _last_dim_contiguous(y.reshape(n_rows, two_h))
@@ -1217,22 +1222,19 @@ def function_forward(
     as an array) takes the spec's math in PyTorch ops here and in the backward, with the constant as a
     0-d tensor, as the functional forms do (apply_gated): no host read, so no graph break, and
     Inductor fuses the ops."""
-    # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
-    # positions differ between the Functions that call this (fn comes first in the generic one).
-    ctx.needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
     ctx.dtensor = None
     mesh = dtensor_mesh(fn, ("input", "bias", "weights"), y, bias, weights)
-    if mesh is not None and y.dim() > 0 and y.shape[-1] % 2 == 0:
+    if mesh is not None:
         # DTensors (the functional forms take them before the Function, in DTensor's autograd): the
         # kernels on each rank's rows, as there; the backward makes DTensors of the local gradients.
+        needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
         args = _local_rows(fn, y, bias, weights, interleaved)
         ctx.dtensor = LocalGradients.of(mesh, args, y, bias, weights)
+        local = (args.y, args.bias, args.weights)
         out = _function_forward_rows(
-            ctx, impl, fn, args.y, args.bias, args.weights, fp8_input_store, clamp_value, interleaved, params
+            ctx, impl, fn, *local, fp8_input_store, clamp_value, interleaved, params, needs_grad
         )
         return _from_local(out, mesh, args.placements.x, (*y.shape[:-1], y.shape[-1] // 2))
-    if mesh is not None:  # a 0-d or odd-width input: its error, with the local shape
-        y = y.to_local()
     return _function_forward_rows(ctx, impl, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
 
 
@@ -1247,12 +1249,19 @@ def _function_forward_rows(
     clamp_value: float | None,
     interleaved: bool,
     params: Sequence[float],
+    needs_grad: tuple[bool, bool, bool] | None = None,
 ) -> torch.Tensor:
-    """function_forward on plain tensors (a DTensor's local rows among them); ctx.needs_grad is set."""
+    """function_forward on plain tensors, or on a DTensor's local rows (which do not require grad:
+    needs_grad, the DTensors' flags)."""
     traced = traced_constants(clamp_value, params)
     rows, clamp_value, params, fp8_input_store, interleaved = checked_call(
         fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params, traced
     )
+    # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
+    # positions differ between the Functions that call this (fn comes first in the generic one).
+    if needs_grad is None:
+        needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
+    ctx.needs_grad = needs_grad
     # The fp8 copy serves the backward alone: where autograd records no graph of this call (no
     # input requires grad, or grad mode is off: evaluation under no_grad or inference_mode, even
     # with a bias parameter that requires grad) none runs, so the forward does not write it (with
@@ -1546,13 +1555,13 @@ class LocalRows:
 
 
 def _local_rows(fn: str, y: Any, bias: Any, weights: Any, interleaved: Any) -> LocalRows:
-    """The local shards of DTensor arguments (an input of at least one dimension, [..., 2H], 2H even)
-    in _row_placements: the weights and a per-row bias brought to input's rows (and columns), a
-    shared bias to its columns. The shapes are checked first, as prepare checks them, with the
-    global shapes in the messages."""
+    """The local shards of DTensor arguments (input [..., 2H]) in _row_placements: the weights and a
+    per-row bias brought to input's rows (and columns), a shared bias to its columns. The shapes are
+    checked first, as prepare checks them, with the global shapes in the messages."""
+    _check_input_shape(fn, y)
+    _check_row_shapes(fn, y, bias, weights)
     lead, two_h = tuple(y.shape[:-1]), y.shape[-1]
     where = _row_placements(y, interleaved is True)
-    _check_row_shapes(fn, y, bias, weights)
     w = b = None
     if weights is not None:
         w = _like_rows(weights, (*lead, 1), where.weights).to_local(grad_placements=where.weights_grad)
@@ -1593,8 +1602,6 @@ def _gated_on_local_rows(
     result, in input's placements; other placements are gathered first (_row_placements), the
     communication DTensor's operators would do. Everything is in DTensor's autograd, so the
     gradients come back in the arguments' placements, a shared bias's summed over the ranks."""
-    if y.dim() == 0 or y.shape[-1] % 2:
-        return local(y.to_local(), bias, weights, fp8_input_store, clamp_value, interleaved, *params)  # its error
     args = _local_rows(fn, y, bias, weights, interleaved)
     out = local(args.y, args.bias, args.weights, fp8_input_store, clamp_value, interleaved, *params)
     return _from_local(out, mesh, args.placements.x, (*y.shape[:-1], y.shape[-1] // 2))
@@ -1747,8 +1754,6 @@ def _back_on_local_rows(
 ):
     """A *_back helper of DTensors (_local_rows): the kernels on each rank's rows; each gradient a
     DTensor in its argument's placements (LocalGradients)."""
-    if y.dim() == 0 or y.shape[-1] % 2:
-        return local(g.to_local(), y.to_local(), bias, weights)  # its error
     args = _local_rows(fn, y, bias, weights, interleaved)
     grads = LocalGradients.of(mesh, args, y, bias, weights)
     return grads.wrap(*local(grads.local_g(fn, g), args.y, args.bias, args.weights))

@@ -130,6 +130,14 @@ def test_dtensor_refusals_name_the_arguments(one_process_group):
         moe_utils.swiglu_back(_dtensor(torch.randn(6, 20, generator=gen)), y.to_local())
     with pytest.raises(ValueError, match=r"weighted_swiglu: weights has shape \(5, 1\); expected \[T, 1\] with T = 6"):
         moe_utils.weighted_swiglu(y, _dtensor(torch.rand(5, 1, generator=gen)))
+    # An odd width is named as such (until session 50 the functional forms said "weights is a
+    # DTensor but input is not", the Functions refused the DTensor weights).
+    odd, w_dt = _dtensor(torch.randn(6, 15, generator=gen)), _dtensor(w)
+    for call in (moe_utils.weighted_swiglu, moe_utils.WeightedSwiGLUFunction.apply):
+        with pytest.raises(ValueError, match=r"last dimension of input must be even.*\(6, 15\)"):
+            call(odd, w_dt)
+    with pytest.raises(ValueError, match=r"weighted_swiglu_back: the last dimension of input must be even"):
+        moe_utils.weighted_swiglu_back(_dtensor(torch.randn(6, 7, generator=gen)), odd, w_dt)
     routing_map = torch.zeros(6, 4, dtype=torch.bool)
     routing_map[:, 1] = True
     with pytest.raises(TypeError, match=r"permute: tokens is a DTensor"):
