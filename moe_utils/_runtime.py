@@ -1536,11 +1536,15 @@ def _like_rows(t: Any, shape: tuple[int, ...], placements: list[Any]) -> Any:
     sharded dimension), then sliced locally."""
     if not shapes_differ(t.shape, shape):
         return t.redistribute(placements=placements)
-    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor import DTensor, Replicate
 
-    full = t.redistribute(placements=[Replicate() for _ in placements])
+    # Reshaped as a local tensor: gathering an unevenly sharded dimension can leave the local tensor
+    # a narrowed view, which torch 2.11's DTensor then failed to reshape ("view size is not
+    # compatible"; session 50, on the H200 machine).
+    replicated = [Replicate() for _ in placements]
+    full = t.redistribute(placements=replicated).to_local()
     full = full.reshape(shape) if t.numel() == math.prod(shape) else full.expand(shape)
-    return full.redistribute(placements=placements)
+    return DTensor.from_local(full, t.device_mesh, replicated, run_check=False).redistribute(placements=placements)
 
 
 @dataclass
