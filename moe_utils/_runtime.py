@@ -1222,46 +1222,23 @@ def function_forward(
     as an array) takes the spec's math in PyTorch ops here and in the backward, with the constant as a
     0-d tensor, as the functional forms do (apply_gated): no host read, so no graph break, and
     Inductor fuses the ops."""
-    ctx.dtensor = None
+    ctx.dtensor = needs_grad = None
     mesh = dtensor_mesh(fn, ("input", "bias", "weights"), y, bias, weights)
     if mesh is not None:
         # DTensors (the functional forms take them before the Function, in DTensor's autograd): the
         # kernels on each rank's rows, as there; the backward makes DTensors of the local gradients.
+        # The local rows do not require grad: the DTensors' flags are read first.
         needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
         args = _local_rows(fn, y, bias, weights, interleaved)
         ctx.dtensor = LocalGradients.of(mesh, args, y, bias, weights)
-        local = (args.y, args.bias, args.weights)
-        out = _function_forward_rows(
-            ctx, impl, fn, *local, fp8_input_store, clamp_value, interleaved, params, needs_grad
-        )
-        return _from_local(out, mesh, args.placements.x, (*y.shape[:-1], y.shape[-1] // 2))
-    return _function_forward_rows(ctx, impl, fn, y, bias, weights, fp8_input_store, clamp_value, interleaved, params)
-
-
-def _function_forward_rows(
-    ctx: Any,
-    impl: ActivationImpl,
-    fn: str,
-    y: torch.Tensor,
-    bias: torch.Tensor | None,
-    weights: torch.Tensor | None,
-    fp8_input_store: bool,
-    clamp_value: float | None,
-    interleaved: bool,
-    params: Sequence[float],
-    needs_grad: tuple[bool, bool, bool] | None = None,
-) -> torch.Tensor:
-    """function_forward on plain tensors, or on a DTensor's local rows (which do not require grad:
-    needs_grad, the DTensors' flags)."""
+        y, bias, weights = args.y, args.bias, args.weights
     traced = traced_constants(clamp_value, params)
     rows, clamp_value, params, fp8_input_store, interleaved = checked_call(
         fn, impl, y, bias, weights, fp8_input_store, clamp_value, interleaved, params, traced
     )
     # Which of (y, bias, weights) require grad, read here rather than from ctx.needs_input_grad, whose
     # positions differ between the Functions that call this (fn comes first in the generic one).
-    if needs_grad is None:
-        needs_grad = tuple(t is not None and t.requires_grad for t in (y, bias, weights))
-    ctx.needs_grad = needs_grad
+    ctx.needs_grad = needs_grad or tuple(t is not None and t.requires_grad for t in (y, bias, weights))
     # The fp8 copy serves the backward alone: where autograd records no graph of this call (no
     # input requires grad, or grad mode is off: evaluation under no_grad or inference_mode, even
     # with a bias parameter that requires grad) none runs, so the forward does not write it (with
@@ -1299,7 +1276,8 @@ def _function_forward_rows(
         interleaved,
         params,
     )
-    return out.view(rows.out_shape)
+    out = out.view(rows.out_shape)
+    return out if ctx.dtensor is None else ctx.dtensor.output(out)
 
 
 #: first_order_only's hint for the routing ops, whose fused=False path is plain PyTorch.
@@ -1326,14 +1304,10 @@ def first_order_only(fn: str, grads: Sequence[torch.Tensor | None], reads_inputs
 
 
 def function_backward(ctx: Any, grad_out: torch.Tensor):
-    """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights)."""
-    if ctx.dtensor is None:
-        return _function_backward_rows(ctx, grad_out)
-    return ctx.dtensor.wrap(*_function_backward_rows(ctx, ctx.dtensor.local_g(ctx.meta[0], grad_out)))
-
-
-def _function_backward_rows(ctx: Any, grad_out: torch.Tensor):
-    """function_backward on plain tensors (a DTensor's local rows among them)."""
+    """Body of every generated autograd Function's backward: (d_input, d_bias, d_weights); with
+    DTensors (function_forward) on the local rows, made DTensors at the end."""
+    if ctx.dtensor is not None:
+        grad_out = ctx.dtensor.local_g(ctx.meta[0], grad_out)
     impl = ctx.impl
     first_order_only(ctx.meta[0], (grad_out,), ctx.reads_inputs)
     x_saved, bias, weight, *constants = ctx.saved_tensors
@@ -1364,8 +1338,8 @@ def _function_backward_rows(ctx: Any, grad_out: torch.Tensor):
     d_bias = None
     if needs_bias:
         d_bias = _reduce_bias_grad(d_x_bias, d_b if summed else None, bias, y_shape, bias_meta[0], bias_meta[1])
-    d_y = d_x.view(y_shape) if needs_y else None
-    return d_y, d_bias, (d_w.view(w_shape) if weight is not None else None)
+    grads = (d_x.view(y_shape) if needs_y else None, d_bias, d_w.view(w_shape) if weight is not None else None)
+    return grads if ctx.dtensor is None else ctx.dtensor.wrap(*grads)
 
 
 # -- torch.func transforms and forward-mode AD ---------------------------------------------------
@@ -1714,6 +1688,10 @@ class LocalGradients:
             return (None, None) if t is None else (tuple(t.shape), tuple(t.placements))
 
         return LocalGradients(mesh, args.placements, args.shared_bias, *meta(y), *meta(bias), *meta(weights))
+
+    def output(self, out: torch.Tensor) -> Any:
+        """The output's local rows as the DTensor of its global shape [..., H]."""
+        return _from_local(out, self.mesh, self.placements.x, (*self.y_shape[:-1], self.y_shape[-1] // 2))
 
     def local_g(self, fn: str, g: Any) -> torch.Tensor:
         """The local rows of an incoming gradient g of the output, a DTensor of its global shape."""
