@@ -331,8 +331,9 @@ _STREAM_BELOW = 1 << 24
 _SMALL_BELOW = 1 << 22
 
 
-#: Whether the light backward from the fp8 copy (backward_config: not ``heavy``) runs 2 warps on
-#: 1024-column steps as on 512-column ones. Triton 3.8 and 3.9 compile its 4-warp loop with 44-46
+#: Whether the backward from the fp8 copy runs 2 warps on 1024-column steps, as the light one
+#: (backward_config: not ``heavy``) does on 512-column ones; not with the clamp, and from session 51
+#: heavy math too (backward_config's comment has its figures). Triton 3.8 and 3.9 compile its 4-warp loop with 44-46
 #: registers where 3.6 takes 38-40 (ten 4-warp programs an SM, not twelve; the same instructions,
 #: load widths and stores). H200, ab.py, two processes each (session 48 calls 1-2), 2 warps
 #: against 4: under 3.9 SwiGLU 16384 x 2048 -4.0%, 16384 x 2880 -3.9%, 65536 x 2048 -5.4%, 65536
@@ -377,8 +378,9 @@ def backward_config(
     math of more than _LIGHT_BACKWARD_OPS operations) takes the narrowest of the steps that pad
     the least (above 2048 columns only from 32768 rows); the others, and every row from 4096
     columns, the widest. A backward that reads the fp8 copy (``fp8``) and is not heavy (no clamp,
-    light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns,
-    and of 1024 where Triton is 3.8 or later (FP8_WIDE_STEPS_IN_TWO_WARPS).
+    light math: ReGLU, squared ReGLU, SwiGLU, Quick-GEGLU) runs 2 warps on steps of 512 columns;
+    where Triton is 3.8 or later (FP8_WIDE_STEPS_IN_TWO_WARPS) every backward from the fp8 copy
+    without the ``clamp`` runs 2 warps on steps of 1024 columns, heavy math too.
     In the ``interleaved`` layout, without the fp8 copy, with math of at least SwiGLU's
     ``backward_ops`` (from 4096 columns: a ``clamp`` or math of more than _LIGHT_BACKWARD_OPS
     operations): 2 warps, on steps of 256-512 columns past 1024 columns, and at 256-column steps
@@ -425,7 +427,8 @@ def backward_config(
         block_h, tile = min(next_pow2(h), 8192), 2048
     block_r = min(max(1, tile // block_h), next_pow2(n_rows))
     warps = 4 if weighted else min(16, max(4, block_h // 512))
-    if weighted and fp8 and not heavy and (block_h == 512 or (block_h == 1024 and FP8_WIDE_STEPS_IN_TWO_WARPS)):
+    wide_in_two = block_h == 1024 and FP8_WIDE_STEPS_IN_TWO_WARPS and not clamp
+    if weighted and fp8 and ((block_h == 512 and not heavy) or wide_in_two):
         # H200 (sweep.py --only blocks --parts bwd, session 18, 65536 rows; two runs at 1408):
         # SwiGLU with the fp8 copy in 2 warps, against 4, at 1408 [2, 512] 191.4 -> 181.2 µs and
         # 190.1 -> 180.8 (16384 rows 50.2 -> 48.2), but 768 [4, 256] +4.7%. Without the fp8 copy
@@ -436,6 +439,12 @@ def backward_config(
         # nothing: SwiGLU 2048 / 2880 -0.8% / -0.3% (sweep; level in session 18 call 8's package
         # A/B), Quick-GEGLU 2048 +1.1% (sweep) and +1.1% / +2.9% (A/B), 16384 x 7168 level: so
         # 1024-column steps take 2 warps only where Triton is 3.8 or later (session 48, there).
+        # There heavy math without the clamp (GEGLU, exact GEGLU, clamped SwiGLU, whose limit is
+        # in its math, not clamp_value) takes them too. H200, Triton 3.9, ab.py, two processes
+        # each, 2 warps against 4 at 16384 x 2880 / 16384 x 7168 / 65536 x 7168 (session 51 calls
+        # 4 and 6): GEGLU -7.3 / -6.7 / -5.2%, exact GEGLU -1.8 / -8.8 / -4.5%, clamped SwiGLU -2.7
+        # / -7.4 / -5.1%, the interleaved layout at 16384 x 2880 GEGLU -5.6%, exact GEGLU -6.6%;
+        # but the clamp +2.6 / +4.5 / +3.2% (Quick-GEGLU with its clamp, call 2).
         warps = 2
     heavier = clamp or backward_ops > _LIGHT_BACKWARD_OPS  # than SwiGLU and Quick-GEGLU unclamped
     if weighted and interleaved and not fp8 and backward_ops >= _INTERLEAVED_MATH_OPS and (h < 4096 or heavier):

@@ -1148,9 +1148,10 @@ def test_light_fp8_backward_rule():
 
 @pytest.mark.parametrize("wide", [False, True])
 def test_light_fp8_backward_wide_steps(monkeypatch, wide):
-    # On 1024-column steps the light backward from the fp8 copy runs 2 warps where Triton is 3.8 or
-    # later (FP8_WIDE_STEPS_IN_TWO_WARPS; measured on 3.6 and 3.9, session 48), 4 before; the
-    # tile, bf16 input and heavy math keep their configs either way.
+    # On 1024-column steps the backward from the fp8 copy runs 2 warps where Triton is 3.8 or
+    # later (FP8_WIDE_STEPS_IN_TWO_WARPS; measured on 3.6 and 3.9, sessions 48 and 51), 4 before,
+    # unless the clamp is on (heavy math without it takes 2 warps too); the tile and bf16 input
+    # keep their configs either way.
     from moe_utils import _runtime as rt
 
     monkeypatch.setattr(rt, "FP8_WIDE_STEPS_IN_TWO_WARPS", wide)
@@ -1161,7 +1162,11 @@ def test_light_fp8_backward_wide_steps(monkeypatch, wide):
             assert light.block_h == 1024 and light.num_warps == (2 if wide else 4), (n_rows, h, light)
             bf16 = rt.backward_config(n_rows, h, True, False, False)
             assert (light.block_r, light.block_h, bf16.num_warps) == (bf16.block_r, bf16.block_h, 4), (n_rows, h)
-            assert rt.backward_config(n_rows, h, True, True, True).num_warps == 4, (n_rows, h)
+            heavy = rt.backward_config(n_rows, h, True, True, True)
+            assert heavy.num_warps == (2 if wide and heavy.block_h == 1024 else 4), (n_rows, h, heavy)
+            clamped = rt.backward_config(n_rows, h, True, True, True, clamp=True)
+            assert clamped == rt.BlockConfig(heavy.block_r, heavy.block_h, 4), (n_rows, h, clamped)
+        assert rt.backward_config(16384, 2880, True, True, True).num_warps == (2 if wide else 4)
         assert rt.backward_config(65536, 1408, True, False, True).num_warps == 2  # 512-column steps
         assert rt.backward_config(16384, 768, True, False, True).num_warps == 4  # 256-column steps
     finally:
