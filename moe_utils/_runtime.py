@@ -332,15 +332,16 @@ _SMALL_BELOW = 1 << 22
 
 
 #: Whether the backward from the fp8 copy runs 2 warps on 1024-column steps, as the light one
-#: (backward_config: not ``heavy``) does on 512-column ones; not with the clamp, and from session 51
-#: heavy math too (backward_config's comment has its figures). Triton 3.8 and 3.9 compile its 4-warp loop with 44-46
-#: registers where 3.6 takes 38-40 (ten 4-warp programs an SM, not twelve; the same instructions,
-#: load widths and stores). H200, ab.py, two processes each (session 48 calls 1-2), 2 warps
-#: against 4: under 3.9 SwiGLU 16384 x 2048 -4.0%, 16384 x 2880 -3.9%, 65536 x 2048 -5.4%, 65536
-#: x 2880 -3.3%, Quick-GEGLU without its clamp -3.6 to -4.9% (65536 x 2880 406.4 -> 390.5 µs),
-#: 16384 x 7168 level (-0.4% both); under 3.6 SwiGLU -2.0 to +0.9% but Quick-GEGLU +2.5 to +3.2%
-#: at four of the five shapes (session 18 had +1.1 / +2.9% at 2048), so 3.6 keeps 4 warps. 3.8
-#: is not timed: its SASS is 3.9's (the same counts and registers).
+#: (backward_config: not ``heavy``) does on 512-column ones; not with the clamp, and since session
+#: 51 with heavy math too (backward_config's comment has those figures). Triton 3.8 and 3.9 compile
+#: the light backward's 4-warp loop with 44-46 registers where 3.6 takes 38-40 (ten 4-warp programs
+#: an SM, not twelve; the same instructions, load widths and stores). H200, ab.py, two processes
+#: each (session 48 calls 1-2), 2 warps against 4: under 3.9 SwiGLU 16384 x 2048 -4.0%, 16384 x
+#: 2880 -3.9%, 65536 x 2048 -5.4%, 65536 x 2880 -3.3%, Quick-GEGLU without its clamp -3.6 to -4.9%
+#: (65536 x 2880 406.4 -> 390.5 µs), 16384 x 7168 level (-0.4% both); under 3.6 SwiGLU -2.0 to
+#: +0.9% but Quick-GEGLU +2.5 to +3.2% at four of the five shapes (session 18 had +1.1 / +2.9% at
+#: 2048), so 3.6 keeps 4 warps. 3.8 is not timed: its SASS is 3.9's (the same counts and
+#: registers).
 FP8_WIDE_STEPS_IN_TWO_WARPS = triton_version() >= (3, 8)
 
 #: Backward math of more operations than this (the generated ``_BACKWARD_OPS``: SwiGLU 12,
